@@ -216,3 +216,135 @@ def class_labels(labels, n_samples, n_classes, name="labels"):
 
 REDUCTIONS_MSE = ("mean", "sum", "half_sum", "half_mean")
 REDUCTIONS_CE = ("mean", "sum")
+
+
+# ---------------------------------------------------------------------------
+# Per-operation argument checks, shared by bpcore.reference and the compiled
+# twins.  ``contiguous=True`` (the compiled side) also makes inputs
+# C-contiguous, copying only arrays that are not.
+# ---------------------------------------------------------------------------
+
+def matmul_args(a, b, trans_a, trans_b, alpha, beta, out, contiguous=False):
+    """Checked (a, b, alpha, beta, out, (m, n, k)) for ``matmul``."""
+    dtype, (a, b) = float_arrays(("a", a, 2), ("b", b, 2), contiguous=contiguous)
+    alpha = check_real("alpha", alpha)
+    beta = check_real("beta", beta)
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    if (b.shape[1] if trans_b else b.shape[0]) != k:
+        expected = ("n", k) if trans_b else (k, "n")
+        check_shape("b", b, expected, f"to match op(a) of shape ({m}, {k})")
+    n = b.shape[0] if trans_b else b.shape[1]
+    if out is None and beta != 0.0:
+        raise ValueError("`beta` != 0 needs `out` (the matrix it scales); got out=None")
+    out = check_out(out, "out", (m, n), dtype, inputs=(("a", a), ("b", b)))
+    return a, b, alpha, beta, out, (m, n, k)
+
+
+def linear_forward_args(x, w, b, out, contiguous=False):
+    """Checked (x, w, b, out) for ``linear_forward``."""
+    dtype, (x, w, b) = float_arrays(("x", x, 2), ("w", w, 2), ("b", b, 1),
+                                    contiguous=contiguous)
+    check_shape("w", w, (x.shape[1], "n_out"), f"to match x of shape {_fmt_shape(x.shape)}")
+    check_shape("b", b, (w.shape[1],), f"to match w of shape {_fmt_shape(w.shape)}")
+    out = check_out(out, "out", (x.shape[0], w.shape[1]), dtype,
+                    inputs=(("x", x), ("w", w), ("b", b)))
+    return x, w, b, out
+
+
+def linear_backward_args(x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=False):
+    """Checked (x, w, grad, grad_x or None, grad_w, grad_b) for ``linear_backward``."""
+    dtype, (x, w, grad) = float_arrays(("x", x, 2), ("w", w, 2), ("grad", grad, 2),
+                                       contiguous=contiguous)
+    n_samples, n_in = x.shape
+    check_shape("w", w, (n_in, "n_out"), f"to match x of shape {_fmt_shape(x.shape)}")
+    n_out = w.shape[1]
+    check_shape("grad", grad, (n_samples, n_out),
+                f"to match x {_fmt_shape(x.shape)} and w {_fmt_shape(w.shape)}")
+    inputs = (("x", x), ("w", w), ("grad", grad))
+    grad_x = (check_out(grad_x, "grad_x", (n_samples, n_in), dtype, inputs=inputs)
+              if need_grad_x else None)
+    grad_w = check_out(grad_w, "grad_w", (n_in, n_out), dtype, inputs=inputs)
+    grad_b = check_out(grad_b, "grad_b", (n_out,), dtype, inputs=inputs)
+    outs = [("grad_w", grad_w), ("grad_b", grad_b)] + ([("grad_x", grad_x)] if need_grad_x else [])
+    for i, (name1, arr1) in enumerate(outs):
+        for name2, arr2 in outs[i + 1:]:
+            if np.shares_memory(arr1, arr2):
+                raise ValueError(f"`{name1}` overlaps `{name2}`")
+    return x, w, grad, grad_x, grad_w, grad_b
+
+
+def unary_args(name, z, out, ndim=None, contiguous=False):
+    """Checked (z, out) for an elementwise ``<op>_forward``; ``out`` may be ``z``."""
+    dtype, (z,) = float_arrays((name, z, ndim), contiguous=contiguous)
+    out = check_out(out, "out", z.shape, dtype, inputs=((name, z),), inplace_ok=True)
+    return z, out
+
+
+def binary_args(a, grad, out, contiguous=False):
+    """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``."""
+    dtype, (a, grad) = float_arrays(("a", a, None), ("grad", grad, None), contiguous=contiguous)
+    check_shape("grad", grad, a.shape, "to match the saved output `a`")
+    out = check_out(out, "out", a.shape, dtype, inputs=(("a", a), ("grad", grad)),
+                    inplace_ok=True)
+    return a, grad, out
+
+
+def mse_args(pred, target, reduction, contiguous=False):
+    """Checked (pred, target) for the squared-error loss and its gradient."""
+    check_choice("reduction", reduction, REDUCTIONS_MSE)
+    _, (pred, target) = float_arrays(("pred", pred, None), ("target", target, None),
+                                     contiguous=contiguous)
+    check_shape("target", target, pred.shape, "to match `pred`")
+    return pred, target
+
+
+def cross_entropy_args(logits, labels, reduction, contiguous=False):
+    """Checked (logits, labels as int64) for the softmax cross-entropy and its gradient."""
+    check_choice("reduction", reduction, REDUCTIONS_CE)
+    _, (logits,) = float_arrays(("logits", logits, 2), contiguous=contiguous)
+    labels = class_labels(labels, logits.shape[0], logits.shape[1])
+    return logits, labels
+
+
+def param_buffer(name, arr, like=None):
+    """A parameter-like array written in place: float32/64, C-contiguous, writeable."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"`{name}` must be a NumPy array (it is updated in place); "
+                        f"got {type(arr).__name__}")
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"`{name}` must be float32 or float64 (it is updated in place); "
+                        f"got {arr.dtype}")
+    if like is not None:
+        if arr.dtype != like.dtype:
+            raise TypeError(f"`{name}` is {arr.dtype} but `param` is {like.dtype}")
+        check_shape(name, arr, like.shape, "to match `param`")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"`{name}` must be C-contiguous (it is updated in place)")
+    if not arr.flags.writeable:
+        raise ValueError(f"`{name}` is read-only; it is updated in place")
+    return arr
+
+
+def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contiguous=False):
+    """Checked (grad, lr, momentum, weight_decay, nesterov) for ``sgd_update``."""
+    param_buffer("param", param)
+    _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None),
+                                contiguous=contiguous)
+    check_shape("grad", grad, param.shape, "to match `param`")
+    lr = check_real("lr", lr, minimum=0.0)
+    momentum = check_real("momentum", momentum, minimum=0.0)
+    weight_decay = check_real("weight_decay", weight_decay, minimum=0.0)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
+    if nesterov and momentum == 0.0:
+        raise ValueError("`nesterov`=True requires `momentum` > 0 (as in torch.optim.SGD)")
+    if momentum != 0.0 and velocity is None:
+        raise ValueError("`velocity` is required when `momentum` != 0: pass "
+                         "np.zeros_like(param) before the first step and keep it")
+    if velocity is not None:
+        param_buffer("velocity", velocity, like=param)
+        if np.shares_memory(velocity, param):
+            raise ValueError("`velocity` overlaps `param`")
+    if grad is not param and np.shares_memory(grad, param):
+        raise ValueError("`grad` overlaps `param`")
+    return grad, lr, momentum, weight_decay, bool(nesterov)

@@ -1,0 +1,49 @@
+"""bpcore: compiled CPU kernels for training dense neural networks by back-propagation.
+
+The top-level functions are the compiled twins of :mod:`bpcore.reference`
+(same names, same arguments, same ``out`` semantics).  An operation without a
+compiled twin yet is exported from the reference, so this API is complete;
+:func:`backend_of` tells which one runs.
+"""
+from . import reference
+from . import _kernels
+from .gradcheck import gradcheck, numerical_gradient, GradcheckError
+
+__version__ = "0.1.0"
+
+_OPS = reference.__all__
+
+
+def _resolve():
+    table = {}
+    for name in _OPS:
+        compiled = getattr(_kernels, name, None)
+        table[name] = (compiled, "compiled") if compiled is not None else (
+            getattr(reference, name), "reference")
+    return table
+
+
+_TABLE = _resolve()
+globals().update({name: fn for name, (fn, _) in _TABLE.items()})
+
+
+def backend_of(name):
+    """Which implementation ``bpcore.<name>`` runs: ``"compiled"`` or ``"reference"``.
+
+    Parameters
+    ----------
+    name : str
+        A function name of :mod:`bpcore.reference`.
+
+    Returns
+    -------
+    str
+    """
+    if name not in _TABLE:
+        raise ValueError(f"`name` must be one of bpcore's operations "
+                         f"({', '.join(_OPS)}); got {name!r}")
+    return _TABLE[name][1]
+
+
+__all__ = list(_OPS) + ["reference", "backend_of", "gradcheck", "numerical_gradient",
+                        "GradcheckError", "__version__"]

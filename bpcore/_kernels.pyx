@@ -1,0 +1,259 @@
+# Design:
+#
+# The compiled twins of bpcore.reference.  Two layers, one job each:
+#
+# * ``cdef ... noexcept nogil`` kernels compute on raw pointers and lengths of
+#   C-contiguous buffers, for ``floating`` = float or double.  They never
+#   allocate, never raise and never touch a Python object, so the fused
+#   training step can call them back to back without the GIL.  They are
+#   declared in _kernels.pxd.
+# * ``def`` wrappers with the reference's exact names and signatures validate
+#   and allocate through bpcore._validate (the one place the dtype / shape /
+#   out policy lives), take the pointers, release the GIL for the kernel and
+#   return NumPy arrays.
+#
+# Elementwise ops see their arrays as flat vectors: validation made them
+# C-contiguous, so any shape is one run of memory.  Kernels read every element
+# before writing it, which is what allows ``out`` to be an input (in place).
+from libc.math cimport exp, expf, fabs, fabsf, tanh, tanhf
+
+import numpy as np
+
+from bpcore import _validate as V
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _sigmoid(floating z) noexcept nogil:
+    # NOTE: exp(-|z|) <= 1 never overflows, so this is finite for every finite
+    # z and exact at the saturated ends: 1/(1+e) for z >= 0, e/(1+e) below.
+    cdef floating e
+    if floating is float:
+        e = expf(-fabsf(z))
+    else:
+        e = exp(-fabs(z))
+    return (1 / (1 + e)) if z >= 0 else (e / (1 + e))
+
+
+cdef void activation_forward(int op, const floating* z, floating* out,
+                             Py_ssize_t n) noexcept nogil:
+    """out[i] := act(z[i]) for the activation ``op``; ``out`` may be ``z``."""
+    cdef Py_ssize_t i
+    cdef floating v
+    if op == ACT_SIGMOID:
+        for i in range(n):
+            out[i] = _sigmoid(z[i])
+    elif op == ACT_RELU:
+        for i in range(n):
+            v = z[i]
+            # NaN propagates (v != v), as np.maximum and torch.relu do.
+            out[i] = v if (v > 0 or v != v) else 0
+    elif op == ACT_TANH:
+        for i in range(n):
+            if floating is float:
+                out[i] = tanhf(z[i])
+            else:
+                out[i] = tanh(z[i])
+    else:
+        for i in range(n):
+            out[i] = z[i]
+
+
+cdef void activation_backward(int op, const floating* a, const floating* grad,
+                              floating* out, Py_ssize_t n) noexcept nogil:
+    """out[i] := grad[i] * act'(.) written with the saved output a[i]; ``out`` may alias."""
+    cdef Py_ssize_t i
+    cdef floating v
+    if op == ACT_SIGMOID:
+        for i in range(n):
+            v = a[i]
+            out[i] = grad[i] * (v * (1 - v))
+    elif op == ACT_RELU:
+        # NOTE: a > 0 after a ReLU is z > 0 before it; at the kink the
+        # gradient is 0 (PyTorch's choice), and a masked NaN gradient is 0 too.
+        for i in range(n):
+            out[i] = grad[i] if a[i] > 0 else 0
+    elif op == ACT_TANH:
+        for i in range(n):
+            v = a[i]
+            out[i] = grad[i] * (1 - v * v)
+    else:
+        for i in range(n):
+            out[i] = grad[i]
+
+
+cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
+                       Py_ssize_t n_cols) noexcept nogil:
+    """Row-wise softmax of an (n_rows, n_cols) C-contiguous matrix; ``out`` may be ``z``."""
+    cdef Py_ssize_t i, j
+    cdef floating m, total
+    cdef const floating* zi
+    cdef floating* oi
+    if n_cols == 0:
+        return
+    for i in range(n_rows):
+        zi = z + i * n_cols
+        oi = out + i * n_cols
+        # NOTE: subtracting the row maximum keeps exp() <= 1.  NaN needs no
+        # special case: one NaN (or +inf - +inf) makes the sum NaN, hence
+        # the whole row NaN, as in NumPy and PyTorch.
+        m = zi[0]
+        for j in range(1, n_cols):
+            if zi[j] > m:
+                m = zi[j]
+        total = 0
+        for j in range(n_cols):
+            oi[j] = _exp(zi[j] - m)
+            total = total + oi[j]
+        total = 1 / total
+        for j in range(n_cols):
+            oi[j] = oi[j] * total
+
+
+# ---------------------------------------------------------------------------
+# Python wrappers: validate, allocate, release the GIL for the kernel.
+# ---------------------------------------------------------------------------
+
+cdef object _forward(int op, str name, z, out):
+    z, out = V.unary_args(name, z, out, contiguous=True)
+    cdef Py_ssize_t n = out.size
+    if n == 0:
+        return out
+    cdef const float[::1] z32
+    cdef float[::1] o32
+    cdef const double[::1] z64
+    cdef double[::1] o64
+    if out.dtype.itemsize == 4:
+        z32 = z.reshape(-1)
+        o32 = out.reshape(-1)
+        with nogil:
+            activation_forward(op, &z32[0], &o32[0], n)
+    else:
+        z64 = z.reshape(-1)
+        o64 = out.reshape(-1)
+        with nogil:
+            activation_forward(op, &z64[0], &o64[0], n)
+    return out
+
+
+cdef object _backward(int op, a, grad, out):
+    a, grad, out = V.binary_args(a, grad, out, contiguous=True)
+    cdef Py_ssize_t n = out.size
+    if n == 0:
+        return out
+    cdef const float[::1] a32, g32
+    cdef float[::1] o32
+    cdef const double[::1] a64, g64
+    cdef double[::1] o64
+    if out.dtype.itemsize == 4:
+        a32 = a.reshape(-1)
+        g32 = grad.reshape(-1)
+        o32 = out.reshape(-1)
+        with nogil:
+            activation_backward(op, &a32[0], &g32[0], &o32[0], n)
+    else:
+        a64 = a.reshape(-1)
+        g64 = grad.reshape(-1)
+        o64 = out.reshape(-1)
+        with nogil:
+            activation_backward(op, &a64[0], &g64[0], &o64[0], n)
+    return out
+
+
+def sigmoid_forward(z, *, out=None):
+    """Logistic function ``1 / (1 + exp(-z))``, elementwise (compiled).
+
+    See :func:`bpcore.reference.sigmoid_forward`.
+    """
+    return _forward(ACT_SIGMOID, "z", z, out)
+
+
+def sigmoid_backward(a, grad, *, out=None):
+    """``grad * a * (1 - a)`` from the saved sigmoid output ``a`` (compiled).
+
+    See :func:`bpcore.reference.sigmoid_backward`.
+    """
+    return _backward(ACT_SIGMOID, a, grad, out)
+
+
+def relu_forward(z, *, out=None):
+    """``max(z, 0)`` elementwise, NaN propagating (compiled).
+
+    See :func:`bpcore.reference.relu_forward`.
+    """
+    return _forward(ACT_RELU, "z", z, out)
+
+
+def relu_backward(a, grad, *, out=None):
+    """``grad`` where the saved ReLU output ``a > 0``, else 0 (compiled).
+
+    See :func:`bpcore.reference.relu_backward`.
+    """
+    return _backward(ACT_RELU, a, grad, out)
+
+
+def tanh_forward(z, *, out=None):
+    """Hyperbolic tangent, elementwise (compiled).
+
+    See :func:`bpcore.reference.tanh_forward`.
+    """
+    return _forward(ACT_TANH, "z", z, out)
+
+
+def tanh_backward(a, grad, *, out=None):
+    """``grad * (1 - a**2)`` from the saved tanh output ``a`` (compiled).
+
+    See :func:`bpcore.reference.tanh_backward`.
+    """
+    return _backward(ACT_TANH, a, grad, out)
+
+
+def identity_forward(z, *, out=None):
+    """A copy of ``z`` (compiled).
+
+    See :func:`bpcore.reference.identity_forward`.
+    """
+    return _forward(ACT_IDENTITY, "z", z, out)
+
+
+def identity_backward(a, grad, *, out=None):
+    """A copy of ``grad`` (compiled).
+
+    See :func:`bpcore.reference.identity_backward`.
+    """
+    return _backward(ACT_IDENTITY, a, grad, out)
+
+
+def softmax_forward(z, *, out=None):
+    """Row-wise, max-subtracted softmax of a 2-D array (compiled).
+
+    See :func:`bpcore.reference.softmax_forward`.
+    """
+    z, out = V.unary_args("z", z, out, ndim=2, contiguous=True)
+    cdef Py_ssize_t n_rows = out.shape[0], n_cols = out.shape[1]
+    if out.size == 0:
+        return out
+    cdef const float[:, ::1] z32
+    cdef float[:, ::1] o32
+    cdef const double[:, ::1] z64
+    cdef double[:, ::1] o64
+    if out.dtype.itemsize == 4:
+        z32 = z
+        o32 = out
+        with nogil:
+            softmax_rows(&z32[0, 0], &o32[0, 0], n_rows, n_cols)
+    else:
+        z64 = z
+        o64 = out
+        with nogil:
+            softmax_rows(&z64[0, 0], &o64[0, 0], n_rows, n_cols)
+    return out

@@ -1,0 +1,474 @@
+"""The specification of bpcore, in NumPy.
+
+Every operation of bpcore is defined here first, as plain NumPy a reader can
+follow; the compiled twins (``bpcore._kernels``, ``bpcore._gemm``) carry the
+same names and signatures and are tested against these functions.
+
+Layout: samples are rows.  ``x`` is (n_samples, n_in), weights ``w`` are
+(n_in, n_out), a bias ``b`` is (n_out,) broadcast over the rows; a layer is
+``a = act(x @ w + b)``.
+
+Functions that produce an array take ``out=None``: when None a new array is
+returned, otherwise the result is written into ``out`` (which must be a
+writeable C-contiguous array of the exact shape and dtype) and ``out`` is
+returned.  Backward functions of activations take the *saved output* ``a`` of
+the forward pass, not its input, as scikit-learn's ``_base.py`` does.  The
+dtype / shape policy is in ``bpcore._validate``.
+"""
+import numpy as np
+
+from . import _validate as V
+
+__all__ = [
+    "matmul", "linear_forward", "linear_backward",
+    "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
+    "tanh_forward", "tanh_backward", "identity_forward", "identity_backward",
+    "softmax_forward",
+    "mse_loss", "mse_loss_backward",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward",
+    "sgd_update",
+]
+
+
+# ---------------------------------------------------------------------------
+# Dense products
+# ---------------------------------------------------------------------------
+
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """General matrix product ``out := alpha * op(a) @ op(b) + beta * out``.
+
+    Parameters
+    ----------
+    a : array_like, shape (m, k), or (k, m) when ``trans_a``
+    b : array_like, shape (k, n), or (n, k) when ``trans_b``
+    trans_a, trans_b : bool
+        Use the transpose of ``a`` / ``b``.
+    alpha, beta : float
+        Scale factors.  With ``beta == 0`` the previous content of ``out`` is
+        ignored (NaN there does not propagate), as in BLAS.
+    out : ndarray, shape (m, n), optional
+        Required when ``beta != 0``.
+
+    Returns
+    -------
+    out : ndarray, shape (m, n)
+    """
+    a, b, alpha, beta, out, _ = V.matmul_args(a, b, trans_a, trans_b, alpha, beta, out)
+    dtype = out.dtype
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    product = op_a @ op_b
+    if alpha != 1.0:
+        product *= dtype.type(alpha)
+    if beta == 0.0:
+        out[...] = product
+    else:
+        out *= dtype.type(beta)
+        out += product
+    return out
+
+
+def linear_forward(x, w, b, *, out=None):
+    """Affine layer ``out = x @ w + b``.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_samples, n_in)
+    w : array_like, shape (n_in, n_out)
+    b : array_like, shape (n_out,)
+    out : ndarray, shape (n_samples, n_out), optional
+
+    Returns
+    -------
+    out : ndarray, shape (n_samples, n_out)
+    """
+    x, w, b, out = V.linear_forward_args(x, w, b, out)
+    np.matmul(x, w, out=out)
+    out += b
+    return out
+
+
+def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, grad_b=None):
+    """Gradients of an affine layer from the gradient of its output.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_samples, n_in)
+        The layer's input saved by the forward pass.
+    w : array_like, shape (n_in, n_out)
+    grad : array_like, shape (n_samples, n_out)
+        Gradient of the loss with respect to the layer's output ``x @ w + b``.
+    need_grad_x : bool
+        Compute ``grad_x``; the first layer does not need it.
+    grad_x : ndarray, shape (n_samples, n_in), optional
+    grad_w : ndarray, shape (n_in, n_out), optional
+    grad_b : ndarray, shape (n_out,), optional
+        Buffers to write; allocated when None.
+
+    Returns
+    -------
+    grad_x : ndarray, shape (n_samples, n_in), or None
+        ``grad @ w.T``; None when ``need_grad_x`` is False.
+    grad_w : ndarray, shape (n_in, n_out)
+        ``x.T @ grad``.
+    grad_b : ndarray, shape (n_out,)
+        ``grad`` summed over the rows.
+    """
+    x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
+        x, w, grad, need_grad_x, grad_x, grad_w, grad_b)
+    if grad_x is not None:
+        np.matmul(grad, w.T, out=grad_x)
+    np.matmul(x.T, grad, out=grad_w)
+    np.sum(grad, axis=0, out=grad_b)
+    return grad_x, grad_w, grad_b
+
+
+# ---------------------------------------------------------------------------
+# Activations: <op>_forward(z) -> a, <op>_backward(a, grad) -> grad of z
+# ---------------------------------------------------------------------------
+
+def sigmoid_forward(z, *, out=None):
+    """Logistic function ``1 / (1 + exp(-z))``, elementwise.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, out = V.unary_args("z", z, out)
+    # NOTE: exp(-|z|) never overflows, so both branches are finite for every
+    # finite z: 1/(1+e) for z >= 0 and e/(1+e) = exp(z)/(1+exp(z)) for z < 0.
+    e = np.exp(-np.abs(z))
+    np.divide(np.where(z >= 0, 1.0, e).astype(z.dtype, copy=False), 1.0 + e, out=out)
+    return out
+
+
+def sigmoid_backward(a, grad, *, out=None):
+    """Gradient through a sigmoid from its saved output: ``grad * a * (1 - a)``.
+
+    Parameters
+    ----------
+    a : array_like
+        The sigmoid's output from the forward pass.
+    grad : array_like, same shape as ``a``
+        Gradient of the loss with respect to ``a``.
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray
+        Gradient of the loss with respect to the sigmoid's input.
+    """
+    a, grad, out = V.binary_args(a, grad, out)
+    np.multiply(grad, a * (1 - a), out=out)
+    return out
+
+
+def relu_forward(z, *, out=None):
+    """Rectified linear unit ``max(z, 0)``, elementwise; NaN stays NaN.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, out = V.unary_args("z", z, out)
+    np.maximum(z, 0, out=out)
+    return out
+
+
+def relu_backward(a, grad, *, out=None):
+    """Gradient through a ReLU from its saved output: ``grad`` where ``a > 0``, else 0.
+
+    NOTE: the mask is ``a > 0``, which equals ``z > 0`` on the pre-activation.
+    Seed 000 masks with ``a < 0``, which never fires after a ReLU; at the kink
+    z == 0 the gradient is taken as 0 (PyTorch's choice).
+
+    Parameters
+    ----------
+    a : array_like
+        The ReLU's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    a, grad, out = V.binary_args(a, grad, out)
+    np.multiply(grad, a > 0, out=out)
+    # NaN * False would be NaN; a masked-out gradient is exactly 0 as in PyTorch.
+    out[~(a > 0)] = 0
+    return out
+
+
+def tanh_forward(z, *, out=None):
+    """Hyperbolic tangent, elementwise.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, out = V.unary_args("z", z, out)
+    np.tanh(z, out=out)
+    return out
+
+
+def tanh_backward(a, grad, *, out=None):
+    """Gradient through tanh from its saved output: ``grad * (1 - a**2)``.
+
+    Parameters
+    ----------
+    a : array_like
+        The tanh's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    a, grad, out = V.binary_args(a, grad, out)
+    np.multiply(grad, 1 - a * a, out=out)
+    return out
+
+
+def identity_forward(z, *, out=None):
+    """Identity: a copy of ``z`` (or ``z`` written into ``out``).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, out = V.unary_args("z", z, out)
+    out[...] = z
+    return out
+
+
+def identity_backward(a, grad, *, out=None):
+    """Gradient through the identity: ``grad`` itself (copied into ``out``).
+
+    Parameters
+    ----------
+    a : array_like
+        The identity's output (unused; kept so every activation has one signature).
+    grad : array_like, same shape as ``a``
+    out : ndarray, same shape, optional
+
+    Returns
+    -------
+    out : ndarray
+    """
+    a, grad, out = V.binary_args(a, grad, out)
+    out[...] = grad
+    return out
+
+
+def softmax_forward(z, *, out=None):
+    """Row-wise softmax ``exp(z - max) / sum(exp(z - max))``.
+
+    Parameters
+    ----------
+    z : array_like, shape (n_samples, n_classes)
+    out : ndarray, shape (n_samples, n_classes), optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, shape (n_samples, n_classes)
+        Each row sums to 1 (rows holding NaN or +inf give NaN, as in PyTorch).
+    """
+    z, out = V.unary_args("z", z, out, ndim=2)
+    if z.size == 0:
+        return out
+    # NOTE: subtracting the row maximum keeps exp() <= 1, so nothing overflows.
+    with np.errstate(invalid="ignore"):
+        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+def _mse_scale(reduction, size):
+    """The factor c in loss = c * sum(r**2) for each reduction."""
+    if reduction in ("mean", "half_mean") and size == 0:
+        return float("nan")  # PyTorch's mean of nothing
+    return {"mean": 1.0 / max(size, 1), "sum": 1.0, "half_sum": 0.5,
+            "half_mean": 0.5 / max(size, 1)}[reduction]
+
+
+def mse_loss(pred, target, *, reduction="mean"):
+    """Squared-error loss.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum", "half_sum", "half_mean"}
+        ``mean``: mean over all elements (PyTorch's ``MSELoss``); ``sum``:
+        sum of squares; ``half_sum``: half the sum (the quadratic cost of
+        back-propagation texts); ``half_mean``: half the mean (scikit-learn's
+        ``squared_error``).
+
+    Returns
+    -------
+    loss : float
+    """
+    pred, target = V.mse_args(pred, target, reduction)
+    r = pred - target
+    return float(_mse_scale(reduction, r.size) * np.dot(r.ravel(), r.ravel()))
+
+
+def mse_loss_backward(pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`mse_loss` with respect to ``pred``: ``2 c (pred - target)``.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum", "half_sum", "half_mean"}
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    pred, target = V.mse_args(pred, target, reduction)
+    out = V.check_out(out, "out", pred.shape, pred.dtype,
+                      inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+    np.subtract(pred, target, out=out)
+    out *= pred.dtype.type(2.0 * _mse_scale(reduction, pred.size))
+    return out
+
+
+def _log_softmax(logits):
+    """Rows of ``logits - logsumexp(logits)``, stable for any finite logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+    """Cross-entropy of the row-wise softmax of ``logits`` against class indices.
+
+    ``loss_i = logsumexp(logits_i) - logits_i[labels_i]``, computed after
+    subtracting the row maximum so it is finite for logits up to +-1e30.
+
+    Parameters
+    ----------
+    logits : array_like, shape (n_samples, n_classes)
+    labels : array_like of int, shape (n_samples,)
+        Class indices in [0, n_classes).
+    reduction : {"mean", "sum"}
+
+    Returns
+    -------
+    loss : float
+        NaN for "mean" over zero samples (as PyTorch).
+    """
+    logits, labels = V.cross_entropy_args(logits, labels, reduction)
+    n = logits.shape[0]
+    if n == 0:
+        return float("nan") if reduction == "mean" else 0.0
+    per_sample = -_log_softmax(logits)[np.arange(n), labels]
+    total = float(per_sample.sum())
+    return total / n if reduction == "mean" else total
+
+
+def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None):
+    """Gradient of :func:`softmax_cross_entropy`: ``(softmax(logits) - onehot) * c``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (n_samples, n_classes)
+    labels : array_like of int, shape (n_samples,)
+    reduction : {"mean", "sum"}
+        ``c`` is ``1 / n_samples`` for "mean", 1 for "sum".
+    out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
+
+    Returns
+    -------
+    out : ndarray, shape (n_samples, n_classes)
+    """
+    logits, labels = V.cross_entropy_args(logits, labels, reduction)
+    out = V.check_out(out, "out", logits.shape, logits.dtype,
+                      inputs=(("logits", logits),), inplace_ok=True)
+    n = logits.shape[0]
+    if n == 0:
+        return out
+    softmax_forward(logits, out=out)
+    out[np.arange(n), labels] -= 1
+    if reduction == "mean":
+        out *= logits.dtype.type(1.0 / n)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------
+
+def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0,
+               nesterov=False):
+    """One step of stochastic gradient descent, in place, as ``torch.optim.SGD`` (dampening 0).
+
+    ::
+
+        g = grad + weight_decay * param
+        velocity = momentum * velocity + g          (when momentum != 0)
+        g = g + momentum * velocity if nesterov else velocity
+        param -= lr * g
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+        Updated in place.
+    grad : array_like, same shape as ``param``
+    lr : float
+        Learning rate, >= 0.
+    momentum : float
+        >= 0; when non-zero ``velocity`` is required.
+    velocity : ndarray, same shape and dtype as ``param``, optional
+        The momentum buffer, updated in place; start it at zeros, which is
+        what PyTorch's first-step ``buf = g`` amounts to.
+    weight_decay : float
+        L2 penalty added to the gradient, >= 0.
+    nesterov : bool
+        Nesterov momentum (requires momentum > 0).
+
+    Returns
+    -------
+    param : ndarray
+        The same array, updated.
+    """
+    grad, lr, momentum, weight_decay, nesterov = V.sgd_args(
+        param, grad, lr, momentum, velocity, weight_decay, nesterov)
+    dt = param.dtype.type
+    g = grad
+    if weight_decay != 0.0:
+        g = g + dt(weight_decay) * param
+    if momentum != 0.0:
+        velocity *= dt(momentum)
+        velocity += g
+        g = g + dt(momentum) * velocity if nesterov else velocity
+    param -= dt(lr) * g
+    return param

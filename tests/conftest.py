@@ -1,0 +1,42 @@
+"""Shared fixtures: the two backends and the per-dtype tolerance table.
+
+Every operation exists twice, in ``bpcore.reference`` (NumPy) and at the top
+level of ``bpcore`` (compiled where a twin exists); tests that take the
+``backend`` fixture run on both.
+"""
+import numpy as np
+import pytest
+
+import bpcore
+import bpcore.reference
+
+BACKENDS = {"reference": bpcore.reference, "compiled": bpcore}
+
+# Compiled vs reference agreement, per dtype.  Elementwise kernels differ from
+# NumPy only by the rounding of exp/tanh; products by summation order, so
+# matmul-based comparisons scale atol with the inner dimension themselves.
+TOL = {
+    np.dtype(np.float32): dict(rtol=2e-6, atol=1e-7),
+    np.dtype(np.float64): dict(rtol=1e-13, atol=1e-15),
+}
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    """The module to test: ``bpcore.reference`` or ``bpcore``."""
+    return BACKENDS[request.param]
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+def assert_close(actual, expected, dtype=None, scale=1.0):
+    """``assert_allclose`` with the tolerance of ``dtype`` (default: of ``expected``)."""
+    dtype = np.dtype(dtype if dtype is not None else np.asarray(expected).dtype)
+    tol = TOL.get(dtype, TOL[np.dtype(np.float64)])
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"] * scale,
+                               atol=tol["atol"] * scale)
