@@ -1,0 +1,5 @@
+import sys
+
+from bpcore.cli import main
+
+sys.exit(main())
