@@ -15,11 +15,21 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
-from libc.math cimport exp, expf, fabs, fabsf, tanh, tanhf
+from libc.math cimport exp, expf, fabs, fabsf, log, tanh, tanhf
+
+import os
 
 import numpy as np
 
 from bpcore import _validate as V
+
+
+cdef extern from "optim.h" nogil:
+    void bp_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
+                    float lr, float momentum, float weight_decay, int nesterov)
+    void bp_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
+                    double lr, double momentum, double weight_decay, int nesterov)
+    int bp_optim_select(int want_avx2)
 
 
 # ---------------------------------------------------------------------------
@@ -257,3 +267,248 @@ def softmax_forward(z, *, out=None):
         with nogil:
             softmax_rows(&z64[0, 0], &o64[0, 0], n_rows, n_cols)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+cdef double mse_forward_backward(const floating* pred, const floating* target,
+                                 floating* grad_out, Py_ssize_t n,
+                                 double scale) noexcept nogil:
+    """loss := scale * sum((pred - target)**2); grad_out := 2 * scale * (pred - target).
+
+    ``grad_out`` may be NULL (loss only) or alias ``pred``.  The sum runs in
+    double for both dtypes, in four interleaved partial sums.
+    """
+    cdef Py_ssize_t i
+    cdef floating r
+    cdef floating two_scale = <floating>(2.0 * scale)
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t n4 = n - n % 4
+    for i in range(0, n4, 4):
+        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
+        s1 += (<double>pred[i + 1] - target[i + 1]) * (<double>pred[i + 1] - target[i + 1])
+        s2 += (<double>pred[i + 2] - target[i + 2]) * (<double>pred[i + 2] - target[i + 2])
+        s3 += (<double>pred[i + 3] - target[i + 3]) * (<double>pred[i + 3] - target[i + 3])
+    for i in range(n4, n):
+        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
+    if grad_out != NULL:
+        for i in range(n):
+            r = pred[i] - target[i]
+            grad_out[i] = r * two_scale
+    return scale * ((s0 + s1) + (s2 + s3))
+
+
+cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
+                                       floating* grad_out, Py_ssize_t n_rows,
+                                       Py_ssize_t n_cols, double grad_scale) noexcept nogil:
+    """Sum over rows of logsumexp(z_i) - z_i[label_i]; grad_out := (softmax - onehot) * grad_scale.
+
+    ``grad_out`` may be NULL (loss only) or alias ``logits``.  Labels were
+    checked in Python to lie in [0, n_cols).
+    """
+    cdef Py_ssize_t i, j
+    cdef const floating* zi
+    cdef floating* gi
+    cdef floating m, zl
+    cdef double total = 0, s, inv
+    for i in range(n_rows):
+        zi = logits + i * n_cols
+        # NOTE: shifting by the row maximum keeps every exp() <= 1 and the
+        # loss (m - z_label) + log(sum) finite for logits up to +-1e30.
+        m = zi[0]
+        for j in range(1, n_cols):
+            if zi[j] > m:
+                m = zi[j]
+        zl = zi[labels[i]]
+        s = 0
+        if grad_out != NULL:
+            gi = grad_out + i * n_cols
+            for j in range(n_cols):
+                gi[j] = _exp(zi[j] - m)
+                s += gi[j]
+            inv = grad_scale / s
+            for j in range(n_cols):
+                gi[j] = <floating>(gi[j] * inv)
+            gi[labels[i]] -= <floating>grad_scale
+        else:
+            for j in range(n_cols):
+                s += _exp(zi[j] - m)
+        total += (<double>m - zl) + log(s)
+    return total
+
+
+cdef object _mse(pred, target, reduction, out, bint want_grad):
+    pred, target = V.mse_args(pred, target, reduction, contiguous=True)
+    cdef Py_ssize_t n = pred.size
+    if want_grad:
+        out = V.check_out(out, "out", pred.shape, pred.dtype,
+                          inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+    cdef double scale = _MSE_SCALE[reduction]
+    if reduction in ("mean", "half_mean"):
+        scale = scale / n if n else float("nan")
+    cdef double loss = 0.0
+    cdef const float[::1] p32, t32
+    cdef float[::1] o32
+    cdef const double[::1] p64, t64
+    cdef double[::1] o64
+    if n == 0:
+        loss = (float("nan") if reduction in ("mean", "half_mean") else 0.0)
+    elif pred.dtype.itemsize == 4:
+        p32 = pred.reshape(-1)
+        t32 = target.reshape(-1)
+        if want_grad:
+            o32 = out.reshape(-1)
+        with nogil:
+            loss = mse_forward_backward(&p32[0], &t32[0], &o32[0] if want_grad else NULL,
+                                        n, scale)
+    else:
+        p64 = pred.reshape(-1)
+        t64 = target.reshape(-1)
+        if want_grad:
+            o64 = out.reshape(-1)
+        with nogil:
+            loss = mse_forward_backward(&p64[0], &t64[0], &o64[0] if want_grad else NULL,
+                                        n, scale)
+    return loss, out
+
+
+_MSE_SCALE = {"mean": 1.0, "sum": 1.0, "half_sum": 0.5, "half_mean": 0.5}
+
+
+def mse_loss(pred, target, *, reduction="mean"):
+    """Squared-error loss (compiled).
+
+    See :func:`bpcore.reference.mse_loss`.
+    """
+    return _mse(pred, target, reduction, None, False)[0]
+
+
+def mse_loss_backward(pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`mse_loss` with respect to ``pred`` (compiled).
+
+    See :func:`bpcore.reference.mse_loss_backward`.
+    """
+    return _mse(pred, target, reduction, out, True)[1]
+
+
+def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
+    """Squared-error loss and its gradient in one pass (compiled).
+
+    See :func:`bpcore.reference.mse_loss_and_grad`.
+    """
+    return _mse(pred, target, reduction, out, True)
+
+
+cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
+    logits, labels = V.cross_entropy_args(logits, labels, reduction, contiguous=True)
+    cdef Py_ssize_t n_rows = logits.shape[0], n_cols = logits.shape[1]
+    if want_grad:
+        out = V.check_out(out, "out", logits.shape, logits.dtype,
+                          inputs=(("logits", logits),), inplace_ok=True)
+    cdef double grad_scale = 1.0 / n_rows if (reduction == "mean" and n_rows) else 1.0
+    cdef double total = 0.0
+    cdef const long long[::1] lab = labels
+    cdef const float[:, ::1] z32
+    cdef float[:, ::1] o32
+    cdef const double[:, ::1] z64
+    cdef double[:, ::1] o64
+    if n_rows == 0:
+        return (float("nan") if reduction == "mean" else 0.0), out
+    if logits.dtype.itemsize == 4:
+        z32 = logits
+        if want_grad:
+            o32 = out
+        with nogil:
+            total = softmax_cross_entropy_rows(&z32[0, 0], &lab[0],
+                                               &o32[0, 0] if want_grad else NULL,
+                                               n_rows, n_cols, grad_scale)
+    else:
+        z64 = logits
+        if want_grad:
+            o64 = out
+        with nogil:
+            total = softmax_cross_entropy_rows(&z64[0, 0], &lab[0],
+                                               &o64[0, 0] if want_grad else NULL,
+                                               n_rows, n_cols, grad_scale)
+    return (total / n_rows if reduction == "mean" else total), out
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+    """Cross-entropy of the row-wise softmax of ``logits`` against class indices (compiled).
+
+    See :func:`bpcore.reference.softmax_cross_entropy`.
+    """
+    return _cross_entropy(logits, labels, reduction, None, False)[0]
+
+
+def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None):
+    """Gradient of :func:`softmax_cross_entropy` with respect to ``logits`` (compiled).
+
+    See :func:`bpcore.reference.softmax_cross_entropy_backward`.
+    """
+    return _cross_entropy(logits, labels, reduction, out, True)[1]
+
+
+def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
+    """Softmax cross-entropy and its gradient in one pass (compiled).
+
+    See :func:`bpcore.reference.softmax_cross_entropy_and_grad`.
+    """
+    return _cross_entropy(logits, labels, reduction, out, True)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------
+
+def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0,
+               nesterov=False):
+    """One in-place SGD step with ``torch.optim.SGD``'s rounding (compiled).
+
+    See :func:`bpcore.reference.sgd_update`.
+    """
+    checked = V.sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov,
+                         contiguous=True)
+    grad = checked[0]
+    cdef double lr_ = checked[1], mu = checked[2], wd = checked[3]
+    cdef int nest = checked[4]
+    cdef bint use_velocity = mu != 0
+    cdef Py_ssize_t n = param.size
+    if n == 0:
+        return param
+    cdef float[::1] p32, v32
+    cdef const float[::1] g32
+    cdef double[::1] p64, v64
+    cdef const double[::1] g64
+    if param.dtype.itemsize == 4:
+        p32 = param.reshape(-1)
+        g32 = grad.reshape(-1)
+        if use_velocity:
+            v32 = velocity.reshape(-1)
+        with nogil:
+            bp_sgd_f32(&p32[0], &g32[0], &v32[0] if use_velocity else NULL, n,
+                       <float>lr_, <float>mu, <float>wd, nest)
+    else:
+        p64 = param.reshape(-1)
+        g64 = grad.reshape(-1)
+        if use_velocity:
+            v64 = velocity.reshape(-1)
+        with nogil:
+            bp_sgd_f64(&p64[0], &g64[0], &v64[0] if use_velocity else NULL, n,
+                       lr_, mu, wd, nest)
+    return param
+
+
+def _set_optim_kernel(name):
+    """Select the update kernels: ``"avx2_fma"`` (when the CPU has it) or ``"portable"``.
+
+    Returns the name of the kernels now in use.  For tests.
+    """
+    V.check_choice("name", name, ("avx2_fma", "portable"))
+    return "avx2_fma" if bp_optim_select(name == "avx2_fma") else "portable"
+
+
+_set_optim_kernel("portable" if os.environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
+                  else "avx2_fma")

@@ -24,8 +24,8 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
     "tanh_forward", "tanh_backward", "identity_forward", "identity_backward",
     "softmax_forward",
-    "mse_loss", "mse_loss_backward",
-    "softmax_cross_entropy", "softmax_cross_entropy_backward",
+    "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
     "sgd_update",
 ]
 
@@ -362,6 +362,26 @@ def mse_loss_backward(pred, target, *, reduction="mean", out=None):
     return out
 
 
+def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
+    """:func:`mse_loss` and :func:`mse_loss_backward` together.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum", "half_sum", "half_mean"}
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` itself)
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray
+        ``out``, holding the gradient with respect to ``pred``.
+    """
+    loss = mse_loss(pred, target, reduction=reduction)
+    return loss, mse_loss_backward(pred, target, reduction=reduction, out=out)
+
+
 def _log_softmax(logits):
     """Rows of ``logits - logsumexp(logits)``, stable for any finite logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -421,6 +441,25 @@ def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None
     if reduction == "mean":
         out *= logits.dtype.type(1.0 / n)
     return out
+
+
+def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
+    """:func:`softmax_cross_entropy` and its backward together.
+
+    Parameters
+    ----------
+    logits : array_like, shape (n_samples, n_classes)
+    labels : array_like of int, shape (n_samples,)
+    reduction : {"mean", "sum"}
+    out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray, shape (n_samples, n_classes)
+    """
+    loss = softmax_cross_entropy(logits, labels, reduction=reduction)
+    return loss, softmax_cross_entropy_backward(logits, labels, reduction=reduction, out=out)
 
 
 # ---------------------------------------------------------------------------

@@ -156,3 +156,135 @@ def test_inputs_left_untouched():
         getattr(_kernels, name)(z, grad)
     np.testing.assert_array_equal(z, z0)
     np.testing.assert_array_equal(grad, grad0)
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+MSE_REDUCTIONS = ["mean", "sum", "half_sum", "half_mean"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
+def test_mse_matches_reference(reduction, shape, dtype):
+    pred = _values(shape, dtype, seed=10)
+    target = _values(shape, dtype, seed=11)
+    expected_loss = reference.mse_loss(pred, target, reduction=reduction)
+    expected_grad = reference.mse_loss_backward(pred, target, reduction=reduction)
+    loss = _kernels.mse_loss(_layout(pred, "fortran"), target, reduction=reduction)
+    grad = _kernels.mse_loss_backward(pred, _layout(target, "strided"), reduction=reduction)
+    loss2, grad2 = _kernels.mse_loss_and_grad(pred, target, reduction=reduction)
+    if np.isnan(expected_loss):
+        assert np.isnan(loss) and np.isnan(loss2)
+    else:
+        assert loss == pytest.approx(expected_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
+        assert loss2 == loss
+    assert_close(grad, expected_grad)
+    np.testing.assert_array_equal(grad2, grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (3, 5), (17, 33), (64, 10)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_matches_reference(reduction, shape, dtype):
+    logits = _values(shape, dtype, seed=12) * 4
+    labels = np.random.default_rng(13).integers(0, shape[1], shape[0])
+    expected_loss = reference.softmax_cross_entropy(logits, labels, reduction=reduction)
+    expected_grad = reference.softmax_cross_entropy_backward(logits, labels, reduction=reduction)
+    loss = _kernels.softmax_cross_entropy(_layout(logits, "negative"), labels, reduction=reduction)
+    grad = _kernels.softmax_cross_entropy_backward(logits, labels.astype(np.int32),
+                                                   reduction=reduction)
+    loss2, grad2 = _kernels.softmax_cross_entropy_and_grad(logits, labels, reduction=reduction)
+    if np.isnan(expected_loss):
+        assert np.isnan(loss) and np.isnan(loss2)
+    else:
+        assert loss == pytest.approx(expected_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
+        assert loss2 == loss
+    assert_close(grad, expected_grad)
+    np.testing.assert_array_equal(grad2, grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_huge_logits_finite(dtype):
+    logits = np.array([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], dtype=dtype)
+    labels = np.array([1, 0])
+    with np.errstate(all="raise"):
+        loss, grad = _kernels.softmax_cross_entropy_and_grad(logits, labels, reduction="sum")
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(2e30 + 2e30, rel=1e-6)
+    assert_close(grad, [[1.0, -1.0, 0.0], [-1.0, 0.5, 0.5]], dtype=dtype)
+
+
+def test_loss_in_place_gradient():
+    pred = _values((5, 3), np.float64, seed=14)
+    target = _values((5, 3), np.float64, seed=15)
+    expected = reference.mse_loss_backward(pred, target)
+    assert _kernels.mse_loss_backward(pred, target, out=pred) is pred
+    assert_close(pred, expected)
+    logits = _values((5, 3), np.float64, seed=16)
+    labels = np.array([0, 1, 2, 1, 0])
+    expected = reference.softmax_cross_entropy_backward(logits, labels)
+    assert _kernels.softmax_cross_entropy_backward(logits, labels, out=logits) is logits
+    assert_close(logits, expected)
+
+
+# ---------------------------------------------------------------------------
+# SGD: PyTorch's rounding, bit for bit, on both kernel paths
+# ---------------------------------------------------------------------------
+
+SGD_CASES = [dict(momentum=0.0, nesterov=False, weight_decay=0.0),
+             dict(momentum=0.9, nesterov=False, weight_decay=0.0),
+             dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+             dict(momentum=0.0, nesterov=False, weight_decay=1e-2)]
+
+
+@pytest.fixture(params=["avx2_fma", "portable"])
+def optim_kernel(request):
+    used = _kernels._set_optim_kernel(request.param)
+    if used != request.param:
+        pytest.skip("this CPU has no AVX2+FMA")
+    yield used
+    _kernels._set_optim_kernel("avx2_fma")
+
+
+@pytest.mark.parametrize("case", SGD_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_sgd_bitwise_equals_torch(case, dtype, n, optim_kernel):
+    from conftest import import_oracle
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(17)
+    param = rng.standard_normal(n).astype(dtype)
+    velocity = np.zeros_like(param)
+    t_param = torch.tensor(param.copy(), requires_grad=True)
+    opt = torch.optim.SGD([t_param], lr=0.05, **case)
+    for _ in range(100):
+        grad = rng.standard_normal(n).astype(dtype)
+        _kernels.sgd_update(param, grad, lr=0.05, velocity=velocity, **case)
+        t_param.grad = torch.tensor(grad)
+        opt.step()
+    np.testing.assert_array_equal(param, t_param.detach().numpy())
+
+
+@pytest.mark.parametrize("case", SGD_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_matches_reference(case, dtype):
+    rng = np.random.default_rng(18)
+    p_ref = rng.standard_normal((13, 5)).astype(dtype)
+    p_cmp = p_ref.copy()
+    v_ref, v_cmp = np.zeros_like(p_ref), np.zeros_like(p_ref)
+    for _ in range(20):
+        grad = rng.standard_normal((13, 5)).astype(dtype)
+        reference.sgd_update(p_ref, grad, lr=0.1, velocity=v_ref, **case)
+        assert _kernels.sgd_update(p_cmp, _layout(grad, "fortran"), lr=0.1, velocity=v_cmp,
+                                   **case) is p_cmp
+    # The compiled step fuses multiply-adds where PyTorch does; NumPy cannot.
+    assert_close(p_cmp, p_ref, scale=10)
+    assert_close(v_cmp, v_ref, scale=10)
+
+
+def test_sgd_empty_param_is_a_no_op():
+    param = np.zeros((0, 3))
+    assert _kernels.sgd_update(param, np.zeros((0, 3)), lr=0.1) is param
