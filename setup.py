@@ -56,12 +56,14 @@ if OPENMP:
 
 
 def extensions():
+    import numpy
+
     exts = []
     for pyx in sorted(glob.glob(os.path.join("bpcore", "*.pyx"))):
         name = os.path.splitext(pyx)[0].replace(os.sep, ".")
         exts.append(Extension(
             name, [pyx],
-            include_dirs=[os.path.join("bpcore", "_gemm")],
+            include_dirs=[os.path.join("bpcore", "_gemm"), numpy.get_include()],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

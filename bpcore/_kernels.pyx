@@ -15,11 +15,14 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
-from libc.math cimport exp, expf, fabs, fabsf, log, tanh, tanhf
+from libc.math cimport INFINITY, exp, expf, fabs, fabsf, log, tanh, tanhf
 
 import os
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 from bpcore import _validate as V
 
@@ -65,8 +68,9 @@ cdef void activation_forward(int op, const floating* z, floating* out,
     elif op == ACT_RELU:
         for i in range(n):
             v = z[i]
-            # NaN propagates (v != v), as np.maximum and torch.relu do.
-            out[i] = v if (v > 0 or v != v) else 0
+            # NaN propagates (v != v), as np.maximum and torch.relu do.  The
+            # non-short-circuit `|` keeps the loop branch-free (vectorised).
+            out[i] = v if ((v > 0) | (v != v)) else 0
     elif op == ACT_TANH:
         for i in range(n):
             if floating is float:
@@ -91,7 +95,8 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
         # NOTE: a > 0 after a ReLU is z > 0 before it; at the kink the
         # gradient is 0 (PyTorch's choice), and a masked NaN gradient is 0 too.
         for i in range(n):
-            out[i] = grad[i] if a[i] > 0 else 0
+            v = grad[i]
+            out[i] = v if a[i] > 0 else 0
     elif op == ACT_TANH:
         for i in range(n):
             v = a[i]
@@ -131,51 +136,87 @@ cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
 
 # ---------------------------------------------------------------------------
 # Python wrappers: validate, allocate, release the GIL for the kernel.
+#
+# The common call -- float32/float64 ndarrays that are already C-contiguous,
+# ``out`` absent or right -- is recognised with a few C-API macros and skips
+# the general validation in bpcore._validate, which costs microseconds: on
+# small arrays that overhead is the whole call.  Anything else takes the
+# general path, which converts or raises with the policy's messages.
 # ---------------------------------------------------------------------------
 
+cdef inline int _plain(object arr) noexcept:
+    """The NumPy type number of a C-contiguous, aligned, native float32/64 ndarray; else -1."""
+    if not cnp.PyArray_CheckExact(arr):
+        return -1
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef int t = cnp.PyArray_TYPE(a)
+    if ((t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISBEHAVED_RO(a)):
+        return -1
+    return t
+
+
+cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    return pa + cnp.PyArray_NBYTES(a) <= pb or pb + cnp.PyArray_NBYTES(b) <= pa
+
+
+cdef inline bint _out_fits(object out, cnp.ndarray like, int t, object in1, object in2) noexcept:
+    """``out`` is a writeable C-contiguous ndarray shaped like ``like`` with type ``t``,
+    identical to or disjoint from each input (in1/in2 may be None)."""
+    if _plain(out) != t:
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if not cnp.PyArray_ISWRITEABLE(o) or not cnp.PyArray_SAMESHAPE(o, like):
+        return False
+    for arr in (in1, in2):
+        if arr is not None and not (cnp.PyArray_DATA(<cnp.ndarray>arr) == cnp.PyArray_DATA(o)
+                                    or _disjoint(<cnp.ndarray>arr, o)):
+            return False
+    return True
+
+
+cdef inline cnp.ndarray _empty_like(cnp.ndarray like, int t):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), cnp.PyArray_DIMS(like), t, 0)
+
+
 cdef object _forward(int op, str name, z, out):
-    z, out = V.unary_args(name, z, out, contiguous=True)
-    cdef Py_ssize_t n = out.size
-    if n == 0:
-        return out
-    cdef const float[::1] z32
-    cdef float[::1] o32
-    cdef const double[::1] z64
-    cdef double[::1] o64
-    if out.dtype.itemsize == 4:
-        z32 = z.reshape(-1)
-        o32 = out.reshape(-1)
-        with nogil:
-            activation_forward(op, &z32[0], &o32[0], n)
-    else:
-        z64 = z.reshape(-1)
-        o64 = out.reshape(-1)
-        with nogil:
-            activation_forward(op, &z64[0], &o64[0], n)
+    cdef int t = _plain(z)
+    if not (t >= 0 and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
+        z, out = V.unary_args(name, z, out, contiguous=True)
+        t = _plain(z)
+    if out is None:
+        out = _empty_like(<cnp.ndarray>z, t)
+    cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>z)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            activation_forward(op, <const float*>zp, <float*>outp, n)
+        else:
+            activation_forward(op, <const double*>zp, <double*>outp, n)
     return out
 
 
 cdef object _backward(int op, a, grad, out):
-    a, grad, out = V.binary_args(a, grad, out, contiguous=True)
-    cdef Py_ssize_t n = out.size
-    if n == 0:
-        return out
-    cdef const float[::1] a32, g32
-    cdef float[::1] o32
-    cdef const double[::1] a64, g64
-    cdef double[::1] o64
-    if out.dtype.itemsize == 4:
-        a32 = a.reshape(-1)
-        g32 = grad.reshape(-1)
-        o32 = out.reshape(-1)
-        with nogil:
-            activation_backward(op, &a32[0], &g32[0], &o32[0], n)
-    else:
-        a64 = a.reshape(-1)
-        g64 = grad.reshape(-1)
-        o64 = out.reshape(-1)
-        with nogil:
-            activation_backward(op, &a64[0], &g64[0], &o64[0], n)
+    cdef int t = _plain(a)
+    if not (t >= 0 and _plain(grad) == t
+            and cnp.PyArray_SAMESHAPE(<cnp.ndarray>a, <cnp.ndarray>grad)
+            and (out is None or _out_fits(out, <cnp.ndarray>a, t, a, grad))):
+        a, grad, out = V.binary_args(a, grad, out, contiguous=True)
+        t = _plain(a)
+    if out is None:
+        out = _empty_like(<cnp.ndarray>a, t)
+    cdef void* ap = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>a)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n)
+        else:
+            activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n)
     return out
 
 
@@ -248,24 +289,22 @@ def softmax_forward(z, *, out=None):
 
     See :func:`bpcore.reference.softmax_forward`.
     """
-    z, out = V.unary_args("z", z, out, ndim=2, contiguous=True)
-    cdef Py_ssize_t n_rows = out.shape[0], n_cols = out.shape[1]
-    if out.size == 0:
-        return out
-    cdef const float[:, ::1] z32
-    cdef float[:, ::1] o32
-    cdef const double[:, ::1] z64
-    cdef double[:, ::1] o64
-    if out.dtype.itemsize == 4:
-        z32 = z
-        o32 = out
-        with nogil:
-            softmax_rows(&z32[0, 0], &o32[0, 0], n_rows, n_cols)
-    else:
-        z64 = z
-        o64 = out
-        with nogil:
-            softmax_rows(&z64[0, 0], &o64[0, 0], n_rows, n_cols)
+    cdef int t = _plain(z)
+    if not (t >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>z) == 2
+            and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
+        z, out = V.unary_args("z", z, out, ndim=2, contiguous=True)
+        t = _plain(z)
+    if out is None:
+        out = _empty_like(<cnp.ndarray>z, t)
+    cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>z)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray>z, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray>z, 1)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            softmax_rows(<const float*>zp, <float*>outp, n_rows, n_cols)
+        else:
+            softmax_rows(<const double*>zp, <double*>outp, n_rows, n_cols)
     return out
 
 
@@ -340,36 +379,34 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
 
 
 cdef object _mse(pred, target, reduction, out, bint want_grad):
-    pred, target = V.mse_args(pred, target, reduction, contiguous=True)
-    cdef Py_ssize_t n = pred.size
-    if want_grad:
-        out = V.check_out(out, "out", pred.shape, pred.dtype,
-                          inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+    cdef int t = _plain(pred)
+    if not (t >= 0 and _plain(target) == t and reduction in _MSE_SCALE
+            and cnp.PyArray_SAMESHAPE(<cnp.ndarray>pred, <cnp.ndarray>target)
+            and (not want_grad or out is None
+                 or _out_fits(out, <cnp.ndarray>pred, t, pred, target))):
+        pred, target = V.mse_args(pred, target, reduction, contiguous=True)
+        if want_grad:
+            out = V.check_out(out, "out", pred.shape, pred.dtype,
+                              inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+        t = _plain(pred)
+    if want_grad and out is None:
+        out = _empty_like(<cnp.ndarray>pred, t)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>pred)
     cdef double scale = _MSE_SCALE[reduction]
-    if reduction in ("mean", "half_mean"):
-        scale = scale / n if n else float("nan")
-    cdef double loss = 0.0
-    cdef const float[::1] p32, t32
-    cdef float[::1] o32
-    cdef const double[::1] p64, t64
-    cdef double[::1] o64
-    if n == 0:
-        loss = (float("nan") if reduction in ("mean", "half_mean") else 0.0)
-    elif pred.dtype.itemsize == 4:
-        p32 = pred.reshape(-1)
-        t32 = target.reshape(-1)
-        if want_grad:
-            o32 = out.reshape(-1)
-        with nogil:
-            loss = mse_forward_backward(&p32[0], &t32[0], &o32[0] if want_grad else NULL,
+    if reduction == "mean" or reduction == "half_mean":
+        if n == 0:
+            return float("nan"), out
+        scale = scale / n
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>pred)
+    cdef void* tp = cnp.PyArray_DATA(<cnp.ndarray>target)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef double loss
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            loss = mse_forward_backward(<const float*>pp, <const float*>tp, <float*>outp,
                                         n, scale)
-    else:
-        p64 = pred.reshape(-1)
-        t64 = target.reshape(-1)
-        if want_grad:
-            o64 = out.reshape(-1)
-        with nogil:
-            loss = mse_forward_backward(&p64[0], &t64[0], &o64[0] if want_grad else NULL,
+        else:
+            loss = mse_forward_backward(<const double*>pp, <const double*>tp, <double*>outp,
                                         n, scale)
     return loss, out
 
@@ -401,38 +438,55 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     return _mse(pred, target, reduction, out, True)
 
 
+cdef inline bint _labels_fit(object labels, Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept:
+    """``labels`` is a C-contiguous int64 vector of n_rows entries, all in [0, n_cols)."""
+    if not cnp.PyArray_CheckExact(labels):
+        return False
+    cdef cnp.ndarray lab = <cnp.ndarray>labels
+    if (cnp.PyArray_TYPE(lab) != cnp.NPY_INT64 or cnp.PyArray_NDIM(lab) != 1
+            or cnp.PyArray_DIM(lab, 0) != n_rows or not cnp.PyArray_IS_C_CONTIGUOUS(lab)
+            or not cnp.PyArray_ISBEHAVED_RO(lab)):
+        return False
+    cdef const long long* lp = <const long long*>cnp.PyArray_DATA(lab)
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lp[i] < 0 or lp[i] >= n_cols:
+            return False
+    return True
+
+
 cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
-    logits, labels = V.cross_entropy_args(logits, labels, reduction, contiguous=True)
-    cdef Py_ssize_t n_rows = logits.shape[0], n_cols = logits.shape[1]
-    if want_grad:
-        out = V.check_out(out, "out", logits.shape, logits.dtype,
-                          inputs=(("logits", logits),), inplace_ok=True)
-    cdef double grad_scale = 1.0 / n_rows if (reduction == "mean" and n_rows) else 1.0
-    cdef double total = 0.0
-    cdef const long long[::1] lab = labels
-    cdef const float[:, ::1] z32
-    cdef float[:, ::1] o32
-    cdef const double[:, ::1] z64
-    cdef double[:, ::1] o64
+    cdef int t = _plain(logits)
+    if not (t >= 0 and (reduction == "mean" or reduction == "sum")
+            and cnp.PyArray_NDIM(<cnp.ndarray>logits) == 2
+            and _labels_fit(labels, cnp.PyArray_DIM(<cnp.ndarray>logits, 0),
+                            cnp.PyArray_DIM(<cnp.ndarray>logits, 1))
+            and (not want_grad or out is None
+                 or _out_fits(out, <cnp.ndarray>logits, t, logits, None))):
+        logits, labels = V.cross_entropy_args(logits, labels, reduction, contiguous=True)
+        if want_grad:
+            out = V.check_out(out, "out", logits.shape, logits.dtype,
+                              inputs=(("logits", logits),), inplace_ok=True)
+        t = _plain(logits)
+    if want_grad and out is None:
+        out = _empty_like(<cnp.ndarray>logits, t)
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray>logits, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray>logits, 1)
     if n_rows == 0:
         return (float("nan") if reduction == "mean" else 0.0), out
-    if logits.dtype.itemsize == 4:
-        z32 = logits
-        if want_grad:
-            o32 = out
-        with nogil:
-            total = softmax_cross_entropy_rows(&z32[0, 0], &lab[0],
-                                               &o32[0, 0] if want_grad else NULL,
+    cdef double grad_scale = 1.0 / n_rows if reduction == "mean" else 1.0
+    cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
+    cdef const long long* lp = <const long long*>cnp.PyArray_DATA(<cnp.ndarray>labels)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef double total
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            total = softmax_cross_entropy_rows(<const float*>zp, lp, <float*>outp,
                                                n_rows, n_cols, grad_scale)
-    else:
-        z64 = logits
-        if want_grad:
-            o64 = out
-        with nogil:
-            total = softmax_cross_entropy_rows(&z64[0, 0], &lab[0],
-                                               &o64[0, 0] if want_grad else NULL,
+        else:
+            total = softmax_cross_entropy_rows(<const double*>zp, lp, <double*>outp,
                                                n_rows, n_cols, grad_scale)
-    return (total / n_rows if reduction == "mean" else total), out
+    return (total * grad_scale), out
 
 
 def softmax_cross_entropy(logits, labels, *, reduction="mean"):
@@ -469,35 +523,38 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
 
     See :func:`bpcore.reference.sgd_update`.
     """
-    checked = V.sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov,
-                         contiguous=True)
-    grad = checked[0]
-    cdef double lr_ = checked[1], mu = checked[2], wd = checked[3]
-    cdef int nest = checked[4]
-    cdef bint use_velocity = mu != 0
-    cdef Py_ssize_t n = param.size
-    if n == 0:
-        return param
-    cdef float[::1] p32, v32
-    cdef const float[::1] g32
-    cdef double[::1] p64, v64
-    cdef const double[::1] g64
-    if param.dtype.itemsize == 4:
-        p32 = param.reshape(-1)
-        g32 = grad.reshape(-1)
-        if use_velocity:
-            v32 = velocity.reshape(-1)
-        with nogil:
-            bp_sgd_f32(&p32[0], &g32[0], &v32[0] if use_velocity else NULL, n,
-                       <float>lr_, <float>mu, <float>wd, nest)
+    cdef int t = _plain(param)
+    cdef double lr_, mu, wd
+    cdef int nest
+    if (t >= 0 and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>param) and _plain(grad) == t
+            and cnp.PyArray_SAMESHAPE(<cnp.ndarray>param, <cnp.ndarray>grad)
+            and (grad is param or _disjoint(<cnp.ndarray>param, <cnp.ndarray>grad))
+            and type(lr) is float and type(momentum) is float and type(weight_decay) is float
+            and type(nesterov) is bool):
+        lr_, mu, wd, nest = lr, momentum, weight_decay, nesterov
+        if not (lr_ >= 0 and mu >= 0 and wd >= 0 and lr_ < INFINITY and mu < INFINITY
+                and wd < INFINITY and (mu != 0 or not nest)
+                and ((mu == 0 and velocity is None) or (
+                    _plain(velocity) == t and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>velocity)
+                    and cnp.PyArray_SAMESHAPE(<cnp.ndarray>param, <cnp.ndarray>velocity)
+                    and _disjoint(<cnp.ndarray>param, <cnp.ndarray>velocity)))):
+            t = -1
     else:
-        p64 = param.reshape(-1)
-        g64 = grad.reshape(-1)
-        if use_velocity:
-            v64 = velocity.reshape(-1)
-        with nogil:
-            bp_sgd_f64(&p64[0], &g64[0], &v64[0] if use_velocity else NULL, n,
-                       lr_, mu, wd, nest)
+        t = -1
+    if t < 0:
+        grad, lr_, mu, wd, nest = V.sgd_args(param, grad, lr, momentum, velocity,
+                                             weight_decay, nesterov, contiguous=True)
+        t = _plain(param)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if mu != 0 else NULL
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            bp_sgd_f32(<float*>pp, <const float*>gp, <float*>vp, n,
+                       <float>lr_, <float>mu, <float>wd, nest)
+        else:
+            bp_sgd_f64(<double*>pp, <const double*>gp, <double*>vp, n, lr_, mu, wd, nest)
     return param
 
 

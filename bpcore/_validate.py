@@ -89,7 +89,11 @@ def float_arrays(*specs, contiguous=False):
         if ndim is not None and arr.ndim != ndim:
             raise ValueError(f"`{name}` must be {ndim}-D; got {arr.ndim}-D with shape {arr.shape}")
         if contiguous:
-            arr = np.ascontiguousarray(arr, dtype=dtype)
+            # order="C" keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d);
+            # a misaligned buffer is copied, as the kernels read it with plain loads.
+            arr = np.asarray(arr, dtype=dtype, order="C")
+            if not arr.flags.aligned:
+                arr = arr.copy()
         elif arr.dtype != dtype:
             arr = arr.astype(dtype)
         out.append(arr)
