@@ -6,6 +6,7 @@ Subcommands:
   output, sum-of-squares loss, learning rate 1e-6, 500 full-batch steps on 64
   random samples with standard-normal weights; prints the loss curve and the
   time per step of bpcore's kernels next to the NumPy reference.
+* ``bench`` -- the benchmark tables of :mod:`bpcore.benchmarks`.
 """
 import argparse
 import sys
@@ -82,6 +83,12 @@ def demo(args):
     return 0
 
 
+def bench(args):
+    from bpcore import benchmarks
+
+    return benchmarks.main()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bpcore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,5 +98,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curve (needs matplotlib)")
     p.set_defaults(func=demo)
+    p = sub.add_parser("bench", help="ratio tables: bpcore vs NumPy and PyTorch, 1 and 2 threads")
+    p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)
