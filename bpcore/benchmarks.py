@@ -144,8 +144,8 @@ def _kernel_cases(shape, dtype, torch):
             "sgd_update(momentum)": opt.step,
         }
     for name, fast, slow, args, kwargs in cases:
-        contenders = {"bpcore": lambda f=fast: f(*args, **kwargs),
-                      "numpy": lambda f=slow: f(*args, **kwargs)}
+        contenders = {"bpcore": lambda f=fast, a=args, k=kwargs: f(*a, **k),
+                      "numpy": lambda f=slow, a=args, k=kwargs: f(*a, **k)}
         if name in torch_ops:
             contenders["torch"] = torch_ops[name]
         yield name, contenders
