@@ -57,19 +57,19 @@ cdef extern from "microkernel.h" nogil:
         BP_NR_F64
         BP_HAVE_AVX2_KERNELS
     ctypedef void (*bp_ukr_f32_fn)(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
-                                   const float *b, float alpha, float beta,
+                                   const float *b, const float *alpha, const float *beta,
                                    float *c, ptrdiff_t rsc, int mr, int nr) noexcept
     ctypedef void (*bp_ukr_f64_fn)(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
-                                   const double *b, double alpha, double beta,
+                                   const double *b, const double *alpha, const double *beta,
                                    double *c, ptrdiff_t rsc, int mr, int nr) noexcept
     void bp_ukr_f32_portable(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                             float, float, float *, ptrdiff_t, int, int)
+                             const float *, const float *, float *, ptrdiff_t, int, int)
     void bp_ukr_f64_portable(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                             double, double, double *, ptrdiff_t, int, int)
+                             const double *, const double *, double *, ptrdiff_t, int, int)
     void bp_ukr_f32_avx2(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                         float, float, float *, ptrdiff_t, int, int)
+                         const float *, const float *, float *, ptrdiff_t, int, int)
     void bp_ukr_f64_avx2(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                         double, double, double *, ptrdiff_t, int, int)
+                         const double *, const double *, double *, ptrdiff_t, int, int)
     int bp_cpu_avx2()
     int bp_cpu_fma()
 
@@ -228,9 +228,9 @@ cdef inline void _ukr(Py_ssize_t k, const floating *a, Py_ssize_t rsa, Py_ssize_
                       const floating *b, floating alpha, floating beta,
                       floating *c, Py_ssize_t rsc, int mr, int nr) noexcept nogil:
     if floating is float:
-        _ukr_f32(k, a, rsa, csa, b, alpha, beta, c, rsc, mr, nr)
+        _ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
     else:
-        _ukr_f64(k, a, rsa, csa, b, alpha, beta, c, rsc, mr, nr)
+        _ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
 
 
 cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,

@@ -9,6 +9,8 @@
  *      or the caller's matrix read in place.  Rows i >= mr are never read.
  *   B  packed: row p is the NR contiguous values b[p*NR : p*NR + NR], 32-byte
  *      aligned, zero beyond column nr.
+ *   alpha, beta  by pointer (as in BLIS): as scalar arguments they would sit in
+ *      registers through the K loop and push an accumulator out to the stack.
  *   C  row stride rsc, unit column stride.  beta == 0: C is never read (so
  *      NaN there does not propagate), as in BLAS.
  *   1 <= mr <= MR, 1 <= nr <= NR, k >= 0.
@@ -33,10 +35,10 @@
 #define BP_NR_F64 8   /* columns: two 4-double ymm registers per row       */
 
 typedef void (*bp_ukr_f32_fn)(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
-                              const float *b, float alpha, float beta,
+                              const float *b, const float *alpha, const float *beta,
                               float *c, ptrdiff_t rsc, int mr, int nr);
 typedef void (*bp_ukr_f64_fn)(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
-                              const double *b, double alpha, double beta,
+                              const double *b, const double *alpha, const double *beta,
                               double *c, ptrdiff_t rsc, int mr, int nr);
 
 /* Offset of tile row i in A; rows past mr alias row mr-1 (computed, never stored). */
@@ -51,7 +53,8 @@ typedef double bp_v2d __attribute__((vector_size(16)));
 
 #define BP_DEFINE_PORTABLE_UKR(NAME, T, V, NR)                                    \
 static void NAME(ptrdiff_t k, const T *a, ptrdiff_t rsa, ptrdiff_t csa,          \
-                 const T *b, T alpha, T beta, T *c, ptrdiff_t rsc, int mr, int nr)\
+                 const T *b, const T *alpha, const T *beta, T *c,     \
+                 ptrdiff_t rsc, int mr, int nr)                                   \
 {                                                                                 \
     enum { W = sizeof(V) / sizeof(T) };                                           \
     ptrdiff_t off[BP_MR];                                                         \
@@ -76,8 +79,8 @@ static void NAME(ptrdiff_t k, const T *a, ptrdiff_t rsa, ptrdiff_t csa,         
     }                                                                             \
     for (int i = 0; i < mr; ++i)                                                  \
         for (int j = 0; j < nr; ++j)                                              \
-            c[i * rsc + j] = beta == 0 ? alpha * tile[i][j]                       \
-                                       : alpha * tile[i][j] + beta * c[i * rsc + j]; \
+            c[i * rsc + j] = *beta == 0 ? *alpha * tile[i][j]                     \
+                                        : *alpha * tile[i][j] + *beta * c[i * rsc + j]; \
 }
 
 BP_DEFINE_PORTABLE_UKR(bp_ukr_f32_portable, float, bp_v4f, BP_NR_F32)
@@ -155,7 +158,7 @@ BP_INLINE_AVX2 void bp_row_f64(double *c, __m256d x0, __m256d x1, __m256d va, __
 /* The tile with nv = 2 vectors per row (nr > NR/2) or 1 (narrow edge tiles); written
  * out per type rather than macro-generated, since the tile is the point. */
 BP_INLINE_AVX2 void bp_ukr_f32_avx2_tile(const int nv, ptrdiff_t k, const float *a,
-        ptrdiff_t rsa, ptrdiff_t csa, const float *b, float alpha, float beta,
+        ptrdiff_t rsa, ptrdiff_t csa, const float *b, const float *alpha, const float *beta,
         float *c, ptrdiff_t rsc, int mr, int nr)
 {
     const ptrdiff_t o1 = BP_ROW(1), o2 = BP_ROW(2), o3 = BP_ROW(3), o4 = BP_ROW(4), o5 = BP_ROW(5);
@@ -178,8 +181,8 @@ BP_INLINE_AVX2 void bp_ukr_f32_avx2_tile(const int nv, ptrdiff_t k, const float 
         x = _mm256_broadcast_ss(a + o5);
         c50 = _mm256_fmadd_ps(x, b0, c50); if (nv == 2) c51 = _mm256_fmadd_ps(x, b1, c51);
     }
-    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    const int beta0 = beta == 0, full = nr == 8 * nv;
+    const __m256 va = _mm256_set1_ps(*alpha), vb = _mm256_set1_ps(*beta);
+    const int beta0 = *beta == 0, full = nr == 8 * nv;
     const __m256i m0 = bp_mask8(nr), m1 = bp_mask8(nr - 8);
     bp_row_f32(c, c00, c01, va, vb, beta0, nv, full, m0, m1);
     if (mr > 1) bp_row_f32(c + rsc, c10, c11, va, vb, beta0, nv, full, m0, m1);
@@ -190,7 +193,7 @@ BP_INLINE_AVX2 void bp_ukr_f32_avx2_tile(const int nv, ptrdiff_t k, const float 
 }
 
 BP_INLINE_AVX2 void bp_ukr_f64_avx2_tile(const int nv, ptrdiff_t k, const double *a,
-        ptrdiff_t rsa, ptrdiff_t csa, const double *b, double alpha, double beta,
+        ptrdiff_t rsa, ptrdiff_t csa, const double *b, const double *alpha, const double *beta,
         double *c, ptrdiff_t rsc, int mr, int nr)
 {
     const ptrdiff_t o1 = BP_ROW(1), o2 = BP_ROW(2), o3 = BP_ROW(3), o4 = BP_ROW(4), o5 = BP_ROW(5);
@@ -213,8 +216,8 @@ BP_INLINE_AVX2 void bp_ukr_f64_avx2_tile(const int nv, ptrdiff_t k, const double
         x = _mm256_broadcast_sd(a + o5);
         c50 = _mm256_fmadd_pd(x, b0, c50); if (nv == 2) c51 = _mm256_fmadd_pd(x, b1, c51);
     }
-    const __m256d va = _mm256_set1_pd(alpha), vb = _mm256_set1_pd(beta);
-    const int beta0 = beta == 0, full = nr == 4 * nv;
+    const __m256d va = _mm256_set1_pd(*alpha), vb = _mm256_set1_pd(*beta);
+    const int beta0 = *beta == 0, full = nr == 4 * nv;
     const __m256i m0 = bp_mask4(nr), m1 = bp_mask4(nr - 4);
     bp_row_f64(c, c00, c01, va, vb, beta0, nv, full, m0, m1);
     if (mr > 1) bp_row_f64(c + rsc, c10, c11, va, vb, beta0, nv, full, m0, m1);
@@ -226,7 +229,7 @@ BP_INLINE_AVX2 void bp_ukr_f64_avx2_tile(const int nv, ptrdiff_t k, const double
 
 /* Edge tiles at most half as wide as NR use one vector per row: no wasted FMAs. */
 static BP_AVX2 void bp_ukr_f32_avx2(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
-                                    const float *b, float alpha, float beta,
+                                    const float *b, const float *alpha, const float *beta,
                                     float *c, ptrdiff_t rsc, int mr, int nr)
 {
     if (nr > 8) bp_ukr_f32_avx2_tile(2, k, a, rsa, csa, b, alpha, beta, c, rsc, mr, nr);
@@ -234,7 +237,7 @@ static BP_AVX2 void bp_ukr_f32_avx2(ptrdiff_t k, const float *a, ptrdiff_t rsa, 
 }
 
 static BP_AVX2 void bp_ukr_f64_avx2(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
-                                    const double *b, double alpha, double beta,
+                                    const double *b, const double *alpha, const double *beta,
                                     double *c, ptrdiff_t rsc, int mr, int nr)
 {
     if (nr > 4) bp_ukr_f64_avx2_tile(2, k, a, rsa, csa, b, alpha, beta, c, rsc, mr, nr);
