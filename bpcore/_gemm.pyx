@@ -79,6 +79,16 @@ cdef extern from "epilogue.h" nogil:
     void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
 
+cdef extern from "pack.h" nogil:
+    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
+                                       float *dst) noexcept
+    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
+                                       double *dst) noexcept
+    void bp_pack_bt_f32_portable(ptrdiff_t, int, const float *, ptrdiff_t, float *)
+    void bp_pack_bt_f64_portable(ptrdiff_t, int, const double *, ptrdiff_t, double *)
+    void bp_pack_bt_f32_avx2(ptrdiff_t, int, const float *, ptrdiff_t, float *)
+    void bp_pack_bt_f64_avx2(ptrdiff_t, int, const double *, ptrdiff_t, double *)
+
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
@@ -115,6 +125,8 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # --------------------------------------------------------------------------
 cdef bp_ukr_f32_fn _ukr_f32 = bp_ukr_f32_portable
 cdef bp_ukr_f64_fn _ukr_f64 = bp_ukr_f64_portable
+cdef bp_pack_bt_f32_fn _pack_bt_f32 = bp_pack_bt_f32_portable
+cdef bp_pack_bt_f64_fn _pack_bt_f64 = bp_pack_bt_f64_portable
 cdef str _kernel_name = "portable"
 cdef int _num_threads = 1
 _OPENMP = bool(BPCORE_OPENMP)
@@ -135,13 +147,15 @@ def cpu_features():
 
 def _set_kernel(name):
     """Select the micro-kernels: ``"avx2_fma"`` or ``"portable"`` (for tests)."""
-    global _ukr_f32, _ukr_f64, _kernel_name
+    global _ukr_f32, _ukr_f64, _pack_bt_f32, _pack_bt_f64, _kernel_name
     if name == "portable":
         _ukr_f32, _ukr_f64 = bp_ukr_f32_portable, bp_ukr_f64_portable
+        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_portable, bp_pack_bt_f64_portable
     elif name == "avx2_fma":
         if not (BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
             raise RuntimeError("this CPU (or build) has no AVX2+FMA; use 'portable'")
         _ukr_f32, _ukr_f64 = bp_ukr_f32_avx2, bp_ukr_f64_avx2
+        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_avx2, bp_pack_bt_f64_avx2
     else:
         raise ValueError(f"`name` must be 'avx2_fma' or 'portable'; got {name!r}")
     _kernel_name = name
@@ -205,16 +219,18 @@ cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssi
                          Py_ssize_t csb, floating *dst) noexcept nogil:
     cdef Py_ssize_t p, j
     cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    if rsb == 1 and csb != 1:   # columns contiguous (B transposed): a transpose, in C
+        if floating is float:
+            _pack_bt_f32(kc, <int>nr, b, csb, dst)
+        else:
+            _pack_bt_f64(kc, <int>nr, b, csb, dst)
+        return
     if nr < NR:
         memset(dst, 0, kc * NR * sizeof(floating))
     if csb == 1:        # rows of B contiguous: copy NR-long runs
         for p in range(kc):
             for j in range(nr):
                 dst[p * NR + j] = b[p * rsb + j]
-    elif rsb == 1:      # columns contiguous (B transposed): read down each column
-        for j in range(nr):
-            for p in range(kc):
-                dst[p * NR + j] = b[j * csb + p]
     else:
         for p in range(kc):
             for j in range(nr):
