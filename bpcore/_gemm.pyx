@@ -1,0 +1,703 @@
+"""Compiled GEMM: ``C := epi(alpha * op(A) @ op(B) + beta * C)`` for float32 and float64.
+
+Design:
+
+* Two layers.  ``gemm`` / ``gemm_f32`` / ``gemm_f64`` (declared in
+  ``_gemm.pxd``) are ``noexcept nogil`` and take pointers with signed element
+  strides, BLIS style; other kernels call them directly.  ``matmul`` is the
+  thin Python face: it validates (``bpcore._validate``), allocates ``out``,
+  and makes one call.  Transposes are strides, never copies.
+* The five loops of the Goto/BLIS algorithm, one function per level::
+
+      jc  (_gemm_blocked)  NC columns of B and C       B panel   -> L3
+      pc  (_gemm_blocked)  KC of the inner dimension   pack B~ (KC x NC, NR-wide slivers)
+      ic  (_row_blocks)    MC rows of A and C          pack A~ (MC x KC, MR-tall) -> L2
+      jr  (_macro_kernel)  NR columns                  one B~ sliver (KC x NR) -> L1
+      ir  (_macro_kernel)  MR rows                     micro-kernel: MR x NR tile in registers
+
+  The micro-kernels (6x16 float32, 6x8 float64; AVX2+FMA or portable) and the
+  epilogue are small C in ``bpcore/_gemm/*.h``.  A micro-kernel reads A through
+  strides, so A is packed only when that pays: a row-major A (unit column
+  stride) feeding a narrow C is read in place.  Edge tiles are computed at
+  their true width (masked stores, half-width tile for narrow edges); problems
+  below ``SMALL_MNK`` skip blocking altogether.
+* The epilogue (bias, activation, or the activation derivative from a saved
+  matrix ``aux``) runs on each tile right after its last K block is stored.
+* Threads (OpenMP, if built with it: ``BPCORE_OPENMP``) split the rows of C
+  (the ic loop) into contiguous, MR-aligned parts, each part with its own A~
+  buffer, and share the packing of B~.  K is never split, and every element
+  of C is computed by the same operations in the same order whatever tile
+  holds it, so results are bitwise identical run to run AND independent of
+  the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
+* Kernels are chosen once at import (``__builtin_cpu_supports``);
+  ``BPCORE_FORCE_PORTABLE=1`` forces the portable ones, and ``_set_kernel``
+  switches in-process for tests.  The FPU state is never touched (no
+  flush-to-zero; the build never uses -ffast-math).
+* Packing buffers are 64-byte aligned and reused across calls (one spare kept
+  in an atomic slot, see ``workspace.h``).  A failed allocation returns
+  ``BP_ENOMEM``, which ``matmul`` raises as ``MemoryError``.
+"""
+import os
+
+import numpy as np
+from numpy import ndarray
+
+from bpcore._validate import check_out, check_real, check_shape, float_arrays, check_int
+
+from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
+from cython.parallel cimport parallel, prange
+from libc.stddef cimport ptrdiff_t
+from libc.string cimport memset
+
+cdef extern from "microkernel.h" nogil:
+    enum:
+        BP_MR
+        BP_NR_F32
+        BP_NR_F64
+        BP_HAVE_AVX2_KERNELS
+    ctypedef void (*bp_ukr_f32_fn)(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
+                                   const float *b, const float *alpha, const float *beta,
+                                   float *c, ptrdiff_t rsc, int mr, int nr) noexcept
+    ctypedef void (*bp_ukr_f64_fn)(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
+                                   const double *b, const double *alpha, const double *beta,
+                                   double *c, ptrdiff_t rsc, int mr, int nr) noexcept
+    void bp_ukr_f32_portable(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
+                             const float *, const float *, float *, ptrdiff_t, int, int)
+    void bp_ukr_f64_portable(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
+                             const double *, const double *, double *, ptrdiff_t, int, int)
+    void bp_ukr_f32_avx2(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
+                         const float *, const float *, float *, ptrdiff_t, int, int)
+    void bp_ukr_f64_avx2(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
+                         const double *, const double *, double *, ptrdiff_t, int, int)
+    int bp_cpu_avx2()
+    int bp_cpu_fma()
+
+cdef extern from "epilogue.h" nogil:
+    void bp_epilogue_f32(int kind, ptrdiff_t mr, ptrdiff_t nr, float *c, ptrdiff_t rsc,
+                         ptrdiff_t csc, const float *bias, const float *aux, ptrdiff_t ldaux)
+    void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
+                         ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
+
+cdef extern from "pack.h" nogil:
+    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
+                                       float *dst) noexcept
+    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
+                                       double *dst) noexcept
+    void bp_pack_bt_f32_portable(ptrdiff_t, int, const float *, ptrdiff_t, float *)
+    void bp_pack_bt_f64_portable(ptrdiff_t, int, const double *, ptrdiff_t, double *)
+    void bp_pack_bt_f32_avx2(ptrdiff_t, int, const float *, ptrdiff_t, float *)
+    void bp_pack_bt_f64_avx2(ptrdiff_t, int, const double *, ptrdiff_t, double *)
+
+cdef extern from "workspace.h" nogil:
+    void *bp_ws_acquire(size_t nbytes)
+    void bp_ws_release(void *buf)
+
+
+# --------------------------------------------------------------------------
+# Block sizes (elements).  KC x NR of B~ stays in L1 (16 KiB of 32-48 KiB);
+# MC x KC of A~ in L2 (144 KiB of 512 KiB-1 MiB); KC x NC of B~ in L3.
+# --------------------------------------------------------------------------
+cdef enum:
+    MR = BP_MR              # register tile rows (both dtypes)
+    NR32 = BP_NR_F32        # register tile columns, float32
+    NR64 = BP_NR_F64        # register tile columns, float64
+    KC32 = 256              # inner-dimension block: B~ sliver 256*16*4 B = 16 KiB (L1)
+    KC64 = 256              # 256*8*8 B = 16 KiB (L1)
+    MC32 = 144              # A~ block 144*256*4 B = 144 KiB (L2); multiple of MR
+    MC64 = 72               # 72*256*8 B = 144 KiB (L2)
+    NC32 = 4080             # B~ panel 256*4080*4 B = 4 MiB (L3); multiple of NR
+    NC64 = 4080             # 8 MiB (L3)
+
+# Below this m*n*k a plain loop beats packing (2x2x2 is about call overhead).
+cdef Py_ssize_t SMALL_MNK = 512
+# Below this m*n*k one thread is faster than starting a parallel region.
+cdef Py_ssize_t PARALLEL_MNK = 96 * 96 * 96
+# Read A in place (no packing) when it is row-major and C is at most this wide:
+# packing costs O(m*k) against O(m*k*n) of FMAs, so it pays only for wide C.
+cdef Py_ssize_t NOPACK_A_MAX_N = 256
+# Release the GIL only when the call is long enough to be worth it.
+cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
+
+
+# --------------------------------------------------------------------------
+# Runtime state: kernels chosen at import, thread count.
+# --------------------------------------------------------------------------
+cdef bp_ukr_f32_fn _ukr_f32 = bp_ukr_f32_portable
+cdef bp_ukr_f64_fn _ukr_f64 = bp_ukr_f64_portable
+cdef bp_pack_bt_f32_fn _pack_bt_f32 = bp_pack_bt_f32_portable
+cdef bp_pack_bt_f64_fn _pack_bt_f64 = bp_pack_bt_f64_portable
+cdef str _kernel_name = "portable"
+cdef int _num_threads = 1
+_OPENMP = bool(BPCORE_OPENMP)
+
+
+def cpu_features():
+    """What the CPU offers and which micro-kernel this process uses.
+
+    Returns
+    -------
+    dict
+        ``{"avx2": bool, "fma": bool, "kernel": "avx2_fma" | "portable",
+        "openmp": bool}``.
+    """
+    return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
+            "kernel": _kernel_name, "openmp": _OPENMP}
+
+
+def _set_kernel(name):
+    """Select the micro-kernels: ``"avx2_fma"`` or ``"portable"`` (for tests)."""
+    global _ukr_f32, _ukr_f64, _pack_bt_f32, _pack_bt_f64, _kernel_name
+    if name == "portable":
+        _ukr_f32, _ukr_f64 = bp_ukr_f32_portable, bp_ukr_f64_portable
+        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_portable, bp_pack_bt_f64_portable
+    elif name == "avx2_fma":
+        if not (BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
+            raise RuntimeError("this CPU (or build) has no AVX2+FMA; use 'portable'")
+        _ukr_f32, _ukr_f64 = bp_ukr_f32_avx2, bp_ukr_f64_avx2
+        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_avx2, bp_pack_bt_f64_avx2
+    else:
+        raise ValueError(f"`name` must be 'avx2_fma' or 'portable'; got {name!r}")
+    _kernel_name = name
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (>= 1) for large products (1 when built without OpenMP)."""
+    global _num_threads
+    _num_threads = check_int("n", n, minimum=1)
+
+
+def get_num_threads():
+    """The number of threads large products use."""
+    return _num_threads if _OPENMP else 1
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_num_threads = _default_threads()
+if (os.environ.get("BPCORE_FORCE_PORTABLE", "0") in ("", "0", "false", "False")
+        and BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
+    _set_kernel("avx2_fma")
+else:
+    _set_kernel("portable")
+
+
+# --------------------------------------------------------------------------
+# Packing.  A~: MR-tall slivers, sliver s holds rows s*MR.., element (i, p) at
+#   [s*MR*kc + p*MR + i]; a short last sliver is not padded (the micro-kernel
+#   never reads rows past mr).  B~: NR-wide slivers, element (p, j) of sliver s
+#   at [s*NR*kc + p*NR + j], zero-padded to NR columns.
+# --------------------------------------------------------------------------
+cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const floating *a, Py_ssize_t rsa,
+                  Py_ssize_t csa, floating *dst) noexcept nogil:
+    cdef Py_ssize_t t, s, i, p, mr
+    cdef const floating *src
+    for t in range((mc + MR - 1) // MR):
+        s = t * MR
+        mr = min(<Py_ssize_t>MR, mc - s)
+        src = a + s * rsa
+        if mr == MR:
+            for p in range(kc):
+                for i in range(MR):
+                    dst[p * MR + i] = src[i * rsa + p * csa]
+        else:
+            for p in range(kc):
+                for i in range(mr):
+                    dst[p * MR + i] = src[i * rsa + p * csa]
+        dst += MR * kc
+
+
+cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssize_t rsb,
+                         Py_ssize_t csb, floating *dst) noexcept nogil:
+    cdef Py_ssize_t p, j
+    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    if rsb == 1 and csb != 1:   # columns contiguous (B transposed): a transpose, in C
+        if floating is float:
+            _pack_bt_f32(kc, <int>nr, b, csb, dst)
+        else:
+            _pack_bt_f64(kc, <int>nr, b, csb, dst)
+        return
+    if nr < NR:
+        memset(dst, 0, kc * NR * sizeof(floating))
+    if csb == 1:        # rows of B contiguous: copy NR-long runs
+        for p in range(kc):
+            for j in range(nr):
+                dst[p * NR + j] = b[p * rsb + j]
+    else:
+        for p in range(kc):
+            for j in range(nr):
+                dst[p * NR + j] = b[p * rsb + j * csb]
+
+
+# --------------------------------------------------------------------------
+# The loops.
+# --------------------------------------------------------------------------
+cdef inline void _ukr(Py_ssize_t k, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      const floating *b, floating alpha, floating beta,
+                      floating *c, Py_ssize_t rsc, int mr, int nr) noexcept nogil:
+    if floating is float:
+        _ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+    else:
+        _ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+
+
+cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,
+                           Py_ssize_t rsc, Py_ssize_t csc, const floating *bias,
+                           const floating *aux, Py_ssize_t ldaux) noexcept nogil:
+    if floating is float:
+        bp_epilogue_f32(epi, mr, nr, c, rsc, csc, bias, aux, ldaux)
+    else:
+        bp_epilogue_f64(epi, mr, nr, c, rsc, csc, bias, aux, ldaux)
+
+
+cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, floating alpha,
+                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, bint a_packed,
+                        const floating *bpk, floating beta,
+                        floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+                        int epi, const floating *bias, const floating *aux,
+                        Py_ssize_t ldaux) noexcept nogil:
+    """The jr and ir loops: C[0:mc, 0:nc] := alpha*A~ B~ + beta*C, then epi (if epi)."""
+    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t tj, ti, jr, ir, i, j
+    cdef int mr, nr
+    cdef const floating *ap
+    cdef floating *cp
+    cdef floating tile[MR * NR32]     # for a C with non-unit column stride
+    for tj in range((nc + NR - 1) // NR):
+        jr = tj * NR
+        nr = <int>min(NR, nc - jr)
+        for ti in range((mc + MR - 1) // MR):
+            ir = ti * MR
+            mr = <int>min(<Py_ssize_t>MR, mc - ir)
+            ap = a + (ir * kc if a_packed else ir * rsa)
+            cp = c + ir * rsc + jr * csc
+            if csc == 1:
+                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, beta, cp, rsc, mr, nr)
+            else:
+                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, 0, tile, NR, mr, nr)
+                for i in range(mr):
+                    for j in range(nr):
+                        if beta == 0:
+                            cp[i * rsc + j * csc] = tile[i * NR + j]
+                        else:
+                            cp[i * rsc + j * csc] = tile[i * NR + j] + beta * cp[i * rsc + j * csc]
+            if epi != BP_EPI_NONE:
+                _epilogue(epi, mr, nr, cp, rsc, csc,
+                          bias + jr if bias != NULL else NULL,
+                          aux + ir * ldaux + jr if aux != NULL else NULL, ldaux)
+
+
+cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc,
+                      floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      bint pack_a, floating *apk, const floating *bpk, floating beta,
+                      floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+                      int epi, const floating *bias, const floating *aux,
+                      Py_ssize_t ldaux) noexcept nogil:
+    """The ic loop over rows [i0, i1): pack an MC x KC block of A (or not), run jr/ir."""
+    cdef Py_ssize_t MC = MC32 if floating is float else MC64
+    cdef Py_ssize_t t, ic, mc
+    for t in range((i1 - i0 + MC - 1) // MC):
+        ic = i0 + t * MC
+        mc = min(MC, i1 - ic)
+        if pack_a:
+            _pack_a(mc, kc, a + ic * rsa, rsa, csa, apk)
+            _macro_kernel(mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
+                          c + ic * rsc, rsc, csc, epi, bias,
+                          aux + ic * ldaux if aux != NULL else NULL, ldaux)
+        else:
+            _macro_kernel(mc, nc, kc, alpha, a + ic * rsa, rsa, csa, False, bpk, beta,
+                          c + ic * rsc, rsc, csc, epi, bias,
+                          aux + ic * ldaux if aux != NULL else NULL, ldaux)
+
+
+cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                       const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                       const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+                       floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+                       int epi, const floating *bias, const floating *aux,
+                       Py_ssize_t ldaux, int nthreads) noexcept nogil:
+    """The jc and pc loops; the rows of C are split into ``nparts`` thread parts."""
+    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t KC = KC32 if floating is float else KC64
+    cdef Py_ssize_t MC = MC32 if floating is float else MC64
+    cdef Py_ssize_t NC = NC32 if floating is float else NC64
+    cdef Py_ssize_t kc_max = min(KC, k)
+    cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
+    cdef bint pack_a = not (csa == 1 and n <= NOPACK_A_MAX_N)
+    cdef Py_ssize_t mtiles = (m + MR - 1) // MR
+    cdef Py_ssize_t nparts = max(1, min(<Py_ssize_t>nthreads, mtiles))
+    cdef Py_ssize_t part_rows = (mtiles + nparts - 1) // nparts * MR
+    cdef Py_ssize_t a_elems = min(MC, part_rows) * kc_max if pack_a else 0
+    cdef floating *ws = <floating *>bp_ws_acquire(
+        (kc_max * nc_max + nparts * a_elems) * sizeof(floating))
+    cdef floating *bpk = ws
+    cdef Py_ssize_t tjc, tpc, jc, pc, nc, kc, s, part
+    cdef Py_ssize_t njc = (n + NC - 1) // NC, npc = (k + KC - 1) // KC
+    cdef floating beta_pc
+    cdef int epi_pc
+    if ws == NULL:
+        return BP_ENOMEM
+    if nparts == 1:
+        for tjc in range(njc):
+            jc = tjc * NC
+            nc = min(NC, n - jc)
+            for tpc in range(npc):
+                pc = tpc * KC
+                kc = min(KC, k - pc)
+                for s in range((nc + NR - 1) // NR):
+                    _pack_b_sliver(kc, min(NR, nc - s * NR), b + pc * rsb + (jc + s * NR) * csb,
+                                   rsb, csb, bpk + s * NR * kc)
+                _row_blocks(0, m, nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
+                            ws + kc_max * nc_max, bpk,
+                            beta if pc == 0 else 1, c + jc * csc, rsc, csc,
+                            epi if pc + kc == k else BP_EPI_NONE,
+                            bias + jc if bias != NULL else NULL,
+                            aux + jc if aux != NULL else NULL, ldaux)
+    else:
+        with parallel(num_threads=nparts):
+            for tjc in range(njc):
+                jc = tjc * NC
+                nc = min(NC, n - jc)
+                for tpc in range(npc):
+                    pc = tpc * KC
+                    kc = min(KC, k - pc)
+                    beta_pc = beta if pc == 0 else 1
+                    epi_pc = epi if pc + kc == k else BP_EPI_NONE
+                    for s in prange(0, (nc + NR - 1) // NR, schedule="static"):
+                        _pack_b_sliver(kc, min(NR, nc - s * NR),
+                                       b + pc * rsb + (jc + s * NR) * csb,
+                                       rsb, csb, bpk + s * NR * kc)
+                    for part in prange(nparts, schedule="static", chunksize=1):
+                        _row_blocks(part * part_rows, min(m, (part + 1) * part_rows),
+                                    nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
+                                    ws + kc_max * nc_max + part * a_elems, bpk,
+                                    beta_pc, c + jc * csc, rsc, csc, epi_pc,
+                                    bias + jc if bias != NULL else NULL,
+                                    aux + jc if aux != NULL else NULL, ldaux)
+    bp_ws_release(ws)
+    return BP_OK
+
+
+cdef void _gemm_small(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                      const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+                      floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc) noexcept nogil:
+    """Tiny products (and k == 0): dot products in k order, no packing."""
+    cdef Py_ssize_t i, j, p
+    cdef floating acc
+    for i in range(m):
+        for j in range(n):
+            acc = 0
+            for p in range(k):
+                acc = acc + a[i * rsa + p * csa] * b[p * rsb + j * csb]
+            if beta == 0:
+                c[i * rsc + j * csc] = alpha * acc
+            else:
+                c[i * rsc + j * csc] = alpha * acc + beta * c[i * rsc + j * csc]
+
+
+cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+              const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+              const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
+              floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+              bp_epilogue epi, const floating *bias,
+              const floating *aux, Py_ssize_t ldaux,
+              int num_threads) noexcept nogil:
+    """C := epi(alpha * op(A) @ op(B) + beta * C); see _gemm.pxd for the contract."""
+    cdef int nthreads = num_threads if num_threads > 0 else _num_threads
+    if <int>epi < 0 or <int>epi >= BP_EPI_COUNT:
+        return BP_EINVAL
+    if BP_EPI_BIAS <= epi <= BP_EPI_BIAS_IDENTITY and bias == NULL:
+        return BP_EINVAL
+    if BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL:
+        return BP_EINVAL
+    if m <= 0 or n <= 0:
+        return BP_OK
+    if k <= 0 or m * n * k <= SMALL_MNK:
+        _gemm_small(m, n, max(k, 0), alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        if epi != BP_EPI_NONE:
+            _epilogue(epi, m, n, c, rsc, csc, bias, aux, ldaux)
+        return BP_OK
+    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP:
+        nthreads = 1
+    return _gemm_blocked(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                         epi, bias, aux, ldaux, nthreads)
+
+
+cdef int gemm_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                  const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                  float beta, float *c, Py_ssize_t rsc, Py_ssize_t csc,
+                  bp_epilogue epi, const float *bias,
+                  const float *aux, Py_ssize_t ldaux,
+                  int num_threads) noexcept nogil:
+    """float32 ``gemm`` (for callers that prefer a non-fused name)."""
+    return gemm(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                epi, bias, aux, ldaux, num_threads)
+
+
+cdef int gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
+                  const double *a, Py_ssize_t rsa, Py_ssize_t csa,
+                  const double *b, Py_ssize_t rsb, Py_ssize_t csb,
+                  double beta, double *c, Py_ssize_t rsc, Py_ssize_t csc,
+                  bp_epilogue epi, const double *bias,
+                  const double *aux, Py_ssize_t ldaux,
+                  int num_threads) noexcept nogil:
+    """float64 ``gemm``."""
+    return gemm(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                epi, bias, aux, ldaux, num_threads)
+
+
+# --------------------------------------------------------------------------
+# Python face.
+# --------------------------------------------------------------------------
+EPILOGUES = {
+    "none": BP_EPI_NONE, "bias": BP_EPI_BIAS, "bias_relu": BP_EPI_BIAS_RELU,
+    "bias_sigmoid": BP_EPI_BIAS_SIGMOID, "bias_tanh": BP_EPI_BIAS_TANH,
+    "bias_identity": BP_EPI_BIAS_IDENTITY, "mul_drelu": BP_EPI_MUL_DRELU,
+    "mul_dsigmoid": BP_EPI_MUL_DSIGMOID, "mul_dtanh": BP_EPI_MUL_DTANH,
+}
+
+cdef object _F32 = np.dtype(np.float32)
+cdef object _F64 = np.dtype(np.float64)
+cdef object _empty = np.empty
+cdef int _RO = PyBUF_STRIDES | PyBUF_FORMAT
+
+
+cdef inline int _kind(const Py_buffer *v) noexcept:
+    """4 for a native float32 buffer, 8 for float64, 0 otherwise."""
+    cdef const char *f = v.format
+    if f == NULL or f[0] == 0 or f[1] != 0:
+        return 0
+    if f[0] == b'f' and v.itemsize == 4:
+        return 4
+    if f[0] == b'd' and v.itemsize == 8:
+        return 8
+    return 0
+
+
+cdef inline bint _elementwise(const Py_buffer *v) noexcept:
+    """Pointer and strides are whole elements (so element strides are exact)."""
+    cdef Py_ssize_t s = v.itemsize
+    return (<size_t>v.buf % s == 0 and v.strides[0] % s == 0 and v.strides[1] % s == 0)
+
+
+cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
+                  double beta, Py_buffer *vc, int epi, Py_buffer *vbias,
+                  Py_buffer *vaux) except -1:
+    """One call of ``gemm`` on acquired buffers (shapes already checked)."""
+    cdef Py_ssize_t s = va.itemsize
+    cdef Py_ssize_t m = va.shape[1] if ta else va.shape[0]
+    cdef Py_ssize_t k = va.shape[0] if ta else va.shape[1]
+    cdef Py_ssize_t n = vb.shape[0] if tb else vb.shape[1]
+    cdef Py_ssize_t rsa = va.strides[0] // s, csa = va.strides[1] // s
+    cdef Py_ssize_t rsb = vb.strides[0] // s, csb = vb.strides[1] // s
+    cdef Py_ssize_t rsc = vc.strides[0] // s if vc.ndim == 2 else n
+    cdef Py_ssize_t ldaux = vaux.strides[0] // s if vaux != NULL else 0
+    cdef const void *bias = vbias.buf if vbias != NULL else NULL
+    cdef const void *aux = vaux.buf if vaux != NULL else NULL
+    cdef int status
+    if ta:
+        rsa, csa = csa, rsa
+    if tb:
+        rsb, csb = csb, rsb
+    if m * n * k < NOGIL_MNK:
+        if s == 4:
+            status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
+                              <const float *>vb.buf, rsb, csb, <float>beta,
+                              <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <const float *>bias, <const float *>aux, ldaux, 0)
+        else:
+            status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
+                              <const double *>vb.buf, rsb, csb, beta,
+                              <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <const double *>bias, <const double *>aux, ldaux, 0)
+    else:
+        with nogil:
+            if s == 4:
+                status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
+                                  <const float *>vb.buf, rsb, csb, <float>beta,
+                                  <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <const float *>bias, <const float *>aux, ldaux, 0)
+            else:
+                status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
+                                  <const double *>vb.buf, rsb, csb, beta,
+                                  <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <const double *>bias, <const double *>aux, ldaux, 0)
+    if status == BP_ENOMEM:
+        raise MemoryError("bpcore.matmul could not allocate its packing buffers")
+    if status != BP_OK:
+        raise ValueError(f"bpcore gemm rejected its arguments (status {status})")
+    return 0
+
+
+cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta,
+                 object out, int epi=BP_EPI_NONE, object bias=None, object aux=None):
+    """Acquire buffers of validated arrays, allocate ``out`` if None, compute."""
+    cdef Py_buffer va, vb, vc, vbias, vaux
+    cdef Py_buffer *pbias = NULL
+    cdef Py_buffer *paux = NULL
+    cdef Py_ssize_t m, n
+    PyObject_GetBuffer(a, &va, _RO)
+    try:
+        if not _elementwise(&va):           # misaligned data: compute on a copy
+            PyBuffer_Release(&va)
+            a = np.ascontiguousarray(a)
+            PyObject_GetBuffer(a, &va, _RO)
+        PyObject_GetBuffer(b, &vb, _RO)
+        try:
+            if not _elementwise(&vb):
+                PyBuffer_Release(&vb)
+                b = np.ascontiguousarray(b)
+                PyObject_GetBuffer(b, &vb, _RO)
+            m = va.shape[1] if ta else va.shape[0]
+            n = vb.shape[0] if tb else vb.shape[1]
+            if out is None:
+                out = _empty((m, n), _F32 if va.itemsize == 4 else _F64)
+            PyObject_GetBuffer(out, &vc, PyBUF_STRIDES | PyBUF_WRITABLE)
+            try:
+                if bias is not None:
+                    PyObject_GetBuffer(bias, &vbias, PyBUF_STRIDES)
+                    pbias = &vbias
+                if aux is not None:
+                    PyObject_GetBuffer(aux, &vaux, PyBUF_STRIDES)
+                    paux = &vaux
+                _compute(&va, &vb, ta, tb, alpha, beta, &vc, epi, pbias, paux)
+            finally:
+                if pbias != NULL:
+                    PyBuffer_Release(pbias)
+                if paux != NULL:
+                    PyBuffer_Release(paux)
+                PyBuffer_Release(&vc)
+        finally:
+            PyBuffer_Release(&vb)
+    finally:
+        PyBuffer_Release(&va)
+    return out
+
+
+cdef object _fast(object a, object b, bint ta, bint tb, object alpha):
+    """``matmul`` for the common call (two native float ndarrays, matching shapes,
+    ``out=None``, beta 0): a few C checks instead of the full policy.  None when
+    any check fails -- the full path then raises or converts."""
+    cdef Py_buffer va, vb, vc
+    cdef Py_ssize_t m, n, k, kb
+    cdef int kind
+    cdef object out
+    if type(alpha) is not float or type(a) is not ndarray or type(b) is not ndarray:
+        return None
+    if PyObject_GetBuffer(a, &va, _RO) != 0:
+        return None
+    try:
+        if PyObject_GetBuffer(b, &vb, _RO) != 0:
+            return None
+        try:
+            kind = _kind(&va)
+            if (kind == 0 or kind != _kind(&vb) or va.ndim != 2 or vb.ndim != 2
+                    or not _elementwise(&va) or not _elementwise(&vb)):
+                return None
+            m = va.shape[1] if ta else va.shape[0]
+            k = va.shape[0] if ta else va.shape[1]
+            kb = vb.shape[1] if tb else vb.shape[0]
+            n = vb.shape[0] if tb else vb.shape[1]
+            if k != kb:
+                return None
+            out = _empty((m, n), _F32 if kind == 4 else _F64)
+            PyObject_GetBuffer(out, &vc, PyBUF_STRIDES | PyBUF_WRITABLE)
+            try:
+                _compute(&va, &vb, ta, tb, <double>alpha, 0.0, &vc, BP_EPI_NONE, NULL, NULL)
+            finally:
+                PyBuffer_Release(&vc)
+            return out
+        finally:
+            PyBuffer_Release(&vb)
+    finally:
+        PyBuffer_Release(&va)
+
+
+def _check_operands(a, b, trans_a, trans_b, alpha, beta, out):
+    """The full validation policy for ``matmul``; returns the arguments to compute with."""
+    _, (a, b) = float_arrays(("a", a, 2), ("b", b, 2))
+    dtype = a.dtype
+    ta, tb = bool(trans_a), bool(trans_b)
+    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+    want = ("n", k) if tb else (k, "n")
+    op_a = "a.T" if ta else "a"
+    check_shape("b", b, want,
+                f"(trans_b={tb}) to match `{op_a}` of shape ({m}, {k}) on the inner dimension")
+    n = b.shape[0] if tb else b.shape[1]
+    alpha = check_real("alpha", alpha)
+    beta = check_real("beta", beta)
+    if out is None and beta != 0:
+        raise ValueError("beta != 0 needs `out` (the C that beta scales); got out=None")
+    out = check_out(out, "out", (m, n), dtype, inputs=(("a", a), ("b", b)))
+    return a, b, ta, tb, alpha, beta, out
+
+
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """``alpha * op(a) @ op(b) + beta * out``, with op(x) = x.T if trans_x.
+
+    Parameters
+    ----------
+    a : array_like, shape (m, k), or (k, m) if ``trans_a``
+    b : array_like, shape (k, n), or (n, k) if ``trans_b``
+        float32 or float64 (one dtype for both); any strides, read-only and
+        memory-mapped arrays included -- nothing is copied where strides allow.
+    trans_a, trans_b : bool
+        Use the transpose, read in place (never copied).
+    alpha, beta : float
+        ``beta == 0`` ignores whatever ``out`` holds (NaN included), as BLAS does.
+    out : ndarray, shape (m, n), optional
+        C-contiguous, writeable, of the operands' dtype, not overlapping them.
+        Required when ``beta != 0``.
+
+    Returns
+    -------
+    ndarray, shape (m, n)
+        ``out`` if given, else a new array.
+    """
+    cdef object result
+    if out is None and (beta == 0.0 if type(beta) is float else False):
+        result = _fast(a, b, trans_a, trans_b, alpha)
+        if result is not None:
+            return result
+    a, b, ta, tb, alpha, beta, out = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
+    return _run(a, b, ta, tb, alpha, beta, out)
+
+
+def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, trans_b=False,
+                     alpha=1.0, beta=0.0, out=None):
+    """``matmul`` followed by a fused epilogue (for tests of the C entry point).
+
+    ``epilogue`` is a key of ``EPILOGUES``; ``bias`` has shape (n,) for the
+    ``bias*`` kinds, ``aux`` shape (m, n) for the ``mul_d*`` kinds.
+    """
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"`epilogue` must be one of {', '.join(map(repr, EPILOGUES))}; "
+                         f"got {epilogue!r}")
+    a, b, ta, tb, alpha, beta, out = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
+    m, n = out.shape
+    if epilogue.startswith("bias"):
+        _, (bias,) = float_arrays(("bias", bias if bias is not None else a.dtype.type(0), 1),
+                                  contiguous=True)
+        bias = bias.astype(a.dtype, copy=False)
+        check_shape("bias", bias, (n,), "(one value per column of the product)")
+        aux = None
+    elif epilogue.startswith("mul"):
+        _, (aux,) = float_arrays(("aux", aux, 2))
+        aux = aux.astype(a.dtype, copy=False)
+        check_shape("aux", aux, (m, n), "(the saved activation, shaped like the product)")
+        if aux.strides[1] != aux.itemsize:
+            aux = np.ascontiguousarray(aux)
+        bias = None
+    else:
+        bias = aux = None
+    return _run(a, b, ta, tb, alpha, beta, out, EPILOGUES[epilogue], bias, aux)

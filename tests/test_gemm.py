@@ -1,0 +1,420 @@
+"""bpcore._gemm against a float64 NumPy product: shapes x layouts x dtypes x kernels."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bpcore import _gemm
+from bpcore._gemm import matmul
+
+DTYPES = (np.float32, np.float64)
+# Relative error per unit of K: well above K*eps growth, far below any real bug.
+EPS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-15}
+
+
+def _kernels():
+    names = ["portable"]
+    if _gemm.cpu_features()["avx2"] and _gemm.cpu_features()["fma"]:
+        names.insert(0, "avx2_fma")
+    return names
+
+
+@pytest.fixture(params=_kernels())
+def kernel(request):
+    before = _gemm.cpu_features()["kernel"]
+    _gemm._set_kernel(request.param)
+    yield request.param
+    _gemm._set_kernel(before)
+
+
+@pytest.fixture
+def threads():
+    before = _gemm.get_num_threads()
+    yield _gemm.set_num_threads
+    _gemm.set_num_threads(before)
+
+
+def reference(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """alpha*op(a)@op(b) + beta*out in float64 (out ignored when beta == 0)."""
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    r = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64))
+    if beta != 0:
+        r = r + beta * np.asarray(out, dtype=np.float64)
+    return r
+
+
+def assert_close(got, op_a, b, want, alpha=1.0, beta=0.0, out=None, trans_b=None):
+    """|got - want| <= eps * ((k+4) |alpha| (|op(a)| @ |op(b)|) + 4 |beta| |out|), elementwise.
+
+    The classic bound for a K-term dot product, gamma_K * |A||B|, with eps a
+    few times the unit roundoff (see EPS)."""
+    k = op_a.shape[1]
+    op_b = b if b.shape[0] == k and (trans_b is None or not trans_b) else b.T
+    bound = (k + 4) * abs(alpha) * (np.abs(op_a).astype(np.float64) @ np.abs(op_b))
+    if beta != 0 and out is not None:
+        bound = bound + 4 * abs(beta) * np.abs(out)
+    err = np.abs(got.astype(np.float64) - want)
+    bad = ~(err <= EPS[np.dtype(got.dtype)] * bound + 1e-300)
+    assert not bad.any(), (f"{bad.sum()} elements off; worst error {err.max():.3g} "
+                           f"where the bound is {(EPS[np.dtype(got.dtype)] * bound).min():.3g}")
+
+
+def rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def operands(rng, m, n, k, dtype, trans_a=False, trans_b=False):
+    a = rand(rng, (k, m) if trans_a else (m, k), dtype)
+    b = rand(rng, (n, k) if trans_b else (k, n), dtype)
+    return a, b
+
+
+# ---------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------
+_rng = np.random.default_rng(1234)
+RANDOM_SHAPES = [tuple(int(x) for x in _rng.integers(1, 301, size=3)) for _ in range(10)] + [
+    (1, 1, 1), (2, 2, 2), (6, 16, 1), (7, 17, 3), (5, 9, 257), (13, 100, 64),
+    (64, 100, 1000), (64, 1000, 100), (1000, 100, 64), (145, 33, 513), (1, 300, 300),
+    (300, 1, 300), (300, 300, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", RANDOM_SHAPES)
+def test_matches_numpy_all_transposes(kernel, dtype, m, n, k):
+    rng = np.random.default_rng(m * 10007 + n * 101 + k)
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+            got = matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+            assert got.dtype == dtype and got.shape == (m, n)
+            assert got.flags.c_contiguous
+            assert_close(got, a.T if trans_a else a, b, reference(a, b, trans_a, trans_b),
+                         trans_b=trans_b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large(dtype):
+    rng = np.random.default_rng(7)
+    a, b = operands(rng, 700, 520, 900, dtype)
+    assert_close(matmul(a, b), a, b, reference(a, b))
+    a, b = operands(rng, 700, 520, 900, dtype, True, True)
+    assert_close(matmul(a, b, trans_a=True, trans_b=True), a.T, b,
+                 reference(a, b, True, True), trans_b=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(3, 5, 4), (50, 70, 300), (200, 130, 600)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (-0.5, 2.0), (2.5, -1.0), (0.0, 0.5),
+                                        (3.0, 0.0)])
+def test_alpha_beta(kernel, dtype, m, n, k, alpha, beta):
+    rng = np.random.default_rng(3)
+    a, b = operands(rng, m, n, k, dtype, trans_b=True)
+    out = rand(rng, (m, n), dtype)
+    c0 = out.copy()
+    got = matmul(a, b, trans_b=True, alpha=alpha, beta=beta, out=out)
+    assert got is out
+    assert_close(got, a, b, reference(a, b, False, True, alpha, beta, c0), alpha, beta, c0,
+                 trans_b=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(2, 3, 4), (40, 50, 60), (150, 170, 300)])
+def test_beta_zero_ignores_nan_in_out(kernel, dtype, m, n, k):
+    rng = np.random.default_rng(5)
+    a, b = operands(rng, m, n, k, dtype)
+    out = np.full((m, n), np.nan, dtype=dtype)
+    got = matmul(a, b, beta=0.0, out=out)
+    assert np.isfinite(got).all()
+    assert_close(got, a, b, reference(a, b))
+
+
+def _layouts(x):
+    """Views of the same values with other strides (all must be read in place)."""
+    f = np.asfortranarray(x)
+    yield "C", x
+    yield "F", f
+    yield "transposed-twice", np.ascontiguousarray(x.T).T
+    big = np.zeros((2 * x.shape[0] + 1, 3 * x.shape[1] + 2), dtype=x.dtype)
+    big[1::2, 2::3] = x
+    yield "sliced", big[1::2, 2::3]
+    neg = np.ascontiguousarray(x[::-1, ::-1])
+    yield "negative", neg[::-1, ::-1]
+    ro = x.copy()
+    ro.flags.writeable = False
+    yield "read-only", ro
+    yield "broadcast-row", np.broadcast_to(x[:1], x.shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(4, 5, 3), (37, 45, 70), (130, 40, 300)])
+def test_any_strides(kernel, dtype, m, n, k):
+    rng = np.random.default_rng(11)
+    a0, b0 = operands(rng, m, n, k, dtype)
+    for trans in (False, True):
+        for name_a, a in _layouts(a0.T.copy() if trans else a0):
+            for name_b, b in _layouts(b0):
+                got = matmul(a, b, trans_a=trans)
+                want = reference(a, b, trans_a=trans)
+                assert_close(got, a.T if trans else a, b, want)
+
+
+def test_memmap_input(tmp_path):
+    rng = np.random.default_rng(2)
+    a = rand(rng, (30, 40), np.float32)
+    path = tmp_path / "a.dat"
+    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=a.shape)
+    mm[:] = a
+    mm.flush()
+    ro = np.memmap(path, dtype=np.float32, mode="r", shape=a.shape)
+    b = rand(rng, (40, 20), np.float32)
+    assert_close(matmul(ro, b), a, b, reference(a, b))
+    assert_close(matmul(b.T, ro.T, trans_a=False), b.T, a.T, reference(b.T, ro.T))
+
+
+def test_misaligned_input_is_handled():
+    raw = np.zeros(4 * 12 + 1, dtype=np.uint8)
+    a = np.frombuffer(raw.data, dtype=np.float32, count=12, offset=1).reshape(3, 4)
+    b = np.arange(8, dtype=np.float32).reshape(4, 2)
+    np.testing.assert_array_equal(matmul(a, b), np.zeros((3, 2), np.float32))
+
+
+def test_lists_and_ints_take_float64():
+    got = matmul([[1, 2], [3, 4]], [[1, 0], [0, 1]])
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, [[1, 2], [3, 4]])
+    x = np.ones((2, 2), np.float32)
+    assert matmul(x, [[1, 2], [3, 4]]).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(0, 3, 4), (3, 0, 4), (3, 4, 0), (0, 0, 0), (0, 5, 0)])
+def test_zero_sized(kernel, dtype, m, n, k):
+    rng = np.random.default_rng(0)
+    a, b = operands(rng, m, n, k, dtype)
+    got = matmul(a, b)
+    assert got.shape == (m, n) and got.dtype == dtype
+    np.testing.assert_array_equal(got, np.zeros((m, n), dtype))
+    out = np.full((m, n), 3.0, dtype=dtype)
+    matmul(a, b, alpha=2.0, beta=0.5, out=out)
+    np.testing.assert_array_equal(out, np.full((m, n), 1.5, dtype))
+    out = np.full((m, n), np.nan, dtype=dtype)
+    matmul(a, b, out=out)
+    np.testing.assert_array_equal(out, np.zeros((m, n), dtype))
+
+
+# ---------------------------------------------------------------------------
+# Epilogues (the C entry point, through the private _matmul_epilogue hook)
+# ---------------------------------------------------------------------------
+def _sigmoid(z):
+    return np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))),
+                    np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+
+
+EPILOGUE_REFERENCE = {
+    "none": lambda z, bias, aux: z,
+    "bias": lambda z, bias, aux: z + bias,
+    "bias_identity": lambda z, bias, aux: z + bias,
+    "bias_relu": lambda z, bias, aux: np.maximum(z + bias, 0),
+    "bias_sigmoid": lambda z, bias, aux: _sigmoid(z + bias),
+    "bias_tanh": lambda z, bias, aux: np.tanh(z + bias),
+    "mul_drelu": lambda z, bias, aux: z * (aux > 0),
+    "mul_dsigmoid": lambda z, bias, aux: z * (aux * (1 - aux)),
+    "mul_dtanh": lambda z, bias, aux: z * (1 - aux ** 2),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
+@pytest.mark.parametrize("m,n,k,trans_b,beta", [(2, 3, 2, False, 0.0), (64, 100, 300, False, 0.0),
+                                                (37, 50, 600, True, 0.5), (9, 7, 0, False, 1.0)])
+def test_epilogues(kernel, dtype, epilogue, m, n, k, trans_b, beta):
+    rng = np.random.default_rng(17)
+    a, b = operands(rng, m, n, k, dtype, trans_b=trans_b)
+    bias = rand(rng, n, dtype)
+    aux = rng.uniform(-1, 1, (m, n)).astype(dtype)
+    out = rand(rng, (m, n), dtype)
+    c0 = out.copy()
+    got = _gemm._matmul_epilogue(a, b, epilogue, bias=bias, aux=aux, trans_b=trans_b,
+                                 alpha=0.7, beta=beta, out=out if beta else None)
+    z = reference(a, b, False, trans_b, 0.7, beta, c0)
+    want = EPILOGUE_REFERENCE[epilogue](z, bias.astype(np.float64), aux.astype(np.float64))
+    tol = EPS[np.dtype(dtype)] * 8 * (max(k, 1) * np.abs(a).max(initial=1)
+                                      * np.abs(b).max(initial=1) + 2 + np.abs(bias).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def test_epilogue_aux_with_its_own_row_stride():
+    rng = np.random.default_rng(4)
+    a, b = operands(rng, 20, 30, 40, np.float64)
+    big = rng.uniform(-1, 1, (20, 50))
+    aux = big[:, 5:35]
+    got = _gemm._matmul_epilogue(a, b, "mul_dtanh", aux=aux)
+    np.testing.assert_allclose(got, (a @ b) * (1 - aux ** 2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_epilogue_is_stable(dtype):
+    a = np.array([[1.0], [-1.0], [0.0]], dtype)
+    b = np.array([[1e4, -1e4, 50.0, -50.0, 1e30, -1e30]], dtype)
+    with np.errstate(all="raise"):
+        got = _gemm._matmul_epilogue(a, b, "bias_sigmoid", bias=np.zeros(6, dtype))
+    assert np.isfinite(got).all()
+    assert got[0, 0] == 1 and got[0, 1] == 0 and got[2, 0] == 0.5
+
+
+def test_epilogue_errors():
+    a = np.ones((3, 4))
+    b = np.ones((4, 5))
+    with pytest.raises(ValueError, match="bias"):
+        _gemm._matmul_epilogue(a, b, "bias_relu", bias=np.ones(4))
+    with pytest.raises(ValueError, match="aux"):
+        _gemm._matmul_epilogue(a, b, "mul_drelu", aux=np.ones((5, 3)))
+    with pytest.raises(ValueError, match="epilogue"):
+        _gemm._matmul_epilogue(a, b, "softmax")
+
+
+# ---------------------------------------------------------------------------
+# Errors: each names the argument
+# ---------------------------------------------------------------------------
+def test_mixed_dtypes():
+    with pytest.raises(TypeError, match="`a`.*`b`"):
+        matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float64))
+    with pytest.raises(TypeError, match="`a`"):
+        matmul(np.ones((2, 2), np.complex128), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="`b`"):
+        matmul(np.ones((2, 2)), np.ones((2, 2), np.float16))
+
+
+def test_wrong_ndim():
+    with pytest.raises(ValueError, match="`a` must be 2-D"):
+        matmul(np.ones(3), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="`b` must be 2-D"):
+        matmul(np.ones((2, 3)), np.ones((2, 3, 4)))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_inner_dimension_mismatch(trans_a, trans_b):
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((5, 6), np.float32)
+    with pytest.raises(ValueError, match=r"`b` must have shape .*\(5, 6\)") as info:
+        matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert "(3, 4)" in str(info.value) or "(4, 3)" in str(info.value)
+
+
+def test_bad_out():
+    a = np.ones((3, 4))
+    b = np.ones((4, 5))
+    with pytest.raises(ValueError, match="`out` must have shape"):
+        matmul(a, b, out=np.empty((5, 3)))
+    with pytest.raises(ValueError, match="`out` must have dtype"):
+        matmul(a, b, out=np.empty((3, 5), np.float32))
+    with pytest.raises(ValueError, match="`out` must be C-contiguous"):
+        matmul(a, b, out=np.empty((5, 3)).T)
+    ro = np.empty((3, 5))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="`out` is read-only"):
+        matmul(a, b, out=ro)
+    with pytest.raises(ValueError, match="`out` must be a NumPy array"):
+        matmul(a, b, out=[[0.0] * 5] * 3)
+    sq = np.ones((4, 4))
+    with pytest.raises(ValueError, match="`out` overlaps the input `a`"):
+        matmul(sq, sq.copy(), out=sq)
+    with pytest.raises(ValueError, match="`out` overlaps the input `b`"):
+        matmul(sq.copy(), sq, out=sq)
+
+
+def test_beta_needs_out():
+    with pytest.raises(ValueError, match=r"beta != 0 needs `out`"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), beta=1.0)
+
+
+def test_bad_scalars():
+    with pytest.raises(TypeError, match="`alpha`"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), alpha="2")
+    with pytest.raises(ValueError, match="`beta`"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), beta=np.nan, out=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="`n`"):
+        _gemm.set_num_threads(0)
+    with pytest.raises(ValueError, match="`name`"):
+        _gemm._set_kernel("sse9")
+
+
+# ---------------------------------------------------------------------------
+# Determinism, threads, dispatch, FPU state
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bitwise_reproducible(dtype):
+    rng = np.random.default_rng(8)
+    a, b = operands(rng, 301, 203, 777, dtype)
+    first = matmul(a, b)
+    for _ in range(3):
+        np.testing.assert_array_equal(matmul(a, b), first)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without OpenMP")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(517, 300, 600), (64, 1000, 300), (1000, 100, 64)])
+def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
+    rng = np.random.default_rng(9)
+    a, b = operands(rng, m, n, k, dtype)
+    threads(1)
+    one = matmul(a, b)
+    epi1 = _gemm._matmul_epilogue(a, b, "bias_tanh", bias=np.ones(n, dtype))
+    threads(2)
+    two = matmul(a, b)
+    epi2 = _gemm._matmul_epilogue(a, b, "bias_tanh", bias=np.ones(n, dtype))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(epi1, epi2)
+    threads(3)  # more threads than cores is allowed
+    np.testing.assert_array_equal(matmul(a, b), one)
+
+
+def test_thread_setting_round_trips(threads):
+    threads(1)
+    assert _gemm.get_num_threads() == 1
+    if _gemm.cpu_features()["openmp"]:
+        threads(2)
+        assert _gemm.get_num_threads() == 2
+
+
+def test_cpu_features():
+    f = _gemm.cpu_features()
+    assert set(f) >= {"avx2", "fma", "kernel"}
+    assert f["kernel"] in ("avx2_fma", "portable")
+
+
+def _run_fresh(code, **env):
+    import os
+    full_env = dict(os.environ, **env)
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_force_portable_env():
+    out = _run_fresh("""
+        import numpy as np
+        from bpcore import _gemm
+        a = np.arange(12.0).reshape(3, 4)
+        assert np.allclose(_gemm.matmul(a, a.T), a @ a.T)
+        print(_gemm.cpu_features()["kernel"])
+    """, BPCORE_FORCE_PORTABLE="1")
+    assert out == "portable"
+
+
+def test_import_leaves_denormals_alone():
+    out = _run_fresh("""
+        import bpcore._gemm  # first: the module is what is under test
+        import numpy as np
+        a = np.ones((64, 64), np.float32)
+        bpcore._gemm.matmul(a, a)
+        print(np.float32(1e-45) * np.float32(1) != 0, np.float64(5e-324) * 1.0 != 0)
+    """)
+    assert out == "True True"
