@@ -54,11 +54,13 @@ def numerical_gradient(f, inputs, *, eps=1e-6):
         grad = np.zeros(arr.shape)
         for idx in np.ndindex(arr.shape):
             saved = arr[idx]
-            arr[idx] = saved + eps
-            up = float(f(*arrays))
-            arr[idx] = saved - eps
-            down = float(f(*arrays))
-            arr[idx] = saved
+            try:
+                arr[idx] = saved + eps
+                up = float(f(*arrays))
+                arr[idx] = saved - eps
+                down = float(f(*arrays))
+            finally:  # an exception from f must not leave a parameter shifted
+                arr[idx] = saved
             grad[idx] = (up - down) / (2 * eps)
         grads.append(grad)
     return grads

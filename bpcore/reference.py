@@ -204,9 +204,10 @@ def relu_backward(a, grad, *, out=None):
     out : ndarray
     """
     a, grad, out = V.binary_args(a, grad, out)
-    np.multiply(grad, a > 0, out=out)
+    mask = a > 0  # taken before writing: `out` may be `a` itself
+    np.multiply(grad, mask, out=out)
     # NaN * False would be NaN; a masked-out gradient is exactly 0 as in PyTorch.
-    out[~(a > 0)] = 0
+    out[~mask] = 0
     return out
 
 
