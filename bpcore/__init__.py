@@ -6,7 +6,8 @@ compiled twin yet is exported from the reference, so this API is complete;
 :func:`backend_of` tells which one runs.
 """
 from . import reference
-from . import _kernels
+from . import _gemm, _kernels
+from ._gemm import cpu_features, get_num_threads, set_num_threads
 from .gradcheck import gradcheck, numerical_gradient, GradcheckError
 
 __version__ = "0.1.0"
@@ -17,7 +18,7 @@ _OPS = reference.__all__
 def _resolve():
     table = {}
     for name in _OPS:
-        compiled = getattr(_kernels, name, None)
+        compiled = getattr(_kernels, name, getattr(_gemm, name, None))
         table[name] = (compiled, "compiled") if compiled is not None else (
             getattr(reference, name), "reference")
     return table
@@ -46,4 +47,5 @@ def backend_of(name):
 
 
 __all__ = list(_OPS) + ["reference", "backend_of", "gradcheck", "numerical_gradient",
-                        "GradcheckError", "__version__"]
+                        "GradcheckError", "cpu_features", "get_num_threads", "set_num_threads",
+                        "__version__"]

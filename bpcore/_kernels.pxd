@@ -14,3 +14,17 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
                               floating* out, Py_ssize_t n) noexcept nogil
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil
+cdef void column_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                      floating* out) noexcept nogil
+cdef int linear_forward_ptr(const floating* x, const floating* w, const floating* b,
+                            floating* out, Py_ssize_t n, Py_ssize_t n_in,
+                            Py_ssize_t n_out) noexcept nogil
+cdef int linear_backward_ptr(const floating* x, const floating* w, const floating* grad,
+                             floating* grad_x, floating* grad_w, floating* grad_b,
+                             Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil
+cdef double mse_forward_backward(const floating* pred, const floating* target,
+                                 floating* grad_out, Py_ssize_t n,
+                                 double scale) noexcept nogil
+cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
+                                       floating* grad_out, Py_ssize_t n_rows,
+                                       Py_ssize_t n_cols, double grad_scale) noexcept nogil

@@ -25,6 +25,7 @@ cimport numpy as cnp
 cnp.import_array()
 
 from bpcore import _validate as V
+from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS)
 
 
 cdef extern from "optim.h" nogil:
@@ -175,6 +176,19 @@ cdef inline bint _out_fits(object out, cnp.ndarray like, int t, object in1, obje
                                     or _disjoint(<cnp.ndarray>arr, o)):
             return False
     return True
+
+
+cdef inline bint _out_fits_2d(object out, int t, Py_ssize_t n0, Py_ssize_t n1,
+                              object in1, object in2, object in3) noexcept:
+    """``out`` is a writeable C-contiguous (n0, n1) ndarray of type ``t`` overlapping no input."""
+    if _plain(out) != t:
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if (not cnp.PyArray_ISWRITEABLE(o) or cnp.PyArray_NDIM(o) != 2
+            or cnp.PyArray_DIM(o, 0) != n0 or cnp.PyArray_DIM(o, 1) != n1):
+        return False
+    return (_disjoint(<cnp.ndarray>in1, o) and _disjoint(<cnp.ndarray>in2, o)
+            and _disjoint(<cnp.ndarray>in3, o))
 
 
 cdef inline cnp.ndarray _empty_like(cnp.ndarray like, int t):
@@ -511,6 +525,126 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
     See :func:`bpcore.reference.softmax_cross_entropy_and_grad`.
     """
     return _cross_entropy(logits, labels, reduction, out, True)
+
+
+# ---------------------------------------------------------------------------
+# Linear layers: products through the GEMM's nogil entry, transposes as strides
+# ---------------------------------------------------------------------------
+
+cdef void column_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                      floating* out) noexcept nogil:
+    """out[j] := sum_i x[i, j] for a C-contiguous (n_rows, n_cols) matrix, row by row."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xi
+    for j in range(n_cols):
+        out[j] = 0
+    for i in range(n_rows):
+        xi = x + i * n_cols
+        for j in range(n_cols):
+            out[j] = out[j] + xi[j]
+
+
+cdef int linear_forward_ptr(const floating* x, const floating* w, const floating* b,
+                            floating* out, Py_ssize_t n, Py_ssize_t n_in,
+                            Py_ssize_t n_out) noexcept nogil:
+    """out := x @ w + b, the bias added by the GEMM's store.  Returns a BP_* status."""
+    return gemm(n, n_out, n_in, <floating>1, x, n_in, 1, w, n_out, 1, <floating>0,
+                out, n_out, 1, BP_EPI_BIAS, b, NULL, 0, 0)
+
+
+cdef int linear_backward_ptr(const floating* x, const floating* w, const floating* grad,
+                             floating* grad_x, floating* grad_w, floating* grad_b,
+                             Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """grad_x := grad @ w.T (skipped when NULL), grad_w := x.T @ grad, grad_b := column sums.
+
+    The transposes are strides: w.T is read with row stride 1 and column
+    stride n_out, x.T with row stride 1 and column stride n_in.
+    """
+    cdef int status = BP_OK
+    if grad_x != NULL:
+        status = gemm(n, n_in, n_out, <floating>1, grad, n_out, 1, w, 1, n_out,
+                      <floating>0, grad_x, n_in, 1, BP_EPI_NONE, NULL, NULL, 0, 0)
+        if status != BP_OK:
+            return status
+    status = gemm(n_in, n_out, n, <floating>1, x, 1, n_in, grad, n_out, 1,
+                  <floating>0, grad_w, n_out, 1, BP_EPI_NONE, NULL, NULL, 0, 0)
+    column_sums(grad, n, n_out, grad_b)
+    return status
+
+
+cdef inline object _raise_status(int status):
+    if status == BP_ENOMEM:
+        raise MemoryError("bpcore could not allocate the GEMM's packing buffers")
+    if status != BP_OK:
+        raise RuntimeError(f"bpcore internal error: GEMM status {status}")
+    return None
+
+
+def linear_forward(x, w, b, *, out=None):
+    """Affine layer ``x @ w + b``, the bias fused into the product's store (compiled).
+
+    See :func:`bpcore.reference.linear_forward`.
+    """
+    cdef int t = _plain(x)
+    if not (t >= 0 and _plain(w) == t and _plain(b) == t
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
+            and cnp.PyArray_NDIM(<cnp.ndarray>b) == 1
+            and cnp.PyArray_DIM(<cnp.ndarray>w, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+            and cnp.PyArray_DIM(<cnp.ndarray>b, 0) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+            and (out is None or _out_fits_2d(out, t, cnp.PyArray_DIM(<cnp.ndarray>x, 0),
+                                             cnp.PyArray_DIM(<cnp.ndarray>w, 1), x, w, b))):
+        x, w, b, out = V.linear_forward_args(x, w, b, out, contiguous=True)
+        t = _plain(x)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    cdef Py_ssize_t n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    cdef Py_ssize_t n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+    cdef cnp.npy_intp dims[2]
+    if out is None:
+        dims[0] = n
+        dims[1] = n_out
+        out = cnp.PyArray_EMPTY(2, dims, t, 0)
+    cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef void* wp = cnp.PyArray_DATA(<cnp.ndarray>w)
+    cdef void* bp = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef int status
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            status = linear_forward_ptr(<const float*>xp, <const float*>wp, <const float*>bp,
+                                        <float*>outp, n, n_in, n_out)
+        else:
+            status = linear_forward_ptr(<const double*>xp, <const double*>wp,
+                                        <const double*>bp, <double*>outp, n, n_in, n_out)
+    _raise_status(status)
+    return out
+
+
+def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, grad_b=None):
+    """Gradients of an affine layer, transposes read in place (compiled).
+
+    See :func:`bpcore.reference.linear_backward`.
+    """
+    x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
+        x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
+    cdef int t = _plain(x)
+    cdef Py_ssize_t n = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef void* wp = cnp.PyArray_DATA(<cnp.ndarray>w)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* gxp = cnp.PyArray_DATA(<cnp.ndarray>grad_x) if grad_x is not None else NULL
+    cdef void* gwp = cnp.PyArray_DATA(<cnp.ndarray>grad_w)
+    cdef void* gbp = cnp.PyArray_DATA(<cnp.ndarray>grad_b)
+    cdef int status
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            status = linear_backward_ptr(<const float*>xp, <const float*>wp, <const float*>gp,
+                                         <float*>gxp, <float*>gwp, <float*>gbp, n, n_in, n_out)
+        else:
+            status = linear_backward_ptr(<const double*>xp, <const double*>wp,
+                                         <const double*>gp, <double*>gxp, <double*>gwp,
+                                         <double*>gbp, n, n_in, n_out)
+    _raise_status(status)
+    return grad_x, grad_w, grad_b
 
 
 # ---------------------------------------------------------------------------

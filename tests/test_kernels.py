@@ -14,7 +14,6 @@ from conftest import DTYPES, assert_close
 import bpcore
 from bpcore import _kernels, reference
 
-COMPILED = [name for name in reference.__all__ if hasattr(_kernels, name)]
 UNARY = ["sigmoid_forward", "relu_forward", "tanh_forward", "identity_forward"]
 BINARY = ["sigmoid_backward", "relu_backward", "tanh_backward", "identity_backward"]
 SHAPES = [(0, 3), (1, 1), (3, 5), (17, 33), (64, 100)]
@@ -57,9 +56,13 @@ def test_backend_of_rejects_unknown_name():
         bpcore.backend_of("no_such_op")
 
 
-@pytest.mark.parametrize("name", COMPILED)
+def test_every_operation_is_compiled():
+    assert [n for n in reference.__all__ if bpcore.backend_of(n) != "compiled"] == []
+
+
+@pytest.mark.parametrize("name", reference.__all__)
 def test_signature_matches_reference(name):
-    assert (inspect.signature(getattr(_kernels, name))
+    assert (inspect.signature(getattr(bpcore, name))
             == inspect.signature(getattr(reference, name)))
 
 
@@ -288,3 +291,86 @@ def test_sgd_matches_reference(case, dtype):
 def test_sgd_empty_param_is_a_no_op():
     param = np.zeros((0, 3))
     assert _kernels.sgd_update(param, np.zeros((0, 3)), lr=0.1) is param
+
+
+# ---------------------------------------------------------------------------
+# Linear layers
+# ---------------------------------------------------------------------------
+
+LINEAR_SHAPES = [(0, 3, 2), (1, 1, 1), (5, 7, 3), (64, 100, 10), (33, 65, 17)]
+
+
+def _linear_inputs(n, n_in, n_out, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, n_in)).astype(dtype),
+            rng.standard_normal((n_in, n_out)).astype(dtype),
+            rng.standard_normal(n_out).astype(dtype),
+            rng.standard_normal((n, n_out)).astype(dtype))
+
+
+def _product_scale(k):
+    return max(1.0, float(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", LINEAR_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_linear_forward_matches_reference(sizes, layout, dtype):
+    x, w, b, _ = _linear_inputs(*sizes, dtype, seed=20)
+    expected = reference.linear_forward(x, w, b)
+    got = _kernels.linear_forward(_layout(x, layout), _layout(w, layout), b)
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, expected, scale=_product_scale(sizes[1]))
+    out = np.full_like(expected, np.nan)
+    assert _kernels.linear_forward(x, w, b, out=out) is out
+    assert_close(out, expected, scale=_product_scale(sizes[1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", LINEAR_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_linear_backward_matches_reference(sizes, layout, dtype):
+    x, w, _, grad = _linear_inputs(*sizes, dtype, seed=21)
+    expected = reference.linear_backward(x, w, grad)
+    got = _kernels.linear_backward(_layout(x, layout), _layout(w, layout), _layout(grad, layout))
+    n, n_in, n_out = sizes
+    for g, e, k in zip(got, expected, (n_out, n, n)):
+        assert g.dtype == np.dtype(dtype)
+        assert_close(g, e, scale=_product_scale(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_backward_buffers_and_skip(dtype):
+    x, w, _, grad = _linear_inputs(9, 6, 4, dtype, seed=22)
+    expected = reference.linear_backward(x, w, grad)
+    grad_w, grad_b = np.full((6, 4), np.nan, dtype), np.full(4, np.nan, dtype)
+    gx, gw, gb = _kernels.linear_backward(x, w, grad, need_grad_x=False, grad_w=grad_w,
+                                          grad_b=grad_b)
+    assert gx is None and gw is grad_w and gb is grad_b
+    assert_close(gw, expected[1], scale=9)
+    assert_close(gb, expected[2], scale=9)
+    grad_x = np.full((9, 6), np.nan, dtype)
+    assert _kernels.linear_backward(x, w, grad, grad_x=grad_x)[0] is grad_x
+    assert_close(grad_x, expected[0], scale=4)
+
+
+def test_linear_rejects_bad_shapes_and_out():
+    x, w, b, grad = _linear_inputs(5, 4, 3, np.float64, seed=23)
+    with pytest.raises(ValueError, match="`w`"):
+        _kernels.linear_forward(x, w.T, b)
+    with pytest.raises(ValueError, match="`b`"):
+        _kernels.linear_forward(x, w, b[:2])
+    with pytest.raises(ValueError, match="`out`"):
+        _kernels.linear_forward(x, w, b, out=np.empty((5, 4)))
+    with pytest.raises(ValueError, match="`out`"):
+        _kernels.linear_forward(x, w, b, out=np.empty((5, 3), np.float32))
+    with pytest.raises(TypeError, match="`x`.*`w`"):
+        _kernels.linear_forward(x, w.astype(np.float32), b)
+    with pytest.raises(ValueError, match="`grad`"):
+        _kernels.linear_backward(x, w, grad[:, :2])
+    with pytest.raises(ValueError, match="`grad_w`"):
+        _kernels.linear_backward(x, w, grad, grad_w=np.empty((3, 4)))
+    shared = np.empty(3 * 4 + 3)
+    with pytest.raises(ValueError, match="overlaps"):
+        _kernels.linear_backward(x, w, grad, grad_w=shared[:12].reshape(4, 3),
+                                 grad_b=shared[10:13])
