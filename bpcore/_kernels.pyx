@@ -26,6 +26,20 @@ from bpcore import _validate as V
 # Kernels
 # ---------------------------------------------------------------------------
 
+cdef extern from "vmath.h" nogil:
+    # Vectorised exp / sigmoid / tanh over arrays (out may equal x); the
+    # AVX2+FMA or portable build is picked once, see _set_vmath_kernel.
+    void bp_exp_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_exp_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_sigmoid_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_sigmoid_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_tanh_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_tanh_f64(const double* x, double* out, Py_ssize_t n)
+    int bp_vmath_select(int want_avx2)
+    int bp_vmath_kernel()
+    int BP_VMATH_AVX2_FMA
+
+
 cdef inline floating _exp(floating x) noexcept nogil:
     if floating is float:
         return expf(x)
@@ -33,15 +47,11 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return exp(x)
 
 
-cdef inline floating _sigmoid(floating z) noexcept nogil:
-    # NOTE: exp(-|z|) <= 1 never overflows, so this is finite for every finite
-    # z and exact at the saturated ends: 1/(1+e) for z >= 0, e/(1+e) below.
-    cdef floating e
+cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        e = expf(-fabsf(z))
+        bp_exp_f32(x, out, n)
     else:
-        e = exp(-fabs(z))
-    return (1 / (1 + e)) if z >= 0 else (e / (1 + e))
+        bp_exp_f64(x, out, n)
 
 
 cdef void activation_forward(int op, const floating* z, floating* out,
@@ -50,19 +60,23 @@ cdef void activation_forward(int op, const floating* z, floating* out,
     cdef Py_ssize_t i
     cdef floating v
     if op == ACT_SIGMOID:
-        for i in range(n):
-            out[i] = _sigmoid(z[i])
+        # NOTE: vmath.h computes e = exp(-|z|) <= 1, which never overflows, then
+        # 1/(1+e) for z >= 0 and e/(1+e) below: finite for every finite z and
+        # exact at the saturated ends.
+        if floating is float:
+            bp_sigmoid_f32(z, out, n)
+        else:
+            bp_sigmoid_f64(z, out, n)
     elif op == ACT_RELU:
         for i in range(n):
             v = z[i]
             # NaN propagates (v != v), as np.maximum and torch.relu do.
             out[i] = v if (v > 0 or v != v) else 0
     elif op == ACT_TANH:
-        for i in range(n):
-            if floating is float:
-                out[i] = tanhf(z[i])
-            else:
-                out[i] = tanh(z[i])
+        if floating is float:
+            bp_tanh_f32(z, out, n)
+        else:
+            bp_tanh_f64(z, out, n)
     else:
         for i in range(n):
             out[i] = z[i]
@@ -110,13 +124,72 @@ cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
         for j in range(1, n_cols):
             if zi[j] > m:
                 m = zi[j]
+        for j in range(n_cols):
+            oi[j] = zi[j] - m
+        _vexp(oi, oi, n_cols)
         total = 0
         for j in range(n_cols):
-            oi[j] = _exp(zi[j] - m)
             total = total + oi[j]
         total = 1 / total
         for j in range(n_cols):
             oi[j] = oi[j] * total
+
+
+# ---------------------------------------------------------------------------
+# Vector math kernels (vmath.h): which build runs, for tests and benchmarks.
+# ---------------------------------------------------------------------------
+
+_VMATH_NAMES = ("portable", "avx2_fma")
+
+
+def _set_vmath_kernel(name):
+    """Select the exp/sigmoid/tanh kernels: ``"avx2_fma"`` (when the CPU has it) or ``"portable"``.
+
+    Returns the name of the kernels now in use.  For tests and benchmarks.
+    """
+    V.check_choice("name", name, _VMATH_NAMES)
+    return _VMATH_NAMES[bp_vmath_select(name == "avx2_fma") == BP_VMATH_AVX2_FMA]
+
+
+def _vmath_kernel():
+    """The name of the exp/sigmoid/tanh kernels in use: ``"avx2_fma"`` or ``"portable"``."""
+    return _VMATH_NAMES[bp_vmath_kernel() == BP_VMATH_AVX2_FMA]
+
+
+def _vmath_exp(x, *, out=None):
+    """``exp(x)`` elementwise with the vmath kernel (compiled); for tests.
+
+    Same argument policy as :func:`sigmoid_forward`.
+    """
+    x, out = V.unary_args("x", x, out, contiguous=True)
+    cdef Py_ssize_t n = out.size
+    if n == 0:
+        return out
+    cdef const float[::1] x32
+    cdef float[::1] o32
+    cdef const double[::1] x64
+    cdef double[::1] o64
+    if out.dtype.itemsize == 4:
+        x32 = x.reshape(-1)
+        o32 = out.reshape(-1)
+        with nogil:
+            bp_exp_f32(&x32[0], &o32[0], n)
+    else:
+        x64 = x.reshape(-1)
+        o64 = out.reshape(-1)
+        with nogil:
+            bp_exp_f64(&x64[0], &o64[0], n)
+    return out
+
+
+def _init_vmath():
+    # BPCORE_FORCE_PORTABLE=1 (read once, at import) forces the portable kernels.
+    from os import environ
+    _set_vmath_kernel("portable" if environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
+                      else "avx2_fma")
+
+
+_init_vmath()
 
 
 # ---------------------------------------------------------------------------
