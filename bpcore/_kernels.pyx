@@ -105,6 +105,43 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
             out[i] = grad[i]
 
 
+# NOTE: one running max or sum is a chain of dependent operations, one per
+# element; eight interleaved partials let them overlap (gcc vectorises them),
+# which matters once exp is vectorised.  The sum's order differs from NumPy's
+# pairwise sum only by rounding.
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max(x[0:n]), n >= 1; NaN elements are skipped unless x[0] is NaN."""
+    cdef floating acc[8]
+    cdef floating m
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = x[0]
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] = x[j + k] if x[j + k] > acc[k] else acc[k]
+    m = acc[0]
+    for k in range(1, 8):
+        m = acc[k] if acc[k] > m else m
+    for j in range(n8, n):
+        m = x[j] if x[j] > m else m
+    return m
+
+
+cdef inline floating _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum(x[0:n]) in eight interleaved partial sums."""
+    cdef floating acc[8]
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] = acc[k] + x[j + k]
+    for j in range(n8, n):
+        acc[0] = acc[0] + x[j]
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil:
     """Row-wise softmax of an (n_rows, n_cols) C-contiguous matrix; ``out`` may be ``z``."""
@@ -120,17 +157,11 @@ cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
         # NOTE: subtracting the row maximum keeps exp() <= 1.  NaN needs no
         # special case: one NaN (or +inf - +inf) makes the sum NaN, hence
         # the whole row NaN, as in NumPy and PyTorch.
-        m = zi[0]
-        for j in range(1, n_cols):
-            if zi[j] > m:
-                m = zi[j]
+        m = _row_max(zi, n_cols)
         for j in range(n_cols):
             oi[j] = zi[j] - m
         _vexp(oi, oi, n_cols)
-        total = 0
-        for j in range(n_cols):
-            total = total + oi[j]
-        total = 1 / total
+        total = 1 / _row_sum(oi, n_cols)
         for j in range(n_cols):
             oi[j] = oi[j] * total
 
@@ -182,7 +213,7 @@ def _vmath_exp(x, *, out=None):
     return out
 
 
-def _init_vmath():
+cdef _init_vmath():
     # BPCORE_FORCE_PORTABLE=1 (read once, at import) forces the portable kernels.
     from os import environ
     _set_vmath_kernel("portable" if environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
