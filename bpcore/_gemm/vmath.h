@@ -275,7 +275,9 @@ BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
     BP_VMATH_LOOP(bp_tanh_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vtanh_f, HAS_FMA, ATTR)         \
     BP_VMATH_LOOP(bp_tanh_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vtanh_d, HAS_FMA, ATTR)
 
-BP_VMATH_DEFINE_ALL(portable, 0, )
+/* fp-contract=off: the portable build must not fuse even under -march=native,
+ * where its exact-product code (Dekker) relies on separate roundings. */
+BP_VMATH_DEFINE_ALL(portable, 0, __attribute__((optimize("fp-contract=off"))))
 #if BP_VMATH_X86
 BP_VMATH_DEFINE_ALL(avx2, 1, __attribute__((target("avx2,fma"))))
 #endif
