@@ -40,6 +40,20 @@ cdef extern from "optim.h" nogil:
 # Kernels
 # ---------------------------------------------------------------------------
 
+cdef extern from "vmath.h" nogil:
+    # Vectorised exp / sigmoid / tanh over arrays (out may equal x); the
+    # AVX2+FMA or portable build is picked once, see _set_vmath_kernel.
+    void bp_exp_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_exp_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_sigmoid_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_sigmoid_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_tanh_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_tanh_f64(const double* x, double* out, Py_ssize_t n)
+    int bp_vmath_select(int want_avx2)
+    int bp_vmath_kernel()
+    int BP_VMATH_AVX2_FMA
+
+
 cdef inline floating _exp(floating x) noexcept nogil:
     if floating is float:
         return expf(x)
@@ -47,15 +61,11 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return exp(x)
 
 
-cdef inline floating _sigmoid(floating z) noexcept nogil:
-    # NOTE: exp(-|z|) <= 1 never overflows, so this is finite for every finite
-    # z and exact at the saturated ends: 1/(1+e) for z >= 0, e/(1+e) below.
-    cdef floating e
+cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        e = expf(-fabsf(z))
+        bp_exp_f32(x, out, n)
     else:
-        e = exp(-fabs(z))
-    return (1 / (1 + e)) if z >= 0 else (e / (1 + e))
+        bp_exp_f64(x, out, n)
 
 
 cdef void activation_forward(int op, const floating* z, floating* out,
@@ -64,8 +74,13 @@ cdef void activation_forward(int op, const floating* z, floating* out,
     cdef Py_ssize_t i
     cdef floating v
     if op == ACT_SIGMOID:
-        for i in range(n):
-            out[i] = _sigmoid(z[i])
+        # NOTE: vmath.h computes e = exp(-|z|) <= 1, which never overflows, then
+        # 1/(1+e) for z >= 0 and e/(1+e) below: finite for every finite z and
+        # exact at the saturated ends.
+        if floating is float:
+            bp_sigmoid_f32(z, out, n)
+        else:
+            bp_sigmoid_f64(z, out, n)
     elif op == ACT_RELU:
         for i in range(n):
             v = z[i]
@@ -73,11 +88,10 @@ cdef void activation_forward(int op, const floating* z, floating* out,
             # non-short-circuit `|` keeps the loop branch-free (vectorised).
             out[i] = v if ((v > 0) | (v != v)) else 0
     elif op == ACT_TANH:
-        for i in range(n):
-            if floating is float:
-                out[i] = tanhf(z[i])
-            else:
-                out[i] = tanh(z[i])
+        if floating is float:
+            bp_tanh_f32(z, out, n)
+        else:
+            bp_tanh_f64(z, out, n)
     else:
         for i in range(n):
             out[i] = z[i]
@@ -107,6 +121,43 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
             out[i] = grad[i]
 
 
+# NOTE: one running max or sum is a chain of dependent operations, one per
+# element; eight interleaved partials let them overlap (gcc vectorises them),
+# which matters once exp is vectorised.  The sum's order differs from NumPy's
+# pairwise sum only by rounding.
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max(x[0:n]), n >= 1; NaN elements are skipped unless x[0] is NaN."""
+    cdef floating acc[8]
+    cdef floating m
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = x[0]
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] = x[j + k] if x[j + k] > acc[k] else acc[k]
+    m = acc[0]
+    for k in range(1, 8):
+        m = acc[k] if acc[k] > m else m
+    for j in range(n8, n):
+        m = x[j] if x[j] > m else m
+    return m
+
+
+cdef inline floating _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum(x[0:n]) in eight interleaved partial sums."""
+    cdef floating acc[8]
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] = acc[k] + x[j + k]
+    for j in range(n8, n):
+        acc[0] = acc[0] + x[j]
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil:
     """Row-wise softmax of an (n_rows, n_cols) C-contiguous matrix; ``out`` may be ``z``."""
@@ -122,17 +173,70 @@ cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
         # NOTE: subtracting the row maximum keeps exp() <= 1.  NaN needs no
         # special case: one NaN (or +inf - +inf) makes the sum NaN, hence
         # the whole row NaN, as in NumPy and PyTorch.
-        m = zi[0]
-        for j in range(1, n_cols):
-            if zi[j] > m:
-                m = zi[j]
-        total = 0
+        m = _row_max(zi, n_cols)
         for j in range(n_cols):
-            oi[j] = _exp(zi[j] - m)
-            total = total + oi[j]
-        total = 1 / total
+            oi[j] = zi[j] - m
+        _vexp(oi, oi, n_cols)
+        total = 1 / _row_sum(oi, n_cols)
         for j in range(n_cols):
             oi[j] = oi[j] * total
+
+
+# ---------------------------------------------------------------------------
+# Vector math kernels (vmath.h): which build runs, for tests and benchmarks.
+# ---------------------------------------------------------------------------
+
+_VMATH_NAMES = ("portable", "avx2_fma")
+
+
+def _set_vmath_kernel(name):
+    """Select the exp/sigmoid/tanh kernels: ``"avx2_fma"`` (when the CPU has it) or ``"portable"``.
+
+    Returns the name of the kernels now in use.  For tests and benchmarks.
+    """
+    V.check_choice("name", name, _VMATH_NAMES)
+    return _VMATH_NAMES[bp_vmath_select(name == "avx2_fma") == BP_VMATH_AVX2_FMA]
+
+
+def _vmath_kernel():
+    """The name of the exp/sigmoid/tanh kernels in use: ``"avx2_fma"`` or ``"portable"``."""
+    return _VMATH_NAMES[bp_vmath_kernel() == BP_VMATH_AVX2_FMA]
+
+
+def _vmath_exp(x, *, out=None):
+    """``exp(x)`` elementwise with the vmath kernel (compiled); for tests.
+
+    Same argument policy as :func:`sigmoid_forward`.
+    """
+    x, out = V.unary_args("x", x, out, contiguous=True)
+    cdef Py_ssize_t n = out.size
+    if n == 0:
+        return out
+    cdef const float[::1] x32
+    cdef float[::1] o32
+    cdef const double[::1] x64
+    cdef double[::1] o64
+    if out.dtype.itemsize == 4:
+        x32 = x.reshape(-1)
+        o32 = out.reshape(-1)
+        with nogil:
+            bp_exp_f32(&x32[0], &o32[0], n)
+    else:
+        x64 = x.reshape(-1)
+        o64 = out.reshape(-1)
+        with nogil:
+            bp_exp_f64(&x64[0], &o64[0], n)
+    return out
+
+
+cdef _init_vmath():
+    # BPCORE_FORCE_PORTABLE=1 (read once, at import) forces the portable kernels.
+    from os import environ
+    _set_vmath_kernel("portable" if environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
+                      else "avx2_fma")
+
+
+_init_vmath()
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,346 @@
+/* vmath.h -- exp, sigmoid and tanh over arrays, vectorised, float32 and float64.
+ *
+ * gcc does not vectorise calls to libm's exp/tanh (not without -ffast-math,
+ * which bpcore never uses: it turns flush-to-zero on for the whole process),
+ * so these are written here once, with GCC vector extensions on 32-byte
+ * vectors (4 doubles, 8 floats):
+ *
+ *   exp:  x = n ln2 + r, |r| <= ln2/2 (Cody-Waite: ln2 split in a high part
+ *         whose products n*LN2_HI are exact and a low part), then
+ *         e^r = 1 + r (1 + r Q(r)) with Q a Chebyshev fit (tools/vmath_coeffs.py),
+ *         then times 2^n built in the exponent bits.  2^n is applied as
+ *         2^n1 * 2^n2 (n1 = round(n/2)) so that results near overflow and the
+ *         gradual-underflow range (subnormal outputs) come out right with
+ *         plain IEEE arithmetic: the argument is clamped to a range a little
+ *         wider than the finite one, and the last multiply overflows to +inf
+ *         or underflows to 0 by itself.  NaN propagates (every clamp is a
+ *         NaN-preserving compare-and-select).
+ *   sigmoid(z) = (z >= 0 ? 1 : e) / (1 + e),  e = exp(-|z|), never overflows.
+ *   tanh(x) = sign(x) * (|x| < T ? |x| + |x| x^2 G(x^2) : 1 - 2 / (exp(2|x|) + 1)),
+ *         an odd polynomial near 0 (no cancellation), saturating to +-1.
+ *
+ * Each function is compiled twice from the same source: for AVX2+FMA (gcc
+ * contracts a*b + c to one fma there) and portable (the same 32-byte vectors
+ * lowered to SSE2 pairs, separate multiply and add).  One is picked at load
+ * time from __builtin_cpu_supports; bp_vmath_select() overrides it.
+ * A tail shorter than a vector goes through the same vector code on a padded
+ * copy, so every element of an array gets the same formula.
+ * Every function reads x[i] before writing out[i]: out may equal x.
+ */
+#ifndef BPCORE_VMATH_H
+#define BPCORE_VMATH_H
+
+#include <Python.h> /* Py_ssize_t */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BP_VMATH_X86 1
+#else
+#define BP_VMATH_X86 0
+#endif
+
+enum { BP_VMATH_PORTABLE = 0, BP_VMATH_AVX2_FMA = 1 };
+
+/* ------------------------------------------------------------------------ */
+/* Vector types and helpers                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef double bp_vd __attribute__((vector_size(32)));
+typedef int64_t bp_vl __attribute__((vector_size(32)));
+typedef float bp_vf __attribute__((vector_size(32)));
+typedef int32_t bp_vi __attribute__((vector_size(32)));
+typedef uint64_t bp_vul __attribute__((vector_size(32)));
+typedef uint32_t bp_vui __attribute__((vector_size(32)));
+#define BP_WD 4 /* doubles per vector */
+#define BP_WF 8 /* floats per vector */
+
+/* The kernels below are always inlined into a target-specific loop and take
+ * their vector by pointer, so no 32-byte vector crosses a real call and the
+ * vector calling convention (which differs with and without AVX) never
+ * matters. */
+#define BP_VINLINE static inline __attribute__((always_inline))
+
+/* mask ? a : b, lane by lane (mask lanes are all ones or all zeros). */
+#define bp_sel_d(mask, a, b) ((bp_vd)(((bp_vl)(mask) & (bp_vl)(a)) | (~(bp_vl)(mask) & (bp_vl)(b))))
+#define bp_sel_f(mask, a, b) ((bp_vf)(((bp_vi)(mask) & (bp_vi)(a)) | (~(bp_vi)(mask) & (bp_vi)(b))))
+
+#define BP_SPLAT_D(c) ((bp_vd){0} + (c))
+#define BP_SPLAT_F(c) ((bp_vf){0} + (c))
+#define BP_SIGN_D ((bp_vl){0} + INT64_MIN)
+#define BP_SIGN_F ((bp_vi){0} + INT32_MIN)
+
+/* ------------------------------------------------------------------------ */
+/* exp                                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* float64: ln2 = LN2_HI + LN2_LO, LN2_HI with 32 significant bits so that
+ * n * LN2_HI is exact for |n| < 2^21 (fdlibm's split). */
+#define BP_LOG2E_D 0x1.71547652b82fep+0
+#define BP_LN2_HI_D 0x1.62e42fee00000p-1
+#define BP_LN2_LO_D 0x1.a39ef35793c76p-33
+#define BP_SHIFT_D 0x1.8p52 /* x + SHIFT rounds x to an integer, kept in the low bits */
+
+/* e^x, lane by lane: 1-ulp class for every x; inf -> inf, -inf -> 0, NaN -> NaN. */
+BP_VINLINE void bp_vexp_d(bp_vd *v, const int has_fma)
+{
+    (void)has_fma;
+    bp_vd x = *v;
+    /* exp(x) overflows above 709.78 and rounds to 0 below -745.14: clamping
+     * to [-746, 710] changes no result and bounds n to [-1077, 1025]. */
+    x = bp_sel_d(x < -746.0, BP_SPLAT_D(-746.0), x);
+    x = bp_sel_d(x > 710.0, BP_SPLAT_D(710.0), x);
+    const bp_vd kd = x * BP_LOG2E_D + BP_SHIFT_D; /* n + SHIFT */
+    const bp_vd nd = kd - BP_SHIFT_D;
+    bp_vd r = x - nd * BP_LN2_HI_D; /* exact */
+    r = r - nd * BP_LN2_LO_D;
+    /* Q(r) = (e^r - 1 - r) / r^2, degree 9, |r| <= ln2/2 */
+    bp_vd q = 0x1.af389ecfc4b9cp-26 * r + 0x1.28917c89a43a7p-22;
+    q = q * r + 0x1.71de0db2f6b19p-19;
+    q = q * r + 0x1.a019b9149a41cp-16;
+    q = q * r + 0x1.a01a01a7c2efep-13;
+    q = q * r + 0x1.6c16c17889ef1p-10;
+    q = q * r + 0x1.11111111109b5p-7;
+    q = q * r + 0x1.5555555553d68p-5;
+    q = q * r + 0x1.5555555555556p-3;
+    q = q * r + 0x1.0000000000001p-1;
+    const bp_vd p = r * (r * q + 1.0) + 1.0;
+    /* 2^n = 2^n1 * 2^n2 with n1 = round(n / 2): each factor is a normal
+     * number even when 2^n is not (or overflows). */
+    const bp_vd k1 = nd * 0.5 + BP_SHIFT_D; /* n1 + SHIFT */
+    const bp_vul s1 = ((bp_vul)k1 + 1023) << 52;
+    const bp_vul s2 = ((bp_vul)kd - (bp_vul)k1 + 1023) << 52;
+    *v = (p * (bp_vd)s1) * (bp_vd)s2;
+}
+
+/* float32: LN2_HI = 0.693359375 (12 bits, cephes' split), n * LN2_HI exact. */
+#define BP_LOG2E_F 0x1.715476p+0f
+#define BP_LN2_HI_F 0x1.63p-1f
+#define BP_LN2_LO_F -0x1.bd0106p-13f
+#define BP_SHIFT_F 0x1.8p23f
+
+BP_VINLINE void bp_vexp_f(bp_vf *v, const int has_fma)
+{
+    (void)has_fma;
+    bp_vf x = *v;
+    /* Overflow above 88.72, 0 below -103.98; n in [-150, 129]. */
+    x = bp_sel_f(x < -104.0f, BP_SPLAT_F(-104.0f), x);
+    x = bp_sel_f(x > 89.0f, BP_SPLAT_F(89.0f), x);
+    const bp_vf kd = x * BP_LOG2E_F + BP_SHIFT_F;
+    const bp_vf nd = kd - BP_SHIFT_F;
+    bp_vf r = x - nd * BP_LN2_HI_F;
+    r = r - nd * BP_LN2_LO_F;
+    /* Q(r), degree 4 */
+    bp_vf q = 0x1.6d10fc65baf1cp-10f * r + 0x1.120b616c43f75p-7f;
+    q = q * r + 0x1.55551933893e6p-5f;
+    q = q * r + 0x1.5554dd04e58bep-3f;
+    q = q * r + 0x1.0p-1f;
+    const bp_vf p = r * (r * q + 1.0f) + 1.0f;
+    const bp_vf k1 = nd * 0.5f + BP_SHIFT_F;
+    const bp_vui s1 = ((bp_vui)k1 + 127) << 23;
+    const bp_vui s2 = ((bp_vui)kd - (bp_vui)k1 + 127) << 23;
+    *v = (p * (bp_vf)s1) * (bp_vf)s2;
+}
+
+/* ------------------------------------------------------------------------ */
+/* sigmoid and tanh                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* 1 / (1 + e^-z): e = exp(-|z|) <= 1 never overflows, and e / (1 + e) keeps
+ * full relative accuracy for z < 0 where 1 - 1/(1 + e^-z) would cancel. */
+BP_VINLINE void bp_vsigmoid_d(bp_vd *v, const int has_fma)
+{
+    const bp_vd z = *v;
+    bp_vd e = (bp_vd)((bp_vl)z | BP_SIGN_D); /* -|z| */
+    bp_vexp_d(&e, has_fma);
+    /* float64 wants <= 2 ulp, which two roundings (1 + e, then the quotient)
+     * on top of exp's can exceed: carry 1 + e as d + dl (Fast2Sum, 1 >= e)
+     * and refine the quotient with one Newton step on num - q (d + dl). */
+    const bp_vd num = bp_sel_d(z >= 0.0, BP_SPLAT_D(1.0), e);
+    const bp_vd d = 1.0 + e;
+    const bp_vd dl = (1.0 - d) + e;
+    const bp_vd inv = 1.0 / d;
+    const bp_vd q = num * inv;
+    bp_vd rem;
+    if (has_fma) {
+        rem = num - q * d; /* one fma: exact */
+    } else {
+        /* Dekker's exact product q d = p + err, Veltkamp-split halves. */
+        const bp_vd cq = 134217729.0 * q, cd = 134217729.0 * d;
+        const bp_vd qh = cq - (cq - q), ql = q - qh;
+        const bp_vd dh = cd - (cd - d), dlo = d - dh;
+        const bp_vd p = q * d;
+        const bp_vd err = ((qh * dh - p) + qh * dlo + ql * dh) + ql * dlo;
+        rem = (num - p) - err;
+    }
+    *v = q + (rem - q * dl) * inv;
+}
+
+BP_VINLINE void bp_vsigmoid_f(bp_vf *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vf z = *v;
+    bp_vf e = (bp_vf)((bp_vi)z | BP_SIGN_F);
+    bp_vexp_f(&e, has_fma);
+    *v = bp_sel_f(z >= 0.0f, BP_SPLAT_F(1.0f), e) / (1.0f + e);
+}
+
+/* Below T the odd polynomial |x| + |x| s G(s), s = x^2 (G fitted on [0, T^2]);
+ * above it 1 - 2/(e^{2|x|} + 1), where the subtraction loses at most
+ * 2/(e^{2T} + 1) / (1 - that) = 0.8 of the quotient's relative error. */
+#define BP_TANH_T_D 0.625
+#define BP_TANH_T_F 0.625f
+
+BP_VINLINE void bp_vtanh_d(bp_vd *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vd x = *v;
+    const bp_vl sign = (bp_vl)x & BP_SIGN_D;
+    const bp_vd ax = (bp_vd)((bp_vl)x & ~BP_SIGN_D);
+    const bp_vd s = ax * ax;
+    /* G(s) = (tanh(x) - x) / x^3, degree 11 */
+    bp_vd g = 0x1.b33642a122cddp-18 * s - 0x1.05bbdae896297p-15;
+    g = g * s + 0x1.8445870f6fe41p-14;
+    g = g * s - 0x1.f243823c8c981p-13;
+    g = g * s + 0x1.3526e9ed54da1p-11;
+    g = g * s - 0x1.7d9f6f23e8682p-10;
+    g = g * s + 0x1.d6d39ae3905e2p-9;
+    g = g * s - 0x1.226e3473dce5cp-7;
+    g = g * s + 0x1.664f487e0a749p-6;
+    g = g * s - 0x1.ba1ba1ba0f126p-5;
+    g = g * s + 0x1.11111111110a8p-3;
+    g = g * s - 0x1.5555555555555p-2;
+    const bp_vd small = (ax * s) * g + ax;
+    /* exp(2|x|) = inf saturates to 1; NaN stays NaN through this branch. */
+    bp_vd e = ax + ax;
+    bp_vexp_d(&e, has_fma);
+    const bp_vd large = 1.0 - 2.0 / (e + 1.0);
+    *v = (bp_vd)((bp_vl)bp_sel_d(ax < BP_TANH_T_D, small, large) | sign);
+}
+
+BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vf x = *v;
+    const bp_vi sign = (bp_vi)x & BP_SIGN_F;
+    const bp_vf ax = (bp_vf)((bp_vi)x & ~BP_SIGN_F);
+    const bp_vf s = ax * ax;
+    /* G(s), degree 5 */
+    bp_vf g = 0x1.2c83c001d2709p-9f * s - 0x1.116a168e18e77p-7f;
+    g = g * s + 0x1.64a9766b3a952p-6f;
+    g = g * s - 0x1.ba08c4e66a3c8p-5f;
+    g = g * s + 0x1.1110e919f7ad3p-3f;
+    g = g * s - 0x1.55555539a3fddp-2f;
+    const bp_vf small = (ax * s) * g + ax;
+    bp_vf e = ax + ax;
+    bp_vexp_f(&e, has_fma);
+    const bp_vf large = 1.0f - 2.0f / (e + 1.0f);
+    *v = (bp_vf)((bp_vi)bp_sel_f(ax < BP_TANH_T_F, small, large) | sign);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Array loops, one per function and target                                  */
+/* ------------------------------------------------------------------------ */
+
+/* out[i] = VFUNC(x[i]) a vector at a time; the last n % W elements go through
+ * the same VFUNC on a zero-padded copy. */
+#define BP_VMATH_LOOP(NAME, T, VT, W, VFUNC, HAS_FMA, ATTR)                    \
+    ATTR static void NAME(const T *x, T *out, Py_ssize_t n)                     \
+    {                                                                           \
+        VT v;                                                                   \
+        for (Py_ssize_t i = 0; i < n; i += (W)) {                               \
+            const Py_ssize_t m = n - i < (W) ? n - i : (W);                     \
+            if (m == (W)) {                                                     \
+                memcpy(&v, x + i, sizeof v);                                    \
+                VFUNC(&v, HAS_FMA);                                             \
+                memcpy(out + i, &v, sizeof v);                                  \
+            } else {                                                            \
+                T buf[W] = {0};                                                 \
+                memcpy(buf, x + i, (size_t)m * sizeof(T));                      \
+                memcpy(&v, buf, sizeof v);                                      \
+                VFUNC(&v, HAS_FMA);                                             \
+                memcpy(buf, &v, sizeof v);                                      \
+                memcpy(out + i, buf, (size_t)m * sizeof(T));                    \
+            }                                                                   \
+        }                                                                       \
+    }
+
+/* HAS_FMA: whether a * b + c is one fma in this build (gcc contracts it
+ * under target("fma")); the kernels that need an exact product use it. */
+#define BP_VMATH_DEFINE_ALL(SUFFIX, HAS_FMA, ATTR)                                              \
+    BP_VMATH_LOOP(bp_exp_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vexp_f, HAS_FMA, ATTR)           \
+    BP_VMATH_LOOP(bp_exp_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vexp_d, HAS_FMA, ATTR)          \
+    BP_VMATH_LOOP(bp_sigmoid_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vsigmoid_f, HAS_FMA, ATTR)   \
+    BP_VMATH_LOOP(bp_sigmoid_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vsigmoid_d, HAS_FMA, ATTR)  \
+    BP_VMATH_LOOP(bp_tanh_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vtanh_f, HAS_FMA, ATTR)         \
+    BP_VMATH_LOOP(bp_tanh_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vtanh_d, HAS_FMA, ATTR)
+
+/* fp-contract=off: the portable build must not fuse even under -march=native,
+ * where its exact-product code (Dekker) relies on separate roundings. */
+BP_VMATH_DEFINE_ALL(portable, 0, __attribute__((optimize("fp-contract=off"))))
+#if BP_VMATH_X86
+BP_VMATH_DEFINE_ALL(avx2, 1, __attribute__((target("avx2,fma"))))
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Dispatch                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* -1 until the first call picks the best kernels the CPU has. */
+static int bp_vmath_kernel_in_use = -1;
+
+/* Use the AVX2+FMA kernels if want_avx2 and the CPU has AVX2 and FMA, else
+ * the portable ones.  Returns BP_VMATH_AVX2_FMA or BP_VMATH_PORTABLE, the
+ * kernels now in use. */
+static int bp_vmath_select(int want_avx2)
+{
+    int use = BP_VMATH_PORTABLE;
+#if BP_VMATH_X86
+    __builtin_cpu_init();
+    if (want_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        use = BP_VMATH_AVX2_FMA;
+#endif
+    (void)want_avx2;
+    bp_vmath_kernel_in_use = use;
+    return use;
+}
+
+/* The kernels in use: BP_VMATH_AVX2_FMA or BP_VMATH_PORTABLE. */
+static inline int bp_vmath_kernel(void)
+{
+    if (bp_vmath_kernel_in_use < 0)
+        bp_vmath_select(1);
+    return bp_vmath_kernel_in_use;
+}
+
+#if BP_VMATH_X86
+#define BP_VMATH_DISPATCH(NAME, T)                                              \
+    static inline void NAME(const T *x, T *out, Py_ssize_t n)                   \
+    {                                                                           \
+        if (bp_vmath_kernel() == BP_VMATH_AVX2_FMA)                             \
+            NAME##_avx2(x, out, n);                                             \
+        else                                                                    \
+            NAME##_portable(x, out, n);                                         \
+    }
+#else
+#define BP_VMATH_DISPATCH(NAME, T)                                              \
+    static inline void NAME(const T *x, T *out, Py_ssize_t n)                   \
+    {                                                                           \
+        NAME##_portable(x, out, n);                                             \
+    }
+#endif
+
+/* out[i] := exp(x[i]) */
+BP_VMATH_DISPATCH(bp_exp_f32, float)
+/* out[i] := exp(x[i]) */
+BP_VMATH_DISPATCH(bp_exp_f64, double)
+/* out[i] := 1 / (1 + exp(-x[i])) */
+BP_VMATH_DISPATCH(bp_sigmoid_f32, float)
+/* out[i] := 1 / (1 + exp(-x[i])) */
+BP_VMATH_DISPATCH(bp_sigmoid_f64, double)
+/* out[i] := tanh(x[i]) */
+BP_VMATH_DISPATCH(bp_tanh_f32, float)
+/* out[i] := tanh(x[i]) */
+BP_VMATH_DISPATCH(bp_tanh_f64, double)
+
+#endif /* BPCORE_VMATH_H */

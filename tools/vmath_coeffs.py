@@ -1,0 +1,47 @@
+"""Print the polynomial coefficients of bpcore/_gemm/vmath.h (needs mpmath).
+
+Chebyshev fits (mpmath.chebyfit: near-minimax, absolute error) of
+
+* exp:  Q(r) = (e^r - 1 - r) / r^2 on the reduced range |r| <= ln2/2, so
+  e^r = 1 + r + r^2 Q(r) keeps the two leading terms exact;
+* tanh: G(s) = (tanh(x) - x) / x^3, s = x^2, on |x| <= T, so
+  tanh(x) = x + x s G(s) has no cancellation near 0.
+
+Usage: python tools/vmath_coeffs.py
+"""
+import mpmath as mp
+
+mp.mp.dps = 50
+H = mp.log(2) / 2
+
+
+def q_exp(r):
+    if abs(r) < mp.mpf("1e-12"):
+        return mp.mpf(1) / 2 + r / 6 + r * r / 24
+    return (mp.exp(r) - 1 - r) / (r * r)
+
+
+def g_tanh(s):
+    if s < mp.mpf("1e-20"):
+        return -mp.mpf(1) / 3 + 2 * s / 15
+    x = mp.sqrt(s)
+    return (mp.tanh(x) - x) / (s * x)
+
+
+def show(name, f, interval, degree, scale):
+    coeffs, err = mp.chebyfit(f, interval, degree + 1, error=True)
+    # chebyfit returns the highest power first.
+    print(f"{name}: degree {degree}, max abs error {mp.nstr(err, 3)} "
+          f"(x{mp.nstr(scale, 3)} at the edge of the range)")
+    for k, c in enumerate(reversed(coeffs)):
+        print(f"    c{k} = {mp.nstr(c, 20)}  ({float(c).hex()})")
+
+
+if __name__ == "__main__":
+    import sys
+    T64 = mp.mpf(sys.argv[1]) if len(sys.argv) > 1 else mp.mpf("0.625")
+    T32 = mp.mpf(sys.argv[2]) if len(sys.argv) > 2 else mp.mpf("0.625")
+    show("exp f64 Q", q_exp, [-H, H], 9, H * H)
+    show("exp f32 Q", q_exp, [-H, H], 4, H * H)
+    show("tanh f64 G", g_tanh, [0, T64 ** 2], int(sys.argv[3]) if len(sys.argv) > 3 else 9, T64 ** 2)
+    show("tanh f32 G", g_tanh, [0, T32 ** 2], int(sys.argv[4]) if len(sys.argv) > 4 else 4, T32 ** 2)
