@@ -7,7 +7,7 @@
  *
  *   exp:  x = n ln2 + r, |r| <= ln2/2 (Cody-Waite: ln2 split in a high part
  *         whose products n*LN2_HI are exact and a low part), then
- *         e^r = 1 + r (1 + r Q(r)) with Q a Chebyshev fit (tools/vmath_coeffs.py),
+ *         e^r = 1 + r (1 + r Q(r)) with Q a Chebyshev fit (bpcore/_gemm/vmath_coeffs.py),
  *         then times 2^n built in the exponent bits.  2^n is applied as
  *         2^n1 * 2^n2 (n1 = round(n/2)) so that results near overflow and the
  *         gradual-underflow range (subnormal outputs) come out right with

@@ -7,7 +7,7 @@ Chebyshev fits (mpmath.chebyfit: near-minimax, absolute error) of
 * tanh: G(s) = (tanh(x) - x) / x^3, s = x^2, on |x| <= T, so
   tanh(x) = x + x s G(s) has no cancellation near 0.
 
-Usage: python tools/vmath_coeffs.py
+Usage: python bpcore/_gemm/vmath_coeffs.py
 """
 import mpmath as mp
 
