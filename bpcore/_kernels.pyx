@@ -15,7 +15,7 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
-from libc.math cimport INFINITY, exp, expf, fabs, fabsf, log, tanh, tanhf
+from libc.math cimport INFINITY, log
 
 import os
 
@@ -52,13 +52,6 @@ cdef extern from "vmath.h" nogil:
     int bp_vmath_select(int want_avx2)
     int bp_vmath_kernel()
     int BP_VMATH_AVX2_FMA
-
-
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
-    else:
-        return exp(x)
 
 
 cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
