@@ -495,14 +495,13 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
 
 cdef object _mse(pred, target, reduction, out, bint want_grad):
     cdef int t = _plain(pred)
-    if not (t >= 0 and _plain(target) == t and reduction in _MSE_SCALE
+    if not (t >= 0 and _plain(target) == t and type(reduction) is str
+            and reduction in _MSE_SCALE
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>pred, <cnp.ndarray>target)
             and (not want_grad or out is None
                  or _out_fits(out, <cnp.ndarray>pred, t, pred, target))):
-        pred, target = V.mse_args(pred, target, reduction, contiguous=True)
-        if want_grad:
-            out = V.check_out(out, "out", pred.shape, pred.dtype,
-                              inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+        pred, target, out = V.mse_args(pred, target, reduction, out, want_out=want_grad,
+                                       contiguous=True)
         t = _plain(pred)
     if want_grad and out is None:
         out = _empty_like(<cnp.ndarray>pred, t)
@@ -572,16 +571,14 @@ cdef inline bint _labels_fit(object labels, Py_ssize_t n_rows, Py_ssize_t n_cols
 
 cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
     cdef int t = _plain(logits)
-    if not (t >= 0 and (reduction == "mean" or reduction == "sum")
+    if not (t >= 0 and type(reduction) is str and (reduction == "mean" or reduction == "sum")
             and cnp.PyArray_NDIM(<cnp.ndarray>logits) == 2
             and _labels_fit(labels, cnp.PyArray_DIM(<cnp.ndarray>logits, 0),
                             cnp.PyArray_DIM(<cnp.ndarray>logits, 1))
             and (not want_grad or out is None
                  or _out_fits(out, <cnp.ndarray>logits, t, logits, None))):
-        logits, labels = V.cross_entropy_args(logits, labels, reduction, contiguous=True)
-        if want_grad:
-            out = V.check_out(out, "out", logits.shape, logits.dtype,
-                              inputs=(("logits", logits),), inplace_ok=True)
+        logits, labels, out = V.cross_entropy_args(logits, labels, reduction, out,
+                                                   want_out=want_grad, contiguous=True)
         t = _plain(logits)
     if want_grad and out is None:
         out = _empty_like(<cnp.ndarray>logits, t)

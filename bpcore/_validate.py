@@ -88,16 +88,28 @@ def float_arrays(*specs, contiguous=False):
     for (name, _, ndim), arr in zip(specs, arrays):
         if ndim is not None and arr.ndim != ndim:
             raise ValueError(f"`{name}` must be {ndim}-D; got {arr.ndim}-D with shape {arr.shape}")
-        if contiguous:
-            # order="C" keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d);
-            # a misaligned buffer is copied, as the kernels read it with plain loads.
-            arr = np.asarray(arr, dtype=dtype, order="C")
-            if not arr.flags.aligned:
-                arr = arr.copy()
-        elif arr.dtype != dtype:
+        if arr.dtype != dtype:
             arr = arr.astype(dtype)
         out.append(arr)
-    return dtype, out
+    return dtype, (as_contiguous(*out) if contiguous else out)
+
+
+def as_contiguous(*arrays):
+    """C-contiguous, aligned versions of ``arrays`` (copies only where needed).
+
+    Argument checks call this after checking ``out`` against the caller's own
+    arrays, so an overlap with a strided input is still seen.
+    """
+    result = []
+    for arr in arrays:
+        if arr is not None:
+            # order="C" keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d);
+            # a misaligned buffer is copied, as the kernels read it with plain loads.
+            arr = np.asarray(arr, order="C")
+            if not arr.flags.aligned:
+                arr = arr.copy()
+        result.append(arr)
+    return result
 
 
 def _fmt_shape(shape):
@@ -186,7 +198,7 @@ def check_int(name, value, *, minimum=None):
 
 def check_choice(name, value, choices):
     """``value`` must be one of ``choices``; the message lists them."""
-    if not isinstance(value, str) or value not in choices:
+    if type(value) is not str or value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; "
                          f"got {value!r}")
     return value
@@ -225,12 +237,13 @@ REDUCTIONS_CE = ("mean", "sum")
 # ---------------------------------------------------------------------------
 # Per-operation argument checks, shared by bpcore.reference and the compiled
 # twins.  ``contiguous=True`` (the compiled side) also makes inputs
-# C-contiguous, copying only arrays that are not.
+# C-contiguous, copying only arrays that are not -- after ``out`` was checked
+# against the caller's arrays.
 # ---------------------------------------------------------------------------
 
 def matmul_args(a, b, trans_a, trans_b, alpha, beta, out, contiguous=False):
     """Checked (a, b, alpha, beta, out, (m, n, k)) for ``matmul``."""
-    dtype, (a, b) = float_arrays(("a", a, 2), ("b", b, 2), contiguous=contiguous)
+    dtype, (a, b) = float_arrays(("a", a, 2), ("b", b, 2))
     alpha = check_real("alpha", alpha)
     beta = check_real("beta", beta)
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
@@ -241,24 +254,26 @@ def matmul_args(a, b, trans_a, trans_b, alpha, beta, out, contiguous=False):
     if out is None and beta != 0.0:
         raise ValueError("`beta` != 0 needs `out` (the matrix it scales); got out=None")
     out = check_out(out, "out", (m, n), dtype, inputs=(("a", a), ("b", b)))
+    if contiguous:
+        a, b = as_contiguous(a, b)
     return a, b, alpha, beta, out, (m, n, k)
 
 
 def linear_forward_args(x, w, b, out, contiguous=False):
     """Checked (x, w, b, out) for ``linear_forward``."""
-    dtype, (x, w, b) = float_arrays(("x", x, 2), ("w", w, 2), ("b", b, 1),
-                                    contiguous=contiguous)
+    dtype, (x, w, b) = float_arrays(("x", x, 2), ("w", w, 2), ("b", b, 1))
     check_shape("w", w, (x.shape[1], "n_out"), f"to match x of shape {_fmt_shape(x.shape)}")
     check_shape("b", b, (w.shape[1],), f"to match w of shape {_fmt_shape(w.shape)}")
     out = check_out(out, "out", (x.shape[0], w.shape[1]), dtype,
                     inputs=(("x", x), ("w", w), ("b", b)))
+    if contiguous:
+        x, w, b = as_contiguous(x, w, b)
     return x, w, b, out
 
 
 def linear_backward_args(x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=False):
     """Checked (x, w, grad, grad_x or None, grad_w, grad_b) for ``linear_backward``."""
-    dtype, (x, w, grad) = float_arrays(("x", x, 2), ("w", w, 2), ("grad", grad, 2),
-                                       contiguous=contiguous)
+    dtype, (x, w, grad) = float_arrays(("x", x, 2), ("w", w, 2), ("grad", grad, 2))
     n_samples, n_in = x.shape
     check_shape("w", w, (n_in, "n_out"), f"to match x of shape {_fmt_shape(x.shape)}")
     n_out = w.shape[1]
@@ -274,40 +289,61 @@ def linear_backward_args(x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contig
         for name2, arr2 in outs[i + 1:]:
             if np.shares_memory(arr1, arr2):
                 raise ValueError(f"`{name1}` overlaps `{name2}`")
+    if contiguous:
+        x, w, grad = as_contiguous(x, w, grad)
     return x, w, grad, grad_x, grad_w, grad_b
 
 
 def unary_args(name, z, out, ndim=None, contiguous=False):
     """Checked (z, out) for an elementwise ``<op>_forward``; ``out`` may be ``z``."""
-    dtype, (z,) = float_arrays((name, z, ndim), contiguous=contiguous)
+    dtype, (z,) = float_arrays((name, z, ndim))
     out = check_out(out, "out", z.shape, dtype, inputs=((name, z),), inplace_ok=True)
+    if contiguous:
+        (z,) = as_contiguous(z)
     return z, out
 
 
 def binary_args(a, grad, out, contiguous=False):
     """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``."""
-    dtype, (a, grad) = float_arrays(("a", a, None), ("grad", grad, None), contiguous=contiguous)
+    dtype, (a, grad) = float_arrays(("a", a, None), ("grad", grad, None))
     check_shape("grad", grad, a.shape, "to match the saved output `a`")
     out = check_out(out, "out", a.shape, dtype, inputs=(("a", a), ("grad", grad)),
                     inplace_ok=True)
+    if contiguous:
+        a, grad = as_contiguous(a, grad)
     return a, grad, out
 
 
-def mse_args(pred, target, reduction, contiguous=False):
-    """Checked (pred, target) for the squared-error loss and its gradient."""
+def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False):
+    """Checked (pred, target, out) for the squared-error loss and its gradient.
+
+    ``out`` is checked (and allocated when None) only when ``want_out``.
+    """
     check_choice("reduction", reduction, REDUCTIONS_MSE)
-    _, (pred, target) = float_arrays(("pred", pred, None), ("target", target, None),
-                                     contiguous=contiguous)
+    dtype, (pred, target) = float_arrays(("pred", pred, None), ("target", target, None))
     check_shape("target", target, pred.shape, "to match `pred`")
-    return pred, target
+    if want_out:
+        out = check_out(out, "out", pred.shape, dtype,
+                        inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+    if contiguous:
+        pred, target = as_contiguous(pred, target)
+    return pred, target, out
 
 
-def cross_entropy_args(logits, labels, reduction, contiguous=False):
-    """Checked (logits, labels as int64) for the softmax cross-entropy and its gradient."""
+def cross_entropy_args(logits, labels, reduction, out=None, want_out=False, contiguous=False):
+    """Checked (logits, labels as int64, out) for the softmax cross-entropy and its gradient.
+
+    ``out`` is checked (and allocated when None) only when ``want_out``.
+    """
     check_choice("reduction", reduction, REDUCTIONS_CE)
-    _, (logits,) = float_arrays(("logits", logits, 2), contiguous=contiguous)
+    dtype, (logits,) = float_arrays(("logits", logits, 2))
     labels = class_labels(labels, logits.shape[0], logits.shape[1])
-    return logits, labels
+    if want_out:
+        out = check_out(out, "out", logits.shape, dtype, inputs=(("logits", logits),),
+                        inplace_ok=True)
+    if contiguous:
+        (logits,) = as_contiguous(logits)
+    return logits, labels, out
 
 
 def param_buffer(name, arr, like=None):
@@ -332,8 +368,7 @@ def param_buffer(name, arr, like=None):
 def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contiguous=False):
     """Checked (grad, lr, momentum, weight_decay, nesterov) for ``sgd_update``."""
     param_buffer("param", param)
-    _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None),
-                                contiguous=contiguous)
+    _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None))
     check_shape("grad", grad, param.shape, "to match `param`")
     lr = check_real("lr", lr, minimum=0.0)
     momentum = check_real("momentum", momentum, minimum=0.0)
@@ -351,4 +386,6 @@ def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contig
             raise ValueError("`velocity` overlaps `param`")
     if grad is not param and np.shares_memory(grad, param):
         raise ValueError("`grad` overlaps `param`")
+    if contiguous:
+        (grad,) = as_contiguous(grad)
     return grad, lr, momentum, weight_decay, bool(nesterov)

@@ -142,7 +142,8 @@ def sigmoid_forward(z, *, out=None):
     z, out = V.unary_args("z", z, out)
     # NOTE: exp(-|z|) never overflows, so both branches are finite for every
     # finite z: 1/(1+e) for z >= 0 and e/(1+e) = exp(z)/(1+exp(z)) for z < 0.
-    e = np.exp(-np.abs(z))
+    with np.errstate(under="ignore"):  # exp(-|z|) underflowing to 0 is the right answer
+        e = np.exp(-np.abs(z))
     np.divide(np.where(z >= 0, 1.0, e).astype(z.dtype, copy=False), 1.0 + e, out=out)
     return out
 
@@ -300,9 +301,9 @@ def softmax_forward(z, *, out=None):
     if z.size == 0:
         return out
     # NOTE: subtracting the row maximum keeps exp() <= 1, so nothing overflows.
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", under="ignore"):  # -inf rows give NaN, as in torch
         np.subtract(z, z.max(axis=1, keepdims=True), out=out)
-    np.exp(out, out=out)
+        np.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)
     return out
 
@@ -336,7 +337,7 @@ def mse_loss(pred, target, *, reduction="mean"):
     -------
     loss : float
     """
-    pred, target = V.mse_args(pred, target, reduction)
+    pred, target, _ = V.mse_args(pred, target, reduction)
     r = pred - target
     return float(_mse_scale(reduction, r.size) * np.dot(r.ravel(), r.ravel()))
 
@@ -355,9 +356,7 @@ def mse_loss_backward(pred, target, *, reduction="mean", out=None):
     -------
     out : ndarray
     """
-    pred, target = V.mse_args(pred, target, reduction)
-    out = V.check_out(out, "out", pred.shape, pred.dtype,
-                      inputs=(("pred", pred), ("target", target)), inplace_ok=True)
+    pred, target, out = V.mse_args(pred, target, reduction, out, want_out=True)
     np.subtract(pred, target, out=out)
     out *= pred.dtype.type(2.0 * _mse_scale(reduction, pred.size))
     return out
@@ -386,7 +385,8 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
 def _log_softmax(logits):
     """Rows of ``logits - logsumexp(logits)``, stable for any finite logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    with np.errstate(under="ignore"):
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def softmax_cross_entropy(logits, labels, *, reduction="mean"):
@@ -407,7 +407,7 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     loss : float
         NaN for "mean" over zero samples (as PyTorch).
     """
-    logits, labels = V.cross_entropy_args(logits, labels, reduction)
+    logits, labels, _ = V.cross_entropy_args(logits, labels, reduction)
     n = logits.shape[0]
     if n == 0:
         return float("nan") if reduction == "mean" else 0.0
@@ -431,9 +431,7 @@ def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None
     -------
     out : ndarray, shape (n_samples, n_classes)
     """
-    logits, labels = V.cross_entropy_args(logits, labels, reduction)
-    out = V.check_out(out, "out", logits.shape, logits.dtype,
-                      inputs=(("logits", logits),), inplace_ok=True)
+    logits, labels, out = V.cross_entropy_args(logits, labels, reduction, out, want_out=True)
     n = logits.shape[0]
     if n == 0:
         return out
