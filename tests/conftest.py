@@ -54,3 +54,29 @@ def import_oracle(name):
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         return importlib.import_module(name)
     return pytest.importorskip(name)
+
+
+def run_python(code, *, timeout=120, check=True, **env):
+    """Run ``code`` in a fresh interpreter that imports this same bpcore; return stdout.
+
+    The child runs in an empty directory with the parent of the imported
+    ``bpcore`` first on PYTHONPATH, so a source checkout in the current
+    directory (without compiled modules) can never shadow the build under test.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import textwrap
+
+    full_env = dict(os.environ, **env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bpcore.__file__)))
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH"))
+                                             if p)
+    with tempfile.TemporaryDirectory() as cwd:
+        res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                             cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+    return res

@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import numpy as np
+from conftest import run_python
 import pytest
 
 from bpcore import _gemm
@@ -390,12 +391,7 @@ def test_cpu_features():
 
 
 def _run_fresh(code, **env):
-    import os
-    full_env = dict(os.environ, **env)
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
+    return run_python(code, **env)
 
 
 def test_force_portable_env():

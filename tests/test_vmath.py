@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import run_python
 import pytest
 from conftest import DTYPES, assert_close
 
@@ -227,12 +228,7 @@ def test_set_vmath_kernel_validates_and_reports():
 
 
 def _run(code, **env):
-    full_env = dict(os.environ, **env)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(_kernels.__file__))),
-         full_env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return run_python(code, **env)
 
 
 def test_force_portable_env_var():
