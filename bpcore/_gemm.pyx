@@ -48,7 +48,7 @@ from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cython.parallel cimport parallel, prange
 from libc.stddef cimport ptrdiff_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
     enum:
@@ -204,7 +204,11 @@ cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const floating *a, Py_ssize_t rs
         s = t * MR
         mr = min(<Py_ssize_t>MR, mc - s)
         src = a + s * rsa
-        if mr == MR:
+        if mr == MR and rsa == 1:       # A transposed: MR contiguous values per p
+            for p in range(kc):
+                for i in range(MR):
+                    dst[p * MR + i] = src[p * csa + i]
+        elif mr == MR:
             for p in range(kc):
                 for i in range(MR):
                     dst[p * MR + i] = src[i * rsa + p * csa]
@@ -227,7 +231,11 @@ cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssi
         return
     if nr < NR:
         memset(dst, 0, kc * NR * sizeof(floating))
-    if csb == 1:        # rows of B contiguous: copy NR-long runs
+    if csb == 1 and nr == NR:       # rows of B contiguous: copy NR-long runs
+        for p in range(kc):
+            for j in range(NR32 if floating is float else NR64):
+                dst[p * NR + j] = b[p * rsb + j]
+    elif csb == 1:
         for p in range(kc):
             for j in range(nr):
                 dst[p * NR + j] = b[p * rsb + j]
@@ -303,11 +311,17 @@ cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc
                       Py_ssize_t ldaux) noexcept nogil:
     """The ic loop over rows [i0, i1): pack an MC x KC block of A (or not), run jr/ir."""
     cdef Py_ssize_t MC = MC32 if floating is float else MC64
-    cdef Py_ssize_t t, ic, mc
+    cdef Py_ssize_t t, ic, mc, i
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
         mc = min(MC, i1 - ic)
-        if pack_a:
+        if pack_a and csa == 1:
+            for i in range(mc):
+                memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
+            _macro_kernel(mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
+                          c + ic * rsc, rsc, csc, epi, bias,
+                          aux + ic * ldaux if aux != NULL else NULL, ldaux)
+        elif pack_a:
             _pack_a(mc, kc, a + ic * rsa, rsa, csa, apk)
             _macro_kernel(mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
@@ -362,6 +376,10 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                             bias + jc if bias != NULL else NULL,
                             aux + jc if aux != NULL else NULL, ldaux)
     else:
+        # Cython copies the block's private variables out after it: give them values.
+        tjc = tpc = jc = pc = nc = kc = 0
+        beta_pc = beta
+        epi_pc = epi
         with parallel(num_threads=nparts):
             for tjc in range(njc):
                 jc = tjc * NC
