@@ -47,6 +47,7 @@ from bpcore._validate import check_out, check_real, check_shape, float_arrays, c
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cython.parallel cimport parallel, prange
+from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
@@ -610,7 +611,8 @@ cdef object _fast(object a, object b, bint ta, bint tb, object alpha):
     cdef Py_ssize_t m, n, k, kb
     cdef int kind
     cdef object out
-    if type(alpha) is not float or type(a) is not ndarray or type(b) is not ndarray:
+    if (type(alpha) is not float or not isfinite(<double>alpha)
+            or type(a) is not ndarray or type(b) is not ndarray):
         return None
     if PyObject_GetBuffer(a, &va, _RO) != 0:
         return None

@@ -337,6 +337,8 @@ def test_beta_needs_out():
 def test_bad_scalars():
     with pytest.raises(TypeError, match="`alpha`"):
         matmul(np.ones((2, 2)), np.ones((2, 2)), alpha="2")
+    with pytest.raises(ValueError, match="`alpha` must be finite"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), alpha=float("inf"))
     with pytest.raises(ValueError, match="`beta`"):
         matmul(np.ones((2, 2)), np.ones((2, 2)), beta=np.nan, out=np.ones((2, 2)))
     with pytest.raises(ValueError, match="`n`"):
