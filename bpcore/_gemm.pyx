@@ -17,8 +17,10 @@ Design:
 
   The micro-kernels (6x16 float32, 6x8 float64; AVX2+FMA or portable) and the
   epilogue are small C in ``bpcore/_gemm/*.h``.  A micro-kernel reads A through
-  strides, so A is packed only when that pays: a row-major A (unit column
-  stride) feeding a narrow C is read in place.  Edge tiles are computed at
+  strides, so A is packed only when that pays: an A with a unit stride feeding
+  a narrow C (the MLP shapes) is read in place, and a row-major A is "packed"
+  as a compact row-by-row copy.  A transposed B is packed by 8x8 register
+  transposes.  Edge tiles are computed at
   their true width (masked stores, half-width tile for narrow edges); problems
   below ``SMALL_MNK`` skip blocking altogether.
 * The epilogue (bias, activation, or the activation derivative from a saved
@@ -114,8 +116,9 @@ cdef enum:
 cdef Py_ssize_t SMALL_MNK = 512
 # Below this m*n*k one thread is faster than starting a parallel region.
 cdef Py_ssize_t PARALLEL_MNK = 96 * 96 * 96
-# Read A in place (no packing) when it is row-major and C is at most this wide:
-# packing costs O(m*k) against O(m*k*n) of FMAs, so it pays only for wide C.
+# Read A in place (no packing) when it has a unit stride (row-major A, or A.T of
+# a row-major X) and C is at most this wide: packing costs O(m*k) moves against
+# O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
 cdef Py_ssize_t NOPACK_A_MAX_N = 256
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
@@ -346,7 +349,7 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef Py_ssize_t NC = NC32 if floating is float else NC64
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
-    cdef bint pack_a = not (csa == 1 and n <= NOPACK_A_MAX_N)
+    cdef bint pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     cdef Py_ssize_t mtiles = (m + MR - 1) // MR
     cdef Py_ssize_t nparts = max(1, min(<Py_ssize_t>nthreads, mtiles))
     cdef Py_ssize_t part_rows = (mtiles + nparts - 1) // nparts * MR
