@@ -522,7 +522,7 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
     cdef Py_ssize_t n = vb.shape[0] if tb else vb.shape[1]
     cdef Py_ssize_t rsa = va.strides[0] // s, csa = va.strides[1] // s
     cdef Py_ssize_t rsb = vb.strides[0] // s, csb = vb.strides[1] // s
-    cdef Py_ssize_t rsc = vc.strides[0] // s if vc.ndim == 2 else n
+    cdef Py_ssize_t rsc = vc.strides[0] // s, csc = vc.strides[1] // s
     cdef Py_ssize_t ldaux = vaux.strides[0] // s if vaux != NULL else 0
     cdef const void *bias = vbias.buf if vbias != NULL else NULL
     cdef const void *aux = vaux.buf if vaux != NULL else NULL
@@ -535,24 +535,24 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
         if s == 4:
             status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                               <const float *>vb.buf, rsb, csb, <float>beta,
-                              <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
                               <const float *>bias, <const float *>aux, ldaux, 0)
         else:
             status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
                               <const double *>vb.buf, rsb, csb, beta,
-                              <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <double *>vc.buf, rsc, csc, <bp_epilogue>epi,
                               <const double *>bias, <const double *>aux, ldaux, 0)
     else:
         with nogil:
             if s == 4:
                 status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                                   <const float *>vb.buf, rsb, csb, <float>beta,
-                                  <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
                                   <const float *>bias, <const float *>aux, ldaux, 0)
             else:
                 status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
                                   <const double *>vb.buf, rsb, csb, beta,
-                                  <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <double *>vc.buf, rsc, csc, <bp_epilogue>epi,
                                   <const double *>bias, <const double *>aux, ldaux, 0)
     if status == BP_ENOMEM:
         raise MemoryError("bpcore.matmul could not allocate its packing buffers")
@@ -724,3 +724,17 @@ def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, tran
     else:
         bias = aux = None
     return _run(a, b, ta, tb, alpha, beta, out, EPILOGUES[epilogue], bias, aux)
+
+
+def _matmul_strided_out(a, b, out, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """``matmul`` into an ``out`` of any element strides (tests the C entry's general
+    column stride of C, which ``matmul``'s C-contiguous ``out`` never reaches)."""
+    a, b, ta, tb, alpha, _, full = _check_operands(a, b, trans_a, trans_b, alpha, 0.0, None)
+    beta = check_real("beta", beta)
+    if not isinstance(out, ndarray) or out.shape != full.shape or out.dtype != full.dtype:
+        raise ValueError(f"`out` must be an array of shape {full.shape} and dtype {full.dtype}")
+    if not out.flags.writeable or np.shares_memory(out, a) or np.shares_memory(out, b):
+        raise ValueError("`out` must be writeable and must not overlap `a` or `b`")
+    if any(st % out.itemsize for st in out.strides):
+        raise ValueError("`out` strides must be whole elements")
+    return _run(a, b, ta, tb, alpha, beta, out)
