@@ -6,7 +6,9 @@ Columns: bpcore and numpy median times, ratio numpy_time / bpcore_time (> 1:
 bpcore is faster), bpcore GFLOP/s.  numpy's BLAS is limited with
 threadpoolctl, bpcore with set_num_threads.  The two contenders are
 interleaved (one timed batch each, alternately) so drift in clock speed hits
-both; each reported time is the median over batches.
+both; each reported time is the median over batches.  With several threads a
+short idle precedes each batch, so neither library's still-spinning worker
+threads steal a core from the other.
 """
 import argparse
 import time
@@ -35,19 +37,27 @@ def _batch(fn, calls):
     return (time.perf_counter() - t0) / calls
 
 
-def _time_pair(f_bp, f_np, target_s, repeats):
-    """Median per-call times of two functions, batches interleaved."""
+def _time_pair(f_bp, f_np, target_s, repeats, pause):
+    """Median per-call times of two functions, batches interleaved.
+
+    ``pause`` seconds of idling before each batch: with several threads, the
+    workers of the library that ran last keep spinning for a while after its
+    call (OpenBLAS's for ~0.1 s) and would take a core from the other one.
+    """
     f_bp(), f_np()                                  # warm caches and buffers
     one = max(_batch(f_np, 1), 1e-7)
     calls = max(1, int(target_s / one))
     t_bp, t_np = [], []
     for _ in range(repeats):
+        time.sleep(pause)
         t_bp.append(_batch(f_bp, calls))
+        time.sleep(pause)
         t_np.append(_batch(f_np, calls))
     return float(np.median(t_bp)), float(np.median(t_np))
 
 
-def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, seed=0):
+def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, seed=0,
+          pause=None):
     rng = np.random.default_rng(seed)
     rows = []
     for dtype in dtypes:
@@ -58,7 +68,8 @@ def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, se
             with threadpool_limits(threads):
                 _gemm.set_num_threads(threads)
                 t_bp, t_np = _time_pair(lambda: _gemm.matmul(a, b, trans_a=ta, trans_b=tb),
-                                        lambda: np.matmul(op_a, op_b), target_s, repeats)
+                                        lambda: np.matmul(op_a, op_b), target_s, repeats,
+                                        (0.15 if threads > 1 else 0.0) if pause is None else pause)
             rows.append((threads, np.dtype(dtype).name, name, t_bp, t_np, t_np / t_bp,
                          2.0 * m * n * k / t_bp / 1e9))
     return rows

@@ -42,3 +42,13 @@ def _matmul_epilogue(
     beta: float = 0.0,
     out: NDArray[np.floating[Any]] | None = None,
 ) -> NDArray[np.floating[Any]]: ...
+def _matmul_strided_out(
+    a: ArrayLike,
+    b: ArrayLike,
+    out: NDArray[np.floating[Any]],
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+) -> NDArray[np.floating[Any]]: ...

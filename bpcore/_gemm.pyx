@@ -17,8 +17,10 @@ Design:
 
   The micro-kernels (6x16 float32, 6x8 float64; AVX2+FMA or portable) and the
   epilogue are small C in ``bpcore/_gemm/*.h``.  A micro-kernel reads A through
-  strides, so A is packed only when that pays: a row-major A (unit column
-  stride) feeding a narrow C is read in place.  Edge tiles are computed at
+  strides, so A is packed only when that pays: an A with a unit stride feeding
+  a narrow C (the MLP shapes) is read in place, and a row-major A is "packed"
+  as a compact row-by-row copy.  A transposed B is packed by 8x8 register
+  transposes.  Edge tiles are computed at
   their true width (masked stores, half-width tile for narrow edges); problems
   below ``SMALL_MNK`` skip blocking altogether.
 * The epilogue (bias, activation, or the activation derivative from a saved
@@ -47,8 +49,9 @@ from bpcore._validate import check_out, check_real, check_shape, float_arrays, c
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from cython.parallel cimport parallel, prange
+from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "microkernel.h" nogil:
     enum:
@@ -113,8 +116,9 @@ cdef enum:
 cdef Py_ssize_t SMALL_MNK = 512
 # Below this m*n*k one thread is faster than starting a parallel region.
 cdef Py_ssize_t PARALLEL_MNK = 96 * 96 * 96
-# Read A in place (no packing) when it is row-major and C is at most this wide:
-# packing costs O(m*k) against O(m*k*n) of FMAs, so it pays only for wide C.
+# Read A in place (no packing) when it has a unit stride (row-major A, or A.T of
+# a row-major X) and C is at most this wide: packing costs O(m*k) moves against
+# O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
 cdef Py_ssize_t NOPACK_A_MAX_N = 256
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
@@ -204,7 +208,11 @@ cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const floating *a, Py_ssize_t rs
         s = t * MR
         mr = min(<Py_ssize_t>MR, mc - s)
         src = a + s * rsa
-        if mr == MR:
+        if mr == MR and rsa == 1:       # A transposed: MR contiguous values per p
+            for p in range(kc):
+                for i in range(MR):
+                    dst[p * MR + i] = src[p * csa + i]
+        elif mr == MR:
             for p in range(kc):
                 for i in range(MR):
                     dst[p * MR + i] = src[i * rsa + p * csa]
@@ -227,7 +235,11 @@ cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssi
         return
     if nr < NR:
         memset(dst, 0, kc * NR * sizeof(floating))
-    if csb == 1:        # rows of B contiguous: copy NR-long runs
+    if csb == 1 and nr == NR:       # rows of B contiguous: copy NR-long runs
+        for p in range(kc):
+            for j in range(NR32 if floating is float else NR64):
+                dst[p * NR + j] = b[p * rsb + j]
+    elif csb == 1:
         for p in range(kc):
             for j in range(nr):
                 dst[p * NR + j] = b[p * rsb + j]
@@ -303,11 +315,17 @@ cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc
                       Py_ssize_t ldaux) noexcept nogil:
     """The ic loop over rows [i0, i1): pack an MC x KC block of A (or not), run jr/ir."""
     cdef Py_ssize_t MC = MC32 if floating is float else MC64
-    cdef Py_ssize_t t, ic, mc
+    cdef Py_ssize_t t, ic, mc, i
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
         mc = min(MC, i1 - ic)
-        if pack_a:
+        if pack_a and csa == 1:
+            for i in range(mc):
+                memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
+            _macro_kernel(mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
+                          c + ic * rsc, rsc, csc, epi, bias,
+                          aux + ic * ldaux if aux != NULL else NULL, ldaux)
+        elif pack_a:
             _pack_a(mc, kc, a + ic * rsa, rsa, csa, apk)
             _macro_kernel(mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
@@ -331,7 +349,7 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef Py_ssize_t NC = NC32 if floating is float else NC64
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
-    cdef bint pack_a = not (csa == 1 and n <= NOPACK_A_MAX_N)
+    cdef bint pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     cdef Py_ssize_t mtiles = (m + MR - 1) // MR
     cdef Py_ssize_t nparts = max(1, min(<Py_ssize_t>nthreads, mtiles))
     cdef Py_ssize_t part_rows = (mtiles + nparts - 1) // nparts * MR
@@ -362,6 +380,10 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                             bias + jc if bias != NULL else NULL,
                             aux + jc if aux != NULL else NULL, ldaux)
     else:
+        # Cython copies the block's private variables out after it: give them values.
+        tjc = tpc = jc = pc = nc = kc = 0
+        beta_pc = beta
+        epi_pc = epi
         with parallel(num_threads=nparts):
             for tjc in range(njc):
                 jc = tjc * NC
@@ -500,7 +522,7 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
     cdef Py_ssize_t n = vb.shape[0] if tb else vb.shape[1]
     cdef Py_ssize_t rsa = va.strides[0] // s, csa = va.strides[1] // s
     cdef Py_ssize_t rsb = vb.strides[0] // s, csb = vb.strides[1] // s
-    cdef Py_ssize_t rsc = vc.strides[0] // s if vc.ndim == 2 else n
+    cdef Py_ssize_t rsc = vc.strides[0] // s, csc = vc.strides[1] // s
     cdef Py_ssize_t ldaux = vaux.strides[0] // s if vaux != NULL else 0
     cdef const void *bias = vbias.buf if vbias != NULL else NULL
     cdef const void *aux = vaux.buf if vaux != NULL else NULL
@@ -513,24 +535,24 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
         if s == 4:
             status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                               <const float *>vb.buf, rsb, csb, <float>beta,
-                              <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
                               <const float *>bias, <const float *>aux, ldaux, 0)
         else:
             status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
                               <const double *>vb.buf, rsb, csb, beta,
-                              <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                              <double *>vc.buf, rsc, csc, <bp_epilogue>epi,
                               <const double *>bias, <const double *>aux, ldaux, 0)
     else:
         with nogil:
             if s == 4:
                 status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                                   <const float *>vb.buf, rsb, csb, <float>beta,
-                                  <float *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
                                   <const float *>bias, <const float *>aux, ldaux, 0)
             else:
                 status = gemm_f64(m, n, k, alpha, <const double *>va.buf, rsa, csa,
                                   <const double *>vb.buf, rsb, csb, beta,
-                                  <double *>vc.buf, rsc, 1, <bp_epilogue>epi,
+                                  <double *>vc.buf, rsc, csc, <bp_epilogue>epi,
                                   <const double *>bias, <const double *>aux, ldaux, 0)
     if status == BP_ENOMEM:
         raise MemoryError("bpcore.matmul could not allocate its packing buffers")
@@ -592,7 +614,8 @@ cdef object _fast(object a, object b, bint ta, bint tb, object alpha):
     cdef Py_ssize_t m, n, k, kb
     cdef int kind
     cdef object out
-    if type(alpha) is not float or type(a) is not ndarray or type(b) is not ndarray:
+    if (type(alpha) is not float or not isfinite(<double>alpha)
+            or type(a) is not ndarray or type(b) is not ndarray):
         return None
     if PyObject_GetBuffer(a, &va, _RO) != 0:
         return None
@@ -701,3 +724,17 @@ def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, tran
     else:
         bias = aux = None
     return _run(a, b, ta, tb, alpha, beta, out, EPILOGUES[epilogue], bias, aux)
+
+
+def _matmul_strided_out(a, b, out, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """``matmul`` into an ``out`` of any element strides (tests the C entry's general
+    column stride of C, which ``matmul``'s C-contiguous ``out`` never reaches)."""
+    a, b, ta, tb, alpha, _, full = _check_operands(a, b, trans_a, trans_b, alpha, 0.0, None)
+    beta = check_real("beta", beta)
+    if not isinstance(out, ndarray) or out.shape != full.shape or out.dtype != full.dtype:
+        raise ValueError(f"`out` must be an array of shape {full.shape} and dtype {full.dtype}")
+    if not out.flags.writeable or np.shares_memory(out, a) or np.shares_memory(out, b):
+        raise ValueError("`out` must be writeable and must not overlap `a` or `b`")
+    if any(st % out.itemsize for st in out.strides):
+        raise ValueError("`out` strides must be whole elements")
+    return _run(a, b, ta, tb, alpha, beta, out)

@@ -164,6 +164,28 @@ def test_any_strides(kernel, dtype, m, n, k):
                 assert_close(got, a.T if trans else a, b, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(3, 4, 5), (40, 50, 300), (130, 70, 20)])
+def test_c_entry_with_strided_c(kernel, dtype, m, n, k):
+    """The C entry point's general column stride of C (matmul's out is C-contiguous)."""
+    rng = np.random.default_rng(12)
+    a, b = operands(rng, m, n, k, dtype)
+    for layout in ("F", "strided", "negative"):
+        if layout == "F":
+            out = np.asfortranarray(rand(rng, (m, n), dtype))
+        elif layout == "strided":
+            out = rand(rng, (2 * m, 3 * n), dtype)[::2, ::3]
+        else:
+            out = rand(rng, (m, n), dtype)[::-1, ::-1]
+        c0 = out.copy()
+        got = _gemm._matmul_strided_out(a, b, out, alpha=1.5, beta=-0.5)
+        assert got is out
+        assert_close(out, a, b, reference(a, b, alpha=1.5, beta=-0.5, out=c0), 1.5, -0.5, c0)
+        out[...] = np.nan
+        _gemm._matmul_strided_out(a, b, out)
+        assert_close(out, a, b, reference(a, b))
+
+
 def test_memmap_input(tmp_path):
     rng = np.random.default_rng(2)
     a = rand(rng, (30, 40), np.float32)
@@ -338,6 +360,8 @@ def test_beta_needs_out():
 def test_bad_scalars():
     with pytest.raises(TypeError, match="`alpha`"):
         matmul(np.ones((2, 2)), np.ones((2, 2)), alpha="2")
+    with pytest.raises(ValueError, match="`alpha` must be finite"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), alpha=float("inf"))
     with pytest.raises(ValueError, match="`beta`"):
         matmul(np.ones((2, 2)), np.ones((2, 2)), beta=np.nan, out=np.ones((2, 2)))
     with pytest.raises(ValueError, match="`n`"):

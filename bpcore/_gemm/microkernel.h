@@ -110,6 +110,16 @@ BP_INLINE_AVX2 __m256i bp_mask4(int n)
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
 
+/* Fetch the tile's rows of C while the K loop runs (they are read and written after it). */
+BP_INLINE_AVX2 void bp_prefetch_c(const void *c, ptrdiff_t rsc_bytes, int mr, int row_bytes)
+{
+    const char *p = (const char *)c;
+    for (int i = 0; i < mr; ++i, p += rsc_bytes) {
+        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(p + row_bytes - 1, _MM_HINT_T0);
+    }
+}
+
 /* One tile row: c[0:nr] := alpha*x + beta*c[0:nr]; masked unless the row is full. */
 BP_INLINE_AVX2 void bp_row_f32(float *c, __m256 x0, __m256 x1, __m256 va, __m256 vb,
                                int beta0, int nv, int full, __m256i m0, __m256i m1)
@@ -162,6 +172,7 @@ BP_INLINE_AVX2 void bp_ukr_f32_avx2_tile(const int nv, ptrdiff_t k, const float 
         float *c, ptrdiff_t rsc, int mr, int nr)
 {
     const ptrdiff_t o1 = BP_ROW(1), o2 = BP_ROW(2), o3 = BP_ROW(3), o4 = BP_ROW(4), o5 = BP_ROW(5);
+    bp_prefetch_c(c, rsc * (ptrdiff_t)sizeof(float), mr, nr * (int)sizeof(float));
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (ptrdiff_t p = 0; p < k; ++p, a += csa, b += BP_NR_F32) {
@@ -197,6 +208,7 @@ BP_INLINE_AVX2 void bp_ukr_f64_avx2_tile(const int nv, ptrdiff_t k, const double
         double *c, ptrdiff_t rsc, int mr, int nr)
 {
     const ptrdiff_t o1 = BP_ROW(1), o2 = BP_ROW(2), o3 = BP_ROW(3), o4 = BP_ROW(4), o5 = BP_ROW(5);
+    bp_prefetch_c(c, rsc * (ptrdiff_t)sizeof(double), mr, nr * (int)sizeof(double));
     __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
             c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (ptrdiff_t p = 0; p < k; ++p, a += csa, b += BP_NR_F64) {
