@@ -9,6 +9,7 @@ from . import reference
 from . import _gemm, _kernels
 from ._gemm import cpu_features, get_num_threads, set_num_threads
 from .gradcheck import gradcheck, numerical_gradient, GradcheckError
+from .nn import MLP
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,6 @@ def backend_of(name):
     return _TABLE[name][1]
 
 
-__all__ = list(_OPS) + ["reference", "backend_of", "gradcheck", "numerical_gradient",
+__all__ = list(_OPS) + ["MLP", "reference", "backend_of", "gradcheck", "numerical_gradient",
                         "GradcheckError", "cpu_features", "get_num_threads", "set_num_threads",
                         "__version__"]

@@ -5,7 +5,9 @@ Subcommands:
 * ``demo`` -- seed 000's experiment: a 1000-100-10 ReLU network, linear
   output, sum-of-squares loss, learning rate 1e-6, 500 full-batch steps on 64
   random samples with standard-normal weights; prints the loss curve and the
-  time per step of bpcore's kernels next to the NumPy reference.
+  time per step of the compiled MLP next to the same model on the NumPy
+  reference.
+* ``train`` -- trains an MLP on a CSV, .npy or .npz file and saves it.
 * ``bench`` -- the benchmark tables of :mod:`bpcore.benchmarks`.
 """
 import argparse
@@ -15,55 +17,38 @@ import time
 import numpy as np
 
 
-def _demo_run(ops, steps, seed, dtype):
-    """Seed 000's training loop written with one backend's functions; returns (losses, seconds)."""
+def _demo_run(backend, steps, seed, dtype):
+    """Seed 000's run on one backend; returns (losses, seconds per step)."""
+    from bpcore import MLP
+
     n, d_in, hidden, d_out = 64, 1000, 100, 10
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d_in)).astype(dtype)
     y = rng.standard_normal((n, d_out)).astype(dtype)
-    w1 = rng.standard_normal((d_in, hidden)).astype(dtype)
-    w2 = rng.standard_normal((hidden, d_out)).astype(dtype)
-    b1 = np.zeros(hidden, dtype)
-    b2 = np.zeros(d_out, dtype)
-    h = np.empty((n, hidden), dtype)
-    pred = np.empty((n, d_out), dtype)
-    grad_pred = np.empty_like(pred)
-    grad_h = np.empty_like(h)
-    grads = [np.empty_like(p) for p in (w1, b1, w2, b2)]
-    lr = 1e-6
-    losses = []
+    net = MLP([d_in, hidden, d_out], activation="relu", output_activation="identity",
+              loss="mse", reduction="sum", dtype=dtype, seed=rng, init="normal",
+              backend=backend)
+    losses = np.empty(steps)
     start = time.perf_counter()
-    for _ in range(steps):
-        ops.linear_forward(x, w1, b1, out=h)
-        ops.relu_forward(h, out=h)
-        ops.linear_forward(h, w2, b2, out=pred)
-        losses.append(ops.mse_loss(pred, y, reduction="sum"))
-        ops.mse_loss_backward(pred, y, reduction="sum", out=grad_pred)
-        ops.linear_backward(h, w2, grad_pred, grad_x=grad_h, grad_w=grads[2], grad_b=grads[3])
-        ops.relu_backward(h, grad_h, out=grad_h)
-        ops.linear_backward(x, w1, grad_h, need_grad_x=False, grad_w=grads[0], grad_b=grads[1])
-        for param, grad in zip((w1, b1, w2, b2), grads):
-            ops.sgd_update(param, grad, lr=lr)
-    return losses, time.perf_counter() - start
+    for i in range(steps):
+        losses[i] = net.train_step(x, y, lr=1e-6)
+    return losses, (time.perf_counter() - start) / steps
 
 
 def demo(args):
-    import bpcore
-    from bpcore import reference
-
     dtype = np.dtype(args.dtype)
-    losses, seconds = _demo_run(bpcore, args.steps, args.seed, dtype)
-    _, ref_seconds = _demo_run(reference, args.steps, args.seed, dtype)
-    print(f"bpcore demo: seed 000's network 1000-100-10 (ReLU, linear output), N=64, "
-          f"sum-of-squares loss, lr 1e-6, {args.steps} steps, {dtype}")
-    print(f"{'step':>6}  {'loss':>14}")
-    for i in range(0, args.steps, 50):
-        print(f"{i:>6}  {losses[i]:>14.6g}")
-    print(f"{args.steps - 1:>6}  {losses[-1]:>14.6g}")
-    per_step = seconds / args.steps * 1e6
-    ref_per_step = ref_seconds / args.steps * 1e6
-    print(f"time per step: bpcore {per_step:.1f} us, NumPy reference {ref_per_step:.1f} us "
-          f"(x{ref_per_step / per_step:.2f})")
+    losses, per_step = _demo_run("compiled", args.steps, args.seed, dtype)
+    ref_losses, ref_per_step = _demo_run("reference", args.steps, args.seed, dtype)
+    print(f"bpcore demo: seed 000's network 1000-100-10 (ReLU hidden, linear output), N=64, "
+          f"sum-of-squares loss, lr 1e-6, {args.steps} steps, {dtype}, standard-normal init "
+          f"(seed {args.seed})")
+    print(f"{'step':>6}  {'loss (bpcore)':>15}  {'loss (NumPy ref)':>16}")
+    shown = list(range(0, args.steps, 50)) + [args.steps - 1]
+    for i in shown:
+        print(f"{i:>6}  {losses[i]:>15.6g}  {ref_losses[i]:>16.6g}")
+    print(f"time per step: bpcore {per_step * 1e6:.1f} us, NumPy reference "
+          f"{ref_per_step * 1e6:.1f} us (x{ref_per_step / per_step:.2f}); "
+          f"threads: {_threads()}")
     if args.plot:
         try:
             import matplotlib
@@ -73,13 +58,81 @@ def demo(args):
             print("--plot needs matplotlib: pip install 'bpcore[plot]'", file=sys.stderr)
             return 2
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.semilogy(losses)
+        ax.semilogy(losses, label="bpcore")
+        ax.semilogy(ref_losses, "--", label="NumPy reference")
         ax.set_xlabel("step")
         ax.set_ylabel("sum-of-squares loss")
         ax.set_title("bpcore demo (seed 000)")
+        ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot)
         print(f"loss curve written to {args.plot}")
+    return 0
+
+
+def _threads():
+    from bpcore import get_num_threads
+
+    return get_num_threads()
+
+
+def _load_table(path, target, x_key, y_key):
+    """(x, y) from a .csv (header optional), .npy (target column) or .npz (two arrays)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in (x_key, y_key) if k not in archive.files]
+            if missing:
+                raise SystemExit(f"{path}: no array named {missing[0]!r} "
+                                 f"(has {', '.join(archive.files)}); use --x-key/--y-key")
+            return archive[x_key], archive[y_key]
+    if path.endswith(".npy"):
+        table = np.load(path, allow_pickle=False)
+    else:
+        with open(path) as f:
+            first = f.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise SystemExit(f"{path}: expected a 2-D table with a target column; "
+                         f"got shape {table.shape}")
+    col = target % table.shape[1]
+    return np.delete(table, col, axis=1), table[:, col]
+
+
+def train(args):
+    from bpcore import MLP
+
+    x, y = _load_table(args.data, args.target, args.x_key, args.y_key)
+    dtype = np.dtype(args.dtype)
+    x = np.asarray(x, dtype=dtype)
+    hidden = [int(h) for h in args.hidden.split(",") if h]
+    if args.task == "classification":
+        classes, y = np.unique(y, return_inverse=True)
+        sizes = [x.shape[1], *hidden, len(classes)]
+        net = MLP(sizes, activation=args.activation, loss="cross_entropy", dtype=dtype,
+                  seed=args.seed)
+    else:
+        y = np.asarray(y, dtype=dtype).reshape(len(y), -1)
+        sizes = [x.shape[1], *hidden, y.shape[1]]
+        net = MLP(sizes, activation=args.activation, loss="mse", dtype=dtype, seed=args.seed)
+    if args.standardize:
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        x = (x - mean) / np.where(std > 0, std, 1)
+    print(f"training {net} on {x.shape[0]} samples", file=sys.stderr)
+    history = net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      momentum=args.momentum, seed=args.seed, progress=not args.quiet)
+    for epoch, loss in enumerate(history["loss"]):
+        print(f"epoch {epoch + 1:>4}  loss {loss:.6g}")
+    if args.task == "classification":
+        accuracy = float((net.predict(x).argmax(axis=1) == y).mean())
+        print(f"training accuracy {accuracy:.4f}")
+    if args.out:
+        net.save(args.out)
+        print(f"model saved to {args.out}")
     return 0
 
 
@@ -98,6 +151,25 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curve (needs matplotlib)")
     p.set_defaults(func=demo)
+    p = sub.add_parser("train", help="train an MLP on a .csv, .npy or .npz file and save it")
+    p.add_argument("data", help="a .csv/.npy table (target in --target) or an .npz with x and y")
+    p.add_argument("--target", type=int, default=-1, help="target column of a table (default: last)")
+    p.add_argument("--x-key", default="x")
+    p.add_argument("--y-key", default="y")
+    p.add_argument("--task", choices=["regression", "classification"], default="regression")
+    p.add_argument("--hidden", default="64", help="hidden widths, comma-separated")
+    p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh",
+                                                            "identity"])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standardize", action="store_true", help="scale features to mean 0, std 1")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", help="where to save the model (.npz)")
+    p.set_defaults(func=train)
     p = sub.add_parser("bench", help="ratio tables: bpcore vs NumPy and PyTorch, 1 and 2 threads")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)

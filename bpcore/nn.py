@@ -1,0 +1,626 @@
+"""The network: ``MLP``, a multi-layer perceptron trained by back-propagation.
+
+The parameters live in one contiguous, 64-byte aligned block, layer by layer
+``W_0, b_0, W_1, b_1, ...`` with ``W_l`` of shape (n_in, n_out) as in
+scikit-learn's ``coefs_``; ``net.weights`` and ``net.biases`` are views into
+it.  Gradients and the momentum buffer are blocks of the same layout, so one
+optimizer pass (or one MPI Allreduce) covers the whole model.
+
+Every training call is one call into compiled code (``bpcore._step``) that
+runs without the GIL and allocates nothing per step; ``backend="reference"``
+runs the same model with :mod:`bpcore.reference`, for checking.
+"""
+import math
+import sys
+import threading
+
+import numpy as np
+
+from . import _modelfile
+from . import _validate as V
+from . import reference as R
+
+__all__ = ["MLP"]
+
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
+LOSSES = ("mse", "cross_entropy")
+INITS = ("auto", "normal", "glorot", "he")
+BACKENDS = ("compiled", "reference")
+_NONFINITE = 100
+_INTERRUPTED = 101
+
+
+def _aligned_zeros(n, dtype, align=64):
+    """A zeroed 1-D array of n elements whose data starts on an ``align``-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(n + align // itemsize, dtype)
+    offset = (-raw.ctypes.data % align) // itemsize
+    return raw[offset:offset + n]
+
+
+# ---------------------------------------------------------------------------
+# The reference twin of bpcore._step.Trainer: the same methods, in NumPy
+# ---------------------------------------------------------------------------
+
+class ReferenceTrainer:
+    """``bpcore._step.Trainer`` written with :mod:`bpcore.reference` (same methods, same blocks)."""
+
+    def __init__(self, sizes, activations, loss, reduction, dtype):
+        self.sizes = [int(s) for s in sizes]
+        self.activations = list(activations)
+        self.loss = loss
+        self.reduction = reduction
+        self.dtype = np.dtype(dtype)
+        self.w_off, self.b_off = [], []
+        offset = 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            self.w_off.append(offset)
+            offset += n_in * n_out
+            self.b_off.append(offset)
+            offset += n_out
+        self.n_params = offset
+
+    def offsets(self):
+        return np.array(self.w_off, np.intp), np.array(self.b_off, np.intp)
+
+    def _views(self, block):
+        pairs = zip(self.sizes[:-1], self.sizes[1:], self.w_off, self.b_off)
+        return ([block[w:w + n_in * n_out].reshape(n_in, n_out) for n_in, n_out, w, _ in pairs],
+                [block[b:b + n_out] for n_out, b in zip(self.sizes[1:], self.b_off)])
+
+    def _forward(self, params, x, logits):
+        weights, biases = self._views(params)
+        acts = [x]
+        for l, (w, b) in enumerate(zip(weights, biases)):
+            z = R.linear_forward(acts[-1], w, b)
+            act = self.activations[l]
+            if act == "softmax":
+                acts.append(z if logits else R.softmax_forward(z))
+            else:
+                acts.append(getattr(R, f"{act}_forward")(z))
+        return acts
+
+    def forward(self, params, x, out):
+        out[...] = self._forward(params, x, False)[-1]
+        return out
+
+    def evaluate(self, params, x, y):
+        if self.loss == "cross_entropy":
+            return R.softmax_cross_entropy(self._forward(params, x, True)[-1], y,
+                                           reduction=self.reduction)
+        return R.mse_loss(self._forward(params, x, False)[-1], y, reduction=self.reduction)
+
+    def loss_and_grad(self, params, x, y, grads):
+        acts = self._forward(params, x, self.loss == "cross_entropy")
+        out, act_out = acts[-1], self.activations[-1]
+        if self.loss == "cross_entropy":
+            loss, delta = R.softmax_cross_entropy_and_grad(out, y, reduction=self.reduction)
+        else:
+            loss, delta = R.mse_loss_and_grad(out, y, reduction=self.reduction)
+            if act_out == "softmax":
+                delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
+            else:
+                delta = getattr(R, f"{act_out}_backward")(out, delta)
+        if not math.isfinite(loss):
+            return _NONFINITE, loss
+        weights, _ = self._views(params)
+        grad_w, grad_b = self._views(grads)
+        for l in range(len(weights) - 1, -1, -1):
+            grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
+                                             grad_w=grad_w[l], grad_b=grad_b[l])
+            if not np.isfinite(grad_b[l]).all():
+                return _NONFINITE, loss
+            if l > 0:
+                delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        return 0, loss
+
+    def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
+        n = self.n_params
+        R.sgd_update(params[:n], grads[:n], lr=lr, momentum=momentum,
+                     velocity=velocity[:n] if momentum else None,
+                     weight_decay=weight_decay, nesterov=nesterov)
+
+    def train_step(self, params, grads, velocity, x, y, lr, momentum, weight_decay, nesterov):
+        status, loss = self.loss_and_grad(params, x, y, grads)
+        if status == 0:
+            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+        return status, loss
+
+    def train_step_fast(self, *args):
+        return None  # the reference always takes the general path
+
+    def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
+                    weight_decay, nesterov):
+        loss_sum, done = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            rows = (slice(start, start + batch_size) if order is None
+                    else order[start:start + batch_size])
+            status, loss = self.train_step(params, grads, velocity, x[rows], y[rows], lr,
+                                           momentum, weight_decay, nesterov)
+            if status:
+                return status, loss_sum, done
+            loss_sum += loss * len(x[rows])
+            done += 1
+        return 0, loss_sum, done
+
+
+# ---------------------------------------------------------------------------
+# MLP
+# ---------------------------------------------------------------------------
+
+class MLP:
+    """A multi-layer perceptron with a fused, allocation-free training step.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        Widths, input first: ``(n_in, hidden_1, ..., n_out)``; at least two.
+    activation : str or sequence of str
+        Hidden-layer activation(s): "relu", "sigmoid", "tanh", "identity"
+        (one name for all, or one per hidden layer).
+    output_activation : str, optional
+        "identity", "sigmoid", "tanh", "relu" or "softmax".  Default:
+        "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
+        (which requires it).
+    loss : {"mse", "cross_entropy"}
+        Squared error against float targets (n, n_out), or softmax
+        cross-entropy against integer class labels (n,).
+    reduction : str
+        "mean", "sum", "half_sum", "half_mean" for MSE; "mean", "sum" for
+        cross-entropy (see :func:`bpcore.reference.mse_loss`).
+    dtype : {"float32", "float64"}
+    seed : int or numpy.random.Generator, optional
+        Seeds the initial weights (identical for both backends).
+    init : {"auto", "normal", "glorot", "he"}
+        "normal": standard-normal weights (seed 000's scheme); "glorot":
+        U(+-sqrt(6 / (fan_in + fan_out))); "he": U(+-sqrt(6 / fan_in));
+        "auto": "he" for ReLU layers, "glorot" otherwise.  Biases start at 0.
+    backend : {"compiled", "reference"}
+
+    Notes
+    -----
+    Training methods of one model serialize on a lock, so two threads
+    training the same model run one after the other; ``predict`` takes no
+    lock and uses buffers of its own, so many threads may predict at once.
+    """
+
+    def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
+                 reduction="mean", dtype="float32", seed=None, init="auto",
+                 backend="compiled"):
+        sizes = self._check_sizes(layer_sizes)
+        n_layers = len(sizes) - 1
+        V.check_choice("loss", loss, LOSSES)
+        if output_activation is None:
+            output_activation = "softmax" if loss == "cross_entropy" else "identity"
+        V.check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        if loss == "cross_entropy" and output_activation != "softmax":
+            raise ValueError("`output_activation` must be 'softmax' with "
+                             f"loss='cross_entropy'; got {output_activation!r}")
+        V.check_choice("reduction", reduction,
+                       V.REDUCTIONS_CE if loss == "cross_entropy" else V.REDUCTIONS_MSE)
+        hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
+        if len(hidden) != n_layers - 1:
+            raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "
+                             f"hidden layer); got {len(hidden)}")
+        for name in hidden:
+            V.check_choice("activation", name, ACTIVATIONS)
+        V.check_choice("init", init, INITS)
+        V.check_choice("backend", backend, BACKENDS)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype!r}") from None
+        if dtype not in V.FLOAT_DTYPES:
+            raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype}")
+        self.layer_sizes = sizes
+        self.activations = hidden + [output_activation]
+        self.loss = loss
+        self.reduction = reduction
+        self.dtype = dtype
+        self.backend = backend
+        if backend == "compiled":
+            from . import _step
+            core_cls = _step.Trainer
+        else:
+            core_cls = ReferenceTrainer
+        self._core = core_cls(sizes, self.activations, loss, reduction, dtype)
+        self._params = _aligned_zeros(self._core.n_params, dtype)
+        self._grads = _aligned_zeros(self._core.n_params, dtype)
+        self._velocity = None
+        self._lock = threading.RLock()
+        self._views()
+        self._initialize(init, seed)
+
+    # -- construction -------------------------------------------------------
+
+    @staticmethod
+    def _check_sizes(layer_sizes):
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+            raise TypeError(f"`layer_sizes` must be a sequence of ints; got "
+                            f"{type(layer_sizes).__name__}")
+        sizes = [V.check_int("layer_sizes", s) for s in layer_sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"`layer_sizes` needs at least 2 sizes (input and output); "
+                             f"got {sizes}")
+        bad = [s for s in sizes if s < 1]
+        if bad:
+            raise ValueError(f"`layer_sizes` must all be >= 1; got {sizes}")
+        return sizes
+
+    def _views(self):
+        w_off, b_off = self._core.offsets()
+        pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        self.weights = [self._params[w:w + a * b].reshape(a, b)
+                        for (a, b), w in zip(pairs, w_off)]
+        self.biases = [self._params[o:o + b] for (_, b), o in zip(pairs, b_off)]
+        self._grad_weights = [self._grads[w:w + a * b].reshape(a, b)
+                              for (a, b), w in zip(pairs, w_off)]
+        self._grad_biases = [self._grads[o:o + b] for (_, b), o in zip(pairs, b_off)]
+
+    def _initialize(self, init, seed):
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        for w, act in zip(self.weights, self.activations):
+            fan_in, fan_out = w.shape
+            scheme = ("he" if act == "relu" else "glorot") if init == "auto" else init
+            if scheme == "normal":
+                w[...] = rng.standard_normal((fan_in, fan_out))
+            else:
+                bound = math.sqrt(6.0 / (fan_in if scheme == "he" else fan_in + fan_out))
+                w[...] = rng.uniform(-bound, bound, (fan_in, fan_out))
+        for b in self.biases:
+            b[...] = 0
+
+    @classmethod
+    def from_arrays(cls, weights, biases, *, activation="relu", output_activation=None,
+                    loss="mse", reduction="mean", dtype=None, backend="compiled"):
+        """Build an MLP holding the given parameters.
+
+        Parameters
+        ----------
+        weights : sequence of array_like
+            ``weights[l]`` of shape (n_l, n_{l+1}).
+        biases : sequence of array_like
+            ``biases[l]`` of shape (n_{l+1},).
+        dtype : {"float32", "float64"}, optional
+            Default: the weights' float dtype, else float64.
+        activation, output_activation, loss, reduction, backend
+            As for :class:`MLP`.
+        """
+        weights, biases = list(weights), list(biases)
+        if not weights or len(weights) != len(biases):
+            raise ValueError(f"`weights` and `biases` must be non-empty lists of equal length; "
+                             f"got {len(weights)} and {len(biases)}")
+        arrays = [(f"weights[{i}]", w, 2) for i, w in enumerate(weights)]
+        arrays += [(f"biases[{i}]", b, 1) for i, b in enumerate(biases)]
+        found, converted = V.float_arrays(*arrays)
+        ws, bs = converted[:len(weights)], converted[len(weights):]
+        sizes = [ws[0].shape[0]]
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            V.check_shape(f"weights[{i}]", w, (sizes[-1], "n_out"),
+                          "to follow the previous layer")
+            V.check_shape(f"biases[{i}]", b, (w.shape[1],), f"to match weights[{i}]")
+            sizes.append(w.shape[1])
+        net = cls(sizes, activation=activation, output_activation=output_activation, loss=loss,
+                  reduction=reduction, dtype=dtype if dtype is not None else found,
+                  backend=backend)
+        for dst, src in zip(net.weights + net.biases, ws + bs):
+            dst[...] = src
+        return net
+
+    # -- the flat blocks ----------------------------------------------------
+
+    @property
+    def n_params(self):
+        """Number of parameters (weights and biases)."""
+        return self._core.n_params
+
+    @property
+    def parameters(self):
+        """The flat parameter block (a view; writing it changes the model)."""
+        return self._params
+
+    def _velocity_block(self, momentum):
+        if momentum != 0 and self._velocity is None:
+            self._velocity = _aligned_zeros(self.n_params, self.dtype)
+        return self._velocity
+
+    def reset_optimizer(self):
+        """Forget the momentum buffer (the next step starts from zero velocity)."""
+        with self._lock:
+            self._velocity = None
+
+    # -- input checks ---------------------------------------------------------
+
+    def _inputs(self, x, y=None, *, min_rows=1):
+        specs = [("x", x, 2)]
+        labels = self.loss == "cross_entropy"
+        if y is not None and not labels:
+            y_arr = y if isinstance(y, np.ndarray) else np.asarray(y)
+            if y_arr.ndim == 1 and self.layer_sizes[-1] == 1:
+                y = y_arr.reshape(-1, 1)  # one output: (n,) targets are accepted
+            specs.append(("y", y, 2))
+        x_dtype, arrays = V.float_arrays(*specs)
+        if x_dtype != self.dtype and any(isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                                         for _, v, _ in specs):
+            culprit = next(n for n, v, _ in specs
+                           if isinstance(v, np.ndarray) and v.dtype.kind == "f")
+            raise TypeError(f"the model is {self.dtype} but `{culprit}` is {x_dtype}; convert "
+                            f"it with .astype(np.{self.dtype.name})")
+        arrays = V.as_contiguous(*[a.astype(self.dtype, copy=False) for a in arrays])
+        x = arrays[0]
+        V.check_shape("x", x, ("n", self.layer_sizes[0]),
+                      f"for a model with {self.layer_sizes[0]} inputs")
+        if x.shape[0] < min_rows:
+            raise ValueError(f"`x` must have at least {min_rows} row(s); got shape {x.shape}")
+        if y is None:
+            return x, None
+        if labels:
+            y = V.class_labels(y, x.shape[0], self.layer_sizes[-1], name="y")
+        else:
+            y = arrays[1]
+            V.check_shape("y", y, (x.shape[0], self.layer_sizes[-1]),
+                          f"to match x's {x.shape[0]} rows and the model's "
+                          f"{self.layer_sizes[-1]} outputs")
+        return x, y
+
+    @staticmethod
+    def _hyper(lr, momentum, weight_decay, nesterov):
+        lr = V.check_real("lr", lr, minimum=0.0)
+        momentum = V.check_real("momentum", momentum, minimum=0.0)
+        weight_decay = V.check_real("weight_decay", weight_decay, minimum=0.0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
+        if nesterov and momentum == 0:
+            raise ValueError("`nesterov`=True requires `momentum` > 0")
+        return lr, momentum, weight_decay, bool(nesterov)
+
+    # -- inference ------------------------------------------------------------
+
+    def predict(self, x):
+        """The network's output.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_out)
+            Class probabilities for ``loss="cross_entropy"``.
+        """
+        x, _ = self._inputs(x, min_rows=0)
+        out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
+        return self._core.forward(self._params, x, out)
+
+    forward = predict
+
+    def evaluate(self, x, y):
+        """The loss on (x, y), without gradients or any update.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+
+        Returns
+        -------
+        float
+        """
+        x, y = self._inputs(x, y)
+        return float(self._core.evaluate(self._params, x, y))
+
+    # -- training -----------------------------------------------------------
+
+    def loss_and_grads(self, x, y):
+        """Loss and gradients on one batch, without an update.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+
+        Returns
+        -------
+        loss : float
+        (grad_weights, grad_biases) : tuple of lists of ndarray
+            Shaped like ``weights`` and ``biases``; new arrays owned by the caller.
+        """
+        x, y = self._inputs(x, y)
+        with self._lock:
+            status, loss = self._core.loss_and_grad(self._params, x, y, self._grads)
+            grads = self._grads.copy()
+        if status == _NONFINITE:
+            raise FloatingPointError(f"the loss or a gradient is not finite (loss = {loss})")
+        w_off, b_off = self._core.offsets()
+        pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        return float(loss), ([grads[w:w + a * b].reshape(a, b) for (a, b), w in zip(pairs, w_off)],
+                             [grads[o:o + b] for (_, b), o in zip(pairs, b_off)])
+
+    def train_step(self, x, y, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        """One step of SGD on the batch (x, y): forward, loss, backward, update.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+        lr, momentum, weight_decay, nesterov
+            As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The momentum
+            buffer persists across calls (see :meth:`reset_optimizer`).
+
+        Returns
+        -------
+        float
+            The batch loss before the update.
+
+        Raises
+        ------
+        FloatingPointError
+            The loss or a gradient is not finite; the parameters are unchanged.
+        """
+        with self._lock:
+            result = self._core.train_step_fast(self._params, self._grads, self._velocity, x, y,
+                                                lr, momentum, weight_decay, nesterov)
+            if result is None:  # not already in final form: the general path
+                x, y = self._inputs(x, y)
+                lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+                                                                   nesterov)
+                result = self._core.train_step(
+                    self._params, self._grads, self._velocity_block(momentum), x, y, lr,
+                    momentum, weight_decay, nesterov)
+        status, loss = result
+        if status == _NONFINITE:
+            raise FloatingPointError(f"non-finite loss or gradient (loss = {loss}); the "
+                                     f"parameters were not updated -- try a smaller `lr`")
+        return float(loss)
+
+    def fit(self, x, y, *, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
+            nesterov=False, shuffle=True, seed=None, validation_data=None, progress=False,
+            callback=None):
+        """Mini-batch SGD over whole epochs, each epoch one call into compiled code.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+        epochs : int
+            >= 0.
+        batch_size : int
+            >= 1; the last batch of an epoch keeps the remaining rows.
+        lr, momentum, weight_decay, nesterov
+            As :meth:`train_step`.
+        shuffle : bool
+            Visit rows in a new random order each epoch.
+        seed : int or numpy.random.Generator, optional
+            Seeds the shuffles; the same seed gives bitwise the same weights.
+        validation_data : (x_val, y_val), optional
+            Its loss is recorded after every epoch as ``history["val_loss"]``.
+        progress : bool
+            Show a progress bar (tqdm when installed, else a plain line).
+        callback : callable, optional
+            ``callback(epoch, logs)`` after every epoch; returning False stops.
+
+        Returns
+        -------
+        dict
+            ``{"loss": [...], "val_loss": [...]}``: per epoch, the batch losses
+            averaged with batch-size weights.
+
+        Raises
+        ------
+        FloatingPointError
+            A batch gave a non-finite loss or gradient; the parameters are
+            those from before that batch.
+        KeyboardInterrupt
+            Ctrl-C: training stops between batches, the weights kept.
+        """
+        x, y = self._inputs(x, y)
+        epochs = V.check_int("epochs", epochs, minimum=0)
+        batch_size = V.check_int("batch_size", batch_size, minimum=1)
+        lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay, nesterov)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("`validation_data` must be a pair (x_val, y_val)")
+            x_val, y_val = self._inputs(*validation_data)
+        if callback is not None and not callable(callback):
+            raise TypeError("`callback` must be callable(epoch, logs)")
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        history = {"loss": []}
+        if validation_data is not None:
+            history["val_loss"] = []
+        n = x.shape[0]
+        bar = _Progress(epochs, progress)
+        try:
+            for epoch in range(epochs):
+                order = rng.permutation(n).astype(np.int64) if shuffle else None
+                with self._lock:
+                    status, loss_sum, done = self._core.train_epoch(
+                        self._params, self._grads, self._velocity_block(momentum), x, y, order,
+                        batch_size, lr, momentum, weight_decay, nesterov)
+                if status == _NONFINITE:
+                    raise FloatingPointError(
+                        f"non-finite loss or gradient at epoch {epoch}, batch {done}; the "
+                        f"parameters are those from before that batch -- try a smaller `lr`")
+                if status == _INTERRUPTED:
+                    raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after "
+                                            f"{done} batches; the weights are kept")
+                logs = {"loss": loss_sum / n}
+                history["loss"].append(logs["loss"])
+                if validation_data is not None:
+                    logs["val_loss"] = float(self._core.evaluate(self._params, x_val, y_val))
+                    history["val_loss"].append(logs["val_loss"])
+                bar.update(logs)
+                if callback is not None and callback(epoch, dict(logs)) is False:
+                    break
+        finally:
+            bar.close()
+        return history
+
+    # -- files --------------------------------------------------------------
+
+    def save(self, path):
+        """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`."""
+        with self._lock:
+            _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
+                            loss=self.loss, reduction=self.reduction, dtype=self.dtype,
+                            params=self._params)
+
+    @classmethod
+    def load(cls, path, *, backend="compiled"):
+        """Read a model written by :meth:`save`; a bad file raises ``ValueError``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : {"compiled", "reference"}
+
+        Returns
+        -------
+        MLP
+        """
+        entries = _modelfile.load(path)
+        acts = entries["activations"]
+        try:
+            net = cls(entries["layer_sizes"], activation=acts[:-1], output_activation=acts[-1],
+                      loss=entries["loss"], reduction=entries["reduction"],
+                      dtype=entries["dtype"], backend=backend)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
+        net._params[...] = entries["params"]
+        return net
+
+    def __repr__(self):
+        return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
+                f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
+                f"backend={self.backend!r})")
+
+
+class _Progress:
+    """Per-epoch progress: tqdm when installed, else one rewritten line on stderr."""
+
+    def __init__(self, total, enabled):
+        self.enabled, self.total, self.count, self.bar = enabled, total, 0, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="epoch")
+            except ImportError:
+                self.bar = None
+
+    def update(self, logs):
+        if not self.enabled:
+            return
+        self.count += 1
+        text = " ".join(f"{k}={v:.6g}" for k, v in logs.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+            self.bar.update(1)
+        else:
+            sys.stderr.write(f"\repoch {self.count}/{self.total} {text}")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
