@@ -27,7 +27,8 @@
 # bias gradients: a NaN/inf anywhere in a delta reaches its column sum, and a
 # non-finite activation reaches the loss.  On failure nothing is updated.
 from cython cimport floating
-from libc.math cimport INFINITY, isfinite
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
+from libc.math cimport INFINITY, exp, isfinite, log, pow, sqrt
 from libc.string cimport memcpy
 
 import numpy as np
@@ -50,18 +51,38 @@ cdef extern from "optim.h" nogil:
     void bp_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
                     double lr, double momentum, double weight_decay, int nesterov)
     int bp_optim_select(int want_avx2)
+    void bp_sk_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
+                       float lr, float momentum, int nesterov)
+    void bp_sk_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
+                       double lr, double momentum, int nesterov)
+    void bp_sk_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
+                        float neg_lr_t, float b1, float one_minus_b1, float b2,
+                        float one_minus_b2, float eps)
+    void bp_sk_adam_f64(double* param, const double* grad, double* m, double* s,
+                        Py_ssize_t n, double neg_lr_t, double b1, double one_minus_b1,
+                        double b2, double one_minus_b2, double eps)
 
 cdef extern from "Python.h":
     int _check_signals "PyErr_CheckSignals" ()
     void _clear_error "PyErr_Clear" ()
 
-# Output activation beyond the elementwise ones.
+# Output activations beyond the elementwise ones (exp: scikit-learn's Poisson link).
 cdef enum:
     ACT_SOFTMAX = 4
+    ACT_EXP = 5
 
 cdef enum:
     LOSS_MSE = 0
     LOSS_CROSS_ENTROPY = 1
+    # scikit-learn's MLP losses (float targets (n, n_out), delta = output - y):
+    LOSS_SK_SQUARED = 2
+    LOSS_SK_LOG = 3
+    LOSS_SK_BINARY_LOG = 4
+    LOSS_SK_POISSON = 5
+
+cdef enum:
+    OPT_SK_SGD = 0
+    OPT_SK_ADAM = 1
 
 # Status codes beyond the GEMM's BP_OK / BP_ENOMEM.
 cdef enum:
@@ -69,8 +90,11 @@ cdef enum:
     STATUS_INTERRUPTED = 101
 
 ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "sigmoid": ACT_SIGMOID,
-               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX}
-LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY}
+               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP}
+LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
+          "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
+          "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON}
+SK_SOLVERS = {"sgd": OPT_SK_SGD, "adam": OPT_SK_ADAM}
 NONFINITE = STATUS_NONFINITE
 INTERRUPTED = STATUS_INTERRUPTED
 
@@ -142,7 +166,8 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
     """acts[l] := a_l for l = 1..n_layers from x (n rows).  ``logits``: leave the output pre-softmax."""
     cdef int l, status
     cdef const floating* a_prev = x
-    cdef Py_ssize_t n_in, n_out
+    cdef Py_ssize_t n_in, n_out, i
+    cdef floating* out
     for l in range(net.n_layers):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -154,6 +179,10 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
+    elif net.act[net.n_layers - 1] == ACT_EXP:
+        out = acts[net.n_layers]
+        for i in range(n * net.sizes[net.n_layers]):
+            out[i] = exp(out[i])
     return BP_OK
 
 
@@ -268,6 +297,223 @@ cdef int train_epoch_rows(const Net* net, floating* params, floating* grads,
         if status != BP_OK:
             return status
         sgd_block(params, grads, velocity, n_params, lr, momentum, weight_decay, nesterov)
+        loss_sum[0] += loss * rows
+        batches_done[0] += 1
+        if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
+            with gil:
+                if _check_signals() != 0:
+                    _clear_error()
+                    return STATUS_INTERRUPTED
+        start += rows
+    return BP_OK
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn's conventions, for bpcore.sklearn: the loss, gradient and
+# updates of sklearn.neural_network's MLP, formula for formula
+# ---------------------------------------------------------------------------
+#
+# scikit-learn's MLP differs from the step above in three ways, all kept:
+#   * the output delta is (output - y) * sample_weight for every loss (each
+#     output activation is its loss's canonical link), and the gradient is
+#     (a.T @ delta + alpha * W) / sw_sum, sw_sum = the batch's weight sum (its
+#     row count without weights) -- so for multi-output squared error the
+#     gradient is n_out times that of the reported loss, as in scikit-learn;
+#   * the reported loss is computed from the output probabilities clipped to
+#     [eps, 1 - eps], plus 0.5 * alpha * sum ||W||^2 / sw_sum (no intercepts);
+#   * its optimizers (optim.h: bp_sk_sgd_*, bp_sk_adam_*).
+
+cdef struct SkOptim:
+    int kind                     # OPT_SK_SGD or OPT_SK_ADAM
+    double lr                    # SGD's rate, Adam's learning_rate_init
+    double momentum
+    int nesterov
+    double beta1, beta2, eps
+    long long t                  # Adam's step count, advanced before each update
+
+
+cdef double sk_data_loss(int loss, const floating* out, const floating* y,
+                         const floating* sw, Py_ssize_t n, Py_ssize_t n_out,
+                         double sw_sum) noexcept nogil:
+    """The loss term of scikit-learn's LOSS_FUNCTIONS: weighted average over rows.
+
+    squared error: 0.5 * mean over outputs of the weighted row average of (y - p)^2;
+    log / binary log: -sum over outputs of the weighted average of xlogy terms,
+    p clipped to [eps, 1 - eps] with eps the dtype's machine epsilon;
+    Poisson: sum over outputs of the weighted average of xlogy(y, y / p) - y + p.
+    """
+    cdef Py_ssize_t i, j
+    cdef double total = 0, row, w
+    cdef floating p, t, q
+    cdef floating eps = FLT_EPSILON if floating is float else DBL_EPSILON
+    for i in range(n):
+        row = 0
+        for j in range(n_out):
+            p = out[i * n_out + j]
+            t = y[i * n_out + j]
+            if loss == LOSS_SK_SQUARED:
+                row += <double>((t - p) * (t - p))
+            elif loss == LOSS_SK_POISSON:
+                if t != 0:
+                    row += t * log(<double>(t / p))
+                row += <double>(p - t)
+            else:
+                # NOTE: scikit-learn clips before the logs (never log(0)), so
+                # its loss saturates at -log(eps) per term; so does this one.
+                p = min(max(p, eps), 1 - eps)
+                if t != 0:
+                    row -= t * log(<double>p)
+                if loss == LOSS_SK_BINARY_LOG:
+                    q = 1 - t
+                    if q != 0:
+                        row -= q * log(<double>(1 - p))
+        w = sw[i] if sw != NULL else 1.0
+        total += w * row
+    if loss == LOSS_SK_SQUARED:
+        return 0.5 * (total / sw_sum / n_out)
+    return total / sw_sum
+
+
+cdef int sk_loss_and_grad_rows(const Net* net, const floating* params, const floating* x,
+                               const floating* y, const floating* sw, Py_ssize_t n,
+                               double alpha, floating* grads,
+                               double* loss_out) noexcept nogil:
+    """scikit-learn's _backprop on n rows: grads := its gradient, *loss_out := its loss.
+
+    ``sw`` may be NULL (unit weights).  Returns BP_OK, a GEMM error, or
+    STATUS_NONFINITE.
+    """
+    cdef int L = net.n_layers, l, status
+    cdef floating** acts = <floating**>net.acts
+    cdef Py_ssize_t n_out = net.sizes[L], n_in, i, j, k, size
+    cdef floating* delta = <floating*>net.delta0
+    cdef floating* delta_next = <floating*>net.delta1
+    cdef floating* swap
+    cdef floating* gw
+    cdef floating* gb
+    cdef const floating* w
+    cdef const floating* a_prev
+    cdef const floating* out
+    cdef floating d, alpha_t = <floating>alpha, sw_t
+    cdef double sw_sum = 0, squares = 0, loss
+    status = forward_rows(net, params, x, n, acts, False)
+    if status != BP_OK:
+        return status
+    out = acts[L]
+    if sw == NULL:
+        sw_sum = n
+    else:
+        for i in range(n):
+            sw_sum += sw[i]
+    sw_t = <floating>sw_sum
+    loss = sk_data_loss(net.loss, out, y, sw, n, n_out, sw_sum)
+    for i in range(n):
+        for j in range(n_out):
+            d = out[i * n_out + j] - y[i * n_out + j]
+            if sw != NULL:
+                d = d * sw[i]
+            delta[i * n_out + j] = d
+    for l in range(L):
+        w = params + net.w_off[l]
+        for k in range(net.sizes[l] * net.sizes[l + 1]):
+            squares += <double>w[k] * w[k]
+    loss += (0.5 * alpha) * squares / sw_sum
+    loss_out[0] = loss
+    if not isfinite(loss):
+        return STATUS_NONFINITE
+    for l in range(L - 1, -1, -1):
+        n_in = net.sizes[l]
+        n_out = net.sizes[l + 1]
+        a_prev = x if l == 0 else acts[l]
+        if l > 0:
+            status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
+                          params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
+                          _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in, 0)
+            if status != BP_OK:
+                return status
+        gw = grads + net.w_off[l]
+        status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
+                      <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0, 0)
+        if status != BP_OK:
+            return status
+        # (a.T @ delta + alpha * W) / sw_sum, rounded step by step as scikit-learn does.
+        w = params + net.w_off[l]
+        size = n_in * n_out
+        for k in range(size):
+            gw[k] = (gw[k] + alpha_t * w[k]) / sw_t
+        gb = grads + net.b_off[l]
+        column_sums(delta, n, n_out, gb)
+        for j in range(n_out):
+            gb[j] = gb[j] / sw_t
+            if not isfinite(gb[j]):
+                return STATUS_NONFINITE
+        swap = delta
+        delta = delta_next
+        delta_next = swap
+    return BP_OK
+
+
+cdef void sk_update(SkOptim* opt, floating* params, const floating* grads, floating* s1,
+                    floating* s2, Py_ssize_t n) noexcept nogil:
+    """One update of scikit-learn's SGDOptimizer or AdamOptimizer over the flat block."""
+    cdef double lr_t
+    if opt.kind == OPT_SK_SGD:
+        if floating is float:
+            bp_sk_sgd_f32(params, grads, s1, n, <float>opt.lr, <float>opt.momentum,
+                          opt.nesterov)
+        else:
+            bp_sk_sgd_f64(params, grads, s1, n, opt.lr, opt.momentum, opt.nesterov)
+        return
+    opt.t += 1
+    # NOTE: the step size in double, as scikit-learn computes learning_rate.
+    lr_t = opt.lr * sqrt(1 - pow(opt.beta2, <double>opt.t)) / (1 - pow(opt.beta1, <double>opt.t))
+    if floating is float:
+        bp_sk_adam_f32(params, grads, s1, s2, n, <float>(-lr_t), <float>opt.beta1,
+                       <float>(1 - opt.beta1), <float>opt.beta2, <float>(1 - opt.beta2),
+                       <float>opt.eps)
+    else:
+        bp_sk_adam_f64(params, grads, s1, s2, n, -lr_t, opt.beta1, 1 - opt.beta1, opt.beta2,
+                       1 - opt.beta2, opt.eps)
+
+
+cdef int sk_train_epoch_rows(const Net* net, floating* params, floating* grads,
+                             floating* s1, floating* s2, Py_ssize_t n_params,
+                             const floating* x, const floating* y, const floating* sw,
+                             const long long* order, Py_ssize_t n_samples,
+                             Py_ssize_t batch_size, floating* x_batch, floating* y_batch,
+                             floating* sw_batch, double alpha, SkOptim* opt,
+                             double* loss_sum, Py_ssize_t* batches_done) noexcept nogil:
+    """One epoch of scikit-learn's _fit_stochastic inner loop over x in ``order`` (or in place).
+
+    *loss_sum := sum of batch loss * batch rows over the applied batches.
+    """
+    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0], n_out = net.sizes[net.n_layers]
+    cdef const floating* xb
+    cdef const floating* yb
+    cdef const floating* swb
+    cdef double loss
+    cdef int status
+    start = 0
+    while start < n_samples:
+        rows = min(batch_size, n_samples - start)
+        if order == NULL:
+            xb = x + start * n_in
+            yb = y + start * n_out
+            swb = sw + start if sw != NULL else NULL
+        else:
+            for r in range(rows):
+                src = order[start + r]
+                memcpy(x_batch + r * n_in, x + src * n_in, n_in * sizeof(floating))
+                memcpy(y_batch + r * n_out, y + src * n_out, n_out * sizeof(floating))
+                if sw != NULL:
+                    sw_batch[r] = sw[src]
+            xb = x_batch
+            yb = y_batch
+            swb = sw_batch if sw != NULL else NULL
+        status = sk_loss_and_grad_rows(net, params, xb, yb, swb, rows, alpha, grads, &loss)
+        if status != BP_OK:
+            return status
+        sk_update(opt, params, grads, s1, s2, n_params)
         loss_sum[0] += loss * rows
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
@@ -628,6 +874,128 @@ cdef class Trainer:
         _raise_for(status)
         return status, loss_sum, done
 
+    # -- scikit-learn's conventions (bpcore.sklearn) ---------------------------
+
+    cdef void _check_weights(self, object sample_weight, Py_ssize_t n) except *:
+        if sample_weight is None:
+            return
+        if (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != self.dtype
+                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous):
+            raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
+                             f"shape ({n},)")
+
+    def sklearn_loss_and_grad(self, params, x, y, sample_weight, double alpha, grads):
+        """scikit-learn's _backprop: grads := its gradient on (x, y); returns (status, loss).
+
+        ``y`` holds float targets (n, n_out) (a classifier's binarized labels);
+        the loss is one of the "sk_*" losses.
+        """
+        if self.net.loss < LOSS_SK_SQUARED:
+            raise ValueError("sklearn_loss_and_grad needs one of the 'sk_*' losses")
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        self._check_weights(sample_weight, n)
+        if n == 0:
+            raise ValueError("`x` must have at least one row")
+        self._reserve(n)
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
+                          if sample_weight is not None else NULL)
+        cdef double loss = 0
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = sk_loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp,
+                                               <const float*>yp, <const float*>swp, n, alpha,
+                                               <float*>gp, &loss)
+            else:
+                status = sk_loss_and_grad_rows(&self.net, <const double*>pp,
+                                               <const double*>xp, <const double*>yp,
+                                               <const double*>swp, n, alpha, <double*>gp,
+                                               &loss)
+        _raise_for(status)
+        return status, loss
+
+    def sklearn_train_epoch(self, params, grads, state1, state2, x, y, sample_weight, order,
+                            Py_ssize_t batch_size, double alpha, str solver, double lr,
+                            double momentum=0.0, bint nesterov=False, double beta1=0.9,
+                            double beta2=0.999, double eps=1e-8, long long t=0):
+        """One epoch of scikit-learn's stochastic solver, all batches in one nogil call.
+
+        ``solver`` "sgd" (``state1`` = velocities, ``lr`` the current rate) or
+        "adam" (``state1``/``state2`` = first/second moments, ``lr`` =
+        learning_rate_init, ``t`` the steps taken so far).  Returns (status,
+        loss_sum, batches_done, t).
+        """
+        if self.net.loss < LOSS_SK_SQUARED:
+            raise ValueError("sklearn_train_epoch needs one of the 'sk_*' losses")
+        if solver not in SK_SOLVERS:
+            raise ValueError(f"`solver` must be 'sgd' or 'adam'; got {solver!r}")
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_block(state1, "state1")
+        if solver == "adam":
+            self._check_block(state2, "state2")
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        self._check_weights(sample_weight, n)
+        if batch_size < 1:
+            raise ValueError("`batch_size` must be >= 1")
+        if order is not None:
+            if (not isinstance(order, np.ndarray) or order.dtype != np.int64
+                    or order.shape != (n,) or not order.flags.c_contiguous):
+                raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
+            if n and (order.min() < 0 or order.max() >= n):
+                raise ValueError("`order` holds an index out of range")
+        self._reserve(min(batch_size, max(n, 1)))
+        x_batch, _, y_batch = self._buffers
+        x_batch = x_batch[0]
+        sw_batch = np.empty(min(batch_size, max(n, 1)), self.dtype)
+        cdef SkOptim opt
+        opt.kind = SK_SOLVERS[solver]
+        opt.lr = lr
+        opt.momentum = momentum
+        opt.nesterov = nesterov
+        opt.beta1 = beta1
+        opt.beta2 = beta2
+        opt.eps = eps
+        opt.t = t
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1)
+        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if solver == "adam" else NULL
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
+                          if sample_weight is not None else NULL)
+        cdef const long long* op = (<const long long*>cnp.PyArray_DATA(<cnp.ndarray>order)
+                                    if order is not None else NULL)
+        cdef void* xbp = cnp.PyArray_DATA(<cnp.ndarray>x_batch)
+        cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
+        cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
+        cdef double loss_sum = 0
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t n_params = self.n_params
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = sk_train_epoch_rows(
+                    &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
+                    <const float*>xp, <const float*>yp, <const float*>swp, op, n, batch_size,
+                    <float*>xbp, <float*>ybp, <float*>swbp, alpha, &opt, &loss_sum, &done)
+            else:
+                status = sk_train_epoch_rows(
+                    &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
+                    <const double*>xp, <const double*>yp, <const double*>swp, op, n,
+                    batch_size, <double*>xbp, <double*>ybp, <double*>swbp, alpha, &opt,
+                    &loss_sum, &done)
+        _raise_for(status)
+        return status, loss_sum, done, opt.t
 
 cdef object _raise_for(int status):
     """Raise for the statuses that are bugs or resource failures; return the others."""

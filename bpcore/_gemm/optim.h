@@ -71,4 +71,74 @@ static int bp_optim_select(int want_avx2)
     return 0;
 }
 
+/* scikit-learn's optimizers (sklearn.neural_network._stochastic_optimizers),
+ * in place, with NumPy's rounding: every product and sum rounded on its own
+ * (no fma, fp-contract=off), coefficients rounded to T first as NumPy casts a
+ * Python float to the array's dtype.  One formula each:
+ *
+ *   SGD    v = mu*v - lr*g;  p = p + (nesterov ? mu*v - lr*g : v)
+ *   Adam   m = b1*m + (1-b1)*g;  s = b2*s + (1-b2)*(g*g);  p = p + (-lr_t*m) / (sqrt(s) + eps)
+ *
+ * with lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t) computed by the caller. */
+#define BP_SK_SGD_DEFINE(NAME, T)                                                  \
+    BP_NO_CONTRACT __attribute__((unused)) static void NAME(T *param, const T *grad, T *velocity,          \
+                                    ptrdiff_t n, T lr, T momentum, int nesterov)   \
+    {                                                                              \
+        for (ptrdiff_t i = 0; i < n; i++) {                                        \
+            const T g = grad[i];                                                   \
+            const T v = momentum * velocity[i] - lr * g;                           \
+            velocity[i] = v;                                                       \
+            param[i] = param[i] + (nesterov ? momentum * v - lr * g : v);          \
+        }                                                                          \
+    }
+
+#define BP_SK_ADAM_DEFINE(NAME, T, SQRT)                                           \
+    BP_NO_CONTRACT __attribute__((unused)) static void NAME(T *param, const T *grad, T *m, T *s,           \
+                                    ptrdiff_t n, T neg_lr_t, T b1, T one_minus_b1, \
+                                    T b2, T one_minus_b2, T eps)                   \
+    {                                                                              \
+        for (ptrdiff_t i = 0; i < n; i++) {                                        \
+            const T g = grad[i];                                                   \
+            const T mi = b1 * m[i] + one_minus_b1 * g;                             \
+            const T si = b2 * s[i] + one_minus_b2 * (g * g);                       \
+            m[i] = mi;                                                             \
+            s[i] = si;                                                             \
+            param[i] = param[i] + (neg_lr_t * mi) / (SQRT(si) + eps);              \
+        }                                                                          \
+    }
+
+BP_SK_SGD_DEFINE(bp_sk_sgd_f32, float)
+BP_SK_SGD_DEFINE(bp_sk_sgd_f64, double)
+BP_SK_ADAM_DEFINE(bp_sk_adam_f32, float, sqrtf)
+BP_SK_ADAM_DEFINE(bp_sk_adam_f64, double, sqrt)
+
+/* torch.optim.Adam (single-tensor path), in place, step t >= 1:
+ *   g = g + wd*p;  m = m + (1-b1)*(g - m);  s = b2*s + (1-b2)*g*g;
+ *   p = p - (lr / (1 - b1^t)) * m / (sqrt(s) / sqrt(1 - b2^t) + eps).
+ * Agrees with PyTorch to rounding (its lerp and addcmul are not reproduced
+ * bit for bit). */
+#define BP_ADAM_DEFINE(NAME, T, SQRT)                                              \
+    BP_NO_CONTRACT __attribute__((unused)) static void NAME(T *param, const T *grad, T *m, T *s,           \
+                                    ptrdiff_t n, double lr, double b1, double b2,  \
+                                    double eps, double weight_decay, long long t)  \
+    {                                                                              \
+        const double bc1 = 1.0 - pow(b1, (double)t);                               \
+        const double bc2_sqrt = sqrt(1.0 - pow(b2, (double)t));                    \
+        const T step_size = (T)(lr / bc1), c1 = (T)(1.0 - b1), tb2 = (T)b2;        \
+        const T c2 = (T)(1.0 - b2), tbc2 = (T)bc2_sqrt, teps = (T)eps;             \
+        const T wd = (T)weight_decay;                                              \
+        for (ptrdiff_t i = 0; i < n; i++) {                                        \
+            T g = grad[i];                                                         \
+            if (wd != 0) g = g + wd * param[i];                                    \
+            const T mi = m[i] + c1 * (g - m[i]);                                   \
+            const T si = tb2 * s[i] + c2 * g * g;                                  \
+            m[i] = mi;                                                             \
+            s[i] = si;                                                             \
+            param[i] = param[i] - step_size * (mi / (SQRT(si) / tbc2 + teps));     \
+        }                                                                          \
+    }
+
+BP_ADAM_DEFINE(bp_adam_f32, float, sqrtf)
+BP_ADAM_DEFINE(bp_adam_f64, double, sqrt)
+
 #endif
