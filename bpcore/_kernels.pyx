@@ -15,7 +15,7 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
-from libc.math cimport INFINITY, log
+from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
 
 import os
 
@@ -34,6 +34,22 @@ cdef extern from "optim.h" nogil:
     void bp_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
                     double lr, double momentum, double weight_decay, int nesterov)
     int bp_optim_select(int want_avx2)
+    void bp_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
+                     double lr, double b1, double b2, double eps, double weight_decay,
+                     long long t)
+    void bp_adam_f64(double* param, const double* grad, double* m, double* s, Py_ssize_t n,
+                     double lr, double b1, double b2, double eps, double weight_decay,
+                     long long t)
+    void bp_sk_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
+                       float lr, float momentum, int nesterov)
+    void bp_sk_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
+                       double lr, double momentum, int nesterov)
+    void bp_sk_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
+                        float neg_lr_t, float b1, float one_minus_b1, float b2,
+                        float one_minus_b2, float eps)
+    void bp_sk_adam_f64(double* param, const double* grad, double* m, double* s,
+                        Py_ssize_t n, double neg_lr_t, double b1, double one_minus_b1,
+                        double b2, double one_minus_b2, double eps)
 
 
 # ---------------------------------------------------------------------------
@@ -787,6 +803,164 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
                        <float>lr_, <float>mu, <float>wd, nest)
         else:
             bp_sgd_f64(<double*>pp, <const double*>gp, <double*>vp, n, lr_, mu, wd, nest)
+    return param
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid binary cross-entropy (binary and multi-label outputs)
+# ---------------------------------------------------------------------------
+
+cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out,
+                        Py_ssize_t n, double grad_scale) noexcept nogil:
+    """sum_i max(z, 0) - z*t + log1p(exp(-|z|)); grad_out[i] := (sigmoid(z) - t) * grad_scale.
+
+    ``grad_out`` may be NULL, ``z`` or ``t`` (each element is read before it is written).
+    """
+    cdef Py_ssize_t i
+    cdef double total = 0, zi, ti, e, s
+    for i in range(n):
+        zi = z[i]
+        ti = t[i]
+        # NOTE: e = exp(-|z|) <= 1 never overflows, so the loss is finite for
+        # |z| up to 1e30 and the sigmoid needs no branch that can overflow
+        # (PyTorch's binary_cross_entropy_with_logits, same idea).
+        e = exp(-fabs(zi))
+        total += (max(zi, 0.0) - zi * ti) + log1p(e)
+        if grad_out != NULL:
+            s = 1.0 / (1.0 + e)
+            s = s if zi >= 0 else e * s
+            grad_out[i] = <floating>((s - ti) * grad_scale)
+    return total
+
+
+def _bce(logits, targets, reduction, out, bint want_grad):
+    logits, targets, out = V.bce_args(logits, targets, reduction, out, want_out=want_grad,
+                                      contiguous=True)
+    cdef Py_ssize_t n = logits.size
+    if n == 0:
+        return (float("nan") if reduction == "mean" else 0.0), out
+    cdef double scale = 1.0 / n if reduction == "mean" else 1.0
+    cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
+    cdef void* tp = cnp.PyArray_DATA(<cnp.ndarray>targets)
+    cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef double total
+    cdef bint f32 = logits.dtype == np.float32
+    with nogil:
+        if f32:
+            total = sigmoid_bce(<const float*>zp, <const float*>tp, <float*>op, n, scale)
+        else:
+            total = sigmoid_bce(<const double*>zp, <const double*>tp, <double*>op, n, scale)
+    return total * scale, out
+
+
+def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
+    """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits (compiled).
+
+    See :func:`bpcore.reference.sigmoid_binary_cross_entropy`.
+    """
+    return _bce(logits, targets, reduction, None, False)[0]
+
+
+def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", out=None):
+    """Gradient of ``sigmoid_binary_cross_entropy`` (compiled).
+
+    See :func:`bpcore.reference.sigmoid_binary_cross_entropy_backward`.
+    """
+    return _bce(logits, targets, reduction, out, True)[1]
+
+
+# ---------------------------------------------------------------------------
+# Adam (PyTorch) and scikit-learn's optimizers (optim.h)
+# ---------------------------------------------------------------------------
+
+def _beta(name, value):
+    value = V.check_real(name, value, minimum=0.0)
+    if value >= 1:
+        raise ValueError(f"`{name}` must be in [0, 1); got {value}")
+    return value
+
+
+def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0):
+    """One in-place Adam step as ``torch.optim.Adam`` (compiled).
+
+    See :func:`bpcore.reference.adam_update`.
+    """
+    grad, (lr_, eps_, wd), t = V.optimizer_args(
+        param, grad, [("m", m), ("v", v)],
+        [("lr", lr, 0.0, None), ("eps", eps, 0.0, None),
+         ("weight_decay", weight_decay, 0.0, None)], step, contiguous=True)
+    cdef double b1 = _beta("beta1", beta1), b2 = _beta("beta2", beta2)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* mp = cnp.PyArray_DATA(<cnp.ndarray>m)
+    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>v)
+    cdef Py_ssize_t n = param.size
+    cdef double lrd = lr_, epsd = eps_, wdd = wd
+    cdef long long tt = t
+    cdef bint f32 = param.dtype == np.float32
+    with nogil:
+        if f32:
+            bp_adam_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n, lrd, b1, b2,
+                        epsd, wdd, tt)
+        else:
+            bp_adam_f64(<double*>pp, <const double*>gp, <double*>mp, <double*>vp, n, lrd, b1,
+                        b2, epsd, wdd, tt)
+    return param
+
+
+def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
+    """One in-place step of scikit-learn's MLP SGDOptimizer (compiled).
+
+    See :func:`bpcore.reference.sklearn_sgd_update`.
+    """
+    grad, (lr_, mu), _ = V.optimizer_args(
+        param, grad, [("velocity", velocity)],
+        [("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0)], contiguous=True)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
+    cdef int nest = bool(nesterov)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity)
+    cdef Py_ssize_t n = param.size
+    cdef double lrd = lr_, mud = mu
+    cdef bint f32 = param.dtype == np.float32
+    with nogil:
+        if f32:
+            bp_sk_sgd_f32(<float*>pp, <const float*>gp, <float*>vp, n, <float>lrd, <float>mud,
+                          nest)
+        else:
+            bp_sk_sgd_f64(<double*>pp, <const double*>gp, <double*>vp, n, lrd, mud, nest)
+    return param
+
+
+def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One in-place step of scikit-learn's MLP AdamOptimizer (compiled).
+
+    See :func:`bpcore.reference.sklearn_adam_update`.
+    """
+    grad, (lr_, eps_), t = V.optimizer_args(
+        param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],
+        step, contiguous=True)
+    cdef double b1 = _beta("beta1", beta1), b2 = _beta("beta2", beta2)
+    # NOTE: the step size in double, as scikit-learn computes learning_rate.
+    cdef double lr_t = lr_ * sqrt(1 - pow(b2, <double>t)) / (1 - pow(b1, <double>t))
+    cdef double epsd = eps_
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* mp = cnp.PyArray_DATA(<cnp.ndarray>m)
+    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>v)
+    cdef Py_ssize_t n = param.size
+    cdef bint f32 = param.dtype == np.float32
+    with nogil:
+        if f32:
+            bp_sk_adam_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n,
+                           <float>(-lr_t), <float>b1, <float>(1 - b1), <float>b2,
+                           <float>(1 - b2), <float>epsd)
+        else:
+            bp_sk_adam_f64(<double*>pp, <const double*>gp, <double*>mp, <double*>vp, n, -lr_t,
+                           b1, 1 - b1, b2, 1 - b2, epsd)
     return param
 
 

@@ -10,6 +10,7 @@ _Int = NDArray[np.integer[Any]]
 
 ACTIVATIONS: dict[str, int]
 LOSSES: dict[str, int]
+SK_SOLVERS: dict[str, int]
 NONFINITE: int
 INTERRUPTED: int
 
@@ -37,3 +38,12 @@ class Trainer:
                     y: NDArray[Any], order: _Int | None, batch_size: int, lr: float,
                     momentum: float, weight_decay: float,
                     nesterov: bool) -> tuple[int, float, int]: ...
+    def sklearn_loss_and_grad(self, params: _Float, x: _Float, y: _Float,
+                              sample_weight: _Float | None, alpha: float,
+                              grads: _Float) -> tuple[int, float]: ...
+    def sklearn_train_epoch(self, params: _Float, grads: _Float, state1: _Float,
+                            state2: _Float | None, x: _Float, y: _Float,
+                            sample_weight: _Float | None, order: _Int | None, batch_size: int,
+                            alpha: float, solver: str, lr: float, momentum: float = 0.0,
+                            nesterov: bool = False, beta1: float = 0.9, beta2: float = 0.999,
+                            eps: float = 1e-8, t: int = 0) -> tuple[int, float, int, int]: ...

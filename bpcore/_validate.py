@@ -389,3 +389,56 @@ def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contig
     if contiguous:
         (grad,) = as_contiguous(grad)
     return grad, lr, momentum, weight_decay, bool(nesterov)
+
+
+REDUCTIONS_BCE = ("mean", "sum")
+
+
+def bce_args(logits, targets, reduction, out=None, want_out=False, contiguous=False):
+    """Checked (logits, targets, out) for the sigmoid binary cross-entropy and its gradient.
+
+    ``targets`` has ``logits``' shape (any) with values in [0, 1]; ``out`` is
+    checked (and allocated when None) only when ``want_out``.
+    """
+    check_choice("reduction", reduction, REDUCTIONS_BCE)
+    dtype, (logits, targets) = float_arrays(("logits", logits, None), ("targets", targets, None))
+    check_shape("targets", targets, logits.shape, "to match `logits`")
+    if targets.size and not ((targets >= 0) & (targets <= 1)).all():
+        raise ValueError(f"`targets` must lie in [0, 1]; got values in "
+                         f"[{targets.min()}, {targets.max()}]")
+    if want_out:
+        out = check_out(out, "out", logits.shape, dtype,
+                        inputs=(("logits", logits), ("targets", targets)), inplace_ok=True)
+    if contiguous:
+        logits, targets = as_contiguous(logits, targets)
+    return logits, targets, out
+
+
+def optimizer_args(param, grad, buffers, reals, step=None, contiguous=False):
+    """Checked grad, reals and step for the Adam / scikit-learn updates.
+
+    ``buffers``: (name, array) state written in place, each like ``param``
+    and disjoint from it and from each other; ``reals``: (name, value,
+    minimum, maximum) checked with :func:`check_real` (None: no bound);
+    ``step``: the 1-based number of this update (an int >= 1) or None.
+    """
+    param_buffer("param", param)
+    _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None))
+    check_shape("grad", grad, param.shape, "to match `param`")
+    if grad is not param and np.shares_memory(grad, param):
+        raise ValueError("`grad` overlaps `param`")
+    for i, (name, buf) in enumerate(buffers):
+        if buf is None:
+            raise ValueError(f"`{name}` is required: pass np.zeros_like(param) before the first "
+                             f"step and keep it")
+        param_buffer(name, buf, like=param)
+        for other_name, other in [("param", param)] + list(buffers[:i]):
+            if np.shares_memory(buf, other):
+                raise ValueError(f"`{name}` overlaps `{other_name}`")
+    values = [check_real(name, value, minimum=lo, maximum=hi)
+              for name, value, lo, hi in reals]
+    if step is not None:
+        step = check_int("step", step, minimum=1)
+    if contiguous:
+        (grad,) = as_contiguous(grad)
+    return grad, values, step

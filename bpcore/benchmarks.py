@@ -181,9 +181,123 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
     return rows
 
 
+# ---------------------------------------------------------------------------
+# bpcore.sklearn against scikit-learn's MLP (same parameters, same model)
+# ---------------------------------------------------------------------------
+
+SKLEARN_CASES = {
+    "digits sgd b32": dict(data="digits", epochs=20,
+                           params=dict(hidden_layer_sizes=(64,), solver="sgd", batch_size=32)),
+    "digits adam auto": dict(data="digits", epochs=20,
+                             params=dict(hidden_layer_sizes=(64,), solver="adam")),
+    "100k x 100 adam": dict(data="make_classification", epochs=5,
+                            params=dict(hidden_layer_sizes=(256, 128), solver="adam")),
+}
+
+
+def _sklearn_data(name):
+    from sklearn.datasets import load_digits, make_classification
+    from sklearn.model_selection import train_test_split
+    if name == "digits":
+        X, y = load_digits(return_X_y=True)
+        X = X / 16.0
+    else:
+        X, y = make_classification(100_000, 100, n_informative=50, n_classes=5,
+                                   random_state=0)
+    return train_test_split(X, y, random_state=0)
+
+
+def _sklearn_estimator(who, case, threads):
+    params = dict(case["params"], max_iter=case["epochs"], n_iter_no_change=case["epochs"] + 1,
+                  random_state=0)
+    if who == "bpcore":
+        from bpcore.sklearn import MLPClassifier
+        return MLPClassifier(**params, n_threads=threads)
+    from sklearn.neural_network import MLPClassifier
+    return MLPClassifier(**params)
+
+
+_RSS_CHILD = """
+import resource, sys, warnings
+warnings.simplefilter("ignore")
+from bpcore import benchmarks as B
+case = B.SKLEARN_CASES[sys.argv[1]]
+X, X_test, y, y_test = B._sklearn_data(case["data"])
+est = B._sklearn_estimator(sys.argv[2], case, int(sys.argv[3]))
+with B.limit_threads(int(sys.argv[3])):
+    est.fit(X, y)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after / 1024.0)
+"""
+
+
+def _fit_peak_rss_mb(name, who, threads):
+    """Peak RSS (MiB) of a fresh interpreter that builds the data and fits once.
+
+    Both contenders' processes import the same modules and build the same
+    arrays, so the difference between them is what ``fit`` holds at its peak.
+    """
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, name, who, str(threads)],
+                         capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def sklearn_table(*, threads=1, cases=None, rounds=3, memory=True, file=None):
+    """Print bpcore.sklearn.MLPClassifier vs scikit-learn's: time per epoch, test score, RSS.
+
+    Both estimators get the same parameters and ``random_state`` and run the
+    same number of epochs (``n_iter_no_change`` above ``max_iter``); fits are
+    interleaved round by round and the median round is reported.
+
+    Returns the rows as a list of dicts.
+    """
+    import warnings
+    rows = []
+    names = list(SKLEARN_CASES) if cases is None else list(cases)
+    print(f"\nscikit-learn MLPClassifier vs bpcore.sklearn, float64, {threads} thread(s): "
+          f"ms per epoch; speed-up = scikit-learn / bpcore", file=file)
+    print(f"{'case':18} {'sklearn':>9} {'bpcore':>9} {'speed-up':>8} {'score sk':>9} "
+          f"{'score bp':>9} {'peak RSS sk':>11} {'peak RSS bp':>11}", file=file)
+    for name in names:
+        case = SKLEARN_CASES[name]
+        X, X_test, y, y_test = _sklearn_data(case["data"])
+        times = {"sklearn": [], "bpcore": []}
+        scores = {}
+        with limit_threads(threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(rounds):
+                for who in times:
+                    est = _sklearn_estimator(who, case, threads)
+                    start = time.perf_counter()
+                    est.fit(X, y)
+                    times[who].append((time.perf_counter() - start) / est.n_iter_)
+                    scores[who] = est.score(X_test, y_test)
+        per_epoch = {who: statistics.median(t) for who, t in times.items()}
+        rss = ({who: _fit_peak_rss_mb(name, who, threads) for who in times} if memory
+               else {"sklearn": float("nan"), "bpcore": float("nan")})
+        row = {"case": name, "threads": threads, "per_epoch": per_epoch, "scores": scores,
+               "speedup": per_epoch["sklearn"] / per_epoch["bpcore"], "rss_mb": rss}
+        rows.append(row)
+        print(f"{name:18} {per_epoch['sklearn'] * 1e3:9.2f} {per_epoch['bpcore'] * 1e3:9.2f} "
+              f"{row['speedup']:8.2f} {scores['sklearn']:9.4f} {scores['bpcore']:9.4f} "
+              f"{rss['sklearn']:11.1f} {rss['bpcore']:11.1f}", file=file)
+    return rows
+
+
 def main(argv=None):
     """Every table: kernels (and GEMM, training steps where built), 1 then 2 threads."""
     for threads in (1,):
         for dtype in (np.float32, np.float64):
             kernel_table(dtype=dtype, threads=threads)
+    try:
+        import sklearn  # noqa: F401  (the optional extra bpcore[sklearn])
+    except ImportError:
+        return 0
+    for threads in (1, 2):
+        sklearn_table(threads=threads)
     return 0

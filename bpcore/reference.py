@@ -15,6 +15,8 @@ returned.  Backward functions of activations take the *saved output* ``a`` of
 the forward pass, not its input, as scikit-learn's ``_base.py`` does.  The
 dtype / shape policy is in ``bpcore._validate``.
 """
+import math
+
 import numpy as np
 
 from . import _validate as V
@@ -26,7 +28,8 @@ __all__ = [
     "softmax_forward",
     "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
-    "sgd_update",
+    "sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward",
+    "sgd_update", "adam_update", "sklearn_sgd_update", "sklearn_adam_update",
 ]
 
 
@@ -465,6 +468,63 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
 # Optimizer
 # ---------------------------------------------------------------------------
 
+def _bce_scale(reduction, size):
+    return 1.0 / size if reduction == "mean" else 1.0
+
+
+def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
+    """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits.
+
+    ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-|z_i|))`` (PyTorch's
+    ``binary_cross_entropy_with_logits``): no sigmoid is formed, so it is
+    finite for |z| up to 1e30 and exact where the sigmoid would saturate.
+
+    Parameters
+    ----------
+    logits : array_like, any shape
+    targets : array_like, same shape, values in [0, 1]
+        0/1 for binary and multi-label classification; soft targets allowed.
+    reduction : {"mean", "sum"}
+        "mean" divides by the number of elements (NaN when there are none).
+
+    Returns
+    -------
+    loss : float
+    """
+    logits, targets, _ = V.bce_args(logits, targets, reduction)
+    if logits.size == 0:
+        return float("nan") if reduction == "mean" else 0.0
+    with np.errstate(under="ignore"):
+        per = (np.maximum(logits, 0) - logits * targets) + np.log1p(np.exp(-np.abs(logits)))
+    return float(per.sum()) * _bce_scale(reduction, logits.size)
+
+
+def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", out=None):
+    """Gradient of :func:`sigmoid_binary_cross_entropy`: ``(sigmoid(logits) - targets) * c``.
+
+    Parameters
+    ----------
+    logits : array_like, any shape
+    targets : array_like, same shape, values in [0, 1]
+    reduction : {"mean", "sum"}
+        ``c`` is ``1 / logits.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape, optional (may be ``logits`` or ``targets``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    logits, targets, out = V.bce_args(logits, targets, reduction, out, want_out=True)
+    if logits.size == 0:
+        return out
+    t = targets.copy() if np.shares_memory(out, targets) else targets
+    sigmoid_forward(logits, out=out)
+    out -= t
+    if reduction == "mean":
+        out *= logits.dtype.type(1.0 / logits.size)
+    return out
+
+
 def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0,
                nesterov=False):
     """One step of stochastic gradient descent, in place, as ``torch.optim.SGD`` (dampening 0).
@@ -509,4 +569,135 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
         velocity += g
         g = g + dt(momentum) * velocity if nesterov else velocity
     param -= dt(lr) * g
+    return param
+
+
+
+def _beta(name, value):
+    value = V.check_real(name, value, minimum=0.0)
+    if value >= 1:
+        raise ValueError(f"`{name}` must be in [0, 1); got {value}")
+    return value
+
+
+def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0):
+    """One Adam step, in place, as ``torch.optim.Adam`` (amsgrad off, L2 weight decay)::
+
+        g = grad + weight_decay * param
+        m = m + (1 - beta1) * (g - m)               (torch's lerp)
+        v = beta2 * v + (1 - beta2) * g * g
+        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+        Updated in place.
+    grad : array_like, same shape as ``param``
+    lr : float
+        >= 0.
+    m, v : ndarray, same shape and dtype as ``param``
+        First and second moments, updated in place; start them at zeros.
+    step : int
+        The 1-based number of this update (torch's ``state["step"]`` after
+        its increment).
+    beta1, beta2 : float
+        In [0, 1).
+    eps : float
+        > 0.
+    weight_decay : float
+        L2 penalty added to the gradient (not AdamW's decoupled decay), >= 0.
+
+    Returns
+    -------
+    param : ndarray
+        The same array, updated.
+    """
+    grad, (lr, eps, weight_decay), step = V.optimizer_args(
+        param, grad, [("m", m), ("v", v)],
+        [("lr", lr, 0.0, None), ("eps", eps, 0.0, None), ("weight_decay", weight_decay, 0.0,
+                                                           None)], step)
+    beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
+    dt = param.dtype.type
+    g = grad + dt(weight_decay) * param if weight_decay != 0 else grad
+    m += dt(1 - beta1) * (g - m)
+    v *= dt(beta2)
+    v += dt(1 - beta2) * g * g
+    step_size = dt(lr / (1 - beta1 ** step))
+    denom = np.sqrt(v) / dt(math.sqrt(1 - beta2 ** step)) + dt(eps)
+    param -= step_size * (m / denom)
+    return param
+
+
+def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
+    """One step of scikit-learn's MLP ``SGDOptimizer``, in place::
+
+        velocity = momentum * velocity - lr * grad
+        param += momentum * velocity - lr * grad  if nesterov else  velocity
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+    grad : array_like, same shape as ``param``
+    lr : float
+        The current learning rate (scikit-learn's ``learning_rate``), >= 0.
+    momentum : float
+        In [0, 1].
+    velocity : ndarray, same shape and dtype as ``param``
+        Updated in place; start it at zeros.
+    nesterov : bool
+
+    Returns
+    -------
+    param : ndarray
+    """
+    grad, (lr, momentum), _ = V.optimizer_args(
+        param, grad, [("velocity", velocity)],
+        [("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0)])
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
+    dt = param.dtype.type
+    velocity[...] = dt(momentum) * velocity - dt(lr) * grad
+    param += dt(momentum) * velocity - dt(lr) * grad if nesterov else velocity
+    return param
+
+
+def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One step of scikit-learn's MLP ``AdamOptimizer``, in place::
+
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad**2
+        lr_t = lr * sqrt(1 - beta2**step) / (1 - beta1**step)
+        param += -lr_t * m / (sqrt(v) + eps)
+
+    (The bias correction folded into the step size, unlike ``adam_update``.)
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+    grad : array_like, same shape as ``param``
+    lr : float
+        ``learning_rate_init``, >= 0.
+    m, v : ndarray, same shape and dtype as ``param``
+        Updated in place; start them at zeros.
+    step : int
+        The 1-based number of this update (scikit-learn's ``t`` after its increment).
+    beta1, beta2 : float
+        In [0, 1).
+    eps : float
+        > 0.
+
+    Returns
+    -------
+    param : ndarray
+    """
+    grad, (lr, eps), step = V.optimizer_args(
+        param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],
+        step)
+    beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
+    dt = param.dtype.type
+    m[...] = dt(beta1) * m + dt(1 - beta1) * grad
+    v[...] = dt(beta2) * v + dt(1 - beta2) * (grad * grad)
+    lr_t = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    param += (dt(-lr_t) * m) / (np.sqrt(v) + dt(eps))
     return param

@@ -374,3 +374,77 @@ def test_linear_rejects_bad_shapes_and_out():
     with pytest.raises(ValueError, match="overlaps"):
         _kernels.linear_backward(x, w, grad, grad_w=shared[:12].reshape(4, 3),
                                  grad_b=shared[10:13])
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid binary cross-entropy, Adam, scikit-learn's optimizers
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 3), (2, 3, 4)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sigmoid_bce_matches_reference(reduction, shape, dtype):
+    rng = np.random.default_rng(50)
+    z = (rng.normal(size=shape) * 5).astype(dtype)
+    t = rng.uniform(size=shape).astype(dtype)
+    loss = _kernels.sigmoid_binary_cross_entropy(z, t, reduction=reduction)
+    expected = reference.sigmoid_binary_cross_entropy(z, t, reduction=reduction)
+    if z.size == 0:
+        assert np.isnan(loss) == np.isnan(expected)
+        return
+    assert_close(loss, expected, dtype)
+    expected_grad = reference.sigmoid_binary_cross_entropy_backward(z, t, reduction=reduction)
+    got = _kernels.sigmoid_binary_cross_entropy_backward(z, t, reduction=reduction)
+    assert_close(got, expected_grad, dtype)
+    zz, tt = z.copy(), t.copy()  # in place over either input
+    _kernels.sigmoid_binary_cross_entropy_backward(zz, t, reduction=reduction, out=zz)
+    _kernels.sigmoid_binary_cross_entropy_backward(z, tt, reduction=reduction, out=tt)
+    assert_close(zz, expected_grad, dtype)
+    assert_close(tt, expected_grad, dtype)
+
+
+def test_sigmoid_bce_huge_logits_finite(dtype):
+    z = np.array([-1e30, -100.0, 0.0, 100.0, 1e30], dtype)
+    t = np.array([1.0, 0.0, 0.5, 1.0, 0.0], dtype)
+    loss = _kernels.sigmoid_binary_cross_entropy(z, t, reduction="sum")
+    assert np.isfinite(loss)
+    assert_close(loss, reference.sigmoid_binary_cross_entropy(z, t, reduction="sum"), dtype)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_reference(weight_decay, dtype):
+    rng = np.random.default_rng(51)
+    p = rng.normal(size=(5, 4)).astype(dtype)
+    state = {k: (p.copy(), np.zeros_like(p), np.zeros_like(p)) for k in ("ref", "bp")}
+    for step in range(1, 31):
+        g = rng.normal(size=p.shape).astype(dtype)
+        for k, fn in (("ref", reference.adam_update), ("bp", _kernels.adam_update)):
+            q, m, v = state[k]
+            fn(q, g, lr=0.01, m=m, v=v, step=step, weight_decay=weight_decay)
+    assert_close(state["bp"][0], state["ref"][0], dtype, scale=10)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sklearn_sgd_bitwise_equals_reference(nesterov, dtype):
+    rng = np.random.default_rng(52)
+    p = rng.normal(size=(5, 4)).astype(dtype)
+    a, b = p.copy(), p.copy()
+    va, vb = np.zeros_like(p), np.zeros_like(p)
+    for _ in range(10):
+        g = rng.normal(size=p.shape).astype(dtype)
+        reference.sklearn_sgd_update(a, g, lr=0.1, momentum=0.9, velocity=va, nesterov=nesterov)
+        _kernels.sklearn_sgd_update(b, g, lr=0.1, momentum=0.9, velocity=vb, nesterov=nesterov)
+    np.testing.assert_array_equal(b, a)
+    np.testing.assert_array_equal(vb, va)
+
+
+def test_sklearn_adam_bitwise_equals_reference(dtype):
+    rng = np.random.default_rng(53)
+    p = rng.normal(size=(5, 4)).astype(dtype)
+    a, b = p.copy(), p.copy()
+    sa = [np.zeros_like(p), np.zeros_like(p)]
+    sb = [np.zeros_like(p), np.zeros_like(p)]
+    for step in range(1, 11):
+        g = rng.normal(size=p.shape).astype(dtype)
+        reference.sklearn_adam_update(a, g, lr=0.01, m=sa[0], v=sa[1], step=step)
+        _kernels.sklearn_adam_update(b, g, lr=0.01, m=sb[0], v=sb[1], step=step)
+    np.testing.assert_array_equal(b, a)

@@ -515,6 +515,15 @@ def _calls(dtype):
         "sgd_update": (R.sgd_update, (arr(5, 3), g), dict(lr=0.1, momentum=0.9,
                                                           velocity=arr(5, 3),
                                                           weight_decay=0.1, nesterov=True)),
+        "sigmoid_binary_cross_entropy": (R.sigmoid_binary_cross_entropy, (z, a_sig), {}),
+        "sigmoid_binary_cross_entropy_backward": (R.sigmoid_binary_cross_entropy_backward,
+                                                  (z, a_sig), {}),
+        "adam_update": (R.adam_update, (arr(5, 3), g),
+                        dict(lr=0.1, m=arr(5, 3), v=arr(5, 3) ** 2, step=3, weight_decay=0.1)),
+        "sklearn_sgd_update": (R.sklearn_sgd_update, (arr(5, 3), g),
+                               dict(lr=0.1, momentum=0.9, velocity=arr(5, 3))),
+        "sklearn_adam_update": (R.sklearn_adam_update, (arr(5, 3), g),
+                                dict(lr=0.1, m=arr(5, 3), v=arr(5, 3) ** 2, step=2)),
     }
     for name in UNARY:
         calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), {})
@@ -526,7 +535,8 @@ def _calls(dtype):
 def test_inputs_not_modified(name, dtype):
     fn, args, kwargs = _calls(dtype)[name]
     # sgd_update writes param (args[0]) and velocity by contract; matmul with beta, out.
-    written = {"sgd_update": {0}}.get(name, set())
+    written = {"sgd_update": {0}, "adam_update": {0}, "sklearn_sgd_update": {0},
+               "sklearn_adam_update": {0}}.get(name, set())
     saved = [a.copy() for a in args]
     fn(*args, **kwargs)
     for i, (arg, before) in enumerate(zip(args, saved)):
@@ -639,3 +649,135 @@ def test_gradcheck_restores_inputs_when_f_raises():
     with pytest.raises(RuntimeError, match="boom"):
         bpcore.gradcheck(f, [x], [np.ones(3)])
     np.testing.assert_array_equal(x, saved)
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid binary cross-entropy, Adam, scikit-learn's optimizers
+# ---------------------------------------------------------------------------
+
+BCE_SHAPES = [(0,), (1,), (7, 3), (2, 3, 4), (50, 1)]
+
+
+@pytest.mark.parametrize("shape", BCE_SHAPES)
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+def test_sigmoid_bce_vs_torch(torch, reduction, shape, dtype):
+    z = _normal(shape, dtype, 40, scale=4.0)
+    t = np.random.default_rng(41).uniform(size=shape).astype(dtype)  # soft targets too
+    tz = torch.tensor(z, requires_grad=True)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        tz, torch.tensor(t), reduction=reduction)
+    loss = R.sigmoid_binary_cross_entropy(z, t, reduction=reduction)
+    tol = TORCH_TOL[np.dtype(dtype)]
+    if z.size == 0:
+        assert np.isnan(loss) == (reduction == "mean")
+        return
+    np.testing.assert_allclose(loss, expected.item(), rtol=tol["rtol"] * 10)
+    expected.backward()
+    grad = R.sigmoid_binary_cross_entropy_backward(z, t, reduction=reduction)
+    np.testing.assert_allclose(grad, _np(tz.grad), **tol)
+
+
+def test_sigmoid_bce_stable_for_huge_logits(torch):
+    z = np.array([-1e30, -800.0, -40.0, 0.0, 40.0, 800.0, 1e30])
+    t = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.25])
+    loss = R.sigmoid_binary_cross_entropy(z, t, reduction="sum")
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(z), torch.tensor(t), reduction="sum").item()
+    assert np.isfinite(loss)
+    np.testing.assert_allclose(loss, expected, rtol=1e-15)
+    grad = R.sigmoid_binary_cross_entropy_backward(z, t, reduction="sum")
+    np.testing.assert_array_equal(grad[[0, 1, 5, 6]], [0.0, -1.0, 0.0, 0.75])
+
+
+def test_sigmoid_bce_backward_gradcheck():
+    z = _normal((4, 3), np.float64, 42, scale=2.0)
+    t = np.random.default_rng(43).uniform(size=(4, 3))
+    analytic = R.sigmoid_binary_cross_entropy_backward(z, t)
+    assert bpcore.gradcheck(lambda z: R.sigmoid_binary_cross_entropy(z, t), [z], [analytic])
+
+
+def test_sigmoid_bce_rejects_targets_outside_unit_interval():
+    with pytest.raises(ValueError, match="`targets` must lie in"):
+        R.sigmoid_binary_cross_entropy(np.zeros(3), np.array([0.0, 1.5, 0.0]))
+    with pytest.raises(ValueError, match="`targets`"):
+        R.sigmoid_binary_cross_entropy(np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adam_matches_torch_over_100_steps(torch, weight_decay):
+    rng = np.random.default_rng(44)
+    p0 = rng.normal(size=(6, 5))
+    grads = rng.normal(size=(100, 6, 5))
+    param, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    opt = torch.optim.Adam([tp], lr=0.01, betas=(0.8, 0.99), eps=1e-7,
+                           weight_decay=weight_decay, foreach=False)
+    for step, g in enumerate(grads, start=1):
+        R.adam_update(param, g, lr=0.01, m=m, v=v, step=step, beta1=0.8, beta2=0.99,
+                      eps=1e-7, weight_decay=weight_decay)
+        tp.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(param, _np(tp), rtol=1e-12, atol=1e-14)
+
+
+def _sk_optimizers():
+    return pytest.importorskip("sklearn.neural_network._stochastic_optimizers")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("dtype_", [np.float64, np.float32])
+def test_sklearn_sgd_matches_scikit_learn_step_by_step(nesterov, dtype_):
+    import_oracle("sklearn")
+    sk = _sk_optimizers()
+    rng = np.random.default_rng(45)
+    shapes = [(4, 3), (3,)]
+    params = [rng.normal(size=s).astype(dtype_) for s in shapes]
+    ours = [p.copy() for p in params]
+    vel = [np.zeros_like(p) for p in params]
+    opt = sk.SGDOptimizer(params, learning_rate_init=0.1, lr_schedule="constant",
+                          momentum=0.9, nesterov=nesterov)
+    for _ in range(20):
+        grads = [rng.normal(size=s).astype(dtype_) for s in shapes]
+        opt.update_params(params, grads)
+        for p, g, v in zip(ours, grads, vel):
+            R.sklearn_sgd_update(p, g, lr=0.1, momentum=0.9, velocity=v, nesterov=nesterov)
+        for p, q in zip(params, ours):
+            np.testing.assert_array_equal(q, p)  # the same formula, the same rounding
+
+
+@pytest.mark.parametrize("dtype_", [np.float64, np.float32])
+def test_sklearn_adam_matches_scikit_learn_step_by_step(dtype_):
+    import_oracle("sklearn")
+    sk = _sk_optimizers()
+    rng = np.random.default_rng(46)
+    shapes = [(4, 3), (3,)]
+    params = [rng.normal(size=s).astype(dtype_) for s in shapes]
+    ours = [p.copy() for p in params]
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    opt = sk.AdamOptimizer(params, learning_rate_init=0.01, beta_1=0.9, beta_2=0.999,
+                           epsilon=1e-8)
+    for step in range(1, 21):
+        grads = [rng.normal(size=s).astype(dtype_) for s in shapes]
+        opt.update_params(params, grads)
+        for p, g, m, v in zip(ours, grads, ms, vs):
+            R.sklearn_adam_update(p, g, lr=0.01, m=m, v=v, step=step)
+        for p, q in zip(params, ours):
+            if dtype_ == np.float64:
+                np.testing.assert_array_equal(q, p)
+            else:  # scikit-learn promotes the float32 update to float64 (np.float64 rate)
+                np.testing.assert_allclose(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizers_validate_their_state():
+    p, g = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="`m` is required"):
+        R.adam_update(p, g, lr=0.1, m=None, v=np.zeros(3), step=1)
+    with pytest.raises(ValueError, match="`step` must be >= 1"):
+        R.adam_update(p, g, lr=0.1, m=np.zeros(3), v=np.zeros(3), step=0)
+    with pytest.raises(ValueError, match="`beta1` must be in"):
+        R.sklearn_adam_update(p, g, lr=0.1, m=np.zeros(3), v=np.zeros(3), step=1, beta1=1.0)
+    with pytest.raises(ValueError, match="`velocity` overlaps `param`"):
+        R.sklearn_sgd_update(p, g, lr=0.1, momentum=0.9, velocity=p)
+    with pytest.raises(ValueError, match="`momentum` must be <= 1"):
+        R.sklearn_sgd_update(p, g, lr=0.1, momentum=1.5, velocity=np.zeros(3))
