@@ -28,3 +28,5 @@ cdef double mse_forward_backward(const floating* pred, const floating* target,
 cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
                                        floating* grad_out, Py_ssize_t n_rows,
                                        Py_ssize_t n_cols, double grad_scale) noexcept nogil
+cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out,
+                        Py_ssize_t n, double grad_scale) noexcept nogil

@@ -11,6 +11,7 @@ _Int = NDArray[np.integer[Any]]
 ACTIVATIONS: dict[str, int]
 LOSSES: dict[str, int]
 SK_SOLVERS: dict[str, int]
+OPTIMIZERS: dict[str, int]
 NONFINITE: int
 INTERRUPTED: int
 
@@ -24,8 +25,20 @@ class Trainer:
     def offsets(self) -> tuple[_Int, _Int]: ...
     def forward(self, params: _Float, x: _Float, out: _Float) -> _Float: ...
     def evaluate(self, params: _Float, x: _Float, y: NDArray[Any]) -> float: ...
-    def loss_and_grad(self, params: _Float, x: _Float, y: NDArray[Any],
-                      grads: _Float) -> tuple[int, float]: ...
+    def loss_and_grad(self, params: _Float, x: _Float, y: NDArray[Any], grads: _Float,
+                      sample_weight: _Float | None = None) -> tuple[int, float]: ...
+    def update(self, params: _Float, grads: _Float, state1: _Float | None,
+               state2: _Float | None, optimizer: str, lr: float, momentum: float = 0.0,
+               weight_decay: float = 0.0, nesterov: bool = False, beta1: float = 0.9,
+               beta2: float = 0.999, eps: float = 1e-8, step: int = 0,
+               weights_only: bool = False) -> int: ...
+    def train_epoch_opt(self, params: _Float, grads: _Float, state1: _Float | None,
+                        state2: _Float | None, x: _Float, y: NDArray[Any],
+                        sample_weight: _Float | None, order: _Int | None, batch_size: int,
+                        optimizer: str, lr: float, momentum: float = 0.0,
+                        weight_decay: float = 0.0, nesterov: bool = False, beta1: float = 0.9,
+                        beta2: float = 0.999, eps: float = 1e-8, step: int = 0,
+                        weights_only: bool = False) -> tuple[int, float, int, int]: ...
     def sgd(self, params: _Float, grads: _Float, velocity: _Float | None, lr: float,
             momentum: float, weight_decay: float, nesterov: bool) -> None: ...
     def train_step(self, params: _Float, grads: _Float, velocity: _Float | None, x: _Float,

@@ -41,7 +41,7 @@ from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            bp_epilogue)
 from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
                               activation_backward, softmax_rows, column_sums,
-                              mse_forward_backward, softmax_cross_entropy_rows)
+                              mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce)
 
 cnp.import_array()
 
@@ -51,6 +51,12 @@ cdef extern from "optim.h" nogil:
     void bp_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
                     double lr, double momentum, double weight_decay, int nesterov)
     int bp_optim_select(int want_avx2)
+    void bp_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
+                     double lr, double b1, double b2, double eps, double weight_decay,
+                     long long t)
+    void bp_adam_f64(double* param, const double* grad, double* m, double* s, Py_ssize_t n,
+                     double lr, double b1, double b2, double eps, double weight_decay,
+                     long long t)
     void bp_sk_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
                        float lr, float momentum, int nesterov)
     void bp_sk_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
@@ -79,6 +85,12 @@ cdef enum:
     LOSS_SK_LOG = 3
     LOSS_SK_BINARY_LOG = 4
     LOSS_SK_POISSON = 5
+    # sigmoid + binary cross-entropy from the logits, float targets (n, n_out) in [0, 1]
+    LOSS_BCE = 6
+
+cdef enum:
+    OPT_SGD = 0
+    OPT_ADAM = 1
 
 cdef enum:
     OPT_SK_SGD = 0
@@ -93,7 +105,9 @@ ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "sigmoid": ACT_SIGMOI
                "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP}
 LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
           "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
-          "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON}
+          "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON,
+          "binary_cross_entropy": LOSS_BCE}
+OPTIMIZERS = {"sgd": OPT_SGD, "adam": OPT_ADAM}
 SK_SOLVERS = {"sgd": OPT_SK_SGD, "adam": OPT_SK_ADAM}
 NONFINITE = STATUS_NONFINITE
 INTERRUPTED = STATUS_INTERRUPTED
@@ -174,17 +188,24 @@ cdef void softmax_backward_rows(const floating* a, const floating* grad, floatin
 
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
                       Py_ssize_t n, floating** acts, bint logits) noexcept nogil:
-    """acts[l] := a_l for l = 1..n_layers from x (n rows).  ``logits``: leave the output pre-softmax."""
-    cdef int l, status
+    """acts[l] := a_l for l = 1..n_layers from x (n rows).
+
+    ``logits``: leave the output before its softmax or sigmoid (the losses
+    that take logits apply them themselves, stably).
+    """
+    cdef int l, status, act
     cdef const floating* a_prev = x
     cdef Py_ssize_t n_in, n_out, i
     cdef floating* out
     for l in range(net.n_layers):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
+        act = net.act[l]
+        if logits and l == net.n_layers - 1 and act == ACT_SIGMOID:
+            act = ACT_IDENTITY
         status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
                       params + net.w_off[l], n_out, 1, <floating>0, acts[l + 1], n_out, 1,
-                      _forward_epilogue(net.act[l]), params + net.b_off[l], NULL, 0,
+                      _forward_epilogue(act), params + net.b_off[l], NULL, 0,
                       _threads_for(n, n_out, n_in))
         if status != BP_OK:
             return status
@@ -198,13 +219,72 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
     return BP_OK
 
 
+cdef inline bint _takes_logits(int loss) noexcept nogil:
+    return loss == LOSS_CROSS_ENTROPY or loss == LOSS_BCE
+
+
 cdef int loss_and_grad_rows(const Net* net, const floating* params, const floating* x,
                             const void* y, Py_ssize_t n, floating* grads,
                             double* loss_out) noexcept nogil:
+    """``loss_and_grad_rows_w`` with unit weights."""
+    return loss_and_grad_rows_w(net, params, x, y, NULL, n, grads, loss_out)
+
+
+cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
+                             const floating* sw, Py_ssize_t n,
+                             floating* delta) noexcept nogil:
+    """The loss on n output rows and delta := its gradient w.r.t. the output (or logits).
+
+    Unweighted (``sw`` NULL): the mean / sum of the Trainer's reduction.  With
+    weights: sum_i w_i * loss_i, divided by sum_i w_i for "mean", so integer
+    weights equal repeated rows and a zero weight equals a dropped row.
+    """
+    cdef Py_ssize_t n_out = net.sizes[net.n_layers], i, count = n * n_out
+    cdef double scale, total = 0, norm = 1
+    cdef const floating* target
+    if sw != NULL and net.mean:
+        norm = 0
+        for i in range(n):
+            norm += sw[i]
+    if net.loss == LOSS_CROSS_ENTROPY:
+        if sw == NULL:
+            scale = 1.0 / n if net.mean else 1.0
+            return scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n,
+                                                      n_out, scale)
+        for i in range(n):
+            scale = sw[i] / norm
+            total += scale * softmax_cross_entropy_rows(
+                out + i * n_out, <const long long*>y + i, delta + i * n_out, 1, n_out, scale)
+        return total
+    target = <const floating*>y
+    if net.loss == LOSS_BCE:
+        if sw == NULL:
+            scale = 1.0 / count if net.mean else 1.0
+            return scale * sigmoid_bce(out, target, delta, count, scale)
+        for i in range(n):
+            scale = sw[i] / (norm * n_out) if net.mean else sw[i]
+            total += scale * sigmoid_bce(out + i * n_out, target + i * n_out,
+                                         delta + i * n_out, n_out, scale)
+        return total
+    if sw == NULL:
+        scale = net.mse_factor / count if net.mean else net.mse_factor
+        return mse_forward_backward(out, target, delta, count, scale)
+    for i in range(n):
+        scale = (net.mse_factor * sw[i] / (norm * n_out) if net.mean
+                 else net.mse_factor * sw[i])
+        total += mse_forward_backward(out + i * n_out, target + i * n_out, delta + i * n_out,
+                                      n_out, scale)
+    return total
+
+
+cdef int loss_and_grad_rows_w(const Net* net, const floating* params, const floating* x,
+                              const void* y, const floating* sw, Py_ssize_t n,
+                              floating* grads, double* loss_out) noexcept nogil:
     """Forward, loss and backward on n rows: grads := d loss / d params; *loss_out := loss.
 
-    ``y`` is float targets (n x n_out) for MSE or int64 labels (n,) for
-    cross-entropy.  Returns BP_OK, a GEMM error, or STATUS_NONFINITE when
+    ``y`` is float targets (n x n_out) for MSE and binary cross-entropy or
+    int64 labels (n,) for cross-entropy; ``sw`` per-row weights or NULL (see
+    output_loss_rows).  Returns BP_OK, a GEMM error, or STATUS_NONFINITE when
     the loss or a gradient is not finite (grads are then unspecified).
     """
     cdef int L = net.n_layers, l, status
@@ -217,18 +297,13 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
     cdef const floating* a_prev
     cdef double scale, loss
     cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, net.loss == LOSS_CROSS_ENTROPY)
+    status = forward_rows(net, params, x, n, acts, _takes_logits(net.loss))
     if status != BP_OK:
         return status
     out = acts[L]
-    if net.loss == LOSS_CROSS_ENTROPY:
-        scale = 1.0 / n if net.mean else 1.0
-        loss = scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n, n_out,
-                                                  scale)
-    else:
+    loss = output_loss_rows(net, out, y, sw, n, delta)
+    if not _takes_logits(net.loss):
         count = n * n_out
-        scale = net.mse_factor / count if net.mean else net.mse_factor
-        loss = mse_forward_backward(out, <const floating*>y, delta, count, scale)
         if act_out == ACT_SOFTMAX:
             softmax_backward_rows(out, delta, delta, n, n_out)
         elif act_out != ACT_IDENTITY:
@@ -310,6 +385,106 @@ cdef int train_epoch_rows(const Net* net, floating* params, floating* grads,
             return status
         sgd_block(params, grads, velocity, n_params, lr, momentum, weight_decay, nesterov)
         loss_sum[0] += loss * rows
+        batches_done[0] += 1
+        if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
+            with gil:
+                if _check_signals() != 0:
+                    _clear_error()
+                    return STATUS_INTERRUPTED
+        start += rows
+    return BP_OK
+
+
+# ---------------------------------------------------------------------------
+# The general update and epoch (bpcore.MLP with Adam, weights-only decay or
+# sample weights): PyTorch's SGD or Adam over the flat block
+# ---------------------------------------------------------------------------
+
+cdef struct Optim:
+    int kind                     # OPT_SGD or OPT_ADAM
+    double lr, momentum, weight_decay
+    int nesterov
+    double beta1, beta2, eps
+    long long step               # Adam's steps taken, advanced before each update
+    bint weights_only            # weight decay on the W_l only (not the biases)
+
+
+cdef void _update_range(Optim* opt, floating* params, const floating* grads, floating* s1,
+                        floating* s2, Py_ssize_t start, Py_ssize_t n,
+                        double weight_decay) noexcept nogil:
+    if opt.kind == OPT_SGD:
+        sgd_block(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
+                  opt.lr, opt.momentum, weight_decay, opt.nesterov)
+    elif floating is float:
+        bp_adam_f32(params + start, grads + start, s1 + start, s2 + start, n, opt.lr,
+                    opt.beta1, opt.beta2, opt.eps, weight_decay, opt.step)
+    else:
+        bp_adam_f64(params + start, grads + start, s1 + start, s2 + start, n, opt.lr,
+                    opt.beta1, opt.beta2, opt.eps, weight_decay, opt.step)
+
+
+cdef void apply_update(const Net* net, Optim* opt, floating* params, const floating* grads,
+                       floating* s1, floating* s2, Py_ssize_t n_params) noexcept nogil:
+    """params := one optimizer step over the flat block (state s1 = velocity or m, s2 = v)."""
+    cdef int l
+    cdef Py_ssize_t w_size
+    if opt.kind == OPT_ADAM:
+        opt.step += 1
+    if not opt.weights_only or opt.weight_decay == 0:
+        _update_range(opt, params, grads, s1, s2, 0, n_params, opt.weight_decay)
+        return
+    for l in range(net.n_layers):
+        w_size = net.sizes[l] * net.sizes[l + 1]
+        _update_range(opt, params, grads, s1, s2, net.w_off[l], w_size, opt.weight_decay)
+        _update_range(opt, params, grads, s1, s2, net.b_off[l], net.sizes[l + 1], 0.0)
+
+
+cdef int train_epoch_rows_opt(const Net* net, floating* params, floating* grads,
+                              floating* s1, floating* s2, Py_ssize_t n_params,
+                              const floating* x, const void* y, const floating* sw,
+                              const long long* order, Py_ssize_t n_samples,
+                              Py_ssize_t batch_size, floating* x_batch, void* y_batch,
+                              floating* sw_batch, Py_ssize_t y_row_bytes, Optim* opt,
+                              double* loss_sum, Py_ssize_t* batches_done) noexcept nogil:
+    """``train_epoch_rows`` with any optimizer of ``Optim`` and optional row weights.
+
+    *loss_sum := sum of batch loss * batch rows (batch weight sum with weights).
+    """
+    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0]
+    cdef const floating* xb
+    cdef const void* yb
+    cdef const floating* swb
+    cdef double loss, weight
+    cdef int status
+    start = 0
+    while start < n_samples:
+        rows = min(batch_size, n_samples - start)
+        if order == NULL:
+            xb = x + start * n_in
+            yb = <const char*>y + start * y_row_bytes
+            swb = sw + start if sw != NULL else NULL
+        else:
+            for r in range(rows):
+                src = order[start + r]
+                memcpy(x_batch + r * n_in, x + src * n_in, n_in * sizeof(floating))
+                memcpy(<char*>y_batch + r * y_row_bytes, <const char*>y + src * y_row_bytes,
+                       y_row_bytes)
+                if sw != NULL:
+                    sw_batch[r] = sw[src]
+            xb = x_batch
+            yb = y_batch
+            swb = sw_batch if sw != NULL else NULL
+        status = loss_and_grad_rows_w(net, params, xb, yb, swb, rows, grads, &loss)
+        if status != BP_OK:
+            return status
+        apply_update(net, opt, params, grads, s1, s2, n_params)
+        if swb == NULL:
+            weight = rows
+        else:
+            weight = 0
+            for r in range(rows):
+                weight += swb[r]
+        loss_sum[0] += loss * weight
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
             with gil:
@@ -709,8 +884,8 @@ cdef class Trainer:
         cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
         cdef void** acts = <void**>cnp.PyArray_DATA(ptrs_arr)
         cdef int status = BP_OK
-        cdef double loss = 0, scale
-        cdef bint ce = self.net.loss == LOSS_CROSS_ENTROPY
+        cdef double loss = 0
+        cdef bint ce = _takes_logits(self.net.loss)
         if n == 0:
             return float("nan") if self.net.mean else 0.0
         with nogil:
@@ -720,34 +895,29 @@ cdef class Trainer:
             else:
                 status = forward_rows(&self.net, <const double*>pp, <const double*>xp, n,
                                       <double**>acts, ce)
-            if status == BP_OK and ce:
-                scale = 1.0 / n if self.net.mean else 1.0
+            if status == BP_OK:
                 if self.typenum == cnp.NPY_FLOAT:
-                    loss = scale * softmax_cross_entropy_rows(
-                        <const float*>acts[self.net.n_layers], <const long long*>yp, NULL,
-                        n, n_out, scale)
+                    loss = output_loss_rows(&self.net, <const float*>acts[self.net.n_layers],
+                                            yp, <const float*>NULL, n, <float*>NULL)
                 else:
-                    loss = scale * softmax_cross_entropy_rows(
-                        <const double*>acts[self.net.n_layers], <const long long*>yp, NULL,
-                        n, n_out, scale)
-            elif status == BP_OK:
-                scale = (self.net.mse_factor / (n * n_out) if self.net.mean
-                         else self.net.mse_factor)
-                if self.typenum == cnp.NPY_FLOAT:
-                    loss = mse_forward_backward(<const float*>acts[self.net.n_layers],
-                                                <const float*>yp, NULL, n * n_out, scale)
-                else:
-                    loss = mse_forward_backward(<const double*>acts[self.net.n_layers],
-                                                <const double*>yp, NULL, n * n_out, scale)
+                    loss = output_loss_rows(&self.net, <const double*>acts[self.net.n_layers],
+                                            yp, <const double*>NULL, n, <double*>NULL)
         _raise_for(status)
         return loss
 
-    def loss_and_grad(self, params, x, y, grads):
-        """grads[:n_params] := d loss / d params on the batch (x, y); returns (status, loss)."""
+    def loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        """grads[:n_params] := d loss / d params on the batch (x, y); returns (status, loss).
+
+        ``sample_weight``: per-row weights (C-contiguous, the Trainer's dtype)
+        or None; see output_loss_rows for the weighted reductions.
+        """
         self._check_block(params, "params")
         self._check_block(grads, "grads")
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
+        self._check_weights(sample_weight, n)
+        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
+                          if sample_weight is not None else NULL)
         self._reserve(n)
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
@@ -757,11 +927,12 @@ cdef class Trainer:
         cdef int status
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
-                status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
-                                            n, <float*>gp, &loss)
+                status = loss_and_grad_rows_w(&self.net, <const float*>pp, <const float*>xp,
+                                              yp, <const float*>swp, n, <float*>gp, &loss)
             else:
-                status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
-                                            yp, n, <double*>gp, &loss)
+                status = loss_and_grad_rows_w(&self.net, <const double*>pp,
+                                              <const double*>xp, yp, <const double*>swp, n,
+                                              <double*>gp, &loss)
         _raise_for(status)
         return status, loss
 
@@ -906,6 +1077,125 @@ cdef class Trainer:
                                           weight_decay, nesterov, &loss_sum, &done)
         _raise_for(status)
         return status, loss_sum, done
+
+    # -- any optimizer, optional weights (bpcore.MLP beyond plain SGD) ---------
+
+    cdef void _fill_optim(self, Optim* opt, str optimizer, double lr, double momentum,
+                          double weight_decay, bint nesterov, double beta1, double beta2,
+                          double eps, long long step, bint weights_only) except *:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be 'sgd' or 'adam'; got {optimizer!r}")
+        opt.kind = OPTIMIZERS[optimizer]
+        opt.lr = lr
+        opt.momentum = momentum
+        opt.weight_decay = weight_decay
+        opt.nesterov = nesterov
+        opt.beta1 = beta1
+        opt.beta2 = beta2
+        opt.eps = eps
+        opt.step = step
+        opt.weights_only = weights_only
+
+    cdef void _check_state(self, str optimizer, object state1, object state2,
+                           double momentum) except *:
+        if optimizer == "adam":
+            self._check_block(state1, "state1")
+            self._check_block(state2, "state2")
+        elif momentum != 0:
+            self._check_block(state1, "state1")
+
+    def update(self, params, grads, state1, state2, str optimizer, double lr,
+               double momentum=0.0, double weight_decay=0.0, bint nesterov=False,
+               double beta1=0.9, double beta2=0.999, double eps=1e-8, long long step=0,
+               bint weights_only=False):
+        """params := one SGD or Adam step (PyTorch's) over the flat block; returns Adam's step.
+
+        ``state1``/``state2``: SGD's velocity (None without momentum) / unused,
+        or Adam's first / second moments; ``step``: Adam's steps so far.
+        ``weights_only``: weight decay on the W_l only.
+        """
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_state(optimizer, state1, state2, momentum)
+        cdef Optim opt
+        self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
+                         eps, step, weights_only)
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1) if state1 is not None else NULL
+        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if state2 is not None else NULL
+        cdef Py_ssize_t n = self.n_params
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                apply_update(&self.net, &opt, <float*>pp, <const float*>gp, <float*>s1,
+                             <float*>s2, n)
+            else:
+                apply_update(&self.net, &opt, <double*>pp, <const double*>gp, <double*>s1,
+                             <double*>s2, n)
+        return opt.step
+
+    def train_epoch_opt(self, params, grads, state1, state2, x, y, sample_weight, order,
+                        Py_ssize_t batch_size, str optimizer, double lr, double momentum=0.0,
+                        double weight_decay=0.0, bint nesterov=False, double beta1=0.9,
+                        double beta2=0.999, double eps=1e-8, long long step=0,
+                        bint weights_only=False):
+        """``train_epoch`` with the optimizer of ``update`` and optional row weights.
+
+        Returns (status, loss_sum, batches_done, step); loss_sum weighs each
+        batch's loss by its rows (its weight sum with ``sample_weight``).
+        """
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_state(optimizer, state1, state2, momentum)
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        self._check_weights(sample_weight, n)
+        if batch_size < 1:
+            raise ValueError("`batch_size` must be >= 1")
+        if order is not None:
+            if (not isinstance(order, np.ndarray) or order.dtype != np.int64
+                    or order.shape != (n,) or not order.flags.c_contiguous):
+                raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
+            if n and (order.min() < 0 or order.max() >= n):
+                raise ValueError("`order` holds an index out of range")
+        cdef Optim opt
+        self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
+                         eps, step, weights_only)
+        self._reserve(min(batch_size, max(n, 1)))
+        x_batch, _, y_batch = self._buffers
+        x_batch = x_batch[0]
+        sw_batch = np.empty(min(batch_size, max(n, 1)), self.dtype)
+        cdef Py_ssize_t y_row_bytes = y.strides[0]
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1) if state1 is not None else NULL
+        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if state2 is not None else NULL
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
+                          if sample_weight is not None else NULL)
+        cdef const long long* op = (<const long long*>cnp.PyArray_DATA(<cnp.ndarray>order)
+                                    if order is not None else NULL)
+        cdef void* xbp = cnp.PyArray_DATA(<cnp.ndarray>x_batch)
+        cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
+        cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
+        cdef double loss_sum = 0
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t n_params = self.n_params
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = train_epoch_rows_opt(
+                    &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
+                    <const float*>xp, yp, <const float*>swp, op, n, batch_size, <float*>xbp,
+                    ybp, <float*>swbp, y_row_bytes, &opt, &loss_sum, &done)
+            else:
+                status = train_epoch_rows_opt(
+                    &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
+                    <const double*>xp, yp, <const double*>swp, op, n, batch_size,
+                    <double*>xbp, ybp, <double*>swbp, y_row_bytes, &opt, &loss_sum, &done)
+        _raise_for(status)
+        return status, loss_sum, done, opt.step
 
     # -- scikit-learn's conventions (bpcore.sklearn) ---------------------------
 

@@ -24,7 +24,10 @@ __all__ = ["MLP"]
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
-LOSSES = ("mse", "cross_entropy")
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+OPTIMIZERS = ("sgd", "adam")
+DECAYS = ("all", "weights")
+SCHEDULES = ("constant", "invscaling", "adaptive")
 INITS = ("auto", "normal", "glorot", "he")
 BACKENDS = ("compiled", "reference")
 _NONFINITE = 100
@@ -75,8 +78,10 @@ class ReferenceTrainer:
         for l, (w, b) in enumerate(zip(weights, biases)):
             z = R.linear_forward(acts[-1], w, b)
             act = self.activations[l]
-            if act == "softmax":
-                acts.append(z if logits else R.softmax_forward(z))
+            if logits and l == len(weights) - 1 and act in ("softmax", "sigmoid"):
+                acts.append(z)  # the loss applies softmax / sigmoid itself
+            elif act == "softmax":
+                acts.append(R.softmax_forward(z))
             else:
                 acts.append(getattr(R, f"{act}_forward")(z))
         return acts
@@ -85,19 +90,41 @@ class ReferenceTrainer:
         out[...] = self._forward(params, x, False)[-1]
         return out
 
-    def evaluate(self, params, x, y):
-        if self.loss == "cross_entropy":
-            return R.softmax_cross_entropy(self._forward(params, x, True)[-1], y,
-                                           reduction=self.reduction)
-        return R.mse_loss(self._forward(params, x, False)[-1], y, reduction=self.reduction)
+    def _takes_logits(self):
+        return self.loss in ("cross_entropy", "binary_cross_entropy")
 
-    def loss_and_grad(self, params, x, y, grads):
-        acts = self._forward(params, x, self.loss == "cross_entropy")
+    def evaluate(self, params, x, y):
+        return self._output_loss(self._forward(params, x, self._takes_logits())[-1], y, None,
+                                 want_grad=False)[0]
+
+    def _output_loss(self, out, y, sample_weight, want_grad=True):
+        """(loss, d loss / d output) on a batch; the weighted form of _step.output_loss_rows."""
+        loss_fn = {"cross_entropy": R.softmax_cross_entropy,
+                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy}.get(self.loss,
+                                                                               R.mse_loss)
+        grad_fn = {"cross_entropy": R.softmax_cross_entropy_backward,
+                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy_backward}.get(
+                       self.loss, R.mse_loss_backward)
+        if sample_weight is None:
+            return (loss_fn(out, y, reduction=self.reduction),
+                    grad_fn(out, y, reduction=self.reduction) if want_grad else None)
+        mean = self.reduction.endswith("mean")
+        total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
+        norm = float(sample_weight.sum()) if mean else 1.0
+        per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
+        loss, grad = 0.0, np.empty_like(out)
+        for i in range(out.shape[0]):
+            coef = float(sample_weight[i]) / norm / (out.shape[1] if per_element else 1)
+            loss += coef * loss_fn(out[i:i + 1], y[i:i + 1], reduction=total_reduction)
+            grad[i:i + 1] = grad_fn(out[i:i + 1], y[i:i + 1],
+                                    reduction=total_reduction) * out.dtype.type(coef)
+        return loss, grad
+
+    def loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        acts = self._forward(params, x, self._takes_logits())
         out, act_out = acts[-1], self.activations[-1]
-        if self.loss == "cross_entropy":
-            loss, delta = R.softmax_cross_entropy_and_grad(out, y, reduction=self.reduction)
-        else:
-            loss, delta = R.mse_loss_and_grad(out, y, reduction=self.reduction)
+        loss, delta = self._output_loss(out, y, sample_weight)
+        if not self._takes_logits():
             if act_out == "softmax":
                 delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
             else:
@@ -129,6 +156,47 @@ class ReferenceTrainer:
 
     def train_step_fast(self, *args):
         return None  # the reference always takes the general path
+
+    def update(self, params, grads, state1, state2, optimizer, lr, momentum=0.0,
+               weight_decay=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
+               weights_only=False):
+        if optimizer == "adam":
+            step += 1
+        if weights_only and weight_decay != 0:
+            ranges = []
+            for (n_in, n_out), w, b in zip(zip(self.sizes[:-1], self.sizes[1:]), self.w_off,
+                                           self.b_off):
+                ranges += [(w, n_in * n_out, weight_decay), (b, n_out, 0.0)]
+        else:
+            ranges = [(0, self.n_params, weight_decay)]
+        for start, size, wd in ranges:
+            part = slice(start, start + size)
+            if optimizer == "adam":
+                R.adam_update(params[part], grads[part], lr=lr, m=state1[part], v=state2[part],
+                              step=step, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd)
+            else:
+                R.sgd_update(params[part], grads[part], lr=lr, momentum=momentum,
+                             velocity=state1[part] if momentum else None, weight_decay=wd,
+                             nesterov=nesterov)
+        return step
+
+    def train_epoch_opt(self, params, grads, state1, state2, x, y, sample_weight, order,
+                        batch_size, optimizer, lr, momentum=0.0, weight_decay=0.0,
+                        nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
+                        weights_only=False):
+        loss_sum, done = 0.0, 0
+        for start in range(0, x.shape[0], batch_size):
+            rows = (slice(start, start + batch_size) if order is None
+                    else order[start:start + batch_size])
+            sw = None if sample_weight is None else sample_weight[rows]
+            status, loss = self.loss_and_grad(params, x[rows], y[rows], grads, sw)
+            if status:
+                return status, loss_sum, done, step
+            step = self.update(params, grads, state1, state2, optimizer, lr, momentum,
+                               weight_decay, nesterov, beta1, beta2, eps, step, weights_only)
+            loss_sum += loss * (len(x[rows]) if sw is None else float(sw.sum()))
+            done += 1
+        return 0, loss_sum, done, step
 
     def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
                     weight_decay, nesterov):
@@ -163,9 +231,11 @@ class MLP:
         "identity", "sigmoid", "tanh", "relu" or "softmax".  Default:
         "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
         (which requires it).
-    loss : {"mse", "cross_entropy"}
-        Squared error against float targets (n, n_out), or softmax
-        cross-entropy against integer class labels (n,).
+    loss : {"mse", "cross_entropy", "binary_cross_entropy"}
+        Squared error against float targets (n, n_out); softmax cross-entropy
+        against integer class labels (n,); or sigmoid binary cross-entropy
+        (computed from the logits) against targets (n, n_out) in [0, 1], for
+        binary and multi-label outputs.
     reduction : str
         "mean", "sum", "half_sum", "half_mean" for MSE; "mean", "sum" for
         cross-entropy (see :func:`bpcore.reference.mse_loss`).
@@ -191,14 +261,15 @@ class MLP:
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         V.check_choice("loss", loss, LOSSES)
+        required = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}.get(loss)
         if output_activation is None:
-            output_activation = "softmax" if loss == "cross_entropy" else "identity"
+            output_activation = required or "identity"
         V.check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        if loss == "cross_entropy" and output_activation != "softmax":
-            raise ValueError("`output_activation` must be 'softmax' with "
-                             f"loss='cross_entropy'; got {output_activation!r}")
+        if required is not None and output_activation != required:
+            raise ValueError(f"`output_activation` must be {required!r} with "
+                             f"loss={loss!r}; got {output_activation!r}")
         V.check_choice("reduction", reduction,
-                       V.REDUCTIONS_CE if loss == "cross_entropy" else V.REDUCTIONS_MSE)
+                       V.REDUCTIONS_MSE if loss == "mse" else V.REDUCTIONS_CE)
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
         if len(hidden) != n_layers - 1:
             raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "
@@ -228,6 +299,7 @@ class MLP:
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
         self._velocity = None
+        self._adam = None  # (m, v, steps taken) once Adam has run
         self._lock = threading.RLock()
         self._views()
         self._initialize(init, seed)
@@ -325,10 +397,17 @@ class MLP:
             self._velocity = _aligned_zeros(self.n_params, self.dtype)
         return self._velocity
 
+    def _adam_state(self):
+        if self._adam is None:
+            self._adam = [_aligned_zeros(self.n_params, self.dtype),
+                          _aligned_zeros(self.n_params, self.dtype), 0]
+        return self._adam
+
     def reset_optimizer(self):
-        """Forget the momentum buffer (the next step starts from zero velocity)."""
+        """Forget the optimizer state (momentum buffer, Adam's moments and step count)."""
         with self._lock:
             self._velocity = None
+            self._adam = None
 
     # -- input checks ---------------------------------------------------------
 
@@ -362,7 +441,37 @@ class MLP:
             V.check_shape("y", y, (x.shape[0], self.layer_sizes[-1]),
                           f"to match x's {x.shape[0]} rows and the model's "
                           f"{self.layer_sizes[-1]} outputs")
+            if self.loss == "binary_cross_entropy" and y.size and not (
+                    (y >= 0) & (y <= 1)).all():
+                raise ValueError(f"`y` must lie in [0, 1] for loss='binary_cross_entropy'; "
+                                 f"got values in [{y.min()}, {y.max()}]")
         return x, y
+
+    def _sample_weight(self, sample_weight, n):
+        """``sample_weight`` as a C-contiguous array of the model's dtype, or None."""
+        if sample_weight is None:
+            return None
+        _, (w,) = V.float_arrays(("sample_weight", sample_weight, 1))
+        V.check_shape("sample_weight", w, (n,), f"to match x's {n} rows")
+        w = np.ascontiguousarray(w, dtype=self.dtype)
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("`sample_weight` must be finite and >= 0")
+        if n and not w.sum() > 0:
+            raise ValueError("`sample_weight` must not sum to 0")
+        return w
+
+    @staticmethod
+    def _optimizer_options(optimizer, betas, eps, decay):
+        V.check_choice("optimizer", optimizer, OPTIMIZERS)
+        V.check_choice("decay", decay, DECAYS)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"`betas` must be a pair (beta1, beta2); got {betas!r}")
+        beta1 = V.check_real("betas[0]", betas[0], minimum=0.0, maximum=1.0)
+        beta2 = V.check_real("betas[1]", betas[1], minimum=0.0, maximum=1.0)
+        if beta1 >= 1 or beta2 >= 1:
+            raise ValueError(f"`betas` must lie in [0, 1); got {tuple(betas)}")
+        eps = V.check_real("eps", eps, minimum=0.0, strict_min=True)
+        return optimizer, beta1, beta2, eps, decay == "weights"
 
     @staticmethod
     def _hyper(lr, momentum, weight_decay, nesterov):
@@ -412,13 +521,17 @@ class MLP:
 
     # -- training -----------------------------------------------------------
 
-    def loss_and_grads(self, x, y):
+    def loss_and_grads(self, x, y, sample_weight=None):
         """Loss and gradients on one batch, without an update.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+        sample_weight : array_like, shape (n_samples,), optional
+            Non-negative row weights: the loss is sum_i w_i * loss_i, divided
+            by sum_i w_i for the "mean" reductions -- so integer weights equal
+            repeated rows and a zero weight equals a dropped row.
 
         Returns
         -------
@@ -427,8 +540,10 @@ class MLP:
             Shaped like ``weights`` and ``biases``; new arrays owned by the caller.
         """
         x, y = self._inputs(x, y)
+        sample_weight = self._sample_weight(sample_weight, x.shape[0])
         with self._lock:
-            status, loss = self._core.loss_and_grad(self._params, x, y, self._grads)
+            status, loss = self._core.loss_and_grad(self._params, x, y, self._grads,
+                                                    sample_weight)
             grads = self._grads.copy()
         if status == _NONFINITE:
             raise FloatingPointError(f"the loss or a gradient is not finite (loss = {loss})")
@@ -437,16 +552,68 @@ class MLP:
         return float(loss), ([grads[w:w + a * b].reshape(a, b) for (a, b), w in zip(pairs, w_off)],
                              [grads[o:o + b] for (_, b), o in zip(pairs, b_off)])
 
-    def train_step(self, x, y, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-        """One step of SGD on the batch (x, y): forward, loss, backward, update.
+    def _apply_update(self, grads, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+                      optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all"):
+        """Apply one optimizer step to the parameter block, given its gradient block.
+
+        The single place updates happen outside the compiled epoch (the
+        data-parallel path computes and allreduces ``grads``, then calls this).
+
+        Parameters
+        ----------
+        grads : ndarray, shape (n_params,) or larger
+            A C-contiguous block in the parameter layout, the model's dtype.
+        lr, momentum, weight_decay, nesterov
+            As :meth:`train_step`; ``momentum``/``nesterov`` apply to SGD only.
+        optimizer : {"sgd", "adam"}
+            ``torch.optim.SGD`` or ``torch.optim.Adam`` (L2 decay in the gradient).
+        betas, eps
+            Adam's.
+        decay : {"all", "weights"}
+            ``weight_decay`` on every parameter (PyTorch) or on the weights
+            only, not the biases (scikit-learn's ``alpha``).
+        """
+        lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+                                                           nesterov)
+        optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
+            optimizer, betas, eps, decay)
+        if (not isinstance(grads, np.ndarray) or grads.dtype != self.dtype
+                or grads.ndim != 1 or grads.size < self.n_params
+                or not grads.flags.c_contiguous):
+            raise ValueError(f"`grads` must be a C-contiguous {self.dtype} block of at least "
+                             f"{self.n_params} values")
+        with self._lock:
+            self._update_locked(grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
+                                beta2, eps, weights_only)
+
+    def _update_locked(self, grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
+                       beta2, eps, weights_only):
+        if optimizer == "adam":
+            state = self._adam_state()
+            state[2] = self._core.update(self._params, grads, state[0], state[1], "adam", lr,
+                                         0.0, weight_decay, False, beta1, beta2, eps,
+                                         state[2], weights_only)
+        else:
+            self._core.update(self._params, grads, self._velocity_block(momentum), None, "sgd",
+                              lr, momentum, weight_decay, nesterov, 0.9, 0.999, 1e-8, 0,
+                              weights_only)
+
+    def train_step(self, x, y, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+                   optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
+                   sample_weight=None):
+        """One optimizer step on the batch (x, y): forward, loss, backward, update.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
         lr, momentum, weight_decay, nesterov
-            As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The momentum
-            buffer persists across calls (see :meth:`reset_optimizer`).
+            As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The optimizer
+            state persists across calls (see :meth:`reset_optimizer`).
+        optimizer, betas, eps, decay
+            As :meth:`_apply_update` ("adam": :func:`bpcore.adam_update`).
+        sample_weight : array_like, shape (n_samples,), optional
+            As :meth:`loss_and_grads`.
 
         Returns
         -------
@@ -458,6 +625,28 @@ class MLP:
         FloatingPointError
             The loss or a gradient is not finite; the parameters are unchanged.
         """
+        if optimizer != "sgd" or decay != "all" or sample_weight is not None:
+            x, y = self._inputs(x, y)
+            sample_weight = self._sample_weight(sample_weight, x.shape[0])
+            lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+                                                               nesterov)
+            opts = self._optimizer_options(optimizer, betas, eps, decay)
+            with self._lock:
+                status, loss = self._core.loss_and_grad(self._params, x, y, self._grads,
+                                                        sample_weight)
+                if status == 0:
+                    self._update_locked(self._grads, opts[0], lr, momentum, weight_decay,
+                                        nesterov, *opts[1:])
+            result = status, loss
+        else:
+            result = self._train_step_sgd(x, y, lr, momentum, weight_decay, nesterov)
+        status, loss = result
+        if status == _NONFINITE:
+            raise FloatingPointError(f"non-finite loss or gradient (loss = {loss}); the "
+                                     f"parameters were not updated -- try a smaller `lr`")
+        return float(loss)
+
+    def _train_step_sgd(self, x, y, lr, momentum, weight_decay, nesterov):
         with self._lock:
             result = self._core.train_step_fast(self._params, self._grads, self._velocity, x, y,
                                                 lr, momentum, weight_decay, nesterov)
@@ -468,27 +657,25 @@ class MLP:
                 result = self._core.train_step(
                     self._params, self._grads, self._velocity_block(momentum), x, y, lr,
                     momentum, weight_decay, nesterov)
-        status, loss = result
-        if status == _NONFINITE:
-            raise FloatingPointError(f"non-finite loss or gradient (loss = {loss}); the "
-                                     f"parameters were not updated -- try a smaller `lr`")
-        return float(loss)
+        return result
 
     def fit(self, x, y, *, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
             nesterov=False, shuffle=True, seed=None, validation_data=None, progress=False,
-            callback=None):
-        """Mini-batch SGD over whole epochs, each epoch one call into compiled code.
+            callback=None, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
+            sample_weight=None, schedule="constant", power_t=0.5, early_stopping=False,
+            patience=10, tol=1e-4):
+        """Mini-batch training over whole epochs, each epoch one call into compiled code.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
         epochs : int
-            >= 0.
+            >= 0 (the most epochs run; early stopping may run fewer).
         batch_size : int
             >= 1; the last batch of an epoch keeps the remaining rows.
         lr, momentum, weight_decay, nesterov
-            As :meth:`train_step`.
+            As :meth:`train_step`; ``lr`` is the initial rate of a schedule.
         shuffle : bool
             Visit rows in a new random order each epoch.
         seed : int or numpy.random.Generator, optional
@@ -499,12 +686,34 @@ class MLP:
             Show a progress bar (tqdm when installed, else a plain line).
         callback : callable, optional
             ``callback(epoch, logs)`` after every epoch; returning False stops.
+        optimizer, betas, eps, decay
+            As :meth:`_apply_update`.
+        sample_weight : array_like, shape (n_samples,), optional
+            As :meth:`loss_and_grads`; the epoch loss is then weight-averaged.
+        schedule : {"constant", "invscaling", "adaptive"}
+            The learning rate per epoch (scikit-learn's schedules):
+            "invscaling" ``lr / (t + 1) ** power_t`` with ``t`` the samples seen
+            before the epoch; "adaptive" divides the rate by 5 whenever the
+            monitored loss (``val_loss`` with validation data, else ``loss``)
+            has not improved by ``tol`` for more than ``patience`` epochs, and
+            stops once the rate would fall below 1e-6.
+        power_t : float
+            >= 0.
+        early_stopping : bool
+            Stop once ``val_loss`` has not improved by ``tol`` for more than
+            ``patience`` consecutive epochs, and restore the parameters of the
+            best epoch (requires ``validation_data``).
+        patience : int
+            >= 1.
+        tol : float
+            >= 0.
 
         Returns
         -------
         dict
-            ``{"loss": [...], "val_loss": [...]}``: per epoch, the batch losses
-            averaged with batch-size weights.
+            ``{"loss": [...], "val_loss": [...], "lr": [...]}``: per epoch, the
+            batch losses averaged with batch-size (batch-weight) weights, and
+            the rate used.
 
         Raises
         ------
@@ -515,28 +724,54 @@ class MLP:
             Ctrl-C: training stops between batches, the weights kept.
         """
         x, y = self._inputs(x, y)
+        sample_weight = self._sample_weight(sample_weight, x.shape[0])
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
         lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay, nesterov)
+        optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
+            optimizer, betas, eps, decay)
+        V.check_choice("schedule", schedule, SCHEDULES)
+        power_t = V.check_real("power_t", power_t, minimum=0.0)
+        patience = V.check_int("patience", patience, minimum=1)
+        tol = V.check_real("tol", tol, minimum=0.0)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
             x_val, y_val = self._inputs(*validation_data)
+        elif early_stopping:
+            raise ValueError("`early_stopping`=True needs `validation_data`")
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        history = {"loss": []}
+        history = {"loss": [], "lr": []}
         if validation_data is not None:
             history["val_loss"] = []
         n = x.shape[0]
+        total_weight = n if sample_weight is None else float(sample_weight.sum())
+        # The plain path (torch SGD, decay on all, no weights) keeps its exact behaviour.
+        general = optimizer != "sgd" or weights_only or sample_weight is not None
+        rate, seen = lr, 0
+        best, stale = math.inf, 0            # the monitored loss, for "adaptive"
+        best_val, val_stale, best_params = math.inf, 0, None
         bar = _Progress(epochs, progress)
         try:
             for epoch in range(epochs):
+                if schedule == "invscaling":
+                    rate = lr / (seen + 1) ** power_t
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
                 with self._lock:
-                    status, loss_sum, done = self._core.train_epoch(
-                        self._params, self._grads, self._velocity_block(momentum), x, y, order,
-                        batch_size, lr, momentum, weight_decay, nesterov)
+                    if general:
+                        state = self._adam_state() if optimizer == "adam" else [
+                            self._velocity_block(momentum), None, 0]
+                        status, loss_sum, done, step = self._core.train_epoch_opt(
+                            self._params, self._grads, state[0], state[1], x, y,
+                            sample_weight, order, batch_size, optimizer, rate, momentum,
+                            weight_decay, nesterov, beta1, beta2, eps, state[2], weights_only)
+                        state[2] = step
+                    else:
+                        status, loss_sum, done = self._core.train_epoch(
+                            self._params, self._grads, self._velocity_block(momentum), x, y,
+                            order, batch_size, rate, momentum, weight_decay, nesterov)
                 if status == _NONFINITE:
                     raise FloatingPointError(
                         f"non-finite loss or gradient at epoch {epoch}, batch {done}; the "
@@ -544,16 +779,36 @@ class MLP:
                 if status == _INTERRUPTED:
                     raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after "
                                             f"{done} batches; the weights are kept")
-                logs = {"loss": loss_sum / n}
+                seen += n
+                logs = {"loss": loss_sum / total_weight}
                 history["loss"].append(logs["loss"])
+                history["lr"].append(rate)
                 if validation_data is not None:
                     logs["val_loss"] = float(self._core.evaluate(self._params, x_val, y_val))
                     history["val_loss"].append(logs["val_loss"])
                 bar.update(logs)
                 if callback is not None and callback(epoch, dict(logs)) is False:
                     break
+                if early_stopping:
+                    if logs["val_loss"] < best_val:
+                        best_params = self._params.copy()
+                    val_stale = val_stale + 1 if logs["val_loss"] > best_val - tol else 0
+                    best_val = min(best_val, logs["val_loss"])
+                    if val_stale > patience:
+                        break
+                if schedule == "adaptive":
+                    watched = logs.get("val_loss", logs["loss"])
+                    stale = stale + 1 if watched > best - tol else 0
+                    best = min(best, watched)
+                    if stale > patience:
+                        if rate <= 1e-6:
+                            break
+                        rate, stale = rate / 5.0, 0
         finally:
             bar.close()
+            if early_stopping and best_params is not None:
+                with self._lock:
+                    self._params[...] = best_params
         return history
 
     # -- files --------------------------------------------------------------
