@@ -23,9 +23,10 @@
 #   update    one SGD pass over the whole flat block (torch.optim.SGD's
 #             rounding, see optim.h).
 #
-# NOTE: non-finite values are caught before the update, from the loss and the
-# bias gradients: a NaN/inf anywhere in a delta reaches its column sum, and a
-# non-finite activation reaches the loss.  On failure nothing is updated.
+# NOTE: non-finite values are caught before the update: a non-finite loss
+# stops the step before backward, and the whole gradient block is scanned
+# (exponent bits, vectorised) before the optimizer touches the parameters.
+# On failure nothing is updated.
 from cython cimport floating
 from libc.math cimport INFINITY, isfinite
 from libc.string cimport memcpy
@@ -213,13 +214,36 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
         if status != BP_OK:
             return status
         column_sums(delta, n, n_out, grads + net.b_off[l])
-        for j in range(n_out):
-            if not isfinite(grads[net.b_off[l] + j]):
-                return STATUS_NONFINITE
         swap = delta
         delta = delta_next
         delta_next = swap
+    if not all_finite(grads, net.w_off[0], net.b_off[L - 1] + net.sizes[L]):
+        return STATUS_NONFINITE
     return BP_OK
+
+
+cdef bint all_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """No inf or NaN in x[start:stop].
+
+    NOTE: tested on the exponent bits (all ones <=> inf or NaN) and OR-reduced
+    as integers, which the compiler may vectorise; a floating-point sum could
+    not be reordered without -ffast-math.
+    """
+    cdef Py_ssize_t i
+    cdef const unsigned int* u32
+    cdef const unsigned long long* u64
+    cdef unsigned int bad32 = 0
+    cdef unsigned long long bad64 = 0
+    if floating is float:
+        u32 = <const unsigned int*>(x + start)
+        for i in range(stop - start):
+            bad32 |= (u32[i] & 0x7f800000u) == 0x7f800000u
+        return bad32 == 0
+    else:
+        u64 = <const unsigned long long*>(x + start)
+        for i in range(stop - start):
+            bad64 |= (u64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+        return bad64 == 0
 
 
 cdef inline void sgd_block(floating* params, const floating* grads, floating* velocity,
