@@ -181,9 +181,120 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
     return rows
 
 
+def _torch_mlp_step(torch, sizes, dtype, x, y, lr):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(getattr(torch, np.dtype(dtype).name))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(tx), ty).backward()
+        opt.step()
+    return step
+
+
+def training_table(*, threads=1, rounds=7, min_time=0.05, file=None):
+    """``MLP.train_step`` vs the same model on the NumPy reference vs a PyTorch step.
+
+    Returns rows (name, times in seconds, ratios other / bpcore).
+    """
+    from bpcore import MLP
+
+    torch = _torch()
+    rows = []
+    cases = [([2, 8, 2], 4, np.float32), ([1000, 100, 10], 64, np.float32),
+             ([1000, 100, 10], 64, np.float64)]
+    with limit_threads(threads):
+        print(f"\nTraining step (ReLU hidden, MSE, SGD), {threads} thread(s): time per step (us)",
+              file=file)
+        print(f"{'network':26} {'bpcore':>9} {'numpy':>9} {'ratio':>7} {'torch':>9} {'ratio':>7}",
+              file=file)
+        for sizes, batch, dtype in cases:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+            y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
+            nets = {b: MLP(sizes, dtype=dtype, seed=0, backend=b)
+                    for b in ("compiled", "reference")}
+            contenders = {"bpcore": lambda n=nets["compiled"]: n.train_step(x, y, lr=1e-4),
+                          "numpy": lambda n=nets["reference"]: n.train_step(x, y, lr=1e-4)}
+            if torch is not None:
+                contenders["torch"] = _torch_mlp_step(torch, sizes, dtype, x, y, 1e-4)
+            times = time_calls(contenders, rounds=rounds, min_time=min_time)
+            name = f"{'-'.join(map(str, sizes))} b{batch} {np.dtype(dtype).name}"
+            ratios = {k: times[k] / times["bpcore"] for k in times}
+            rows.append({"name": name, "times": times, "ratios": ratios})
+            line = (f"{name:26} {times['bpcore'] * 1e6:9.2f} {times['numpy'] * 1e6:9.2f} "
+                    f"{ratios['numpy']:7.2f}")
+            if "torch" in times:
+                line += f" {times['torch'] * 1e6:9.2f} {ratios['torch']:7.2f}"
+            print(line, file=file)
+    return rows
+
+
+def digits_table(*, threads=1, epochs=30, file=None):
+    """One ``MLP.fit`` epoch vs one scikit-learn ``MLPClassifier(solver="sgd")`` epoch on digits.
+
+    64-64-10, batch 32, 1 437 training samples; both trained ``epochs`` epochs
+    for the test accuracies.  Returns a dict of times and accuracies.
+    """
+    import warnings
+
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from bpcore import MLP
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float64)
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:1437], order[1437:]
+    with limit_threads(threads):
+        net = MLP([64, 64, 10], loss="cross_entropy", dtype="float64", seed=0)
+        sk = MLPClassifier(hidden_layer_sizes=(64,), solver="sgd", batch_size=32,
+                           learning_rate_init=0.1, momentum=0.9, random_state=0)
+        classes = np.arange(10)
+        bp_times, sk_times = [], []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for epoch in range(epochs):
+                start = time.perf_counter()
+                net.fit(x[train], y[train], epochs=1, batch_size=32, lr=0.1, momentum=0.9,
+                        seed=epoch)
+                bp_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                sk.partial_fit(x[train], y[train], classes=classes)
+                sk_times.append(time.perf_counter() - start)
+    result = {"bpcore_epoch": statistics.median(bp_times),
+              "sklearn_epoch": statistics.median(sk_times),
+              "bpcore_accuracy": float((net.predict(x[test]).argmax(1) == y[test]).mean()),
+              "sklearn_accuracy": float(sk.score(x[test], y[test]))}
+    result["ratio"] = result["sklearn_epoch"] / result["bpcore_epoch"]
+    print(f"\nDigits 64-64-10, batch 32, SGD(momentum 0.9), {threads} thread(s), float64: "
+          f"epoch bpcore {result['bpcore_epoch'] * 1e3:.2f} ms, scikit-learn "
+          f"{result['sklearn_epoch'] * 1e3:.2f} ms (x{result['ratio']:.1f}); test accuracy "
+          f"after {epochs} epochs bpcore {result['bpcore_accuracy']:.4f}, scikit-learn "
+          f"{result['sklearn_accuracy']:.4f}", file=file)
+    return result
+
+
 def main(argv=None):
-    """Every table: kernels (and GEMM, training steps where built), 1 then 2 threads."""
-    for threads in (1,):
-        for dtype in (np.float32, np.float64):
-            kernel_table(dtype=dtype, threads=threads)
+    """Every table: GEMM (1 and 2 threads), kernels, training steps, digits epochs."""
+    from bpcore import _gemm_table, cpu_features
+
+    print(f"bpcore {cpu_features()}")
+    _gemm_table.main(["--threads", "1,2"])
+    for dtype in (np.float32, np.float64):
+        kernel_table(dtype=dtype, threads=1)
+    training_table(threads=1)
+    try:
+        digits_table(threads=1)
+    except ImportError:
+        print("\n(digits table skipped: needs scikit-learn)")
     return 0
