@@ -28,6 +28,11 @@ from bpcore import _validate as V
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS)
 
 
+cdef extern from "reduce.h" nogil:
+    double bp_mse_f32(const float* p, const float* t, float* grad, Py_ssize_t n, double scale)
+    double bp_mse_f64(const double* p, const double* t, double* grad, Py_ssize_t n,
+                      double scale)
+
 cdef extern from "optim.h" nogil:
     void bp_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
                     float lr, float momentum, float weight_decay, int nesterov)
@@ -428,26 +433,13 @@ cdef double mse_forward_backward(const floating* pred, const floating* target,
                                  double scale) noexcept nogil:
     """loss := scale * sum((pred - target)**2); grad_out := 2 * scale * (pred - target).
 
-    ``grad_out`` may be NULL (loss only) or alias ``pred``.  The sum runs in
-    double for both dtypes, in four interleaved partial sums.
+    ``grad_out`` may be NULL (loss only) or alias ``pred``.  One pass; the sum
+    runs in double for both dtypes, in vector partial sums (reduce.h).
     """
-    cdef Py_ssize_t i
-    cdef floating r
-    cdef floating two_scale = <floating>(2.0 * scale)
-    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef Py_ssize_t n4 = n - n % 4
-    for i in range(0, n4, 4):
-        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
-        s1 += (<double>pred[i + 1] - target[i + 1]) * (<double>pred[i + 1] - target[i + 1])
-        s2 += (<double>pred[i + 2] - target[i + 2]) * (<double>pred[i + 2] - target[i + 2])
-        s3 += (<double>pred[i + 3] - target[i + 3]) * (<double>pred[i + 3] - target[i + 3])
-    for i in range(n4, n):
-        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
-    if grad_out != NULL:
-        for i in range(n):
-            r = pred[i] - target[i]
-            grad_out[i] = r * two_scale
-    return scale * ((s0 + s1) + (s2 + s3))
+    if floating is float:
+        return bp_mse_f32(pred, target, grad_out, n, scale)
+    else:
+        return bp_mse_f64(pred, target, grad_out, n, scale)
 
 
 cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
