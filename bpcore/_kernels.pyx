@@ -714,10 +714,31 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
 
     See :func:`bpcore.reference.linear_backward`.
     """
-    x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
-        x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
     cdef int t = _plain(x)
-    cdef Py_ssize_t n = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    cdef Py_ssize_t n, n_in, n_out
+    cdef cnp.npy_intp dims[2]
+    if (t >= 0 and _plain(w) == t and _plain(grad) == t and type(need_grad_x) is bool
+            and grad_x is None and grad_w is None and grad_b is None
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
+            and cnp.PyArray_NDIM(<cnp.ndarray>grad) == 2
+            and cnp.PyArray_DIM(<cnp.ndarray>w, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+            and cnp.PyArray_DIM(<cnp.ndarray>grad, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+            and cnp.PyArray_DIM(<cnp.ndarray>grad, 1) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)):
+        # The common call: fresh buffers, nothing to check for overlap.
+        n, n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 0), cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+        n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+        if need_grad_x:
+            dims[0], dims[1] = n, n_in
+            grad_x = cnp.PyArray_EMPTY(2, dims, t, 0)
+        dims[0], dims[1] = n_in, n_out
+        grad_w = cnp.PyArray_EMPTY(2, dims, t, 0)
+        dims[0] = n_out
+        grad_b = cnp.PyArray_EMPTY(1, dims, t, 0)
+    else:
+        x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
+            x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
+        t = _plain(x)
+        n, n_in, n_out = x.shape[0], x.shape[1], w.shape[1]
     cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef void* wp = cnp.PyArray_DATA(<cnp.ndarray>w)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)

@@ -181,6 +181,55 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
     return rows
 
 
+LINEAR_SHAPES = [(4, 2, 2), (64, 100, 10), (64, 1000, 100), (256, 784, 256)]
+
+
+def linear_table(*, dtype=np.float32, threads=1, rounds=7, min_time=0.02, file=None):
+    """linear_forward / linear_backward: bpcore vs the NumPy reference (and torch.addmm)."""
+    import bpcore
+    from bpcore import reference as ref
+
+    torch = _torch()
+    rows = []
+    with limit_threads(threads):
+        print(f"\nLinear layers, {np.dtype(dtype).name}, {threads} thread(s): time per call (us)",
+              file=file)
+        print(f"{'op':16} {'n x n_in x n_out':>18} {'bpcore':>9} {'numpy':>9} {'ratio':>7}"
+              f" {'torch':>9} {'ratio':>7}", file=file)
+        for n, n_in, n_out in LINEAR_SHAPES:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, n_in)).astype(dtype)
+            w = rng.standard_normal((n_in, n_out)).astype(dtype)
+            b = rng.standard_normal(n_out).astype(dtype)
+            g = rng.standard_normal((n, n_out)).astype(dtype)
+            out = np.empty((n, n_out), dtype)
+            bufs = dict(grad_x=np.empty_like(x), grad_w=np.empty_like(w), grad_b=np.empty_like(b))
+            cases = {
+                "linear_forward": {
+                    "bpcore": lambda: bpcore.linear_forward(x, w, b, out=out),
+                    "numpy": lambda: ref.linear_forward(x, w, b, out=out)},
+                "linear_backward": {
+                    "bpcore": lambda: bpcore.linear_backward(x, w, g, **bufs),
+                    "numpy": lambda: ref.linear_backward(x, w, g, **bufs)},
+            }
+            if torch is not None:
+                tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+                tg, tout = torch.from_numpy(g), torch.from_numpy(out)
+                cases["linear_forward"]["torch"] = lambda: torch.addmm(tb, tx, tw, out=tout)
+                cases["linear_backward"]["torch"] = lambda: (tg @ tw.T, tx.T @ tg, tg.sum(0))
+            for name, contenders in cases.items():
+                times = time_calls(contenders, rounds=rounds, min_time=min_time)
+                ratios = {k: times[k] / times["bpcore"] for k in times}
+                rows.append({"name": name, "shape": (n, n_in, n_out), "times": times,
+                             "ratios": ratios})
+                line = (f"{name:16} {f'{n}x{n_in}x{n_out}':>18} {times['bpcore'] * 1e6:9.2f} "
+                        f"{times['numpy'] * 1e6:9.2f} {ratios['numpy']:7.2f}")
+                if "torch" in times:
+                    line += f" {times['torch'] * 1e6:9.2f} {ratios['torch']:7.2f}"
+                print(line, file=file)
+    return rows
+
+
 def _torch_mlp_step(torch, sizes, dtype, x, y, lr):
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -292,6 +341,7 @@ def main(argv=None):
     _gemm_table.main(["--threads", "1,2"])
     for dtype in (np.float32, np.float64):
         kernel_table(dtype=dtype, threads=1)
+        linear_table(dtype=dtype, threads=1)
     training_table(threads=1)
     try:
         digits_table(threads=1)
