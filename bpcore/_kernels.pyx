@@ -709,6 +709,37 @@ def linear_forward(x, w, b, *, out=None):
     return out
 
 
+cdef bint _linear_outs_fit(x, w, grad, bint need_grad_x, grad_x, grad_w, grad_b,
+                          int t) noexcept:
+    """Each given buffer is plain, writeable, exactly shaped, and overlaps no other array."""
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    cdef Py_ssize_t n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    cdef Py_ssize_t n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+    given = []
+    if need_grad_x and grad_x is not None:
+        if not _out_fits_2d(grad_x, t, n, n_in, x, w, grad):
+            return False
+        given.append(grad_x)
+    if grad_w is not None:
+        if not _out_fits_2d(grad_w, t, n_in, n_out, x, w, grad):
+            return False
+        given.append(grad_w)
+    if grad_b is not None:
+        if (_plain(grad_b) != t or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_b)
+                or cnp.PyArray_NDIM(<cnp.ndarray>grad_b) != 1
+                or cnp.PyArray_DIM(<cnp.ndarray>grad_b, 0) != n_out
+                or not (_disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>x)
+                        and _disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>w)
+                        and _disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>grad))):
+            return False
+        given.append(grad_b)
+    for i in range(len(given)):
+        for j in range(i + 1, len(given)):
+            if not _disjoint(<cnp.ndarray>given[i], <cnp.ndarray>given[j]):
+                return False
+    return True
+
+
 def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, grad_b=None):
     """Gradients of an affine layer, transposes read in place (compiled).
 
@@ -718,22 +749,26 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
     cdef Py_ssize_t n, n_in, n_out
     cdef cnp.npy_intp dims[2]
     if (t >= 0 and _plain(w) == t and _plain(grad) == t and type(need_grad_x) is bool
-            and grad_x is None and grad_w is None and grad_b is None
             and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
             and cnp.PyArray_NDIM(<cnp.ndarray>grad) == 2
             and cnp.PyArray_DIM(<cnp.ndarray>w, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 1)
             and cnp.PyArray_DIM(<cnp.ndarray>grad, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 0)
-            and cnp.PyArray_DIM(<cnp.ndarray>grad, 1) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)):
-        # The common call: fresh buffers, nothing to check for overlap.
+            and cnp.PyArray_DIM(<cnp.ndarray>grad, 1) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+            and _linear_outs_fit(x, w, grad, need_grad_x, grad_x, grad_w, grad_b, t)):
+        # The common call: buffers absent, or already right and apart from everything.
         n, n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 0), cnp.PyArray_DIM(<cnp.ndarray>x, 1)
         n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
-        if need_grad_x:
+        if not need_grad_x:
+            grad_x = None
+        elif grad_x is None:
             dims[0], dims[1] = n, n_in
             grad_x = cnp.PyArray_EMPTY(2, dims, t, 0)
-        dims[0], dims[1] = n_in, n_out
-        grad_w = cnp.PyArray_EMPTY(2, dims, t, 0)
-        dims[0] = n_out
-        grad_b = cnp.PyArray_EMPTY(1, dims, t, 0)
+        if grad_w is None:
+            dims[0], dims[1] = n_in, n_out
+            grad_w = cnp.PyArray_EMPTY(2, dims, t, 0)
+        if grad_b is None:
+            dims[0] = n_out
+            grad_b = cnp.PyArray_EMPTY(1, dims, t, 0)
     else:
         x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
             x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
