@@ -391,3 +391,25 @@ def test_train_step_rejects_bad_arguments():
     labels_net = MLP([3, 2], loss="cross_entropy", seed=0)
     with pytest.raises(ValueError, match="out of range"):
         labels_net.train_step(x, np.array([0, 1, 2, 0]), lr=0.1)
+
+
+def test_ctrl_c_stops_between_batches_and_keeps_the_weights():
+    import os
+    import signal
+    import threading
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4096, 32)).astype(np.float32)
+    y = rng.normal(size=(4096, 4)).astype(np.float32)
+    net = MLP([32, 64, 4], seed=0)
+    before = net.parameters.copy()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="weights are kept"):
+            net.fit(x, y, epochs=100_000, batch_size=8, lr=1e-3)
+    finally:
+        timer.cancel()
+    assert np.all(np.isfinite(net.parameters))
+    assert not np.array_equal(net.parameters, before)
+    net.train_step(x[:8], y[:8], lr=1e-3)  # the model is still usable
