@@ -222,6 +222,79 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
     return BP_OK
 
 
+# ---------------------------------------------------------------------------
+# The same step cut at layer boundaries (for overlapping communication)
+# ---------------------------------------------------------------------------
+#
+# NOTE: these two repeat loss_and_grad_rows's pieces call for call (the same
+# GEMMs on the same buffers), so running output_delta_rows and then
+# backward_layer_rows for l = L-1 .. 0 gives bitwise its gradient; the
+# distributed fit starts one layer's reduction while the next layer's
+# backward runs.  tests/test_distributed.py checks the bitwise agreement.
+
+cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
+                           const void* y, Py_ssize_t n, double* loss_out) noexcept nogil:
+    """Forward and loss on n rows; d loss / d output (pre-activation) into delta0."""
+    cdef int L = net.n_layers, status
+    cdef floating** acts = <floating**>net.acts
+    cdef Py_ssize_t n_out = net.sizes[L], count
+    cdef floating* delta = <floating*>net.delta0
+    cdef floating* out
+    cdef double scale, loss
+    cdef int act_out = net.act[L - 1]
+    status = forward_rows(net, params, x, n, acts, net.loss == LOSS_CROSS_ENTROPY)
+    if status != BP_OK:
+        return status
+    out = acts[L]
+    if net.loss == LOSS_CROSS_ENTROPY:
+        scale = 1.0 / n if net.mean else 1.0
+        loss = scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n, n_out,
+                                                  scale)
+    else:
+        count = n * n_out
+        scale = net.mse_factor / count if net.mean else net.mse_factor
+        loss = mse_forward_backward(out, <const floating*>y, delta, count, scale)
+        if act_out == ACT_SOFTMAX:
+            softmax_backward_rows(out, delta, delta, n, n_out)
+        elif act_out != ACT_IDENTITY:
+            activation_backward(act_out, out, delta, delta, count)
+    loss_out[0] = loss
+    if not isfinite(loss):
+        return STATUS_NONFINITE
+    return BP_OK
+
+
+cdef int backward_layer_rows(const Net* net, const floating* params, const floating* x,
+                             Py_ssize_t n, floating* grads, int l) noexcept nogil:
+    """Layer l's gradient (and delta_{l-1}) from delta_l; layers must come L-1 down to 0.
+
+    delta_l sits in delta0 when L-1-l is even, else in delta1 (the buffers
+    alternate as in loss_and_grad_rows).
+    """
+    cdef int L = net.n_layers, status
+    cdef floating** acts = <floating**>net.acts
+    cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1], j
+    cdef bint even = (L - 1 - l) % 2 == 0
+    cdef floating* delta = <floating*>(net.delta0 if even else net.delta1)
+    cdef floating* delta_next = <floating*>(net.delta1 if even else net.delta0)
+    cdef const floating* a_prev = x if l == 0 else acts[l]
+    if l > 0:
+        status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
+                      params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
+                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in, 0)
+        if status != BP_OK:
+            return status
+    status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
+                  <floating>0, grads + net.w_off[l], n_out, 1, BP_EPI_NONE, NULL, NULL, 0, 0)
+    if status != BP_OK:
+        return status
+    column_sums(delta, n, n_out, grads + net.b_off[l])
+    for j in range(n_out):
+        if not isfinite(grads[net.b_off[l] + j]):
+            return STATUS_NONFINITE
+    return BP_OK
+
+
 cdef inline void sgd_block(floating* params, const floating* grads, floating* velocity,
                            Py_ssize_t n, double lr, double momentum, double weight_decay,
                            int nesterov) noexcept nogil:
@@ -308,6 +381,8 @@ cdef class Trainer:
     cdef int typenum
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
     cdef Py_ssize_t max_width
+    cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
+    cdef int _next_layer
 
     def __init__(self, sizes, activations, loss, reduction, dtype):
         self.dtype = np.dtype(dtype)
@@ -627,6 +702,67 @@ cdef class Trainer:
                                           weight_decay, nesterov, &loss_sum, &done)
         _raise_for(status)
         return status, loss_sum, done
+
+
+    # -- the step cut at layer boundaries (bpcore.distributed's overlap) --------
+
+    def loss_and_grad_begin(self, params, x, y):
+        """Forward and loss on (x, y), keeping what backward_layer needs; returns (status, loss).
+
+        Follow with ``backward_layer(params, x, grads, l)`` for l = L-1 down
+        to 0 on the same x and params: together they equal ``loss_and_grad``
+        bitwise.
+        """
+        self._check_block(params, "params")
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        if n < 1:
+            raise ValueError("`x` must have at least 1 row")
+        self._reserve(n)
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef double loss = 0
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = output_delta_rows(&self.net, <const float*>pp, <const float*>xp, yp, n,
+                                           &loss)
+            else:
+                status = output_delta_rows(&self.net, <const double*>pp, <const double*>xp, yp,
+                                           n, &loss)
+        _raise_for(status)
+        self._pending_rows = n if status == BP_OK else 0
+        self._next_layer = self.net.n_layers - 1
+        return status, loss
+
+    def backward_layer(self, params, x, grads, int layer):
+        """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_rows(x, None)
+        if self._pending_rows == 0 or x.shape[0] != self._pending_rows:
+            raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
+        if layer != self._next_layer:
+            raise ValueError(f"backward_layer must run layers from the last down; expected "
+                             f"layer {self._next_layer}, got {layer}")
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef Py_ssize_t n = self._pending_rows
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = backward_layer_rows(&self.net, <const float*>pp, <const float*>xp, n,
+                                             <float*>gp, layer)
+            else:
+                status = backward_layer_rows(&self.net, <const double*>pp, <const double*>xp, n,
+                                             <double*>gp, layer)
+        _raise_for(status)
+        self._next_layer = layer - 1
+        if status != BP_OK or layer == 0:
+            self._pending_rows = 0
+        return status
 
 
 cdef object _raise_for(int status):
