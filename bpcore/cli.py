@@ -244,7 +244,7 @@ def _train_distributed(args):
 def bench(args):
     from bpcore import benchmarks
 
-    return benchmarks.main()
+    return benchmarks.main(["--distributed"] if args.distributed else [])
 
 
 def main(argv=None):
@@ -276,6 +276,8 @@ def main(argv=None):
     p.add_argument("--out", help="where to save the model (.npz)")
     p.set_defaults(func=train)
     p = sub.add_parser("bench", help="ratio tables: bpcore vs NumPy and PyTorch, 1 and 2 threads")
+    p.add_argument("--distributed", action="store_true",
+                   help="samples/s of 1 process vs 2 MPI ranks (launches mpiexec)")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -633,16 +633,27 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
         stepper = _Stepper(net, comm, x, y, batch_size=batch_size,
                            accumulate_steps=accumulate_steps, overlap=bool(overlap),
                            hyper=hyper)
+        # NOTE: one rank with nothing to accumulate or overlap has nothing to
+        # reduce: the compiled epoch loop of MLP.fit runs it (one nogil call per
+        # epoch instead of a Python-level step), which is the very same
+        # arithmetic -- the per-step path is bitwise equal to it too, see
+        # tests/test_distributed.py -- without ~5% of per-step overhead on
+        # small networks.
+        epoch_loop = (size == 1 and accumulate_steps == 1 and not overlap
+                      and _EPOCH_LOOP_AT_ONE_RANK)
         bar = _Progress(epochs - first_epoch, bool(progress) and rank == 0)
         try:
             for epoch in range(first_epoch, epochs):
                 order = rng.permutation(x.shape[0]).astype(np.int64) if shuffle else None
                 loss_sum = 0.0
                 stepper.comm_seconds = 0.0
-                for step in range(steps):
-                    batch_loss, _ = stepper.step(
-                        order, step * accumulate_steps, f"epoch {epoch}, step {step}")
-                    loss_sum += batch_loss
+                if epoch_loop:
+                    loss_sum = _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch)
+                else:
+                    for step in range(steps):
+                        batch_loss, _ = stepper.step(
+                            order, step * accumulate_steps, f"epoch {epoch}, step {step}")
+                        loss_sum += batch_loss
                 logs = {"loss": loss_sum / n_global}
                 history["loss"].append(logs["loss"])
                 history["comm_seconds"].append(stepper.comm_seconds)
@@ -663,6 +674,24 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
         finally:
             bar.close()
     return history
+
+
+_EPOCH_LOOP_AT_ONE_RANK = True  # False: run the per-step path at one rank too (tests, bench)
+
+
+def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch):
+    """One epoch on a single rank through the compiled loop; returns the loss sum."""
+    lr, momentum, weight_decay, nesterov = hyper
+    status, loss_sum, done = net._core.train_epoch(
+        net._params, net._grads, net._velocity_block(momentum), x, y, order, batch_size, lr,
+        momentum, weight_decay, nesterov)
+    if status == _NONFINITE:
+        raise FloatingPointError(
+            f"epoch {epoch}, step {done}: rank 0: non-finite loss or gradient; the "
+            f"parameters are those from before this step -- try a smaller `lr`")
+    if status:
+        raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after {done} steps")
+    return loss_sum
 
 
 def _global_loss(comm, net, x, y):

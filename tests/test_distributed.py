@@ -237,14 +237,17 @@ def test_one_rank_equals_mlp_fit_bitwise():
                 xx = x.astype(dtype)
                 yy = y.astype(dtype) if loss == "mse" else y
                 a = MLP([20, 16, 8, 5], loss=loss, dtype=dtype, seed=1)
-                b = MLP([20, 16, 8, 5], loss=loss, dtype=dtype, seed=1)
                 ha = a.fit(xx, yy, epochs=3, batch_size=32, lr=0.05, momentum=0.9, seed=7)
-                hb = D.fit(b, xx, yy, epochs=3, batch_size=32, lr=0.05, momentum=0.9, seed=7)
-                checks.append(np.array_equal(a.parameters, b.parameters))
-                checks.append(ha["loss"] == hb["loss"])
+                for epoch_loop in (True, False):  # the compiled loop and the step path
+                    D._EPOCH_LOOP_AT_ONE_RANK = epoch_loop
+                    b = MLP([20, 16, 8, 5], loss=loss, dtype=dtype, seed=1)
+                    hb = D.fit(b, xx, yy, epochs=3, batch_size=32, lr=0.05, momentum=0.9,
+                               seed=7)
+                    checks.append(np.array_equal(a.parameters, b.parameters))
+                    checks.append(ha["loss"] == hb["loss"])
         print(all(checks), len(checks))
     """, OMP_NUM_THREADS="1")
-    assert out == "True 8"
+    assert out == "True 16"
 
 
 def test_reference_backend_runs_the_same_steps():
