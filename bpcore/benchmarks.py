@@ -333,10 +333,166 @@ def digits_table(*, threads=1, epochs=30, file=None):
     return result
 
 
+# ---------------------------------------------------------------------------
+# Data-parallel training (bpcore.distributed) under mpiexec
+# ---------------------------------------------------------------------------
+
+# (layer sizes, batch per rank, steps per epoch): the issue's two networks.
+DISTRIBUTED_NETS = [((1000, 100, 10), 64, 200), ((784, 256, 256, 10), 256, 40)]
+
+
+def distributed_worker(spec):
+    """Run inside every rank: time ``spec``'s training and print rank 0's numbers as JSON.
+
+    ``spec`` (a JSON string): sizes, batch, steps, epochs, mode ("mlp":
+    ``MLP.fit`` in one process; "dist": ``bpcore.distributed.fit``),
+    accumulate, overlap.  Also times a bare ``Allreduce`` of the step's block.
+    """
+    import json
+
+    from bpcore import MLP
+
+    spec = json.loads(spec)
+    if spec.get("step_path"):
+        from bpcore import distributed
+        distributed._EPOCH_LOOP_AT_ONE_RANK = False
+    sizes, batch, steps = spec["sizes"], spec["batch"], spec["steps"]
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    x = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], n)
+    net = MLP(sizes, loss="cross_entropy", dtype="float32", seed=0)
+    settings = dict(batch_size=batch, lr=1e-3, momentum=0.9, seed=1)
+    if spec["mode"] == "mlp":
+        net.fit(x, y, epochs=1, **settings)  # warm-up: workspace, pages
+        start = time.perf_counter()
+        net.fit(x, y, epochs=spec["epochs"], **settings)
+        seconds = time.perf_counter() - start
+        print(json.dumps({"samples_per_s": n * spec["epochs"] / seconds}))
+        return
+    from bpcore import distributed
+
+    comm = distributed.MPI.COMM_WORLD
+    extra = dict(accumulate_steps=spec["accumulate"], overlap=spec["overlap"])
+    distributed.fit(net, x, y, epochs=1, **settings, **extra)
+    comm.Barrier()
+    start = time.perf_counter()
+    history = distributed.fit(net, x, y, epochs=spec["epochs"], **settings, **extra)
+    seconds = time.perf_counter() - start
+    seconds = comm.allreduce(seconds, op=distributed.MPI.MAX)
+    block = np.zeros(net.n_params + 4, np.float32)
+    comm.Barrier()
+    bare_start = time.perf_counter()
+    for _ in range(50):
+        comm.Allreduce(distributed.MPI.IN_PLACE, block)
+    bare = (time.perf_counter() - bare_start) / 50
+    updates = spec["epochs"] * -(-steps // spec["accumulate"])
+    if comm.Get_rank() == 0:
+        print(json.dumps({
+            "samples_per_s": n * comm.Get_size() * spec["epochs"] / seconds,
+            "comm_per_update": sum(history["comm_seconds"]) / updates,
+            "bare_allreduce": bare, "bytes": block.nbytes}))
+
+
+def _run_worker(n_ranks, spec):
+    """Start ``distributed_worker`` (under mpiexec for n_ranks >= 1, plain for None)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    code = ("import sys; from bpcore import benchmarks; "
+            "benchmarks.distributed_worker(sys.argv[1])")
+    cmd = [sys.executable, "-c", code, json.dumps(spec)]
+    if n_ranks is not None:
+        mpiexec = (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+                   or shutil.which("mpiexec"))
+        cmd = [mpiexec, "-n", str(n_ranks)] + cmd
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tempfile_dir())
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed: {res.stderr[-2000:]}")
+    # Independent processes ("mlp" under mpiexec) each print a line: their rates add up.
+    import re
+
+    # NOTE: found by pattern, not by line: two ranks' prints may share a line.
+    lines = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", res.stdout)]
+    if len(lines) > 1:
+        return {"samples_per_s": sum(r["samples_per_s"] for r in lines)}
+    return lines[0]
+
+
+def tempfile_dir():
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def distributed_table(*, nets=DISTRIBUTED_NETS, epochs=5, rounds=3, file=None):
+    """Samples/s of one process vs 2 ranks (one thread each), float32, medians of interleaved rounds.
+
+    Contenders per network: ``MLP.fit`` (1 process); two independent
+    ``MLP.fit`` processes side by side (the machine's ceiling for 2 ranks,
+    no communication); ``distributed.fit`` on 1 rank (compiled epoch loop)
+    and through its per-step path, on 2 ranks (single Allreduce), 2 ranks with per-layer
+    ``Iallreduce`` overlap, and 2 ranks with ``accumulate_steps=4``.
+    Returns {network: {contender: {"samples_per_s", ...}}}.
+    """
+    contenders = {
+        "MLP.fit, 1 process": (None, dict(mode="mlp", accumulate=1, overlap=False)),
+        "2 independent MLP.fit": (2, dict(mode="mlp", accumulate=1, overlap=False)),
+        "distributed, 1 rank": (1, dict(mode="dist", accumulate=1, overlap=False)),
+        "1 rank, per-step path": (1, dict(mode="dist", accumulate=1, overlap=False,
+                                          step_path=True)),
+        "distributed, 2 ranks": (2, dict(mode="dist", accumulate=1, overlap=False)),
+        "2 ranks, overlap": (2, dict(mode="dist", accumulate=1, overlap=True)),
+        "2 ranks, accumulate 4": (2, dict(mode="dist", accumulate=4, overlap=False)),
+    }
+    results = {}
+    for sizes, batch, steps in nets:
+        samples = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, (ranks, extra) in contenders.items():
+                spec = dict(sizes=list(sizes), batch=batch, steps=steps, epochs=epochs, **extra)
+                samples[name].append(_run_worker(ranks, spec))
+        label = "-".join(map(str, sizes))
+        results[label] = {}
+        base = statistics.median(r["samples_per_s"] for r in samples["MLP.fit, 1 process"])
+        print(f"\nData-parallel training, {label}, batch {batch} per rank, float32, one thread "
+              f"per process, median of {rounds} interleaved rounds", file=file)
+        print(f"{'contender':24} {'samples/s':>11} {'vs 1 proc':>9} {'comm/update ms':>15} "
+              f"{'bare Allreduce ms':>18}", file=file)
+        for name in contenders:
+            runs = samples[name]
+            row = {"samples_per_s": statistics.median(r["samples_per_s"] for r in runs)}
+            if "comm_per_update" in runs[0]:
+                row["comm_per_update"] = statistics.median(r["comm_per_update"] for r in runs)
+                row["bare_allreduce"] = statistics.median(r["bare_allreduce"] for r in runs)
+                row["bytes"] = runs[0]["bytes"]
+            results[label][name] = row
+            comm = (f"{row['comm_per_update'] * 1e3:15.3f} {row['bare_allreduce'] * 1e3:18.3f}"
+                    if "comm_per_update" in row else f"{'':15} {'':18}")
+            print(f"{name:24} {row['samples_per_s']:11.0f} {row['samples_per_s'] / base:9.2f} "
+                  f"{comm}", file=file)
+    return results
+
+
 def main(argv=None):
-    """Every table: GEMM (1 and 2 threads), kernels, training steps, digits epochs."""
+    """Every table: GEMM (1 and 2 threads), kernels, linear layers, training steps, digits.
+
+    ``--distributed``: only the data-parallel table (needs mpi4py and mpiexec).
+    """
+    import sys
+
     from bpcore import _gemm_table, cpu_features
 
+    argv = sys.argv[1:] if argv is None else argv
+    if "--distributed" in argv:
+        distributed_table()
+        return 0
     print(f"bpcore {cpu_features()}")
     _gemm_table.main(["--threads", "1,2"])
     for dtype in (np.float32, np.float64):

@@ -332,6 +332,18 @@ class MLP:
             self._velocity = _aligned_zeros(self.n_params, self.dtype)
         return self._velocity
 
+    def _apply_update(self, grads, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        """One optimizer step from a gradient block computed elsewhere (already reduced).
+
+        The one place a caller that forms its own gradient -- the data-parallel
+        fit of :mod:`bpcore.distributed`, gradient accumulation -- updates the
+        parameters, so another optimizer plugs in here.  ``grads`` may be
+        longer than ``n_params`` (extra slots are ignored).  Arguments are
+        assumed checked (:meth:`_hyper`); the caller holds ``_lock``.
+        """
+        self._core.sgd(self._params, grads, self._velocity_block(momentum), lr, momentum,
+                       weight_decay, nesterov)
+
     def reset_optimizer(self):
         """Forget the momentum buffer (the next step starts from zero velocity)."""
         with self._lock:
