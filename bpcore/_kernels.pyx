@@ -28,6 +28,11 @@ from bpcore import _validate as V
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS)
 
 
+cdef extern from "reduce.h" nogil:
+    double bp_mse_f32(const float* p, const float* t, float* grad, Py_ssize_t n, double scale)
+    double bp_mse_f64(const double* p, const double* t, double* grad, Py_ssize_t n,
+                      double scale)
+
 cdef extern from "optim.h" nogil:
     void bp_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
                     float lr, float momentum, float weight_decay, int nesterov)
@@ -444,26 +449,13 @@ cdef double mse_forward_backward(const floating* pred, const floating* target,
                                  double scale) noexcept nogil:
     """loss := scale * sum((pred - target)**2); grad_out := 2 * scale * (pred - target).
 
-    ``grad_out`` may be NULL (loss only) or alias ``pred``.  The sum runs in
-    double for both dtypes, in four interleaved partial sums.
+    ``grad_out`` may be NULL (loss only) or alias ``pred``.  One pass; the sum
+    runs in double for both dtypes, in vector partial sums (reduce.h).
     """
-    cdef Py_ssize_t i
-    cdef floating r
-    cdef floating two_scale = <floating>(2.0 * scale)
-    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef Py_ssize_t n4 = n - n % 4
-    for i in range(0, n4, 4):
-        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
-        s1 += (<double>pred[i + 1] - target[i + 1]) * (<double>pred[i + 1] - target[i + 1])
-        s2 += (<double>pred[i + 2] - target[i + 2]) * (<double>pred[i + 2] - target[i + 2])
-        s3 += (<double>pred[i + 3] - target[i + 3]) * (<double>pred[i + 3] - target[i + 3])
-    for i in range(n4, n):
-        s0 += (<double>pred[i] - target[i]) * (<double>pred[i] - target[i])
-    if grad_out != NULL:
-        for i in range(n):
-            r = pred[i] - target[i]
-            grad_out[i] = r * two_scale
-    return scale * ((s0 + s1) + (s2 + s3))
+    if floating is float:
+        return bp_mse_f32(pred, target, grad_out, n, scale)
+    else:
+        return bp_mse_f64(pred, target, grad_out, n, scale)
 
 
 cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
@@ -733,15 +725,71 @@ def linear_forward(x, w, b, *, out=None):
     return out
 
 
+cdef bint _linear_outs_fit(x, w, grad, bint need_grad_x, grad_x, grad_w, grad_b,
+                          int t) noexcept:
+    """Each given buffer is plain, writeable, exactly shaped, and overlaps no other array."""
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    cdef Py_ssize_t n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    cdef Py_ssize_t n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+    given = []
+    if need_grad_x and grad_x is not None:
+        if not _out_fits_2d(grad_x, t, n, n_in, x, w, grad):
+            return False
+        given.append(grad_x)
+    if grad_w is not None:
+        if not _out_fits_2d(grad_w, t, n_in, n_out, x, w, grad):
+            return False
+        given.append(grad_w)
+    if grad_b is not None:
+        if (_plain(grad_b) != t or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>grad_b)
+                or cnp.PyArray_NDIM(<cnp.ndarray>grad_b) != 1
+                or cnp.PyArray_DIM(<cnp.ndarray>grad_b, 0) != n_out
+                or not (_disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>x)
+                        and _disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>w)
+                        and _disjoint(<cnp.ndarray>grad_b, <cnp.ndarray>grad))):
+            return False
+        given.append(grad_b)
+    for i in range(len(given)):
+        for j in range(i + 1, len(given)):
+            if not _disjoint(<cnp.ndarray>given[i], <cnp.ndarray>given[j]):
+                return False
+    return True
+
+
 def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, grad_b=None):
     """Gradients of an affine layer, transposes read in place (compiled).
 
     See :func:`bpcore.reference.linear_backward`.
     """
-    x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
-        x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
     cdef int t = _plain(x)
-    cdef Py_ssize_t n = x.shape[0], n_in = x.shape[1], n_out = w.shape[1]
+    cdef Py_ssize_t n, n_in, n_out
+    cdef cnp.npy_intp dims[2]
+    if (t >= 0 and _plain(w) == t and _plain(grad) == t and type(need_grad_x) is bool
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
+            and cnp.PyArray_NDIM(<cnp.ndarray>grad) == 2
+            and cnp.PyArray_DIM(<cnp.ndarray>w, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+            and cnp.PyArray_DIM(<cnp.ndarray>grad, 0) == cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+            and cnp.PyArray_DIM(<cnp.ndarray>grad, 1) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+            and _linear_outs_fit(x, w, grad, need_grad_x, grad_x, grad_w, grad_b, t)):
+        # The common call: buffers absent, or already right and apart from everything.
+        n, n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 0), cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+        n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
+        if not need_grad_x:
+            grad_x = None
+        elif grad_x is None:
+            dims[0], dims[1] = n, n_in
+            grad_x = cnp.PyArray_EMPTY(2, dims, t, 0)
+        if grad_w is None:
+            dims[0], dims[1] = n_in, n_out
+            grad_w = cnp.PyArray_EMPTY(2, dims, t, 0)
+        if grad_b is None:
+            dims[0] = n_out
+            grad_b = cnp.PyArray_EMPTY(1, dims, t, 0)
+    else:
+        x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
+            x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
+        t = _plain(x)
+        n, n_in, n_out = x.shape[0], x.shape[1], w.shape[1]
     cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef void* wp = cnp.PyArray_DATA(<cnp.ndarray>w)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)

@@ -23,9 +23,10 @@
 #   update    one SGD pass over the whole flat block (torch.optim.SGD's
 #             rounding, see optim.h).
 #
-# NOTE: non-finite values are caught before the update, from the loss and the
-# bias gradients: a NaN/inf anywhere in a delta reaches its column sum, and a
-# non-finite activation reaches the loss.  On failure nothing is updated.
+# NOTE: non-finite values are caught before the update: a non-finite loss
+# stops the step before backward, and the whole gradient block is scanned
+# (exponent bits, vectorised) before the optimizer touches the parameters.
+# On failure nothing is updated.
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, exp, isfinite, log, pow, sqrt
@@ -287,14 +288,64 @@ cdef int loss_and_grad_rows_w(const Net* net, const floating* params, const floa
     output_loss_rows).  Returns BP_OK, a GEMM error, or STATUS_NONFINITE when
     the loss or a gradient is not finite (grads are then unspecified).
     """
-    cdef int L = net.n_layers, l, status
+    cdef int l, status
+    status = output_delta_rows_w(net, params, x, y, sw, n, loss_out)
+    if status != BP_OK:
+        return status
+    for l in range(net.n_layers - 1, -1, -1):
+        status = backward_layer_rows(net, params, x, n, grads, l)
+        if status != BP_OK:
+            return status
+    return BP_OK
+
+
+cdef bint all_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """No inf or NaN in x[start:stop].
+
+    NOTE: tested on the exponent bits (all ones <=> inf or NaN) and OR-reduced
+    as integers, which the compiler may vectorise; a floating-point sum could
+    not be reordered without -ffast-math.
+    """
+    cdef Py_ssize_t i
+    cdef const unsigned int* u32
+    cdef const unsigned long long* u64
+    cdef unsigned int bad32 = 0
+    cdef unsigned long long bad64 = 0
+    if floating is float:
+        u32 = <const unsigned int*>(x + start)
+        for i in range(stop - start):
+            bad32 |= (u32[i] & 0x7f800000u) == 0x7f800000u
+        return bad32 == 0
+    else:
+        u64 = <const unsigned long long*>(x + start)
+        for i in range(stop - start):
+            bad64 |= (u64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+        return bad64 == 0
+
+
+# ---------------------------------------------------------------------------
+# The step's two pieces: output delta, then one layer of backward at a time
+# ---------------------------------------------------------------------------
+#
+# NOTE: loss_and_grad_rows is exactly output_delta_rows followed by
+# backward_layer_rows for l = L-1 .. 0; the distributed fit calls the pieces
+# itself to start one layer's reduction while the next layer's backward runs.
+
+cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
+                           const void* y, Py_ssize_t n, double* loss_out) noexcept nogil:
+    """Forward and loss on n rows; d loss / d output (pre-activation) into delta0."""
+    return output_delta_rows_w(net, params, x, y, NULL, n, loss_out)
+
+
+cdef int output_delta_rows_w(const Net* net, const floating* params, const floating* x,
+                             const void* y, const floating* sw, Py_ssize_t n,
+                             double* loss_out) noexcept nogil:
+    """``output_delta_rows`` with row weights ``sw`` (NULL: none; see output_loss_rows)."""
+    cdef int L = net.n_layers, status
     cdef floating** acts = <floating**>net.acts
-    cdef Py_ssize_t n_out = net.sizes[L], n_in, count, j
+    cdef Py_ssize_t n_out = net.sizes[L], count
     cdef floating* delta = <floating*>net.delta0
-    cdef floating* delta_next = <floating*>net.delta1
-    cdef floating* swap
     cdef floating* out
-    cdef const floating* a_prev
     cdef double scale, loss
     cdef int act_out = net.act[L - 1]
     status = forward_rows(net, params, x, n, acts, _takes_logits(net.loss))
@@ -311,30 +362,38 @@ cdef int loss_and_grad_rows_w(const Net* net, const floating* params, const floa
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE
-    for l in range(L - 1, -1, -1):
-        n_in = net.sizes[l]
-        n_out = net.sizes[l + 1]
-        a_prev = x if l == 0 else acts[l]
-        if l > 0:
-            # delta_{l-1} = (delta_l @ W_l.T) * act'(a_{l-1}); W_l.T is W_l's strides swapped.
-            status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
-                          params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
-                          _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in, 0)
-            if status != BP_OK:
-                return status
-        # grad W_l = a_{l-1}.T @ delta_l; a_{l-1}.T read through strides.
-        status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
-                      <floating>0, grads + net.w_off[l], n_out, 1, BP_EPI_NONE, NULL, NULL,
-                      0, 0)
+    return BP_OK
+
+
+cdef int backward_layer_rows(const Net* net, const floating* params, const floating* x,
+                             Py_ssize_t n, floating* grads, int l) noexcept nogil:
+    """Layer l's gradient (and delta_{l-1}) from delta_l; layers must come L-1 down to 0.
+
+    delta_l sits in delta0 when L-1-l is even, else in delta1 (the buffers
+    alternate as in loss_and_grad_rows).
+    """
+    cdef int L = net.n_layers, status
+    cdef floating** acts = <floating**>net.acts
+    cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1]
+    cdef bint even = (L - 1 - l) % 2 == 0
+    cdef floating* delta = <floating*>(net.delta0 if even else net.delta1)
+    cdef floating* delta_next = <floating*>(net.delta1 if even else net.delta0)
+    cdef const floating* a_prev = x if l == 0 else acts[l]
+    if l > 0:
+        status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
+                      params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
+                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
+                      _threads_for(n, n_in, n_out))
         if status != BP_OK:
             return status
-        column_sums(delta, n, n_out, grads + net.b_off[l])
-        for j in range(n_out):
-            if not isfinite(grads[net.b_off[l] + j]):
-                return STATUS_NONFINITE
-        swap = delta
-        delta = delta_next
-        delta_next = swap
+    status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
+                  <floating>0, grads + net.w_off[l], n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
+                  _threads_for(n_in, n_out, n))
+    if status != BP_OK:
+        return status
+    column_sums(delta, n, n_out, grads + net.b_off[l])
+    if not all_finite(grads, net.w_off[l], net.b_off[l] + n_out):
+        return STATUS_NONFINITE
     return BP_OK
 
 
@@ -762,6 +821,8 @@ cdef class Trainer:
     cdef int typenum
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
     cdef Py_ssize_t max_width
+    cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
+    cdef int _next_layer
 
     def __init__(self, sizes, activations, loss, reduction, dtype):
         self.dtype = np.dtype(dtype)
@@ -1319,6 +1380,67 @@ cdef class Trainer:
                     &loss_sum, &done)
         _raise_for(status)
         return status, loss_sum, done, opt.t
+
+    # -- the step cut at layer boundaries (bpcore.distributed's overlap) --------
+
+    def loss_and_grad_begin(self, params, x, y):
+        """Forward and loss on (x, y), keeping what backward_layer needs; returns (status, loss).
+
+        Follow with ``backward_layer(params, x, grads, l)`` for l = L-1 down
+        to 0 on the same x and params: together they equal ``loss_and_grad``
+        bitwise.
+        """
+        self._check_block(params, "params")
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        if n < 1:
+            raise ValueError("`x` must have at least 1 row")
+        self._reserve(n)
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef double loss = 0
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = output_delta_rows(&self.net, <const float*>pp, <const float*>xp, yp, n,
+                                           &loss)
+            else:
+                status = output_delta_rows(&self.net, <const double*>pp, <const double*>xp, yp,
+                                           n, &loss)
+        _raise_for(status)
+        self._pending_rows = n if status == BP_OK else 0
+        self._next_layer = self.net.n_layers - 1
+        return status, loss
+
+    def backward_layer(self, params, x, grads, int layer):
+        """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        self._check_rows(x, None)
+        if self._pending_rows == 0 or x.shape[0] != self._pending_rows:
+            raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
+        if layer != self._next_layer:
+            raise ValueError(f"backward_layer must run layers from the last down; expected "
+                             f"layer {self._next_layer}, got {layer}")
+        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
+        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef Py_ssize_t n = self._pending_rows
+        cdef int status
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = backward_layer_rows(&self.net, <const float*>pp, <const float*>xp, n,
+                                             <float*>gp, layer)
+            else:
+                status = backward_layer_rows(&self.net, <const double*>pp, <const double*>xp, n,
+                                             <double*>gp, layer)
+        _raise_for(status)
+        self._next_layer = layer - 1
+        if status != BP_OK or layer == 0:
+            self._pending_rows = 0
+        return status
+
 
 cdef object _raise_for(int status):
     """Raise for the statuses that are bugs or resource failures; return the others."""

@@ -181,6 +181,305 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
     return rows
 
 
+LINEAR_SHAPES = [(4, 2, 2), (64, 100, 10), (64, 1000, 100), (256, 784, 256)]
+
+
+def linear_table(*, dtype=np.float32, threads=1, rounds=7, min_time=0.02, file=None):
+    """linear_forward / linear_backward: bpcore vs the NumPy reference (and torch.addmm)."""
+    import bpcore
+    from bpcore import reference as ref
+
+    torch = _torch()
+    rows = []
+    with limit_threads(threads):
+        print(f"\nLinear layers, {np.dtype(dtype).name}, {threads} thread(s): time per call (us)",
+              file=file)
+        print(f"{'op':16} {'n x n_in x n_out':>18} {'bpcore':>9} {'numpy':>9} {'ratio':>7}"
+              f" {'torch':>9} {'ratio':>7}", file=file)
+        for n, n_in, n_out in LINEAR_SHAPES:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, n_in)).astype(dtype)
+            w = rng.standard_normal((n_in, n_out)).astype(dtype)
+            b = rng.standard_normal(n_out).astype(dtype)
+            g = rng.standard_normal((n, n_out)).astype(dtype)
+            out = np.empty((n, n_out), dtype)
+            bufs = dict(grad_x=np.empty_like(x), grad_w=np.empty_like(w), grad_b=np.empty_like(b))
+            cases = {
+                "linear_forward": {
+                    "bpcore": lambda: bpcore.linear_forward(x, w, b, out=out),
+                    "numpy": lambda: ref.linear_forward(x, w, b, out=out)},
+                "linear_backward": {
+                    "bpcore": lambda: bpcore.linear_backward(x, w, g, **bufs),
+                    "numpy": lambda: ref.linear_backward(x, w, g, **bufs)},
+            }
+            if torch is not None:
+                tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+                tg, tout = torch.from_numpy(g), torch.from_numpy(out)
+                cases["linear_forward"]["torch"] = lambda: torch.addmm(tb, tx, tw, out=tout)
+                cases["linear_backward"]["torch"] = lambda: (tg @ tw.T, tx.T @ tg, tg.sum(0))
+            for name, contenders in cases.items():
+                times = time_calls(contenders, rounds=rounds, min_time=min_time)
+                ratios = {k: times[k] / times["bpcore"] for k in times}
+                rows.append({"name": name, "shape": (n, n_in, n_out), "times": times,
+                             "ratios": ratios})
+                line = (f"{name:16} {f'{n}x{n_in}x{n_out}':>18} {times['bpcore'] * 1e6:9.2f} "
+                        f"{times['numpy'] * 1e6:9.2f} {ratios['numpy']:7.2f}")
+                if "torch" in times:
+                    line += f" {times['torch'] * 1e6:9.2f} {ratios['torch']:7.2f}"
+                print(line, file=file)
+    return rows
+
+
+def _torch_mlp_step(torch, sizes, dtype, x, y, lr):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(getattr(torch, np.dtype(dtype).name))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(tx), ty).backward()
+        opt.step()
+    return step
+
+
+def training_table(*, threads=1, rounds=7, min_time=0.05, file=None):
+    """``MLP.train_step`` vs the same model on the NumPy reference vs a PyTorch step.
+
+    Returns rows (name, times in seconds, ratios other / bpcore).
+    """
+    from bpcore import MLP
+
+    torch = _torch()
+    rows = []
+    cases = [([2, 8, 2], 4, np.float32), ([1000, 100, 10], 64, np.float32),
+             ([1000, 100, 10], 64, np.float64)]
+    with limit_threads(threads):
+        print(f"\nTraining step (ReLU hidden, MSE, SGD), {threads} thread(s): time per step (us)",
+              file=file)
+        print(f"{'network':26} {'bpcore':>9} {'numpy':>9} {'ratio':>7} {'torch':>9} {'ratio':>7}",
+              file=file)
+        for sizes, batch, dtype in cases:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+            y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
+            nets = {b: MLP(sizes, dtype=dtype, seed=0, backend=b)
+                    for b in ("compiled", "reference")}
+            contenders = {"bpcore": lambda n=nets["compiled"]: n.train_step(x, y, lr=1e-4),
+                          "numpy": lambda n=nets["reference"]: n.train_step(x, y, lr=1e-4)}
+            if torch is not None:
+                contenders["torch"] = _torch_mlp_step(torch, sizes, dtype, x, y, 1e-4)
+            times = time_calls(contenders, rounds=rounds, min_time=min_time)
+            name = f"{'-'.join(map(str, sizes))} b{batch} {np.dtype(dtype).name}"
+            ratios = {k: times[k] / times["bpcore"] for k in times}
+            rows.append({"name": name, "times": times, "ratios": ratios})
+            line = (f"{name:26} {times['bpcore'] * 1e6:9.2f} {times['numpy'] * 1e6:9.2f} "
+                    f"{ratios['numpy']:7.2f}")
+            if "torch" in times:
+                line += f" {times['torch'] * 1e6:9.2f} {ratios['torch']:7.2f}"
+            print(line, file=file)
+    return rows
+
+
+def digits_table(*, threads=1, epochs=30, file=None):
+    """One ``MLP.fit`` epoch vs one scikit-learn ``MLPClassifier(solver="sgd")`` epoch on digits.
+
+    64-64-10, batch 32, 1 437 training samples; both trained ``epochs`` epochs
+    for the test accuracies.  Returns a dict of times and accuracies.
+    """
+    import warnings
+
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from bpcore import MLP
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float64)
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:1437], order[1437:]
+    with limit_threads(threads):
+        net = MLP([64, 64, 10], loss="cross_entropy", dtype="float64", seed=0)
+        sk = MLPClassifier(hidden_layer_sizes=(64,), solver="sgd", batch_size=32,
+                           learning_rate_init=0.1, momentum=0.9, random_state=0)
+        classes = np.arange(10)
+        bp_times, sk_times = [], []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for epoch in range(epochs):
+                start = time.perf_counter()
+                net.fit(x[train], y[train], epochs=1, batch_size=32, lr=0.1, momentum=0.9,
+                        seed=epoch)
+                bp_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                sk.partial_fit(x[train], y[train], classes=classes)
+                sk_times.append(time.perf_counter() - start)
+    result = {"bpcore_epoch": statistics.median(bp_times),
+              "sklearn_epoch": statistics.median(sk_times),
+              "bpcore_accuracy": float((net.predict(x[test]).argmax(1) == y[test]).mean()),
+              "sklearn_accuracy": float(sk.score(x[test], y[test]))}
+    result["ratio"] = result["sklearn_epoch"] / result["bpcore_epoch"]
+    print(f"\nDigits 64-64-10, batch 32, SGD(momentum 0.9), {threads} thread(s), float64: "
+          f"epoch bpcore {result['bpcore_epoch'] * 1e3:.2f} ms, scikit-learn "
+          f"{result['sklearn_epoch'] * 1e3:.2f} ms (x{result['ratio']:.1f}); test accuracy "
+          f"after {epochs} epochs bpcore {result['bpcore_accuracy']:.4f}, scikit-learn "
+          f"{result['sklearn_accuracy']:.4f}", file=file)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Data-parallel training (bpcore.distributed) under mpiexec
+# ---------------------------------------------------------------------------
+
+# (layer sizes, batch per rank, steps per epoch): the issue's two networks.
+DISTRIBUTED_NETS = [((1000, 100, 10), 64, 200), ((784, 256, 256, 10), 256, 40)]
+
+
+def distributed_worker(spec):
+    """Run inside every rank: time ``spec``'s training and print rank 0's numbers as JSON.
+
+    ``spec`` (a JSON string): sizes, batch, steps, epochs, mode ("mlp":
+    ``MLP.fit`` in one process; "dist": ``bpcore.distributed.fit``),
+    accumulate, overlap.  Also times a bare ``Allreduce`` of the step's block.
+    """
+    import json
+
+    from bpcore import MLP
+
+    spec = json.loads(spec)
+    if spec.get("step_path"):
+        from bpcore import distributed
+        distributed._EPOCH_LOOP_AT_ONE_RANK = False
+    sizes, batch, steps = spec["sizes"], spec["batch"], spec["steps"]
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    x = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], n)
+    net = MLP(sizes, loss="cross_entropy", dtype="float32", seed=0)
+    settings = dict(batch_size=batch, lr=1e-3, momentum=0.9, seed=1)
+    if spec["mode"] == "mlp":
+        net.fit(x, y, epochs=1, **settings)  # warm-up: workspace, pages
+        start = time.perf_counter()
+        net.fit(x, y, epochs=spec["epochs"], **settings)
+        seconds = time.perf_counter() - start
+        print(json.dumps({"samples_per_s": n * spec["epochs"] / seconds}))
+        return
+    from bpcore import distributed
+
+    comm = distributed.MPI.COMM_WORLD
+    extra = dict(accumulate_steps=spec["accumulate"], overlap=spec["overlap"])
+    distributed.fit(net, x, y, epochs=1, **settings, **extra)
+    comm.Barrier()
+    start = time.perf_counter()
+    history = distributed.fit(net, x, y, epochs=spec["epochs"], **settings, **extra)
+    seconds = time.perf_counter() - start
+    seconds = comm.allreduce(seconds, op=distributed.MPI.MAX)
+    block = np.zeros(net.n_params + 4, np.float32)
+    comm.Barrier()
+    bare_start = time.perf_counter()
+    for _ in range(50):
+        comm.Allreduce(distributed.MPI.IN_PLACE, block)
+    bare = (time.perf_counter() - bare_start) / 50
+    updates = spec["epochs"] * -(-steps // spec["accumulate"])
+    if comm.Get_rank() == 0:
+        print(json.dumps({
+            "samples_per_s": n * comm.Get_size() * spec["epochs"] / seconds,
+            "comm_per_update": sum(history["comm_seconds"]) / updates,
+            "bare_allreduce": bare, "bytes": block.nbytes}))
+
+
+def _run_worker(n_ranks, spec):
+    """Start ``distributed_worker`` (under mpiexec for n_ranks >= 1, plain for None)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    code = ("import sys; from bpcore import benchmarks; "
+            "benchmarks.distributed_worker(sys.argv[1])")
+    cmd = [sys.executable, "-c", code, json.dumps(spec)]
+    if n_ranks is not None:
+        mpiexec = (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+                   or shutil.which("mpiexec"))
+        cmd = [mpiexec, "-n", str(n_ranks)] + cmd
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tempfile_dir())
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed: {res.stderr[-2000:]}")
+    # Independent processes ("mlp" under mpiexec) each print a line: their rates add up.
+    import re
+
+    # NOTE: found by pattern, not by line: two ranks' prints may share a line.
+    lines = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", res.stdout)]
+    if len(lines) > 1:
+        return {"samples_per_s": sum(r["samples_per_s"] for r in lines)}
+    return lines[0]
+
+
+def tempfile_dir():
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def distributed_table(*, nets=DISTRIBUTED_NETS, epochs=5, rounds=3, file=None):
+    """Samples/s of one process vs 2 ranks (one thread each), float32, medians of interleaved rounds.
+
+    Contenders per network: ``MLP.fit`` (1 process); two independent
+    ``MLP.fit`` processes side by side (the machine's ceiling for 2 ranks,
+    no communication); ``distributed.fit`` on 1 rank (compiled epoch loop)
+    and through its per-step path, on 2 ranks (single Allreduce), 2 ranks with per-layer
+    ``Iallreduce`` overlap, and 2 ranks with ``accumulate_steps=4``.
+    Returns {network: {contender: {"samples_per_s", ...}}}.
+    """
+    contenders = {
+        "MLP.fit, 1 process": (None, dict(mode="mlp", accumulate=1, overlap=False)),
+        "2 independent MLP.fit": (2, dict(mode="mlp", accumulate=1, overlap=False)),
+        "distributed, 1 rank": (1, dict(mode="dist", accumulate=1, overlap=False)),
+        "1 rank, per-step path": (1, dict(mode="dist", accumulate=1, overlap=False,
+                                          step_path=True)),
+        "distributed, 2 ranks": (2, dict(mode="dist", accumulate=1, overlap=False)),
+        "2 ranks, overlap": (2, dict(mode="dist", accumulate=1, overlap=True)),
+        "2 ranks, accumulate 4": (2, dict(mode="dist", accumulate=4, overlap=False)),
+    }
+    results = {}
+    for sizes, batch, steps in nets:
+        samples = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, (ranks, extra) in contenders.items():
+                spec = dict(sizes=list(sizes), batch=batch, steps=steps, epochs=epochs, **extra)
+                samples[name].append(_run_worker(ranks, spec))
+        label = "-".join(map(str, sizes))
+        results[label] = {}
+        base = statistics.median(r["samples_per_s"] for r in samples["MLP.fit, 1 process"])
+        print(f"\nData-parallel training, {label}, batch {batch} per rank, float32, one thread "
+              f"per process, median of {rounds} interleaved rounds", file=file)
+        print(f"{'contender':24} {'samples/s':>11} {'vs 1 proc':>9} {'comm/update ms':>15} "
+              f"{'bare Allreduce ms':>18}", file=file)
+        for name in contenders:
+            runs = samples[name]
+            row = {"samples_per_s": statistics.median(r["samples_per_s"] for r in runs)}
+            if "comm_per_update" in runs[0]:
+                row["comm_per_update"] = statistics.median(r["comm_per_update"] for r in runs)
+                row["bare_allreduce"] = statistics.median(r["bare_allreduce"] for r in runs)
+                row["bytes"] = runs[0]["bytes"]
+            results[label][name] = row
+            comm = (f"{row['comm_per_update'] * 1e3:15.3f} {row['bare_allreduce'] * 1e3:18.3f}"
+                    if "comm_per_update" in row else f"{'':15} {'':18}")
+            print(f"{name:24} {row['samples_per_s']:11.0f} {row['samples_per_s'] / base:9.2f} "
+                  f"{comm}", file=file)
+    return results
+
+
 # ---------------------------------------------------------------------------
 # bpcore.sklearn against scikit-learn's MLP (same parameters, same model)
 # ---------------------------------------------------------------------------
@@ -290,14 +589,31 @@ def sklearn_table(*, threads=1, cases=None, rounds=3, memory=True, file=None):
 
 
 def main(argv=None):
-    """Every table: kernels (and GEMM, training steps where built), 1 then 2 threads."""
-    for threads in (1,):
-        for dtype in (np.float32, np.float64):
-            kernel_table(dtype=dtype, threads=threads)
-    try:
-        import sklearn  # noqa: F401  (the optional extra bpcore[sklearn])
-    except ImportError:
+    """Every table: GEMM (1 and 2 threads), kernels, linear layers, training steps, digits.
+
+    ``--distributed``: only the data-parallel table (needs mpi4py and mpiexec).
+    """
+    import sys
+
+    from bpcore import _gemm_table, cpu_features
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--distributed" in argv:
+        distributed_table()
         return 0
-    for threads in (1, 2):
-        sklearn_table(threads=threads)
+    print(f"bpcore {cpu_features()}")
+    _gemm_table.main(["--threads", "1,2"])
+    for dtype in (np.float32, np.float64):
+        kernel_table(dtype=dtype, threads=1)
+        linear_table(dtype=dtype, threads=1)
+    training_table(threads=1)
+    try:
+        digits_table(threads=1)
+    except ImportError:
+        print("\n(digits table skipped: needs scikit-learn)")
+    try:
+        for threads in (1, 2):
+            sklearn_table(threads=threads)
+    except ImportError:
+        print("\n(scikit-learn estimator table skipped: needs scikit-learn)")
     return 0

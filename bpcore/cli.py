@@ -8,6 +8,9 @@ Subcommands:
   time per step of the compiled MLP next to the same model on the NumPy
   reference.
 * ``train`` -- trains an MLP on a CSV, .npy or .npz file and saves it.
+  Under ``mpiexec -n N python -m bpcore train ...`` it trains data-parallel
+  (:mod:`bpcore.distributed`): each rank reads only its shard of an .npy /
+  .npz (memory-mapped), and only rank 0 prints and saves.
 * ``bench`` -- the benchmark tables of :mod:`bpcore.benchmarks`.
 """
 import argparse
@@ -103,30 +106,68 @@ def _load_table(path, target, x_key, y_key):
     return np.delete(table, col, axis=1), table[:, col]
 
 
+def _launched_by_mpi():
+    """True under an MPI launcher with more than one rank (read from the environment only,
+    so a plain run never imports mpi4py)."""
+    import os
+
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if name in os.environ:
+            try:
+                return int(os.environ[name]) > 1
+            except ValueError:
+                return False
+    return False
+
+
+def _prepare(x, y, args, *, comm=None):
+    """Float features, encoded labels or float targets, optional standardizing.
+
+    With ``comm``, class labels and the feature statistics are those of all
+    ranks' rows together, so every rank builds the same model and scaling.
+    """
+    dtype = np.dtype(args.dtype)
+    x = np.asarray(x, dtype=dtype)
+    if args.task == "classification":
+        classes = np.unique(y)
+        if comm is not None:
+            classes = np.unique(np.concatenate(comm.allgather(classes)))
+        y = np.searchsorted(classes, y).astype(np.int64)
+        n_out = len(classes)
+    else:
+        y = np.asarray(y, dtype=dtype).reshape(len(y), -1)
+        n_out = y.shape[1]
+        if comm is not None:
+            n_out = max(comm.allgather(n_out))
+    if args.standardize:
+        total = np.array([x.shape[0]], np.float64)
+        sums = x.sum(axis=0, dtype=np.float64)
+        if comm is not None:
+            total, sums = comm.allreduce(total), comm.allreduce(sums)
+        mean = sums / max(total[0], 1)
+        squares = ((x - mean) ** 2).sum(axis=0, dtype=np.float64)
+        if comm is not None:
+            squares = comm.allreduce(squares)
+        std = np.sqrt(squares / max(total[0], 1))
+        x = ((x - mean) / np.where(std > 0, std, 1)).astype(dtype)
+    return x, y, n_out
+
+
 def train(args):
     from bpcore import MLP
 
+    if _launched_by_mpi():
+        return _train_distributed(args)
     x, y = _load_table(args.data, args.target, args.x_key, args.y_key)
-    dtype = np.dtype(args.dtype)
-    x = np.asarray(x, dtype=dtype)
-    hidden = [int(h) for h in args.hidden.split(",") if h]
-    if args.task == "classification":
-        classes, y = np.unique(y, return_inverse=True)
-        sizes = [x.shape[1], *hidden, len(classes)]
-        net = MLP(sizes, activation=args.activation, loss="cross_entropy", dtype=dtype,
-                  seed=args.seed)
-    else:
-        y = np.asarray(y, dtype=dtype).reshape(len(y), -1)
-        sizes = [x.shape[1], *hidden, y.shape[1]]
-        net = MLP(sizes, activation=args.activation, loss="mse", dtype=dtype, seed=args.seed)
-    if args.standardize:
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        x = (x - mean) / np.where(std > 0, std, 1)
+    x, y, n_out = _prepare(x, y, args)
+    sizes = [x.shape[1], *[int(h) for h in args.hidden.split(",") if h], n_out]
+    loss = "cross_entropy" if args.task == "classification" else "mse"
+    net = MLP(sizes, activation=args.activation, loss=loss, dtype=args.dtype, seed=args.seed)
     print(f"training {net} on {x.shape[0]} samples", file=sys.stderr)
     history = net.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       momentum=args.momentum, seed=args.seed, progress=not args.quiet)
-    for epoch, loss in enumerate(history["loss"]):
-        print(f"epoch {epoch + 1:>4}  loss {loss:.6g}")
+    for epoch, value in enumerate(history["loss"]):
+        print(f"epoch {epoch + 1:>4}  loss {value:.6g}")
     if args.task == "classification":
         accuracy = float((net.predict(x).argmax(axis=1) == y).mean())
         print(f"training accuracy {accuracy:.4f}")
@@ -136,10 +177,74 @@ def train(args):
     return 0
 
 
+def _train_distributed(args):
+    """``train`` on every rank of an MPI job: shards in, rank 0's output and model out.
+
+    NOTE: errors inside bpcore.distributed.fit are raised on every rank at
+    once; anything else that fails on one rank only (a bug, an unreadable
+    file on one node) aborts the job so the others never wait forever.
+    """
+    import traceback
+
+    from bpcore import MLP
+    from bpcore import distributed
+
+    comm = distributed.MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    try:
+        if args.data.endswith((".npz", ".npy")):
+            x, y = distributed.load_shard(args.data, comm, x_key=args.x_key, y_key=args.y_key,
+                                          target=args.target)
+        else:  # CSV cannot be sliced without parsing: every rank reads it, keeps its rows
+            x, y = _load_table(args.data, args.target, args.x_key, args.y_key)
+            rows = distributed.shard(x.shape[0], comm)
+            x, y = x[rows], y[rows]
+        x, y, n_out = _prepare(x, y, args, comm=comm)
+        sizes = [x.shape[1], *[int(h) for h in args.hidden.split(",") if h], n_out]
+        loss = "cross_entropy" if args.task == "classification" else "mse"
+        net = MLP(sizes, activation=args.activation, loss=loss, dtype=args.dtype,
+                  seed=args.seed)
+        n_total = comm.allreduce(x.shape[0])
+        if rank == 0:
+            print(f"training {net} on {n_total} samples over {size} ranks "
+                  f"(batch {args.batch_size} per rank)", file=sys.stderr)
+        try:
+            history = distributed.fit(net, x, y, comm=comm, epochs=args.epochs,
+                                      batch_size=args.batch_size, lr=args.lr,
+                                      momentum=args.momentum, seed=args.seed,
+                                      progress=not args.quiet and rank == 0)
+        except (FloatingPointError, ValueError, TypeError) as exc:
+            # Raised by bpcore.distributed on every rank at once: report once, exit.
+            if rank == 0:
+                print(f"error: {exc}", file=sys.stderr)
+            return 1
+        correct = None
+        if args.task == "classification":
+            correct = comm.allreduce(int((net.predict(x).argmax(axis=1) == y).sum()))
+        if rank == 0:
+            for epoch, value in enumerate(history["loss"]):
+                print(f"epoch {epoch + 1:>4}  loss {value:.6g}")
+            if correct is not None:
+                print(f"training accuracy {correct / n_total:.4f}")
+            if args.out:
+                net.save(args.out)
+                print(f"model saved to {args.out}")
+            sys.stdout.flush()
+    except SystemExit as exc:  # a bad data file, found by this rank
+        print(f"rank {rank}: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        comm.Abort(2)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+    return 0
+
+
 def bench(args):
     from bpcore import benchmarks
 
-    return benchmarks.main()
+    return benchmarks.main(["--distributed"] if args.distributed else [])
 
 
 def main(argv=None):
@@ -171,6 +276,8 @@ def main(argv=None):
     p.add_argument("--out", help="where to save the model (.npz)")
     p.set_defaults(func=train)
     p = sub.add_parser("bench", help="ratio tables: bpcore vs NumPy and PyTorch, 1 and 2 threads")
+    p.add_argument("--distributed", action="store_true",
+                   help="samples/s of 1 process vs 2 MPI ranks (launches mpiexec)")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)

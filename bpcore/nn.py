@@ -121,6 +121,11 @@ class ReferenceTrainer:
         return loss, grad
 
     def loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        # Overflow is detected below and reported as a status, like the compiled step.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._loss_and_grad(params, x, y, grads, sample_weight)
+
+    def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
         acts = self._forward(params, x, self._takes_logits())
         out, act_out = acts[-1], self.activations[-1]
         loss, delta = self._output_loss(out, y, sample_weight)
@@ -136,10 +141,10 @@ class ReferenceTrainer:
         for l in range(len(weights) - 1, -1, -1):
             grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
                                              grad_w=grad_w[l], grad_b=grad_b[l])
-            if not np.isfinite(grad_b[l]).all():
-                return _NONFINITE, loss
             if l > 0:
                 delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        if not np.isfinite(grads[:self.n_params]).all():
+            return _NONFINITE, loss
         return 0, loss
 
     def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
@@ -270,6 +275,8 @@ class MLP:
                              f"loss={loss!r}; got {output_activation!r}")
         V.check_choice("reduction", reduction,
                        V.REDUCTIONS_MSE if loss == "mse" else V.REDUCTIONS_CE)
+        if isinstance(activation, str):
+            V.check_choice("activation", activation, ACTIVATIONS)
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
         if len(hidden) != n_layers - 1:
             raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "

@@ -341,8 +341,10 @@ def mse_loss(pred, target, *, reduction="mean"):
     loss : float
     """
     pred, target, _ = V.mse_args(pred, target, reduction)
-    r = pred - target
-    return float(_mse_scale(reduction, r.size) * np.dot(r.ravel(), r.ravel()))
+    # NOTE: the sum of squares is accumulated in float64 for both dtypes (as the
+    # compiled kernel does), so a float32 loss beyond 3.4e38 is still a number.
+    r = (pred - target).ravel().astype(np.float64, copy=False)
+    return float(_mse_scale(reduction, r.size) * np.dot(r, r))
 
 
 def mse_loss_backward(pred, target, *, reduction="mean", out=None):

@@ -1,4 +1,5 @@
-"""bpcore.reference, the specification: against PyTorch and against finite differences.
+"""bpcore.reference (the specification) and its compiled twins: against PyTorch and
+against finite differences.  Every test runs on both backends (fixture ``R``).
 
 Forwards are compared with the matching ``torch`` function, backwards with
 ``torch.autograd`` and with :func:`bpcore.gradcheck` (float64), and
@@ -13,7 +14,6 @@ import pytest
 from conftest import import_oracle
 
 import bpcore
-from bpcore import reference as R
 
 UNARY = ["sigmoid", "relu", "tanh", "identity"]
 MSE_REDUCTIONS = ["mean", "sum", "half_sum", "half_mean"]
@@ -29,6 +29,12 @@ TORCH_TOL = {
 
 SHAPES_2D = [(0, 3), (1, 1), (5, 7), (13, 4), (3, 1000)]
 SHAPES_ANY = [(0,), (0, 3), (1,), (6,), (5, 7), (2, 3, 4)]
+
+
+@pytest.fixture(params=["reference", "compiled"])
+def R(request):
+    """The backend under test: the NumPy specification or its compiled twins."""
+    return bpcore.reference if request.param == "reference" else bpcore
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +92,7 @@ def _torch_mse(torch, pred, target, reduction):
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 0.0), (1.0, 1.0), (-2.0, 0.75)])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_matmul_vs_torch(torch, trans_a, trans_b, alpha, beta, m, n, k, dtype):
+def test_matmul_vs_torch(R, torch, trans_a, trans_b, alpha, beta, m, n, k, dtype):
     a = _normal((k, m) if trans_a else (m, k), dtype, 1)
     b = _normal((n, k) if trans_b else (k, n), dtype, 2)
     c = _normal((m, n), dtype, 3)
@@ -104,7 +110,7 @@ def test_matmul_vs_torch(torch, trans_a, trans_b, alpha, beta, m, n, k, dtype):
 
 
 @pytest.mark.parametrize("n,n_in,n_out", [(0, 3, 2), (1, 1, 1), (8, 5, 3), (33, 17, 9)])
-def test_linear_forward_vs_torch(torch, n, n_in, n_out, dtype):
+def test_linear_forward_vs_torch(R, torch, n, n_in, n_out, dtype):
     x, w = _normal((n, n_in), dtype, 4), _normal((n_in, n_out), dtype, 5)
     b = _normal(n_out, dtype, 6)
     expected = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()),
@@ -114,14 +120,14 @@ def test_linear_forward_vs_torch(torch, n, n_in, n_out, dtype):
 
 @pytest.mark.parametrize("shape", SHAPES_ANY)
 @pytest.mark.parametrize("name", UNARY)
-def test_activation_forward_vs_torch(torch, name, shape, dtype):
+def test_activation_forward_vs_torch(R, torch, name, shape, dtype):
     z = _normal(shape, dtype, 7, scale=4.0)
     expected = _torch_act(torch, name)(torch.from_numpy(z))
     assert_torch(getattr(R, f"{name}_forward")(z), expected, dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES_2D)
-def test_softmax_forward_vs_torch(torch, shape, dtype):
+def test_softmax_forward_vs_torch(R, torch, shape, dtype):
     z = _normal(shape, dtype, 8, scale=10.0)
     expected = torch.softmax(torch.from_numpy(z), dim=1)
     got = R.softmax_forward(z)
@@ -132,7 +138,7 @@ def test_softmax_forward_vs_torch(torch, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(0, 3), (5,), (1, 1), (4, 6), (2, 3, 4)])
 @pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
-def test_mse_loss_vs_torch(torch, reduction, shape, dtype):
+def test_mse_loss_vs_torch(R, torch, reduction, shape, dtype):
     pred, target = _normal(shape, dtype, 9), _normal(shape, dtype, 10)
     expected = _torch_mse(torch, torch.from_numpy(pred), torch.from_numpy(target), reduction)
     got = R.mse_loss(pred, target, reduction=reduction)
@@ -145,7 +151,7 @@ def test_mse_loss_vs_torch(torch, reduction, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(0, 4), (1, 1), (7, 5), (40, 12)])
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_softmax_cross_entropy_vs_torch(torch, reduction, shape, dtype):
+def test_softmax_cross_entropy_vs_torch(R, torch, reduction, shape, dtype):
     logits = _normal(shape, dtype, 11, scale=5.0)
     labels = _labels(shape[0], shape[1], 12)
     expected = torch.nn.functional.cross_entropy(
@@ -164,7 +170,7 @@ def test_softmax_cross_entropy_vs_torch(torch, reduction, shape, dtype):
 
 @pytest.mark.parametrize("need_grad_x", [True, False])
 @pytest.mark.parametrize("n,n_in,n_out", [(0, 3, 2), (1, 1, 1), (8, 5, 3), (33, 17, 9)])
-def test_linear_backward_vs_autograd(torch, n, n_in, n_out, need_grad_x, dtype):
+def test_linear_backward_vs_autograd(R, torch, n, n_in, n_out, need_grad_x, dtype):
     x, w = _normal((n, n_in), dtype, 13), _normal((n_in, n_out), dtype, 14)
     b = _normal(n_out, dtype, 15)
     grad = _normal((n, n_out), dtype, 16)
@@ -181,7 +187,7 @@ def test_linear_backward_vs_autograd(torch, n, n_in, n_out, need_grad_x, dtype):
 
 @pytest.mark.parametrize("shape", SHAPES_ANY)
 @pytest.mark.parametrize("name", UNARY)
-def test_activation_backward_vs_autograd(torch, name, shape, dtype):
+def test_activation_backward_vs_autograd(R, torch, name, shape, dtype):
     z = _away_from_kink(shape, dtype, 17) * 3
     grad = _normal(shape, dtype, 18)
     tz = torch.from_numpy(z.copy()).requires_grad_()
@@ -192,7 +198,7 @@ def test_activation_backward_vs_autograd(torch, name, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(0, 3), (5,), (4, 6), (2, 3, 4)])
 @pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
-def test_mse_loss_backward_vs_autograd(torch, reduction, shape, dtype):
+def test_mse_loss_backward_vs_autograd(R, torch, reduction, shape, dtype):
     pred, target = _normal(shape, dtype, 19), _normal(shape, dtype, 20)
     tp = torch.from_numpy(pred.copy()).requires_grad_()
     _torch_mse(torch, tp, torch.from_numpy(target), reduction).backward()
@@ -201,7 +207,7 @@ def test_mse_loss_backward_vs_autograd(torch, reduction, shape, dtype):
 
 @pytest.mark.parametrize("shape", [(0, 4), (1, 1), (7, 5), (40, 12)])
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_softmax_cross_entropy_backward_vs_autograd(torch, reduction, shape, dtype):
+def test_softmax_cross_entropy_backward_vs_autograd(R, torch, reduction, shape, dtype):
     logits = _normal(shape, dtype, 21, scale=5.0)
     labels = _labels(shape[0], shape[1], 22)
     tl = torch.from_numpy(logits.copy()).requires_grad_()
@@ -216,7 +222,7 @@ def test_softmax_cross_entropy_backward_vs_autograd(torch, reduction, shape, dty
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,n_in,n_out", [(1, 1, 1), (6, 4, 3)])
-def test_linear_backward_gradcheck(n, n_in, n_out):
+def test_linear_backward_gradcheck(R, n, n_in, n_out):
     x, w = _normal((n, n_in), np.float64, 23), _normal((n_in, n_out), np.float64, 24)
     b = _normal(n_out, np.float64, 25)
     weights = _normal((n, n_out), np.float64, 26)  # f = sum(weights * layer output)
@@ -226,7 +232,7 @@ def test_linear_backward_gradcheck(n, n_in, n_out):
 
 
 @pytest.mark.parametrize("name", UNARY)
-def test_activation_backward_gradcheck(name):
+def test_activation_backward_gradcheck(R, name):
     z = _away_from_kink((4, 5), np.float64, 27) * 2
     weights = _normal((4, 5), np.float64, 28)
     forward = getattr(R, f"{name}_forward")
@@ -235,7 +241,7 @@ def test_activation_backward_gradcheck(name):
 
 
 @pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
-def test_mse_loss_backward_numerical_gradient(reduction):
+def test_mse_loss_backward_numerical_gradient(R, reduction):
     pred, target = _normal((5, 3), np.float64, 29), _normal((5, 3), np.float64, 30)
     (numerical,) = bpcore.numerical_gradient(
         lambda p: R.mse_loss(p, target, reduction=reduction), [pred])
@@ -245,7 +251,7 @@ def test_mse_loss_backward_numerical_gradient(reduction):
 
 
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_softmax_cross_entropy_backward_gradcheck(reduction):
+def test_softmax_cross_entropy_backward_gradcheck(R, reduction):
     logits = _normal((6, 4), np.float64, 31, scale=3.0)
     labels = _labels(6, 4, 32)
     analytic = R.softmax_cross_entropy_backward(logits, labels, reduction=reduction)
@@ -274,7 +280,7 @@ SGD_BOUND = {np.dtype(np.float64): 1e-15, np.dtype(np.float32): 1e-6}
 
 @pytest.mark.parametrize("config", SGD_CONFIGS,
                          ids=lambda c: "m{momentum}-nest{nesterov}-wd{weight_decay}".format(**c))
-def test_sgd_update_vs_torch_optim(torch, config, dtype):
+def test_sgd_update_vs_torch_optim(R, torch, config, dtype):
     rng = np.random.default_rng(33)
     param = rng.normal(size=(7, 5)).astype(dtype)
     grads = rng.normal(size=(100, 7, 5)).astype(dtype)
@@ -298,7 +304,7 @@ def test_sgd_update_vs_torch_optim(torch, config, dtype):
                                        atol=SGD_BOUND[np.dtype(dtype)] * np.abs(buf).max())
 
 
-def test_sgd_update_one_step_closed_form():
+def test_sgd_update_one_step_closed_form(R):
     param = np.array([1.0, -2.0, 0.5])
     grad = np.array([0.5, 0.25, -1.0])
     velocity = np.array([0.1, 0.0, -0.2])
@@ -319,7 +325,7 @@ EXTREMES = [-1e30, -1000.0, 0.0, 1000.0, 1e30]
 BIG_LOGITS = [[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30], [0.0, 0.0, -1e30]]
 
 
-def test_sigmoid_saturates_without_warnings(dtype):
+def test_sigmoid_saturates_without_warnings(R, dtype):
     z = np.array(EXTREMES, dtype)
     with warnings.catch_warnings(), np.errstate(over="raise", divide="raise",
                                                 invalid="raise"):
@@ -330,7 +336,7 @@ def test_sigmoid_saturates_without_warnings(dtype):
     np.testing.assert_array_equal(d, [0.0, 0.0, 0.25, 0.0, 0.0])
 
 
-def test_softmax_and_cross_entropy_at_1e30_without_warnings(dtype):
+def test_softmax_and_cross_entropy_at_1e30_without_warnings(R, dtype):
     logits = np.array(BIG_LOGITS, dtype)
     labels = np.array([0, 2, 2])
     with warnings.catch_warnings(), np.errstate(over="raise", divide="raise",
@@ -350,7 +356,7 @@ def test_softmax_and_cross_entropy_at_1e30_without_warnings(dtype):
 
 @pytest.mark.parametrize("name", ["sigmoid_forward", "softmax_forward",
                                   "softmax_cross_entropy", "softmax_cross_entropy_backward"])
-def test_extreme_inputs_under_errstate_all_raise(name, dtype):
+def test_extreme_inputs_under_errstate_all_raise(R, name, dtype):
     logits = np.array(BIG_LOGITS, dtype)
     calls = {
         "sigmoid_forward": lambda: R.sigmoid_forward(np.array(EXTREMES, dtype)),
@@ -365,13 +371,13 @@ def test_extreme_inputs_under_errstate_all_raise(name, dtype):
 
 
 @pytest.mark.parametrize("name", UNARY)
-def test_nan_propagates_elementwise(name, dtype):
+def test_nan_propagates_elementwise(R, name, dtype):
     z = np.array([[np.nan, 1.0, -2.0], [0.5, np.nan, 3.0]], dtype)
     got = getattr(R, f"{name}_forward")(z)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(z))
 
 
-def test_nan_propagates_through_softmax_row(dtype):
+def test_nan_propagates_through_softmax_row(R, dtype):
     z = np.array([[1.0, np.nan, 2.0], [0.0, 1.0, 2.0]], dtype)
     got = R.softmax_forward(z)
     assert np.isnan(got[0]).all()
@@ -383,7 +389,7 @@ def test_nan_propagates_through_softmax_row(dtype):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", [f"{n}_forward" for n in UNARY] + ["softmax_forward"])
-def test_forward_out_returned_and_in_place(name, dtype):
+def test_forward_out_returned_and_in_place(R, name, dtype):
     fn = getattr(R, name)
     z = _normal((4, 6), dtype, 34, scale=3.0)
     expected = fn(z)
@@ -396,7 +402,7 @@ def test_forward_out_returned_and_in_place(name, dtype):
 
 @pytest.mark.parametrize("target", ["grad", "a"])
 @pytest.mark.parametrize("name", UNARY)
-def test_backward_out_returned_and_in_place(name, target, dtype):
+def test_backward_out_returned_and_in_place(R, name, target, dtype):
     # out=a for relu is a regression test: the mask must be taken before a is overwritten.
     forward, backward = getattr(R, f"{name}_forward"), getattr(R, f"{name}_backward")
     a = forward(_normal((4, 6), dtype, 35, scale=3.0))
@@ -411,7 +417,7 @@ def test_backward_out_returned_and_in_place(name, target, dtype):
 
 
 @pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
-def test_mse_loss_backward_out_and_in_place(reduction, dtype):
+def test_mse_loss_backward_out_and_in_place(R, reduction, dtype):
     pred, target = _normal((3, 4), dtype, 37), _normal((3, 4), dtype, 38)
     expected = R.mse_loss_backward(pred, target, reduction=reduction)
     out = np.full_like(pred, np.nan)
@@ -426,7 +432,7 @@ def test_mse_loss_backward_out_and_in_place(reduction, dtype):
 
 
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_cross_entropy_backward_out_and_in_place(reduction, dtype):
+def test_cross_entropy_backward_out_and_in_place(R, reduction, dtype):
     logits = _normal((5, 4), dtype, 39, scale=3.0)
     labels = _labels(5, 4, 40)
     expected = R.softmax_cross_entropy_backward(logits, labels, reduction=reduction)
@@ -440,7 +446,7 @@ def test_cross_entropy_backward_out_and_in_place(reduction, dtype):
 
 
 @pytest.mark.parametrize("reduction", MSE_REDUCTIONS)
-def test_mse_loss_and_grad_is_loss_plus_backward(reduction, dtype):
+def test_mse_loss_and_grad_is_loss_plus_backward(R, reduction, dtype):
     pred, target = _normal((3, 4), dtype, 46), _normal((3, 4), dtype, 47)
     loss = R.mse_loss(pred, target, reduction=reduction)
     grad = R.mse_loss_backward(pred, target, reduction=reduction)
@@ -457,7 +463,7 @@ def test_mse_loss_and_grad_is_loss_plus_backward(reduction, dtype):
 
 
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_cross_entropy_and_grad_is_loss_plus_backward(reduction, dtype):
+def test_cross_entropy_and_grad_is_loss_plus_backward(R, reduction, dtype):
     logits = _normal((5, 4), dtype, 48, scale=3.0)
     labels = _labels(5, 4, 49)
     loss = R.softmax_cross_entropy(logits, labels, reduction=reduction)
@@ -471,7 +477,7 @@ def test_cross_entropy_and_grad_is_loss_plus_backward(reduction, dtype):
     np.testing.assert_array_equal(logits, grad)
 
 
-def test_linear_out_buffers_returned(dtype):
+def test_linear_out_buffers_returned(R, dtype):
     x, w, b = _normal((5, 4), dtype, 41), _normal((4, 3), dtype, 42), _normal(3, dtype, 43)
     grad = _normal((5, 3), dtype, 44)
     out = np.full((5, 3), np.nan, dtype)
@@ -491,7 +497,7 @@ def test_linear_out_buffers_returned(dtype):
 # Inputs are never written
 # ---------------------------------------------------------------------------
 
-def _calls(dtype):
+def _calls(R, dtype):
     rng = np.random.default_rng(45)
 
     def arr(*shape):
@@ -531,9 +537,9 @@ def _calls(dtype):
     return calls
 
 
-@pytest.mark.parametrize("name", sorted(_calls(np.float64)))
-def test_inputs_not_modified(name, dtype):
-    fn, args, kwargs = _calls(dtype)[name]
+@pytest.mark.parametrize("name", sorted(_calls(bpcore.reference, np.float64)))
+def test_inputs_not_modified(R, name, dtype):
+    fn, args, kwargs = _calls(R, dtype)[name]
     # sgd_update writes param (args[0]) and velocity by contract; matmul with beta, out.
     written = {"sgd_update": {0}, "adam_update": {0}, "sklearn_sgd_update": {0},
                "sklearn_adam_update": {0}}.get(name, set())
@@ -547,15 +553,15 @@ def test_inputs_not_modified(name, dtype):
 
 
 def test_every_reference_function_is_covered():
-    names = {n.removesuffix("_beta") for n in _calls(np.float64)}
-    assert names == set(R.__all__)
+    names = {n.removesuffix("_beta") for n in _calls(bpcore.reference, np.float64)}
+    assert names == set(bpcore.reference.__all__)
 
 
 # ---------------------------------------------------------------------------
 # bpcore.gradcheck itself
 # ---------------------------------------------------------------------------
 
-def test_gradcheck_passes_on_right_gradient():
+def test_gradcheck_passes_on_right_gradient(R):
     x = np.array([0.3, -1.2, 2.0])
     y = np.array([[1.0, 2.0], [-0.5, 0.25]])
     f = lambda x, y: np.sum(np.sin(x)) * np.sum(y ** 2)  # noqa: E731
@@ -566,7 +572,7 @@ def test_gradcheck_passes_on_right_gradient():
         np.testing.assert_allclose(n, a, rtol=1e-8, atol=1e-10)
 
 
-def test_gradcheck_raises_on_wrong_gradient():
+def test_gradcheck_raises_on_wrong_gradient(R):
     x = np.array([0.3, -1.2, 2.0])
     wrong = np.cos(x)
     wrong[1] += 1e-3
@@ -577,7 +583,7 @@ def test_gradcheck_raises_on_wrong_gradient():
     assert issubclass(bpcore.GradcheckError, AssertionError)
 
 
-def test_gradcheck_flags_nan_gradient():
+def test_gradcheck_flags_nan_gradient(R):
     x = np.array([0.3, -1.2])
     assert bpcore.gradcheck(lambda x: np.sum(x ** 2), [x], [np.array([0.6, np.nan])],
                             raise_exception=False) is False
@@ -588,21 +594,21 @@ def test_gradcheck_flags_nan_gradient():
     ([1.0, 2.0, 3.0], TypeError, r"inputs\[1\]"),
     (np.ones(3, np.int64), TypeError, r"inputs\[1\]"),
 ])
-def test_gradcheck_rejects_non_float64(bad, exc, match):
+def test_gradcheck_rejects_non_float64(R, bad, exc, match):
     with pytest.raises(exc, match=match):
         bpcore.gradcheck(lambda a, b: 0.0, [np.ones(3), bad], [np.zeros(3), np.zeros(3)])
     with pytest.raises(exc, match=match):
         bpcore.numerical_gradient(lambda a, b: 0.0, [np.ones(3), bad])
 
 
-def test_gradcheck_rejects_read_only():
+def test_gradcheck_rejects_read_only(R):
     x = np.ones(3)
     x.flags.writeable = False
     with pytest.raises(ValueError, match=r"inputs\[0\].*read-only"):
         bpcore.gradcheck(lambda x: float(x.sum()), [x], [np.ones(3)])
 
 
-def test_gradcheck_rejects_mismatched_analytic():
+def test_gradcheck_rejects_mismatched_analytic(R):
     x = np.ones(3)
     with pytest.raises(ValueError, match="analytic"):
         bpcore.gradcheck(lambda x: float(x.sum()), [x], [np.ones(3), np.ones(3)])
@@ -610,7 +616,7 @@ def test_gradcheck_rejects_mismatched_analytic():
         bpcore.gradcheck(lambda x: float(x.sum()), [x], [np.ones(4)])
 
 
-def test_gradcheck_restores_inputs_bitwise():
+def test_gradcheck_restores_inputs_bitwise(R):
     # Values whose +-eps round trip would not restore them: -0.0, a subnormal,
     # a huge number (x + eps == x), and digits eps would blur.
     x = np.array([-0.0, 5e-324, 1e300, 0.1 + 0.2, -3.7])
@@ -627,14 +633,14 @@ def test_gradcheck_restores_inputs_bitwise():
     assert any(not np.array_equal(s.view(np.uint64), bits) for s in seen)
 
 
-def test_gradcheck_checks_a_view_into_a_larger_array():
+def test_gradcheck_checks_a_view_into_a_larger_array(R):
     params = np.arange(6.0)
     view = params[2:5]
     bpcore.gradcheck(lambda v: float(np.sum(params ** 2)), [view], [2 * params[2:5]])
     np.testing.assert_array_equal(params, np.arange(6.0))
 
 
-def test_gradcheck_restores_inputs_when_f_raises():
+def test_gradcheck_restores_inputs_when_f_raises(R):
     # An exception from f must not leave an input (a model's parameter) shifted by eps.
     x = np.array([1.0, 2.0, 3.0])
     saved = x.copy()
@@ -660,7 +666,7 @@ BCE_SHAPES = [(0,), (1,), (7, 3), (2, 3, 4), (50, 1)]
 
 @pytest.mark.parametrize("shape", BCE_SHAPES)
 @pytest.mark.parametrize("reduction", CE_REDUCTIONS)
-def test_sigmoid_bce_vs_torch(torch, reduction, shape, dtype):
+def test_sigmoid_bce_vs_torch(R, torch, reduction, shape, dtype):
     z = _normal(shape, dtype, 40, scale=4.0)
     t = np.random.default_rng(41).uniform(size=shape).astype(dtype)  # soft targets too
     tz = torch.tensor(z, requires_grad=True)
@@ -677,7 +683,7 @@ def test_sigmoid_bce_vs_torch(torch, reduction, shape, dtype):
     np.testing.assert_allclose(grad, _np(tz.grad), **tol)
 
 
-def test_sigmoid_bce_stable_for_huge_logits(torch):
+def test_sigmoid_bce_stable_for_huge_logits(R, torch):
     z = np.array([-1e30, -800.0, -40.0, 0.0, 40.0, 800.0, 1e30])
     t = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.25])
     loss = R.sigmoid_binary_cross_entropy(z, t, reduction="sum")
@@ -689,14 +695,14 @@ def test_sigmoid_bce_stable_for_huge_logits(torch):
     np.testing.assert_array_equal(grad[[0, 1, 5, 6]], [0.0, -1.0, 0.0, 0.75])
 
 
-def test_sigmoid_bce_backward_gradcheck():
+def test_sigmoid_bce_backward_gradcheck(R):
     z = _normal((4, 3), np.float64, 42, scale=2.0)
     t = np.random.default_rng(43).uniform(size=(4, 3))
     analytic = R.sigmoid_binary_cross_entropy_backward(z, t)
     assert bpcore.gradcheck(lambda z: R.sigmoid_binary_cross_entropy(z, t), [z], [analytic])
 
 
-def test_sigmoid_bce_rejects_targets_outside_unit_interval():
+def test_sigmoid_bce_rejects_targets_outside_unit_interval(R):
     with pytest.raises(ValueError, match="`targets` must lie in"):
         R.sigmoid_binary_cross_entropy(np.zeros(3), np.array([0.0, 1.5, 0.0]))
     with pytest.raises(ValueError, match="`targets`"):
@@ -704,7 +710,7 @@ def test_sigmoid_bce_rejects_targets_outside_unit_interval():
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_adam_matches_torch_over_100_steps(torch, weight_decay):
+def test_adam_matches_torch_over_100_steps(R, torch, weight_decay):
     rng = np.random.default_rng(44)
     p0 = rng.normal(size=(6, 5))
     grads = rng.normal(size=(100, 6, 5))
@@ -726,7 +732,7 @@ def _sk_optimizers():
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("dtype_", [np.float64, np.float32])
-def test_sklearn_sgd_matches_scikit_learn_step_by_step(nesterov, dtype_):
+def test_sklearn_sgd_matches_scikit_learn_step_by_step(R, nesterov, dtype_):
     import_oracle("sklearn")
     sk = _sk_optimizers()
     rng = np.random.default_rng(45)
@@ -746,7 +752,7 @@ def test_sklearn_sgd_matches_scikit_learn_step_by_step(nesterov, dtype_):
 
 
 @pytest.mark.parametrize("dtype_", [np.float64, np.float32])
-def test_sklearn_adam_matches_scikit_learn_step_by_step(dtype_):
+def test_sklearn_adam_matches_scikit_learn_step_by_step(R, dtype_):
     import_oracle("sklearn")
     sk = _sk_optimizers()
     rng = np.random.default_rng(46)
@@ -769,7 +775,7 @@ def test_sklearn_adam_matches_scikit_learn_step_by_step(dtype_):
                 np.testing.assert_allclose(q, p, rtol=1e-5, atol=1e-6)
 
 
-def test_optimizers_validate_their_state():
+def test_optimizers_validate_their_state(R):
     p, g = np.zeros(3), np.ones(3)
     with pytest.raises(ValueError, match="`m` is required"):
         R.adam_update(p, g, lr=0.1, m=None, v=np.zeros(3), step=1)

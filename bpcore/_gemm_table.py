@@ -1,6 +1,7 @@
-"""Print bpcore.matmul against numpy.matmul, per shape and dtype, at 1 and 2 threads.
+"""bpcore.matmul against numpy.matmul, per shape and dtype, at 1 and 2 threads.
 
-    python bench/gemm_table.py [--repeats N] [--threads 1,2]
+    python -m bpcore bench          (with the other tables)
+    python -m bpcore._gemm_table [--repeats N] [--threads 1,2]
 
 Columns: bpcore and numpy median times, ratio numpy_time / bpcore_time (> 1:
 bpcore is faster), bpcore GFLOP/s.  numpy's BLAS is limited with
@@ -14,7 +15,6 @@ import argparse
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from bpcore import _gemm
 
@@ -58,6 +58,8 @@ def _time_pair(f_bp, f_np, target_s, repeats, pause):
 
 def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, seed=0,
           pause=None):
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(seed)
     rows = []
     for dtype in dtypes:

@@ -1,0 +1,415 @@
+"""bpcore.nn.MLP: the seeds' networks, gradients against PyTorch and finite differences,
+the two backends step by step, reproducibility, learning, and the step's promises."""
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import import_oracle
+
+import bpcore
+from bpcore import MLP
+
+BACKENDS = ["compiled", "reference"]
+ACTS = ["relu", "sigmoid", "tanh", "identity"]
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# ---------------------------------------------------------------------------
+# The seeds' worked examples, on both backends
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed002_quadratic_model_gradients(backend):
+    net = MLP.from_arrays([[[1.0], [2.0]]], [[2.0]], output_activation="identity",
+                          loss="mse", reduction="sum", backend=backend)
+    x, y = np.array([[1.0, 1.0]]), np.array([[2.0]])
+    assert net.predict(x)[0, 0] == 5.0
+    loss, (gw, gb) = net.loss_and_grads(x, y)
+    assert loss == 9.0
+    np.testing.assert_array_equal(gw[0], [[6.0], [6.0]])
+    np.testing.assert_array_equal(gb[0], [6.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed003_neuron(backend):
+    net = MLP.from_arrays([[[0.15], [0.20]]], [[0.35 + 0.60]], output_activation="sigmoid",
+                          loss="mse", reduction="half_sum", dtype="float64", backend=backend)
+    x, y = np.array([[0.05, 0.10]]), np.array([[0.01]])
+    out = 1.0 / (1.0 + np.exp(-0.9775))  # NOTES.md: 0.726611880...
+    d_net = (out - 0.01) * out * (1 - out)  # 0.142352840...
+    assert net.predict(x)[0, 0] == pytest.approx(out, rel=1e-14)
+    assert out == pytest.approx(0.726611880, abs=1e-9)
+    loss, (gw, _) = net.loss_and_grads(x, y)
+    assert loss == pytest.approx(0.5 * (0.01 - out) ** 2, rel=1e-14)
+    assert loss == pytest.approx(0.256766293, abs=1e-9)
+    np.testing.assert_allclose(gw[0].ravel(), [0.05 * d_net, 0.10 * d_net], rtol=1e-13)
+    np.testing.assert_allclose(gw[0].ravel(), [0.007117642, 0.014235284], atol=1e-9)
+    net.train_step(x, y, lr=0.2)
+    np.testing.assert_allclose(net.weights[0].ravel(), [0.148576471, 0.197152943], atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_seed000_two_two_one_closed_forms(backend, seed):
+    rng = np.random.default_rng(seed)
+    x1, x2, w11, w12, w13, w14, b11, b12, w21, w22, b21, y = rng.normal(size=12)
+    net = MLP.from_arrays([[[w11, w12], [w13, w14]], [[w21], [w22]]], [[b11, b12], [b21]],
+                          activation="sigmoid", output_activation="sigmoid", loss="mse",
+                          reduction="half_sum", dtype="float64", backend=backend)
+    h1, h2 = w11 * x1 + w13 * x2 + b11, w12 * x1 + w14 * x2 + b12
+    a1, a2 = _sigmoid(h1), _sigmoid(h2)
+    z = w21 * a1 + w22 * a2 + b21
+    out = _sigmoid(z)
+    loss, (gw, gb) = net.loss_and_grads([[x1, x2]], [[y]])
+    assert loss == pytest.approx(0.5 * (out - y) ** 2, rel=1e-12)
+    d_out = (out - y) * out * (1 - out)
+    d1, d2 = d_out * w21 * a1 * (1 - a1), d_out * w22 * a2 * (1 - a2)
+    np.testing.assert_allclose(gw[1].ravel(), [d_out * a1, d_out * a2], rtol=1e-12)
+    np.testing.assert_allclose(gb[1], [d_out], rtol=1e-12)
+    np.testing.assert_allclose(gw[0], [[d1 * x1, d2 * x1], [d1 * x2, d2 * x2]], rtol=1e-12)
+    np.testing.assert_allclose(gb[0], [d1, d2], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Gradients against PyTorch autograd and finite differences, random architectures
+# ---------------------------------------------------------------------------
+
+def _random_case(depth, act, loss, dtype, seed):
+    rng = np.random.default_rng(seed)
+    sizes = [int(s) for s in rng.integers(2, 9, depth + 1)]
+    if loss == "cross_entropy":
+        sizes[-1] = max(sizes[-1], 2)
+    n = 7
+    x = rng.normal(size=(n, sizes[0])).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], n)
+        out_act = "softmax"
+    else:
+        y = rng.normal(size=(n, sizes[-1])).astype(dtype)
+        out_act = act
+    net = MLP(sizes, activation=act, output_activation=out_act, loss=loss, dtype=dtype,
+              seed=seed)
+    for b in net.biases:  # non-zero biases exercise their gradients
+        b[...] = rng.normal(size=b.shape) * 0.1
+    return net, x, y
+
+
+GRAD_CASES = [(depth, act, loss)
+              for depth, act, loss in itertools.product([1, 2, 3, 4], ACTS,
+                                                        ["mse", "cross_entropy"])]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("depth,act,loss", GRAD_CASES)
+def test_loss_and_grads_match_torch_autograd(depth, act, loss, dtype):
+    torch = import_oracle("torch")
+    net, x, y = _random_case(depth, act, loss, dtype, seed=depth * 31 + ACTS.index(act))
+    value, (gw, gb) = net.loss_and_grads(x, y)
+    params = [torch.tensor(p, requires_grad=True) for p in net.weights + net.biases]
+    ws, bs = params[:len(net.weights)], params[len(net.weights):]
+    h = torch.tensor(x)
+    for l, (w, b) in enumerate(zip(ws, bs)):
+        h = h @ w + b
+        name = net.activations[l]
+        if name == "softmax":
+            break  # cross_entropy takes the logits
+        h = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+             "identity": lambda t: t}[name](h)
+    if loss == "cross_entropy":
+        t_loss = torch.nn.functional.cross_entropy(h, torch.tensor(y))
+    else:
+        t_loss = torch.nn.functional.mse_loss(h, torch.tensor(y))
+    t_loss.backward()
+    rtol, atol = (1e-4, 1e-5) if dtype == np.float32 else (1e-10, 1e-12)
+    assert value == pytest.approx(t_loss.item(), rel=rtol, abs=atol)
+    for ours, theirs in zip(gw + gb, params):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("depth,act,loss", [c for c in GRAD_CASES if c[0] <= 3])
+def test_loss_and_grads_pass_gradcheck(depth, act, loss, backend):
+    net, x, y = _random_case(depth, act, loss, np.float64, seed=100 + depth)
+    if backend == "reference":
+        net = MLP.from_arrays(net.weights, net.biases, activation=net.activations[:-1],
+                              output_activation=net.activations[-1], loss=loss,
+                              backend="reference")
+    if act == "relu":  # keep every pre-activation away from the kink
+        for layer in range(len(net.weights)):
+            net.biases[layer][...] += 0.05
+    _, (gw, gb) = net.loss_and_grads(x, y)
+    bpcore.gradcheck(lambda *p: net.evaluate(x, y), net.weights + net.biases, gw + gb,
+                     eps=1e-6, rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# Backends, reproducibility, learning
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("act", ACTS)
+def test_backends_agree_over_100_steps(act, loss):
+    nets = [MLP([5, 8, 6, 3], activation=act, loss=loss, dtype="float64", seed=3,
+                backend=b) for b in BACKENDS]
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        x = rng.normal(size=(9, 5))
+        y = rng.integers(0, 3, 9) if loss == "cross_entropy" else rng.normal(size=(9, 3))
+        losses = [net.train_step(x, y, lr=0.05, momentum=0.9, weight_decay=1e-3)
+                  for net in nets]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    np.testing.assert_allclose(nets[0].parameters, nets[1].parameters, rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_epochs_match_between_backends_and_are_reproducible(backend):
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(53, 4)), rng.normal(size=(53, 2))
+
+    def run(b):
+        net = MLP([4, 7, 2], activation="tanh", dtype="float64", seed=6, backend=b)
+        hist = net.fit(x, y, epochs=4, batch_size=10, lr=0.05, momentum=0.5, seed=7)
+        return net.parameters.copy(), hist["loss"]
+
+    p1, h1 = run(backend)
+    p2, h2 = run(backend)
+    np.testing.assert_array_equal(p1, p2)  # same seed, bitwise the same weights
+    assert h1 == h2
+    p_other, h_other = run("reference" if backend == "compiled" else "compiled")
+    np.testing.assert_allclose(p1, p_other, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h1, h_other, rtol=1e-10)
+
+
+def test_fit_without_shuffle_equals_train_steps_and_keeps_ragged_batch():
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(23, 3)), rng.normal(size=(23, 1))
+    a = MLP([3, 5, 1], dtype="float64", seed=9)
+    b = MLP([3, 5, 1], dtype="float64", seed=9)
+    hist = a.fit(x, y, epochs=2, batch_size=10, lr=0.1, shuffle=False)
+    for _ in range(2):
+        losses = [b.train_step(x[s:s + 10], y[s:s + 10], lr=0.1) for s in (0, 10, 20)]
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    assert hist["loss"][-1] == pytest.approx((10 * losses[0] + 10 * losses[1] + 3 * losses[2])
+                                             / 23, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learns_xor(backend):
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
+    y = np.array([[0], [1], [1], [0]], float)
+    net = MLP([2, 4, 1], activation="sigmoid", output_activation="sigmoid", dtype="float64",
+              seed=1, backend=backend)
+    net.fit(x, y, epochs=3000, batch_size=4, lr=2.0, momentum=0.9, seed=0)
+    np.testing.assert_array_equal(net.predict(x).round(), y)
+
+
+def test_digits_reach_95_percent():
+    datasets = import_oracle("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:1437], order[1437:]
+    net = MLP([64, 64, 10], loss="cross_entropy", seed=0)
+    hist = net.fit(x[train], y[train], epochs=30, batch_size=32, lr=0.1, momentum=0.9, seed=1,
+                   validation_data=(x[test], y[test]))
+    accuracy = (net.predict(x[test]).argmax(axis=1) == y[test]).mean()
+    assert accuracy >= 0.95
+    assert len(hist["loss"]) == len(hist["val_loss"]) == 30
+
+
+# ---------------------------------------------------------------------------
+# The step's promises
+# ---------------------------------------------------------------------------
+
+def test_parameter_block_is_aligned_and_viewed():
+    net = MLP([3, 4, 2], dtype="float32", seed=0)
+    assert net.parameters.ctypes.data % 64 == 0
+    assert net.n_params == 3 * 4 + 4 + 4 * 2 + 2
+    for arr in net.weights + net.biases:
+        assert np.shares_memory(arr, net.parameters)
+    net.weights[1][0, 0] = 42.0
+    assert 42.0 in net.parameters
+
+
+def test_train_step_allocates_nothing_that_grows():
+    net = MLP([20, 16, 4], loss="cross_entropy", seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 8)
+    for _ in range(100):
+        net.train_step(x, y, lr=0.01, momentum=0.9)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(10_000):
+        net.train_step(x, y, lr=0.01, momentum=0.9)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 10_000  # bytes: tracemalloc's own bookkeeping, not per-step growth
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diverging_step_raises_and_keeps_parameters(backend):
+    net = MLP([3, 4, 1], dtype="float32", seed=0, backend=backend)
+    x = np.full((2, 3), 1e20, np.float32)
+    y = np.zeros((2, 1), np.float32)
+    before = net.parameters.copy()
+    with pytest.raises(FloatingPointError, match="not updated"):
+        net.train_step(x, y, lr=0.1)
+    np.testing.assert_array_equal(net.parameters, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diverging_fit_names_epoch_and_batch_and_keeps_finite_weights(backend):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 3))
+    x[25] = np.nan  # batch 2 of epoch 0 with batch_size 10 and no shuffling
+    y = rng.normal(size=(40, 1))
+    net = MLP([3, 4, 1], dtype="float64", seed=0, backend=backend)
+    with pytest.raises(FloatingPointError, match="epoch 0, batch 2"):
+        net.fit(x, y, epochs=3, batch_size=10, lr=0.01, shuffle=False)
+    assert np.all(np.isfinite(net.parameters))
+    ref = MLP([3, 4, 1], dtype="float64", seed=0, backend=backend)
+    for s in (0, 10):
+        ref.train_step(x[s:s + 10], y[s:s + 10], lr=0.01)
+    np.testing.assert_array_equal(net.parameters, ref.parameters)
+
+
+def test_predict_leaves_training_state_alone_and_gives_probabilities():
+    net = MLP([4, 6, 3], loss="cross_entropy", dtype="float64", seed=0)
+    x = np.random.default_rng(3).normal(size=(5, 4))
+    before = net.parameters.copy()
+    p = net.predict(x)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(net.parameters, before)
+    assert net.predict(np.zeros((0, 4))).shape == (0, 3)
+
+
+def test_callback_stops_and_history_has_one_entry_per_epoch():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    seen = []
+    net = MLP([2, 3, 1], dtype="float64", seed=0)
+    hist = net.fit(x, y, epochs=10, batch_size=8, lr=0.01,
+                   callback=lambda epoch, logs: seen.append((epoch, logs)) or epoch < 2)
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert len(hist["loss"]) == 3 and hist["loss"][2] == seen[2][1]["loss"]
+
+
+def test_progress_without_tqdm_writes_a_plain_line(capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name == "tqdm":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    net = MLP([2, 3, 1], dtype="float64", seed=0)
+    net.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=2, batch_size=2, lr=0.01, progress=True)
+    assert "epoch 2/2 loss=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_save_load_round_trip_is_bitwise(tmp_path, dtype):
+    net = MLP([3, 5, 4], activation="tanh", loss="cross_entropy", reduction="sum",
+              dtype=dtype, seed=0)
+    path = tmp_path / "model.npz"
+    net.save(path)
+    back = MLP.load(path)
+    assert (back.layer_sizes, back.activations, back.loss, back.reduction, back.dtype) == (
+        net.layer_sizes, net.activations, net.loss, net.reduction, net.dtype)
+    np.testing.assert_array_equal(back.parameters, net.parameters)
+    assert back.parameters.dtype == net.parameters.dtype
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary left
+
+
+def test_momentum_buffer_persists_and_resets():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(4, 2)), rng.normal(size=(4, 1))
+    a = MLP([2, 1], dtype="float64", seed=0)
+    b = MLP([2, 1], dtype="float64", seed=0)
+    velocity = np.zeros(a.n_params)
+    for _ in range(3):
+        a.train_step(x, y, lr=0.1, momentum=0.9)
+        _, (gw, gb) = b.loss_and_grads(x, y)
+        grad = np.concatenate([gw[0].ravel(), gb[0]])
+        bpcore.sgd_update(b.parameters, grad, lr=0.1, momentum=0.9, velocity=velocity)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    a.reset_optimizer()
+    a.train_step(x, y, lr=0.1, momentum=0.9)
+    velocity[...] = 0
+    _, (gw, gb) = b.loss_and_grads(x, y)
+    bpcore.sgd_update(b.parameters, np.concatenate([gw[0].ravel(), gb[0]]), lr=0.1,
+                      momentum=0.9, velocity=velocity)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(layer_sizes=[3]), ValueError, "layer_sizes"),
+    (dict(layer_sizes=[3, 0, 2]), ValueError, "layer_sizes"),
+    (dict(layer_sizes=[3, 2], activation="gelu"), ValueError, "'relu'"),
+    (dict(layer_sizes=[3, 2], loss="hinge"), ValueError, "'mse', 'cross_entropy'"),
+    (dict(layer_sizes=[3, 2], loss="cross_entropy", output_activation="sigmoid"),
+     ValueError, "output_activation"),
+    (dict(layer_sizes=[3, 2], loss="cross_entropy", reduction="half_sum"), ValueError,
+     "reduction"),
+    (dict(layer_sizes=[3, 2], dtype="float16"), TypeError, "dtype"),
+    (dict(layer_sizes=[3, 4, 2], activation=["relu", "tanh"]), ValueError, "activation"),
+    (dict(layer_sizes=[3, 2], init="zeros"), ValueError, "init"),
+    (dict(layer_sizes=[3, 2], backend="gpu"), ValueError, "backend"),
+])
+def test_constructor_rejects_bad_configuration(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        MLP(**kwargs)
+
+
+def test_train_step_rejects_bad_arguments():
+    net = MLP([3, 2], seed=0)
+    x, y = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    with pytest.raises(TypeError, match="`x`"):
+        net.train_step(x.astype(np.float64), y, lr=0.1)
+    with pytest.raises(ValueError, match="`x`"):
+        net.train_step(np.zeros((4, 5), np.float32), y, lr=0.1)
+    with pytest.raises(ValueError, match="`y`"):
+        net.train_step(x, y[:3], lr=0.1)
+    with pytest.raises(ValueError, match="`lr`"):
+        net.train_step(x, y, lr=-1.0)
+    with pytest.raises(ValueError, match="`lr`"):
+        net.train_step(x, y, lr=float("nan"))
+    with pytest.raises(TypeError, match="`momentum`"):
+        net.train_step(x, y, lr=0.1, momentum="0.9")
+    with pytest.raises(ValueError, match="`x`"):
+        net.train_step(np.zeros((0, 3), np.float32), np.zeros((0, 2), np.float32), lr=0.1)
+    labels_net = MLP([3, 2], loss="cross_entropy", seed=0)
+    with pytest.raises(ValueError, match="out of range"):
+        labels_net.train_step(x, np.array([0, 1, 2, 0]), lr=0.1)
+
+
+def test_ctrl_c_stops_between_batches_and_keeps_the_weights():
+    import os
+    import signal
+    import threading
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4096, 32)).astype(np.float32)
+    y = rng.normal(size=(4096, 4)).astype(np.float32)
+    net = MLP([32, 64, 4], seed=0)
+    before = net.parameters.copy()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="weights are kept"):
+            net.fit(x, y, epochs=100_000, batch_size=8, lr=1e-3)
+    finally:
+        timer.cancel()
+    assert np.all(np.isfinite(net.parameters))
+    assert not np.array_equal(net.parameters, before)
+    net.train_step(x[:8], y[:8], lr=1e-3)  # the model is still usable
