@@ -413,3 +413,142 @@ def test_ctrl_c_stops_between_batches_and_keeps_the_weights():
     assert np.all(np.isfinite(net.parameters))
     assert not np.array_equal(net.parameters, before)
     net.train_step(x[:8], y[:8], lr=1e-3)  # the model is still usable
+
+
+# ---------------------------------------------------------------------------
+# Adam, binary cross-entropy, weights-only decay, sample weights, schedules,
+# early stopping (the training-loop features bpcore.sklearn needs)
+# ---------------------------------------------------------------------------
+
+def _net_pair(loss="mse", out=3, dtype="float64", **kw):
+    return [MLP([5, 6, out], activation="tanh", loss=loss, dtype=dtype, seed=3, backend=b, **kw)
+            for b in ("compiled", "reference")]
+
+
+def _toy(n=40, out=3, seed=0, kind="mse"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5))
+    if kind == "cross_entropy":
+        return x, rng.integers(0, out, n)
+    if kind == "binary_cross_entropy":
+        return x, (rng.uniform(size=(n, out)) > 0.5).astype(float)
+    return x, rng.normal(size=(n, out))
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("optimizer, decay", [("sgd", "all"), ("sgd", "weights"),
+                                              ("adam", "all"), ("adam", "weights")])
+def test_fit_general_path_compiled_equals_reference(loss, optimizer, decay):
+    x, y = _toy(kind=loss)
+    w = np.random.default_rng(1).uniform(0, 2, x.shape[0])
+    nets = _net_pair(loss)
+    hist = [net.fit(x, y, epochs=3, batch_size=8, lr=0.05, momentum=0.5, weight_decay=0.01,
+                    optimizer=optimizer, decay=decay, sample_weight=w, seed=0)
+            for net in nets]
+    np.testing.assert_allclose(nets[0].parameters, nets[1].parameters, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-11)
+
+
+def test_binary_cross_entropy_model_matches_torch():
+    torch = import_oracle("torch")
+    x, y = _toy(kind="binary_cross_entropy")
+    net = MLP([5, 6, 3], activation="tanh", loss="binary_cross_entropy", dtype="float64", seed=3)
+    assert net.activations[-1] == "sigmoid"
+    loss, (gw, gb) = net.loss_and_grads(x, y)
+    params = [torch.tensor(a, requires_grad=True) for a in net.weights + net.biases]
+    h = torch.tanh(torch.tensor(x) @ params[0] + params[2])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(h @ params[1] + params[3],
+                                                                    torch.tensor(y))
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    for mine, ref in zip(gw + gb, params):
+        np.testing.assert_allclose(mine, ref.grad.numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(net.predict(x), torch.sigmoid(h @ params[1] + params[3])
+                               .detach().numpy(), rtol=1e-12)
+
+
+def test_adam_train_steps_match_torch():
+    torch = import_oracle("torch")
+    x, y = _toy(kind="cross_entropy")
+    net = MLP([5, 6, 3], activation="relu", loss="cross_entropy", dtype="float64", seed=3)
+    params = [torch.tensor(a.copy(), requires_grad=True) for a in net.weights + net.biases]
+    opt = torch.optim.Adam(params, lr=0.01, weight_decay=0.001, foreach=False)
+    for _ in range(20):
+        net.train_step(x, y, lr=0.01, weight_decay=0.001, optimizer="adam")
+        opt.zero_grad()
+        h = torch.relu(torch.tensor(x) @ params[0] + params[2])
+        torch.nn.functional.cross_entropy(h @ params[1] + params[3], torch.tensor(y)).backward()
+        opt.step()
+    for mine, ref in zip(net.weights + net.biases, params):
+        np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_weights_only_decay_leaves_biases_alone():
+    x, y = _toy()
+    net = MLP([5, 6, 3], loss="mse", dtype="float64", seed=3)
+    zero = np.zeros(net.n_params)
+    before = [b.copy() for b in net.biases]
+    w_before = [w.copy() for w in net.weights]
+    net._apply_update(zero, lr=0.1, weight_decay=0.5, decay="weights")
+    for b, b0 in zip(net.biases, before):
+        np.testing.assert_array_equal(b, b0)
+    for w, w0 in zip(net.weights, w_before):
+        np.testing.assert_allclose(w, w0 * (1 - 0.1 * 0.5), rtol=1e-15)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_sample_weight_integer_repeats_and_zero_drops(loss, backend):
+    x, y = _toy(n=12, kind=loss)
+    net = MLP([5, 6, 3], activation="tanh", loss=loss, dtype="float64", seed=3, backend=backend)
+    w = np.array([0, 1, 2, 3, 1, 0, 2, 1, 1, 3, 0, 2], dtype=float)
+    rows = np.repeat(np.arange(12), w.astype(int))
+    loss_w, (gw_w, gb_w) = net.loss_and_grads(x, y, sample_weight=w)
+    loss_r, (gw_r, gb_r) = net.loss_and_grads(x[rows], y[rows])
+    assert loss_w == pytest.approx(loss_r, rel=1e-13)
+    for a, b in zip(gw_w + gb_w, gw_r + gb_r):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_sample_weight_validation():
+    x, y = _toy()
+    net = MLP([5, 6, 3], dtype="float64", seed=3)
+    with pytest.raises(ValueError, match="`sample_weight`"):
+        net.loss_and_grads(x, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="`sample_weight` must be finite and >= 0"):
+        net.loss_and_grads(x, y, sample_weight=-np.ones(len(x)))
+    with pytest.raises(ValueError, match="must not sum to 0"):
+        net.loss_and_grads(x, y, sample_weight=np.zeros(len(x)))
+    with pytest.raises(ValueError, match="`optimizer`"):
+        net.train_step(x, y, lr=0.1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"`y` must lie in \[0, 1\]"):
+        MLP([5, 3], loss="binary_cross_entropy", dtype="float64").fit(
+            x, y * 5, epochs=1, batch_size=4, lr=0.1)
+
+
+def test_schedules():
+    x, y = _toy()
+    net = MLP([5, 6, 3], dtype="float64", seed=3)
+    hist = net.fit(x, y, epochs=3, batch_size=8, lr=0.1, schedule="invscaling", power_t=0.5)
+    np.testing.assert_allclose(hist["lr"], [0.1, 0.1 / 41 ** 0.5, 0.1 / 81 ** 0.5])
+    net = MLP([5, 6, 3], dtype="float64", seed=3)
+    # tol so large that no epoch counts as an improvement: the rate drops every 2 epochs
+    hist = net.fit(x, y, epochs=6, batch_size=8, lr=0.1, schedule="adaptive", patience=1,
+                   tol=1e9)
+    assert hist["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.02, 0.02, 0.004])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    x, y = _toy(n=60)
+    xv, yv = _toy(n=20, seed=5)
+    net = MLP([5, 32, 3], dtype="float64", seed=3)
+    snapshots = []
+    hist = net.fit(x, y, epochs=200, batch_size=4, lr=0.3, validation_data=(xv, yv),
+                   early_stopping=True, patience=3, tol=0.0,
+                   callback=lambda e, logs: snapshots.append(net.parameters.copy()))
+    assert len(hist["val_loss"]) < 200
+    best = int(np.argmin(hist["val_loss"]))
+    np.testing.assert_array_equal(net.parameters, snapshots[best])
+    assert net.evaluate(xv, yv) == pytest.approx(min(hist["val_loss"]), rel=1e-12)
+    with pytest.raises(ValueError, match="needs `validation_data`"):
+        net.fit(x, y, epochs=1, batch_size=4, lr=0.1, early_stopping=True)
