@@ -7,9 +7,11 @@ same parameters and random_state, and prints the time per epoch, the test
 accuracy and the largest difference between the two models' weights.
 """
 import time
+import warnings
 
 import numpy as np
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as SklearnMLP
 
@@ -17,6 +19,7 @@ from bpcore.sklearn import MLPClassifier  # the one changed line
 
 
 def main():
+    warnings.simplefilter("ignore", ConvergenceWarning)  # 30 epochs on purpose
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, random_state=0)
     params = dict(hidden_layer_sizes=(64,), solver="sgd", batch_size=32, max_iter=30,

@@ -169,6 +169,27 @@ def test_same_model_with_sample_weight(kind, solver):
     assert b.loss_ == pytest.approx(a.loss_, rel=LOSS_CURVE_RTOL)
 
 
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_same_model_with_sample_weight_and_early_stopping(kind, solver):
+    X, y = _data(kind)
+    sw = np.random.default_rng(0).integers(0, 4, X.shape[0]).astype(float)
+    a, b = _fit_both(kind, _params(solver, "relu", "constant", True, max_iter=30),
+                     sample_weight=sw)
+    assert b.n_iter_ == a.n_iter_
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= 1e-9
+    np.testing.assert_allclose(b.validation_scores_, a.validation_scores_, rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_float32_regressor_trains_in_float32():
+    X, y = _data("regression")
+    a, b = _fit_both("regression", _params("adam", "relu", "constant", False, max_iter=5),
+                     X=X.astype(np.float32), y=y)
+    assert all(c.dtype == np.float32 for c in b.coefs_ + b.intercepts_)
+    assert _max_rel(a.coefs_, b.coefs_) <= 1e-4
+
 def test_predictions_equal():
     X, y = _data("digits")
     a, b = _fit_both("digits", _params("adam", "relu", "constant", False, max_iter=20))
