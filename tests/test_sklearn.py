@@ -139,8 +139,10 @@ def test_lbfgs_full_fit_difference_is_bounded(kind):
     bpcore's loss and gradient agree with scikit-learn's to ~1e-16 relative
     (previous test), but on a non-convex problem L-BFGS's line searches turn
     that into visibly different paths after ~100 iterations (measured: up to
-    ~12% in coefs_, ~7% in the final loss, n_iter_ 162 vs 166 once).  Both
-    still reach a comparable minimum, which is what this test bounds.
+    ~12% in coefs_, ~7% in the final loss, n_iter_ 162 vs 166 once).  It is
+    scikit-learn's own sensitivity: refitting scikit-learn itself on X scaled
+    by 1 + 1e-15 noise moves coefs_ by 11% (multi-label) and n_iter_ from 162
+    to 192 (regression).  Both reach a comparable minimum, which this bounds.
     """
     a, b = _fit_both(kind, _params("lbfgs", "relu", "constant", False))
     assert abs(b.loss_ - a.loss_) <= 0.1 * abs(a.loss_) + 1e-6
