@@ -543,7 +543,7 @@ def test_early_stopping_restores_the_best_epoch():
     xv, yv = _toy(n=20, seed=5)
     net = MLP([5, 32, 3], dtype="float64", seed=3)
     snapshots = []
-    hist = net.fit(x, y, epochs=200, batch_size=4, lr=0.3, validation_data=(xv, yv),
+    hist = net.fit(x, y, epochs=200, batch_size=4, lr=0.05, seed=0, validation_data=(xv, yv),
                    early_stopping=True, patience=3, tol=0.0,
                    callback=lambda e, logs: snapshots.append(net.parameters.copy()))
     assert len(hist["val_loss"]) < 200
