@@ -332,7 +332,10 @@ class MLP:
 
     # -- input checks ---------------------------------------------------------
 
-    def _inputs(self, x, y=None, *, min_rows=1):
+    def _inputs(self, x, y=None, *, min_rows=1, need_y=True):
+        if y is None and need_y:
+            raise TypeError("`y` is required: targets of shape (n_samples, n_out), or integer "
+                            "class labels (n_samples,) for loss='cross_entropy'; got None")
         specs = [("x", x, 2)]
         labels = self.loss == "cross_entropy"
         if y is not None and not labels:
@@ -389,7 +392,7 @@ class MLP:
         ndarray, shape (n_samples, n_out)
             Class probabilities for ``loss="cross_entropy"``.
         """
-        x, _ = self._inputs(x, min_rows=0)
+        x, _ = self._inputs(x, min_rows=0, need_y=False)
         out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
         return self._core.forward(self._params, x, out)
 
