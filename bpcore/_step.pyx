@@ -23,9 +23,9 @@
 #   update    one SGD pass over the whole flat block (torch.optim.SGD's
 #             rounding, see optim.h).
 #
-# NOTE: non-finite values are caught before the update, from the loss and the
-# bias gradients: a NaN/inf anywhere in a delta reaches its column sum, and a
-# non-finite activation reaches the loss.  On failure nothing is updated.
+# NOTE: non-finite values are caught before the update, from the loss, the
+# bias gradients (a NaN/inf anywhere in a delta reaches its column sum) and one
+# pass over the whole gradient block.  On failure nothing is updated.
 from cython cimport floating
 from libc.math cimport INFINITY, isfinite
 from libc.string cimport memcpy
@@ -219,7 +219,22 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
         swap = delta
         delta = delta_next
         delta_next = swap
+    # NOTE: finite biases' gradients do not imply finite weights' gradients: an
+    # infinite input feeding a saturated tanh/sigmoid gives a finite loss and
+    # delta, but inf * delta in x.T @ delta.  One branch-free pass over the
+    # whole block (g * 0 is NaN exactly when g is not finite) keeps a
+    # non-finite gradient from ever reaching the parameters.
+    if not _all_finite(grads, net.b_off[L - 1] + net.sizes[L]):
+        return STATUS_NONFINITE
     return BP_OK
+
+
+cdef inline bint _all_finite(const floating* v, Py_ssize_t n) noexcept nogil:
+    cdef floating acc = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc = acc + v[i] * 0
+    return acc == 0
 
 
 cdef inline void sgd_block(floating* params, const floating* grads, floating* velocity,

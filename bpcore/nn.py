@@ -113,6 +113,8 @@ class ReferenceTrainer:
                 return _NONFINITE, loss
             if l > 0:
                 delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        if not np.isfinite(grads[:self.n_params]).all():  # as _step: weights' gradients too
+            return _NONFINITE, loss
         return 0, loss
 
     def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
