@@ -201,6 +201,9 @@ class MLP:
                              f"loss='cross_entropy'; got {output_activation!r}")
         V.check_choice("reduction", reduction,
                        V.REDUCTIONS_CE if loss == "cross_entropy" else V.REDUCTIONS_MSE)
+        if not isinstance(activation, (str, list, tuple)):
+            raise TypeError(f"`activation` must be a name or a sequence of names (one of "
+                            f"{', '.join(map(repr, ACTIVATIONS))}); got {activation!r}")
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
         if len(hidden) != n_layers - 1:
             raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "
@@ -232,7 +235,7 @@ class MLP:
         self._velocity = None
         self._lock = threading.RLock()
         self._views()
-        self._initialize(init, seed)
+        self._initialize(init, _rng(seed))
 
     # -- construction -------------------------------------------------------
 
@@ -260,8 +263,7 @@ class MLP:
                               for (a, b), w in zip(pairs, w_off)]
         self._grad_biases = [self._grads[o:o + b] for (_, b), o in zip(pairs, b_off)]
 
-    def _initialize(self, init, seed):
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    def _initialize(self, init, rng):
         for w, act in zip(self.weights, self.activations):
             fan_in, fan_out = w.shape
             scheme = ("he" if act == "relu" else "glorot") if init == "auto" else init
@@ -526,10 +528,13 @@ class MLP:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
-            x_val, y_val = self._inputs(*validation_data)
+            try:
+                x_val, y_val = self._inputs(*validation_data)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"`validation_data`: {exc}") from None
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = _rng(seed)
         history = {"loss": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -598,6 +603,17 @@ class MLP:
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
                 f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r})")
+
+
+def _rng(seed):
+    """``seed`` as a Generator, with a ``TypeError``/``ValueError`` that names ``seed``."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"`seed` must be None, a non-negative int or a "
+                        f"numpy.random.Generator; got {seed!r} ({exc})") from None
 
 
 class _Progress:
