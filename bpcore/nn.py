@@ -208,7 +208,8 @@ class MLP:
         if len(hidden) != n_layers - 1:
             raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "
                              f"hidden layer); got {len(hidden)}")
-        for name in hidden:
+        # NOTE: a single name is checked even without hidden layers, where it is unused
+        for name in hidden if hidden or not isinstance(activation, str) else [activation]:
             V.check_choice("activation", name, ACTIVATIONS)
         V.check_choice("init", init, INITS)
         V.check_choice("backend", backend, BACKENDS)
