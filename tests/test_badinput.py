@@ -371,6 +371,8 @@ def function_cases(name, backend):
             "dtype_int": lambda: np.zeros(shape, np.int64),
             "readonly": lambda: _readonly(np.zeros(shape)),
             "list": lambda: np.zeros(shape).tolist(),
+            "misaligned": lambda: np.zeros(math.prod(shape) * 8 + 1, np.uint8)[1:].view(
+                np.float64).reshape(shape),
         }
         if len(shape) == 2:
             bad["fortran"] = lambda: np.asfortranarray(np.zeros(shape))
@@ -491,6 +493,7 @@ def function_cases(name, backend):
             "fortran": (lambda p: np.asfortranarray(np.zeros(p.shape)), ValueError),
             "list": (lambda p: np.zeros(p.shape).tolist(), TypeError),
             "is_param": (lambda p: p, ValueError),
+            "misaligned": (lambda p: layout(np.zeros(p.shape), "misaligned"), ValueError),
         }
         for label, (make, exc) in vel_bad.items():
             def build(make=make, exc=exc):
@@ -500,7 +503,8 @@ def function_cases(name, backend):
             add(f"velocity-{label}", build)
         for label, make in (("readonly", lambda p: _readonly(p)),
                             ("strided", lambda p: layout(p, "strided")),
-                            ("fortran", lambda p: np.asfortranarray(p))):
+                            ("fortran", lambda p: np.asfortranarray(p)),
+                            ("misaligned", lambda p: layout(p, "misaligned"))):
             add(f"param-{label}", lambda make=make: Case(
                 call, dict(clean_inputs(name), param=make(clean_inputs(name)["param"])),
                 raises(ValueError, named("param"))))
