@@ -181,7 +181,7 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
     return rows
 
 
-def _fit_job(seed, n=2048, sizes=(784, 128, 10), epochs=2, batch_size=64, dtype=np.float32):
+def _fit_job(seed, n=2048, sizes=(784, 128, 10), epochs=4, batch_size=64, dtype=np.float32):
     """A zero-argument callable: one ``MLP.fit`` on its own model and data."""
     from bpcore import MLP
 
