@@ -572,13 +572,15 @@ cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta
     try:
         if not _elementwise(&va):           # misaligned data: compute on a copy
             PyBuffer_Release(&va)
-            a = np.ascontiguousarray(a)
+            # NOTE: a copy, not ascontiguousarray: a misaligned array that is
+            # already C-contiguous would come back as is (UBSan: misaligned load).
+            a = np.array(a, order="C", copy=True)
             PyObject_GetBuffer(a, &va, _RO)
         PyObject_GetBuffer(b, &vb, _RO)
         try:
             if not _elementwise(&vb):
                 PyBuffer_Release(&vb)
-                b = np.ascontiguousarray(b)
+                b = np.array(b, order="C", copy=True)
                 PyObject_GetBuffer(b, &vb, _RO)
             m = va.shape[1] if ta else va.shape[0]
             n = vb.shape[0] if tb else vb.shape[1]

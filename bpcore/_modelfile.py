@@ -17,9 +17,11 @@ Writing goes to a temporary file in the same directory, flushed and fsynced,
 then renamed over the target: a crash leaves the old file or the new one,
 never half of either.
 """
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -60,6 +62,30 @@ def save(path, *, layer_sizes, activations, loss, reduction, dtype, params, extr
         raise
 
 
+def _check_headers(archive):
+    """``ValueError`` unless every member's .npy header is plain data that fits the member.
+
+    NOTE: NumPy allocates the array a header declares before reading its data,
+    so a crafted header (shape (2**40,)) would be a MemoryError, or a huge
+    allocation, rather than a clear error; it is checked against the member's
+    real size first.
+    """
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    for info in archive.zip.infolist():
+        with archive.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in readers:
+                raise ValueError(f"entry {info.filename!r} has .npy format {version}")
+            shape, _, dtype = readers[version](member)
+            if dtype.hasobject:
+                raise ValueError(f"entry {info.filename!r} holds pickled objects")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise ValueError(f"entry {info.filename!r} declares {nbytes} bytes of data "
+                                 f"but holds {info.file_size}")
+
+
 def load(path):
     """Read and validate a model file; returns a dict of its entries (``extra`` as a dict).
 
@@ -71,13 +97,19 @@ def load(path):
     """
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single array, not a model archive")
+        archive = np.load(path, allow_pickle=False)
+        # NOTE: a .npy file loads as a bare ndarray, which is no context manager;
+        # check the type before entering `with`, so it is a ValueError like any
+        # other file that is not a model archive.
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not a model archive")
+        with archive:
+            _check_headers(archive)
             entries = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+            ValueError) as exc:
         raise ValueError(f"{path!r} is not a readable bpcore model file ({exc}); it may be "
                          f"truncated, corrupt, or hold pickled objects (never loaded)") from None
     missing = [name for name in _REQUIRED if name not in entries]

@@ -882,12 +882,14 @@ cdef class Trainer:
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
 
-    cdef void _check_rows(self, object x, object y) except *:
+    cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
                 or not x.flags.c_contiguous or x.shape[1] != self._sizes[0]):
             raise ValueError(f"`x` must be a C-contiguous {self.dtype} array of shape "
                              f"(n, {self._sizes[0]})")
         if y is None:
+            if need_y:  # NOTE: the kernels would read y through a NULL pointer
+                raise ValueError("`y` is required")
             return
         if self.net.loss == LOSS_CROSS_ENTROPY:
             if (not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1
@@ -902,7 +904,7 @@ cdef class Trainer:
     def forward(self, params, x, out):
         """out := the network's output for x, with buffers private to this call (thread-safe)."""
         self._check_block(params, "params")
-        self._check_rows(x, None)
+        self._check_rows(x, None, False)
         cdef Py_ssize_t n = x.shape[0], l
         if out.shape != (n, self._sizes[self.net.n_layers]) or out.dtype != self.dtype:
             raise ValueError("`out` has the wrong shape or dtype")
@@ -1417,7 +1419,7 @@ cdef class Trainer:
         """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
         self._check_block(params, "params")
         self._check_block(grads, "grads")
-        self._check_rows(x, None)
+        self._check_rows(x, None, need_y=False)
         if self._pending_rows == 0 or x.shape[0] != self._pending_rows:
             raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
         if layer != self._next_layer:

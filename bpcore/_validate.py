@@ -156,6 +156,9 @@ def check_out(out, name, shape, dtype, inputs=(), inplace_ok=False):
                          f"(pass np.ascontiguousarray(...) or let bpcore allocate it)")
     if not out.flags.writeable:
         raise ValueError(f"`{name}` is read-only; bpcore writes its result there")
+    if not out.flags.aligned:  # the kernels store whole elements through typed pointers
+        raise ValueError(f"`{name}` is not aligned to its dtype's size (a view at an odd "
+                         f"byte offset?); let bpcore allocate it")
     for in_name, arr in inputs:
         if arr is None or not np.shares_memory(out, arr, max_work=1000):
             continue
@@ -362,6 +365,9 @@ def param_buffer(name, arr, like=None):
         raise ValueError(f"`{name}` must be C-contiguous (it is updated in place)")
     if not arr.flags.writeable:
         raise ValueError(f"`{name}` is read-only; it is updated in place")
+    if not arr.flags.aligned:
+        raise ValueError(f"`{name}` is not aligned to its dtype's size (it is updated in "
+                         f"place through typed pointers); pass an aligned copy")
     return arr
 
 

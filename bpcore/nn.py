@@ -275,13 +275,17 @@ class MLP:
                              f"loss={loss!r}; got {output_activation!r}")
         V.check_choice("reduction", reduction,
                        V.REDUCTIONS_MSE if loss == "mse" else V.REDUCTIONS_CE)
+        if not isinstance(activation, (str, list, tuple)):
+            raise TypeError(f"`activation` must be a name or a sequence of names (one of "
+                            f"{', '.join(map(repr, ACTIVATIONS))}); got {activation!r}")
         if isinstance(activation, str):
             V.check_choice("activation", activation, ACTIVATIONS)
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
         if len(hidden) != n_layers - 1:
             raise ValueError(f"`activation` must be one name or {n_layers - 1} names (one per "
                              f"hidden layer); got {len(hidden)}")
-        for name in hidden:
+        # NOTE: a single name is checked even without hidden layers, where it is unused
+        for name in hidden if hidden or not isinstance(activation, str) else [activation]:
             V.check_choice("activation", name, ACTIVATIONS)
         V.check_choice("init", init, INITS)
         V.check_choice("backend", backend, BACKENDS)
@@ -309,7 +313,7 @@ class MLP:
         self._adam = None  # (m, v, steps taken) once Adam has run
         self._lock = threading.RLock()
         self._views()
-        self._initialize(init, seed)
+        self._initialize(init, _rng(seed))
 
     # -- construction -------------------------------------------------------
 
@@ -337,8 +341,7 @@ class MLP:
                               for (a, b), w in zip(pairs, w_off)]
         self._grad_biases = [self._grads[o:o + b] for (_, b), o in zip(pairs, b_off)]
 
-    def _initialize(self, init, seed):
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    def _initialize(self, init, rng):
         for w, act in zip(self.weights, self.activations):
             fan_in, fan_out = w.shape
             scheme = ("he" if act == "relu" else "glorot") if init == "auto" else init
@@ -418,7 +421,10 @@ class MLP:
 
     # -- input checks ---------------------------------------------------------
 
-    def _inputs(self, x, y=None, *, min_rows=1):
+    def _inputs(self, x, y=None, *, min_rows=1, need_y=True):
+        if y is None and need_y:
+            raise TypeError("`y` is required: targets of shape (n_samples, n_out), or integer "
+                            "class labels (n_samples,) for loss='cross_entropy'; got None")
         specs = [("x", x, 2)]
         labels = self.loss == "cross_entropy"
         if y is not None and not labels:
@@ -505,7 +511,7 @@ class MLP:
         ndarray, shape (n_samples, n_out)
             Class probabilities for ``loss="cross_entropy"``.
         """
-        x, _ = self._inputs(x, min_rows=0)
+        x, _ = self._inputs(x, min_rows=0, need_y=False)
         out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
         return self._core.forward(self._params, x, out)
 
@@ -744,12 +750,15 @@ class MLP:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
-            x_val, y_val = self._inputs(*validation_data)
+            try:
+                x_val, y_val = self._inputs(*validation_data)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"`validation_data`: {exc}") from None
         elif early_stopping:
             raise ValueError("`early_stopping`=True needs `validation_data`")
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = _rng(seed)
         history = {"loss": [], "lr": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -855,6 +864,17 @@ class MLP:
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
                 f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r})")
+
+
+def _rng(seed):
+    """``seed`` as a Generator, with a ``TypeError``/``ValueError`` that names ``seed``."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"`seed` must be None, a non-negative int or a "
+                        f"numpy.random.Generator; got {seed!r} ({exc})") from None
 
 
 class _Progress:

@@ -1,0 +1,1001 @@
+"""The bad-input matrix: every public function and ``MLP`` method against every kind of bad input.
+
+Each case is one call with a stated outcome: an exception of a given type
+whose message names the offending argument, or a result equal to the
+reference's on clean inputs.  Around every call the runner also checks that
+
+* no input changed (a digest of every array before and after), except the
+  documented written ones (``out``, ``grad_x/w/b``, ``param``, ``velocity``,
+  the model) -- and a call that raises wrote nothing at all, model included;
+* the compiled backend emitted no warning (and neither backend on the
+  huge-value cases).
+
+Crash isolation: the whole matrix runs in ONE child interpreter (fast), with
+``faulthandler`` on, which logs each case before and after it runs.  If the
+child dies (segfault, abort), the case it was running fails with the crash
+trace and a new child resumes after it, so a crash fails a test instead of
+killing the run.  Each pytest item below only reports its case's outcome.
+"""
+import faulthandler
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from conftest import TOL, run_python
+
+import bpcore
+import bpcore.reference as R
+from bpcore import MLP
+
+BACKENDS = {"compiled": bpcore, "reference": R}
+DIMS = dict(n=5, m=3, c=4, k=6, p=2, i=4, o=3)
+
+
+class Spec(NamedTuple):
+    inputs: dict            # read-only array arguments -> symbolic shape
+    outputs: dict           # written array arguments -> symbolic shape
+    inplace: tuple = ()     # inputs that `out` may be (an in-place call)
+    extra: dict = {}        # fixed keyword arguments
+    any_ndim: bool = False  # elementwise: inputs of any shape
+
+
+_FWD = Spec({"z": "nm"}, {"out": "nm"}, ("z",), any_ndim=True)
+_BWD = Spec({"a": "nm", "grad": "nm"}, {"out": "nm"}, ("a", "grad"), any_ndim=True)
+SPECS = {
+    **{f"{act}_forward": _FWD for act in ("sigmoid", "relu", "tanh", "identity")},
+    **{f"{act}_backward": _BWD for act in ("sigmoid", "relu", "tanh", "identity")},
+    "softmax_forward": Spec({"z": "nc"}, {"out": "nc"}, ("z",)),
+    "matmul": Spec({"a": "mk", "b": "kp"}, {"out": "mp"}),
+    "linear_forward": Spec({"x": "ni", "w": "io", "b": "o"}, {"out": "no"}),
+    "linear_backward": Spec({"x": "ni", "w": "io", "grad": "no"},
+                            {"grad_x": "ni", "grad_w": "io", "grad_b": "o"}),
+    "mse_loss": Spec({"pred": "nm", "target": "nm"}, {}, any_ndim=True),
+    "mse_loss_backward": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
+                              ("pred", "target"), any_ndim=True),
+    "mse_loss_and_grad": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
+                              ("pred", "target"), any_ndim=True),
+    "softmax_cross_entropy": Spec({"logits": "nc", "labels": "n"}, {}),
+    "softmax_cross_entropy_backward": Spec({"logits": "nc", "labels": "n"}, {"out": "nc"},
+                                           ("logits",)),
+    "softmax_cross_entropy_and_grad": Spec({"logits": "nc", "labels": "n"}, {"out": "nc"},
+                                           ("logits",)),
+    "sgd_update": Spec({"grad": "nm"}, {"param": "nm"}, extra={"lr": 0.1}, any_ndim=True),
+}
+assert sorted(SPECS) == sorted(R.__all__), "every public function is in the matrix"
+WRITTEN = {"out", "grad_x", "grad_w", "grad_b", "param", "velocity"}
+
+
+# ---------------------------------------------------------------------------
+# Expectations
+# ---------------------------------------------------------------------------
+
+class Raises(NamedTuple):
+    exc: type
+    words: tuple  # each a str, or a tuple of alternatives; all must be in the message
+
+
+class Same(NamedTuple):
+    expected: object   # a callable giving the expected result (clean inputs)
+    exact: bool = False
+    dtype: object = None  # the tolerance's dtype (the inputs'); default: the result's
+
+
+class Check(NamedTuple):
+    check: object  # callable(result) raising AssertionError
+
+
+def raises(exc, *words):
+    return Raises(exc, words)
+
+
+def named(*args):
+    """The message names one of ``args`` (as the policy writes them: in backticks)."""
+    return tuple(f"`{a}`" for a in args)
+
+
+class Case(NamedTuple):
+    fn: object
+    kwargs: dict
+    expect: object
+    written: frozenset = frozenset()
+    model: object = None          # an MLP whose parameters the call may change ...
+    writes_model: bool = False    # ... only when this is True and it succeeds
+    quiet: bool = False           # no warnings allowed (compiled: always)
+    writes_on_error: bool = False  # fit: batches before a failing one are applied
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+def _shape(dims, **override):
+    return tuple(override.get(d, DIMS[d]) for d in dims)
+
+
+def clean_inputs(name, dtype=np.float64, seed=0, **override):
+    """Valid array arguments of ``name``, C-contiguous, in ``dtype``."""
+    spec = SPECS[name]
+    rng = np.random.default_rng(seed)
+    args = {}
+    for arg, dims in {**spec.inputs, **spec.outputs}.items():
+        if arg in WRITTEN and arg != "param":
+            continue
+        shape = _shape(dims, **override)
+        if arg == "labels":
+            args[arg] = rng.integers(0, override.get("c", DIMS["c"]) or 1, size=shape)
+        else:
+            args[arg] = rng.normal(size=shape).astype(dtype)
+    return args
+
+
+def _copy(kwargs):
+    return {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
+            for k, v in kwargs.items()}
+
+
+def _reference_of(name, kwargs):
+    """Expected result: the reference on contiguous copies (nothing shared with the call)."""
+    spec = SPECS[name]
+    clean = {k: (np.array(v, order="C") if isinstance(v, np.ndarray) else v)
+             for k, v in _copy(kwargs).items() if k not in ("out", "grad_x", "grad_w", "grad_b")}
+    return lambda: getattr(R, name)(**{**spec.extra, **clean})
+
+
+def _call(backend, name):
+    fn = getattr(BACKENDS[backend], name)
+    extra = SPECS[name].extra
+    return (lambda **kw: fn(**{**extra, **kw})) if extra else fn
+
+
+_TMP = []
+
+
+def _tmpdir():
+    if not _TMP:
+        _TMP.append(tempfile.TemporaryDirectory())
+    return _TMP[0].name
+
+
+def layout(arr, kind):
+    """``arr``'s values in another memory layout (a view that is what it says)."""
+    if kind == "strided":
+        big = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],), arr.dtype)
+        view = big[..., ::2]
+    elif kind == "fortran":
+        view = np.asfortranarray(np.zeros_like(arr))
+    elif kind == "transposed":
+        view = np.zeros(arr.shape[::-1], arr.dtype).T
+    elif kind == "negative":
+        view = np.zeros_like(arr)[::-1]
+    elif kind == "misaligned":
+        raw = np.zeros(arr.nbytes + 1, np.uint8)
+        view = raw[1:].view(arr.dtype).reshape(arr.shape)
+    elif kind in ("read_only", "memmap"):
+        if kind == "read_only":
+            view = arr.copy()
+            view.flags.writeable = False
+            return view
+        fd, path = tempfile.mkstemp(suffix=".npy", dir=_tmpdir())
+        os.close(fd)
+        np.save(path, arr)
+        return np.load(path, mmap_mode="r")
+    else:
+        raise AssertionError(kind)
+    view[...] = arr
+    return view
+
+
+LAYOUTS_ND = ["strided", "negative", "read_only", "memmap", "misaligned"]
+LAYOUTS_2D = ["fortran", "transposed"]
+
+
+# ---------------------------------------------------------------------------
+# The cases of one function
+# ---------------------------------------------------------------------------
+
+BAD_DTYPES = {
+    "float16": lambda a: a.astype(np.float16),
+    "complex": lambda a: a.astype(np.complex128),
+    "object": lambda a: a.astype(object),
+    "str": lambda a: a.astype(str),
+}
+
+
+def function_cases(name, backend):
+    spec = SPECS[name]
+    call = _call(backend, name)
+    cases = {}
+    float_inputs = [a for a in spec.inputs if a != "labels"]
+    if name == "sgd_update":
+        float_inputs = ["param", "grad"]
+    read_args = [a for a in {**spec.inputs, **spec.outputs} if a not in WRITTEN or a == "param"]
+    written = frozenset(spec.outputs)
+
+    def add(label, build):
+        cases[f"{name}-{backend}-{label}"] = build
+
+    def same(kwargs, exact=False, written=written, **kw):
+        dtypes = [v.dtype for v in kwargs.values()
+                  if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+        return Case(call, kwargs, Same(_reference_of(name, kwargs), exact,
+                                       dtypes[0] if dtypes else None), written, **kw)
+
+    # valid calls, float32 and float64 (the baseline of "no input modified")
+    for dt in (np.float32, np.float64):
+        add(f"valid-{np.dtype(dt).name}",
+            lambda dt=dt: same(clean_inputs(name, dt)))
+
+    # wrong ndim
+    for arg, dims in spec.inputs.items():
+        if spec.any_ndim:
+            for nd in (0, 1, 3):
+                def build(arg=arg, nd=nd):
+                    shape = (2, 3, 2)[:nd]
+                    kw = {a: np.asarray(np.random.default_rng(1).normal(size=shape))
+                          for a in read_args}
+                    return same(kw)
+                add(f"ndim{nd}-all-works", build)
+            break
+        for label, reshape in (("ndim+1", lambda v: v[None]),
+                               ("ndim-1", lambda v: v[0] if v.ndim > 1 else v[0, ...])):
+            def build(arg=arg, reshape=reshape):
+                kw = clean_inputs(name)
+                kw[arg] = reshape(kw[arg])
+                return Case(call, kw, raises(ValueError, named(arg)))
+            add(f"{label}-{arg}", build)
+
+    # mismatched shapes between every pair of arguments sharing a dimension
+    shaped = {a: d for a, d in {**spec.inputs, **spec.outputs}.items()
+              if a in read_args}
+    for (a1, d1), (a2, d2) in itertools.combinations(shaped.items(), 2):
+        for sym in sorted(set(d1) & set(d2)):
+            for victim in (a1, a2):
+                def build(victim=victim, sym=sym, a1=a1, a2=a2):
+                    kw = clean_inputs(name)
+                    dims = shaped[victim]
+                    grown = clean_inputs(name, **{sym: DIMS[sym] + 1})[victim]
+                    kw[victim] = grown
+                    assert kw[victim].shape != _shape(dims)
+                    return Case(call, kw, raises(ValueError, named(a1, a2)))
+                add(f"mismatch-{a1}-{a2}-{sym}-grow-{victim}", build)
+
+    # empty arrays: 0 rows (and 0 columns) have a defined result
+    zero_dims = ["n"] + (["c"] if "c" in "".join(spec.inputs.values()) else [])
+    zero_dims += ["k"] if name == "matmul" else []
+    zero_dims += ["i", "o"] if name.startswith("linear") else []
+    for sym in zero_dims:
+        if name.startswith("softmax_cross") and sym == "c":
+            add("empty-c", lambda: Case(call, clean_inputs(name, c=0),
+                                        raises(ValueError, named("labels"))))
+            continue
+        add(f"empty-{sym}", lambda sym=sym: same(clean_inputs(name, **{sym: 0})))
+    for red, value in ({"mse_loss": [("mean", math.nan), ("sum", 0.0), ("half_mean", math.nan),
+                                     ("half_sum", 0.0)],
+                        "softmax_cross_entropy": [("mean", math.nan), ("sum", 0.0)]}
+                       .get(name, [])):
+        def build(red=red, value=value):
+            def check(result):
+                assert (math.isnan(result) if math.isnan(value) else result == value), result
+            return Case(call, dict(clean_inputs(name, n=0), reduction=red), Check(check))
+        add(f"empty-value-{red}", build)
+
+    # layouts: strided, Fortran, transposed, negative strides, read-only, memory-mapped
+    for arg in read_args:
+        if arg == "param":
+            continue
+        kinds = LAYOUTS_ND + (LAYOUTS_2D if len(shaped[arg]) == 2 else [])
+        for kind in kinds:
+            for dt in (np.float32, np.float64):
+                def build(arg=arg, kind=kind, dt=dt):
+                    kw = clean_inputs(name, dt, seed=3)
+                    kw[arg] = layout(kw[arg], kind)
+                    return same(kw)
+                add(f"layout-{kind}-{arg}-{np.dtype(dt).name}", build)
+
+    # dtypes: ints and bools are converted; float16/complex/object/str are TypeErrors
+    for arg in read_args:
+        if arg == "labels":
+            for kind, conv in (("float16", np.float16), ("complex", np.complex128),
+                               ("object", object), ("str", str)):
+                def build(conv=conv):
+                    kw = clean_inputs(name)
+                    kw["labels"] = kw["labels"].astype(conv)
+                    return Case(call, kw, raises(TypeError, named("labels")))
+                add(f"dtype-{kind}-labels", build)
+            add("dtype-float-integral-labels", lambda: same(
+                dict(clean_inputs(name), labels=clean_inputs(name)["labels"].astype(float))))
+            continue
+        if arg == "param":
+            for kind, conv in (("int", np.int64), ("float16", np.float16)):
+                def build(conv=conv):
+                    kw = clean_inputs(name)
+                    kw["param"] = kw["param"].astype(conv)
+                    return Case(call, kw, raises(TypeError, named("param")))
+                add(f"dtype-{kind}-param", build)
+            continue
+        for kind in ("int", "bool"):
+            def build(arg=arg, kind=kind):
+                kw = clean_inputs(name)
+                kw[arg] = (np.round(kw[arg] * 3).astype(np.int64) if kind == "int"
+                           else kw[arg] > 0)
+                return same(kw)
+            add(f"dtype-{kind}-{arg}-converted", build)
+        for kind, conv in BAD_DTYPES.items():
+            def build(arg=arg, conv=conv):
+                kw = clean_inputs(name)
+                kw[arg] = conv(kw[arg])
+                return Case(call, kw, raises(TypeError, named(arg)))
+            add(f"dtype-{kind}-{arg}", build)
+
+    # mixed float32 / float64: a TypeError naming both
+    for a1, a2 in itertools.combinations(float_inputs, 2):
+        def build(a1=a1, a2=a2):
+            kw = clean_inputs(name)
+            kw[a2] = kw[a2].astype(np.float32)
+            # The message names the float32 one and the float64 one it met first.
+            others = [a for a in float_inputs if a != a2]
+            return Case(call, kw, raises(TypeError, f"`{a2}`", named(*others)))
+        add(f"mixed-{a1}-{a2}", build)
+
+    # lists and scalars where arrays are expected
+    for arg in read_args:
+        if arg == "param":
+            add("list-param", lambda: Case(call, dict(clean_inputs(name), param=[[1.0]]),
+                                           raises(TypeError, named("param"))))
+            continue
+        def build(arg=arg):
+            kw = clean_inputs(name)
+            kw[arg] = kw[arg].tolist()
+            return same(kw)
+        add(f"list-{arg}", build)
+        if not spec.any_ndim:
+            add(f"scalar-{arg}", lambda arg=arg: Case(call, dict(clean_inputs(name), **{arg: 1.5}),
+                                                      raises(ValueError, named(arg))))
+
+    # out= : wrong shape, dtype, order, read-only, not an array; overlaps
+    for out_arg, dims in spec.outputs.items():
+        if out_arg == "param":
+            continue
+        shape = _shape(dims)
+        bad = {
+            "shape": lambda: np.zeros(shape + (1,)),
+            "dtype32": lambda: np.zeros(shape, np.float32),
+            "dtype_int": lambda: np.zeros(shape, np.int64),
+            "readonly": lambda: _readonly(np.zeros(shape)),
+            "list": lambda: np.zeros(shape).tolist(),
+            "misaligned": lambda: np.zeros(math.prod(shape) * 8 + 1, np.uint8)[1:].view(
+                np.float64).reshape(shape),
+        }
+        if len(shape) == 2:
+            bad["fortran"] = lambda: np.asfortranarray(np.zeros(shape))
+        for kind, make in bad.items():
+            add(f"out-{kind}-{out_arg}",
+                lambda make=make, out_arg=out_arg: Case(
+                    call, dict(clean_inputs(name), **{out_arg: make()}),
+                    raises(ValueError, named(out_arg))))
+        for in_arg in spec.inputs:
+            if in_arg == "labels":
+                continue
+
+            def build(out_arg=out_arg, in_arg=in_arg):
+                kw = clean_inputs(name)
+                src = kw[in_arg]
+                buf = np.zeros(src.size + math.prod(shape) + 1)
+                kw[in_arg] = buf[1:1 + src.size].reshape(src.shape)
+                kw[in_arg][...] = src
+                kw[out_arg] = buf[:math.prod(shape)].reshape(shape)  # overlaps, not identical
+                return Case(call, kw, raises(ValueError, named(out_arg)))
+            add(f"out-overlap-{out_arg}-{in_arg}", build)
+            if in_arg in spec.inplace:
+                def build(out_arg=out_arg, in_arg=in_arg):
+                    kw = clean_inputs(name)
+                    expected = _reference_of(name, kw)
+                    kw[out_arg] = kw[in_arg]
+                    return Case(call, kw, Same(expected), written | {in_arg})
+                add(f"out-inplace-{out_arg}-is-{in_arg}", build)
+            elif _shape(spec.inputs[in_arg]) == shape:
+                def build(out_arg=out_arg, in_arg=in_arg):
+                    kw = clean_inputs(name)
+                    kw[out_arg] = kw[in_arg]
+                    return Case(call, kw, raises(ValueError, named(out_arg)))
+                add(f"out-identical-{out_arg}-is-{in_arg}", build)
+    if name == "linear_backward":
+        for o1, o2 in (("grad_w", "grad_x"), ("grad_b", "grad_w")):
+            def build(o1=o1, o2=o2):
+                kw = clean_inputs(name)
+                s1, s2 = _shape(spec.outputs[o1]), _shape(spec.outputs[o2])
+                buf = np.zeros(math.prod(s1) + math.prod(s2))
+                kw[o1] = buf[:math.prod(s1)].reshape(s1)
+                kw[o2] = buf[1:1 + math.prod(s2)].reshape(s2)
+                return Case(call, kw, raises(ValueError, named(o1, o2)))
+            add(f"out-overlap-{o1}-{o2}", build)
+
+    # NaN and +-inf propagate like the reference
+    for arg in float_inputs:
+        if arg == "param":
+            continue
+        for dt in (np.float32, np.float64):
+            def build(arg=arg, dt=dt):
+                kw = clean_inputs(name, dt)
+                flat = kw[arg].reshape(-1)
+                flat[0], flat[1 % flat.size], flat[-1] = np.nan, np.inf, -np.inf
+                return same(kw)
+            add(f"nonfinite-{arg}-{np.dtype(dt).name}", build)
+
+    # huge values: finite results and no warnings where the math is bounded
+    if name in ("sigmoid_forward", "tanh_forward", "softmax_forward", "softmax_cross_entropy",
+                "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad"):
+        arg = next(iter(spec.inputs))
+        for dt in (np.float32, np.float64):
+            def build(arg=arg, dt=dt):
+                kw = clean_inputs(name, dt)
+                kw[arg] = (np.sign(kw[arg]) * 1e30).astype(dt)
+
+                def check(result, expected=_reference_of(name, kw)):
+                    for r in _flat(result):
+                        assert np.all(np.isfinite(r)), r
+                    _assert_same(result, expected(), False, dt)
+                return Case(call, kw, Check(check), written, quiet=True)
+            add(f"huge-1e30-{np.dtype(dt).name}", build)
+
+    # class labels
+    if "labels" in spec.inputs:
+        c = DIMS["c"]
+        for kind, value in (("too_big", c), ("negative", -1), ("fraction", 1.5),
+                            ("nan", np.nan), ("inf", np.inf)):
+            def build(value=value):
+                kw = clean_inputs(name)
+                labels = kw["labels"].astype(float if isinstance(value, float) else np.int64)
+                labels[2] = value
+                kw["labels"] = labels
+                return Case(call, kw, raises(ValueError, named("labels"), "[2]"))
+            add(f"labels-{kind}", build)
+    if "reduction" in getattr(BACKENDS[backend], name).__doc__ or name.startswith(
+            ("mse", "softmax_cross")):
+        for bad_red in ("median", None, "MEAN"):
+            add(f"reduction-{bad_red}",
+                lambda bad_red=bad_red: Case(call, dict(clean_inputs(name), reduction=bad_red),
+                                             raises(ValueError, named("reduction"), "'mean'")))
+
+    # optimizer hyper-parameters and buffers
+    if name == "sgd_update":
+        for arg in ("lr", "momentum", "weight_decay"):
+            for label, value, exc in (("negative", -0.1, ValueError), ("nan", math.nan, ValueError),
+                                      ("inf", math.inf, ValueError), ("str", "0.1", TypeError),
+                                      ("none", None, TypeError), ("bool", True, TypeError),
+                                      ("list", [0.1], TypeError)):
+                def build(arg=arg, value=value, exc=exc):
+                    kw = dict(clean_inputs(name), velocity=np.zeros(_shape("nm")), momentum=0.9)
+                    kw[arg] = value
+                    return Case(call, kw, raises(exc, named(arg)))
+                add(f"hyper-{arg}-{label}", build)
+        for label, value in (("numpy_float32", np.float32(0.5)), ("int", 1)):
+            add(f"hyper-lr-{label}-accepted",
+                lambda value=value: same(dict(clean_inputs(name), lr=value)))
+        add("nesterov-str", lambda: Case(call, dict(clean_inputs(name), nesterov="yes"),
+                                         raises(TypeError, named("nesterov"))))
+        add("nesterov-no-momentum", lambda: Case(call, dict(clean_inputs(name), nesterov=True),
+                                                 raises(ValueError, named("nesterov"))))
+        add("velocity-missing", lambda: Case(call, dict(clean_inputs(name), momentum=0.9),
+                                             raises(ValueError, named("velocity"))))
+        vel_bad = {
+            "shape": (lambda p: np.zeros(p.shape + (1,)), ValueError),
+            "dtype": (lambda p: np.zeros(p.shape, np.float32), TypeError),
+            "readonly": (lambda p: _readonly(np.zeros(p.shape)), ValueError),
+            "fortran": (lambda p: np.asfortranarray(np.zeros(p.shape)), ValueError),
+            "list": (lambda p: np.zeros(p.shape).tolist(), TypeError),
+            "is_param": (lambda p: p, ValueError),
+            "misaligned": (lambda p: layout(np.zeros(p.shape), "misaligned"), ValueError),
+        }
+        for label, (make, exc) in vel_bad.items():
+            def build(make=make, exc=exc):
+                kw = clean_inputs(name)
+                kw.update(momentum=0.9, velocity=make(kw["param"]))
+                return Case(call, kw, raises(exc, named("velocity")))
+            add(f"velocity-{label}", build)
+        for label, make in (("readonly", lambda p: _readonly(p)),
+                            ("strided", lambda p: layout(p, "strided")),
+                            ("fortran", lambda p: np.asfortranarray(p)),
+                            ("misaligned", lambda p: layout(p, "misaligned"))):
+            add(f"param-{label}", lambda make=make: Case(
+                call, dict(clean_inputs(name), param=make(clean_inputs(name)["param"])),
+                raises(ValueError, named("param"))))
+
+        def build():
+            kw = clean_inputs(name)
+            buf = np.zeros(2 * kw["param"].size)
+            kw["param"] = buf[:kw["param"].size].reshape(kw["param"].shape)
+            kw["grad"] = buf[1:1 + kw["param"].size].reshape(kw["param"].shape)
+            return Case(call, kw, raises(ValueError, named("grad")))
+        add("grad-overlaps-param", build)
+
+        def build():
+            kw = clean_inputs(name)
+            expected = _reference_of(name, dict(kw, grad=kw["param"].copy()))
+            kw["grad"] = kw["param"]
+            return Case(call, kw, Same(expected), written | {"grad"})
+        add("grad-is-param", build)
+    return cases
+
+
+def _readonly(arr):
+    arr.flags.writeable = False
+    return arr
+
+
+# ---------------------------------------------------------------------------
+# The cases of MLP
+# ---------------------------------------------------------------------------
+
+SIZES = [4, 5, 3]
+
+
+def _net(backend, loss="mse", dtype="float64", seed=0, **kw):
+    return MLP(SIZES, loss=loss, dtype=dtype, seed=seed, backend=backend,
+               activation="tanh", **kw)
+
+
+def _data(loss, dtype="float64", n=6, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, SIZES[0])).astype(dtype)
+    y = (rng.integers(0, SIZES[-1], size=n) if loss == "cross_entropy"
+         else rng.normal(size=(n, SIZES[-1])).astype(dtype))
+    return x, y
+
+
+METHODS = ("predict", "evaluate", "loss_and_grads", "train_step", "fit")
+HYPER = {"train_step": dict(lr=0.05), "fit": dict(lr=0.05, epochs=2, batch_size=2, seed=0)}
+
+
+def _twin_result(backend, loss, dtype, method, kwargs):
+    """What ``method`` gives on a fresh identical model with clean contiguous inputs."""
+    def run():
+        twin = _net(backend, loss, dtype)
+        clean = {k: (np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v)
+                 for k, v in _copy(kwargs).items()}
+        result = getattr(twin, method)(**clean)
+        return result, twin.parameters.copy()
+    return run
+
+
+def _model_same(net, expected, exact):
+    def check(result):
+        want_result, want_params = expected()
+        _assert_same(result, want_result, exact)
+        _assert_same(net.parameters, want_params, exact)
+    return Check(check)
+
+
+def mlp_cases(backend):
+    cases = {}
+
+    def add(label, build):
+        cases[f"MLP-{backend}-{label}"] = build
+
+    # construction
+    ctor = lambda **kw: MLP(**kw)  # noqa: E731
+    base = dict(layer_sizes=SIZES, backend=backend)
+    bad_ctor = {
+        "sizes-zero": (dict(layer_sizes=[4, 0, 3]), ValueError, "layer_sizes"),
+        "sizes-negative": (dict(layer_sizes=[4, -2, 3]), ValueError, "layer_sizes"),
+        "sizes-one": (dict(layer_sizes=[4]), ValueError, "layer_sizes"),
+        "sizes-empty": (dict(layer_sizes=[]), ValueError, "layer_sizes"),
+        "sizes-float": (dict(layer_sizes=[4, 2.5, 3]), TypeError, "layer_sizes"),
+        "sizes-bool": (dict(layer_sizes=[4, True, 3]), TypeError, "layer_sizes"),
+        "sizes-str": (dict(layer_sizes="453"), TypeError, "layer_sizes"),
+        "sizes-int": (dict(layer_sizes=4), TypeError, "layer_sizes"),
+        "sizes-none": (dict(layer_sizes=None), TypeError, "layer_sizes"),
+        "activation-unknown": (dict(activation="swish"), ValueError, "activation", "'relu'"),
+        "activation-count": (dict(activation=["relu", "tanh"]), ValueError, "activation"),
+        "activation-none": (dict(activation=None), (TypeError, ValueError), "activation"),
+        "output-activation-unknown": (dict(output_activation="swish"), ValueError,
+                                      "output_activation", "'softmax'"),
+        "loss-unknown": (dict(loss="hinge"), ValueError, "loss", "'cross_entropy'"),
+        "loss-none": (dict(loss=None), ValueError, "loss", "'mse'"),
+        "reduction-unknown": (dict(reduction="median"), ValueError, "reduction", "'mean'"),
+        "reduction-ce-half": (dict(loss="cross_entropy", reduction="half_sum"), ValueError,
+                              "reduction"),
+        "ce-needs-softmax": (dict(loss="cross_entropy", output_activation="identity"),
+                             ValueError, "output_activation"),
+        "dtype-float16": (dict(dtype="float16"), TypeError, "dtype"),
+        "dtype-int": (dict(dtype="int32"), TypeError, "dtype"),
+        "dtype-nonsense": (dict(dtype="nonsense"), TypeError, "dtype"),
+        "init-unknown": (dict(init="xavier"), ValueError, "init", "'glorot'"),
+        "backend-unknown": (dict(backend="gpu"), ValueError, "backend", "'compiled'"),
+        "seed-str": (dict(seed="abc"), TypeError, "seed"),
+        "seed-negative": (dict(seed=-1), ValueError, "seed"),
+    }
+    for label, (kw, exc, arg, *words) in bad_ctor.items():
+        add(f"init-{label}", lambda kw=kw, exc=exc, arg=arg, words=words: Case(
+            ctor, {**base, **kw}, raises(exc, named(arg), *words)))
+    add("init-sizes-ndarray", lambda: Case(
+        ctor, dict(base, layer_sizes=np.array(SIZES)),
+        Check(lambda net: _assert_same(net.layer_sizes, SIZES, True))))
+
+    # from_arrays
+    def arrays(dtype=np.float64):
+        rng = np.random.default_rng(0)
+        return ([rng.normal(size=(4, 5)).astype(dtype), rng.normal(size=(5, 3)).astype(dtype)],
+                [np.zeros(5, dtype), np.zeros(3, dtype)])
+    fa = lambda **kw: MLP.from_arrays(**kw, backend=backend)  # noqa: E731
+    bad_fa = {
+        "chain": (lambda w, b: (w[:1] + [np.zeros((6, 3))], b), ValueError, "weights[1]"),
+        "bias-shape": (lambda w, b: (w, [np.zeros(4), b[1]]), ValueError, "biases[0]"),
+        "bias-ndim": (lambda w, b: (w, [np.zeros((1, 5)), b[1]]), ValueError, "biases[0]"),
+        "weight-ndim": (lambda w, b: ([w[0][0]] + w[1:], b), ValueError, "weights[0]"),
+        "empty": (lambda w, b: ([], []), ValueError, "weights"),
+        "count": (lambda w, b: (w, b[:1]), ValueError, "biases"),
+        "float16": (lambda w, b: ([w[0].astype(np.float16), w[1]], b), TypeError, "weights[0]"),
+        "complex": (lambda w, b: (w, [b[0], b[1].astype(complex)]), TypeError, "biases[1]"),
+        "mixed": (lambda w, b: ([w[0], w[1].astype(np.float32)], b), TypeError, "weights[1]"),
+        "weight-zero-width": (lambda w, b: ([np.zeros((4, 0)), np.zeros((0, 3))],
+                                            [np.zeros(0), b[1]]), ValueError, "layer_sizes"),
+    }
+    for label, (mutate, exc, arg) in bad_fa.items():
+        def build(mutate=mutate, exc=exc, arg=arg):
+            w, b = mutate(*arrays())
+            return Case(fa, dict(weights=w, biases=b), raises(exc, named(arg)))
+        add(f"from_arrays-{label}", build)
+
+    def build():
+        w, b = arrays()
+        w = [layout(w[0], "fortran"), layout(w[1], "read_only")]
+        ref = MLP.from_arrays(*arrays(), backend=backend)
+        return Case(fa, dict(weights=w, biases=b),
+                    Check(lambda net: _assert_same(net.parameters, ref.parameters, True)))
+    add("from_arrays-layouts", build)
+
+    # methods, for both losses
+    for loss in ("mse", "cross_entropy"):
+        ce = loss == "cross_entropy"
+        for method in METHODS:
+            takes_y = method != "predict"
+            hyper = HYPER.get(method, {})
+            writes = method in ("train_step", "fit")
+            tag = f"{method}-{loss}"
+
+            def case(kwargs, expect, dtype="float64", quiet=False, method=method,
+                     writes=writes, loss=loss):
+                net = _net(backend, loss, dtype)
+                return Case(getattr(net, method), kwargs, expect, model=net,
+                            writes_model=writes, quiet=quiet)
+
+            def kw(dtype="float64", n=6, method=method, takes_y=takes_y, hyper=hyper, loss=loss):
+                x, y = _data(loss, dtype, n)
+                return dict(x=x, y=y, **hyper) if takes_y else dict(x=x)
+
+            def ok(kwargs, dtype="float64", exact=None, method=method, loss=loss, writes=writes):
+                net = _net(backend, loss, dtype)
+                exact = backend == "compiled" if exact is None else exact
+                return Case(getattr(net, method), kwargs,
+                            _model_same(net, _twin_result(backend, loss, dtype, method, kwargs),
+                                        exact), model=net, writes_model=writes)
+
+            for dt in ("float32", "float64"):
+                add(f"{tag}-valid-{dt}", lambda dt=dt, kw=kw, ok=ok: ok(kw(dt), dt))
+            # x: ndim, width, dtype, layouts, lists, scalars, empty
+            for label, make, exc in (("x-1d", lambda x: x[0], ValueError),
+                                     ("x-3d", lambda x: x[None], ValueError),
+                                     ("x-width", lambda x: x[:, :-1], ValueError),
+                                     ("x-scalar", lambda x: 1.0, ValueError),
+                                     ("x-float16", lambda x: x.astype(np.float16), TypeError),
+                                     ("x-complex", lambda x: x.astype(complex), TypeError),
+                                     ("x-object", lambda x: x.astype(object), TypeError),
+                                     ("x-str", lambda x: x.astype(str), TypeError),
+                                     ("x-float32-into-float64", lambda x: x.astype(np.float32),
+                                      TypeError)):
+                def build(make=make, exc=exc, kw=kw, case=case):
+                    args = kw()
+                    args["x"] = make(args["x"])
+                    return case(args, raises(exc, named("x")))
+                add(f"{tag}-{label}", build)
+            for kind in LAYOUTS_ND + LAYOUTS_2D:
+                def build(kind=kind, kw=kw, ok=ok, takes_y=takes_y, ce=ce):
+                    args = kw("float32")
+                    args["x"] = layout(args["x"], kind)
+                    if takes_y and (not ce or kind in LAYOUTS_ND):
+                        args["y"] = layout(args["y"], kind)
+                    return ok(args, "float32")
+                add(f"{tag}-layout-{kind}", build)
+            for label, conv in (("int", lambda x: np.round(x).astype(np.int64)),
+                                ("list", lambda x: x.tolist())):
+                def build(conv=conv, kw=kw, ok=ok):
+                    args = kw()
+                    args["x"] = conv(args["x"])
+                    return ok(args)
+                add(f"{tag}-x-{label}", build)
+            if method == "predict":
+                add(f"{tag}-empty", lambda kw=kw, ok=ok: ok(kw(n=0)))
+            else:
+                add(f"{tag}-empty", lambda kw=kw, case=case: case(
+                    kw(n=0), raises(ValueError, named("x"), "at least 1 row")))
+            # NaN / inf in x
+            for dt in ("float32", "float64"):
+                def build(dt=dt, kw=kw, ok=ok, case=case, method=method):
+                    args = kw(dt)
+                    args["x"][0, 0], args["x"][1, 1], args["x"][2, 2] = np.nan, np.inf, -np.inf
+                    if method in ("predict", "evaluate"):
+                        return ok(args, dt, exact=False)
+                    failing = case(args, raises(FloatingPointError, "finite"), dt)
+                    return failing._replace(writes_on_error=method == "fit")
+                add(f"{tag}-nonfinite-x-{dt}", build)
+            if ce:
+                def build(kw=kw, case=case):
+                    args = kw("float32")
+                    args["x"] = (np.sign(args["x"]) * 1e30).astype(np.float32)
+
+                    def check(result):
+                        for r in _flat(result):
+                            assert np.all(np.isfinite(r)), r
+                    return case(args, Check(check), "float32", quiet=True)
+                if method in ("predict", "evaluate"):
+                    add(f"{tag}-huge-1e30", build)
+            if not takes_y:
+                continue
+            # y: shapes, labels, dtypes
+            bad_y = {"y-rows": (lambda y: y[:-1], ValueError),
+                     "y-2d" if ce else "y-width": ((lambda y: y[:, None]) if ce
+                                                   else (lambda y: y[:, :-1]), ValueError),
+                     "y-3d": (lambda y: y[None], ValueError),
+                     "y-missing": (lambda y: None, (TypeError, ValueError)),
+                     "y-complex": (lambda y: y.astype(complex), TypeError),
+                     "y-str": (lambda y: y.astype(str), TypeError)}
+            if ce:
+                bad_y.update({"y-label-too-big": (lambda y: np.full_like(y, SIZES[-1]),
+                                                  ValueError),
+                              "y-label-negative": (lambda y: np.full_like(y, -1), ValueError),
+                              "y-label-fraction": (lambda y: y + 0.5, ValueError),
+                              "y-label-nan": (lambda y: np.where(y == y, np.nan, 0.0),
+                                              ValueError)})
+            else:
+                bad_y["y-float32-into-float64"] = (lambda y: y.astype(np.float32), TypeError)
+            for label, (make, exc) in bad_y.items():
+                def build(make=make, exc=exc, kw=kw, case=case, label=label):
+                    args = kw()
+                    args["y"] = make(args["y"])
+                    if label == "y-missing" and args["y"] is None:
+                        return case(args, raises(exc, named("y")))
+                    return case(args, raises(exc, named("y")))
+                add(f"{tag}-{label}", build)
+            add(f"{tag}-y-list", lambda kw=kw, ok=ok: ok(
+                {**kw(), "y": kw()["y"].tolist()}))
+            if not ce:
+                add(f"{tag}-y-nonfinite", lambda kw=kw, ok=ok, case=case, method=method: (
+                    ok({**kw(), "y": np.full((6, SIZES[-1]), np.nan)}, exact=False)
+                    if method == "evaluate" else
+                    case({**kw(), "y": np.full((6, SIZES[-1]), np.nan)},
+                         raises(FloatingPointError, "finite"))))
+            if not hyper:
+                continue
+            # hyper-parameters
+            for arg in ("lr", "momentum", "weight_decay"):
+                for label, value, exc in (("negative", -0.1, ValueError),
+                                          ("nan", math.nan, ValueError),
+                                          ("inf", math.inf, ValueError),
+                                          ("str", "0.1", TypeError),
+                                          ("none", None, TypeError),
+                                          ("array", np.array([0.1]), TypeError)):
+                    add(f"{tag}-{arg}-{label}",
+                        lambda arg=arg, value=value, exc=exc, kw=kw, case=case: case(
+                            {**kw(), arg: value}, raises(exc, named(arg))))
+            add(f"{tag}-nesterov-str", lambda kw=kw, case=case: case(
+                {**kw(), "momentum": 0.9, "nesterov": "yes"},
+                raises(TypeError, named("nesterov"))))
+            add(f"{tag}-nesterov-no-momentum", lambda kw=kw, case=case: case(
+                {**kw(), "nesterov": True}, raises(ValueError, named("nesterov"))))
+            add(f"{tag}-lr-numpy-scalar", lambda kw=kw, ok=ok: ok({**kw(), "lr": np.float64(0.05)}))
+            if method != "fit":
+                continue
+            for label, value, exc, arg in (
+                    ("epochs-negative", dict(epochs=-1), ValueError, "epochs"),
+                    ("epochs-float", dict(epochs=1.5), TypeError, "epochs"),
+                    ("epochs-none", dict(epochs=None), TypeError, "epochs"),
+                    ("batch-zero", dict(batch_size=0), ValueError, "batch_size"),
+                    ("batch-float", dict(batch_size=2.0), TypeError, "batch_size"),
+                    ("batch-bool", dict(batch_size=True), TypeError, "batch_size"),
+                    ("validation-not-pair", dict(validation_data=np.zeros(3)), ValueError,
+                     "validation_data"),
+                    ("validation-bad-x", dict(validation_data=(np.zeros((2, 9)), np.zeros(2, np.int64))),
+                     ValueError, "validation_data"),
+                    ("callback-not-callable", dict(callback=3), TypeError, "callback"),
+                    ("seed-str", dict(seed="abc"), TypeError, "seed")):
+                add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, kw=kw, case=case: case(
+                    {**kw(), **value}, raises(exc, named(arg))))
+            add(f"{tag}-epochs-zero", lambda kw=kw, ok=ok: ok({**kw(), "epochs": 0}))
+    # the lock: reset_optimizer and save take no bad input but must not corrupt
+    return cases
+
+
+# ---------------------------------------------------------------------------
+# Comparing results
+# ---------------------------------------------------------------------------
+
+def _flat(result):
+    if isinstance(result, dict):
+        return [np.asarray(v) for _, v in sorted(result.items())]
+    if isinstance(result, (tuple, list)):
+        return [r for item in result if item is not None for r in _flat(item)]
+    if result is None:
+        return []
+    return [np.asarray(result)]
+
+
+def _assert_same(got, expected, exact, dtype=None):
+    got, expected = _flat(got), _flat(expected)
+    assert len(got) == len(expected), (len(got), len(expected))
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape, (g.shape, e.shape)
+        if e.dtype.kind == "f":
+            assert g.dtype == e.dtype, (g.dtype, e.dtype)
+            if exact:
+                np.testing.assert_array_equal(g, e)
+            else:
+                tol = TOL[np.dtype(dtype if dtype is not None else e.dtype)]
+                np.testing.assert_allclose(g, e, rtol=tol["rtol"] * 20, atol=tol["atol"] * 20,
+                                           equal_nan=True)
+        else:
+            np.testing.assert_array_equal(g, e)
+
+
+def _digest(value):
+    """A digest of every array reachable in ``value`` (None when it holds none)."""
+    if isinstance(value, np.ndarray):
+        h = hashlib.sha1(f"{value.dtype.str}{value.shape}{value.strides}".encode())
+        if value.dtype.hasobject:
+            h.update(repr(value.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(value).tobytes())
+        return h.hexdigest()
+    if isinstance(value, (list, tuple)):
+        return [_digest(v) for v in value]
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------
+# Running one case (in the child) and the matrix (from pytest)
+# ---------------------------------------------------------------------------
+
+def all_cases():
+    cases = {}
+    for backend in BACKENDS:
+        for name in SPECS:
+            cases.update(function_cases(name, backend))
+        cases.update(mlp_cases(backend))
+    return cases
+
+
+def run_case(case_id, build):
+    """Run one case; raise AssertionError saying what went wrong."""
+    case = build()
+    compiled = "-compiled-" in case_id
+    before = {k: _digest(v) for k, v in case.kwargs.items()}
+    model_before = _digest(case.model.parameters) if case.model is not None else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result, error = case.fn(**case.kwargs), None
+        except Exception as exc:  # noqa: BLE001 -- the outcome under test
+            result, error = None, exc
+    after = {k: _digest(v) for k, v in case.kwargs.items()}
+    model_after = _digest(case.model.parameters) if case.model is not None else None
+    if isinstance(case.expect, Raises):
+        if error is None:
+            raise AssertionError(f"expected {case.expect.exc} but the call returned")
+        if not isinstance(error, case.expect.exc):
+            raise AssertionError(f"expected {case.expect.exc}, got {error!r}")
+        message = str(error)
+        for word in case.expect.words:
+            alternatives = word if isinstance(word, tuple) else (word,)
+            if not any(w in message for w in alternatives):
+                raise AssertionError(f"message {message!r} lacks {' or '.join(alternatives)}")
+        changed = [k for k in before if before[k] != after[k]]
+        if changed:
+            raise AssertionError(f"a failing call modified {changed}")
+        if model_before != model_after and not case.writes_on_error:
+            raise AssertionError("a failing call modified the model")
+        if case.model is not None and not np.isfinite(case.model.parameters).all():
+            raise AssertionError("a failing call left non-finite parameters")
+    else:
+        if error is not None:
+            raise AssertionError(f"unexpected {error!r}")
+        if isinstance(case.expect, Same):
+            _assert_same(result, case.expect.expected(), case.expect.exact, case.expect.dtype)
+        else:
+            case.expect.check(result)
+        changed = [k for k in before if before[k] != after[k] and k not in case.written]
+        if changed:
+            raise AssertionError(f"the call modified its input(s) {changed}")
+        if model_before != model_after and not case.writes_model:
+            raise AssertionError("the call modified the model")
+    if (compiled or case.quiet) and caught:
+        raise AssertionError(f"warnings: {[str(w.message) for w in caught]}")
+
+
+def _child_main(ids_path, log_path):
+    """Run the cases listed in ``ids_path``, logging ``S id`` / ``R id result`` lines."""
+    faulthandler.enable()
+    cases = all_cases()
+    with open(ids_path) as f:
+        ids = json.load(f)
+    with open(log_path, "a") as log:
+        for case_id in ids:
+            log.write(f"S\t{case_id}\n")
+            log.flush()
+            try:
+                run_case(case_id, cases[case_id])
+                outcome = "ok"
+            except Exception as exc:  # noqa: BLE001
+                outcome = f"{type(exc).__name__}: {exc}"[:2000]
+            log.write(f"R\t{case_id}\t{json.dumps(outcome)}\n")
+            log.flush()
+    for tmp in _TMP:
+        tmp.cleanup()
+
+
+CASES = all_cases()
+CASE_IDS = sorted(CASES)
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    """Outcome of every case, from child interpreters (a crash fails only its case)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    results = {}
+    remaining = list(CASE_IDS)
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(50):
+            if not remaining:
+                break
+            ids_path = os.path.join(tmp, f"ids{attempt}.json")
+            log_path = os.path.join(tmp, f"log{attempt}.txt")
+            with open(ids_path, "w") as f:
+                json.dump(remaining, f)
+            proc = run_python(f"""
+                import sys
+                sys.path.insert(0, {here!r})
+                import test_badinput
+                test_badinput._child_main({ids_path!r}, {log_path!r})
+            """, check=False, timeout=600)
+            started = None
+            with open(log_path) as f:
+                for line in f:
+                    kind, case_id, *rest = line.rstrip("\n").split("\t")
+                    if kind == "S":
+                        started = case_id
+                    else:
+                        results[case_id] = json.loads(rest[0])
+                        started = None
+            if started is not None:
+                results[started] = (f"CRASH (exit {proc.returncode}) while running this case:\n"
+                                    f"{proc.stderr[-3000:]}")
+            elif proc.returncode != 0:
+                for case_id in remaining:
+                    results.setdefault(case_id, f"child failed: {proc.stderr[-3000:]}")
+            remaining = [c for c in remaining if c not in results]
+    return results
+
+
+def test_matrix_size():
+    # The report counts these; a refactor that drops most cases should not pass quietly.
+    assert len(CASE_IDS) > 1500
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_bad_input(matrix, case_id):
+    outcome = matrix.get(case_id, "not run")
+    if outcome != "ok":
+        pytest.fail(outcome, pytrace=False)
+
+
+if __name__ == "__main__":  # python tests/test_badinput.py CASE_ID: run one case in-process
+    for cid in sys.argv[1:]:
+        run_case(cid, CASES[cid])
+        print(cid, "ok")
