@@ -833,7 +833,8 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
                 and ((mu == 0 and velocity is None) or (
                     _plain(velocity) == t and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>velocity)
                     and cnp.PyArray_SAMESHAPE(<cnp.ndarray>param, <cnp.ndarray>velocity)
-                    and _disjoint(<cnp.ndarray>param, <cnp.ndarray>velocity)))):
+                    and _disjoint(<cnp.ndarray>param, <cnp.ndarray>velocity)
+                    and _disjoint(<cnp.ndarray>grad, <cnp.ndarray>velocity)))):
             t = -1
     else:
         t = -1

@@ -247,6 +247,10 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
         norm = 0
         for i in range(n):
             norm += sw[i]
+        # NOTE: a batch of zero-weight rows only (fit's shuffled batches can be one)
+        # gives loss 0 and delta 0, not 0/0.
+        if norm == 0:
+            norm = 1
     if net.loss == LOSS_CROSS_ENTROPY:
         if sw == NULL:
             scale = 1.0 / n if net.mean else 1.0
@@ -1063,6 +1067,8 @@ cdef class Trainer:
                 or cnp.PyArray_DIM(ya, 0) != n
                 or cnp.PyArray_DIM(ya, 1) != self.net.sizes[self.net.n_layers]):
             return None
+        elif self.net.loss == LOSS_BCE and not ((ya >= 0) & (ya <= 1)).all():
+            return None  # targets outside [0, 1]: the general path says so
         self._reserve(n)
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)

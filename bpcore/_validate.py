@@ -390,6 +390,8 @@ def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contig
         param_buffer("velocity", velocity, like=param)
         if np.shares_memory(velocity, param):
             raise ValueError("`velocity` overlaps `param`")
+        if np.shares_memory(velocity, grad):
+            raise ValueError("`velocity` overlaps `grad`")
     if grad is not param and np.shares_memory(grad, param):
         raise ValueError("`grad` overlaps `param`")
     if contiguous:
@@ -420,13 +422,18 @@ def bce_args(logits, targets, reduction, out=None, want_out=False, contiguous=Fa
     return logits, targets, out
 
 
-def optimizer_args(param, grad, buffers, reals, step=None, contiguous=False):
+_NO_STEP = object()  # optimizer_args: the update takes no `step`
+
+
+def optimizer_args(param, grad, buffers, reals, step=_NO_STEP, contiguous=False):
     """Checked grad, reals and step for the Adam / scikit-learn updates.
 
     ``buffers``: (name, array) state written in place, each like ``param``
     and disjoint from it and from each other; ``reals``: (name, value,
-    minimum, maximum) checked with :func:`check_real` (None: no bound);
-    ``step``: the 1-based number of this update (an int >= 1) or None.
+    minimum, maximum) checked with :func:`check_real` (None: no bound; ``eps``
+    must be strictly above its minimum, as it keeps ``sqrt(v) + eps`` off 0);
+    ``step``: the 1-based number of this update (an int >= 1), when the
+    update takes one (None is then a ``TypeError``, not "no step").
     """
     param_buffer("param", param)
     _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None))
@@ -438,13 +445,14 @@ def optimizer_args(param, grad, buffers, reals, step=None, contiguous=False):
             raise ValueError(f"`{name}` is required: pass np.zeros_like(param) before the first "
                              f"step and keep it")
         param_buffer(name, buf, like=param)
-        for other_name, other in [("param", param)] + list(buffers[:i]):
+        # NOTE: grad too -- a state buffer aliasing the gradient is read after
+        # it is written, which the reference and the kernels order differently.
+        for other_name, other in [("param", param), ("grad", grad)] + list(buffers[:i]):
             if np.shares_memory(buf, other):
                 raise ValueError(f"`{name}` overlaps `{other_name}`")
-    values = [check_real(name, value, minimum=lo, maximum=hi)
+    values = [check_real(name, value, minimum=lo, maximum=hi, strict_min=name == "eps")
               for name, value, lo, hi in reals]
-    if step is not None:
-        step = check_int("step", step, minimum=1)
+    step = None if step is _NO_STEP else check_int("step", step, minimum=1)
     if contiguous:
         (grad,) = as_contiguous(grad)
     return grad, values, step

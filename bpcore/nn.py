@@ -110,7 +110,8 @@ class ReferenceTrainer:
                     grad_fn(out, y, reduction=self.reduction) if want_grad else None)
         mean = self.reduction.endswith("mean")
         total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
-        norm = float(sample_weight.sum()) if mean else 1.0
+        # a batch of zero-weight rows only gives loss 0 and gradient 0 (as _step)
+        norm = (float(sample_weight.sum()) or 1.0) if mean else 1.0
         per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
         loss, grad = 0.0, np.empty_like(out)
         for i in range(out.shape[0]):
@@ -747,6 +748,9 @@ class MLP:
         power_t = V.check_real("power_t", power_t, minimum=0.0)
         patience = V.check_int("patience", patience, minimum=1)
         tol = V.check_real("tol", tol, minimum=0.0)
+        if not isinstance(early_stopping, (bool, np.bool_)):
+            raise TypeError(f"`early_stopping` must be a bool; got "
+                            f"{type(early_stopping).__name__}")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")

@@ -5,8 +5,9 @@ whose message names the offending argument, or a result equal to the
 reference's on clean inputs.  Around every call the runner also checks that
 
 * no input changed (a digest of every array before and after), except the
-  documented written ones (``out``, ``grad_x/w/b``, ``param``, ``velocity``,
-  the model) -- and a call that raises wrote nothing at all, model included;
+  documented written ones (``out``, ``grad_x/w/b``, ``param``, the optimizer
+  state ``velocity``, ``m``, ``v``, the model) -- and a call that raises
+  wrote nothing at all, model included;
 * the compiled backend emitted no warning (and neither backend on the
   huge-value cases).
 
@@ -68,9 +69,30 @@ SPECS = {
     "softmax_cross_entropy_and_grad": Spec({"logits": "nc", "labels": "n"}, {"out": "nc"},
                                            ("logits",)),
     "sgd_update": Spec({"grad": "nm"}, {"param": "nm"}, extra={"lr": 0.1}, any_ndim=True),
+    "sigmoid_binary_cross_entropy": Spec({"logits": "nm", "targets": "nm"}, {}, any_ndim=True),
+    "sigmoid_binary_cross_entropy_backward": Spec({"logits": "nm", "targets": "nm"},
+                                                  {"out": "nm"}, ("logits", "targets"),
+                                                  any_ndim=True),
+    "adam_update": Spec({"grad": "nm"}, {"param": "nm", "m": "nm", "v": "nm"},
+                        extra={"lr": 0.01, "step": 3}, any_ndim=True),
+    "sklearn_sgd_update": Spec({"grad": "nm"}, {"param": "nm", "velocity": "nm"},
+                               extra={"lr": 0.1, "momentum": 0.9}, any_ndim=True),
+    "sklearn_adam_update": Spec({"grad": "nm"}, {"param": "nm", "m": "nm", "v": "nm"},
+                                extra={"lr": 0.01, "step": 3}, any_ndim=True),
 }
 assert sorted(SPECS) == sorted(R.__all__), "every public function is in the matrix"
-WRITTEN = {"out", "grad_x", "grad_w", "grad_b", "param", "velocity"}
+WRITTEN = {"out", "grad_x", "grad_w", "grad_b", "param", "velocity", "m", "v"}
+STATE = ("m", "v", "velocity")  # optimizer state: written, so made fresh for every case
+OPTIMIZERS = ("sgd_update", "adam_update", "sklearn_sgd_update", "sklearn_adam_update")
+# Each optimizer's real hyper-parameters (sgd_update's are tested on their own below) and
+# the outcome of values beyond their bounds.
+HYPER_BOUNDS = {
+    "adam_update": {"lr": (), "eps": (("zero", 0.0),), "weight_decay": (),
+                    "beta1": (("one", 1.0),), "beta2": (("one", 1.0),)},
+    "sklearn_sgd_update": {"lr": (), "momentum": (("above_one", 1.5),)},
+    "sklearn_adam_update": {"lr": (), "eps": (("zero", 0.0),), "beta1": (("one", 1.0),),
+                            "beta2": (("one", 1.0),)},
+}
 
 
 # ---------------------------------------------------------------------------
@@ -126,11 +148,17 @@ def clean_inputs(name, dtype=np.float64, seed=0, **override):
     rng = np.random.default_rng(seed)
     args = {}
     for arg, dims in {**spec.inputs, **spec.outputs}.items():
+        shape = _shape(dims, **override)
+        if arg in STATE:  # a new buffer per call, never shared between cases
+            state = rng.normal(size=shape)
+            args[arg] = (state ** 2 if arg == "v" else 0.1 * state).astype(dtype)
+            continue
         if arg in WRITTEN and arg != "param":
             continue
-        shape = _shape(dims, **override)
         if arg == "labels":
             args[arg] = rng.integers(0, override.get("c", DIMS["c"]) or 1, size=shape)
+        elif arg == "targets":  # the binary cross-entropy's: in [0, 1]
+            args[arg] = rng.uniform(size=shape).astype(dtype)
         else:
             args[arg] = rng.normal(size=shape).astype(dtype)
     return args
@@ -141,16 +169,25 @@ def _copy(kwargs):
             for k, v in kwargs.items()}
 
 
+def _with_state(name, fn):
+    """``fn``, returning also the optimizer state it wrote (compared like the result)."""
+    state = [s for s in SPECS[name].outputs if s in STATE]
+    if not state:
+        return fn
+    return lambda **kw: (fn(**kw), *[kw[s] for s in state])
+
+
 def _reference_of(name, kwargs):
     """Expected result: the reference on contiguous copies (nothing shared with the call)."""
     spec = SPECS[name]
     clean = {k: (np.array(v, order="C") if isinstance(v, np.ndarray) else v)
              for k, v in _copy(kwargs).items() if k not in ("out", "grad_x", "grad_w", "grad_b")}
-    return lambda: getattr(R, name)(**{**spec.extra, **clean})
+    fn = _with_state(name, getattr(R, name))
+    return lambda: fn(**{**spec.extra, **clean})
 
 
 def _call(backend, name):
-    fn = getattr(BACKENDS[backend], name)
+    fn = _with_state(name, getattr(BACKENDS[backend], name))
     extra = SPECS[name].extra
     return (lambda **kw: fn(**{**extra, **kw})) if extra else fn
 
@@ -214,7 +251,7 @@ def function_cases(name, backend):
     call = _call(backend, name)
     cases = {}
     float_inputs = [a for a in spec.inputs if a != "labels"]
-    if name == "sgd_update":
+    if name in OPTIMIZERS:
         float_inputs = ["param", "grad"]
     read_args = [a for a in {**spec.inputs, **spec.outputs} if a not in WRITTEN or a == "param"]
     written = frozenset(spec.outputs)
@@ -241,6 +278,9 @@ def function_cases(name, backend):
                     shape = (2, 3, 2)[:nd]
                     kw = {a: np.asarray(np.random.default_rng(1).normal(size=shape))
                           for a in read_args}
+                    if "targets" in kw:
+                        kw["targets"] = np.asarray(np.random.default_rng(1).uniform(size=shape))
+                    kw.update({a: np.zeros(shape) for a in spec.outputs if a in STATE})
                     return same(kw)
                 add(f"ndim{nd}-all-works", build)
             break
@@ -279,7 +319,8 @@ def function_cases(name, backend):
         add(f"empty-{sym}", lambda sym=sym: same(clean_inputs(name, **{sym: 0})))
     for red, value in ({"mse_loss": [("mean", math.nan), ("sum", 0.0), ("half_mean", math.nan),
                                      ("half_sum", 0.0)],
-                        "softmax_cross_entropy": [("mean", math.nan), ("sum", 0.0)]}
+                        "softmax_cross_entropy": [("mean", math.nan), ("sum", 0.0)],
+                        "sigmoid_binary_cross_entropy": [("mean", math.nan), ("sum", 0.0)]}
                        .get(name, [])):
         def build(red=red, value=value):
             def check(result):
@@ -324,7 +365,8 @@ def function_cases(name, backend):
         for kind in ("int", "bool"):
             def build(arg=arg, kind=kind):
                 kw = clean_inputs(name)
-                kw[arg] = (np.round(kw[arg] * 3).astype(np.int64) if kind == "int"
+                scale = 1 if arg == "targets" else 3  # targets stay in [0, 1]
+                kw[arg] = (np.round(kw[arg] * scale).astype(np.int64) if kind == "int"
                            else kw[arg] > 0)
                 return same(kw)
             add(f"dtype-{kind}-{arg}-converted", build)
@@ -362,7 +404,7 @@ def function_cases(name, backend):
 
     # out= : wrong shape, dtype, order, read-only, not an array; overlaps
     for out_arg, dims in spec.outputs.items():
-        if out_arg == "param":
+        if out_arg == "param" or out_arg in STATE:  # in-place buffers: tested below
             continue
         shape = _shape(dims)
         bad = {
@@ -427,12 +469,15 @@ def function_cases(name, backend):
                 kw = clean_inputs(name, dt)
                 flat = kw[arg].reshape(-1)
                 flat[0], flat[1 % flat.size], flat[-1] = np.nan, np.inf, -np.inf
+                if arg == "targets":  # not in [0, 1]
+                    return Case(call, kw, raises(ValueError, named("targets"), "[0, 1]"))
                 return same(kw)
             add(f"nonfinite-{arg}-{np.dtype(dt).name}", build)
 
     # huge values: finite results and no warnings where the math is bounded
     if name in ("sigmoid_forward", "tanh_forward", "softmax_forward", "softmax_cross_entropy",
-                "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad"):
+                "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
+                "sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward"):
         arg = next(iter(spec.inputs))
         for dt in (np.float32, np.float64):
             def build(arg=arg, dt=dt):
@@ -459,11 +504,26 @@ def function_cases(name, backend):
                 return Case(call, kw, raises(ValueError, named("labels"), "[2]"))
             add(f"labels-{kind}", build)
     if "reduction" in getattr(BACKENDS[backend], name).__doc__ or name.startswith(
-            ("mse", "softmax_cross")):
+            ("mse", "softmax_cross", "sigmoid_binary")):
         for bad_red in ("median", None, "MEAN"):
             add(f"reduction-{bad_red}",
                 lambda bad_red=bad_red: Case(call, dict(clean_inputs(name), reduction=bad_red),
                                              raises(ValueError, named("reduction"), "'mean'")))
+
+    # binary targets: [0, 1] inclusive; outside is a ValueError
+    if "targets" in spec.inputs:
+        for kind, value in (("negative", -0.25), ("above_one", 1.5)):
+            def build(value=value):
+                kw = clean_inputs(name)
+                kw["targets"][1, 2] = value
+                return Case(call, kw, raises(ValueError, named("targets"), "[0, 1]"))
+            add(f"targets-{kind}", build)
+        for kind, dt in (("bounds-float64", np.float64), ("bounds-float32", np.float32)):
+            def build(dt=dt):
+                kw = clean_inputs(name, dt)
+                kw["targets"][0], kw["targets"][1] = 0.0, 1.0
+                return same(kw)
+            add(f"targets-{kind}", build)
 
     # optimizer hyper-parameters and buffers
     if name == "sgd_update":
@@ -501,6 +561,83 @@ def function_cases(name, backend):
                 kw.update(momentum=0.9, velocity=make(kw["param"]))
                 return Case(call, kw, raises(exc, named("velocity")))
             add(f"velocity-{label}", build)
+
+        def build():
+            kw = clean_inputs(name)
+            kw.update(momentum=0.9, velocity=kw["grad"])
+            return Case(call, kw, raises(ValueError, named("velocity"), "`grad`"))
+        add("velocity-is-grad", build)
+
+    if name in OPTIMIZERS and name != "sgd_update":
+        for arg, beyond in HYPER_BOUNDS[name].items():
+            for label, value, exc in (("negative", -0.1, ValueError),
+                                      ("nan", math.nan, ValueError),
+                                      ("inf", math.inf, ValueError), ("str", "0.1", TypeError),
+                                      ("none", None, TypeError), ("bool", True, TypeError),
+                                      ("list", [0.1], TypeError),
+                                      *((lab, val, ValueError) for lab, val in beyond)):
+                add(f"hyper-{arg}-{label}", lambda arg=arg, value=value, exc=exc: Case(
+                    call, dict(clean_inputs(name), **{arg: value}), raises(exc, named(arg))))
+        accepted = [("lr-numpy_float32", "lr", np.float32(0.5)), ("lr-int", "lr", 1),
+                    ("lr-zero", "lr", 0.0)]
+        if "step" in SPECS[name].extra:
+            accepted += [("step-first", "step", 1), ("step-numpy", "step", np.int64(7)),
+                         ("step-huge", "step", 10 ** 6), ("beta1-zero", "beta1", 0.0),
+                         ("eps-tiny", "eps", 1e-30)]
+            for label, value, exc in (("zero", 0, ValueError), ("negative", -1, ValueError),
+                                      ("float", 1.5, TypeError),
+                                      ("float_integral", 2.0, TypeError),
+                                      ("str", "3", TypeError), ("none", None, TypeError),
+                                      ("bool", True, TypeError), ("list", [3], TypeError)):
+                add(f"step-{label}", lambda value=value, exc=exc: Case(
+                    call, dict(clean_inputs(name), step=value), raises(exc, named("step"))))
+        else:
+            accepted += [("momentum-one", "momentum", 1.0), ("momentum-zero", "momentum", 0.0),
+                         ("nesterov-false", "nesterov", False),
+                         ("nesterov-numpy_bool", "nesterov", np.bool_(True))]
+            add("nesterov-str", lambda: Case(call, dict(clean_inputs(name), nesterov="yes"),
+                                             raises(TypeError, named("nesterov"))))
+        for label, arg, value in accepted:
+            add(f"hyper-{label}-accepted",
+                lambda arg=arg, value=value: same(dict(clean_inputs(name), **{arg: value})))
+        state = [s for s in spec.outputs if s in STATE]
+        state_bad = {
+            "missing": (lambda kw: None, ValueError),
+            "shape": (lambda kw: np.zeros(kw["param"].shape + (1,)), ValueError),
+            "dtype": (lambda kw: np.zeros(kw["param"].shape, np.float32), TypeError),
+            "dtype_int": (lambda kw: np.zeros(kw["param"].shape, np.int64), TypeError),
+            "readonly": (lambda kw: _readonly(np.zeros(kw["param"].shape)), ValueError),
+            "fortran": (lambda kw: np.asfortranarray(np.zeros(kw["param"].shape)), ValueError),
+            "strided": (lambda kw: layout(np.zeros(kw["param"].shape), "strided"), ValueError),
+            "list": (lambda kw: np.zeros(kw["param"].shape).tolist(), TypeError),
+            "is_param": (lambda kw: kw["param"], ValueError),
+            "is_grad": (lambda kw: kw["grad"], ValueError),
+            "misaligned": (lambda kw: layout(np.zeros(kw["param"].shape), "misaligned"),
+                           ValueError),
+        }
+        for buf in state:
+            for label, (make, exc) in state_bad.items():
+                def build(buf=buf, make=make, exc=exc):
+                    kw = clean_inputs(name)
+                    kw[buf] = make(kw)
+                    return Case(call, kw, raises(exc, named(buf)))
+                add(f"{buf}-{label}", build)
+        if len(state) == 2:
+            def build():
+                kw = clean_inputs(name)
+                kw["v"] = kw["m"]
+                return Case(call, kw, raises(ValueError, named("v"), "`m`"))
+            add("v-is-m", build)
+
+            def build():
+                kw = clean_inputs(name)
+                buf = np.zeros(2 * kw["param"].size)
+                kw["m"] = buf[:kw["param"].size].reshape(kw["param"].shape)
+                kw["v"] = buf[1:1 + kw["param"].size].reshape(kw["param"].shape)
+                return Case(call, kw, raises(ValueError, named("v"), "`m`"))
+            add("v-overlaps-m", build)
+
+    if name in OPTIMIZERS:
         for label, make in (("readonly", lambda p: _readonly(p)),
                             ("strided", lambda p: layout(p, "strided")),
                             ("fortran", lambda p: np.asfortranarray(p)),
@@ -546,8 +683,12 @@ def _net(backend, loss="mse", dtype="float64", seed=0, **kw):
 def _data(loss, dtype="float64", n=6, seed=1):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, SIZES[0])).astype(dtype)
-    y = (rng.integers(0, SIZES[-1], size=n) if loss == "cross_entropy"
-         else rng.normal(size=(n, SIZES[-1])).astype(dtype))
+    if loss == "cross_entropy":
+        y = rng.integers(0, SIZES[-1], size=n)
+    elif loss == "binary_cross_entropy":  # multi-label 0/1 targets
+        y = rng.integers(0, 2, size=(n, SIZES[-1])).astype(dtype)
+    else:
+        y = rng.normal(size=(n, SIZES[-1])).astype(dtype)
     return x, y
 
 
@@ -605,6 +746,10 @@ def mlp_cases(backend):
                               "reduction"),
         "ce-needs-softmax": (dict(loss="cross_entropy", output_activation="identity"),
                              ValueError, "output_activation"),
+        "reduction-bce-half": (dict(loss="binary_cross_entropy", reduction="half_mean"),
+                               ValueError, "reduction", "'sum'"),
+        "bce-needs-sigmoid": (dict(loss="binary_cross_entropy", output_activation="softmax"),
+                              ValueError, "output_activation", "'sigmoid'"),
         "dtype-float16": (dict(dtype="float16"), TypeError, "dtype"),
         "dtype-int": (dict(dtype="int32"), TypeError, "dtype"),
         "dtype-nonsense": (dict(dtype="nonsense"), TypeError, "dtype"),
@@ -654,8 +799,9 @@ def mlp_cases(backend):
     add("from_arrays-layouts", build)
 
     # methods, for both losses
-    for loss in ("mse", "cross_entropy"):
+    for loss in ("mse", "cross_entropy", "binary_cross_entropy"):
         ce = loss == "cross_entropy"
+        bce = loss == "binary_cross_entropy"
         for method in METHODS:
             takes_y = method != "predict"
             hyper = HYPER.get(method, {})
@@ -727,7 +873,7 @@ def mlp_cases(backend):
                     failing = case(args, raises(FloatingPointError, "finite"), dt)
                     return failing._replace(writes_on_error=method == "fit")
                 add(f"{tag}-nonfinite-x-{dt}", build)
-            if ce:
+            if ce or bce:
                 def build(kw=kw, case=case):
                     args = kw("float32")
                     args["x"] = (np.sign(args["x"]) * 1e30).astype(np.float32)
@@ -757,6 +903,10 @@ def mlp_cases(backend):
                                               ValueError)})
             else:
                 bad_y["y-float32-into-float64"] = (lambda y: y.astype(np.float32), TypeError)
+            if bce:  # targets in [0, 1]
+                bad_y.update({"y-above-one": (lambda y: y + 1.5, ValueError),
+                              "y-negative": (lambda y: y - 0.25, ValueError),
+                              "y-nan": (lambda y: np.where(y > 0, np.nan, y), ValueError)})
             for label, (make, exc) in bad_y.items():
                 def build(make=make, exc=exc, kw=kw, case=case, label=label):
                     args = kw()
@@ -767,12 +917,42 @@ def mlp_cases(backend):
                 add(f"{tag}-{label}", build)
             add(f"{tag}-y-list", lambda kw=kw, ok=ok: ok(
                 {**kw(), "y": kw()["y"].tolist()}))
-            if not ce:
+            if bce:
+                add(f"{tag}-y-soft", lambda kw=kw, ok=ok: ok(
+                    {**kw(), "y": kw()["y"] * 0.5 + 0.25}))
+            elif not ce:
                 add(f"{tag}-y-nonfinite", lambda kw=kw, ok=ok, case=case, method=method: (
                     ok({**kw(), "y": np.full((6, SIZES[-1]), np.nan)}, exact=False)
                     if method == "evaluate" else
                     case({**kw(), "y": np.full((6, SIZES[-1]), np.nan)},
                          raises(FloatingPointError, "finite"))))
+            if method in ("loss_and_grads", "train_step", "fit"):
+                for label, make, exc in (
+                        ("length", lambda n: np.ones(n - 1), ValueError),
+                        ("2d", lambda n: np.ones((n, 1)), ValueError),
+                        ("scalar", lambda n: 1.0, ValueError),
+                        ("negative", lambda n: np.r_[-1.0, np.ones(n - 1)], ValueError),
+                        ("nan", lambda n: np.r_[np.nan, np.ones(n - 1)], ValueError),
+                        ("inf", lambda n: np.r_[np.inf, np.ones(n - 1)], ValueError),
+                        ("all-zero", lambda n: np.zeros(n), ValueError),
+                        ("str", lambda n: np.full(n, "1"), TypeError),
+                        ("complex", lambda n: np.ones(n, complex), TypeError),
+                        ("float16", lambda n: np.ones(n, np.float16), TypeError)):
+                    def build(make=make, exc=exc, kw=kw, case=case):
+                        args = kw()
+                        args["sample_weight"] = make(args["x"].shape[0])
+                        return case(args, raises(exc, named("sample_weight")))
+                    add(f"{tag}-sample_weight-{label}", build)
+                for label, make in (("int", lambda n: np.arange(n) % 3),
+                                    ("list", lambda n: [0.5] * n),
+                                    ("strided", lambda n: layout(np.linspace(0.5, 2, n),
+                                                                 "strided")),
+                                    ("read_only", lambda n: layout(np.ones(n), "read_only"))):
+                    def build(make=make, kw=kw, ok=ok):
+                        args = kw()
+                        args["sample_weight"] = make(args["x"].shape[0])
+                        return ok(args)
+                    add(f"{tag}-sample_weight-{label}", build)
             if not hyper:
                 continue
             # hyper-parameters
@@ -792,9 +972,37 @@ def mlp_cases(backend):
             add(f"{tag}-nesterov-no-momentum", lambda kw=kw, case=case: case(
                 {**kw(), "nesterov": True}, raises(ValueError, named("nesterov"))))
             add(f"{tag}-lr-numpy-scalar", lambda kw=kw, ok=ok: ok({**kw(), "lr": np.float64(0.05)}))
+            # the optimizer options
+            for label, value, exc, arg, *words in (
+                    ("optimizer-unknown", dict(optimizer="rmsprop"), ValueError, "optimizer",
+                     "'adam'", "'sgd'"),
+                    ("optimizer-none", dict(optimizer=None), ValueError, "optimizer", "'adam'"),
+                    ("optimizer-upper", dict(optimizer="Adam"), ValueError, "optimizer"),
+                    ("decay-unknown", dict(decay="biases"), ValueError, "decay", "'weights'",
+                     "'all'"),
+                    ("decay-bool", dict(decay=True), ValueError, "decay", "'weights'"),
+                    ("betas-single", dict(optimizer="adam", betas=(0.9,)), TypeError, "betas"),
+                    ("betas-float", dict(optimizer="adam", betas=0.9), TypeError, "betas"),
+                    ("betas-one", dict(optimizer="adam", betas=(1.0, 0.999)), ValueError,
+                     "betas"),
+                    ("betas-nan", dict(optimizer="adam", betas=(0.9, math.nan)), ValueError,
+                     "betas[1]"),
+                    ("betas-str", dict(optimizer="adam", betas=("0.9", 0.999)), TypeError,
+                     "betas[0]"),
+                    ("eps-zero", dict(optimizer="adam", eps=0.0), ValueError, "eps"),
+                    ("eps-negative", dict(optimizer="adam", eps=-1e-8), ValueError, "eps"),
+                    ("eps-str", dict(optimizer="adam", eps="1e-8"), TypeError, "eps")):
+                add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, words=words, kw=kw,
+                    case=case: case({**kw(), **value}, raises(exc, named(arg), *words)))
+            for label, value in (("adam", dict(optimizer="adam")),
+                                 ("adam-decay-weights", dict(optimizer="adam", decay="weights",
+                                                             weight_decay=0.01)),
+                                 ("sgd-decay-weights", dict(momentum=0.9, decay="weights",
+                                                            weight_decay=0.01))):
+                add(f"{tag}-{label}", lambda value=value, kw=kw, ok=ok: ok({**kw(), **value}))
             if method != "fit":
                 continue
-            for label, value, exc, arg in (
+            for label, value, exc, arg, *words in (
                     ("epochs-negative", dict(epochs=-1), ValueError, "epochs"),
                     ("epochs-float", dict(epochs=1.5), TypeError, "epochs"),
                     ("epochs-none", dict(epochs=None), TypeError, "epochs"),
@@ -806,10 +1014,35 @@ def mlp_cases(backend):
                     ("validation-bad-x", dict(validation_data=(np.zeros((2, 9)), np.zeros(2, np.int64))),
                      ValueError, "validation_data"),
                     ("callback-not-callable", dict(callback=3), TypeError, "callback"),
-                    ("seed-str", dict(seed="abc"), TypeError, "seed")):
-                add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, kw=kw, case=case: case(
-                    {**kw(), **value}, raises(exc, named(arg))))
+                    ("seed-str", dict(seed="abc"), TypeError, "seed"),
+                    ("schedule-unknown", dict(schedule="cosine"), ValueError, "schedule",
+                     "'constant'", "'invscaling'", "'adaptive'"),
+                    ("schedule-none", dict(schedule=None), ValueError, "schedule"),
+                    ("power_t-negative", dict(power_t=-0.5), ValueError, "power_t"),
+                    ("power_t-nan", dict(power_t=math.nan), ValueError, "power_t"),
+                    ("power_t-str", dict(power_t="0.5"), TypeError, "power_t"),
+                    ("patience-zero", dict(patience=0), ValueError, "patience"),
+                    ("patience-float", dict(patience=2.5), TypeError, "patience"),
+                    ("patience-bool", dict(patience=True), TypeError, "patience"),
+                    ("patience-none", dict(patience=None), TypeError, "patience"),
+                    ("tol-negative", dict(tol=-1e-4), ValueError, "tol"),
+                    ("tol-inf", dict(tol=math.inf), ValueError, "tol"),
+                    ("tol-str", dict(tol="1e-4"), TypeError, "tol"),
+                    ("early_stopping-no-validation", dict(early_stopping=True), ValueError,
+                     "early_stopping"),
+                    ("early_stopping-str", dict(early_stopping="yes"), TypeError,
+                     "early_stopping")):
+                add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, words=words, kw=kw,
+                    case=case: case({**kw(), **value}, raises(exc, named(arg), *words)))
             add(f"{tag}-epochs-zero", lambda kw=kw, ok=ok: ok({**kw(), "epochs": 0}))
+            for label, value in (("invscaling", dict(schedule="invscaling", power_t=0.25)),
+                                 ("adaptive", dict(schedule="adaptive", patience=1, tol=0.0)),
+                                 ("early-stopping", dict(
+                                     early_stopping=True, patience=1,
+                                     validation_data=_data(loss, n=4, seed=2))),
+                                 ("adam-sample-weight", dict(optimizer="adam",
+                                                             sample_weight=np.arange(6) % 2 + 1))):
+                add(f"{tag}-{label}", lambda value=value, kw=kw, ok=ok: ok({**kw(), **value}))
     # the lock: reset_optimizer and save take no bad input but must not corrupt
     return cases
 
