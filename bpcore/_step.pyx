@@ -46,28 +46,9 @@ from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
 
 cnp.import_array()
 
-cdef extern from "optim.h" nogil:
-    void bp_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
-                    float lr, float momentum, float weight_decay, int nesterov)
-    void bp_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
-                    double lr, double momentum, double weight_decay, int nesterov)
-    int bp_optim_select(int want_avx2)
-    void bp_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
-                     double lr, double b1, double b2, double eps, double weight_decay,
-                     long long t)
-    void bp_adam_f64(double* param, const double* grad, double* m, double* s, Py_ssize_t n,
-                     double lr, double b1, double b2, double eps, double weight_decay,
-                     long long t)
-    void bp_sk_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
-                       float lr, float momentum, int nesterov)
-    void bp_sk_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,
-                       double lr, double momentum, int nesterov)
-    void bp_sk_adam_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
-                        float neg_lr_t, float b1, float one_minus_b1, float b2,
-                        float one_minus_b2, float eps)
-    void bp_sk_adam_f64(double* param, const double* grad, double* m, double* s,
-                        Py_ssize_t n, double neg_lr_t, double b1, double one_minus_b1,
-                        double b2, double one_minus_b2, double eps)
+from bpcore._kernels cimport (
+    bp_sgd_f32, bp_sgd_f64, bp_optim_select, bp_adam_f32, bp_adam_f64,
+    bp_sk_sgd_f32, bp_sk_sgd_f64, bp_sk_adam_f32, bp_sk_adam_f64)
 
 cdef extern from "Python.h":
     int _check_signals "PyErr_CheckSignals" ()
