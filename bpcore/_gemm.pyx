@@ -608,16 +608,50 @@ cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta
     return out
 
 
-cdef object _fast(object a, object b, bint ta, bint tb, object alpha):
-    """``matmul`` for the common call (two native float ndarrays, matching shapes,
-    ``out=None``, beta 0): a few C checks instead of the full policy.  None when
-    any check fails -- the full path then raises or converts."""
+cdef inline bint _writeable(object arr):
+    return arr.flags.writeable
+
+
+cdef inline void _extent(const Py_buffer *v, char **lo, char **hi) noexcept:
+    """The first and one-past-last byte a 2-D buffer can touch (signed strides)."""
+    cdef char *start = <char*>v.buf
+    cdef char *end = <char*>v.buf
+    cdef Py_ssize_t d, span
+    for d in range(2):
+        span = (v.shape[d] - 1) * v.strides[d] if v.shape[d] > 0 else 0
+        if span < 0:
+            start += span
+        else:
+            end += span
+    lo[0] = start
+    hi[0] = end + v.itemsize
+
+
+cdef inline bint _apart(const Py_buffer *x, const Py_buffer *y) noexcept:
+    cdef char *xlo
+    cdef char *xhi
+    cdef char *ylo
+    cdef char *yhi
+    _extent(x, &xlo, &xhi)
+    _extent(y, &ylo, &yhi)
+    return xhi <= ylo or yhi <= xlo
+
+
+cdef object _fast(object a, object b, bint ta, bint tb, object alpha, object beta,
+                  object out):
+    """``matmul`` for the common call (two native float ndarrays, matching shapes, finite
+    float alpha/beta, ``out`` None -- then beta 0 -- or a C-contiguous, writeable,
+    aligned ndarray of the right shape and dtype lying apart from both operands): a few
+    C checks instead of the full policy.  None when any check fails -- the full path
+    then raises or converts."""
     cdef Py_buffer va, vb, vc
     cdef Py_ssize_t m, n, k, kb
     cdef int kind
-    cdef object out
     if (type(alpha) is not float or not isfinite(<double>alpha)
-            or type(a) is not ndarray or type(b) is not ndarray):
+            or type(beta) is not float or not isfinite(<double>beta)
+            or type(a) is not ndarray or type(b) is not ndarray
+            or (out is None and <double>beta != 0.0)
+            or (out is not None and type(out) is not ndarray)):
         return None
     if PyObject_GetBuffer(a, &va, _RO) != 0:
         return None
@@ -635,10 +669,22 @@ cdef object _fast(object a, object b, bint ta, bint tb, object alpha):
             n = vb.shape[0] if tb else vb.shape[1]
             if k != kb:
                 return None
-            out = _empty((m, n), _F32 if kind == 4 else _F64)
-            PyObject_GetBuffer(out, &vc, PyBUF_STRIDES | PyBUF_WRITABLE)
+            if out is None:
+                out = _empty((m, n), _F32 if kind == 4 else _F64)
+                PyObject_GetBuffer(out, &vc, PyBUF_STRIDES | PyBUF_WRITABLE)
+            else:
+                if not _writeable(out):
+                    return None  # read-only: the full path says so, naming `out`
+                PyObject_GetBuffer(out, &vc, _RO | PyBUF_WRITABLE)
+                if (_kind(&vc) != kind or vc.ndim != 2 or vc.shape[0] != m
+                        or vc.shape[1] != n or not _elementwise(&vc)
+                        or vc.strides[1] != vc.itemsize or vc.strides[0] != n * vc.itemsize
+                        or not _apart(&vc, &va) or not _apart(&vc, &vb)):
+                    PyBuffer_Release(&vc)
+                    return None
             try:
-                _compute(&va, &vb, ta, tb, <double>alpha, 0.0, &vc, BP_EPI_NONE, NULL, NULL)
+                _compute(&va, &vb, ta, tb, <double>alpha, <double>beta, &vc, BP_EPI_NONE,
+                         NULL, NULL)
             finally:
                 PyBuffer_Release(&vc)
             return out
@@ -690,10 +736,9 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
         ``out`` if given, else a new array.
     """
     cdef object result
-    if out is None and (beta == 0.0 if type(beta) is float else False):
-        result = _fast(a, b, trans_a, trans_b, alpha)
-        if result is not None:
-            return result
+    result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
+    if result is not None:
+        return result
     a, b, ta, tb, alpha, beta, out = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
     return _run(a, b, ta, tb, alpha, beta, out)
 
