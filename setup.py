@@ -11,7 +11,7 @@ here, once, for all of them (see scikit-learn's ``_build_utils``):
 * ``BPCORE_NATIVE=1`` adds ``-march=native`` for a local build; the default
   build stays portable and picks AVX2+FMA kernels at import time instead.
 
-Flags are ``-O3 -fno-math-errno``.  Never ``-ffast-math``/``-Ofast``: with
+Flags are ``-O3 -fno-math-errno``.  Never GCC's fast-math options: with
 gcc 12 a shared object built that way sets flush-to-zero for the whole
 Python process when it is loaded.
 """

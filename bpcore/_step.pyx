@@ -867,6 +867,16 @@ cdef class Trainer:
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
 
+    cdef void _check_order(self, object order, Py_ssize_t n) except *:
+        """``order`` is None or a permutation-like int64 index vector over n rows."""
+        if order is None:
+            return
+        if (not isinstance(order, np.ndarray) or order.dtype != np.int64
+                or order.shape != (n,) or not order.flags.c_contiguous):
+            raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
+        if n and (order.min() < 0 or order.max() >= n):
+            raise ValueError("`order` holds an index out of range")
+
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
                 or not x.flags.c_contiguous or x.shape[1] != self._sizes[0]):
@@ -1091,12 +1101,7 @@ cdef class Trainer:
         cdef Py_ssize_t n = x.shape[0]
         if batch_size < 1:
             raise ValueError("`batch_size` must be >= 1")
-        if order is not None:
-            if (not isinstance(order, np.ndarray) or order.dtype != np.int64
-                    or order.shape != (n,) or not order.flags.c_contiguous):
-                raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
-            if n and (order.min() < 0 or order.max() >= n):
-                raise ValueError("`order` holds an index out of range")
+        self._check_order(order, n)
         self._reserve(min(batch_size, max(n, 1)))
         x_batch, _, y_batch = self._buffers
         x_batch = x_batch[0]
@@ -1202,12 +1207,7 @@ cdef class Trainer:
         self._check_weights(sample_weight, n)
         if batch_size < 1:
             raise ValueError("`batch_size` must be >= 1")
-        if order is not None:
-            if (not isinstance(order, np.ndarray) or order.dtype != np.int64
-                    or order.shape != (n,) or not order.flags.c_contiguous):
-                raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
-            if n and (order.min() < 0 or order.max() >= n):
-                raise ValueError("`order` holds an index out of range")
+        self._check_order(order, n)
         cdef Optim opt
         self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
                          eps, step, weights_only)
@@ -1319,12 +1319,7 @@ cdef class Trainer:
         self._check_weights(sample_weight, n)
         if batch_size < 1:
             raise ValueError("`batch_size` must be >= 1")
-        if order is not None:
-            if (not isinstance(order, np.ndarray) or order.dtype != np.int64
-                    or order.shape != (n,) or not order.flags.c_contiguous):
-                raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
-            if n and (order.min() < 0 or order.max() >= n):
-                raise ValueError("`order` holds an index out of range")
+        self._check_order(order, n)
         self._reserve(min(batch_size, max(n, 1)))
         x_batch, _, y_batch = self._buffers
         x_batch = x_batch[0]
