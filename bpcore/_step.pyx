@@ -858,7 +858,8 @@ cdef class Trainer:
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
         y_gather = (np.empty(rows, np.int64) if self.net.loss == LOSS_CROSS_ENTROPY
                     else np.empty((rows, int(self._sizes[self.net.n_layers])), self.dtype))
-        self._buffers = (buffers, deltas, y_gather)
+        sw_gather = np.empty(rows, self.dtype)
+        self._buffers = (buffers, deltas, y_gather, sw_gather)
         self.capacity = rows
 
     cdef void _check_block(self, object block, str name) except *:
@@ -876,6 +877,15 @@ cdef class Trainer:
             raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("`order` holds an index out of range")
+
+    cdef tuple _epoch_buffers(self, Py_ssize_t n, object order, Py_ssize_t batch_size):
+        """Check an epoch's batch size and row order; its (x, y, weight) gather buffers."""
+        if batch_size < 1:
+            raise ValueError("`batch_size` must be >= 1")
+        self._check_order(order, n)
+        self._reserve(min(batch_size, max(n, 1)))
+        buffers, _, y_batch, sw_batch = self._buffers
+        return buffers[0], y_batch, sw_batch
 
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
@@ -1099,12 +1109,7 @@ cdef class Trainer:
             self._check_block(velocity, "velocity")
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
-        if batch_size < 1:
-            raise ValueError("`batch_size` must be >= 1")
-        self._check_order(order, n)
-        self._reserve(min(batch_size, max(n, 1)))
-        x_batch, _, y_batch = self._buffers
-        x_batch = x_batch[0]
+        x_batch, y_batch, _ = self._epoch_buffers(n, order, batch_size)
         cdef Py_ssize_t y_row_bytes = y.strides[0]
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
@@ -1205,16 +1210,10 @@ cdef class Trainer:
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
         self._check_weights(sample_weight, n)
-        if batch_size < 1:
-            raise ValueError("`batch_size` must be >= 1")
-        self._check_order(order, n)
+        x_batch, y_batch, sw_batch = self._epoch_buffers(n, order, batch_size)
         cdef Optim opt
         self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
                          eps, step, weights_only)
-        self._reserve(min(batch_size, max(n, 1)))
-        x_batch, _, y_batch = self._buffers
-        x_batch = x_batch[0]
-        sw_batch = np.empty(min(batch_size, max(n, 1)), self.dtype)
         cdef Py_ssize_t y_row_bytes = y.strides[0]
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
@@ -1317,13 +1316,7 @@ cdef class Trainer:
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
         self._check_weights(sample_weight, n)
-        if batch_size < 1:
-            raise ValueError("`batch_size` must be >= 1")
-        self._check_order(order, n)
-        self._reserve(min(batch_size, max(n, 1)))
-        x_batch, _, y_batch = self._buffers
-        x_batch = x_batch[0]
-        sw_batch = np.empty(min(batch_size, max(n, 1)), self.dtype)
+        x_batch, y_batch, sw_batch = self._epoch_buffers(n, order, batch_size)
         cdef SkOptim opt
         opt.kind = SK_SOLVERS[solver]
         opt.lr = lr
