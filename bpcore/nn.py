@@ -10,6 +10,7 @@ Every training call is one call into compiled code (``bpcore._step``) that
 runs without the GIL and allocates nothing per step; ``backend="reference"``
 runs the same model with :mod:`bpcore.reference`, for checking.
 """
+import contextlib
 import math
 import sys
 import threading
@@ -31,7 +32,6 @@ SCHEDULES = ("constant", "invscaling", "adaptive")
 INITS = ("auto", "normal", "glorot", "he")
 BACKENDS = ("compiled", "reference")
 _NONFINITE = 100
-_INTERRUPTED = 101
 
 
 def _aligned_zeros(n, dtype, align=64):
@@ -63,6 +63,7 @@ class ReferenceTrainer:
             self.b_off.append(offset)
             offset += n_out
         self.n_params = offset
+        self.batches_done = 0  # batches applied by the last epoch call
 
     def offsets(self):
         return np.array(self.w_off, np.intp), np.array(self.b_off, np.intp)
@@ -111,11 +112,16 @@ class ReferenceTrainer:
         mean = self.reduction.endswith("mean")
         total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
         # a batch of zero-weight rows only gives loss 0 and gradient 0 (as _step)
-        norm = (float(sample_weight.sum()) or 1.0) if mean else 1.0
+        weights = sample_weight.astype(np.float64)  # summed in double, as _step
+        with np.errstate(over="ignore"):
+            norm = (float(weights.sum()) or 1.0) if mean else 1.0
+        if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
+            weights = weights / weights.max()
+            norm = float(weights.sum())
         per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
         loss, grad = 0.0, np.empty_like(out)
         for i in range(out.shape[0]):
-            coef = float(sample_weight[i]) / norm / (out.shape[1] if per_element else 1)
+            coef = float(weights[i]) / norm / (out.shape[1] if per_element else 1)
             loss += coef * loss_fn(out[i:i + 1], y[i:i + 1], reduction=total_reduction)
             grad[i:i + 1] = grad_fn(out[i:i + 1], y[i:i + 1],
                                     reduction=total_reduction) * out.dtype.type(coef)
@@ -191,6 +197,7 @@ class ReferenceTrainer:
                         nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
                         weights_only=False):
         loss_sum, done = 0.0, 0
+        self.batches_done = 0
         for start in range(0, x.shape[0], batch_size):
             rows = (slice(start, start + batch_size) if order is None
                     else order[start:start + batch_size])
@@ -200,13 +207,16 @@ class ReferenceTrainer:
                 return status, loss_sum, done, step
             step = self.update(params, grads, state1, state2, optimizer, lr, momentum,
                                weight_decay, nesterov, beta1, beta2, eps, step, weights_only)
-            loss_sum += loss * (len(x[rows]) if sw is None else float(sw.sum()))
+            weight = len(x[rows]) if sw is None else float(sw.sum(dtype=np.float64))
+            loss_sum += loss * weight
             done += 1
+            self.batches_done = done
         return 0, loss_sum, done, step
 
     def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
                     weight_decay, nesterov):
         loss_sum, done = 0.0, 0
+        self.batches_done = 0
         for start in range(0, x.shape[0], batch_size):
             rows = (slice(start, start + batch_size) if order is None
                     else order[start:start + batch_size])
@@ -216,6 +226,7 @@ class ReferenceTrainer:
                 return status, loss_sum, done
             loss_sum += loss * len(x[rows])
             done += 1
+            self.batches_done = done
         return 0, loss_sum, done
 
 
@@ -470,8 +481,20 @@ class MLP:
         w = np.ascontiguousarray(w, dtype=self.dtype)
         if not np.isfinite(w).all() or (w < 0).any():
             raise ValueError("`sample_weight` must be finite and >= 0")
-        if n and not w.sum() > 0:
+        with np.errstate(over="ignore"):  # an overflowing sum is handled below
+            total = float(np.sum(w, dtype=np.float64))
+        if n and not total > 0:
             raise ValueError("`sample_weight` must not sum to 0")
+        if not math.isfinite(total):
+            # NOTE: the sum overflows float64 (weights near 1e308).  The mean
+            # reductions do not depend on the weights' scale, so rescale them
+            # rather than let w_i / sum silently become 0; a sum reduction
+            # would overflow the loss itself.
+            if not self.reduction.endswith("mean"):
+                raise ValueError(f"`sample_weight` sums to more than the float64 range with "
+                                 f"reduction={self.reduction!r}: the weighted loss overflows; "
+                                 f"scale the weights down")
+            w = w / w.max()
         return w
 
     @staticmethod
@@ -748,9 +771,9 @@ class MLP:
         power_t = V.check_real("power_t", power_t, minimum=0.0)
         patience = V.check_int("patience", patience, minimum=1)
         tol = V.check_real("tol", tol, minimum=0.0)
-        if not isinstance(early_stopping, (bool, np.bool_)):
-            raise TypeError(f"`early_stopping` must be a bool; got "
-                            f"{type(early_stopping).__name__}")
+        for name, flag in (("early_stopping", early_stopping), ("shuffle", shuffle)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"`{name}` must be a bool; got {flag!r}")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
@@ -767,19 +790,22 @@ class MLP:
         if validation_data is not None:
             history["val_loss"] = []
         n = x.shape[0]
-        total_weight = n if sample_weight is None else float(sample_weight.sum())
+        total_weight = (n if sample_weight is None
+                        else float(np.sum(sample_weight, dtype=np.float64)))
         # The plain path (torch SGD, decay on all, no weights) keeps its exact behaviour.
         general = optimizer != "sgd" or weights_only or sample_weight is not None
         rate, seen = lr, 0
         best, stale = math.inf, 0            # the monitored loss, for "adaptive"
         best_val, val_stale, best_params = math.inf, 0, None
         bar = _Progress(epochs, progress)
+        where = _Interruption(self._core)
         try:
             for epoch in range(epochs):
+                where.epoch, where.batches = epoch, None
                 if schedule == "invscaling":
                     rate = lr / (seen + 1) ** power_t
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
-                with self._lock:
+                with self._lock, where.inside_epoch():
                     if general:
                         state = self._adam_state() if optimizer == "adam" else [
                             self._velocity_block(momentum), None, 0]
@@ -793,12 +819,12 @@ class MLP:
                             self._params, self._grads, self._velocity_block(momentum), x, y,
                             order, batch_size, rate, momentum, weight_decay, nesterov)
                 if status == _NONFINITE:
+                    kept = ("the parameters of the best epoch so far are restored"
+                            if early_stopping and best_params is not None else
+                            "the parameters are those from before that batch")
                     raise FloatingPointError(
-                        f"non-finite loss or gradient at epoch {epoch}, batch {done}; the "
-                        f"parameters are those from before that batch -- try a smaller `lr`")
-                if status == _INTERRUPTED:
-                    raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after "
-                                            f"{done} batches; the weights are kept")
+                        f"non-finite loss or gradient at epoch {epoch}, batch {done}; "
+                        f"{kept} -- try a smaller `lr`")
                 seen += n
                 logs = {"loss": loss_sum / total_weight}
                 history["loss"].append(logs["loss"])
@@ -824,6 +850,11 @@ class MLP:
                         if rate <= 1e-6:
                             break
                         rate, stale = rate / 5.0, 0
+        except KeyboardInterrupt as exc:
+            documented = where.documented(exc)
+            if documented is None:
+                raise
+            raise documented from exc
         finally:
             bar.close()
             if early_stopping and best_params is not None:
@@ -868,6 +899,37 @@ class MLP:
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
                 f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r})")
+
+
+class _Interruption:
+    """Where ``fit`` is, so that Ctrl-C anywhere in it says where training stopped.
+
+    NOTE: the compiled epoch re-raises a signal handler's exception as it was
+    (SystemExit, TimeoutError, a KeyboardInterrupt with a message, ...), and
+    those propagate unchanged; only the bare ``KeyboardInterrupt()`` of
+    Python's default SIGINT handler is replaced, by one that says where
+    training stopped -- whether it arrived inside the compiled epoch or in the
+    Python between epochs.
+    """
+
+    def __init__(self, core):
+        self.core, self.epoch, self.batches = core, 0, None
+
+    def documented(self, exc):
+        """Python's bare Ctrl-C as bpcore's KeyboardInterrupt; None for any other exception."""
+        if type(exc) is not KeyboardInterrupt or exc.args:
+            return None
+        done = f" after {self.batches} batches" if self.batches is not None else ""
+        return KeyboardInterrupt(f"training interrupted at epoch {self.epoch}{done}; the "
+                                 f"weights are kept")
+
+    @contextlib.contextmanager
+    def inside_epoch(self):
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.batches = self.core.batches_done
+            raise
 
 
 def _rng(seed):
