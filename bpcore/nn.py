@@ -14,6 +14,7 @@ import contextlib
 import math
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -444,13 +445,10 @@ class MLP:
             if y_arr.ndim == 1 and self.layer_sizes[-1] == 1:
                 y = y_arr.reshape(-1, 1)  # one output: (n,) targets are accepted
             specs.append(("y", y, 2))
-        x_dtype, arrays = V.float_arrays(*specs)
-        if x_dtype != self.dtype and any(isinstance(v, np.ndarray) and v.dtype.kind == "f"
-                                         for _, v, _ in specs):
-            culprit = next(n for n, v, _ in specs
-                           if isinstance(v, np.ndarray) and v.dtype.kind == "f")
-            raise TypeError(f"the model is {self.dtype} but `{culprit}` is {x_dtype}; convert "
-                            f"it with .astype(np.{self.dtype.name})")
+        # NOTE: data comes as it comes (float64 from NumPy, ints, lists): each array
+        # is converted once to the model's dtype.  An array already of that dtype
+        # and layout is used as is, so float32 data for a float32 model is never copied.
+        arrays = [V.float_arrays(spec)[1][0] for spec in specs]
         arrays = V.as_contiguous(*[a.astype(self.dtype, copy=False) for a in arrays])
         x = arrays[0]
         V.check_shape("x", x, ("n", self.layer_sizes[0]),
@@ -635,7 +633,7 @@ class MLP:
                               lr, momentum, weight_decay, nesterov, 0.9, 0.999, 1e-8, 0,
                               weights_only)
 
-    def train_step(self, x, y, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+    def train_step(self, x, y, *, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False,
                    optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
                    sample_weight=None):
         """One optimizer step on the batch (x, y): forward, loss, backward, update.
@@ -644,7 +642,9 @@ class MLP:
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
-        lr, momentum, weight_decay, nesterov
+        lr : float, optional
+            The learning rate; None: 0.01 for SGD, 0.001 for Adam (Keras's defaults).
+        momentum, weight_decay, nesterov
             As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The optimizer
             state persists across calls (see :meth:`reset_optimizer`).
         optimizer, betas, eps, decay
@@ -662,6 +662,8 @@ class MLP:
         FloatingPointError
             The loss or a gradient is not finite; the parameters are unchanged.
         """
+        if lr is None:
+            lr = _default_lr(optimizer)
         if optimizer != "sgd" or decay != "all" or sample_weight is not None:
             x, y = self._inputs(x, y)
             sample_weight = self._sample_weight(sample_weight, x.shape[0])
@@ -696,23 +698,25 @@ class MLP:
                     momentum, weight_decay, nesterov)
         return result
 
-    def fit(self, x, y, *, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
+    def fit(self, x, y, *, epochs=10, batch_size=32, lr=None, momentum=0.0, weight_decay=0.0,
             nesterov=False, shuffle=True, seed=None, validation_data=None, progress=False,
             callback=None, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
             sample_weight=None, schedule="constant", power_t=0.5, early_stopping=False,
-            patience=10, tol=1e-4):
+            patience=10, tol=1e-4, metrics=(), verbose=0):
         """Mini-batch training over whole epochs, each epoch one call into compiled code.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
-        epochs : int
+        epochs : int, default 10
             >= 0 (the most epochs run; early stopping may run fewer).
-        batch_size : int
+        batch_size : int, default 32
             >= 1; the last batch of an epoch keeps the remaining rows.
-        lr, momentum, weight_decay, nesterov
-            As :meth:`train_step`; ``lr`` is the initial rate of a schedule.
+        lr : float, optional
+            The (initial) learning rate; None: 0.01 for SGD, 0.001 for Adam.
+        momentum, weight_decay, nesterov
+            As :meth:`train_step`.
         shuffle : bool
             Visit rows in a new random order each epoch.
         seed : int or numpy.random.Generator, optional
@@ -744,13 +748,22 @@ class MLP:
             >= 1.
         tol : float
             >= 0.
+        metrics : sequence of str
+            ``("accuracy",)`` adds ``accuracy`` (and ``val_accuracy`` with
+            validation data) to the history: the fraction of rows whose
+            predicted class (all labels, for multi-label BCE) is right, on the
+            whole training set after each epoch (as :meth:`score`).  Needs a
+            classification loss.
+        verbose : int
+            0: silent; 1: one line per epoch on stdout (epoch, loss, metrics,
+            seconds), as Keras's ``verbose=2``.
 
         Returns
         -------
         dict
-            ``{"loss": [...], "val_loss": [...], "lr": [...]}``: per epoch, the
-            batch losses averaged with batch-size (batch-weight) weights, and
-            the rate used.
+            ``{"loss": [...], "val_loss": [...], "lr": [...], ...}``: per epoch,
+            the batch losses averaged with batch-size (batch-weight) weights,
+            the rate used and the metrics asked for.
 
         Raises
         ------
@@ -764,6 +777,8 @@ class MLP:
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
+        if lr is None:
+            lr = _default_lr(optimizer)
         lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay, nesterov)
         optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
             optimizer, betas, eps, decay)
@@ -785,6 +800,8 @@ class MLP:
             raise ValueError("`early_stopping`=True needs `validation_data`")
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
+        metrics = self._metrics(metrics)
+        verbose = V.check_int("verbose", verbose, minimum=0)
         rng = _rng(seed)
         history = {"loss": [], "lr": []}
         if validation_data is not None:
@@ -799,6 +816,7 @@ class MLP:
         best_val, val_stale, best_params = math.inf, 0, None
         bar = _Progress(epochs, progress)
         where = _Interruption(self._core)
+        started = time.perf_counter()
         try:
             for epoch in range(epochs):
                 where.epoch, where.batches = epoch, None
@@ -827,12 +845,21 @@ class MLP:
                         f"{kept} -- try a smaller `lr`")
                 seen += n
                 logs = {"loss": loss_sum / total_weight}
-                history["loss"].append(logs["loss"])
-                history["lr"].append(rate)
                 if validation_data is not None:
                     logs["val_loss"] = float(self._core.evaluate(self._params, x_val, y_val))
-                    history["val_loss"].append(logs["val_loss"])
+                if "accuracy" in metrics:
+                    logs["accuracy"] = self._accuracy(x, y)
+                    if validation_data is not None:
+                        logs["val_accuracy"] = self._accuracy(x_val, y_val)
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                history["lr"].append(rate)
                 bar.update(logs)
+                if verbose:
+                    print(f"epoch {epoch + 1}/{epochs} "
+                          + " ".join(f"{k}={v:.6g}" for k, v in logs.items())
+                          + f" time={time.perf_counter() - started:.3g}s", flush=True)
+                    started = time.perf_counter()
                 if callback is not None and callback(epoch, dict(logs)) is False:
                     break
                 if early_stopping:
@@ -861,6 +888,65 @@ class MLP:
                 with self._lock:
                     self._params[...] = best_params
         return history
+
+    # -- metrics ------------------------------------------------------------
+
+    def _metrics(self, metrics):
+        if isinstance(metrics, str) or not isinstance(metrics, (tuple, list)):
+            raise TypeError(f"`metrics` must be a sequence of names such as ('accuracy',); "
+                            f"got {metrics!r}")
+        for name in metrics:
+            V.check_choice("metrics", name, ("accuracy",))
+            if self.loss == "mse":
+                raise ValueError("`metrics`=('accuracy',) needs a classification loss "
+                                 "('cross_entropy' or 'binary_cross_entropy'); got loss='mse'")
+        return tuple(metrics)
+
+    def _accuracy(self, x, y, sample_weight=None):
+        """Fraction of rows classified right (converted inputs; see :meth:`score`)."""
+        out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
+        out = self._core.forward(self._params, x, out)
+        if self.loss == "cross_entropy":
+            right = out.argmax(axis=1) == y
+        else:  # all labels right (scikit-learn's subset accuracy); p = 0.5 counts as 0
+            right = ((out > 0.5) == (y > 0.5)).all(axis=1)
+        if sample_weight is None:
+            return float(right.mean()) if right.size else math.nan
+        return float(np.average(right, weights=sample_weight))
+
+    def score(self, x, y, *, sample_weight=None):
+        """Accuracy for the classification losses, R^2 for MSE (scikit-learn's ``score``).
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+        sample_weight : array_like, shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            ``loss="cross_entropy"``: the fraction of rows whose arg-max output
+            is the label; ``"binary_cross_entropy"``: the fraction of rows with
+            every output on the right side of 0.5; ``"mse"``: the coefficient
+            of determination 1 - SS_res / SS_tot, averaged over the outputs
+            (``sklearn.metrics.r2_score``'s "uniform_average"; an output with
+            constant targets scores 1 if predicted exactly, else 0).
+        """
+        x, y = self._inputs(x, y)
+        sample_weight = self._sample_weight(sample_weight, x.shape[0])
+        if self.loss != "mse":
+            return self._accuracy(x, y, sample_weight)
+        pred = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
+        pred = self._core.forward(self._params, x, pred).astype(np.float64)
+        target = y.astype(np.float64)
+        w = np.ones(len(target)) if sample_weight is None else sample_weight.astype(np.float64)
+        mean = np.average(target, axis=0, weights=w)
+        ss_res = (w[:, None] * (target - pred) ** 2).sum(axis=0)
+        ss_tot = (w[:, None] * (target - mean) ** 2).sum(axis=0)
+        scores = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                          np.where(ss_res == 0, 1.0, 0.0))
+        return float(scores.mean())
 
     # -- files --------------------------------------------------------------
 
@@ -930,6 +1016,11 @@ class _Interruption:
         except KeyboardInterrupt:
             self.batches = self.core.batches_done
             raise
+
+
+def _default_lr(optimizer):
+    """``lr=None``: Keras's defaults, 0.01 for SGD and 0.001 for Adam."""
+    return 1e-3 if optimizer == "adam" else 0.01
 
 
 def _rng(seed):

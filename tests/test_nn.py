@@ -375,7 +375,7 @@ def test_train_step_rejects_bad_arguments():
     net = MLP([3, 2], seed=0)
     x, y = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
     with pytest.raises(TypeError, match="`x`"):
-        net.train_step(x.astype(np.float64), y, lr=0.1)
+        net.train_step(x.astype(np.float16), y, lr=0.1)
     with pytest.raises(ValueError, match="`x`"):
         net.train_step(np.zeros((4, 5), np.float32), y, lr=0.1)
     with pytest.raises(ValueError, match="`y`"):
@@ -679,3 +679,95 @@ def test_failure_under_early_stopping_says_the_best_epoch_was_restored():
                 early_stopping=True, patience=5, tol=0.0, callback=explode)
     assert np.isfinite(net.parameters).all()
     assert any(np.array_equal(net.parameters, g) for g in grown)
+
+
+# ---------------------------------------------------------------------------
+# Data as it comes, Keras's defaults, score, metrics, verbose
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_ints_and_lists_are_converted_once_to_the_models_dtype(backend):
+    rng = np.random.default_rng(0)
+    x32 = rng.normal(size=(20, 4)).astype(np.float32)
+    y32 = rng.normal(size=(20, 2)).astype(np.float32)
+    ref = MLP([4, 5, 2], seed=0, backend=backend)
+    ref.fit(x32, y32, epochs=2, batch_size=5, lr=0.1, seed=1)
+    for x, y in ((x32.astype(np.float64), y32.astype(np.float64)),
+                 (x32.tolist(), y32.tolist())):
+        net = MLP([4, 5, 2], seed=0, backend=backend)
+        net.fit(x, y, epochs=2, batch_size=5, lr=0.1, seed=1)
+        np.testing.assert_array_equal(net.parameters, ref.parameters)
+        np.testing.assert_array_equal(net.predict(x), ref.predict(x32))
+        assert net.evaluate(x, y) == ref.evaluate(x32, y32)
+    ints = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(ref.predict(ints), ref.predict(ints.astype(np.float32)))
+
+
+def test_float32_data_for_a_float32_model_is_not_copied():
+    net = MLP([4, 2], seed=0)
+    x = np.ones((3, 4), np.float32)
+    # NOTE: a private check of the conversion's no-copy promise
+    assert net._inputs(x, need_y=False)[0] is x
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.01), ("adam", 1e-3)])
+def test_fit_defaults_are_keras_defaults(optimizer, lr):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(70, 3)), rng.normal(size=(70, 1))
+    a = MLP([3, 4, 1], seed=0, dtype="float64")
+    hist = a.fit(x, y, optimizer=optimizer, seed=0)
+    b = MLP([3, 4, 1], seed=0, dtype="float64")
+    b.fit(x, y, epochs=10, batch_size=32, lr=lr, optimizer=optimizer, seed=0)
+    assert len(hist["loss"]) == 10 and hist["lr"] == [lr] * 10
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    c = MLP([3, 4, 1], seed=0, dtype="float64")
+    c.train_step(x, y, optimizer=optimizer)
+    d = MLP([3, 4, 1], seed=0, dtype="float64")
+    d.train_step(x, y, lr=lr, optimizer=optimizer)
+    np.testing.assert_array_equal(c.parameters, d.parameters)
+
+
+def test_score_is_scikit_learns_accuracy_and_r2():
+    metrics = import_oracle("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 4))
+    w = rng.uniform(0.5, 2, size=60)
+    labels = rng.integers(0, 3, 60)
+    clf = MLP([4, 6, 3], loss="cross_entropy", dtype="float64", seed=0)
+    clf.fit(x, labels, epochs=3, lr=0.1)
+    pred = clf.predict(x).argmax(axis=1)
+    assert clf.score(x, labels) == pytest.approx(metrics.accuracy_score(labels, pred))
+    assert clf.score(x, labels, sample_weight=w) == pytest.approx(
+        metrics.accuracy_score(labels, pred, sample_weight=w))
+    multi = (rng.uniform(size=(60, 2)) > 0.5).astype(float)
+    bce = MLP([4, 6, 2], loss="binary_cross_entropy", dtype="float64", seed=0)
+    bce.fit(x, multi, epochs=3, lr=0.1)
+    assert bce.score(x, multi) == pytest.approx(
+        metrics.accuracy_score(multi, (bce.predict(x) > 0.5).astype(float)))
+    target = np.c_[x[:, 0] - x[:, 1], x[:, 2] ** 2]
+    reg = MLP([4, 8, 2], dtype="float64", seed=0)
+    reg.fit(x, target, epochs=20, lr=0.05)
+    for sw in (None, w):
+        assert reg.score(x, target, sample_weight=sw) == pytest.approx(
+            metrics.r2_score(target, reg.predict(x), sample_weight=sw), rel=1e-12)
+
+
+def test_metrics_accuracy_in_history_and_verbose_lines(capsys):
+    rng = np.random.default_rng(4)
+    x, labels = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)
+    net = MLP([4, 6, 2], loss="cross_entropy", dtype="float64", seed=0)
+    seen = []
+    hist = net.fit(x, labels, epochs=3, batch_size=8, lr=0.1, metrics=("accuracy",),
+                   validation_data=(x[:10], labels[:10]), verbose=1,
+                   callback=lambda e, logs: seen.append(net.score(x, labels)))
+    assert hist["accuracy"] == pytest.approx(seen)
+    assert len(hist["val_accuracy"]) == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3 loss=")
+    assert "val_accuracy=" in lines[-1] and lines[-1].rstrip().endswith("s")
+    with pytest.raises(ValueError, match="`metrics`"):
+        MLP([4, 1], dtype="float64").fit(x, labels[:, None] * 1.0, metrics=("accuracy",))
+    with pytest.raises(ValueError, match="`metrics`"):
+        net.fit(x, labels, metrics=("f1",))
+    with pytest.raises(TypeError, match="`metrics`"):
+        net.fit(x, labels, metrics="accuracy")
