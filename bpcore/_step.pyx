@@ -1,16 +1,30 @@
 # Design:
 #
-# The fused training step and the epoch loop of bpcore's MLP.
+# THE training core of bpcore: one forward, one backward, one update and one
+# epoch loop, in compiled code, driven by two small descriptions:
+#
+#   the loss rule    (struct Net, fixed per Trainer): PyTorch's losses and
+#                    reductions ("mse", "cross_entropy" on logits,
+#                    "binary_cross_entropy" on logits; optional row weights),
+#                    or scikit-learn's ("sk_*": delta = (out - y) * w, the
+#                    gradient (a.T @ delta + alpha * W) / sum(w), the L2 term
+#                    in the reported loss, scikit-learn's rounding order);
+#   the update rule  (struct Update, an UpdateRule per call): PyTorch's SGD
+#                    (momentum, Nesterov, decay on all parameters or weights
+#                    only) and Adam, or scikit-learn's SGDOptimizer and
+#                    AdamOptimizer -- the bitwise kernels of optim.h.
 #
 # A `Trainer` holds what does not change between calls -- layer sizes,
-# activations, the loss -- and a workspace sized for the largest batch seen
-# (activations, two delta buffers, gather buffers for shuffled batches).  It
-# holds no parameters: the parameters, their gradients and the optimizer
-# state are flat blocks owned by the Python model (bpcore.nn.MLP), laid out
-# layer by layer as W_l (n_in x n_out, row-major) then b_l (n_out,), and
-# passed in on every call.  The same step therefore serves one model, a
-# data-parallel rank (whose gradient block carries extra slots for a single
-# Allreduce) and scikit-learn-style coefs_/intercepts_ (views of one block).
+# activations, the loss rule -- and a workspace sized for the largest batch
+# seen (activations, two delta buffers, gather buffers for shuffled batches).
+# It holds no parameters: the parameters, their gradients and the optimizer
+# state are flat blocks owned by the caller (bpcore.nn.MLP, bpcore.sklearn,
+# bpcore.distributed), laid out layer by layer as W_l (n_in x n_out,
+# row-major) then b_l (n_out,), and passed in on every call.  The same step
+# therefore serves one model, a data-parallel rank (whose gradient block
+# carries extra slots for a single Allreduce) and scikit-learn-style
+# coefs_/intercepts_ (views of one block).  Its NumPy twin is
+# bpcore/reference_core.py (the same methods and signatures).
 #
 # One call is one nogil stretch that allocates nothing:
 #   forward   z_l = a_{l-1} @ W_l + b_l and a_l = act(z_l), bias and activation
@@ -20,13 +34,16 @@
 #   backward  delta_{l-1} = (delta_l @ W_l.T) * act'(a_{l-1}), the derivative
 #             applied by the GEMM's store, W_l.T read through strides; no
 #             product for the first layer's input;
-#   update    one SGD pass over the whole flat block (torch.optim.SGD's
-#             rounding, see optim.h).
+#   update    one pass of the update rule over the whole flat block;
+#   epoch     batches in order or gathered by a permutation, signal handlers
+#             polled between batches (their exception kept and re-raised
+#             unchanged after the nogil stretch).
 #
 # NOTE: non-finite values are caught before the update: a non-finite loss
-# stops the step before backward, and the whole gradient block is scanned
+# stops the step before backward, and each layer's gradient is scanned
 # (exponent bits, vectorised) before the optimizer touches the parameters.
-# On failure nothing is updated.
+# On failure nothing is updated.  Status codes become exceptions in one
+# place, _raise_for.
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, exp, isfinite, log, pow, sqrt
@@ -35,7 +52,6 @@ from libc.string cimport memcpy, memset
 import numpy as np
 cimport numpy as cnp
 
-from bpcore import _validate as V
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_BIAS_RELU, BP_EPI_BIAS_SIGMOID, BP_EPI_BIAS_TANH,
                            BP_EPI_MUL_DRELU, BP_EPI_MUL_DSIGMOID, BP_EPI_MUL_DTANH,
@@ -107,12 +123,11 @@ cdef enum:
     LOSS_BCE = 6
 
 cdef enum:
-    OPT_SGD = 0
-    OPT_ADAM = 1
-
-cdef enum:
-    OPT_SK_SGD = 0
-    OPT_SK_ADAM = 1
+    # update rules: PyTorch's optimizers and scikit-learn's
+    UPD_SGD = 0
+    UPD_ADAM = 1
+    UPD_SK_SGD = 2
+    UPD_SK_ADAM = 3
 
 # Status codes beyond the GEMM's BP_OK / BP_ENOMEM.
 cdef enum:
@@ -125,8 +140,6 @@ LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
           "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
           "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON,
           "binary_cross_entropy": LOSS_BCE}
-OPTIMIZERS = {"sgd": OPT_SGD, "adam": OPT_ADAM}
-SK_SOLVERS = {"sgd": OPT_SK_SGD, "adam": OPT_SK_ADAM}
 NONFINITE = STATUS_NONFINITE
 INTERRUPTED = STATUS_INTERRUPTED
 
@@ -142,12 +155,28 @@ cdef struct Net:
     const int* act               # activation of each layer's output
     const Py_ssize_t* w_off      # offset of W_l in the parameter block
     const Py_ssize_t* b_off      # offset of b_l
-    int loss
+    # the loss rule
+    int loss                     # LOSS_*
+    bint sklearn                 # scikit-learn's conventions (the LOSS_SK_* losses)
     double mse_factor            # 1 ("mean", "sum") or 0.5 ("half_*")
     bint mean                    # the loss divides by the sample (element) count
+    double alpha                 # scikit-learn's L2 penalty (sklearn rule only)
+    # the workspace
     char** acts                  # acts[1..n_layers]: capacity x sizes[l] buffers
     char* delta0                 # two capacity x max width buffers, used in turn
     char* delta1
+
+
+cdef struct Update:
+    # The update rule: which optimizer, in whose conventions, with its settings.
+    int kind                     # UPD_SGD, UPD_ADAM (PyTorch's), UPD_SK_SGD, UPD_SK_ADAM
+    double lr                    # the rate (scikit-learn's Adam: learning_rate_init)
+    double momentum
+    double weight_decay          # PyTorch's L2 term in the gradient (sklearn: in the loss)
+    int nesterov
+    double beta1, beta2, eps
+    long long step               # Adam's steps taken, advanced before each update
+    bint weights_only            # weight decay on the W_l only (not the biases)
 
 
 # Products below this many multiply-adds (~20 us on one core) run on one
@@ -182,27 +211,8 @@ cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------
-# Kernels of the step (nogil, on the flat blocks)
+# Forward
 # ---------------------------------------------------------------------------
-
-cdef void softmax_backward_rows(const floating* a, const floating* grad, floating* out,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
-    """out := a * (grad - sum(grad * a)) row by row: the softmax's Jacobian applied to grad."""
-    cdef Py_ssize_t i, j
-    cdef double dot
-    cdef const floating* ai
-    cdef const floating* gi
-    cdef floating* oi
-    for i in range(n_rows):
-        ai = a + i * n_cols
-        gi = grad + i * n_cols
-        oi = out + i * n_cols
-        dot = 0
-        for j in range(n_cols):
-            dot += <double>gi[j] * ai[j]
-        for j in range(n_cols):
-            oi[j] = <floating>(ai[j] * (gi[j] - dot))
-
 
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
                       Py_ssize_t n, floating** acts, bint logits) noexcept nogil:
@@ -237,15 +247,33 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
     return BP_OK
 
 
-cdef inline bint _takes_logits(int loss) noexcept nogil:
-    return loss == LOSS_CROSS_ENTROPY or loss == LOSS_BCE
+cdef inline bint _takes_logits(const Net* net) noexcept nogil:
+    """The loss applies the output's softmax / sigmoid itself (PyTorch's CE and BCE)."""
+    return not net.sklearn and (net.loss == LOSS_CROSS_ENTROPY or net.loss == LOSS_BCE)
 
 
-cdef int loss_and_grad_rows(const Net* net, const floating* params, const floating* x,
-                            const void* y, Py_ssize_t n, floating* grads,
-                            double* loss_out) noexcept nogil:
-    """``loss_and_grad_rows_w`` with unit weights."""
-    return loss_and_grad_rows_w(net, params, x, y, NULL, n, grads, loss_out)
+# ---------------------------------------------------------------------------
+# The loss rule: value and d loss / d output, in PyTorch's or scikit-learn's
+# conventions
+# ---------------------------------------------------------------------------
+
+cdef void softmax_backward_rows(const floating* a, const floating* grad, floating* out,
+                                Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
+    """out := a * (grad - sum(grad * a)) row by row: the softmax's Jacobian applied to grad."""
+    cdef Py_ssize_t i, j
+    cdef double dot
+    cdef const floating* ai
+    cdef const floating* gi
+    cdef floating* oi
+    for i in range(n_rows):
+        ai = a + i * n_cols
+        gi = grad + i * n_cols
+        oi = out + i * n_cols
+        dot = 0
+        for j in range(n_cols):
+            dot += <double>gi[j] * ai[j]
+        for j in range(n_cols):
+            oi[j] = <floating>(ai[j] * (gi[j] - dot))
 
 
 cdef inline double _unit_weight(const floating* sw, Py_ssize_t i, double wmax) noexcept nogil:
@@ -256,11 +284,13 @@ cdef inline double _unit_weight(const floating* sw, Py_ssize_t i, double wmax) n
 cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
                              const floating* sw, Py_ssize_t n,
                              floating* delta) noexcept nogil:
-    """The loss on n output rows and delta := its gradient w.r.t. the output (or logits).
+    """PyTorch's rule: the loss on n output rows and delta := its gradient w.r.t. the output.
 
-    Unweighted (``sw`` NULL): the mean / sum of the Trainer's reduction.  With
-    weights: sum_i w_i * loss_i, divided by sum_i w_i for "mean", so integer
-    weights equal repeated rows and a zero weight equals a dropped row.
+    (With respect to the logits for the losses that take them.)  Unweighted
+    (``sw`` NULL): the mean / sum of the Trainer's reduction.  With weights:
+    sum_i w_i * loss_i, divided by sum_i w_i for "mean", so integer weights
+    equal repeated rows and a zero weight equals a dropped row.  ``delta``
+    may be NULL (the loss only).
     """
     cdef Py_ssize_t n_out = net.sizes[net.n_layers], i, count = n * n_out
     cdef double scale, total = 0, norm = 1, wmax = 0
@@ -277,7 +307,7 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
             # NOTE: huge finite weights (1e307 each) overflow the sum; w_i / inf
             # would silently zero the loss and the gradient.  The mean does not
             # depend on the weights' scale, so sum w_i / max w instead (as the
-            # twin does); sw_scale below applies the same 1 / max to each w_i.
+            # twin does), and each w_i is divided by max w (_unit_weight).
             for i in range(n):
                 wmax = max(wmax, <double>sw[i])
             norm = 0
@@ -291,7 +321,8 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
         for i in range(n):
             scale = _unit_weight(sw, i, wmax) / norm
             total += scale * softmax_cross_entropy_rows(
-                out + i * n_out, <const long long*>y + i, delta + i * n_out, 1, n_out, scale)
+                out + i * n_out, <const long long*>y + i,
+                delta + i * n_out if delta != NULL else NULL, 1, n_out, scale)
         return total
     target = <const floating*>y
     if net.loss == LOSS_BCE:
@@ -301,7 +332,8 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
         for i in range(n):
             scale = _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean else sw[i]
             total += scale * sigmoid_bce(out + i * n_out, target + i * n_out,
-                                         delta + i * n_out, n_out, scale)
+                                         delta + i * n_out if delta != NULL else NULL,
+                                         n_out, scale)
         return total
     if sw == NULL:
         scale = net.mse_factor / count if net.mean else net.mse_factor
@@ -309,313 +341,16 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
     for i in range(n):
         scale = (net.mse_factor * _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean
                  else net.mse_factor * sw[i])
-        total += mse_forward_backward(out + i * n_out, target + i * n_out, delta + i * n_out,
+        total += mse_forward_backward(out + i * n_out, target + i * n_out,
+                                      delta + i * n_out if delta != NULL else NULL,
                                       n_out, scale)
     return total
-
-
-cdef int loss_and_grad_rows_w(const Net* net, const floating* params, const floating* x,
-                              const void* y, const floating* sw, Py_ssize_t n,
-                              floating* grads, double* loss_out) noexcept nogil:
-    """Forward, loss and backward on n rows: grads := d loss / d params; *loss_out := loss.
-
-    ``y`` is float targets (n x n_out) for MSE and binary cross-entropy or
-    int64 labels (n,) for cross-entropy; ``sw`` per-row weights or NULL (see
-    output_loss_rows).  Returns BP_OK, a GEMM error, or STATUS_NONFINITE when
-    the loss or a gradient is not finite (grads are then unspecified).
-    """
-    cdef int l, status
-    status = output_delta_rows_w(net, params, x, y, sw, n, loss_out)
-    if status != BP_OK:
-        return status
-    for l in range(net.n_layers - 1, -1, -1):
-        status = backward_layer_rows(net, params, x, n, grads, l)
-        if status != BP_OK:
-            return status
-    return BP_OK
-
-
-cdef bint all_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
-    """No inf or NaN in x[start:stop].
-
-    NOTE: tested on the exponent bits (all ones <=> inf or NaN) and OR-reduced
-    as integers, which the compiler may vectorise; a floating-point sum could
-    not be reordered without -ffast-math.
-    """
-    cdef Py_ssize_t i
-    cdef const unsigned int* u32
-    cdef const unsigned long long* u64
-    cdef unsigned int bad32 = 0
-    cdef unsigned long long bad64 = 0
-    if floating is float:
-        u32 = <const unsigned int*>(x + start)
-        for i in range(stop - start):
-            bad32 |= (u32[i] & 0x7f800000u) == 0x7f800000u
-        return bad32 == 0
-    else:
-        u64 = <const unsigned long long*>(x + start)
-        for i in range(stop - start):
-            bad64 |= (u64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
-        return bad64 == 0
-
-
-# ---------------------------------------------------------------------------
-# The step's two pieces: output delta, then one layer of backward at a time
-# ---------------------------------------------------------------------------
-#
-# NOTE: loss_and_grad_rows is exactly output_delta_rows followed by
-# backward_layer_rows for l = L-1 .. 0; the distributed fit calls the pieces
-# itself to start one layer's reduction while the next layer's backward runs.
-
-cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
-                           const void* y, Py_ssize_t n, double* loss_out) noexcept nogil:
-    """Forward and loss on n rows; d loss / d output (pre-activation) into delta0."""
-    return output_delta_rows_w(net, params, x, y, NULL, n, loss_out)
-
-
-cdef int output_delta_rows_w(const Net* net, const floating* params, const floating* x,
-                             const void* y, const floating* sw, Py_ssize_t n,
-                             double* loss_out) noexcept nogil:
-    """``output_delta_rows`` with row weights ``sw`` (NULL: none; see output_loss_rows)."""
-    cdef int L = net.n_layers, status
-    cdef floating** acts = <floating**>net.acts
-    cdef Py_ssize_t n_out = net.sizes[L], count
-    cdef floating* delta = <floating*>net.delta0
-    cdef floating* out
-    cdef double scale, loss
-    cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, _takes_logits(net.loss))
-    if status != BP_OK:
-        return status
-    out = acts[L]
-    loss = output_loss_rows(net, out, y, sw, n, delta)
-    if not _takes_logits(net.loss):
-        count = n * n_out
-        if act_out == ACT_SOFTMAX:
-            softmax_backward_rows(out, delta, delta, n, n_out)
-        elif act_out != ACT_IDENTITY:
-            activation_backward(act_out, out, delta, delta, count)
-    loss_out[0] = loss
-    if not isfinite(loss):
-        return STATUS_NONFINITE
-    return BP_OK
-
-
-cdef int backward_layer_rows(const Net* net, const floating* params, const floating* x,
-                             Py_ssize_t n, floating* grads, int l) noexcept nogil:
-    """Layer l's gradient (and delta_{l-1}) from delta_l; layers must come L-1 down to 0.
-
-    delta_l sits in delta0 when L-1-l is even, else in delta1 (the buffers
-    alternate as in loss_and_grad_rows).
-    """
-    cdef int L = net.n_layers, status
-    cdef floating** acts = <floating**>net.acts
-    cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1]
-    cdef bint even = (L - 1 - l) % 2 == 0
-    cdef floating* delta = <floating*>(net.delta0 if even else net.delta1)
-    cdef floating* delta_next = <floating*>(net.delta1 if even else net.delta0)
-    cdef const floating* a_prev = x if l == 0 else acts[l]
-    if l > 0:
-        status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
-                      params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
-                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
-                      _threads_for(n, n_in, n_out))
-        if status != BP_OK:
-            return status
-    status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
-                  <floating>0, grads + net.w_off[l], n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
-                  _threads_for(n_in, n_out, n))
-    if status != BP_OK:
-        return status
-    column_sums(delta, n, n_out, grads + net.b_off[l])
-    if not all_finite(grads, net.w_off[l], net.b_off[l] + n_out):
-        return STATUS_NONFINITE
-    return BP_OK
-
-
-cdef inline void sgd_block(floating* params, const floating* grads, floating* velocity,
-                           Py_ssize_t n, double lr, double momentum, double weight_decay,
-                           int nesterov) noexcept nogil:
-    if floating is float:
-        bp_sgd_f32(params, grads, velocity, n, <float>lr, <float>momentum,
-                   <float>weight_decay, nesterov)
-    else:
-        bp_sgd_f64(params, grads, velocity, n, lr, momentum, weight_decay, nesterov)
-
-
-cdef int train_epoch_rows(const Net* net, floating* params, floating* grads,
-                          floating* velocity, Py_ssize_t n_params,
-                          const floating* x, const void* y, const long long* order,
-                          Py_ssize_t n_samples, Py_ssize_t batch_size,
-                          floating* x_batch, void* y_batch, Py_ssize_t y_row_bytes,
-                          double lr, double momentum, double weight_decay, int nesterov,
-                          double* loss_sum, Py_ssize_t* batches_done,
-                          Pending* pending) noexcept nogil:
-    """Mini-batch SGD over the rows of x in ``order`` (NULL: in place, no gathering).
-
-    *loss_sum := sum of batch loss * batch size; *batches_done counts the
-    batches whose update was applied.  Stops at the first failing batch.
-    """
-    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0]
-    cdef Py_ssize_t x_row_bytes = n_in * sizeof(floating)
-    cdef const floating* xb
-    cdef const void* yb
-    cdef double loss
-    cdef int status
-    start = 0
-    while start < n_samples:
-        rows = min(batch_size, n_samples - start)
-        if order == NULL:
-            xb = x + start * n_in
-            yb = <const char*>y + start * y_row_bytes
-        else:
-            for r in range(rows):
-                src = order[start + r]
-                memcpy(x_batch + r * n_in, x + src * n_in, x_row_bytes)
-                memcpy(<char*>y_batch + r * y_row_bytes, <const char*>y + src * y_row_bytes,
-                       y_row_bytes)
-            xb = x_batch
-            yb = y_batch
-        status = loss_and_grad_rows(net, params, xb, yb, rows, grads, &loss)
-        if status != BP_OK:
-            return status
-        sgd_block(params, grads, velocity, n_params, lr, momentum, weight_decay, nesterov)
-        loss_sum[0] += loss * rows
-        batches_done[0] += 1
-        if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
-            if poll_signals(pending) != BP_OK:
-                return STATUS_INTERRUPTED
-        start += rows
-    return BP_OK
-
-
-# ---------------------------------------------------------------------------
-# The general update and epoch (bpcore.MLP with Adam, weights-only decay or
-# sample weights): PyTorch's SGD or Adam over the flat block
-# ---------------------------------------------------------------------------
-
-cdef struct Optim:
-    int kind                     # OPT_SGD or OPT_ADAM
-    double lr, momentum, weight_decay
-    int nesterov
-    double beta1, beta2, eps
-    long long step               # Adam's steps taken, advanced before each update
-    bint weights_only            # weight decay on the W_l only (not the biases)
-
-
-cdef void _update_range(Optim* opt, floating* params, const floating* grads, floating* s1,
-                        floating* s2, Py_ssize_t start, Py_ssize_t n,
-                        double weight_decay) noexcept nogil:
-    if opt.kind == OPT_SGD:
-        sgd_block(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
-                  opt.lr, opt.momentum, weight_decay, opt.nesterov)
-    elif floating is float:
-        bp_adam_f32(params + start, grads + start, s1 + start, s2 + start, n, opt.lr,
-                    opt.beta1, opt.beta2, opt.eps, weight_decay, opt.step)
-    else:
-        bp_adam_f64(params + start, grads + start, s1 + start, s2 + start, n, opt.lr,
-                    opt.beta1, opt.beta2, opt.eps, weight_decay, opt.step)
-
-
-cdef void apply_update(const Net* net, Optim* opt, floating* params, const floating* grads,
-                       floating* s1, floating* s2, Py_ssize_t n_params) noexcept nogil:
-    """params := one optimizer step over the flat block (state s1 = velocity or m, s2 = v)."""
-    cdef int l
-    cdef Py_ssize_t w_size
-    if opt.kind == OPT_ADAM:
-        opt.step += 1
-    if not opt.weights_only or opt.weight_decay == 0:
-        _update_range(opt, params, grads, s1, s2, 0, n_params, opt.weight_decay)
-        return
-    for l in range(net.n_layers):
-        w_size = net.sizes[l] * net.sizes[l + 1]
-        _update_range(opt, params, grads, s1, s2, net.w_off[l], w_size, opt.weight_decay)
-        _update_range(opt, params, grads, s1, s2, net.b_off[l], net.sizes[l + 1], 0.0)
-
-
-cdef int train_epoch_rows_opt(const Net* net, floating* params, floating* grads,
-                              floating* s1, floating* s2, Py_ssize_t n_params,
-                              const floating* x, const void* y, const floating* sw,
-                              const long long* order, Py_ssize_t n_samples,
-                              Py_ssize_t batch_size, floating* x_batch, void* y_batch,
-                              floating* sw_batch, Py_ssize_t y_row_bytes, Optim* opt,
-                              double* loss_sum, Py_ssize_t* batches_done,
-                              Pending* pending) noexcept nogil:
-    """``train_epoch_rows`` with any optimizer of ``Optim`` and optional row weights.
-
-    *loss_sum := sum of batch loss * batch rows (batch weight sum with weights).
-    """
-    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0]
-    cdef const floating* xb
-    cdef const void* yb
-    cdef const floating* swb
-    cdef double loss, weight
-    cdef int status
-    start = 0
-    while start < n_samples:
-        rows = min(batch_size, n_samples - start)
-        if order == NULL:
-            xb = x + start * n_in
-            yb = <const char*>y + start * y_row_bytes
-            swb = sw + start if sw != NULL else NULL
-        else:
-            for r in range(rows):
-                src = order[start + r]
-                memcpy(x_batch + r * n_in, x + src * n_in, n_in * sizeof(floating))
-                memcpy(<char*>y_batch + r * y_row_bytes, <const char*>y + src * y_row_bytes,
-                       y_row_bytes)
-                if sw != NULL:
-                    sw_batch[r] = sw[src]
-            xb = x_batch
-            yb = y_batch
-            swb = sw_batch if sw != NULL else NULL
-        status = loss_and_grad_rows_w(net, params, xb, yb, swb, rows, grads, &loss)
-        if status != BP_OK:
-            return status
-        apply_update(net, opt, params, grads, s1, s2, n_params)
-        if swb == NULL:
-            weight = rows
-        else:
-            weight = 0
-            for r in range(rows):
-                weight += swb[r]
-        loss_sum[0] += loss * weight
-        batches_done[0] += 1
-        if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
-            if poll_signals(pending) != BP_OK:
-                return STATUS_INTERRUPTED
-        start += rows
-    return BP_OK
-
-
-# ---------------------------------------------------------------------------
-# scikit-learn's conventions, for bpcore.sklearn: the loss, gradient and
-# updates of sklearn.neural_network's MLP, formula for formula
-# ---------------------------------------------------------------------------
-#
-# scikit-learn's MLP differs from the step above in three ways, all kept:
-#   * the output delta is (output - y) * sample_weight for every loss (each
-#     output activation is its loss's canonical link), and the gradient is
-#     (a.T @ delta + alpha * W) / sw_sum, sw_sum = the batch's weight sum (its
-#     row count without weights) -- so for multi-output squared error the
-#     gradient is n_out times that of the reported loss, as in scikit-learn;
-#   * the reported loss is computed from the output probabilities clipped to
-#     [eps, 1 - eps], plus 0.5 * alpha * sum ||W||^2 / sw_sum (no intercepts);
-#   * its optimizers (optim.h: bp_sk_sgd_*, bp_sk_adam_*).
-
-cdef struct SkOptim:
-    int kind                     # OPT_SK_SGD or OPT_SK_ADAM
-    double lr                    # SGD's rate, Adam's learning_rate_init
-    double momentum
-    int nesterov
-    double beta1, beta2, eps
-    long long t                  # Adam's step count, advanced before each update
 
 
 cdef double sk_data_loss(int loss, const floating* out, const floating* y,
                          const floating* sw, Py_ssize_t n, Py_ssize_t n_out,
                          double sw_sum) noexcept nogil:
-    """The loss term of scikit-learn's LOSS_FUNCTIONS: weighted average over rows.
+    """scikit-learn's rule, the loss term of its LOSS_FUNCTIONS: weighted average over rows.
 
     squared error: 0.5 * mean over outputs of the weighted row average of (y - p)^2;
     log / binary log: -sum over outputs of the weighted average of xlogy terms,
@@ -675,29 +410,49 @@ cdef double sum_of_squares(const floating* w, Py_ssize_t n) noexcept nogil:
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
-cdef int sk_loss_and_grad_rows(const Net* net, const floating* params, const floating* x,
-                               const floating* y, const floating* sw, Py_ssize_t n,
-                               double alpha, floating* grads,
-                               double* loss_out) noexcept nogil:
-    """scikit-learn's _backprop on n rows: grads := its gradient, *loss_out := its loss.
+cdef double sk_output_delta(const Net* net, const floating* params, const floating* out,
+                            const floating* y, const floating* sw, Py_ssize_t n,
+                            double sw_sum, floating* delta) noexcept nogil:
+    """scikit-learn's rule: delta := (out - y) * w; returns its loss with the L2 term.
 
-    ``sw`` may be NULL (unit weights).  Returns BP_OK, a GEMM error, or
-    STATUS_NONFINITE.
+    Each output activation is its loss's canonical link, so the delta is the
+    same for every loss; the reported loss adds 0.5 * alpha * sum ||W||^2 /
+    sw_sum (no intercepts), rounded as scikit-learn does.
     """
-    cdef int L = net.n_layers, l, status
+    cdef int l
+    cdef Py_ssize_t n_out = net.sizes[net.n_layers], i, j
+    cdef floating d
+    cdef double squares = 0, loss
+    loss = sk_data_loss(net.loss, out, y, sw, n, n_out, sw_sum)
+    for i in range(n):
+        for j in range(n_out):
+            d = out[i * n_out + j] - y[i * n_out + j]
+            if sw != NULL:
+                d = d * sw[i]
+            delta[i * n_out + j] = d
+    for l in range(net.n_layers):
+        squares += sum_of_squares(params + net.w_off[l], net.sizes[l] * net.sizes[l + 1])
+    return loss + (0.5 * net.alpha) * squares / sw_sum
+
+
+cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
+                           const void* y, const floating* sw, Py_ssize_t n,
+                           double* loss_out, double* sw_sum_out) noexcept nogil:
+    """Forward and loss on n rows; d loss / d output (pre-activation) into delta0.
+
+    ``sw``: row weights or NULL (see output_loss_rows).  *sw_sum_out := the
+    batch's weight sum (its row count without weights), by which scikit-learn's
+    rule divides the gradient.  Returns BP_OK, a GEMM error, or
+    STATUS_NONFINITE when the loss is not finite.
+    """
+    cdef int L = net.n_layers, status
     cdef floating** acts = <floating**>net.acts
-    cdef Py_ssize_t n_out = net.sizes[L], n_in, i, j, k, size
+    cdef Py_ssize_t n_out = net.sizes[L], i
     cdef floating* delta = <floating*>net.delta0
-    cdef floating* delta_next = <floating*>net.delta1
-    cdef floating* swap
-    cdef floating* gw
-    cdef floating* gb
-    cdef const floating* w
-    cdef const floating* a_prev
-    cdef const floating* out
-    cdef floating d, alpha_t = <floating>alpha, sw_t
-    cdef double sw_sum = 0, squares = 0, loss
-    status = forward_rows(net, params, x, n, acts, False)
+    cdef floating* out
+    cdef double loss, sw_sum = 0
+    cdef int act_out = net.act[L - 1]
+    status = forward_rows(net, params, x, n, acts, _takes_logits(net))
     if status != BP_OK:
         return status
     out = acts[L]
@@ -706,117 +461,238 @@ cdef int sk_loss_and_grad_rows(const Net* net, const floating* params, const flo
     else:
         for i in range(n):
             sw_sum += sw[i]
-    sw_t = <floating>sw_sum
-    loss = sk_data_loss(net.loss, out, y, sw, n, n_out, sw_sum)
-    for i in range(n):
-        for j in range(n_out):
-            d = out[i * n_out + j] - y[i * n_out + j]
-            if sw != NULL:
-                d = d * sw[i]
-            delta[i * n_out + j] = d
-    for l in range(L):
-        squares += sum_of_squares(params + net.w_off[l], net.sizes[l] * net.sizes[l + 1])
-    loss += (0.5 * alpha) * squares / sw_sum
+    sw_sum_out[0] = sw_sum
+    if net.sklearn:
+        loss = sk_output_delta(net, params, out, <const floating*>y, sw, n, sw_sum, delta)
+    else:
+        loss = output_loss_rows(net, out, y, sw, n, delta)
+        if not _takes_logits(net):
+            if act_out == ACT_SOFTMAX:
+                softmax_backward_rows(out, delta, delta, n, n_out)
+            elif act_out != ACT_IDENTITY:
+                activation_backward(act_out, out, delta, delta, n * n_out)
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE
-    for l in range(L - 1, -1, -1):
-        n_in = net.sizes[l]
-        n_out = net.sizes[l + 1]
-        a_prev = x if l == 0 else acts[l]
-        if l > 0:
-            status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
-                          params + net.w_off[l], 1, n_out, <floating>0, delta_next, n_in, 1,
-                          _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
-                          _threads_for(n, n_in, n_out))
-            if status != BP_OK:
-                return status
-        gw = grads + net.w_off[l]
-        status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
-                      <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
-                      _threads_for(n_in, n_out, n))
-        if status != BP_OK:
-            return status
-        # (a.T @ delta + alpha * W) / sw_sum, rounded step by step as scikit-learn does.
-        w = params + net.w_off[l]
-        size = n_in * n_out
-        for k in range(size):
-            gw[k] = (gw[k] + alpha_t * w[k]) / sw_t
-        gb = grads + net.b_off[l]
-        column_sums(delta, n, n_out, gb)
-        for j in range(n_out):
-            gb[j] = gb[j] / sw_t
-            if not isfinite(gb[j]):
-                return STATUS_NONFINITE
-        swap = delta
-        delta = delta_next
-        delta_next = swap
     return BP_OK
 
 
-cdef void sk_update(SkOptim* opt, floating* params, const floating* grads, floating* s1,
-                    floating* s2, Py_ssize_t n) noexcept nogil:
-    """One update of scikit-learn's SGDOptimizer or AdamOptimizer over the flat block."""
-    cdef double lr_t
-    if opt.kind == OPT_SK_SGD:
-        if floating is float:
-            bp_sk_sgd_f32(params, grads, s1, n, <float>opt.lr, <float>opt.momentum,
-                          opt.nesterov)
-        else:
-            bp_sk_sgd_f64(params, grads, s1, n, opt.lr, opt.momentum, opt.nesterov)
-        return
-    opt.t += 1
-    # NOTE: the step size in double, as scikit-learn computes learning_rate.
-    lr_t = opt.lr * sqrt(1 - pow(opt.beta2, <double>opt.t)) / (1 - pow(opt.beta1, <double>opt.t))
-    if floating is float:
-        bp_sk_adam_f32(params, grads, s1, s2, n, <float>(-lr_t), <float>opt.beta1,
-                       <float>(1 - opt.beta1), <float>opt.beta2, <float>(1 - opt.beta2),
-                       <float>opt.eps)
-    else:
-        bp_sk_adam_f64(params, grads, s1, s2, n, -lr_t, opt.beta1, 1 - opt.beta1, opt.beta2,
-                       1 - opt.beta2, opt.eps)
+# ---------------------------------------------------------------------------
+# Backward, one layer at a time
+# ---------------------------------------------------------------------------
 
+cdef bint all_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """No inf or NaN in x[start:stop].
 
-cdef int sk_train_epoch_rows(const Net* net, floating* params, floating* grads,
-                             floating* s1, floating* s2, Py_ssize_t n_params,
-                             const floating* x, const floating* y, const floating* sw,
-                             const long long* order, Py_ssize_t n_samples,
-                             Py_ssize_t batch_size, floating* x_batch, floating* y_batch,
-                             floating* sw_batch, double alpha, SkOptim* opt,
-                             double* loss_sum, Py_ssize_t* batches_done,
-                             Pending* pending) noexcept nogil:
-    """One epoch of scikit-learn's _fit_stochastic inner loop over x in ``order`` (or in place).
-
-    *loss_sum := sum of batch loss * batch rows over the applied batches.
+    NOTE: tested on the exponent bits (all ones <=> inf or NaN) and OR-reduced
+    as integers, which the compiler may vectorise; a floating-point sum could
+    not be reordered without -ffast-math.
     """
-    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0], n_out = net.sizes[net.n_layers]
+    cdef Py_ssize_t i
+    cdef const unsigned int* u32
+    cdef const unsigned long long* u64
+    cdef unsigned int bad32 = 0
+    cdef unsigned long long bad64 = 0
+    if floating is float:
+        u32 = <const unsigned int*>(x + start)
+        for i in range(stop - start):
+            bad32 |= (u32[i] & 0x7f800000u) == 0x7f800000u
+        return bad32 == 0
+    else:
+        u64 = <const unsigned long long*>(x + start)
+        for i in range(stop - start):
+            bad64 |= (u64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+        return bad64 == 0
+
+
+cdef int backward_layer_rows(const Net* net, const floating* params, const floating* x,
+                             Py_ssize_t n, floating* grads, int l,
+                             double sw_sum) noexcept nogil:
+    """Layer l's gradient (and delta_{l-1}) from delta_l; layers must come L-1 down to 0.
+
+    delta_l sits in delta0 when L-1-l is even, else in delta1 (the buffers
+    alternate).  scikit-learn's rule then takes (a.T @ delta + alpha * W) /
+    sw_sum and sum(delta) / sw_sum, rounded step by step as scikit-learn
+    does.  Returns STATUS_NONFINITE if the layer's gradient is not finite.
+    """
+    cdef int L = net.n_layers, status
+    cdef floating** acts = <floating**>net.acts
+    cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1], k
+    cdef bint even = (L - 1 - l) % 2 == 0
+    cdef floating* delta = <floating*>(net.delta0 if even else net.delta1)
+    cdef floating* delta_next = <floating*>(net.delta1 if even else net.delta0)
+    cdef const floating* a_prev = x if l == 0 else acts[l]
+    cdef floating* gw = grads + net.w_off[l]
+    cdef floating* gb = grads + net.b_off[l]
+    cdef const floating* w = params + net.w_off[l]
+    cdef floating alpha_t = <floating>net.alpha, sw_t = <floating>sw_sum
+    if l > 0:
+        status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
+                      w, 1, n_out, <floating>0, delta_next, n_in, 1,
+                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
+                      _threads_for(n, n_in, n_out))
+        if status != BP_OK:
+            return status
+    status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
+                  <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
+                  _threads_for(n_in, n_out, n))
+    if status != BP_OK:
+        return status
+    column_sums(delta, n, n_out, gb)
+    if net.sklearn:
+        for k in range(n_in * n_out):
+            gw[k] = (gw[k] + alpha_t * w[k]) / sw_t
+        for k in range(n_out):
+            gb[k] = gb[k] / sw_t
+    if not all_finite(grads, net.w_off[l], net.b_off[l] + n_out):
+        return STATUS_NONFINITE
+    return BP_OK
+
+
+cdef int loss_and_grad_rows(const Net* net, const floating* params, const floating* x,
+                            const void* y, const floating* sw, Py_ssize_t n,
+                            floating* grads, double* loss_out) noexcept nogil:
+    """Forward, loss and backward on n rows: grads := d loss / d params; *loss_out := loss.
+
+    ``y`` is float targets (n x n_out), or int64 labels (n,) for PyTorch's
+    cross-entropy; ``sw`` per-row weights or NULL.  Returns BP_OK, a GEMM
+    error, or STATUS_NONFINITE when the loss or a gradient is not finite
+    (grads are then unspecified).
+
+    NOTE: this is exactly output_delta_rows followed by backward_layer_rows
+    for l = L-1 .. 0; the distributed fit calls the pieces itself to start one
+    layer's reduction while the next layer's backward runs.
+    """
+    cdef int l, status
+    cdef double sw_sum
+    status = output_delta_rows(net, params, x, y, sw, n, loss_out, &sw_sum)
+    if status != BP_OK:
+        return status
+    for l in range(net.n_layers - 1, -1, -1):
+        status = backward_layer_rows(net, params, x, n, grads, l, sw_sum)
+        if status != BP_OK:
+            return status
+    return BP_OK
+
+
+# ---------------------------------------------------------------------------
+# The update rule: PyTorch's SGD / Adam or scikit-learn's, over the flat block
+# ---------------------------------------------------------------------------
+
+cdef void _torch_update_range(Update* rule, floating* params, const floating* grads,
+                              floating* s1, floating* s2, Py_ssize_t start, Py_ssize_t n,
+                              double weight_decay) noexcept nogil:
+    if rule.kind == UPD_SGD:
+        if floating is float:
+            bp_sgd_f32(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
+                       <float>rule.lr, <float>rule.momentum, <float>weight_decay,
+                       rule.nesterov)
+        else:
+            bp_sgd_f64(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
+                       rule.lr, rule.momentum, weight_decay, rule.nesterov)
+    elif floating is float:
+        bp_adam_f32(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
+                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+    else:
+        bp_adam_f64(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
+                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+
+
+cdef void _sklearn_update(Update* rule, floating* params, const floating* grads,
+                          floating* s1, floating* s2, Py_ssize_t n) noexcept nogil:
+    """One update of scikit-learn's SGDOptimizer or AdamOptimizer (step advanced already)."""
+    cdef double lr_t
+    if rule.kind == UPD_SK_SGD:
+        if floating is float:
+            bp_sk_sgd_f32(params, grads, s1, n, <float>rule.lr, <float>rule.momentum,
+                          rule.nesterov)
+        else:
+            bp_sk_sgd_f64(params, grads, s1, n, rule.lr, rule.momentum, rule.nesterov)
+        return
+    # NOTE: the step size in double, as scikit-learn computes learning_rate.
+    lr_t = (rule.lr * sqrt(1 - pow(rule.beta2, <double>rule.step))
+            / (1 - pow(rule.beta1, <double>rule.step)))
+    if floating is float:
+        bp_sk_adam_f32(params, grads, s1, s2, n, <float>(-lr_t), <float>rule.beta1,
+                       <float>(1 - rule.beta1), <float>rule.beta2, <float>(1 - rule.beta2),
+                       <float>rule.eps)
+    else:
+        bp_sk_adam_f64(params, grads, s1, s2, n, -lr_t, rule.beta1, 1 - rule.beta1,
+                       rule.beta2, 1 - rule.beta2, rule.eps)
+
+
+cdef void apply_update(const Net* net, Update* rule, floating* params, const floating* grads,
+                       floating* s1, floating* s2, Py_ssize_t n_params) noexcept nogil:
+    """params := one optimizer step over the flat block (state s1 = velocity or m, s2 = v)."""
+    cdef int l
+    if rule.kind == UPD_ADAM or rule.kind == UPD_SK_ADAM:
+        rule.step += 1
+    if rule.kind == UPD_SK_SGD or rule.kind == UPD_SK_ADAM:
+        _sklearn_update(rule, params, grads, s1, s2, n_params)
+    elif not rule.weights_only or rule.weight_decay == 0:
+        _torch_update_range(rule, params, grads, s1, s2, 0, n_params, rule.weight_decay)
+    else:
+        for l in range(net.n_layers):
+            _torch_update_range(rule, params, grads, s1, s2, net.w_off[l],
+                                net.sizes[l] * net.sizes[l + 1], rule.weight_decay)
+            _torch_update_range(rule, params, grads, s1, s2, net.b_off[l],
+                                net.sizes[l + 1], 0.0)
+
+
+# ---------------------------------------------------------------------------
+# The epoch: mini-batches in order or gathered by a permutation, one nogil call
+# ---------------------------------------------------------------------------
+
+cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floating* grads,
+                          floating* s1, floating* s2, Py_ssize_t n_params,
+                          const floating* x, const void* y, const floating* sw,
+                          const long long* order, Py_ssize_t n_samples,
+                          Py_ssize_t batch_size, floating* x_batch, void* y_batch,
+                          floating* sw_batch, Py_ssize_t y_row_bytes, double* loss_sum,
+                          Py_ssize_t* batches_done, Pending* pending) noexcept nogil:
+    """Mini-batch training over the rows of x in ``order`` (NULL: in place, no gathering).
+
+    Each batch: loss_and_grad_rows under the Trainer's loss rule, then
+    apply_update under ``rule``.  *loss_sum := sum of batch loss * batch
+    rows (PyTorch's rule with weights: * the batch's weight sum);
+    *batches_done counts the batches whose update was applied.  Stops at the
+    first failing batch, or when a signal handler raised (its exception kept
+    in ``pending``).
+    """
+    cdef Py_ssize_t start, rows, r, src, n_in = net.sizes[0]
     cdef const floating* xb
-    cdef const floating* yb
+    cdef const void* yb
     cdef const floating* swb
-    cdef double loss
+    cdef double loss, weight
     cdef int status
     start = 0
     while start < n_samples:
         rows = min(batch_size, n_samples - start)
         if order == NULL:
             xb = x + start * n_in
-            yb = y + start * n_out
+            yb = <const char*>y + start * y_row_bytes
             swb = sw + start if sw != NULL else NULL
         else:
             for r in range(rows):
                 src = order[start + r]
                 memcpy(x_batch + r * n_in, x + src * n_in, n_in * sizeof(floating))
-                memcpy(y_batch + r * n_out, y + src * n_out, n_out * sizeof(floating))
+                memcpy(<char*>y_batch + r * y_row_bytes, <const char*>y + src * y_row_bytes,
+                       y_row_bytes)
                 if sw != NULL:
                     sw_batch[r] = sw[src]
             xb = x_batch
             yb = y_batch
             swb = sw_batch if sw != NULL else NULL
-        status = sk_loss_and_grad_rows(net, params, xb, yb, swb, rows, alpha, grads, &loss)
+        status = loss_and_grad_rows(net, params, xb, yb, swb, rows, grads, &loss)
         if status != BP_OK:
             return status
-        sk_update(opt, params, grads, s1, s2, n_params)
-        loss_sum[0] += loss * rows
+        apply_update(net, rule, params, grads, s1, s2, n_params)
+        weight = rows
+        if swb != NULL and not net.sklearn:
+            weight = 0
+            for r in range(rows):
+                weight += swb[r]
+        loss_sum[0] += loss * weight
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
             if poll_signals(pending) != BP_OK:
@@ -826,26 +702,125 @@ cdef int sk_train_epoch_rows(const Net* net, floating* params, floating* grads,
 
 
 # ---------------------------------------------------------------------------
-# The Python face: a Trainer per model, called by bpcore.nn.MLP
+# The Python face of the core: UpdateRule and Trainer
 # ---------------------------------------------------------------------------
 
+UPDATE_KINDS = {"sgd": UPD_SGD, "adam": UPD_ADAM, "sklearn_sgd": UPD_SK_SGD,
+                "sklearn_adam": UPD_SK_ADAM}
+
+
+cdef class UpdateRule:
+    """An optimizer and its settings: one update of the flat parameter block.
+
+    Parameters
+    ----------
+    kind : {"sgd", "adam", "sklearn_sgd", "sklearn_adam"}
+        ``torch.optim.SGD`` / ``torch.optim.Adam`` (bitwise: see optim.h), or
+        scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer``.
+    lr : float
+        The rate (scikit-learn's Adam: ``learning_rate_init``).
+    momentum, nesterov
+        SGD's (both conventions).
+    weight_decay : float
+        PyTorch's L2 term added to the gradient (scikit-learn's ``alpha`` is
+        part of its loss rule instead: :attr:`Trainer.alpha`).
+    betas, eps
+        Adam's.
+    step : int
+        Adam's steps taken so far; advanced by every update.
+    weights_only : bool
+        PyTorch's rules: weight decay on the weights W_l only, not the biases.
+
+    The values are taken as given (the faces validate them).
+    """
+    cdef Update rule
+
+    def __init__(self, str kind, *, double lr, double momentum=0.0, double weight_decay=0.0,
+                 bint nesterov=False, betas=(0.9, 0.999), double eps=1e-8, long long step=0,
+                 bint weights_only=False):
+        if kind not in UPDATE_KINDS:
+            raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
+                             f"got {kind!r}")
+        self.rule.kind = UPDATE_KINDS[kind]
+        self.rule.lr = lr
+        self.rule.momentum = momentum
+        self.rule.weight_decay = weight_decay
+        self.rule.nesterov = nesterov
+        self.rule.beta1 = betas[0]
+        self.rule.beta2 = betas[1]
+        self.rule.eps = eps
+        self.rule.step = step
+        self.rule.weights_only = weights_only
+
+    @property
+    def kind(self):
+        return next(k for k, v in UPDATE_KINDS.items() if v == self.rule.kind)
+
+    @property
+    def lr(self):
+        return self.rule.lr
+
+    @lr.setter
+    def lr(self, double value):
+        self.rule.lr = value
+
+    @property
+    def step(self):
+        """Adam's steps taken (advanced by each update)."""
+        return self.rule.step
+
+    @step.setter
+    def step(self, long long value):
+        self.rule.step = value
+
+    @property
+    def stateful(self):
+        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
+        if self.rule.kind == UPD_ADAM or self.rule.kind == UPD_SK_ADAM:
+            return 2
+        if self.rule.kind == UPD_SK_SGD or self.rule.momentum != 0:
+            return 1
+        return 0
+
+    def __repr__(self):
+        return (f"UpdateRule({self.kind!r}, lr={self.rule.lr!r}, momentum={self.rule.momentum!r},"
+                f" weight_decay={self.rule.weight_decay!r}, step={self.rule.step})")
+
+
+cdef inline void* _data(object arr):
+    """The data pointer of an ndarray, NULL for None."""
+    return cnp.PyArray_DATA(<cnp.ndarray>arr) if arr is not None else NULL
+
+
 cdef class Trainer:
-    """Shapes, activations, loss and workspace of one MLP (see the module's Design note).
+    """Shapes, activations, the loss rule and the workspace of one model.
 
     Parameters
     ----------
     sizes : sequence of int
         Layer widths, input first: (n_in, h_1, ..., n_out).
     activations : sequence of str
-        One per layer (the last is the output activation).
-    loss : {"mse", "cross_entropy"}
+        One per layer (the last is the output activation; "exp" is
+        scikit-learn's Poisson link).
+    loss : str
+        PyTorch's rules "mse", "cross_entropy" (int64 labels),
+        "binary_cross_entropy"; or scikit-learn's "sk_squared_error",
+        "sk_log_loss", "sk_binary_log_loss", "sk_poisson" (float targets).
     reduction : str
-        "mean", "sum", "half_sum", "half_mean" (MSE) or "mean", "sum".
+        "mean", "sum", "half_sum", "half_mean" (PyTorch's rules).
     dtype : numpy dtype
         float32 or float64.
+    alpha : float
+        scikit-learn's L2 penalty (its rules only); settable.
 
-    All arrays passed to the methods are checked by bpcore.nn; the methods
-    check only what would make the kernels read or write out of bounds.
+    The core's interface (see the module's Design note) is :meth:`forward`,
+    :meth:`evaluate`, :meth:`loss_and_grad`, :meth:`update` and
+    :meth:`epoch`, plus :meth:`loss_and_grad_begin` / :meth:`backward_layer`
+    (the step cut at layer boundaries) and :meth:`train_step_fast`.  Every
+    array is a C-contiguous block checked by the face (bpcore.nn); the
+    methods check only what would make the kernels read or write out of
+    bounds.  Parameters, gradients and optimizer state are flat blocks laid
+    out as :meth:`offsets` says, owned by the caller.
     """
     cdef Net net
     cdef readonly object dtype
@@ -855,10 +830,11 @@ cdef class Trainer:
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
     cdef Py_ssize_t max_width
     cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
+    cdef double _pending_sw_sum
     cdef readonly Py_ssize_t batches_done  # batches applied by the last epoch call
     cdef int _next_layer
 
-    def __init__(self, sizes, activations, loss, reduction, dtype):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
@@ -881,16 +857,29 @@ cdef class Trainer:
         self.net.w_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._w_off)
         self.net.b_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._b_off)
         self.net.loss = LOSSES[loss]
+        self.net.sklearn = loss.startswith("sk_")
         self.net.mse_factor = 0.5 if reduction.startswith("half") else 1.0
         self.net.mean = reduction.endswith("mean")
+        self.net.alpha = alpha
         self._act_ptrs = np.zeros(n_layers + 1, np.uintp)
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
         self.capacity = 0
         self._buffers = None
 
+    @property
+    def alpha(self):
+        """scikit-learn's L2 penalty (its loss rules only)."""
+        return self.net.alpha
+
+    @alpha.setter
+    def alpha(self, double value):
+        self.net.alpha = value
+
     def offsets(self):
         """(w_off, b_off): where each layer's W and b start in the flat block."""
         return self._w_off.copy(), self._b_off.copy()
+
+    # -- checks and the workspace ---------------------------------------------
 
     cdef void _reserve(self, Py_ssize_t rows) except *:
         """Grow the workspace to ``rows`` rows (never shrinks; allocation happens only here)."""
@@ -905,17 +894,32 @@ cdef class Trainer:
             ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
         self.net.delta0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[0])
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
-        y_gather = (np.empty(rows, np.int64) if self.net.loss == LOSS_CROSS_ENTROPY
+        y_gather = (np.empty(rows, np.int64) if self._labels()
                     else np.empty((rows, int(self._sizes[self.net.n_layers])), self.dtype))
         sw_gather = np.empty(rows, self.dtype)
         self._buffers = (buffers, deltas, y_gather, sw_gather)
         self.capacity = rows
+
+    cdef bint _labels(self):
+        """y holds int64 class labels (PyTorch's cross-entropy), else float targets."""
+        return self.net.loss == LOSS_CROSS_ENTROPY
 
     cdef void _check_block(self, object block, str name) except *:
         if (not isinstance(block, np.ndarray) or block.dtype != self.dtype
                 or not block.flags.c_contiguous or block.size < self.n_params):
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
+
+    cdef tuple _check_state(self, UpdateRule rule, object state):
+        """The rule's state blocks (s1, s2), None where the rule keeps none."""
+        if state is None:
+            state = (None, None)
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise ValueError("`state` must be a pair (s1, s2) of blocks or None")
+        cdef int need = rule.stateful
+        for i in range(need):
+            self._check_block(state[i], f"state[{i}]")
+        return (state[0] if need >= 1 else None, state[1] if need == 2 else None)
 
     cdef void _check_order(self, object order, Py_ssize_t n) except *:
         """``order`` is None or a permutation-like int64 index vector over n rows."""
@@ -927,15 +931,6 @@ cdef class Trainer:
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("`order` holds an index out of range")
 
-    cdef tuple _epoch_buffers(self, Py_ssize_t n, object order, Py_ssize_t batch_size):
-        """Check an epoch's batch size and row order; its (x, y, weight) gather buffers."""
-        if batch_size < 1:
-            raise ValueError("`batch_size` must be >= 1")
-        self._check_order(order, n)
-        self._reserve(min(batch_size, max(n, 1)))
-        buffers, _, y_batch, sw_batch = self._buffers
-        return buffers[0], y_batch, sw_batch
-
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
                 or not x.flags.c_contiguous or x.shape[1] != self._sizes[0]):
@@ -945,7 +940,7 @@ cdef class Trainer:
             if need_y:  # NOTE: the kernels would read y through a NULL pointer
                 raise ValueError("`y` is required")
             return
-        if self.net.loss == LOSS_CROSS_ENTROPY:
+        if self._labels():
             if (not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1
                     or not y.flags.c_contiguous or y.shape[0] != x.shape[0]):
                 raise ValueError("`y` must be C-contiguous int64 labels of shape (n,)")
@@ -955,24 +950,43 @@ cdef class Trainer:
             raise ValueError(f"`y` must be a C-contiguous {self.dtype} array of shape "
                              f"(n, {self._sizes[self.net.n_layers]})")
 
+    cdef void _check_weights(self, object sample_weight, Py_ssize_t n) except *:
+        if sample_weight is None:
+            return
+        if (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != self.dtype
+                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous):
+            raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
+                             f"shape ({n},)")
+
+    cdef object _private_acts(self, Py_ssize_t n, object out):
+        """Activation buffers for one call (thread-safe forward): (pointer array, buffers)."""
+        buffers = [None] + [np.empty((n, int(self._sizes[l])), self.dtype)
+                            for l in range(1, self.net.n_layers)]
+        buffers.append(out if out is not None else
+                       np.empty((n, int(self._sizes[self.net.n_layers])), self.dtype))
+        ptrs = np.zeros(self.net.n_layers + 1, np.uintp)
+        for l in range(1, self.net.n_layers + 1):
+            ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
+        return ptrs, buffers
+
+    # -- the interface ----------------------------------------------------------
+
     def forward(self, params, x, out):
-        """out := the network's output for x, with buffers private to this call (thread-safe)."""
+        """out := the network's output for x (n, n_in) -> (n, n_out); thread-safe.
+
+        Buffers private to this call, so many threads may run it at once.
+        """
         self._check_block(params, "params")
         self._check_rows(x, None, False)
-        cdef Py_ssize_t n = x.shape[0], l
+        cdef Py_ssize_t n = x.shape[0]
         if out.shape != (n, self._sizes[self.net.n_layers]) or out.dtype != self.dtype:
             raise ValueError("`out` has the wrong shape or dtype")
         if n == 0:
             return out
-        buffers = [None] + [np.empty((n, int(self._sizes[l])), self.dtype)
-                            for l in range(1, self.net.n_layers)] + [out]
-        ptrs_arr = np.zeros(self.net.n_layers + 1, np.uintp)
-        cdef cnp.uintp_t[::1] ptrs = ptrs_arr
-        for l in range(1, self.net.n_layers + 1):
-            ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void** acts = <void**>cnp.PyArray_DATA(ptrs_arr)
+        ptrs, buffers = self._private_acts(n, out)
+        cdef void* pp = _data(params)
+        cdef void* xp = _data(x)
+        cdef void** acts = <void**>_data(ptrs)
         cdef int status
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
@@ -985,38 +999,38 @@ cdef class Trainer:
         return out
 
     def evaluate(self, params, x, y):
-        """The loss on (x, y) without gradients, with buffers private to this call."""
+        """The loss on (x, y) without gradients (the data term of scikit-learn's rule); thread-safe."""
         self._check_block(params, "params")
         self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0], l
-        cdef Py_ssize_t n_out = self._sizes[self.net.n_layers]
-        buffers = [None] + [np.empty((n, int(self._sizes[l])), self.dtype)
-                            for l in range(1, self.net.n_layers + 1)]
-        ptrs_arr = np.zeros(self.net.n_layers + 1, np.uintp)
-        cdef cnp.uintp_t[::1] ptrs = ptrs_arr
-        for l in range(1, self.net.n_layers + 1):
-            ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef void** acts = <void**>cnp.PyArray_DATA(ptrs_arr)
-        cdef int status = BP_OK
-        cdef double loss = 0
-        cdef bint ce = _takes_logits(self.net.loss)
+        cdef Py_ssize_t n = x.shape[0]
         if n == 0:
             return float("nan") if self.net.mean else 0.0
+        ptrs, buffers = self._private_acts(n, None)
+        cdef Py_ssize_t n_out = self._sizes[self.net.n_layers]
+        cdef void* pp = _data(params)
+        cdef void* xp = _data(x)
+        cdef void* yp = _data(y)
+        cdef void** acts = <void**>_data(ptrs)
+        cdef int status = BP_OK
+        cdef double loss = 0
+        cdef bint logits = _takes_logits(&self.net)
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
                 status = forward_rows(&self.net, <const float*>pp, <const float*>xp, n,
-                                      <float**>acts, ce)
-            else:
-                status = forward_rows(&self.net, <const double*>pp, <const double*>xp, n,
-                                      <double**>acts, ce)
-            if status == BP_OK:
-                if self.typenum == cnp.NPY_FLOAT:
+                                      <float**>acts, logits)
+                if status == BP_OK and self.net.sklearn:
+                    loss = sk_data_loss(self.net.loss, <const float*>acts[self.net.n_layers],
+                                        <const float*>yp, <const float*>NULL, n, n_out, n)
+                elif status == BP_OK:
                     loss = output_loss_rows(&self.net, <const float*>acts[self.net.n_layers],
                                             yp, <const float*>NULL, n, <float*>NULL)
-                else:
+            else:
+                status = forward_rows(&self.net, <const double*>pp, <const double*>xp, n,
+                                      <double**>acts, logits)
+                if status == BP_OK and self.net.sklearn:
+                    loss = sk_data_loss(self.net.loss, <const double*>acts[self.net.n_layers],
+                                        <const double*>yp, <const double*>NULL, n, n_out, n)
+                elif status == BP_OK:
                     loss = output_loss_rows(&self.net, <const double*>acts[self.net.n_layers],
                                             yp, <const double*>NULL, n, <double*>NULL)
         _raise_for(status)
@@ -1025,67 +1039,126 @@ cdef class Trainer:
     def loss_and_grad(self, params, x, y, grads, sample_weight=None):
         """grads[:n_params] := d loss / d params on the batch (x, y); returns (status, loss).
 
-        ``sample_weight``: per-row weights (C-contiguous, the Trainer's dtype)
-        or None; see output_loss_rows for the weighted reductions.
+        ``x`` (n, n_in); ``y`` (n, n_out) floats, or (n,) int64 labels for
+        "cross_entropy"; ``sample_weight`` (n,) or None (see output_loss_rows).
+        Status 0, or NONFINITE (the loss or a gradient is not finite; grads
+        are then unspecified).
         """
         self._check_block(params, "params")
         self._check_block(grads, "grads")
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
         self._check_weights(sample_weight, n)
-        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
-                          if sample_weight is not None else NULL)
+        if n == 0 and self.net.sklearn:
+            raise ValueError("`x` must have at least one row")
         self._reserve(n)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
+        cdef void* pp = _data(params)
+        cdef void* gp = _data(grads)
+        cdef void* xp = _data(x)
+        cdef void* yp = _data(y)
+        cdef void* swp = _data(sample_weight)
         cdef double loss = 0
         cdef int status
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
-                status = loss_and_grad_rows_w(&self.net, <const float*>pp, <const float*>xp,
-                                              yp, <const float*>swp, n, <float*>gp, &loss)
+                status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
+                                            <const float*>swp, n, <float*>gp, &loss)
             else:
-                status = loss_and_grad_rows_w(&self.net, <const double*>pp,
-                                              <const double*>xp, yp, <const double*>swp, n,
-                                              <double*>gp, &loss)
+                status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
+                                            yp, <const double*>swp, n, <double*>gp, &loss)
         _raise_for(status)
         return status, loss
 
-    def sgd(self, params, grads, velocity, double lr, double momentum, double weight_decay,
-            bint nesterov):
-        """params := one SGD step over the flat block (velocity may be None without momentum)."""
+    def update(self, params, grads, state, UpdateRule rule):
+        """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam).
+
+        ``state``: (s1, s2) -- SGD's velocity (momentum, or scikit-learn's SGD
+        always) and unused, or Adam's first and second moments; None entries
+        where the rule keeps no state.
+        """
         self._check_block(params, "params")
         self._check_block(grads, "grads")
-        if momentum != 0:
-            self._check_block(velocity, "velocity")
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if momentum != 0 else NULL
+        s1, s2 = self._check_state(rule, state)
+        cdef void* pp = _data(params)
+        cdef void* gp = _data(grads)
+        cdef void* s1p = _data(s1)
+        cdef void* s2p = _data(s2)
         cdef Py_ssize_t n = self.n_params
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
-                sgd_block(<float*>pp, <const float*>gp, <float*>vp, n, lr, momentum,
-                          weight_decay, nesterov)
+                apply_update(&self.net, &rule.rule, <float*>pp, <const float*>gp, <float*>s1p,
+                             <float*>s2p, n)
             else:
-                sgd_block(<double*>pp, <const double*>gp, <double*>vp, n, lr, momentum,
-                          weight_decay, nesterov)
+                apply_update(&self.net, &rule.rule, <double*>pp, <const double*>gp,
+                             <double*>s1p, <double*>s2p, n)
 
-    def train_step(self, params, grads, velocity, x, y, double lr, double momentum,
-                   double weight_decay, bint nesterov):
-        """One fused step on (x, y); returns (status, loss).  Updates only when status is 0."""
-        status, loss = self.loss_and_grad(params, x, y, grads)
-        if status == BP_OK:
-            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
-        return status, loss
+    def epoch(self, params, grads, state, x, y, sample_weight, order, Py_ssize_t batch_size,
+              UpdateRule rule):
+        """Mini-batches of ``batch_size`` over x in ``order`` (int64 indices, or None), each
+        a loss_and_grad and an update, in one nogil call; returns (status, loss_sum, batches).
+
+        loss_sum is the sum of batch loss x batch rows (PyTorch's rule with
+        weights: x the batch's weight sum) over the applied batches; the
+        batches after a failing one are not run.  An exception raised by a
+        signal handler during the epoch propagates unchanged, with the
+        parameters of the batches applied before it (``batches_done``).
+        """
+        self._check_block(params, "params")
+        self._check_block(grads, "grads")
+        s1, s2 = self._check_state(rule, state)
+        self._check_rows(x, y)
+        cdef Py_ssize_t n = x.shape[0]
+        self._check_weights(sample_weight, n)
+        if batch_size < 1:
+            raise ValueError("`batch_size` must be >= 1")
+        self._check_order(order, n)
+        self._reserve(min(batch_size, max(n, 1)))
+        buffers, _, y_batch, sw_batch = self._buffers
+        # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
+        # one-row array C-contiguous whatever its row stride (even 0).
+        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self._labels()
+                                       else self._sizes[self.net.n_layers] * y.itemsize)
+        cdef void* pp = _data(params)
+        cdef void* gp = _data(grads)
+        cdef void* s1p = _data(s1)
+        cdef void* s2p = _data(s2)
+        cdef void* xp = _data(x)
+        cdef void* yp = _data(y)
+        cdef void* swp = _data(sample_weight)
+        cdef const long long* op = <const long long*>_data(order)
+        cdef void* xbp = _data(buffers[0])
+        cdef void* ybp = _data(y_batch)
+        cdef void* swbp = _data(sw_batch)
+        cdef double loss_sum = 0
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t n_params = self.n_params
+        cdef int status
+        cdef Pending pending
+        memset(&pending, 0, sizeof(pending))
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = train_epoch_rows(
+                    &self.net, &rule.rule, <float*>pp, <float*>gp, <float*>s1p, <float*>s2p,
+                    n_params, <const float*>xp, yp, <const float*>swp, op, n, batch_size,
+                    <float*>xbp, ybp, <float*>swbp, y_row_bytes, &loss_sum, &done, &pending)
+            else:
+                status = train_epoch_rows(
+                    &self.net, &rule.rule, <double*>pp, <double*>gp, <double*>s1p,
+                    <double*>s2p, n_params, <const double*>xp, yp, <const double*>swp, op, n,
+                    batch_size, <double*>xbp, ybp, <double*>swbp, y_row_bytes, &loss_sum,
+                    &done, &pending)
+        self.batches_done = done
+        reraise_pending(&pending)
+        _raise_for(status)
+        return status, loss_sum, done
 
     def train_step_fast(self, params, grads, velocity, x, y, lr, momentum, weight_decay,
                         nesterov):
-        """``train_step`` when every argument is already in final form, else None.
+        """PyTorch's SGD step on (x, y) when every argument is already in final form, else None.
 
         The check costs a few C-API macros instead of bpcore.nn's general
         validation, which on a small network would cost more than the step.
+        Returns (status, loss) as loss_and_grad; updates only when status is 0.
         """
         if not (type(lr) is float and type(momentum) is float and type(weight_decay) is float
                 and type(nesterov) is bool):
@@ -1103,9 +1176,9 @@ cdef class Trainer:
             return None
         cdef Py_ssize_t n = cnp.PyArray_DIM(xa, 0), i
         cdef const long long* labels
-        if not cnp.PyArray_IS_C_CONTIGUOUS(ya) or not cnp.PyArray_ISBEHAVED_RO(ya):
+        if self.net.sklearn or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or not cnp.PyArray_ISBEHAVED_RO(ya):
             return None
-        if self.net.loss == LOSS_CROSS_ENTROPY:
+        if self._labels():
             if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
                     or cnp.PyArray_DIM(ya, 0) != n):
                 return None
@@ -1120,6 +1193,13 @@ cdef class Trainer:
         elif self.net.loss == LOSS_BCE and not ((ya >= 0) & (ya <= 1)).all():
             return None  # targets outside [0, 1]: the general path says so
         self._reserve(n)
+        cdef Update rule
+        rule.kind = UPD_SGD
+        rule.lr = lr_
+        rule.momentum = mu
+        rule.weight_decay = wd
+        rule.nesterov = nesterov
+        rule.weights_only = False
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
         cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if mu != 0 else NULL
@@ -1127,305 +1207,22 @@ cdef class Trainer:
         cdef void* yp = cnp.PyArray_DATA(ya)
         cdef double loss = 0
         cdef int status
-        cdef int nest = nesterov
         cdef Py_ssize_t n_params = self.n_params
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
                 status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
-                                            n, <float*>gp, &loss)
+                                            <const float*>NULL, n, <float*>gp, &loss)
                 if status == BP_OK:
-                    sgd_block(<float*>pp, <const float*>gp, <float*>vp, n_params, lr_, mu, wd,
-                              nest)
+                    apply_update(&self.net, &rule, <float*>pp, <const float*>gp, <float*>vp,
+                                 <float*>NULL, n_params)
             else:
                 status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
-                                            yp, n, <double*>gp, &loss)
+                                            yp, <const double*>NULL, n, <double*>gp, &loss)
                 if status == BP_OK:
-                    sgd_block(<double*>pp, <const double*>gp, <double*>vp, n_params, lr_, mu,
-                              wd, nest)
+                    apply_update(&self.net, &rule, <double*>pp, <const double*>gp,
+                                 <double*>vp, <double*>NULL, n_params)
         _raise_for(status)
         return status, loss
-
-    def train_epoch(self, params, grads, velocity, x, y, order, Py_ssize_t batch_size,
-                    double lr, double momentum, double weight_decay, bint nesterov):
-        """Mini-batches of ``batch_size`` over x in ``order`` (int64 indices, or None).
-
-        Returns (status, loss_sum, batches_done): loss_sum is the sum of batch
-        loss x batch size over the applied batches.
-        """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        if momentum != 0:
-            self._check_block(velocity, "velocity")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        x_batch, y_batch, _ = self._epoch_buffers(n, order, batch_size)
-        # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
-        # one-row array C-contiguous whatever its row stride (even 0).
-        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self.net.loss == LOSS_CROSS_ENTROPY
-                                       else self._sizes[self.net.n_layers] * y.itemsize)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if momentum != 0 else NULL
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef const long long* op = (<const long long*>cnp.PyArray_DATA(<cnp.ndarray>order)
-                                    if order is not None else NULL)
-        cdef void* xbp = cnp.PyArray_DATA(<cnp.ndarray>x_batch)
-        cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
-        cdef double loss_sum = 0
-        cdef Py_ssize_t done = 0
-        cdef Pending pending
-        memset(&pending, 0, sizeof(pending))
-        cdef Py_ssize_t n_params = self.n_params
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = train_epoch_rows(&self.net, <float*>pp, <float*>gp, <float*>vp,
-                                          n_params, <const float*>xp, yp, op, n, batch_size,
-                                          <float*>xbp, ybp, y_row_bytes, lr, momentum,
-                                          weight_decay, nesterov, &loss_sum, &done, &pending)
-            else:
-                status = train_epoch_rows(&self.net, <double*>pp, <double*>gp, <double*>vp,
-                                          n_params, <const double*>xp, yp, op, n, batch_size,
-                                          <double*>xbp, ybp, y_row_bytes, lr, momentum,
-                                          weight_decay, nesterov, &loss_sum, &done, &pending)
-        self.batches_done = done
-        reraise_pending(&pending)
-        _raise_for(status)
-        return status, loss_sum, done
-
-    # -- any optimizer, optional weights (bpcore.MLP beyond plain SGD) ---------
-
-    cdef void _fill_optim(self, Optim* opt, str optimizer, double lr, double momentum,
-                          double weight_decay, bint nesterov, double beta1, double beta2,
-                          double eps, long long step, bint weights_only) except *:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be 'sgd' or 'adam'; got {optimizer!r}")
-        opt.kind = OPTIMIZERS[optimizer]
-        opt.lr = lr
-        opt.momentum = momentum
-        opt.weight_decay = weight_decay
-        opt.nesterov = nesterov
-        opt.beta1 = beta1
-        opt.beta2 = beta2
-        opt.eps = eps
-        opt.step = step
-        opt.weights_only = weights_only
-
-    cdef void _check_state(self, str optimizer, object state1, object state2,
-                           double momentum) except *:
-        if optimizer == "adam":
-            self._check_block(state1, "state1")
-            self._check_block(state2, "state2")
-        elif momentum != 0:
-            self._check_block(state1, "state1")
-
-    def update(self, params, grads, state1, state2, str optimizer, double lr,
-               double momentum=0.0, double weight_decay=0.0, bint nesterov=False,
-               double beta1=0.9, double beta2=0.999, double eps=1e-8, long long step=0,
-               bint weights_only=False):
-        """params := one SGD or Adam step (PyTorch's) over the flat block; returns Adam's step.
-
-        ``state1``/``state2``: SGD's velocity (None without momentum) / unused,
-        or Adam's first / second moments; ``step``: Adam's steps so far.
-        ``weights_only``: weight decay on the W_l only.
-        """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_state(optimizer, state1, state2, momentum)
-        cdef Optim opt
-        self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
-                         eps, step, weights_only)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1) if state1 is not None else NULL
-        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if state2 is not None else NULL
-        cdef Py_ssize_t n = self.n_params
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                apply_update(&self.net, &opt, <float*>pp, <const float*>gp, <float*>s1,
-                             <float*>s2, n)
-            else:
-                apply_update(&self.net, &opt, <double*>pp, <const double*>gp, <double*>s1,
-                             <double*>s2, n)
-        return opt.step
-
-    def train_epoch_opt(self, params, grads, state1, state2, x, y, sample_weight, order,
-                        Py_ssize_t batch_size, str optimizer, double lr, double momentum=0.0,
-                        double weight_decay=0.0, bint nesterov=False, double beta1=0.9,
-                        double beta2=0.999, double eps=1e-8, long long step=0,
-                        bint weights_only=False):
-        """``train_epoch`` with the optimizer of ``update`` and optional row weights.
-
-        Returns (status, loss_sum, batches_done, step); loss_sum weighs each
-        batch's loss by its rows (its weight sum with ``sample_weight``).
-        """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_state(optimizer, state1, state2, momentum)
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        self._check_weights(sample_weight, n)
-        x_batch, y_batch, sw_batch = self._epoch_buffers(n, order, batch_size)
-        cdef Optim opt
-        self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
-                         eps, step, weights_only)
-        # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
-        # one-row array C-contiguous whatever its row stride (even 0).
-        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self.net.loss == LOSS_CROSS_ENTROPY
-                                       else self._sizes[self.net.n_layers] * y.itemsize)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1) if state1 is not None else NULL
-        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if state2 is not None else NULL
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
-                          if sample_weight is not None else NULL)
-        cdef const long long* op = (<const long long*>cnp.PyArray_DATA(<cnp.ndarray>order)
-                                    if order is not None else NULL)
-        cdef void* xbp = cnp.PyArray_DATA(<cnp.ndarray>x_batch)
-        cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
-        cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
-        cdef double loss_sum = 0
-        cdef Py_ssize_t done = 0
-        cdef Pending pending
-        memset(&pending, 0, sizeof(pending))
-        cdef Py_ssize_t n_params = self.n_params
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = train_epoch_rows_opt(
-                    &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
-                    <const float*>xp, yp, <const float*>swp, op, n, batch_size, <float*>xbp,
-                    ybp, <float*>swbp, y_row_bytes, &opt, &loss_sum, &done, &pending)
-            else:
-                status = train_epoch_rows_opt(
-                    &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
-                    <const double*>xp, yp, <const double*>swp, op, n, batch_size,
-                    <double*>xbp, ybp, <double*>swbp, y_row_bytes, &opt, &loss_sum, &done,
-                    &pending)
-        self.batches_done = done
-        reraise_pending(&pending)
-        _raise_for(status)
-        return status, loss_sum, done, opt.step
-
-    # -- scikit-learn's conventions (bpcore.sklearn) ---------------------------
-
-    cdef void _check_weights(self, object sample_weight, Py_ssize_t n) except *:
-        if sample_weight is None:
-            return
-        if (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != self.dtype
-                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous):
-            raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
-                             f"shape ({n},)")
-
-    def sklearn_loss_and_grad(self, params, x, y, sample_weight, double alpha, grads):
-        """scikit-learn's _backprop: grads := its gradient on (x, y); returns (status, loss).
-
-        ``y`` holds float targets (n, n_out) (a classifier's binarized labels);
-        the loss is one of the "sk_*" losses.
-        """
-        if self.net.loss < LOSS_SK_SQUARED:
-            raise ValueError("sklearn_loss_and_grad needs one of the 'sk_*' losses")
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        self._check_weights(sample_weight, n)
-        if n == 0:
-            raise ValueError("`x` must have at least one row")
-        self._reserve(n)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
-                          if sample_weight is not None else NULL)
-        cdef double loss = 0
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = sk_loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp,
-                                               <const float*>yp, <const float*>swp, n, alpha,
-                                               <float*>gp, &loss)
-            else:
-                status = sk_loss_and_grad_rows(&self.net, <const double*>pp,
-                                               <const double*>xp, <const double*>yp,
-                                               <const double*>swp, n, alpha, <double*>gp,
-                                               &loss)
-        _raise_for(status)
-        return status, loss
-
-    def sklearn_train_epoch(self, params, grads, state1, state2, x, y, sample_weight, order,
-                            Py_ssize_t batch_size, double alpha, str solver, double lr,
-                            double momentum=0.0, bint nesterov=False, double beta1=0.9,
-                            double beta2=0.999, double eps=1e-8, long long t=0):
-        """One epoch of scikit-learn's stochastic solver, all batches in one nogil call.
-
-        ``solver`` "sgd" (``state1`` = velocities, ``lr`` the current rate) or
-        "adam" (``state1``/``state2`` = first/second moments, ``lr`` =
-        learning_rate_init, ``t`` the steps taken so far).  Returns (status,
-        loss_sum, batches_done, t).
-        """
-        if self.net.loss < LOSS_SK_SQUARED:
-            raise ValueError("sklearn_train_epoch needs one of the 'sk_*' losses")
-        if solver not in SK_SOLVERS:
-            raise ValueError(f"`solver` must be 'sgd' or 'adam'; got {solver!r}")
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_block(state1, "state1")
-        if solver == "adam":
-            self._check_block(state2, "state2")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        self._check_weights(sample_weight, n)
-        x_batch, y_batch, sw_batch = self._epoch_buffers(n, order, batch_size)
-        cdef SkOptim opt
-        opt.kind = SK_SOLVERS[solver]
-        opt.lr = lr
-        opt.momentum = momentum
-        opt.nesterov = nesterov
-        opt.beta1 = beta1
-        opt.beta2 = beta2
-        opt.eps = eps
-        opt.t = t
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1)
-        cdef void* s2 = cnp.PyArray_DATA(<cnp.ndarray>state2) if solver == "adam" else NULL
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef void* swp = (cnp.PyArray_DATA(<cnp.ndarray>sample_weight)
-                          if sample_weight is not None else NULL)
-        cdef const long long* op = (<const long long*>cnp.PyArray_DATA(<cnp.ndarray>order)
-                                    if order is not None else NULL)
-        cdef void* xbp = cnp.PyArray_DATA(<cnp.ndarray>x_batch)
-        cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
-        cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
-        cdef double loss_sum = 0
-        cdef Py_ssize_t done = 0
-        cdef Pending pending
-        memset(&pending, 0, sizeof(pending))
-        cdef Py_ssize_t n_params = self.n_params
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = sk_train_epoch_rows(
-                    &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
-                    <const float*>xp, <const float*>yp, <const float*>swp, op, n, batch_size,
-                    <float*>xbp, <float*>ybp, <float*>swbp, alpha, &opt, &loss_sum, &done,
-                    &pending)
-            else:
-                status = sk_train_epoch_rows(
-                    &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
-                    <const double*>xp, <const double*>yp, <const double*>swp, op, n,
-                    batch_size, <double*>xbp, <double*>ybp, <double*>swbp, alpha, &opt,
-                    &loss_sum, &done, &pending)
-        self.batches_done = done
-        reraise_pending(&pending)
-        _raise_for(status)
-        return status, loss_sum, done, opt.t
 
     # -- the step cut at layer boundaries (bpcore.distributed's overlap) --------
 
@@ -1442,20 +1239,21 @@ cdef class Trainer:
         if n < 1:
             raise ValueError("`x` must have at least 1 row")
         self._reserve(n)
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef void* yp = cnp.PyArray_DATA(<cnp.ndarray>y)
-        cdef double loss = 0
+        cdef void* pp = _data(params)
+        cdef void* xp = _data(x)
+        cdef void* yp = _data(y)
+        cdef double loss = 0, sw_sum = 0
         cdef int status
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
-                status = output_delta_rows(&self.net, <const float*>pp, <const float*>xp, yp, n,
-                                           &loss)
+                status = output_delta_rows(&self.net, <const float*>pp, <const float*>xp, yp,
+                                           <const float*>NULL, n, &loss, &sw_sum)
             else:
                 status = output_delta_rows(&self.net, <const double*>pp, <const double*>xp, yp,
-                                           n, &loss)
+                                           <const double*>NULL, n, &loss, &sw_sum)
         _raise_for(status)
         self._pending_rows = n if status == BP_OK else 0
+        self._pending_sw_sum = sw_sum
         self._next_layer = self.net.n_layers - 1
         return status, loss
 
@@ -1469,23 +1267,73 @@ cdef class Trainer:
         if layer != self._next_layer:
             raise ValueError(f"backward_layer must run layers from the last down; expected "
                              f"layer {self._next_layer}, got {layer}")
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef void* pp = _data(params)
+        cdef void* gp = _data(grads)
+        cdef void* xp = _data(x)
         cdef Py_ssize_t n = self._pending_rows
+        cdef double sw_sum = self._pending_sw_sum
         cdef int status
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
                 status = backward_layer_rows(&self.net, <const float*>pp, <const float*>xp, n,
-                                             <float*>gp, layer)
+                                             <float*>gp, layer, sw_sum)
             else:
                 status = backward_layer_rows(&self.net, <const double*>pp, <const double*>xp, n,
-                                             <double*>gp, layer)
+                                             <double*>gp, layer, sw_sum)
         _raise_for(status)
         self._next_layer = layer - 1
         if status != BP_OK or layer == 0:
             self._pending_rows = 0
         return status
+
+    # -- the interface of before, kept while the faces move to the one above --
+
+    def sgd(self, params, grads, velocity, double lr, double momentum, double weight_decay,
+            bint nesterov):
+        """Deprecated: ``update`` with ``UpdateRule("sgd", ...)``."""
+        self.update(params, grads, (velocity if momentum != 0 else None, None),
+                    UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov))
+
+    def train_step(self, params, grads, velocity, x, y, double lr, double momentum,
+                   double weight_decay, bint nesterov):
+        """Deprecated: ``loss_and_grad`` then ``update``; returns (status, loss)."""
+        status, loss = self.loss_and_grad(params, x, y, grads)
+        if status == BP_OK:
+            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+        return status, loss
+
+    def train_epoch(self, params, grads, velocity, x, y, order, Py_ssize_t batch_size,
+                    double lr, double momentum, double weight_decay, bint nesterov):
+        """Deprecated: ``epoch`` with ``UpdateRule("sgd", ...)``."""
+        return self.epoch(params, grads, (velocity if momentum != 0 else None, None), x, y,
+                          None, order, batch_size,
+                          UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                     nesterov=nesterov))
+
+    def sklearn_loss_and_grad(self, params, x, y, sample_weight, double alpha, grads):
+        """Deprecated: set ``alpha``, then ``loss_and_grad``."""
+        if not self.net.sklearn:
+            raise ValueError("sklearn_loss_and_grad needs one of the 'sk_*' losses")
+        self.net.alpha = alpha
+        return self.loss_and_grad(params, x, y, grads, sample_weight)
+
+    def sklearn_train_epoch(self, params, grads, state1, state2, x, y, sample_weight, order,
+                            Py_ssize_t batch_size, double alpha, str solver, double lr,
+                            double momentum=0.0, bint nesterov=False, double beta1=0.9,
+                            double beta2=0.999, double eps=1e-8, long long t=0):
+        """Deprecated: set ``alpha``, then ``epoch`` with a "sklearn_*" rule; returns
+        (status, loss_sum, batches_done, t)."""
+        if not self.net.sklearn:
+            raise ValueError("sklearn_train_epoch needs one of the 'sk_*' losses")
+        if solver not in ("sgd", "adam"):
+            raise ValueError(f"`solver` must be 'sgd' or 'adam'; got {solver!r}")
+        self.net.alpha = alpha
+        rule = UpdateRule("sklearn_" + solver, lr=lr, momentum=momentum, nesterov=nesterov,
+                          betas=(beta1, beta2), eps=eps, step=t)
+        status, loss_sum, done = self.epoch(params, grads, (state1, state2), x, y,
+                                            sample_weight, order, batch_size, rule)
+        return status, loss_sum, done, rule.step
 
 
 cdef object _raise_for(int status):

@@ -44,194 +44,6 @@ def _aligned_zeros(n, dtype, align=64):
 
 
 # ---------------------------------------------------------------------------
-# The reference twin of bpcore._step.Trainer: the same methods, in NumPy
-# ---------------------------------------------------------------------------
-
-class ReferenceTrainer:
-    """``bpcore._step.Trainer`` written with :mod:`bpcore.reference` (same methods, same blocks)."""
-
-    def __init__(self, sizes, activations, loss, reduction, dtype):
-        self.sizes = [int(s) for s in sizes]
-        self.activations = list(activations)
-        self.loss = loss
-        self.reduction = reduction
-        self.dtype = np.dtype(dtype)
-        self.w_off, self.b_off = [], []
-        offset = 0
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
-            self.w_off.append(offset)
-            offset += n_in * n_out
-            self.b_off.append(offset)
-            offset += n_out
-        self.n_params = offset
-        self.batches_done = 0  # batches applied by the last epoch call
-
-    def offsets(self):
-        return np.array(self.w_off, np.intp), np.array(self.b_off, np.intp)
-
-    def _views(self, block):
-        pairs = zip(self.sizes[:-1], self.sizes[1:], self.w_off, self.b_off)
-        return ([block[w:w + n_in * n_out].reshape(n_in, n_out) for n_in, n_out, w, _ in pairs],
-                [block[b:b + n_out] for n_out, b in zip(self.sizes[1:], self.b_off)])
-
-    def _forward(self, params, x, logits):
-        weights, biases = self._views(params)
-        acts = [x]
-        for l, (w, b) in enumerate(zip(weights, biases)):
-            z = R.linear_forward(acts[-1], w, b)
-            act = self.activations[l]
-            if logits and l == len(weights) - 1 and act in ("softmax", "sigmoid"):
-                acts.append(z)  # the loss applies softmax / sigmoid itself
-            elif act == "softmax":
-                acts.append(R.softmax_forward(z))
-            else:
-                acts.append(getattr(R, f"{act}_forward")(z))
-        return acts
-
-    def forward(self, params, x, out):
-        out[...] = self._forward(params, x, False)[-1]
-        return out
-
-    def _takes_logits(self):
-        return self.loss in ("cross_entropy", "binary_cross_entropy")
-
-    def evaluate(self, params, x, y):
-        return self._output_loss(self._forward(params, x, self._takes_logits())[-1], y, None,
-                                 want_grad=False)[0]
-
-    def _output_loss(self, out, y, sample_weight, want_grad=True):
-        """(loss, d loss / d output) on a batch; the weighted form of _step.output_loss_rows."""
-        loss_fn = {"cross_entropy": R.softmax_cross_entropy,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy}.get(self.loss,
-                                                                               R.mse_loss)
-        grad_fn = {"cross_entropy": R.softmax_cross_entropy_backward,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy_backward}.get(
-                       self.loss, R.mse_loss_backward)
-        if sample_weight is None:
-            return (loss_fn(out, y, reduction=self.reduction),
-                    grad_fn(out, y, reduction=self.reduction) if want_grad else None)
-        mean = self.reduction.endswith("mean")
-        total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
-        # a batch of zero-weight rows only gives loss 0 and gradient 0 (as _step)
-        weights = sample_weight.astype(np.float64)  # summed in double, as _step
-        with np.errstate(over="ignore"):
-            norm = (float(weights.sum()) or 1.0) if mean else 1.0
-        if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
-            weights = weights / weights.max()
-            norm = float(weights.sum())
-        per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
-        loss, grad = 0.0, np.empty_like(out)
-        for i in range(out.shape[0]):
-            coef = float(weights[i]) / norm / (out.shape[1] if per_element else 1)
-            loss += coef * loss_fn(out[i:i + 1], y[i:i + 1], reduction=total_reduction)
-            grad[i:i + 1] = grad_fn(out[i:i + 1], y[i:i + 1],
-                                    reduction=total_reduction) * out.dtype.type(coef)
-        return loss, grad
-
-    def loss_and_grad(self, params, x, y, grads, sample_weight=None):
-        # Overflow is detected below and reported as a status, like the compiled step.
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._loss_and_grad(params, x, y, grads, sample_weight)
-
-    def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
-        acts = self._forward(params, x, self._takes_logits())
-        out, act_out = acts[-1], self.activations[-1]
-        loss, delta = self._output_loss(out, y, sample_weight)
-        if not self._takes_logits():
-            if act_out == "softmax":
-                delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
-            else:
-                delta = getattr(R, f"{act_out}_backward")(out, delta)
-        if not math.isfinite(loss):
-            return _NONFINITE, loss
-        weights, _ = self._views(params)
-        grad_w, grad_b = self._views(grads)
-        for l in range(len(weights) - 1, -1, -1):
-            grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
-                                             grad_w=grad_w[l], grad_b=grad_b[l])
-            if l > 0:
-                delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
-        if not np.isfinite(grads[:self.n_params]).all():
-            return _NONFINITE, loss
-        return 0, loss
-
-    def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
-        n = self.n_params
-        R.sgd_update(params[:n], grads[:n], lr=lr, momentum=momentum,
-                     velocity=velocity[:n] if momentum else None,
-                     weight_decay=weight_decay, nesterov=nesterov)
-
-    def train_step(self, params, grads, velocity, x, y, lr, momentum, weight_decay, nesterov):
-        status, loss = self.loss_and_grad(params, x, y, grads)
-        if status == 0:
-            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
-        return status, loss
-
-    def train_step_fast(self, *args):
-        return None  # the reference always takes the general path
-
-    def update(self, params, grads, state1, state2, optimizer, lr, momentum=0.0,
-               weight_decay=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
-               weights_only=False):
-        if optimizer == "adam":
-            step += 1
-        if weights_only and weight_decay != 0:
-            ranges = []
-            for (n_in, n_out), w, b in zip(zip(self.sizes[:-1], self.sizes[1:]), self.w_off,
-                                           self.b_off):
-                ranges += [(w, n_in * n_out, weight_decay), (b, n_out, 0.0)]
-        else:
-            ranges = [(0, self.n_params, weight_decay)]
-        for start, size, wd in ranges:
-            part = slice(start, start + size)
-            if optimizer == "adam":
-                R.adam_update(params[part], grads[part], lr=lr, m=state1[part], v=state2[part],
-                              step=step, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd)
-            else:
-                R.sgd_update(params[part], grads[part], lr=lr, momentum=momentum,
-                             velocity=state1[part] if momentum else None, weight_decay=wd,
-                             nesterov=nesterov)
-        return step
-
-    def train_epoch_opt(self, params, grads, state1, state2, x, y, sample_weight, order,
-                        batch_size, optimizer, lr, momentum=0.0, weight_decay=0.0,
-                        nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
-                        weights_only=False):
-        loss_sum, done = 0.0, 0
-        self.batches_done = 0
-        for start in range(0, x.shape[0], batch_size):
-            rows = (slice(start, start + batch_size) if order is None
-                    else order[start:start + batch_size])
-            sw = None if sample_weight is None else sample_weight[rows]
-            status, loss = self.loss_and_grad(params, x[rows], y[rows], grads, sw)
-            if status:
-                return status, loss_sum, done, step
-            step = self.update(params, grads, state1, state2, optimizer, lr, momentum,
-                               weight_decay, nesterov, beta1, beta2, eps, step, weights_only)
-            weight = len(x[rows]) if sw is None else float(sw.sum(dtype=np.float64))
-            loss_sum += loss * weight
-            done += 1
-            self.batches_done = done
-        return 0, loss_sum, done, step
-
-    def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
-                    weight_decay, nesterov):
-        loss_sum, done = 0.0, 0
-        self.batches_done = 0
-        for start in range(0, x.shape[0], batch_size):
-            rows = (slice(start, start + batch_size) if order is None
-                    else order[start:start + batch_size])
-            status, loss = self.train_step(params, grads, velocity, x[rows], y[rows], lr,
-                                           momentum, weight_decay, nesterov)
-            if status:
-                return status, loss_sum, done
-            loss_sum += loss * len(x[rows])
-            done += 1
-            self.batches_done = done
-        return 0, loss_sum, done
-
-
-# ---------------------------------------------------------------------------
 # MLP
 # ---------------------------------------------------------------------------
 
@@ -315,11 +127,11 @@ class MLP:
         self.dtype = dtype
         self.backend = backend
         if backend == "compiled":
-            from . import _step
-            core_cls = _step.Trainer
+            from . import _step as core
         else:
-            core_cls = ReferenceTrainer
-        self._core = core_cls(sizes, self.activations, loss, reduction, dtype)
+            from . import reference_core as core
+        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype)
+        self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
         self._velocity = None
@@ -621,17 +433,24 @@ class MLP:
             self._update_locked(grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
                                 beta2, eps, weights_only)
 
+    def _update_rule(self, optimizer, lr, momentum, weight_decay, nesterov, beta1=0.9,
+                     beta2=0.999, eps=1e-8, weights_only=False):
+        """The core's UpdateRule and state blocks for these settings (state created on demand)."""
+        if optimizer == "adam":
+            m, v, step = self._adam_state()
+            return self._rule("adam", lr=lr, weight_decay=weight_decay, betas=(beta1, beta2),
+                              eps=eps, step=step, weights_only=weights_only), (m, v)
+        rule = self._rule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          nesterov=nesterov, weights_only=weights_only)
+        return rule, (self._velocity_block(momentum) if momentum != 0 else None, None)
+
     def _update_locked(self, grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
                        beta2, eps, weights_only):
+        rule, state = self._update_rule(optimizer, lr, momentum, weight_decay, nesterov, beta1,
+                                        beta2, eps, weights_only)
+        self._core.update(self._params, grads, state, rule)
         if optimizer == "adam":
-            state = self._adam_state()
-            state[2] = self._core.update(self._params, grads, state[0], state[1], "adam", lr,
-                                         0.0, weight_decay, False, beta1, beta2, eps,
-                                         state[2], weights_only)
-        else:
-            self._core.update(self._params, grads, self._velocity_block(momentum), None, "sgd",
-                              lr, momentum, weight_decay, nesterov, 0.9, 0.999, 1e-8, 0,
-                              weights_only)
+            self._adam[2] = rule.step
 
     def train_step(self, x, y, *, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False,
                    optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
@@ -693,9 +512,10 @@ class MLP:
                 x, y = self._inputs(x, y)
                 lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
                                                                    nesterov)
-                result = self._core.train_step(
-                    self._params, self._grads, self._velocity_block(momentum), x, y, lr,
-                    momentum, weight_decay, nesterov)
+                result = self._core.loss_and_grad(self._params, x, y, self._grads)
+                if result[0] == 0:
+                    self._update_locked(self._grads, "sgd", lr, momentum, weight_decay,
+                                        nesterov, 0.9, 0.999, 1e-8, False)
         return result
 
     def fit(self, x, y, *, epochs=10, batch_size=32, lr=None, momentum=0.0, weight_decay=0.0,
@@ -809,8 +629,6 @@ class MLP:
         n = x.shape[0]
         total_weight = (n if sample_weight is None
                         else float(np.sum(sample_weight, dtype=np.float64)))
-        # The plain path (torch SGD, decay on all, no weights) keeps its exact behaviour.
-        general = optimizer != "sgd" or weights_only or sample_weight is not None
         rate, seen = lr, 0
         best, stale = math.inf, 0            # the monitored loss, for "adaptive"
         best_val, val_stale, best_params = math.inf, 0, None
@@ -824,18 +642,15 @@ class MLP:
                     rate = lr / (seen + 1) ** power_t
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
                 with self._lock, where.inside_epoch():
-                    if general:
-                        state = self._adam_state() if optimizer == "adam" else [
-                            self._velocity_block(momentum), None, 0]
-                        status, loss_sum, done, step = self._core.train_epoch_opt(
-                            self._params, self._grads, state[0], state[1], x, y,
-                            sample_weight, order, batch_size, optimizer, rate, momentum,
-                            weight_decay, nesterov, beta1, beta2, eps, state[2], weights_only)
-                        state[2] = step
-                    else:
-                        status, loss_sum, done = self._core.train_epoch(
-                            self._params, self._grads, self._velocity_block(momentum), x, y,
-                            order, batch_size, rate, momentum, weight_decay, nesterov)
+                    rule, state = self._update_rule(optimizer, rate, momentum, weight_decay,
+                                                    nesterov, beta1, beta2, eps, weights_only)
+                    try:
+                        status, loss_sum, done = self._core.epoch(
+                            self._params, self._grads, state, x, y, sample_weight, order,
+                            batch_size, rule)
+                    finally:  # Adam's steps also count when a signal handler raised
+                        if optimizer == "adam":
+                            self._adam[2] = rule.step
                 if status == _NONFINITE:
                     kept = ("the parameters of the best epoch so far are restored"
                             if early_stopping and best_params is not None else

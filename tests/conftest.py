@@ -23,6 +23,28 @@ TOL = {
 DTYPES = [np.float32, np.float64]
 
 
+def _in_ci():
+    import os
+
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (always run when CI=true)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests run in CI (CI=true) or with ``--runslow``; a plain
+    ``pytest`` skips them, to stay within a few minutes on a laptop."""
+    if _in_ci() or config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI, or locally with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request):
     """The module to test: ``bpcore.reference`` or ``bpcore``."""
@@ -49,9 +71,8 @@ def import_oracle(name):
     can never pass by being skipped.
     """
     import importlib
-    import os
 
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if _in_ci():
         return importlib.import_module(name)
     return pytest.importorskip(name)
 

@@ -1,0 +1,314 @@
+"""The NumPy twin of the training core (``bpcore._step``): the same classes and methods.
+
+``Trainer`` and ``UpdateRule`` here have exactly the signatures of their
+compiled twins in ``bpcore/_step.pyx`` (a test compares them with
+``inspect.signature``), and compute the same thing with the functions of
+:mod:`bpcore.reference`, one readable step at a time:
+
+* ``loss_and_grad``: forward (``linear_forward`` and the activations), the
+  loss and its gradient (PyTorch's reductions, optional row weights), then
+  BP1-BP4 layer by layer with ``linear_backward`` and the activation
+  backwards;
+* ``update``: one optimizer step over the flat parameter block;
+* ``epoch``: mini-batches in order or by a permutation, each a
+  ``loss_and_grad`` and an ``update``.
+
+``bpcore.MLP(..., backend="reference")`` runs a model on this twin.
+scikit-learn's loss rules ("sk_*") exist only in the compiled core.
+"""
+import math
+
+import numpy as np
+
+from . import reference as R
+
+__all__ = ["Trainer", "UpdateRule", "NONFINITE", "INTERRUPTED"]
+
+# The core's statuses (bpcore._step's).
+NONFINITE = 100
+INTERRUPTED = 101
+
+UPDATE_KINDS = ("sgd", "adam", "sklearn_sgd", "sklearn_adam")
+
+
+class UpdateRule:
+    """An optimizer and its settings (the twin of ``bpcore._step.UpdateRule``).
+
+    Parameters
+    ----------
+    kind : {"sgd", "adam"}
+        ``torch.optim.SGD`` or ``torch.optim.Adam`` ("sklearn_*" exist only
+        in the compiled core).
+    lr, momentum, weight_decay, nesterov, betas, eps, step, weights_only
+        As the compiled twin's.
+    """
+
+    def __init__(self, kind, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+                 betas=(0.9, 0.999), eps=1e-8, step=0, weights_only=False):
+        if kind not in UPDATE_KINDS:
+            raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
+                             f"got {kind!r}")
+        if kind.startswith("sklearn"):
+            raise ValueError(f"the reference core has no {kind!r} rule")
+        self.kind = kind
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.step = int(step)
+        self.weights_only = bool(weights_only)
+
+    @property
+    def stateful(self):
+        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
+        return 2 if self.kind == "adam" else (1 if self.momentum != 0 else 0)
+
+    def __repr__(self):
+        return (f"UpdateRule({self.kind!r}, lr={self.lr!r}, momentum={self.momentum!r}, "
+                f"weight_decay={self.weight_decay!r}, step={self.step})")
+
+
+class Trainer:
+    """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
+
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+        if loss.startswith("sk_"):
+            raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
+        self.sizes = [int(s) for s in sizes]
+        self.activations = list(activations)
+        self.loss = loss
+        self.reduction = reduction
+        self.dtype = np.dtype(dtype)
+        self.alpha = alpha
+        self.w_off, self.b_off = [], []
+        offset = 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            self.w_off.append(offset)
+            offset += n_in * n_out
+            self.b_off.append(offset)
+            offset += n_out
+        self.n_params = offset
+        self.n_layers = len(self.sizes) - 1
+        self.capacity = 0
+        self.batches_done = 0  # batches applied by the last epoch call
+        self._pending = None   # what backward_layer needs, set by loss_and_grad_begin
+
+    def offsets(self):
+        """(w_off, b_off): where each layer's W and b start in the flat block."""
+        return np.array(self.w_off, np.intp), np.array(self.b_off, np.intp)
+
+    def _views(self, block):
+        pairs = zip(self.sizes[:-1], self.sizes[1:], self.w_off, self.b_off)
+        return ([block[w:w + n_in * n_out].reshape(n_in, n_out) for n_in, n_out, w, _ in pairs],
+                [block[b:b + n_out] for n_out, b in zip(self.sizes[1:], self.b_off)])
+
+    def _takes_logits(self):
+        return self.loss in ("cross_entropy", "binary_cross_entropy")
+
+    # -- forward and the loss rule ------------------------------------------
+
+    def _forward(self, params, x, logits):
+        weights, biases = self._views(params)
+        acts = [x]
+        for l, (w, b) in enumerate(zip(weights, biases)):
+            z = R.linear_forward(acts[-1], w, b)
+            act = self.activations[l]
+            if logits and l == len(weights) - 1 and act in ("softmax", "sigmoid"):
+                acts.append(z)  # the loss applies softmax / sigmoid itself
+            elif act == "softmax":
+                acts.append(R.softmax_forward(z))
+            else:
+                acts.append(getattr(R, f"{act}_forward")(z))
+        return acts
+
+    def forward(self, params, x, out):
+        """out := the network's output for x (n, n_in) -> (n, n_out)."""
+        out[...] = self._forward(params, x, False)[-1]
+        return out
+
+    def evaluate(self, params, x, y):
+        """The loss on (x, y) without gradients."""
+        if x.shape[0] == 0:
+            return float("nan") if self.reduction.endswith("mean") else 0.0
+        return self._output_loss(self._forward(params, x, self._takes_logits())[-1], y, None,
+                                 want_grad=False)[0]
+
+    def _output_loss(self, out, y, sample_weight, want_grad=True):
+        """(loss, d loss / d output) on a batch; the twin of _step.output_loss_rows."""
+        loss_fn = {"cross_entropy": R.softmax_cross_entropy,
+                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy}.get(self.loss,
+                                                                               R.mse_loss)
+        grad_fn = {"cross_entropy": R.softmax_cross_entropy_backward,
+                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy_backward}.get(
+                       self.loss, R.mse_loss_backward)
+        if sample_weight is None:
+            return (loss_fn(out, y, reduction=self.reduction),
+                    grad_fn(out, y, reduction=self.reduction) if want_grad else None)
+        mean = self.reduction.endswith("mean")
+        total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
+        # a batch of zero-weight rows only gives loss 0 and gradient 0 (as _step)
+        weights = sample_weight.astype(np.float64)  # summed in double, as _step
+        with np.errstate(over="ignore"):
+            norm = (float(weights.sum()) or 1.0) if mean else 1.0
+        if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
+            weights = weights / weights.max()
+            norm = float(weights.sum())
+        per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
+        loss, grad = 0.0, np.empty_like(out)
+        for i in range(out.shape[0]):
+            coef = float(weights[i]) / norm / (out.shape[1] if per_element else 1)
+            loss += coef * loss_fn(out[i:i + 1], y[i:i + 1], reduction=total_reduction)
+            grad[i:i + 1] = grad_fn(out[i:i + 1], y[i:i + 1],
+                                    reduction=total_reduction) * out.dtype.type(coef)
+        return loss, grad
+
+    # -- backward ------------------------------------------------------------
+
+    def loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        """grads[:n_params] := d loss / d params on the batch (x, y); returns (status, loss)."""
+        # Overflow is detected below and reported as a status, like the compiled step.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._loss_and_grad(params, x, y, grads, sample_weight)
+
+    def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        acts = self._forward(params, x, self._takes_logits())
+        out, act_out = acts[-1], self.activations[-1]
+        loss, delta = self._output_loss(out, y, sample_weight)          # BP1: delta_L
+        if not self._takes_logits():
+            if act_out == "softmax":
+                delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
+            else:
+                delta = getattr(R, f"{act_out}_backward")(out, delta)
+        if not math.isfinite(loss):
+            return NONFINITE, loss
+        weights, _ = self._views(params)
+        grad_w, grad_b = self._views(grads)
+        for l in range(len(weights) - 1, -1, -1):
+            # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
+            grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
+                                             grad_w=grad_w[l], grad_b=grad_b[l])
+            if l > 0:  # BP2: times the activation's derivative, from the saved output
+                delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        if not np.isfinite(grads[:self.n_params]).all():
+            return NONFINITE, loss
+        return 0, loss
+
+    # -- the update rule and the epoch -----------------------------------------
+
+    def update(self, params, grads, state, rule):
+        """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam)."""
+        s1, s2 = state if state is not None else (None, None)
+        if rule.kind == "adam":
+            rule.step += 1
+        if rule.weights_only and rule.weight_decay != 0:
+            ranges = []
+            for (n_in, n_out), w, b in zip(zip(self.sizes[:-1], self.sizes[1:]), self.w_off,
+                                           self.b_off):
+                ranges += [(w, n_in * n_out, rule.weight_decay), (b, n_out, 0.0)]
+        else:
+            ranges = [(0, self.n_params, rule.weight_decay)]
+        for start, size, wd in ranges:
+            part = slice(start, start + size)
+            if rule.kind == "adam":
+                R.adam_update(params[part], grads[part], lr=rule.lr, m=s1[part], v=s2[part],
+                              step=rule.step, beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps,
+                              weight_decay=wd)
+            else:
+                R.sgd_update(params[part], grads[part], lr=rule.lr, momentum=rule.momentum,
+                             velocity=s1[part] if rule.momentum else None, weight_decay=wd,
+                             nesterov=rule.nesterov)
+
+    def epoch(self, params, grads, state, x, y, sample_weight, order, batch_size, rule):
+        """Mini-batches of ``batch_size`` over x in ``order``; returns (status, loss_sum, batches)."""
+        loss_sum, done = 0.0, 0
+        self.batches_done = 0
+        for start in range(0, x.shape[0], batch_size):
+            rows = (slice(start, start + batch_size) if order is None
+                    else order[start:start + batch_size])
+            sw = None if sample_weight is None else sample_weight[rows]
+            status, loss = self.loss_and_grad(params, x[rows], y[rows], grads, sw)
+            if status:
+                return status, loss_sum, done
+            self.update(params, grads, state, rule)
+            weight = len(x[rows]) if sw is None else float(sw.sum(dtype=np.float64))
+            loss_sum += loss * weight
+            done += 1
+            self.batches_done = done
+        return 0, loss_sum, done
+
+    def train_step_fast(self, params, grads, velocity, x, y, lr, momentum, weight_decay,
+                        nesterov):
+        """None: the reference always takes the general path."""
+        return None
+
+    # -- the step cut at layer boundaries (bpcore.distributed's overlap) --------
+
+    def loss_and_grad_begin(self, params, x, y):
+        """Forward and loss on (x, y), keeping what backward_layer needs; returns (status, loss)."""
+        self._pending = None
+        if x.shape[0] < 1:
+            raise ValueError("`x` must have at least 1 row")
+        self._pending = [params, x, y, None, self.n_layers - 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            acts = self._forward(params, x, self._takes_logits())
+            loss, delta = self._output_loss(acts[-1], y, None)
+            if not self._takes_logits():
+                out, act_out = acts[-1], self.activations[-1]
+                if act_out == "softmax":
+                    delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
+                else:
+                    delta = getattr(R, f"{act_out}_backward")(out, delta)
+        if not math.isfinite(loss):
+            self._pending = None
+            return NONFINITE, loss
+        self._pending[3] = (acts, delta)
+        return 0, loss
+
+    def backward_layer(self, params, x, grads, layer):
+        """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
+        if self._pending is None or self._pending[1].shape[0] != x.shape[0]:
+            raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
+        if layer != self._pending[4]:
+            raise ValueError(f"backward_layer must run layers from the last down; expected "
+                             f"layer {self._pending[4]}, got {layer}")
+        acts, delta = self._pending[3]
+        weights, _ = self._views(params)
+        grad_w, grad_b = self._views(grads)
+        with np.errstate(over="ignore", invalid="ignore"):
+            grad_x, _, _ = R.linear_backward(acts[layer], weights[layer], delta,
+                                             need_grad_x=layer > 0, grad_w=grad_w[layer],
+                                             grad_b=grad_b[layer])
+            if layer > 0:
+                delta = getattr(R, f"{self.activations[layer - 1]}_backward")(acts[layer],
+                                                                              grad_x)
+        self._pending[3] = (acts, delta)
+        self._pending[4] = layer - 1
+        finite = (np.isfinite(grad_w[layer]).all() and np.isfinite(grad_b[layer]).all())
+        if not finite or layer == 0:
+            self._pending = None
+        return 0 if finite else NONFINITE
+
+    # -- the interface of before, kept while the faces move to the one above --
+
+    def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
+        """Deprecated: ``update`` with ``UpdateRule("sgd", ...)``."""
+        self.update(params, grads, (velocity if momentum != 0 else None, None),
+                    UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov))
+
+    def train_step(self, params, grads, velocity, x, y, lr, momentum, weight_decay, nesterov):
+        """Deprecated: ``loss_and_grad`` then ``update``; returns (status, loss)."""
+        status, loss = self.loss_and_grad(params, x, y, grads)
+        if status == 0:
+            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+        return status, loss
+
+    def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
+                    weight_decay, nesterov):
+        """Deprecated: ``epoch`` with ``UpdateRule("sgd", ...)``."""
+        return self.epoch(params, grads, (velocity if momentum != 0 else None, None), x, y,
+                          None, order, batch_size,
+                          UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                     nesterov=nesterov))
