@@ -7,7 +7,7 @@ compiled twin yet is exported from the reference, so this API is complete;
 """
 from . import reference
 from . import _gemm, _kernels
-from ._gemm import cpu_features, get_num_threads, set_num_threads
+from ._gemm import get_num_threads, set_num_threads
 from .gradcheck import gradcheck, numerical_gradient, GradcheckError
 from .nn import MLP
 
@@ -27,6 +27,29 @@ def _resolve():
 
 _TABLE = _resolve()
 globals().update({name: fn for name, (fn, _) in _TABLE.items()})
+
+
+def cpu_features():
+    """What the CPU offers and which kernels this process uses, per family.
+
+    Returns
+    -------
+    dict
+        ``{"avx2": bool, "fma": bool, "kernel": str, "openmp": bool, ...,
+        "kernels": {"gemm": str, "vector_math": str, "optimizer": str}}``:
+        each kernel name is ``"avx2_fma"`` or ``"portable"``
+        (``BPCORE_FORCE_PORTABLE=1`` makes every family portable).
+        ``"kernel"`` is the GEMM's, as before.
+    """
+    from . import _step
+
+    features = _gemm.cpu_features()
+    optimizer = _kernels._optim_kernel()
+    if _step.optim_kernel() != optimizer:  # NOTE: one choice, made twice (per module)
+        optimizer = f"{optimizer} (step: {_step.optim_kernel()})"
+    features["kernels"] = {"gemm": features["kernel"], "vector_math": _kernels._vmath_kernel(),
+                           "optimizer": optimizer}
+    return features
 
 
 def backend_of(name):

@@ -41,6 +41,8 @@ Design:
 """
 import os
 
+from bpcore import _env
+
 import numpy as np
 from numpy import ndarray
 
@@ -187,7 +189,7 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
-if (os.environ.get("BPCORE_FORCE_PORTABLE", "0") in ("", "0", "false", "False")
+if (not _env.force_portable()
         and BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
     _set_kernel("avx2_fma")
 else:

@@ -24,6 +24,7 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+from bpcore import _env
 from bpcore import _validate as V
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS)
 
@@ -223,10 +224,8 @@ def _vmath_exp(x, *, out=None):
 
 
 cdef _init_vmath():
-    # BPCORE_FORCE_PORTABLE=1 (read once, at import) forces the portable kernels.
-    from os import environ
-    _set_vmath_kernel("portable" if environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
-                      else "avx2_fma")
+    # BPCORE_FORCE_PORTABLE (read once, at import) forces the portable kernels.
+    _set_vmath_kernel("portable" if _env.force_portable() else "avx2_fma")
 
 
 _init_vmath()
@@ -997,9 +996,15 @@ def _set_optim_kernel(name):
 
     Returns the name of the kernels now in use.  For tests.
     """
+    global _optim_kernel_name
     V.check_choice("name", name, ("avx2_fma", "portable"))
-    return "avx2_fma" if bp_optim_select(name == "avx2_fma") else "portable"
+    _optim_kernel_name = "avx2_fma" if bp_optim_select(name == "avx2_fma") else "portable"
+    return _optim_kernel_name
 
 
-_set_optim_kernel("portable" if os.environ.get("BPCORE_FORCE_PORTABLE", "0") not in ("", "0")
-                  else "avx2_fma")
+def _optim_kernel():
+    """The name of the update kernels in use: ``"avx2_fma"`` or ``"portable"``."""
+    return _optim_kernel_name
+
+
+_optim_kernel_name = _set_optim_kernel("portable" if _env.force_portable() else "avx2_fma")

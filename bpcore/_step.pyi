@@ -12,6 +12,8 @@ ACTIVATIONS: dict[str, int]
 LOSSES: dict[str, int]
 UPDATE_KINDS: dict[str, int]
 NONFINITE: int
+
+def optim_kernel() -> str: ...
 INTERRUPTED: int
 
 @disjoint_base

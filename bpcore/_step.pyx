@@ -146,7 +146,16 @@ INTERRUPTED = STATUS_INTERRUPTED
 # How many batches run between two looks at Ctrl-C (each look takes the GIL).
 cdef Py_ssize_t SIGNAL_CHECK_EVERY = 16
 
-bp_optim_select(1)
+from bpcore import _env
+
+# NOTE: optim.h's kernel choice is per extension module (a static in the
+# header): the step chooses by the same switch as bpcore._kernels.
+_OPTIM_KERNEL = "avx2_fma" if bp_optim_select(not _env.force_portable()) else "portable"
+
+
+def optim_kernel():
+    """The update kernels the step uses: ``"avx2_fma"`` or ``"portable"``."""
+    return _OPTIM_KERNEL
 
 
 cdef struct Net:

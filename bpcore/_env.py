@@ -1,0 +1,28 @@
+"""Every ``BPCORE_*`` environment switch of the installed package, read in one place.
+
+The build's switches (``BPCORE_DEBUG``, ``BPCORE_SANITIZE``, ``BPCORE_NATIVE``,
+``BPCORE_NO_OPENMP``, ``BPCORE_ANNOTATE``) are read by ``setup.py`` with the
+same rule; at run time:
+
+``BPCORE_FORCE_PORTABLE``
+    Use the portable kernels of every family (GEMM tiles, vector math,
+    optimizer updates) even where the CPU has AVX2+FMA.  Read once, at import.
+
+A switch is off when unset or one of "", "0", "false", "no", "off" (any case),
+and on otherwise: ``=0`` and ``=false`` mean off everywhere.
+"""
+import os
+
+__all__ = ["flag", "force_portable"]
+
+_OFF = ("", "0", "false", "no", "off")
+
+
+def flag(name):
+    """Whether the switch ``name`` is on (see the module docstring for the rule)."""
+    return os.environ.get(name, "").strip().lower() not in _OFF
+
+
+def force_portable():
+    """``BPCORE_FORCE_PORTABLE``: the portable kernels in every family."""
+    return flag("BPCORE_FORCE_PORTABLE")
