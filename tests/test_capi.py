@@ -176,3 +176,5 @@ def test_four_threads_call_gemm_and_a_kernel_without_the_gil(mylayer):
             assert status == 0                     # BP_OK
             assert seen == threads, "the threads were not all in `nogil` at once"
             _assert_layer(out, x, w, b)
+            # ... and bitwise what one thread alone computes.
+            np.testing.assert_array_equal(mylayer.dense_tanh(x, w, b, np.empty_like(out)), out)
