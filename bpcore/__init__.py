@@ -70,6 +70,27 @@ def backend_of(name):
     return _TABLE[name][1]
 
 
+def get_include():
+    """The folders an extension module that cimports bpcore needs on its include paths.
+
+    Pass them as Cython's ``include_path`` (for ``from bpcore._gemm cimport
+    gemm`` and ``from bpcore._kernels cimport ...``) and as the extension's
+    C ``include_dirs`` (for the headers those declarations include, such as
+    ``bp_gemm.h``); see README's "Using bpcore from C or Cython".
+
+    Returns
+    -------
+    list of str
+        Two absolute paths: the directory that contains the ``bpcore``
+        package (so that ``bpcore/_gemm.pxd`` is found as ``bpcore._gemm``),
+        and ``bpcore/_gemm``, the C headers.
+    """
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    return [os.path.dirname(package), os.path.join(package, "_gemm")]
+
+
 __all__ = list(_OPS) + ["MLP", "reference", "backend_of", "gradcheck", "numerical_gradient",
                         "GradcheckError", "cpu_features", "get_num_threads", "set_num_threads",
-                        "__version__"]
+                        "get_include", "__version__"]

@@ -1,0 +1,59 @@
+"""Type stub for bpcore's top level (tests/test_types.py checks it against the runtime).
+
+``bpcore/__init__.py`` picks each operation's implementation at import (the
+compiled twin, else the reference); every operation has a compiled twin, so
+each name is re-exported from the compiled module that defines it.  Only the
+"X as X" imports below are exports (PEP 484); ``bpcore.__all__`` lists the same
+names (tests/test_types.py).
+"""
+from collections.abc import Callable, Sequence
+from typing import Final, Literal, SupportsFloat
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import reference as reference
+from ._gemm import (
+    cpu_features as cpu_features,
+    get_num_threads as get_num_threads,
+    matmul as matmul,
+    set_num_threads as set_num_threads,
+)
+from ._kernels import (
+    adam_update as adam_update,
+    identity_backward as identity_backward,
+    identity_forward as identity_forward,
+    linear_backward as linear_backward,
+    linear_forward as linear_forward,
+    mse_loss as mse_loss,
+    mse_loss_and_grad as mse_loss_and_grad,
+    mse_loss_backward as mse_loss_backward,
+    relu_backward as relu_backward,
+    relu_forward as relu_forward,
+    sgd_update as sgd_update,
+    sigmoid_backward as sigmoid_backward,
+    sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
+    sigmoid_binary_cross_entropy_backward as sigmoid_binary_cross_entropy_backward,
+    sigmoid_forward as sigmoid_forward,
+    sklearn_adam_update as sklearn_adam_update,
+    sklearn_sgd_update as sklearn_sgd_update,
+    softmax_cross_entropy as softmax_cross_entropy,
+    softmax_cross_entropy_and_grad as softmax_cross_entropy_and_grad,
+    softmax_cross_entropy_backward as softmax_cross_entropy_backward,
+    softmax_forward as softmax_forward,
+    tanh_backward as tanh_backward,
+    tanh_forward as tanh_forward,
+)
+from .gradcheck import GradcheckError as GradcheckError
+from .nn import MLP as MLP
+
+__version__: Final[str]
+
+# gradcheck.py has no annotations of its own; its two functions are typed here.
+def numerical_gradient(f: Callable[..., SupportsFloat], inputs: Sequence[NDArray[np.float64]],
+                       *, eps: float = 1e-6) -> list[NDArray[np.float64]]: ...
+def gradcheck(f: Callable[..., SupportsFloat], inputs: Sequence[NDArray[np.float64]],
+              analytic: Sequence[ArrayLike], *, eps: float = 1e-6, rtol: float = 1e-5,
+              atol: float = 1e-7, raise_exception: bool = True) -> bool: ...
+def backend_of(name: str) -> Literal["compiled", "reference"]: ...
+def get_include() -> list[str]: ...

@@ -1,0 +1,123 @@
+"""Type stub for bpcore.nn (tests/test_types.py checks it against the runtime)."""
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+from typing_extensions import Self
+
+from ._step import Trainer
+
+_Float = NDArray[np.floating[Any]]
+_Seed = int | np.random.Generator | None
+_Activation = Literal["identity", "relu", "sigmoid", "tanh"]
+_OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "softmax"]
+_Loss = Literal["mse", "cross_entropy", "binary_cross_entropy"]
+_Reduction = Literal["mean", "sum", "half_sum", "half_mean"]
+_Backend = Literal["compiled", "reference"]
+_Optimizer = Literal["sgd", "adam"]
+_Decay = Literal["all", "weights"]
+
+__all__ = ["MLP"]
+
+ACTIVATIONS: Final[tuple[str, ...]]
+OUTPUT_ACTIVATIONS: Final[tuple[str, ...]]
+LOSSES: Final[tuple[str, ...]]
+OPTIMIZERS: Final[tuple[str, ...]]
+DECAYS: Final[tuple[str, ...]]
+SCHEDULES: Final[tuple[str, ...]]
+INITS: Final[tuple[str, ...]]
+BACKENDS: Final[tuple[str, ...]]
+
+class MLP:
+    layer_sizes: list[int]
+    activations: list[str]
+    loss: str
+    reduction: str
+    dtype: np.dtype[Any]
+    backend: str
+    weights: list[_Float]       # views into the parameter block
+    biases: list[_Float]
+
+    def __init__(self, layer_sizes: Sequence[int], *,
+                 activation: _Activation | Sequence[_Activation] = "relu",
+                 output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
+                 reduction: _Reduction = "mean", dtype: DTypeLike = "float32", seed: _Seed = None,
+                 init: Literal["auto", "normal", "glorot", "he"] = "auto",
+                 backend: _Backend = "compiled") -> None: ...
+    @classmethod
+    def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
+                    activation: _Activation | Sequence[_Activation] = "relu",
+                    output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
+                    reduction: _Reduction = "mean", dtype: DTypeLike | None = None,
+                    backend: _Backend = "compiled") -> Self: ...
+    @property
+    def n_params(self) -> int: ...
+    @property
+    def parameters(self) -> _Float: ...
+    def reset_optimizer(self) -> None: ...
+    def predict(self, x: ArrayLike) -> _Float: ...
+    def forward(self, x: ArrayLike) -> _Float: ...
+    def evaluate(self, x: ArrayLike, y: ArrayLike) -> float: ...
+    def score(self, x: ArrayLike, y: ArrayLike, *,
+              sample_weight: ArrayLike | None = None) -> float: ...
+    def loss_and_grads(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+                       ) -> tuple[float, tuple[list[_Float], list[_Float]]]: ...
+    def train_step(self, x: ArrayLike, y: ArrayLike, *, lr: float | None = None,
+                   momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                   optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8, decay: _Decay = "all",
+                   sample_weight: ArrayLike | None = None) -> float: ...
+    def fit(self, x: ArrayLike, y: ArrayLike, *, epochs: int = 10, batch_size: int = 32,
+            lr: float | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
+            nesterov: bool = False, shuffle: bool = True, seed: _Seed = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = False,
+            callback: Callable[[int, dict[str, float]], object] | None = None,
+            optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
+            eps: float = 1e-8, decay: _Decay = "all", sample_weight: ArrayLike | None = None,
+            schedule: Literal["constant", "invscaling", "adaptive"] = "constant",
+            power_t: float = 0.5, early_stopping: bool = False, patience: int = 10,
+            tol: float = 1e-4, metrics: Sequence[str] = (),
+            verbose: int = 0) -> dict[str, list[float]]: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, backend: _Backend = "compiled") -> Self: ...
+
+    # Private, for bpcore's other modules (distributed.py's data-parallel path).
+    _core: Trainer | ReferenceTrainer
+    _params: _Float
+    _grads: _Float
+    _velocity: _Float | None
+    _lock: threading.RLock
+    def _velocity_block(self, momentum: float) -> _Float | None: ...
+    def _inputs(self, x: ArrayLike, y: ArrayLike | None = None, *, min_rows: int = 1,
+                need_y: bool = True) -> tuple[_Float, NDArray[Any] | None]: ...
+    @staticmethod
+    def _hyper(lr: float, momentum: float, weight_decay: float,
+               nesterov: bool) -> tuple[float, float, float, bool]: ...
+    def _apply_update(self, grads: _Float, *, lr: float, momentum: float = 0.0,
+                      weight_decay: float = 0.0, nesterov: bool = False,
+                      optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
+                      eps: float = 1e-8, decay: _Decay = "all") -> None: ...
+
+# Private: the NumPy twin of bpcore._step.Trainer (same methods), and helpers
+# that bpcore's other modules import.
+class ReferenceTrainer:
+    dtype: np.dtype[Any]
+    n_params: int
+    def __init__(self, sizes: Sequence[int], activations: Sequence[str], loss: str,
+                 reduction: str, dtype: Any) -> None: ...
+    def __getattr__(self, name: str) -> Any: ...
+
+_NONFINITE: Final[int]
+_INTERRUPTED: Final[int]
+
+def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> _Float: ...
+def _rng(seed: _Seed) -> np.random.Generator: ...
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool) -> None: ...
+    def update(self, logs: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
