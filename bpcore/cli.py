@@ -244,6 +244,8 @@ def _train_distributed(args):
 def bench(args):
     from bpcore import _quickbench
 
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"`--threads` must be >= 1; got {args.threads}")
     if args.full or args.distributed:  # the harness of a source checkout's bench/
         return _quickbench.run_harness(
             (["--only", "distributed"] if args.distributed else ["--full"])
