@@ -2,13 +2,16 @@
 
 Run: ``OMP_NUM_THREADS=1 pytest bench/bench_distributed.py --benchmark-group-by=param``.
 The multi-rank numbers (1 process vs 2 MPI ranks, allreduce time, overlap,
-accumulate_steps) need mpiexec: ``python -m bpcore bench --distributed``,
+accumulate_steps) need mpiexec: ``python bench/run.py --only distributed``,
 which the last benchmark here also runs once and prints.
 """
 import numpy as np
 import pytest
 
-from bpcore import MLP, benchmarks
+from bpcore import MLP
+
+import peer_tables
+from harness import limit_threads
 
 NETS = [((1000, 100, 10), 64), ((784, 256, 256, 10), 256)]
 
@@ -26,7 +29,7 @@ def test_epoch(benchmark, sizes, batch, who):
     distributed = pytest.importorskip("bpcore.distributed")
     net, x, y = _problem(sizes, batch)
     benchmark.group = f"epoch {'-'.join(map(str, sizes))} batch {batch}"
-    with benchmarks.limit_threads(1):
+    with limit_threads(1):
         if who == "MLP.fit":
             benchmark(lambda: net.fit(x, y, epochs=1, batch_size=batch, lr=1e-3, momentum=0.9,
                                       seed=1))
@@ -41,5 +44,5 @@ def test_epoch(benchmark, sizes, batch, who):
 
 def test_distributed_table(benchmark):
     pytest.importorskip("bpcore.distributed")
-    benchmark.pedantic(lambda: benchmarks.distributed_table(rounds=1, epochs=2), rounds=1,
+    benchmark.pedantic(lambda: peer_tables.distributed_table(rounds=1, epochs=2), rounds=1,
                        iterations=1)

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+import bpcore
 
-from bpcore import _gemm
+from harness import limit_threads
 
 pytest.importorskip("pytest_benchmark")
 
@@ -27,11 +27,8 @@ SHAPES = {  # name: (m, n, k, trans_a, trans_b)
 
 @pytest.fixture(autouse=True)
 def _threads():
-    before = _gemm.get_num_threads()
-    _gemm.set_num_threads(THREADS)
-    with threadpool_limits(THREADS):
+    with limit_threads(THREADS):
         yield
-    _gemm.set_num_threads(before)
 
 
 def _operands(shape, dtype):
@@ -49,7 +46,7 @@ def test_matmul(benchmark, impl, shape, dtype):
     a, b, ta, tb = _operands(shape, dtype)
     benchmark.group = f"matmul {shape} {dtype} threads={THREADS}"
     if impl == "bpcore":
-        benchmark(_gemm.matmul, a, b, trans_a=ta, trans_b=tb)
+        benchmark(bpcore.matmul, a, b, trans_a=ta, trans_b=tb)
     else:
         op_a, op_b = (a.T if ta else a), (b.T if tb else b)
         benchmark(np.matmul, op_a, op_b)

@@ -2,17 +2,18 @@
 
 Run: ``OMP_NUM_THREADS=1 pytest bench/bench_kernels.py --benchmark-group-by=param``
 (groups compare the contenders at one kernel/size/dtype).  The same calls,
-as one ratio table: ``python -m bpcore bench``.
+as one ratio table: ``python bench/run.py --only kernels``.
 """
 import numpy as np
 import pytest
 
-from bpcore import benchmarks
+import peer_tables
+from harness import import_peer, limit_threads
 
 CASES = [(shape, dtype, name, who)
-         for shape in benchmarks.KERNEL_SHAPES
+         for shape in peer_tables.KERNEL_SHAPES
          for dtype in (np.float32, np.float64)
-         for name, contenders in benchmarks._kernel_cases(shape, dtype, benchmarks._torch())
+         for name, contenders in peer_tables._kernel_cases(shape, dtype, import_peer("torch"))
          for who in contenders]
 
 
@@ -21,6 +22,6 @@ CASES = [(shape, dtype, name, who)
                               for s, d, n, w in CASES])
 def test_kernel(benchmark, shape, dtype, name, who):
     benchmark.group = f"{name} {shape} {np.dtype(dtype).name}"
-    with benchmarks.limit_threads(1):
-        contenders = dict(benchmarks._kernel_cases(shape, dtype, benchmarks._torch()))[name]
+    with limit_threads(1):
+        contenders = dict(peer_tables._kernel_cases(shape, dtype, import_peer("torch")))[name]
         benchmark(contenders[who])

@@ -2,14 +2,15 @@
 
 Run: ``pytest bench/bench_threads.py --benchmark-group-by=group``.  The
 reliability promise is threaded <= 0.6 x serial on two free cores (the
-training step runs without the GIL); ``python -m bpcore bench`` prints the
-same comparison as one ratio.
+training step runs without the GIL); ``python bench/run.py --only threads``
+prints the same comparison as one ratio.
 """
 import threading
 
 import pytest
 
-from bpcore import benchmarks
+import peer_tables
+from harness import limit_threads
 
 
 def _serial(jobs):
@@ -28,7 +29,7 @@ def _threaded(jobs):
 @pytest.mark.parametrize("mode", ["serial", "threaded"])
 def test_two_fits(benchmark, mode):
     benchmark.group = "two independent MLP.fit calls"
-    jobs = [benchmarks._fit_job(seed) for seed in (0, 1)]
+    jobs = [peer_tables._fit_job(seed) for seed in (0, 1)]
     run = _serial if mode == "serial" else _threaded
-    with benchmarks.limit_threads(1):
+    with limit_threads(1):
         benchmark.pedantic(run, args=(jobs,), rounds=5, warmup_rounds=1)

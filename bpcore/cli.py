@@ -11,7 +11,7 @@ Subcommands:
   Under ``mpiexec -n N python -m bpcore train ...`` it trains data-parallel
   (:mod:`bpcore.distributed`): each rank reads only its shard of an .npy /
   .npz (memory-mapped), and only rank 0 prints and saves.
-* ``bench`` -- the benchmark tables of :mod:`bpcore.benchmarks`.
+* ``bench`` -- quick ratio tables (:mod:`bpcore._quickbench`); ``--full``: ``bench/run.py``.
 """
 import argparse
 import sys
@@ -242,9 +242,15 @@ def _train_distributed(args):
 
 
 def bench(args):
-    from bpcore import benchmarks
+    from bpcore import _quickbench
 
-    return benchmarks.main(["--distributed"] if args.distributed else [])
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"`--threads` must be >= 1; got {args.threads}")
+    if args.full or args.distributed:  # the harness of a source checkout's bench/
+        return _quickbench.run_harness(
+            (["--only", "distributed"] if args.distributed else ["--full"])
+            + (["--threads", str(args.threads)] if args.threads else []))
+    return _quickbench.quick(threads=args.threads or 1, smoke=args.smoke)
 
 
 def main(argv=None):
@@ -275,9 +281,13 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", help="where to save the model (.npz)")
     p.set_defaults(func=train)
-    p = sub.add_parser("bench", help="ratio tables: bpcore vs NumPy and PyTorch, 1 and 2 threads")
+    p = sub.add_parser("bench", help="quick ratio tables: bpcore vs NumPy, PyTorch, scikit-learn")
+    p.add_argument("--threads", type=int, help="threads for every contender (default: 1)")
+    p.add_argument("--full", action="store_true",
+                   help="every table: runs bench/run.py of a source checkout")
     p.add_argument("--distributed", action="store_true",
-                   help="samples/s of 1 process vs 2 MPI ranks (launches mpiexec)")
+                   help="only bench/run.py's samples/s of 1 process vs 2 MPI ranks (mpiexec)")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny, for tests
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -12,7 +12,7 @@ Promises tested here (the compiled backend unless stated):
 * results do not depend on the number of OpenMP threads of the GEMM.
 
 The speed-up of two ``fit`` calls in two threads is a benchmark
-(``bench/bench_threads.py``, ``python -m bpcore bench``), not a test.
+(``bench/bench_threads.py``, ``python bench/run.py --only threads``), not a test.
 """
 import threading
 

@@ -1,22 +1,24 @@
 """bpcore.matmul against numpy.matmul, per shape and dtype, at 1 and 2 threads.
 
-    python -m bpcore bench          (with the other tables)
-    python -m bpcore._gemm_table [--repeats N] [--threads 1,2]
+    python bench/run.py --only gemm [--threads 1,2]     (or with every other table)
+    python bench/gemm_table.py [--repeats N] [--threads 1,2]
 
 Columns: bpcore and numpy median times, ratio numpy_time / bpcore_time (> 1:
-bpcore is faster), bpcore GFLOP/s.  numpy's BLAS is limited with
-threadpoolctl, bpcore with set_num_threads.  The two contenders are
-interleaved (one timed batch each, alternately) so drift in clock speed hits
-both; each reported time is the median over batches.  With several threads a
-short idle precedes each batch, so neither library's still-spinning worker
-threads steal a core from the other.
+bpcore is faster), bpcore GFLOP/s.  Both run with the same thread count
+(``harness.limit_threads``: numpy's BLAS through threadpoolctl, bpcore with
+set_num_threads).  The two contenders are interleaved (one timed batch each,
+alternately) so drift in clock speed hits both; each reported time is the
+median over batches.  With several threads a short idle precedes each batch,
+so neither library's still-spinning worker threads steal a core from the
+other.
 """
 import argparse
 import time
 
 import numpy as np
 
-from bpcore import _gemm
+import bpcore
+from harness import limit_threads
 
 # name, m, n, k, trans_a, trans_b  (C is m x n, the inner dimension k)
 SHAPES = [
@@ -58,8 +60,6 @@ def _time_pair(f_bp, f_np, target_s, repeats, pause):
 
 def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, seed=0,
           pause=None):
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(seed)
     rows = []
     for dtype in dtypes:
@@ -67,9 +67,8 @@ def table(threads, dtypes=(np.float32, np.float64), repeats=7, target_s=0.02, se
             a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
             b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
             op_a, op_b = (a.T if ta else a), (b.T if tb else b)
-            with threadpool_limits(threads):
-                _gemm.set_num_threads(threads)
-                t_bp, t_np = _time_pair(lambda: _gemm.matmul(a, b, trans_a=ta, trans_b=tb),
+            with limit_threads(threads):
+                t_bp, t_np = _time_pair(lambda: bpcore.matmul(a, b, trans_a=ta, trans_b=tb),
                                         lambda: np.matmul(op_a, op_b), target_s, repeats,
                                         (0.15 if threads > 1 else 0.0) if pause is None else pause)
             rows.append((threads, np.dtype(dtype).name, name, t_bp, t_np, t_np / t_bp,
@@ -81,24 +80,25 @@ def _fmt_time(t):
     return f"{t * 1e6:10.2f} us" if t < 1e-2 else f"{t * 1e3:10.2f} ms"
 
 
+def print_table(threads=(1, 2), repeats=7, file=None):
+    """Print :func:`table` for each thread count."""
+    header = (f"{'thr':>3} {'dtype':7} {'shape':28} {'bpcore':>13} {'numpy':>13} "
+              f"{'np/bp':>6} {'GFLOP/s':>8}")
+    for t in threads:
+        print(f"\nGEMM shapes, {t} thread(s): ratio np/bp = numpy time / bpcore time", file=file)
+        print(header, file=file)
+        for thr, dt, name, t_bp, t_np, ratio, gflops in table(t, repeats=repeats):
+            print(f"{thr:3d} {dt:7} {name:28} {_fmt_time(t_bp)} {_fmt_time(t_np)} "
+                  f"{ratio:6.2f} {gflops:8.1f}", file=file)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", default="1,2")
     args = parser.parse_args(argv)
-    before = _gemm.get_num_threads()
-    print(f"bpcore kernel: {_gemm.cpu_features()}")
-    header = (f"{'thr':>3} {'dtype':7} {'shape':28} {'bpcore':>13} {'numpy':>13} "
-              f"{'np/bp':>6} {'GFLOP/s':>8}")
-    try:
-        for threads in (int(t) for t in args.threads.split(",")):
-            print()
-            print(header)
-            for thr, dt, name, t_bp, t_np, ratio, gflops in table(threads, repeats=args.repeats):
-                print(f"{thr:3d} {dt:7} {name:28} {_fmt_time(t_bp)} {_fmt_time(t_np)} "
-                      f"{ratio:6.2f} {gflops:8.1f}")
-    finally:
-        _gemm.set_num_threads(before)
+    print(f"bpcore kernel: {bpcore.cpu_features()}")
+    print_table([int(t) for t in args.threads.split(",")], repeats=args.repeats)
 
 
 if __name__ == "__main__":

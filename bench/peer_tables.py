@@ -1,93 +1,24 @@
-"""Side-by-side timings: bpcore against the NumPy reference and PyTorch, as ratios.
+"""Side-by-side tables: bpcore against the NumPy reference, PyTorch and scikit-learn.
 
-Timings on a shared machine are noisy, so contenders are measured in one run,
-interleaved round by round, and compared by their medians; thread counts are
-pinned and printed.  ``python -m bpcore bench`` prints these tables; the
-pytest-benchmark files under ``bench/`` time the same calls.
+Elementwise kernels, linear layers, ``bpcore.sklearn`` against scikit-learn's
+MLP (with peak RSS), two fits in two threads, and data-parallel training
+under mpiexec.  Timings on a shared machine are noisy, so contenders are
+measured in one run, interleaved round by round, and compared by their
+medians; thread counts are pinned and printed.  ``python bench/run.py``
+prints these tables; the pytest-benchmark files ``bench/bench_*.py`` time
+the same calls.
 """
-import contextlib
+import json
 import os
+import re
 import statistics
 import time
 
 import numpy as np
 
+from harness import import_peer, limit_threads, run_worker, time_calls
+
 KERNEL_SHAPES = [(4, 2), (64, 100), (64, 1000), (256, 784)]
-
-
-@contextlib.contextmanager
-def limit_threads(n):
-    """Run NumPy's BLAS, PyTorch and bpcore with ``n`` threads inside the block."""
-    stack = contextlib.ExitStack()
-    with stack:
-        try:
-            from threadpoolctl import threadpool_limits
-            stack.enter_context(threadpool_limits(limits=n))
-        except ImportError:  # the environment's OPENBLAS_NUM_THREADS then decides
-            pass
-        torch = _torch()
-        if torch is not None:
-            old_torch = torch.get_num_threads()
-            torch.set_num_threads(n)
-            stack.callback(torch.set_num_threads, old_torch)
-        try:
-            from bpcore import _gemm
-            old_bp = _gemm.get_num_threads()
-            _gemm.set_num_threads(n)
-            stack.callback(_gemm.set_num_threads, old_bp)
-        except (ImportError, AttributeError):
-            pass
-        yield
-
-
-def _torch():
-    if os.environ.get("BPCORE_BENCH_NO_TORCH"):
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def time_calls(contenders, *, min_time=0.02, rounds=7):
-    """Median seconds per call of each callable, measured interleaved.
-
-    Parameters
-    ----------
-    contenders : dict of str -> callable
-        Zero-argument callables; each is called once to warm up.
-    min_time : float
-        Seconds each timing round of one contender should last at least.
-    rounds : int
-        Rounds; the median round is reported.
-
-    Returns
-    -------
-    dict of str -> float
-    """
-    numbers = {}
-    for name, fn in contenders.items():
-        fn()
-        number, elapsed = 1, 0.0
-        while True:
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time / 4 or number >= 1 << 20:
-                break
-            number *= 4
-        numbers[name] = max(1, int(number * min_time / max(elapsed, 1e-9) / 4) or 1)
-    samples = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            number = numbers[name]
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _kernel_cases(shape, dtype, torch):
@@ -157,7 +88,7 @@ def kernel_table(*, dtype=np.float32, threads=1, shapes=KERNEL_SHAPES, rounds=7,
 
     Returns the rows as a list of dicts (name, shape, times, ratios).
     """
-    torch = _torch()
+    torch = import_peer("torch")
     rows = []
     with limit_threads(threads):
         print(f"\nKernels, {np.dtype(dtype).name}, {threads} thread(s): time per call (us); "
@@ -189,7 +120,7 @@ def linear_table(*, dtype=np.float32, threads=1, rounds=7, min_time=0.02, file=N
     import bpcore
     from bpcore import reference as ref
 
-    torch = _torch()
+    torch = import_peer("torch")
     rows = []
     with limit_threads(threads):
         print(f"\nLinear layers, {np.dtype(dtype).name}, {threads} thread(s): time per call (us)",
@@ -230,109 +161,6 @@ def linear_table(*, dtype=np.float32, threads=1, rounds=7, min_time=0.02, file=N
     return rows
 
 
-def _torch_mlp_step(torch, sizes, dtype, x, y, lr):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).to(getattr(torch, np.dtype(dtype).name))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(tx), ty).backward()
-        opt.step()
-    return step
-
-
-def training_table(*, threads=1, rounds=7, min_time=0.05, file=None):
-    """``MLP.train_step`` vs the same model on the NumPy reference vs a PyTorch step.
-
-    Returns rows (name, times in seconds, ratios other / bpcore).
-    """
-    from bpcore import MLP
-
-    torch = _torch()
-    rows = []
-    cases = [([2, 8, 2], 4, np.float32), ([1000, 100, 10], 64, np.float32),
-             ([1000, 100, 10], 64, np.float64)]
-    with limit_threads(threads):
-        print(f"\nTraining step (ReLU hidden, MSE, SGD), {threads} thread(s): time per step (us)",
-              file=file)
-        print(f"{'network':26} {'bpcore':>9} {'numpy':>9} {'ratio':>7} {'torch':>9} {'ratio':>7}",
-              file=file)
-        for sizes, batch, dtype in cases:
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((batch, sizes[0])).astype(dtype)
-            y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
-            nets = {b: MLP(sizes, dtype=dtype, seed=0, backend=b)
-                    for b in ("compiled", "reference")}
-            contenders = {"bpcore": lambda n=nets["compiled"]: n.train_step(x, y, lr=1e-4),
-                          "numpy": lambda n=nets["reference"]: n.train_step(x, y, lr=1e-4)}
-            if torch is not None:
-                contenders["torch"] = _torch_mlp_step(torch, sizes, dtype, x, y, 1e-4)
-            times = time_calls(contenders, rounds=rounds, min_time=min_time)
-            name = f"{'-'.join(map(str, sizes))} b{batch} {np.dtype(dtype).name}"
-            ratios = {k: times[k] / times["bpcore"] for k in times}
-            rows.append({"name": name, "times": times, "ratios": ratios})
-            line = (f"{name:26} {times['bpcore'] * 1e6:9.2f} {times['numpy'] * 1e6:9.2f} "
-                    f"{ratios['numpy']:7.2f}")
-            if "torch" in times:
-                line += f" {times['torch'] * 1e6:9.2f} {ratios['torch']:7.2f}"
-            print(line, file=file)
-    return rows
-
-
-def digits_table(*, threads=1, epochs=30, file=None):
-    """One ``MLP.fit`` epoch vs one scikit-learn ``MLPClassifier(solver="sgd")`` epoch on digits.
-
-    64-64-10, batch 32, 1 437 training samples; both trained ``epochs`` epochs
-    for the test accuracies.  Returns a dict of times and accuracies.
-    """
-    import warnings
-
-    from sklearn.datasets import load_digits
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    from bpcore import MLP
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float64)
-    y = digits.target
-    order = np.random.default_rng(0).permutation(len(x))
-    train, test = order[:1437], order[1437:]
-    with limit_threads(threads):
-        net = MLP([64, 64, 10], loss="cross_entropy", dtype="float64", seed=0)
-        sk = MLPClassifier(hidden_layer_sizes=(64,), solver="sgd", batch_size=32,
-                           learning_rate_init=0.1, momentum=0.9, random_state=0)
-        classes = np.arange(10)
-        bp_times, sk_times = [], []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for epoch in range(epochs):
-                start = time.perf_counter()
-                net.fit(x[train], y[train], epochs=1, batch_size=32, lr=0.1, momentum=0.9,
-                        seed=epoch)
-                bp_times.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                sk.partial_fit(x[train], y[train], classes=classes)
-                sk_times.append(time.perf_counter() - start)
-    result = {"bpcore_epoch": statistics.median(bp_times),
-              "sklearn_epoch": statistics.median(sk_times),
-              "bpcore_accuracy": float((net.predict(x[test]).argmax(1) == y[test]).mean()),
-              "sklearn_accuracy": float(sk.score(x[test], y[test]))}
-    result["ratio"] = result["sklearn_epoch"] / result["bpcore_epoch"]
-    print(f"\nDigits 64-64-10, batch 32, SGD(momentum 0.9), {threads} thread(s), float64: "
-          f"epoch bpcore {result['bpcore_epoch'] * 1e3:.2f} ms, scikit-learn "
-          f"{result['sklearn_epoch'] * 1e3:.2f} ms (x{result['ratio']:.1f}); test accuracy "
-          f"after {epochs} epochs bpcore {result['bpcore_accuracy']:.4f}, scikit-learn "
-          f"{result['sklearn_accuracy']:.4f}", file=file)
-    return result
-
-
 # ---------------------------------------------------------------------------
 # Data-parallel training (bpcore.distributed) under mpiexec
 # ---------------------------------------------------------------------------
@@ -348,8 +176,6 @@ def distributed_worker(spec):
     ``MLP.fit`` in one process; "dist": ``bpcore.distributed.fit``),
     accumulate, overlap.  Also times a bare ``Allreduce`` of the step's block.
     """
-    import json
-
     from bpcore import MLP
 
     spec = json.loads(spec)
@@ -394,41 +220,15 @@ def distributed_worker(spec):
             "bare_allreduce": bare, "bytes": block.nbytes}))
 
 
-def _run_worker(n_ranks, spec):
-    """Start ``distributed_worker`` (under mpiexec for n_ranks >= 1, plain for None)."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    code = ("import sys; from bpcore import benchmarks; "
-            "benchmarks.distributed_worker(sys.argv[1])")
-    cmd = [sys.executable, "-c", code, json.dumps(spec)]
-    if n_ranks is not None:
-        mpiexec = (shutil.which("mpiexec", path=os.path.dirname(sys.executable))
-                   or shutil.which("mpiexec"))
-        cmd = [mpiexec, "-n", str(n_ranks)] + cmd
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tempfile_dir())
-    if res.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed: {res.stderr[-2000:]}")
+def _run_distributed(n_ranks, spec):
+    """``distributed_worker(spec)`` under mpiexec for n_ranks >= 1, plain for None."""
+    out = run_worker(["distributed", json.dumps(spec)], ranks=n_ranks)
     # Independent processes ("mlp" under mpiexec) each print a line: their rates add up.
-    import re
-
     # NOTE: found by pattern, not by line: two ranks' prints may share a line.
-    lines = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", res.stdout)]
+    lines = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", out)]
     if len(lines) > 1:
         return {"samples_per_s": sum(r["samples_per_s"] for r in lines)}
     return lines[0]
-
-
-def tempfile_dir():
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def distributed_table(*, nets=DISTRIBUTED_NETS, epochs=5, rounds=3, file=None):
@@ -457,7 +257,7 @@ def distributed_table(*, nets=DISTRIBUTED_NETS, epochs=5, rounds=3, file=None):
         for _ in range(rounds):
             for name, (ranks, extra) in contenders.items():
                 spec = dict(sizes=list(sizes), batch=batch, steps=steps, epochs=epochs, **extra)
-                samples[name].append(_run_worker(ranks, spec))
+                samples[name].append(_run_distributed(ranks, spec))
         label = "-".join(map(str, sizes))
         results[label] = {}
         base = statistics.median(r["samples_per_s"] for r in samples["MLP.fit, 1 process"])
@@ -516,18 +316,19 @@ def _sklearn_estimator(who, case, threads):
     return MLPClassifier(**params)
 
 
-_RSS_CHILD = """
-import resource, sys, warnings
-warnings.simplefilter("ignore")
-from bpcore import benchmarks as B
-case = B.SKLEARN_CASES[sys.argv[1]]
-X, X_test, y, y_test = B._sklearn_data(case["data"])
-est = B._sklearn_estimator(sys.argv[2], case, int(sys.argv[3]))
-with B.limit_threads(int(sys.argv[3])):
-    est.fit(X, y)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(after / 1024.0)
-"""
+def rss_worker(name, who, threads):
+    """Run in a fresh interpreter: build case ``name``'s data, fit once, print peak RSS (MiB)."""
+    import resource
+    import warnings
+
+    warnings.simplefilter("ignore")
+    case = SKLEARN_CASES[name]
+    X, X_test, y, y_test = _sklearn_data(case["data"])
+    est = _sklearn_estimator(who, case, threads)
+    with limit_threads(threads):
+        est.fit(X, y)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(after / 1024.0)
 
 
 def _fit_peak_rss_mb(name, who, threads):
@@ -536,14 +337,8 @@ def _fit_peak_rss_mb(name, who, threads):
     Both contenders' processes import the same modules and build the same
     arrays, so the difference between them is what ``fit`` holds at its peak.
     """
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, name, who, str(threads)],
-                         capture_output=True, text=True, env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    out = run_worker(["rss", name, who, str(threads)])
+    return float(out.strip().splitlines()[-1])
 
 
 def sklearn_table(*, threads=1, cases=None, rounds=3, memory=True, file=None):
@@ -633,35 +428,3 @@ def threads_table(*, rounds=5, min_time=0.2, file=None, **job_args):
           f"serial {times['serial'] * 1e3:.1f} ms, two threads {times['threaded'] * 1e3:.1f} ms, "
           f"threaded / serial = {ratio:.2f} (target <= 0.60)", file=file)
     return {**times, "ratio": ratio}
-
-
-def main(argv=None):
-    """Every table: GEMM (1 and 2 threads), kernels, linear layers, training steps, digits.
-
-    ``--distributed``: only the data-parallel table (needs mpi4py and mpiexec).
-    """
-    import sys
-
-    from bpcore import _gemm_table, cpu_features
-
-    argv = sys.argv[1:] if argv is None else argv
-    if "--distributed" in argv:
-        distributed_table()
-        return 0
-    print(f"bpcore {cpu_features()}")
-    _gemm_table.main(["--threads", "1,2"])
-    for dtype in (np.float32, np.float64):
-        kernel_table(dtype=dtype, threads=1)
-        linear_table(dtype=dtype, threads=1)
-    training_table(threads=1)
-    try:
-        digits_table(threads=1)
-    except ImportError:
-        print("\n(digits table skipped: needs scikit-learn)")
-    threads_table()
-    try:
-        for threads in (1, 2):
-            sklearn_table(threads=threads)
-    except ImportError:
-        print("\n(scikit-learn estimator table skipped: needs scikit-learn)")
-    return 0
