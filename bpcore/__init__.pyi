@@ -7,14 +7,13 @@ each name is re-exported from the compiled module that defines it.  Only the
 names (tests/test_types.py).
 """
 from collections.abc import Callable, Sequence
-from typing import Final, Literal, SupportsFloat
+from typing import Any, Final, Literal, SupportsFloat
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import reference as reference
 from ._gemm import (
-    cpu_features as cpu_features,
     get_num_threads as get_num_threads,
     matmul as matmul,
     set_num_threads as set_num_threads,
@@ -57,3 +56,5 @@ def gradcheck(f: Callable[..., SupportsFloat], inputs: Sequence[NDArray[np.float
               atol: float = 1e-7, raise_exception: bool = True) -> bool: ...
 def backend_of(name: str) -> Literal["compiled", "reference"]: ...
 def get_include() -> list[str]: ...
+
+def cpu_features() -> dict[str, Any]: ...

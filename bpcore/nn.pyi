@@ -8,7 +8,8 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from typing_extensions import Self
 
-from ._step import Trainer
+from . import reference_core
+from ._step import Trainer, UpdateRule
 
 _Float = NDArray[np.floating[Any]]
 _Seed = int | np.random.Generator | None
@@ -86,7 +87,8 @@ class MLP:
     def load(cls, path: str | os.PathLike[str], *, backend: _Backend = "compiled") -> Self: ...
 
     # Private, for bpcore's other modules (distributed.py's data-parallel path).
-    _core: Trainer | ReferenceTrainer
+    _core: Trainer | reference_core.Trainer
+    _rule: type[UpdateRule] | type[reference_core.UpdateRule]
     _params: _Float
     _grads: _Float
     _velocity: _Float | None
@@ -102,17 +104,8 @@ class MLP:
                       optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
                       eps: float = 1e-8, decay: _Decay = "all") -> None: ...
 
-# Private: the NumPy twin of bpcore._step.Trainer (same methods), and helpers
-# that bpcore's other modules import.
-class ReferenceTrainer:
-    dtype: np.dtype[Any]
-    n_params: int
-    def __init__(self, sizes: Sequence[int], activations: Sequence[str], loss: str,
-                 reduction: str, dtype: Any) -> None: ...
-    def __getattr__(self, name: str) -> Any: ...
-
+# Private helpers that bpcore's other modules import.
 _NONFINITE: Final[int]
-_INTERRUPTED: Final[int]
 
 def _aligned_zeros(n: int, dtype: Any, align: int = 64) -> _Float: ...
 def _rng(seed: _Seed) -> np.random.Generator: ...
