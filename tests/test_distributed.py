@@ -36,7 +36,8 @@ needs_mpiexec = pytest.mark.skipif(
 
 
 class FakeComm:
-    """Rank and size only: enough for shard()."""
+    """Rank and size, and an allgather as if every rank had this one's part: enough for
+    shard() and load_shard()."""
 
     def __init__(self, rank, size):
         self.rank, self.size = rank, size
@@ -46,6 +47,9 @@ class FakeComm:
 
     def Get_size(self):
         return self.size
+
+    def allgather(self, obj):
+        return [obj] * self.size
 
 
 def run_mpi(n, code, cwd, *, timeout=60, argv=(), check=True):
