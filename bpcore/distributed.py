@@ -15,16 +15,40 @@ The result is the gradient of the mean loss over the global batch, ragged
 batches weighted by their sizes, so ``N`` ranks equal one process stepping
 on the concatenated batches (up to the summation order of the reduction).
 
-Faults never hang the job from our side: a rank whose batch gives a
-non-finite loss, or whose step raises, sets a flag in the same reduction,
-and every rank then raises the same error at the same step with the
-parameters untouched.  Disagreements found before training (bad arguments,
-mismatched models, unreadable checkpoints) are agreed on the same way.  A
-rank that *dies* is MPI's to report: ``mpiexec`` aborts the whole job.
+Failures never hang the job from our side and are the same on every rank.
+NOTE: one mechanism, everywhere a rank can fail alone.  Each phase of a
+collective call -- the argument checks, reading and decoding a checkpoint,
+:func:`load_shard` (and user code in :func:`agreement`), each step's local
+compute, the validation loss, writing a checkpoint, the callback -- catches
+``BaseException`` on this rank and keeps the first one as *pending*, and
+every phase ends in a collective that every rank reaches whatever happened
+locally and that carries whether a rank has one pending: the step's one
+``Allreduce`` (the error flag of the block's tail), the small reductions of
+the validation loss and the callback's stop flag, or an ``allgather`` where
+the phase already had one (arguments, checkpoints).  If any rank flagged, one
+``allgather`` of (type, message) follows and every rank raises the same
+exception: the same type (one outside a known set: its nearest base in the
+set, else ``RuntimeError``, with its own name in the message), the message
+``"<phase>: rank <r>: <message>"`` naming the other failing ranks too, and for
+``SystemExit`` the same code (the message is a note).  A KeyboardInterrupt or
+SystemExit wins over an ordinary error of another rank.  The parameters are
+those of the last step every rank applied.
+
+Signal handlers: for the call's duration :func:`fit` wraps this process's
+Python signal handlers (main thread, > 1 rank) so that an exception they
+raise becomes pending instead of escaping between two collectives -- where
+the other ranks would wait forever; the handler still runs when the signal
+arrives, and its exception is raised on every rank at the next step
+boundary.  Inside the user's callback it is raised in place (so a watchdog
+can interrupt a slow callback) and agreed on right after.  The handlers are
+restored on return; one that fires after the last agreement of the call is
+raised on its own rank, as plain Python would.  A rank that *dies* is MPI's
+to report: ``mpiexec`` aborts the whole job.
 
 Run a script that uses this module as ``mpiexec -n N python -m mpi4py
-script.py`` so that an exception escaping *your* code on one rank aborts the
-job instead of leaving the other ranks waiting in a collective.
+script.py`` so that an exception escaping *your* code (outside :func:`fit`,
+:func:`load_shard` and :func:`agreement`) on one rank aborts the job instead of
+leaving the other ranks waiting in a collective.
 """
 import contextlib
 import copy
@@ -326,6 +350,7 @@ class _Ranks:
 
     def call_user(self, function, *args):
         """``function(*args)`` with signal-handler exceptions raised in place; None if it raised."""
+        result = None
         try:
             self.live = True
             result = function(*args)
@@ -333,9 +358,7 @@ class _Ranks:
         except BaseException as exc:
             self.live = False
             self.capture(exc)
-            return None
-        finally:
-            self.wrap_handlers()  # handlers the user installed in there are deferred too
+        self.wrap_handlers()  # handlers the user installed in there are deferred too
         return result
 
     # -- signal handlers --------------------------------------------------------
@@ -354,14 +377,17 @@ class _Ranks:
         """Route the exceptions of this process's Python signal handlers into ``pending``."""
         if self.comm.Get_size() == 1 or threading.current_thread() is not threading.main_thread():
             return
-        for sig in signal.valid_signals():
+        done = False
+        while not done:
             try:
-                handler = signal.getsignal(sig)
-            except (ValueError, OSError):
-                continue
-            if callable(handler) and handler is not self._wrappers.get(sig):
-                self._saved[sig], self._wrappers[sig] = handler, self._deferring(handler)
-                signal.signal(sig, self._wrappers[sig])
+                for sig in signal.valid_signals():
+                    handler = signal.getsignal(sig)
+                    if callable(handler) and handler is not self._wrappers.get(sig):
+                        self._saved[sig], self._wrappers[sig] = handler, self._deferring(handler)
+                        signal.signal(sig, self._wrappers[sig])
+                done = True
+            except BaseException as exc:  # a handler not yet wrapped fired meanwhile
+                self.capture(exc)
 
     def __enter__(self):
         self.wrap_handlers()
@@ -812,8 +838,15 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
         gradient; the message names the epoch, the step and the rank; the
         parameters are those from before that step.
     ValueError, TypeError
-        On every rank, when any rank's arguments are invalid or the ranks'
-        settings differ.
+        On every rank, when any rank's arguments are invalid, the ranks'
+        settings differ, or the ``resume`` checkpoint is unreadable or
+        inconsistent (the message names the file).
+    BaseException
+        Whatever fails on any rank -- the step, the callback, writing the
+        checkpoint, a signal handler's ``KeyboardInterrupt``/``SystemExit``/
+        ``TimeoutError`` -- is raised on every rank at the same phase: the same
+        type, message and ``SystemExit`` code (see the module docstring); the
+        parameters are those of the last step every rank applied.
     """
     comm = _comm(comm)
     with _Ranks(comm) as ranks:

@@ -489,11 +489,15 @@ class Faulty:
         self.core, self.act, self.calls = core, act, 0
     def __getattr__(self, name):
         return getattr(self.core, name)
-    def loss_and_grad(self, *args):
+    def _call(self, name, args):
         self.calls += 1
         if self.calls == 3:
             self.act()
-        return self.core.loss_and_grad(*args)
+        return getattr(self.core, name)(*args)
+    def loss_and_grad(self, *args):
+        return self._call("loss_and_grad", args)
+    def loss_and_grad_begin(self, *args):  # overlap=True
+        return self._call("loss_and_grad_begin", args)
 
 def memory_error():
     raise MemoryError("simulated failure")
@@ -563,19 +567,23 @@ def run(fault, r, net, xs, ys):
         kw["checkpoint"] = "no-such-dir/c.npz"
     if fault == "nan" and me:
         xs[9] = np.nan  # local batch 2
-    if fault == "compute" and me:
+    if fault in ("compute", "compute-overlap") and me:
         net._core = Faulty(net._core, memory_error)
+    if fault in ("compute-overlap", "sigterm-overlap"):
+        kw["overlap"] = True
     if fault == "callback":
         kw["callback"] = stop_callback if me else (lambda epoch, logs: None)
-    if fault in ("sigterm-step", "sigint-step") and me:
-        net._core = Faulty(net._core, kill(signal.SIGTERM if fault == "sigterm-step"
-                                           else signal.SIGINT))
+    if fault in ("sigterm-step", "sigterm-overlap", "sigint-step") and me:
+        net._core = Faulty(net._core, kill(signal.SIGINT if fault == "sigint-step"
+                                           else signal.SIGTERM))
     if fault == "sigterm-callback":
         kw["callback"] = kill(signal.SIGTERM) if me else (lambda epoch, logs: None)
     if fault == "alarm":
         kw.update(epochs=10 ** 6, callback=alarm_callback if me else (lambda e, l: None))
     D.fit(net, xs, ys, **kw)
 
+PARAMS_AFTER_TWO_STEPS = ("nan", "compute", "compute-overlap", "sigterm-step",
+                          "sigterm-overlap", "sigint-step")
 faults = json.loads(sys.argv[1])
 params = {}
 with open(f"rank{rank}.jsonl", "w") as out:
@@ -595,7 +603,7 @@ with open(f"rank{rank}.jsonl", "w") as out:
             got["handlers_restored"] = (signal.getsignal(signal.SIGTERM) is on_term
                                         and signal.getsignal(signal.SIGINT)
                                         is signal.default_int_handler)
-            if fault in ("nan", "compute", "sigterm-step", "sigint-step"):
+            if fault in PARAMS_AFTER_TWO_STEPS:
                 got["same_params"] = len(set(comm.allgather(net.parameters.tobytes()))) == 1
                 params[f"{fault}-{r}"] = net.parameters
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -605,10 +613,10 @@ with open(f"rank{rank}.jsonl", "w") as out:
 if rank == 0:
     np.savez("params.npz", **params)
 comm.Barrier()
-# Uncaught, the last fault ends every rank with the handler's exit code.
-net, xs, ys = problem_shard()
-D.fit(net, xs, ys, **dict(SETTINGS, callback=kill(signal.SIGTERM) if rank == size - 1
-                          else (lambda epoch, logs: None)))
+if sys.argv[2:] == ["exit"]:  # uncaught, a fault ends every rank with the handler's code
+    net, xs, ys = problem_shard()
+    D.fit(net, xs, ys, **dict(SETTINGS, callback=kill(signal.SIGTERM) if rank == size - 1
+                              else (lambda epoch, logs: None)))
 """
 
 # fault -> (exception on every rank, the rank the message names: None = the one injected)
@@ -620,6 +628,7 @@ FAULTS = {
     "scalar-velocity": ("ValueError", 0), "bad-json": ("ValueError", 0),
     "bad-state": ("ValueError", None), "checkpoint-write": ("FileNotFoundError", 0),
     "nan": ("FloatingPointError", None), "compute": ("MemoryError", None),
+    "compute-overlap": ("MemoryError", None), "sigterm-overlap": ("SystemExit", None),
     "callback": ("RuntimeError", None), "sigterm-step": ("SystemExit", None),
     "sigint-step": ("KeyboardInterrupt", None), "sigterm-callback": ("SystemExit", None),
     "alarm": ("TimeoutError", None),
@@ -638,6 +647,8 @@ MESSAGES = {
     "checkpoint-write": "writing the checkpoint after epoch 1: rank 0: 'no-such-dir/c.npz'",
     "nan": "epoch 0, step 2: rank {r}: non-finite loss",
     "compute": "epoch 0, step 2: rank {r}: simulated failure",
+    "compute-overlap": "epoch 0, step 2: rank {r}: simulated failure",
+    "sigterm-overlap": "code 3: ['epoch 0, step 2: rank {r}: SystemExit(3)",
     "callback": "callback after epoch 0: rank {r}: Oops: the callback failed",
     "sigterm-step": "code 3: ['epoch 0, step 2: rank {r}: SystemExit(3)",
     "sigint-step": "epoch 0, step 2: rank 0: KeyboardInterrupt",
@@ -649,11 +660,19 @@ MESSAGES = {
 @needs_mpiexec
 @pytest.mark.parametrize("n_ranks", [2, 3])
 def test_every_fault_on_any_rank_is_the_same_exception_on_every_rank(n_ranks):
+    # One launch runs every fault in turn (a launch costs ~1 s).
+    check_faults(n_ranks, list(FAULTS))
+
+
+def check_faults(n_ranks, faults, exit_code=True):
+    """Inject each of ``faults`` on each rank in turn (or where it can only be) and check;
+    with ``exit_code``, end with an uncaught SystemExit(3) from the last rank's handler."""
     plan = [(f, [0] if f in ONCE else ["all"] if f == "sigint-step" else list(range(n_ranks)))
-            for f in FAULTS]
+            for f in faults]
     with tempfile.TemporaryDirectory() as cwd:
         try:
-            res = run_mpi(n_ranks, FAULTS_JOB, cwd, argv=[json.dumps(plan)], check=False,
+            res = run_mpi(n_ranks, FAULTS_JOB, cwd, argv=[json.dumps(plan)] + ["exit"] * exit_code,
+                          check=False,
                           timeout=120)
         except subprocess.TimeoutExpired:
             res = None
@@ -666,8 +685,7 @@ def test_every_fault_on_any_rank_is_the_same_exception_on_every_rank(n_ranks):
             done = [f"{g['fault']}@{g['rank']}" for g in records[0]]
             pytest.fail(f"the job hung after {done}")
         params = dict(np.load(os.path.join(cwd, "params.npz")))
-    # The uncaught SystemExit(3) of the last fault is every rank's exit code.
-    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.returncode == (3 if exit_code else 0), res.stdout + res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     assert len({len(rec) for rec in records}) == 1
     assert len(records[0]) == sum(len(targets) for _, targets in plan)
@@ -690,3 +708,38 @@ def test_every_fault_on_any_rank_is_the_same_exception_on_every_rank(n_ranks):
             assert all(g["same_params"] for g in got), where
             np.testing.assert_allclose(params[f"{fault}-{target}"], after_two_steps,
                                        rtol=1e-12, atol=1e-15, err_msg=where)
+
+
+def test_one_rank_signal_handlers_raise_as_in_plain_python():
+    out = run_python("""
+        import os, signal
+        import numpy as np
+        from bpcore import MLP, distributed as D
+        def on_alarm(signum, frame):
+            raise TimeoutError("watchdog")
+        def on_term(signum, frame):
+            raise SystemExit(3)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(signal.SIGTERM, on_term)
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((64, 5)), rng.standard_normal((64, 2))
+        seen = []
+        for epoch_loop in (True, False):  # the compiled loop and the step path
+            D._EPOCH_LOOP_AT_ONE_RANK = epoch_loop
+            net = MLP([5, 8, 2], dtype="float64", seed=0)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            try:
+                D.fit(net, x, y, epochs=10 ** 6, batch_size=8, lr=0.01)
+            except TimeoutError as exc:
+                seen.append(("TimeoutError", "watchdog" in str(exc)))
+            net = MLP([5, 8, 2], dtype="float64", seed=0)
+            try:
+                D.fit(net, x, y, epochs=3, batch_size=8, lr=0.01,
+                      callback=lambda e, logs: os.kill(os.getpid(), signal.SIGTERM))
+            except SystemExit as exc:
+                seen.append(("SystemExit", exc.code))
+            seen.append(bool(np.isfinite(net.parameters).all())
+                        and signal.getsignal(signal.SIGTERM) is on_term)
+        print(seen)
+    """)
+    assert out == str([("TimeoutError", True), ("SystemExit", 3), True] * 2)
