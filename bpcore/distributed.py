@@ -1000,8 +1000,8 @@ def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch):
         raise FloatingPointError(
             f"epoch {epoch}, step {done}: rank 0: non-finite loss or gradient; the "
             f"parameters are those from before this step -- try a smaller `lr`")
-    if status:
-        raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after {done} steps")
+    if status:  # NOTE: a signal handler's exception propagates from train_epoch itself
+        raise RuntimeError(f"epoch {epoch}, step {done}: rank 0: status {status}")
     return loss_sum
 
 
