@@ -15,21 +15,49 @@ The result is the gradient of the mean loss over the global batch, ragged
 batches weighted by their sizes, so ``N`` ranks equal one process stepping
 on the concatenated batches (up to the summation order of the reduction).
 
-Faults never hang the job from our side: a rank whose batch gives a
-non-finite loss, or whose step raises, sets a flag in the same reduction,
-and every rank then raises the same error at the same step with the
-parameters untouched.  Disagreements found before training (bad arguments,
-mismatched models, unreadable checkpoints) are agreed on the same way.  A
-rank that *dies* is MPI's to report: ``mpiexec`` aborts the whole job.
+Failures never hang the job from our side and are the same on every rank.
+NOTE: one mechanism, everywhere a rank can fail alone.  Each phase of a
+collective call -- the argument checks, reading and decoding a checkpoint,
+:func:`load_shard` (and user code in :func:`agreement`), each step's local
+compute, the validation loss, writing a checkpoint, the callback -- catches
+``BaseException`` on this rank and keeps the first one as *pending*, and
+every phase ends in a collective that every rank reaches whatever happened
+locally and that carries whether a rank has one pending: the step's one
+``Allreduce`` (the error flag of the block's tail), the small reductions of
+the validation loss and the callback's stop flag, or an ``allgather`` where
+the phase already had one (arguments, checkpoints).  If any rank flagged, one
+``allgather`` of (type, message) follows and every rank raises the same
+exception: the same type (one outside a known set: its nearest base in the
+set, else ``RuntimeError``, with its own name in the message), the message
+``"<phase>: rank <r>: <message>"`` naming the other failing ranks too, and for
+``SystemExit`` the same code (the message is a note).  A KeyboardInterrupt or
+SystemExit wins over an ordinary error of another rank.  The parameters are
+those of the last step every rank applied.
+
+Signal handlers: for the call's duration :func:`fit` wraps this process's
+Python signal handlers (main thread, > 1 rank) so that an exception they
+raise becomes pending instead of escaping between two collectives -- where
+the other ranks would wait forever; the handler still runs when the signal
+arrives, and its exception is raised on every rank at the next step
+boundary.  Inside the user's callback it is raised in place (so a watchdog
+can interrupt a slow callback) and agreed on right after.  The handlers are
+restored on return; one that fires after the last agreement of the call is
+raised on its own rank, as plain Python would.  A rank that *dies* is MPI's
+to report: ``mpiexec`` aborts the whole job.
 
 Run a script that uses this module as ``mpiexec -n N python -m mpi4py
-script.py`` so that an exception escaping *your* code on one rank aborts the
-job instead of leaving the other ranks waiting in a collective.
+script.py`` so that an exception escaping *your* code (outside :func:`fit`,
+:func:`load_shard` and :func:`agreement`) on one rank aborts the job instead of
+leaving the other ranks waiting in a collective.
 """
+import contextlib
+import copy
 import json
 import math
 import os
+import signal
 import struct
+import threading
 import time
 import zipfile
 import zlib
@@ -46,13 +74,11 @@ from . import _modelfile
 from . import _validate as V
 from .nn import _NONFINITE, _Progress
 
-__all__ = ["fit", "shard", "open_array", "load_shard", "under_mpi_launcher"]
+__all__ = ["fit", "shard", "open_array", "load_shard", "agreement", "under_mpi_launcher"]
 
 # The block's tail after the gradients: four slots summed with them.
 _TAIL = 4
 _LOSS, _COUNT, _NONFINITE_FLAG, _ERROR_FLAG = range(4)
-_ERROR_TYPES = {cls.__name__: cls for cls in (FloatingPointError, ValueError, TypeError,
-                                              RuntimeError, MemoryError, FileNotFoundError)}
 
 
 def under_mpi_launcher():
@@ -168,6 +194,9 @@ def open_array(path, key=None):
 def load_shard(path, comm=None, *, x_key="x", y_key="y", target=-1):
     """This rank's rows ``(x, y)`` of a data file, reading only those rows.
 
+    Collective: call it on every rank.  A rank that cannot read its file
+    makes every rank raise the same exception (see :func:`agreement`).
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -186,7 +215,16 @@ def load_shard(path, comm=None, *, x_key="x", y_key="y", target=-1):
     y : ndarray, shape (n_local,) or (n_local, n_out)
         In-memory copies of this rank's rows.
     """
-    path = os.fspath(path)
+    ranks, rows = _Ranks(_comm(comm)), None
+    try:
+        rows = _read_shard(os.fspath(path), comm, x_key, y_key, target)
+    except BaseException as exc:
+        ranks.capture(exc)
+    ranks.agree("bpcore.distributed.load_shard")  # the messages name each rank's own file
+    return rows
+
+
+def _read_shard(path, comm, x_key, y_key, target):
     if path.endswith(".npz"):
         x_all, y_all = open_array(path, x_key), open_array(path, y_key)
         if x_all.shape[:1] != y_all.shape[:1]:
@@ -207,28 +245,194 @@ def load_shard(path, comm=None, *, x_key="x", y_key="y", target=-1):
 # Agreement: every rank raises the same error, or none does
 # ---------------------------------------------------------------------------
 
-def _agree(comm, error, what, config=None):
-    """Raise on every rank if ``error`` (this rank's exception or None) is set on any.
+# Raised as themselves on every rank.  Any other exception is raised as the
+# nearest of these among its base classes (RuntimeError when none is), with
+# its own type named in the message, so that every rank can build it.
+_KEPT_TYPES = {cls.__name__: cls for cls in (
+    ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
+    ArithmeticError, FloatingPointError, ZeroDivisionError, OverflowError, MemoryError,
+    RuntimeError, NotImplementedError, RecursionError, OSError, FileNotFoundError,
+    PermissionError, TimeoutError, KeyboardInterrupt, SystemExit)}
 
-    One ``allgather`` of short strings; the rank that failed re-raises its own
-    exception type with the common message, chained to the original.  With
-    ``config`` (a dict of settings that must match), the same collective
-    also checks that every rank was given the same settings.
+
+def _report(exc, context=None):
+    """A rank's exception as plain data every rank can rebuild: (type name, text, exit code)."""
+    if exc is None:
+        return None
+    kept = next((c for c in type(exc).__mro__ if _KEPT_TYPES.get(c.__name__) is c),
+                RuntimeError)
+    code = None
+    if isinstance(exc, SystemExit):
+        code = exc.code if exc.code is None or isinstance(exc.code, (int, str)) \
+            else repr(exc.code)
+        text = f"SystemExit({code!r})"
+    else:
+        text = str(exc) or type(exc).__name__
+        if type(exc) is not kept:
+            text = f"{type(exc).__name__}: {text}"
+    if context:
+        text = f"{context}: {text}"
+    return kept.__name__, text, code
+
+
+def _rebuild(reports, what):
+    """The one exception every rank raises for the gathered ``reports`` (None: none failed)."""
+    failed = [(r, rep) for r, rep in enumerate(reports) if rep is not None]
+    if not failed:
+        return None
+    # NOTE: an exception that is no Exception (KeyboardInterrupt, SystemExit:
+    # someone asked the job to stop) wins over an ordinary failure of another
+    # rank in the same phase, so that a caught ValueError never swallows it;
+    # otherwise the lowest failing rank speaks.
+    rank, (kind, text, code) = min(
+        failed, key=lambda f: (issubclass(_KEPT_TYPES[f[1][0]], Exception), f[0]))
+    others = [r for r, _ in failed if r != rank]
+    also = f" (rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} failed too)" \
+        if others else ""
+    message = f"{what}: rank {rank}: {text}{also}"
+    cls = _KEPT_TYPES[kind]
+    if cls is SystemExit:
+        exc = SystemExit(code)
+        exc.add_note(message)
+        return exc
+    return cls(message)
+
+
+class _Ranks:
+    """This rank's side of the agreement of one collective call (see the module docstring).
+
+    ``pending`` holds this rank's first exception not yet shared; every
+    collective of the call carries whether it is set, and when any rank's is,
+    :meth:`agree` gathers them all and every rank raises the same exception.
+    Used as a context manager around a whole call it also defers the
+    exceptions of Python signal handlers into ``pending`` (except inside
+    user code, ``live``), so that none can escape between two collectives.
     """
-    mine = None if error is None else (type(error).__name__, str(error))
-    reports = comm.allgather((mine, config))
-    failed = [(r, rep) for r, (rep, _) in enumerate(reports) if rep is not None]
-    if failed:
-        rank, (kind, text) = failed[0]
-        more = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
-        raise _ERROR_TYPES.get(kind, RuntimeError)(f"{what}: rank {rank}{more}: {text}") \
-            from error
-    if config is not None:
-        for name, value in config.items():
-            values = [c[name] for _, c in reports]
-            if any(v != value for v in values):
-                raise ValueError(f"{what}: ranks disagree on `{name}`: {values} (every rank "
-                                 f"must call with the same model and settings)")
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.pending, self.context = None, None
+        self.live = False
+        self._saved, self._wrappers = {}, {}
+
+    def capture(self, exc, context=None):
+        """Keep ``exc`` for the next agreement (the first one wins); ``context`` prefixes it."""
+        if self.pending is None:
+            self.pending, self.context = exc, context
+
+    def agree(self, what, config=None, share=None):
+        """Raise on every rank if any rank has a pending exception; returns the gathered ``share``.
+
+        One ``allgather`` of short tuples.  With ``config`` (a dict of
+        settings that must match) the same collective checks that every rank
+        was given the same settings.
+        """
+        error, self.pending = self.pending, None
+        gathered = self.comm.allgather((_report(error, self.context), config, share))
+        agreed = _rebuild([rep for rep, _, _ in gathered], what)
+        if agreed is not None:
+            raise agreed from error
+        if config is not None:
+            for name, value in config.items():
+                values = [c[name] for _, c, _ in gathered]
+                if any(v != value for v in values):
+                    raise ValueError(f"{what}: ranks disagree on `{name}`: {values} (every rank "
+                                     f"must call with the same model and settings)")
+        return [s for _, _, s in gathered]
+
+    def reduce(self, what, values=()):
+        """Sum ``values`` (floats) over the ranks, agreeing on failures in the same Allreduce."""
+        buf = np.array([*values, self.pending is not None], np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        if buf[-1]:
+            self.agree(what)  # raises on every rank: some rank flagged a failure
+        return buf[:-1]
+
+    def call_user(self, function, *args):
+        """``function(*args)`` with signal-handler exceptions raised in place; None if it raised."""
+        result = None
+        try:
+            self.live = True
+            result = function(*args)
+            self.live = False
+        except BaseException as exc:
+            self.live = False
+            self.capture(exc)
+        self.wrap_handlers()  # handlers the user installed in there are deferred too
+        return result
+
+    # -- signal handlers --------------------------------------------------------
+
+    def _deferring(self, handler):
+        def deferred(signum, frame):
+            try:
+                handler(signum, frame)
+            except BaseException as exc:
+                if self.live:
+                    raise
+                self.capture(exc)
+        return deferred
+
+    def wrap_handlers(self):
+        """Route the exceptions of this process's Python signal handlers into ``pending``."""
+        if self.comm.Get_size() == 1 or threading.current_thread() is not threading.main_thread():
+            return
+        done = False
+        while not done:
+            try:
+                for sig in signal.valid_signals():
+                    handler = signal.getsignal(sig)
+                    if callable(handler) and handler is not self._wrappers.get(sig):
+                        self._saved[sig], self._wrappers[sig] = handler, self._deferring(handler)
+                        signal.signal(sig, self._wrappers[sig])
+                done = True
+            except BaseException as exc:  # a handler not yet wrapped fired meanwhile
+                self.capture(exc)
+
+    def __enter__(self):
+        self.wrap_handlers()
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        for sig, wrapper in self._wrappers.items():
+            if signal.getsignal(sig) is wrapper:  # else the user replaced it: theirs stays
+                signal.signal(sig, self._saved[sig])
+        late, self.pending = self.pending, None
+        if late is not None:
+            # NOTE: caught after the last agreement of this call (every rank has
+            # left its collectives): raised on this rank alone, as plain Python
+            # would raise it.
+            raise late
+        return False
+
+
+@contextlib.contextmanager
+def agreement(what, comm=None):
+    """Run a block on every rank; an exception on any rank is raised on every rank.
+
+    For this rank's own work before or between collective calls -- reading
+    its data, say -- that can fail on some ranks only::
+
+        with distributed.agreement("loading the data"):
+            x, y = my_loader(rank)
+
+    On leaving the block the ranks compare notes (one ``allgather``): if any
+    rank's block raised, every rank raises the same exception, ``"<what>:
+    rank <r>: <message>"``; otherwise every rank continues.
+
+    Parameters
+    ----------
+    what : str
+        Names the phase in the message.
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``; every rank of it must enter the block.
+    """
+    ranks = _Ranks(_comm(comm))
+    try:
+        yield
+    except BaseException as exc:
+        ranks.capture(exc)
+    ranks.agree(what)
 
 
 # ---------------------------------------------------------------------------
@@ -239,76 +443,138 @@ def _rng_json(rng):
     return json.dumps(rng.bit_generator.state)
 
 
-def _write_checkpoint(comm, net, path, epoch, history, rng):
+def _write_checkpoint(ranks, net, path, epoch, history, rng):
     """Rank 0 writes the model + epoch + optimizer and every rank's RNG state, atomically."""
+    comm = ranks.comm
     states = comm.gather(_rng_json(rng), root=0)
-    error = None
     if comm.Get_rank() == 0:
-        extra = {
-            "epoch": np.int64(epoch),
-            "n_ranks": np.int64(comm.Get_size()),
-            "rng_states": np.array(states, dtype=str),
-            "loss_history": np.array(history["loss"], dtype=np.float64),
-        }
-        if "val_loss" in history:
-            extra["val_loss_history"] = np.array(history["val_loss"], dtype=np.float64)
-        if net._velocity is not None:
-            extra["velocity"] = net._velocity
         try:
+            extra = {
+                "epoch": np.int64(epoch),
+                "n_ranks": np.int64(comm.Get_size()),
+                "rng_states": np.array(states, dtype=str),
+                "loss_history": np.array(history["loss"], dtype=np.float64),
+            }
+            if "val_loss" in history:
+                extra["val_loss_history"] = np.array(history["val_loss"], dtype=np.float64)
+            if net._velocity is not None:
+                extra["velocity"] = net._velocity
             _modelfile.save(path, layer_sizes=net.layer_sizes, activations=net.activations,
                             loss=net.loss, reduction=net.reduction, dtype=net.dtype,
                             params=net._params, extra=extra)
-        except OSError as exc:
-            error = RuntimeError(f"could not write the checkpoint {path!r}: {exc}")
-    _agree(comm, error, f"checkpoint after epoch {epoch}")
+        except BaseException as exc:
+            ranks.capture(exc, repr(path))  # rank 0's path: the other ranks' may differ
+    ranks.agree(f"writing the checkpoint after epoch {epoch}")
 
 
-def _read_checkpoint(comm, net, path):
-    """Rank 0 reads ``path``; returns (epoch, history, this rank's RNG state), params/velocity set."""
-    rank, size = comm.Get_rank(), comm.Get_size()
-    error, payload = None, None
+def _history_entry(path, extra, name, length):
+    values = extra[name]
+    if values.shape != (length,) or values.dtype.kind not in "fiu":
+        raise ValueError(f"{path!r}: extra/{name} must be {length} numbers (one per epoch "
+                         f"done); got {values.dtype} {values.shape}")
+    return [float(v) for v in values]
+
+
+def _load_checkpoint(path, net, n_ranks, validation):
+    """Rank 0's read of a checkpoint, every entry checked; ``ValueError`` naming the file.
+
+    Returns (payload for every rank, params, velocity or None); nothing is
+    applied to ``net`` here.
+    """
+    entries = _modelfile.load(path)
+    mine = (net.layer_sizes, net.activations, net.loss, net.reduction, net.dtype.name)
+    theirs = (entries["layer_sizes"], entries["activations"], entries["loss"],
+              entries["reduction"], entries["dtype"])
+    if mine != theirs:
+        raise ValueError(f"{path!r} holds a different model: {theirs} vs {mine}")
+    extra = entries["extra"]
+    missing = [k for k in ("epoch", "n_ranks", "rng_states", "loss_history") if k not in extra]
+    if missing:
+        raise ValueError(f"{path!r} is a model file, not a checkpoint (no "
+                         f"{', '.join(missing)})")
+    for name in ("epoch", "n_ranks"):
+        if extra[name].shape != () or extra[name].dtype.kind not in "iu" or extra[name] < 0:
+            raise ValueError(f"{path!r}: extra/{name} must be an integer >= 0; got "
+                             f"{extra[name]!r}")
+    if int(extra["n_ranks"]) != n_ranks:
+        raise ValueError(f"{path!r} was written by {int(extra['n_ranks'])} ranks; "
+                         f"resuming bitwise needs the same count, got {n_ranks}")
+    epoch = int(extra["epoch"])
+    states = extra["rng_states"]
+    if states.shape != (n_ranks,) or states.dtype.kind != "U":
+        raise ValueError(f"{path!r}: extra/rng_states must be {n_ranks} strings, one per "
+                         f"rank; got {states.dtype} {states.shape}")
+    rng = []
+    for r, text in enumerate(states):
+        try:
+            state = json.loads(str(text))
+        except ValueError as exc:
+            raise ValueError(f"{path!r}: extra/rng_states[{r}] is not valid JSON ({exc})") \
+                from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{path!r}: extra/rng_states[{r}] must be a JSON object (a bit "
+                             f"generator's state); got {type(state).__name__}")
+        rng.append(state)
+    payload = {"path": path, "epoch": epoch, "rng": rng,
+               "loss": _history_entry(path, extra, "loss_history", epoch), "val_loss": None}
+    if validation:
+        if "val_loss_history" not in extra:
+            raise ValueError(f"{path!r} holds no validation history (extra/val_loss_history) "
+                             f"but `validation_data` is given")
+        payload["val_loss"] = _history_entry(path, extra, "val_loss_history", epoch)
+    velocity = extra.get("velocity")
+    if velocity is not None and (velocity.shape != (net.n_params,)
+                                 or velocity.dtype != net.dtype):
+        raise ValueError(f"{path!r}: extra/velocity must be {net.dtype} of shape "
+                         f"({net.n_params},) like the parameters; got {velocity.dtype} "
+                         f"{velocity.shape}")
+    payload["velocity"] = velocity is not None
+    return payload, entries["params"], velocity
+
+
+def _read_checkpoint(ranks, net, path, rng, validation):
+    """Resume from ``path`` (read by rank 0); returns (epoch, history).
+
+    Every rank's part is checked -- the file on rank 0, each rank's RNG state
+    on that rank -- and agreed on before anything is changed: a bad
+    checkpoint leaves every rank's model and generator as they were.
+    """
+    comm = ranks.comm
+    rank = comm.Get_rank()
+    what = "resuming from a checkpoint"  # the messages name rank 0's path
+    payload, params, velocity = None, None, None
     if rank == 0:
         try:
-            entries = _modelfile.load(path)
-            mine = (net.layer_sizes, net.activations, net.loss, net.reduction, net.dtype.name)
-            theirs = (entries["layer_sizes"], entries["activations"], entries["loss"],
-                      entries["reduction"], entries["dtype"])
-            if mine != theirs:
-                raise ValueError(f"{path!r} holds a different model: {theirs} vs {mine}")
-            extra = entries["extra"]
-            missing = [k for k in ("epoch", "n_ranks", "rng_states", "loss_history")
-                       if k not in extra]
-            if missing:
-                raise ValueError(f"{path!r} is a model file, not a checkpoint (no "
-                                 f"{', '.join(missing)})")
-            if int(extra["n_ranks"]) != size:
-                raise ValueError(f"{path!r} was written by {int(extra['n_ranks'])} ranks; "
-                                 f"resuming bitwise needs the same count, got {size}")
-            net._params[...] = entries["params"]
-            velocity = extra.get("velocity")
-            payload = {
-                "epoch": int(extra["epoch"]),
-                "loss": [float(v) for v in extra["loss_history"]],
-                "val_loss": ([float(v) for v in extra["val_loss_history"]]
-                             if "val_loss_history" in extra else None),
-                "velocity": velocity is not None,
-                "rng": [str(s) for s in extra["rng_states"]],
-            }
-            if velocity is not None:
-                net._velocity_block(1.0)[...] = velocity
-        except (OSError, ValueError) as exc:
-            error = exc
-    _agree(comm, error, f"resuming from {path!r}")
+            payload, params, velocity = _load_checkpoint(path, net, comm.Get_size(),
+                                                         validation)
+        except BaseException as exc:
+            ranks.capture(exc)
+    ranks.agree(what)
     payload = comm.bcast(payload, root=0)
+    trial = None
+    try:
+        trial = copy.deepcopy(rng.bit_generator)
+        trial.state = payload["rng"][rank]
+    except Exception as exc:
+        ranks.capture(ValueError(
+            f"{payload['path']!r}: extra/rng_states[{rank}] is not a state of this rank's "
+            f"{type(rng.bit_generator).__name__} generator ({type(exc).__name__}: {exc})"))
+    except BaseException as exc:
+        ranks.capture(exc)
+    ranks.agree(what)
+    rng.bit_generator.state = trial.state
+    if rank == 0:
+        net._params[...] = params
+        if velocity is not None:
+            net._velocity_block(1.0)[...] = velocity
     if payload["velocity"]:
         comm.Bcast(net._velocity_block(1.0), root=0)
     else:
         net._velocity = None
-    rng_state = json.loads(payload["rng"][rank])
     history = {"loss": payload["loss"]}
     if payload["val_loss"] is not None:
         history["val_loss"] = payload["val_loss"]
-    return payload["epoch"], history, rng_state
+    return payload["epoch"], history
 
 
 # ---------------------------------------------------------------------------
@@ -346,10 +612,10 @@ def _param_hash(net):
 class _Stepper:
     """The per-step work of one rank: local gradients into the block, the reduction, the update."""
 
-    def __init__(self, net, comm, x, y, *, batch_size, accumulate_steps, overlap, hyper):
-        self.net, self.comm, self.x, self.y = net, comm, x, y
+    def __init__(self, net, ranks, x, y, *, batch_size, accumulate_steps, overlap, hyper):
+        self.net, self.ranks, self.comm, self.x, self.y = net, ranks, ranks.comm, x, y
         self.core = net._core
-        self.size = comm.Get_size()
+        self.size = self.comm.Get_size()
         self.n_params = net.n_params
         self.batch_size, self.k = batch_size, accumulate_steps
         self.lr, self.momentum, self.weight_decay, self.nesterov = hyper
@@ -384,7 +650,7 @@ class _Stepper:
         return xb, yb
 
     def _local(self, order, first_micro):
-        """Sum this rank's k micro-batches into the block; returns (loss, count, status, error)."""
+        """Sum this rank's k micro-batches into the block; returns (loss, count, status)."""
         n_local = self.x.shape[0]
         loss_local, count, first = 0.0, 0, True
         for j in range(first_micro, first_micro + self.k):
@@ -397,7 +663,7 @@ class _Stepper:
             target = self.block if first else self.scratch
             status, loss = self.core.loss_and_grad(self.net._params, xb, yb, target)
             if status == _NONFINITE:
-                return loss, count + rows, _NONFINITE, None
+                return loss, count + rows, _NONFINITE
             g = target[:self.n_params]
             if self.scaled:
                 np.multiply(g, rows, out=g)
@@ -408,7 +674,7 @@ class _Stepper:
             first = False
         if first:  # no rows left on this rank: contribute zeros
             self.grads.fill(0)
-        return loss_local, count, 0, None
+        return loss_local, count, 0
 
     def _local_overlapped(self, order, first_micro):
         """One micro-batch, starting each layer's reduction as soon as its gradient is done.
@@ -417,54 +683,59 @@ class _Stepper:
         happens locally (collectives must match), so a failing rank still
         reduces its (garbage or zero) buckets and reports through the tail.
         """
+        ranks = self.ranks
         n_local = self.x.shape[0]
         start = first_micro * self.batch_size
         rows = max(min(start + self.batch_size, n_local) - start, 0)
-        status, loss, error, requests = 0, 0.0, None, []
+        status, loss, requests = 0, 0.0, []
         try:
             if rows:
                 xb, yb = self._rows(order, start, start + rows)
                 status, loss = self.core.loss_and_grad_begin(self.net._params, xb, yb)
             else:
                 self.grads.fill(0)
-        except Exception as exc:
-            error = exc
+        except BaseException as exc:
+            ranks.capture(exc)
         for l in range(len(self.buckets) - 1, -1, -1):
-            if rows and status == 0 and error is None:
+            if rows and status == 0 and ranks.pending is None:
                 try:
                     status = self.core.backward_layer(self.net._params, xb, self.block, l)
                     if self.scaled and status == 0:
                         np.multiply(self.buckets[l], rows, out=self.buckets[l])
-                except Exception as exc:
-                    error = exc
+                except BaseException as exc:
+                    ranks.capture(exc)
             started = time.perf_counter()
             requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.buckets[l], MPI.SUM))
             MPI.Request.Testall(requests)  # let MPI progress the buckets already started
             self.comm_seconds += time.perf_counter() - started
         loss_local = (loss * rows if self.mean else loss) if rows else 0.0
-        return loss_local, rows, status, error, requests
+        return loss_local, rows, status, requests
 
     def step(self, order, first_micro, where):
-        """One synchronous update; raises on every rank if any rank failed."""
-        requests = ()
-        error = None
-        try:
-            if self.overlap:
-                loss_local, count, status, error, requests = self._local_overlapped(
-                    order, first_micro)
-            else:
-                loss_local, count, status, error = self._local(order, first_micro)
-        except Exception as exc:  # reported through the block, raised on every rank below
-            loss_local, count, status, error = 0.0, 0, 0, exc
+        """One synchronous update; raises on every rank if any rank failed.
+
+        A rank with a pending exception (an earlier phase's, or a signal
+        handler's) skips its work and only raises the flag: the step is where
+        the ranks agree on it.
+        """
+        ranks = self.ranks
+        requests, loss_local, count, status = (), 0.0, 0, 0
+        if self.overlap:
+            loss_local, count, status, requests = self._local_overlapped(order, first_micro)
+        elif ranks.pending is None:
+            try:
+                loss_local, count, status = self._local(order, first_micro)
+            except BaseException as exc:  # reported through the block, raised on every rank below
+                ranks.capture(exc)
         if self.size == 1:
             total_loss, total_count = loss_local, count
-            failed = status != 0 or error is not None
+            failed = status != 0 or ranks.pending is not None
         else:
             tail = self.tail
             tail[_LOSS] = loss_local
             tail[_COUNT] = count
             tail[_NONFINITE_FLAG] = status == _NONFINITE
-            tail[_ERROR_FLAG] = error is not None or status not in (0, _NONFINITE)
+            tail[_ERROR_FLAG] = ranks.pending is not None or status not in (0, _NONFINITE)
             started = time.perf_counter()
             if self.overlap:
                 requests.append(self.comm.Iallreduce(MPI.IN_PLACE, tail, MPI.SUM))
@@ -475,21 +746,19 @@ class _Stepper:
             total_loss, total_count = float(tail[_LOSS]), int(round(float(tail[_COUNT])))
             failed = tail[_NONFINITE_FLAG] != 0 or tail[_ERROR_FLAG] != 0
         if failed:
-            self._raise(status, error, loss_local, where)
+            if ranks.pending is None and status == _NONFINITE:
+                ranks.capture(FloatingPointError(
+                    f"non-finite loss or gradient (local loss = {loss_local}); the parameters "
+                    f"are those from before this step -- try a smaller `lr` or check this "
+                    f"rank's data"))
+            elif ranks.pending is None and status != 0:
+                ranks.capture(RuntimeError(f"status {status}"))
+            ranks.agree(where)
         if self.scaled:
             np.divide(self.grads, total_count, out=self.grads)
         self.net._apply_update(self.block, lr=self.lr, momentum=self.momentum,
                                weight_decay=self.weight_decay, nesterov=self.nesterov)
         return (total_loss if self.mean else total_loss * total_count), total_count
-
-    def _raise(self, status, error, loss, where):
-        if error is None and status == _NONFINITE:
-            error = FloatingPointError(f"non-finite loss or gradient (local loss = {loss}); "
-                                       f"the parameters are those from before this step -- "
-                                       f"try a smaller `lr` or check this rank's data")
-        elif error is None and status != 0:
-            error = RuntimeError(f"status {status}")
-        _agree(self.comm, error, where)
 
 
 def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
@@ -569,18 +838,47 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
         gradient; the message names the epoch, the step and the rank; the
         parameters are those from before that step.
     ValueError, TypeError
-        On every rank, when any rank's arguments are invalid or the ranks'
-        settings differ.
+        On every rank, when any rank's arguments are invalid, the ranks'
+        settings differ, or the ``resume`` checkpoint is unreadable or
+        inconsistent (the message names the file).
+    BaseException
+        Whatever fails on any rank -- the step, the callback, writing the
+        checkpoint, a signal handler's ``KeyboardInterrupt``/``SystemExit``/
+        ``TimeoutError`` -- is raised on every rank at the same phase: the same
+        type, message and ``SystemExit`` code (see the module docstring); the
+        parameters are those of the last step every rank applied.
     """
     comm = _comm(comm)
+    with _Ranks(comm) as ranks:
+        return _fit(ranks, net, x, y, epochs=epochs, batch_size=batch_size, lr=lr,
+                    momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                    shuffle=shuffle, seed=seed, validation_data=validation_data,
+                    progress=progress, callback=callback, checkpoint=checkpoint,
+                    checkpoint_every=checkpoint_every, resume=resume,
+                    accumulate_steps=accumulate_steps, overlap=overlap, verify=verify)
+
+
+def _path(name, value):
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike) or None; got "
+                        f"{type(value).__name__}")
+    return value if value is None else os.fspath(value)
+
+
+def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, nesterov,
+         shuffle, seed, validation_data, progress, callback, checkpoint, checkpoint_every,
+         resume, accumulate_steps, overlap, verify):
+    """:func:`fit` inside its agreement (``ranks``); every phase ends in a collective."""
+    comm = ranks.comm
     rank, size = comm.Get_rank(), comm.Get_size()
-    error, config = None, None
+    config = None
     try:
         x, y = net._inputs(x, y, min_rows=0)
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
         accumulate_steps = V.check_int("accumulate_steps", accumulate_steps, minimum=1)
         checkpoint_every = V.check_int("checkpoint_every", checkpoint_every, minimum=1)
+        checkpoint, resume = _path("checkpoint", checkpoint), _path("resume", resume)
         hyper = net._hyper(lr, momentum, weight_decay, nesterov)
         if overlap and not hasattr(net._core, "backward_layer"):
             raise ValueError("`overlap`=True needs the compiled backend")
@@ -603,10 +901,10 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
             "checkpoint": checkpoint is not None, "checkpoint_every": checkpoint_every,
             "resume": resume is not None, "callback": callback is not None,
             "seed": seed if isinstance(seed, int) else None}
-    except (TypeError, ValueError) as exc:
-        error = exc
-    _agree(comm, error, "bpcore.distributed.fit arguments", config)
-    counts = comm.allgather(x.shape[0])
+    except BaseException as exc:
+        ranks.capture(exc)
+    counts = ranks.agree("bpcore.distributed.fit arguments", config, share=x.shape[0]
+                         if ranks.pending is None else 0)
     n_global = sum(counts)
     if n_global == 0:
         raise ValueError("`x` has no rows on any rank")
@@ -614,13 +912,21 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
     steps = math.ceil(micro / accumulate_steps)
 
     with net._lock:
-        rng = _rank_rng(seed, comm)
+        stepper = None
+        try:
+            rng = _rank_rng(seed, comm)
+            stepper = _Stepper(net, ranks, x, y, batch_size=batch_size,
+                               accumulate_steps=accumulate_steps, overlap=bool(overlap),
+                               hyper=hyper)
+        except BaseException as exc:
+            ranks.capture(exc)
+        ranks.agree("bpcore.distributed.fit setup")
         first_epoch, history = 0, {"loss": []}
         if validation_data is not None:
             history["val_loss"] = []
         if resume is not None:
-            first_epoch, history, rng_state = _read_checkpoint(comm, net, resume)
-            rng.bit_generator.state = rng_state
+            first_epoch, history = _read_checkpoint(ranks, net, resume, rng,
+                                                    validation_data is not None)
         else:
             # Every rank starts from rank 0's model and optimizer state.
             has_velocity = comm.bcast(net._velocity is not None, root=0)
@@ -630,9 +936,6 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
                 net._velocity = None
         comm.Bcast(net._params, root=0)
         history["comm_seconds"] = []
-        stepper = _Stepper(net, comm, x, y, batch_size=batch_size,
-                           accumulate_steps=accumulate_steps, overlap=bool(overlap),
-                           hyper=hyper)
         # NOTE: one rank with nothing to accumulate or overlap has nothing to
         # reduce: the compiled epoch loop of MLP.fit runs it (one nogil call per
         # epoch instead of a Python-level step), which is the very same
@@ -658,19 +961,27 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
                 history["loss"].append(logs["loss"])
                 history["comm_seconds"].append(stepper.comm_seconds)
                 if validation_data is not None:
-                    logs["val_loss"] = _global_loss(comm, net, x_val, y_val)
+                    logs["val_loss"] = _global_loss(ranks, net, x_val, y_val,
+                                                    f"validation after epoch {epoch}")
                     history["val_loss"].append(logs["val_loss"])
                 if verify:
-                    hashes = comm.allgather(_param_hash(net))
+                    hashes = ranks.agree(f"verify after epoch {epoch}", share=_param_hash(net))
                     if len(set(hashes)) != 1:
                         raise RuntimeError(f"the ranks' parameters differ after epoch {epoch} "
                                            f"(hashes {hashes})")
                 if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-                    _write_checkpoint(comm, net, checkpoint, epoch + 1, history, rng)
-                bar.update(logs)
-                stop = callback is not None and callback(epoch, dict(logs)) is False
-                if callback is not None and comm.allreduce(stop, op=MPI.LOR):
-                    break
+                    _write_checkpoint(ranks, net, checkpoint, epoch + 1, history, rng)
+                try:
+                    bar.update(logs)
+                except BaseException as exc:  # agreed on at the next collective
+                    ranks.capture(exc)
+                if callback is not None:
+                    stop = ranks.call_user(callback, epoch, dict(logs)) is False
+                    if ranks.reduce(f"callback after epoch {epoch}", (stop,))[0]:
+                        break
+            # The last agreement: a signal handler's exception caught since the
+            # last collective is raised on every rank here, not on its own.
+            ranks.agree("bpcore.distributed.fit")
         finally:
             bar.close()
     return history
@@ -689,16 +1000,19 @@ def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch):
         raise FloatingPointError(
             f"epoch {epoch}, step {done}: rank 0: non-finite loss or gradient; the "
             f"parameters are those from before this step -- try a smaller `lr`")
-    if status:
-        raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after {done} steps")
+    if status:  # NOTE: a signal handler's exception propagates from train_epoch itself
+        raise RuntimeError(f"epoch {epoch}, step {done}: rank 0: status {status}")
     return loss_sum
 
 
-def _global_loss(comm, net, x, y):
+def _global_loss(ranks, net, x, y, what):
     """The loss over every rank's (x, y) rows, as if they were one array."""
-    n = x.shape[0]
-    loss = float(net._core.evaluate(net._params, x, y)) if n else 0.0
+    n, loss = x.shape[0], 0.0
     mean = net.reduction.endswith("mean")
-    total, count = comm.allreduce(np.array([loss * n if mean else loss, n], np.float64),
-                                  op=MPI.SUM)
+    try:
+        if n:
+            loss = float(net._core.evaluate(net._params, x, y))
+    except BaseException as exc:
+        ranks.capture(exc)
+    total, count = ranks.reduce(what, (loss * n if mean else loss, n))
     return total / count if mean else total

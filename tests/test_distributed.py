@@ -36,7 +36,8 @@ needs_mpiexec = pytest.mark.skipif(
 
 
 class FakeComm:
-    """Rank and size only: enough for shard()."""
+    """Rank and size, and an allgather as if every rank had this one's part: enough for
+    shard() and load_shard()."""
 
     def __init__(self, rank, size):
         self.rank, self.size = rank, size
@@ -46,6 +47,9 @@ class FakeComm:
 
     def Get_size(self):
         return self.size
+
+    def allgather(self, obj):
+        return [obj] * self.size
 
 
 def run_mpi(n, code, cwd, *, timeout=60, argv=(), check=True):
@@ -454,3 +458,288 @@ def test_cli_trains_data_parallel_with_output_from_rank_zero():
     assert res.stdout.count("model saved") == 1
     assert "2 ranks" in res.stderr
     assert net.layer_sizes == [6, 16, 4]
+
+
+# ---------------------------------------------------------------------------
+# The ranks boundary: a fault on any one rank (or all) is the same exception on
+# every rank, within seconds, never a hang
+# ---------------------------------------------------------------------------
+
+FAULTS_JOB = PRELUDE + """
+import os, signal, time
+from bpcore import _modelfile
+
+case = dict(loss="mse", reduction="mean", n=64, data_seed=4, init_seed=5)
+SETTINGS = dict(epochs=2, batch_size=4, lr=0.05, momentum=0.9, shuffle=False)
+
+class Oops(Exception):
+    pass
+
+def on_term(signum, frame):
+    raise SystemExit(3)
+
+def on_alarm(signum, frame):
+    raise TimeoutError("watchdog")
+
+signal.signal(signal.SIGTERM, on_term)
+
+class Faulty:
+    # The model's core, doing `act` at its third loss_and_grad call (step 2).
+    def __init__(self, core, act):
+        self.core, self.act, self.calls = core, act, 0
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+    def _call(self, name, args):
+        self.calls += 1
+        if self.calls == 3:
+            self.act()
+        return getattr(self.core, name)(*args)
+    def loss_and_grad(self, *args):
+        return self._call("loss_and_grad", args)
+    def loss_and_grad_begin(self, *args):  # overlap=True
+        return self._call("loss_and_grad_begin", args)
+
+def memory_error():
+    raise MemoryError("simulated failure")
+
+def stop_callback(epoch, logs):
+    raise Oops("the callback failed")
+
+def alarm_callback(epoch, logs):
+    if epoch == 0:  # a handler installed during fit, firing in a later step
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.003)
+
+def kill(sig):
+    return lambda *args: os.kill(os.getpid(), sig)
+
+def problem_shard():
+    net, x, y = problem(case)
+    rows = D.shard(len(x), comm)
+    return net, x[rows].copy(), y[rows].copy()
+
+# A good checkpoint, and rank 0 spoils copies of it.
+net, xs, ys = problem_shard()
+D.fit(net, xs, ys, checkpoint="good.npz", **dict(SETTINGS, epochs=1))
+if rank == 0:
+    entries = _modelfile.load("good.npz")
+    model = {k: entries[k] for k in ("layer_sizes", "activations", "loss", "reduction",
+                                     "dtype", "params")}
+    def spoil(name, **changes):
+        extra = dict(entries["extra"], **changes)
+        _modelfile.save(name, **model, extra={k: v for k, v in extra.items()
+                                              if v is not None})
+    states = [str(s) for s in entries["extra"]["rng_states"]]
+    spoil("short-rng.npz", rng_states=np.array(states[:-1]))
+    for r in range(size):
+        spoil(f"bad-json-{r}.npz",
+              rng_states=np.array([s[:-5] if i == r else s for i, s in enumerate(states)]))
+        spoil(f"bad-state-{r}.npz", rng_states=np.array(
+            ['{"bit_generator": "MT19937"}' if i == r else s for i, s in enumerate(states)]))
+    spoil("scalar-velocity.npz", velocity=np.float64(0.5))
+    with open("unreadable.npz", "wb") as f:
+        f.write(open("good.npz", "rb").read()[:300])
+    np.savez("data.npz", x=np.zeros((10, 7)), y=np.zeros((10, 4)))
+comm.Barrier()
+
+def run(fault, r, net, xs, ys):
+    kw = dict(SETTINGS)
+    me = r == "all" or rank == r
+    if fault == "loader":
+        with D.agreement("loading the data", comm):
+            if me:
+                raise OSError(f"shard {rank} is gone")
+        return
+    if fault == "load_shard":
+        D.load_shard("missing.npz" if me else "data.npz", comm)
+        return
+    if fault == "argument" and me:
+        kw["lr"] = -1.0
+    if fault == "checkpoint=123":
+        kw["checkpoint"] = 123 if me else "c.npz"
+    if fault == "resume=123":
+        kw["resume"] = 123 if me else "good.npz"
+    if fault in ("missing", "unreadable", "short-rng", "scalar-velocity"):
+        kw["resume"] = fault + ".npz"
+    if fault in ("bad-json", "bad-state"):
+        kw["resume"] = f"{fault}-{r}.npz"
+    if fault == "checkpoint-write":
+        kw["checkpoint"] = "no-such-dir/c.npz"
+    if fault == "nan" and me:
+        xs[9] = np.nan  # local batch 2
+    if fault in ("compute", "compute-overlap") and me:
+        net._core = Faulty(net._core, memory_error)
+    if fault in ("compute-overlap", "sigterm-overlap"):
+        kw["overlap"] = True
+    if fault == "callback":
+        kw["callback"] = stop_callback if me else (lambda epoch, logs: None)
+    if fault in ("sigterm-step", "sigterm-overlap", "sigint-step") and me:
+        net._core = Faulty(net._core, kill(signal.SIGINT if fault == "sigint-step"
+                                           else signal.SIGTERM))
+    if fault == "sigterm-callback":
+        kw["callback"] = kill(signal.SIGTERM) if me else (lambda epoch, logs: None)
+    if fault == "alarm":
+        kw.update(epochs=10 ** 6, callback=alarm_callback if me else (lambda e, l: None))
+    D.fit(net, xs, ys, **kw)
+
+PARAMS_AFTER_TWO_STEPS = ("nan", "compute", "compute-overlap", "sigterm-step",
+                          "sigterm-overlap", "sigint-step")
+faults = json.loads(sys.argv[1])
+params = {}
+with open(f"rank{rank}.jsonl", "w") as out:
+    for fault, targets in faults:
+        for r in targets:
+            comm.Barrier()
+            started = time.monotonic()
+            got = {"fault": fault, "rank": r, "raised": None}
+            net, xs, ys = problem_shard()
+            try:
+                run(fault, r, net, xs, ys)
+            except BaseException as exc:
+                got["raised"] = type(exc).__name__
+                got["message"] = (f"code {exc.code!r}: {exc.__notes__}"
+                                  if isinstance(exc, SystemExit) else str(exc))
+            got["seconds"] = time.monotonic() - started
+            got["handlers_restored"] = (signal.getsignal(signal.SIGTERM) is on_term
+                                        and signal.getsignal(signal.SIGINT)
+                                        is signal.default_int_handler)
+            if fault in PARAMS_AFTER_TWO_STEPS:
+                got["same_params"] = len(set(comm.allgather(net.parameters.tobytes()))) == 1
+                params[f"{fault}-{r}"] = net.parameters
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            out.write(json.dumps(got) + "\\n")
+            out.flush()
+if rank == 0:
+    np.savez("params.npz", **params)
+comm.Barrier()
+if sys.argv[2:] == ["exit"]:  # uncaught, a fault ends every rank with the handler's code
+    net, xs, ys = problem_shard()
+    D.fit(net, xs, ys, **dict(SETTINGS, callback=kill(signal.SIGTERM) if rank == size - 1
+                              else (lambda epoch, logs: None)))
+"""
+
+# fault -> (exception on every rank, the rank the message names: None = the one injected)
+FAULTS = {
+    "loader": ("OSError", None), "load_shard": ("FileNotFoundError", None),
+    "argument": ("ValueError", None), "checkpoint=123": ("TypeError", None),
+    "resume=123": ("TypeError", None), "missing": ("FileNotFoundError", 0),
+    "unreadable": ("ValueError", 0), "short-rng": ("ValueError", 0),
+    "scalar-velocity": ("ValueError", 0), "bad-json": ("ValueError", 0),
+    "bad-state": ("ValueError", None), "checkpoint-write": ("FileNotFoundError", 0),
+    "nan": ("FloatingPointError", None), "compute": ("MemoryError", None),
+    "compute-overlap": ("MemoryError", None), "sigterm-overlap": ("SystemExit", None),
+    "callback": ("RuntimeError", None), "sigterm-step": ("SystemExit", None),
+    "sigint-step": ("KeyboardInterrupt", None), "sigterm-callback": ("SystemExit", None),
+    "alarm": ("TimeoutError", None),
+}
+ONCE = ("missing", "unreadable", "short-rng", "scalar-velocity", "checkpoint-write")
+MESSAGES = {
+    "loader": "loading the data: rank {r}: shard {r} is gone",
+    "load_shard": "missing.npz", "argument": "rank {r}: `lr`",
+    "checkpoint=123": "rank {r}: `checkpoint` must be a path",
+    "resume=123": "rank {r}: `resume` must be a path", "missing": "missing.npz",
+    "unreadable": "'unreadable.npz' is not a readable bpcore model file",
+    "short-rng": "extra/rng_states must be {n} strings",
+    "scalar-velocity": "extra/velocity must be float64 of shape",
+    "bad-json": "rank 0: 'bad-json-{t}.npz': extra/rng_states[{t}] is not valid JSON",
+    "bad-state": "rank {r}: 'bad-state-{r}.npz': extra/rng_states[{r}] is not a state",
+    "checkpoint-write": "writing the checkpoint after epoch 1: rank 0: 'no-such-dir/c.npz'",
+    "nan": "epoch 0, step 2: rank {r}: non-finite loss",
+    "compute": "epoch 0, step 2: rank {r}: simulated failure",
+    "compute-overlap": "epoch 0, step 2: rank {r}: simulated failure",
+    "sigterm-overlap": "code 3: ['epoch 0, step 2: rank {r}: SystemExit(3)",
+    "callback": "callback after epoch 0: rank {r}: Oops: the callback failed",
+    "sigterm-step": "code 3: ['epoch 0, step 2: rank {r}: SystemExit(3)",
+    "sigint-step": "epoch 0, step 2: rank 0: KeyboardInterrupt",
+    "sigterm-callback": "code 3: ['callback after epoch 0: rank {r}: SystemExit(3)",
+    "alarm": "rank {r}: watchdog",
+}
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("n_ranks", [2, 3])
+def test_every_fault_on_any_rank_is_the_same_exception_on_every_rank(n_ranks):
+    # One launch runs every fault in turn (a launch costs ~1 s).
+    check_faults(n_ranks, list(FAULTS))
+
+
+def check_faults(n_ranks, faults, exit_code=True):
+    """Inject each of ``faults`` on each rank in turn (or where it can only be) and check;
+    with ``exit_code``, end with an uncaught SystemExit(3) from the last rank's handler."""
+    plan = [(f, [0] if f in ONCE else ["all"] if f == "sigint-step" else list(range(n_ranks)))
+            for f in faults]
+    with tempfile.TemporaryDirectory() as cwd:
+        try:
+            res = run_mpi(n_ranks, FAULTS_JOB, cwd, argv=[json.dumps(plan)] + ["exit"] * exit_code,
+                          check=False,
+                          timeout=120)
+        except subprocess.TimeoutExpired:
+            res = None
+        records = []
+        for r in range(n_ranks):
+            path = os.path.join(cwd, f"rank{r}.jsonl")
+            with open(path) if os.path.exists(path) else open(os.devnull) as f:
+                records.append([json.loads(line) for line in f])
+        if res is None:
+            done = [f"{g['fault']}@{g['rank']}" for g in records[0]]
+            pytest.fail(f"the job hung after {done}")
+        params = dict(np.load(os.path.join(cwd, "params.npz")))
+    assert res.returncode == (3 if exit_code else 0), res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert len({len(rec) for rec in records}) == 1
+    assert len(records[0]) == sum(len(targets) for _, targets in plan)
+    case = dict(loss="mse", reduction="mean", n=64, data_seed=4, init_seed=5, batch_size=4,
+                accumulate_steps=1, epochs=2, lr=0.05, momentum=0.9, weight_decay=0.0,
+                nesterov=False)
+    after_two_steps = expected_params(case, n_ranks, max_steps=2)
+    for got in zip(*records):
+        fault, target = got[0]["fault"], got[0]["rank"]
+        kind, named = FAULTS[fault]
+        named = target if named is None else named
+        want = MESSAGES[fault].format(r=named, t=target, n=n_ranks)
+        where = f"{fault} injected on rank {target}: {got}"
+        assert all(g["raised"] == kind for g in got), where
+        assert len({g["message"] for g in got}) == 1, where
+        assert want in got[0]["message"], where
+        assert all(g["seconds"] < 10 for g in got), where
+        assert all(g["handlers_restored"] for g in got), where
+        if "same_params" in got[0]:
+            assert all(g["same_params"] for g in got), where
+            np.testing.assert_allclose(params[f"{fault}-{target}"], after_two_steps,
+                                       rtol=1e-12, atol=1e-15, err_msg=where)
+
+
+def test_one_rank_signal_handlers_raise_as_in_plain_python():
+    out = run_python("""
+        import os, signal
+        import numpy as np
+        from bpcore import MLP, distributed as D
+        def on_alarm(signum, frame):
+            raise TimeoutError("watchdog")
+        def on_term(signum, frame):
+            raise SystemExit(3)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.signal(signal.SIGTERM, on_term)
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((64, 5)), rng.standard_normal((64, 2))
+        seen = []
+        for epoch_loop in (True, False):  # the compiled loop and the step path
+            D._EPOCH_LOOP_AT_ONE_RANK = epoch_loop
+            net = MLP([5, 8, 2], dtype="float64", seed=0)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            try:
+                D.fit(net, x, y, epochs=10 ** 6, batch_size=8, lr=0.01)
+            except TimeoutError as exc:
+                seen.append(("TimeoutError", "watchdog" in str(exc)))
+            net = MLP([5, 8, 2], dtype="float64", seed=0)
+            try:
+                D.fit(net, x, y, epochs=3, batch_size=8, lr=0.01,
+                      callback=lambda e, logs: os.kill(os.getpid(), signal.SIGTERM))
+            except SystemExit as exc:
+                seen.append(("SystemExit", exc.code))
+            seen.append(bool(np.isfinite(net.parameters).all())
+                        and signal.getsignal(signal.SIGTERM) is on_term)
+        print(seen)
+    """)
+    assert out == str([("TimeoutError", True), ("SystemExit", 3), True] * 2)
