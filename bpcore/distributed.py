@@ -72,7 +72,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import _modelfile
 from . import _validate as V
-from .nn import _NONFINITE, _Progress
+from .nn import NONFINITE as _NONFINITE, Progress
 
 __all__ = ["fit", "shard", "open_array", "load_shard", "agreement", "under_mpi_launcher"]
 
@@ -457,11 +457,11 @@ def _write_checkpoint(ranks, net, path, epoch, history, rng):
             }
             if "val_loss" in history:
                 extra["val_loss_history"] = np.array(history["val_loss"], dtype=np.float64)
-            if net._velocity is not None:
-                extra["velocity"] = net._velocity
+            if net.velocity is not None:
+                extra["velocity"] = net.velocity
             _modelfile.save(path, layer_sizes=net.layer_sizes, activations=net.activations,
                             loss=net.loss, reduction=net.reduction, dtype=net.dtype,
-                            params=net._params, extra=extra)
+                            params=net.parameters, extra=extra)
         except BaseException as exc:
             ranks.capture(exc, repr(path))  # rank 0's path: the other ranks' may differ
     ranks.agree(f"writing the checkpoint after epoch {epoch}")
@@ -564,13 +564,10 @@ def _read_checkpoint(ranks, net, path, rng, validation):
     ranks.agree(what)
     rng.bit_generator.state = trial.state
     if rank == 0:
-        net._params[...] = params
+        net.parameters[...] = params
         if velocity is not None:
-            net._velocity_block(1.0)[...] = velocity
-    if payload["velocity"]:
-        comm.Bcast(net._velocity_block(1.0), root=0)
-    else:
-        net._velocity = None
+            net.velocity = velocity
+    _bcast_velocity(comm, net, payload["velocity"])
     history = {"loss": payload["loss"]}
     if payload["val_loss"] is not None:
         history["val_loss"] = payload["val_loss"]
@@ -603,9 +600,9 @@ def _rank_rng(seed, comm):
 
 
 def _param_hash(net):
-    crc = zlib.crc32(net._params.view(np.uint8))
-    if net._velocity is not None:
-        crc = zlib.crc32(net._velocity.view(np.uint8), crc)
+    crc = zlib.crc32(net.parameters.view(np.uint8))
+    if net.velocity is not None:
+        crc = zlib.crc32(net.velocity.view(np.uint8), crc)
     return crc
 
 
@@ -614,7 +611,7 @@ class _Stepper:
 
     def __init__(self, net, ranks, x, y, *, batch_size, accumulate_steps, overlap, hyper):
         self.net, self.ranks, self.comm, self.x, self.y = net, ranks, ranks.comm, x, y
-        self.core = net._core
+        self.core = net.core
         self.size = self.comm.Get_size()
         self.n_params = net.n_params
         self.batch_size, self.k = batch_size, accumulate_steps
@@ -661,7 +658,7 @@ class _Stepper:
             xb, yb = self._rows(order, start, stop)
             rows = stop - start
             target = self.block if first else self.scratch
-            status, loss = self.core.loss_and_grad(self.net._params, xb, yb, target)
+            status, loss = self.core.loss_and_grad(self.net.parameters, xb, yb, target)
             if status == _NONFINITE:
                 return loss, count + rows, _NONFINITE
             g = target[:self.n_params]
@@ -691,7 +688,7 @@ class _Stepper:
         try:
             if rows:
                 xb, yb = self._rows(order, start, start + rows)
-                status, loss = self.core.loss_and_grad_begin(self.net._params, xb, yb)
+                status, loss = self.core.loss_and_grad_begin(self.net.parameters, xb, yb)
             else:
                 self.grads.fill(0)
         except BaseException as exc:
@@ -699,7 +696,7 @@ class _Stepper:
         for l in range(len(self.buckets) - 1, -1, -1):
             if rows and status == 0 and ranks.pending is None:
                 try:
-                    status = self.core.backward_layer(self.net._params, xb, self.block, l)
+                    status = self.core.backward_layer(self.net.parameters, xb, self.block, l)
                     if self.scaled and status == 0:
                         np.multiply(self.buckets[l], rows, out=self.buckets[l])
                 except BaseException as exc:
@@ -756,7 +753,7 @@ class _Stepper:
             ranks.agree(where)
         if self.scaled:
             np.divide(self.grads, total_count, out=self.grads)
-        self.net._apply_update(self.block, lr=self.lr, momentum=self.momentum,
+        self.net.apply_update(self.block, lr=self.lr, momentum=self.momentum,
                                weight_decay=self.weight_decay, nesterov=self.nesterov)
         return (total_loss if self.mean else total_loss * total_count), total_count
 
@@ -873,21 +870,21 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
     rank, size = comm.Get_rank(), comm.Get_size()
     config = None
     try:
-        x, y = net._inputs(x, y, min_rows=0)
+        x, y = net.prepare_inputs(x, y, min_rows=0)
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
         accumulate_steps = V.check_int("accumulate_steps", accumulate_steps, minimum=1)
         checkpoint_every = V.check_int("checkpoint_every", checkpoint_every, minimum=1)
         checkpoint, resume = _path("checkpoint", checkpoint), _path("resume", resume)
-        hyper = net._hyper(lr, momentum, weight_decay, nesterov)
-        if overlap and not hasattr(net._core, "backward_layer"):
+        hyper = net.check_sgd(lr, momentum, weight_decay, nesterov)
+        if overlap and not hasattr(net.core, "backward_layer"):
             raise ValueError("`overlap`=True needs the compiled backend")
         if overlap and accumulate_steps != 1:
             raise ValueError("`overlap`=True needs `accumulate_steps`=1")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
-            x_val, y_val = net._inputs(*validation_data, min_rows=0)
+            x_val, y_val = net.prepare_inputs(*validation_data, min_rows=0)
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
         if seed is not None and not isinstance(seed, np.random.Generator):
@@ -911,7 +908,7 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
     micro = max(math.ceil(c / batch_size) for c in counts)
     steps = math.ceil(micro / accumulate_steps)
 
-    with net._lock:
+    with net.lock:
         stepper = None
         try:
             rng = _rank_rng(seed, comm)
@@ -929,12 +926,8 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
                                                     validation_data is not None)
         else:
             # Every rank starts from rank 0's model and optimizer state.
-            has_velocity = comm.bcast(net._velocity is not None, root=0)
-            if has_velocity:
-                comm.Bcast(net._velocity_block(1.0), root=0)
-            else:
-                net._velocity = None
-        comm.Bcast(net._params, root=0)
+            _bcast_velocity(comm, net, comm.bcast(net.velocity is not None, root=0))
+        comm.Bcast(net.parameters, root=0)
         history["comm_seconds"] = []
         # NOTE: one rank with nothing to accumulate or overlap has nothing to
         # reduce: the compiled epoch loop of MLP.fit runs it (one nogil call per
@@ -944,7 +937,7 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
         # small networks.
         epoch_loop = (size == 1 and accumulate_steps == 1 and not overlap
                       and _EPOCH_LOOP_AT_ONE_RANK)
-        bar = _Progress(epochs - first_epoch, bool(progress) and rank == 0)
+        bar = Progress(epochs - first_epoch, bool(progress) and rank == 0)
         try:
             for epoch in range(first_epoch, epochs):
                 order = rng.permutation(x.shape[0]).astype(np.int64) if shuffle else None
@@ -990,17 +983,29 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
 _EPOCH_LOOP_AT_ONE_RANK = True  # False: run the per-step path at one rank too (tests, bench)
 
 
+def _bcast_velocity(comm, net, present):
+    """Every rank takes rank 0's momentum buffer (``present``: rank 0 has one)."""
+    if not present:
+        net.velocity = None
+        return
+    if net.velocity is None:
+        net.velocity = np.zeros(net.n_params, net.dtype)
+    comm.Bcast(net.velocity, root=0)
+
+
 def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch):
     """One epoch on a single rank through the compiled loop; returns the loss sum."""
     lr, momentum, weight_decay, nesterov = hyper
-    status, loss_sum, done = net._core.train_epoch(
-        net._params, net._grads, net._velocity_block(momentum), x, y, order, batch_size, lr,
-        momentum, weight_decay, nesterov)
+    rule, state = net.update_rule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                  nesterov=nesterov)
+    grads = np.zeros(net.n_params, net.dtype)
+    status, loss_sum, done = net.core.epoch(net.parameters, grads, state, x, y, None, order,
+                                            batch_size, rule)
     if status == _NONFINITE:
         raise FloatingPointError(
             f"epoch {epoch}, step {done}: rank 0: non-finite loss or gradient; the "
             f"parameters are those from before this step -- try a smaller `lr`")
-    if status:  # NOTE: a signal handler's exception propagates from train_epoch itself
+    if status:  # NOTE: a signal handler's exception propagates from epoch itself
         raise RuntimeError(f"epoch {epoch}, step {done}: rank 0: status {status}")
     return loss_sum
 
@@ -1011,7 +1016,7 @@ def _global_loss(ranks, net, x, y, what):
     mean = net.reduction.endswith("mean")
     try:
         if n:
-            loss = float(net._core.evaluate(net._params, x, y))
+            loss = float(net.core.evaluate(net.parameters, x, y))
     except BaseException as exc:
         ranks.capture(exc)
     total, count = ranks.reduce(what, (loss * n if mean else loss, n))

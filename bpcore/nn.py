@@ -32,7 +32,8 @@ DECAYS = ("all", "weights")
 SCHEDULES = ("constant", "invscaling", "adaptive")
 INITS = ("auto", "normal", "glorot", "he")
 BACKENDS = ("compiled", "reference")
-_NONFINITE = 100
+# The core's status for a non-finite loss or gradient (bpcore._step's and its twin's).
+NONFINITE = 100
 
 
 def _aligned_zeros(n, dtype, align=64):
@@ -227,6 +228,33 @@ class MLP:
         """The flat parameter block (a view; writing it changes the model)."""
         return self._params
 
+    @property
+    def core(self):
+        """The model's training core: a ``bpcore._step.Trainer``, or its NumPy twin
+        (``bpcore.reference_core.Trainer``) for ``backend="reference"``; its interface is
+        forward / evaluate / loss_and_grad / update / epoch on flat blocks laid out as
+        :attr:`parameters`."""
+        return self._core
+
+    @property
+    def lock(self):
+        """The re-entrant lock training calls hold; hold it to train the model from outside."""
+        return self._lock
+
+    @property
+    def velocity(self):
+        """SGD's momentum buffer (a block like :attr:`parameters`), or None before any
+        momentum step; set it to an array to restore one, or to None to drop it."""
+        return self._velocity
+
+    @velocity.setter
+    def velocity(self, values):
+        if values is None:
+            self._velocity = None
+            return
+        block = self._velocity_block(1.0)
+        block[...] = values
+
     def _velocity_block(self, momentum):
         if momentum != 0 and self._velocity is None:
             self._velocity = _aligned_zeros(self.n_params, self.dtype)
@@ -246,7 +274,24 @@ class MLP:
 
     # -- input checks ---------------------------------------------------------
 
-    def _inputs(self, x, y=None, *, min_rows=1, need_y=True):
+    def prepare_inputs(self, x, y=None, *, min_rows=1, need_y=True):
+        """``x`` (and ``y``) as the core takes them: C-contiguous, the model's dtype, checked.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,), optional
+        min_rows : int
+            Fewer rows than this is a ``ValueError`` naming ``x``.
+        need_y : bool
+            ``y=None`` is a ``TypeError`` unless False.
+
+        Returns
+        -------
+        x : ndarray, shape (n_samples, n_in)
+        y : ndarray or None
+            Float targets (n_samples, n_out) or int64 labels (n_samples,).
+        """
         if y is None and need_y:
             raise TypeError("`y` is required: targets of shape (n_samples, n_out), or integer "
                             "class labels (n_samples,) for loss='cross_entropy'; got None")
@@ -321,7 +366,9 @@ class MLP:
         return optimizer, beta1, beta2, eps, decay == "weights"
 
     @staticmethod
-    def _hyper(lr, momentum, weight_decay, nesterov):
+    def check_sgd(lr, momentum, weight_decay, nesterov):
+        """(lr, momentum, weight_decay, nesterov) checked (``ValueError``/``TypeError``
+        naming the argument) and as floats and a bool."""
         lr = V.check_real("lr", lr, minimum=0.0)
         momentum = V.check_real("momentum", momentum, minimum=0.0)
         weight_decay = V.check_real("weight_decay", weight_decay, minimum=0.0)
@@ -345,7 +392,7 @@ class MLP:
         ndarray, shape (n_samples, n_out)
             Class probabilities for ``loss="cross_entropy"``.
         """
-        x, _ = self._inputs(x, min_rows=0, need_y=False)
+        x, _ = self.prepare_inputs(x, min_rows=0, need_y=False)
         out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
         return self._core.forward(self._params, x, out)
 
@@ -363,7 +410,7 @@ class MLP:
         -------
         float
         """
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         return float(self._core.evaluate(self._params, x, y))
 
     # -- training -----------------------------------------------------------
@@ -386,20 +433,20 @@ class MLP:
         (grad_weights, grad_biases) : tuple of lists of ndarray
             Shaped like ``weights`` and ``biases``; new arrays owned by the caller.
         """
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         with self._lock:
             status, loss = self._core.loss_and_grad(self._params, x, y, self._grads,
                                                     sample_weight)
             grads = self._grads.copy()
-        if status == _NONFINITE:
+        if status == NONFINITE:
             raise FloatingPointError(f"the loss or a gradient is not finite (loss = {loss})")
         w_off, b_off = self._core.offsets()
         pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
         return float(loss), ([grads[w:w + a * b].reshape(a, b) for (a, b), w in zip(pairs, w_off)],
                              [grads[o:o + b] for (_, b), o in zip(pairs, b_off)])
 
-    def _apply_update(self, grads, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+    def apply_update(self, grads, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
                       optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all"):
         """Apply one optimizer step to the parameter block, given its gradient block.
 
@@ -420,7 +467,7 @@ class MLP:
             ``weight_decay`` on every parameter (PyTorch) or on the weights
             only, not the biases (scikit-learn's ``alpha``).
         """
-        lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+        lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay,
                                                            nesterov)
         optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
             optimizer, betas, eps, decay)
@@ -433,9 +480,16 @@ class MLP:
             self._update_locked(grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
                                 beta2, eps, weights_only)
 
-    def _update_rule(self, optimizer, lr, momentum, weight_decay, nesterov, beta1=0.9,
-                     beta2=0.999, eps=1e-8, weights_only=False):
-        """The core's UpdateRule and state blocks for these settings (state created on demand)."""
+    def update_rule(self, optimizer="sgd", *, lr, momentum=0.0, weight_decay=0.0,
+                    nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, weights_only=False):
+        """The core's ``UpdateRule`` for these settings and the model's state blocks for it.
+
+        The settings are taken as checked (see :meth:`check_sgd`); the momentum
+        buffer or Adam's moments are created on first use and persist in the
+        model.  Returns ``(rule, (s1, s2))`` for :attr:`core`'s ``update`` and
+        ``epoch``; after Adam steps, Adam's step count is ``rule.step``
+        (``apply_update`` and ``fit`` record it in the model themselves).
+        """
         if optimizer == "adam":
             m, v, step = self._adam_state()
             return self._rule("adam", lr=lr, weight_decay=weight_decay, betas=(beta1, beta2),
@@ -446,8 +500,10 @@ class MLP:
 
     def _update_locked(self, grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
                        beta2, eps, weights_only):
-        rule, state = self._update_rule(optimizer, lr, momentum, weight_decay, nesterov, beta1,
-                                        beta2, eps, weights_only)
+        rule, state = self.update_rule(optimizer, lr=lr, momentum=momentum,
+                                       weight_decay=weight_decay, nesterov=nesterov,
+                                       beta1=beta1, beta2=beta2, eps=eps,
+                                       weights_only=weights_only)
         self._core.update(self._params, grads, state, rule)
         if optimizer == "adam":
             self._adam[2] = rule.step
@@ -467,7 +523,7 @@ class MLP:
             As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The optimizer
             state persists across calls (see :meth:`reset_optimizer`).
         optimizer, betas, eps, decay
-            As :meth:`_apply_update` ("adam": :func:`bpcore.adam_update`).
+            As :meth:`apply_update` ("adam": :func:`bpcore.adam_update`).
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`.
 
@@ -484,9 +540,9 @@ class MLP:
         if lr is None:
             lr = _default_lr(optimizer)
         if optimizer != "sgd" or decay != "all" or sample_weight is not None:
-            x, y = self._inputs(x, y)
+            x, y = self.prepare_inputs(x, y)
             sample_weight = self._sample_weight(sample_weight, x.shape[0])
-            lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+            lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay,
                                                                nesterov)
             opts = self._optimizer_options(optimizer, betas, eps, decay)
             with self._lock:
@@ -499,7 +555,7 @@ class MLP:
         else:
             result = self._train_step_sgd(x, y, lr, momentum, weight_decay, nesterov)
         status, loss = result
-        if status == _NONFINITE:
+        if status == NONFINITE:
             raise FloatingPointError(f"non-finite loss or gradient (loss = {loss}); the "
                                      f"parameters were not updated -- try a smaller `lr`")
         return float(loss)
@@ -509,8 +565,8 @@ class MLP:
             result = self._core.train_step_fast(self._params, self._grads, self._velocity, x, y,
                                                 lr, momentum, weight_decay, nesterov)
             if result is None:  # not already in final form: the general path
-                x, y = self._inputs(x, y)
-                lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay,
+                x, y = self.prepare_inputs(x, y)
+                lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay,
                                                                    nesterov)
                 result = self._core.loss_and_grad(self._params, x, y, self._grads)
                 if result[0] == 0:
@@ -548,7 +604,7 @@ class MLP:
         callback : callable, optional
             ``callback(epoch, logs)`` after every epoch; returning False stops.
         optimizer, betas, eps, decay
-            As :meth:`_apply_update`.
+            As :meth:`apply_update`.
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`; the epoch loss is then weight-averaged.
         schedule : {"constant", "invscaling", "adaptive"}
@@ -593,13 +649,13 @@ class MLP:
         KeyboardInterrupt
             Ctrl-C: training stops between batches, the weights kept.
         """
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
         if lr is None:
             lr = _default_lr(optimizer)
-        lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay, nesterov)
+        lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay, nesterov)
         optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
             optimizer, betas, eps, decay)
         V.check_choice("schedule", schedule, SCHEDULES)
@@ -613,7 +669,7 @@ class MLP:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
             try:
-                x_val, y_val = self._inputs(*validation_data)
+                x_val, y_val = self.prepare_inputs(*validation_data)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"`validation_data`: {exc}") from None
         elif early_stopping:
@@ -632,7 +688,7 @@ class MLP:
         rate, seen = lr, 0
         best, stale = math.inf, 0            # the monitored loss, for "adaptive"
         best_val, val_stale, best_params = math.inf, 0, None
-        bar = _Progress(epochs, progress)
+        bar = Progress(epochs, progress)
         where = _Interruption(self._core)
         started = time.perf_counter()
         try:
@@ -642,8 +698,10 @@ class MLP:
                     rate = lr / (seen + 1) ** power_t
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
                 with self._lock, where.inside_epoch():
-                    rule, state = self._update_rule(optimizer, rate, momentum, weight_decay,
-                                                    nesterov, beta1, beta2, eps, weights_only)
+                    rule, state = self.update_rule(optimizer, lr=rate, momentum=momentum,
+                                                   weight_decay=weight_decay, nesterov=nesterov,
+                                                   beta1=beta1, beta2=beta2, eps=eps,
+                                                   weights_only=weights_only)
                     try:
                         status, loss_sum, done = self._core.epoch(
                             self._params, self._grads, state, x, y, sample_weight, order,
@@ -651,7 +709,7 @@ class MLP:
                     finally:  # Adam's steps also count when a signal handler raised
                         if optimizer == "adam":
                             self._adam[2] = rule.step
-                if status == _NONFINITE:
+                if status == NONFINITE:
                     kept = ("the parameters of the best epoch so far are restored"
                             if early_stopping and best_params is not None else
                             "the parameters are those from before that batch")
@@ -748,7 +806,7 @@ class MLP:
             (``sklearn.metrics.r2_score``'s "uniform_average"; an output with
             constant targets scores 1 if predicted exactly, else 0).
         """
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         if self.loss != "mse":
             return self._accuracy(x, y, sample_weight)
@@ -849,7 +907,7 @@ def _rng(seed):
                         f"numpy.random.Generator; got {seed!r} ({exc})") from None
 
 
-class _Progress:
+class Progress:
     """Per-epoch progress: tqdm when installed, else one rewritten line on stderr."""
 
     def __init__(self, total, enabled):

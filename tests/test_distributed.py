@@ -214,17 +214,17 @@ def test_split_step_equals_fused_gradient_bitwise(dtype):
     y = rng.integers(0, 4, 11)
     fused = np.zeros(net.n_params, dtype)
     split = np.zeros(net.n_params + 4, dtype)
-    status, loss = net._core.loss_and_grad(net.parameters, x, y, fused)
-    status2, loss2 = net._core.loss_and_grad_begin(net.parameters, x, y)
+    status, loss = net.core.loss_and_grad(net.parameters, x, y, fused)
+    status2, loss2 = net.core.loss_and_grad_begin(net.parameters, x, y)
     assert (status, loss) == (status2, loss2)
     for layer in (2, 1, 0):
-        assert net._core.backward_layer(net.parameters, x, split, layer) == 0
+        assert net.core.backward_layer(net.parameters, x, split, layer) == 0
     np.testing.assert_array_equal(split[:net.n_params], fused)
     with pytest.raises(ValueError, match="follow loss_and_grad_begin"):
-        net._core.backward_layer(net.parameters, x, split, 0)
-    net._core.loss_and_grad_begin(net.parameters, x, y)
+        net.core.backward_layer(net.parameters, x, split, 0)
+    net.core.loss_and_grad_begin(net.parameters, x, y)
     with pytest.raises(ValueError, match="expected layer 2"):
-        net._core.backward_layer(net.parameters, x, split, 1)
+        net.core.backward_layer(net.parameters, x, split, 1)
 
 
 def test_one_rank_equals_mlp_fit_bitwise():

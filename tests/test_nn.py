@@ -489,7 +489,7 @@ def test_weights_only_decay_leaves_biases_alone():
     zero = np.zeros(net.n_params)
     before = [b.copy() for b in net.biases]
     w_before = [w.copy() for w in net.weights]
-    net._apply_update(zero, lr=0.1, weight_decay=0.5, decay="weights")
+    net.apply_update(zero, lr=0.1, weight_decay=0.5, decay="weights")
     for b, b0 in zip(net.biases, before):
         np.testing.assert_array_equal(b, b0)
     for w, w0 in zip(net.weights, w_before):
@@ -600,7 +600,7 @@ def test_fit_with_shuffle_on_one_row_arrays_of_any_stride(backend, loss, general
 def test_trainer_epoch_gathers_rows_by_shape(backend):
     """The core's epoch, called directly with a stride-0 one-row y, trains on y's values."""
     net = MLP([2, 3], seed=0, backend=backend, dtype="float64")
-    core = net._core  # the core's own interface is what is tested here
+    core = net.core
     x = np.ones((1, 2))
     y = np.broadcast_to(np.array([[0.5, -1.0, 2.0]]), (1, 3))
     params, grads = net.parameters.copy(), np.zeros(net.n_params)
@@ -651,8 +651,8 @@ def test_core_rescales_overflowing_weights_itself():
     for backend in BACKENDS:
         net = MLP([5, 3], dtype="float64", seed=3, backend=backend)
         grads = np.zeros(net.n_params)
-        status, loss = net._core.loss_and_grad(net.parameters, x, y, grads, np.full(32, 1e307))
-        status_1, loss_1 = net._core.loss_and_grad(net.parameters, x, y, np.zeros(net.n_params),
+        status, loss = net.core.loss_and_grad(net.parameters, x, y, grads, np.full(32, 1e307))
+        status_1, loss_1 = net.core.loss_and_grad(net.parameters, x, y, np.zeros(net.n_params),
                                                    np.ones(32))
         assert status == status_1 == 0
         assert loss == pytest.approx(loss_1, rel=1e-12) and loss > 0
@@ -706,8 +706,7 @@ def test_float64_ints_and_lists_are_converted_once_to_the_models_dtype(backend):
 def test_float32_data_for_a_float32_model_is_not_copied():
     net = MLP([4, 2], seed=0)
     x = np.ones((3, 4), np.float32)
-    # NOTE: a private check of the conversion's no-copy promise
-    assert net._inputs(x, need_y=False)[0] is x
+    assert net.prepare_inputs(x, need_y=False)[0] is x
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.01), ("adam", 1e-3)])
