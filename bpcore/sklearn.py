@@ -34,9 +34,16 @@ Differences (documented and tested):
 * the matrix products sum in a different order (bpcore's GEMM), so results
   agree to rounding, not bit for bit (float64: ``coefs_`` within ~1e-12
   relative after 5 epochs);
-* float32 training runs entirely in float32 (scikit-learn promotes some
-  intermediate results to float64 in the regressor and in Adam's update);
+* float32 ``sgd``/``adam`` training runs entirely in float32 (scikit-learn
+  promotes some intermediate results to float64 in the regressor and in
+  Adam's update); ``lbfgs`` returns float64 ``coefs_``, as scikit-learn's;
+* from a batch with a non-finite loss on, a fit runs scikit-learn's own
+  ``_backprop`` (the compiled epoch stops there, scikit-learn trains on);
 * sparse ``X`` trains and predicts through scikit-learn's own code.
+
+A signal handler's exception comes out of the compiled epoch unchanged; a
+``KeyboardInterrupt`` then ends the fit with scikit-learn's warning, anything
+else propagates.
 
 scikit-learn (and scipy, one of its dependencies) is imported here only.
 """
