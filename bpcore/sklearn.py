@@ -34,9 +34,16 @@ Differences (documented and tested):
 * the matrix products sum in a different order (bpcore's GEMM), so results
   agree to rounding, not bit for bit (float64: ``coefs_`` within ~1e-12
   relative after 5 epochs);
-* float32 training runs entirely in float32 (scikit-learn promotes some
-  intermediate results to float64 in the regressor and in Adam's update);
+* float32 ``sgd``/``adam`` training runs entirely in float32 (scikit-learn
+  promotes some intermediate results to float64 in the regressor and in
+  Adam's update); ``lbfgs`` returns float64 ``coefs_``, as scikit-learn's;
+* from a batch with a non-finite loss on, a fit runs scikit-learn's own
+  ``_backprop`` (the compiled epoch stops there, scikit-learn trains on);
 * sparse ``X`` trains and predicts through scikit-learn's own code.
+
+A signal handler's exception comes out of the compiled epoch unchanged; a
+``KeyboardInterrupt`` then ends the fit with scikit-learn's warning, anything
+else propagates.
 
 scikit-learn (and scipy, one of its dependencies) is imported here only.
 """
@@ -45,22 +52,30 @@ import warnings
 from numbers import Integral
 
 import numpy as np
-import scipy.optimize
-import scipy.sparse
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
-from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
-from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
-from sklearn.utils import shuffle as _shuffle
-from sklearn.utils._param_validation import Interval
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
-from sklearn.utils.optimize import _check_optimize_result
-from sklearn.utils.validation import validate_data
+
+try:
+    import scipy.optimize
+    import scipy.sparse
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+    from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+    from sklearn.utils import gen_batches
+    from sklearn.utils import shuffle as _shuffle
+    from sklearn.utils._param_validation import Interval
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+    from sklearn.utils.optimize import _check_optimize_result
+    from sklearn.utils.validation import validate_data
+except ImportError as exc:
+    # NOTE: ``from None``: the one line below is the whole message (scipy or
+    # a private scikit-learn name missing means the same fix).
+    raise ImportError(f"bpcore.sklearn needs scikit-learn 1.9: pip install 'bpcore[sklearn]' "
+                      f"({exc})") from None
 
 from . import _gemm
-from ._step import INTERRUPTED as _INTERRUPTED, NONFINITE as _NONFINITE, Trainer
-from .nn import _aligned_zeros
+from ._kernels import sklearn_adam_update, sklearn_sgd_update
+from ._step import NONFINITE as _NONFINITE, Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -71,6 +86,18 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 _LOSSES = {"identity": "sk_squared_error", "exp": "sk_poisson", "softmax": "sk_log_loss",
            "logistic": "sk_binary_log_loss"}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _zeros_block(n, dtype, align=64):
+    """A zeroed 1-D array of n elements starting on an ``align``-byte boundary.
+
+    (The compiled code accepts any C-contiguous block; the alignment only
+    spares the vector kernels a split first load.)
+    """
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(n + align // itemsize, dtype)
+    offset = (-raw.ctypes.data % align) // itemsize
+    return raw[offset:offset + n]
 
 
 @contextlib.contextmanager
@@ -111,7 +138,7 @@ class _BpcoreMLP:
 
     def _bp_pack(self, trainer, dtype):
         """A flat block holding coefs_/intercepts_ and the per-layer views into it."""
-        block = _aligned_zeros(trainer.n_params, dtype)
+        block = _zeros_block(trainer.n_params, dtype)
         w_off, b_off = trainer.offsets()
         coefs, intercepts = [], []
         for l, (c, b) in enumerate(zip(self.coefs_, self.intercepts_)):
@@ -135,6 +162,18 @@ class _BpcoreMLP:
     # -- scikit-learn's hooks, replaced --------------------------------------
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
+        if hasattr(self, "coefs_") and (self.warm_start or incremental):
+            # A continued fit trains the fitted layers: their sizes are kept
+            # (as scikit-learn's stochastic solvers do) whatever
+            # hidden_layer_sizes says now; only their number must agree
+            # (scikit-learn fails there with an AttributeError).
+            sizes = self.hidden_layer_sizes
+            n_hidden = len(sizes) if hasattr(sizes, "__iter__") else 1
+            if n_hidden != len(self.coefs_) - 1:
+                raise ValueError(
+                    f"`hidden_layer_sizes` has {n_hidden} hidden layers but the fitted model "
+                    f"has {len(self.coefs_) - 1}: warm_start and partial_fit continue the "
+                    "fitted layers; fit with warm_start=False to start a new network")
         with _threads(self.n_threads):
             return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
 
@@ -154,10 +193,9 @@ class _BpcoreMLP:
         with _threads(self.n_threads):
             return trainer.forward(block, x, out)
 
-    def _bp_arrays(self, X, y, sample_weight):
-        """X, y (float targets) and sample_weight as the compiled code wants them."""
-        dtype = X.dtype
-        x = np.ascontiguousarray(X)
+    def _bp_arrays(self, X, y, sample_weight, dtype):
+        """X, y (float targets) and sample_weight in ``dtype`` as the compiled code wants them."""
+        x = np.ascontiguousarray(X, dtype=dtype)
         yf = np.ascontiguousarray(y, dtype=dtype)
         if yf.ndim == 1:
             yf = yf.reshape(-1, 1)
@@ -166,14 +204,27 @@ class _BpcoreMLP:
 
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,
                    intercept_grads, layer_units):
-        if scipy.sparse.issparse(X) or X.dtype not in _FLOATS:
+        if scipy.sparse.issparse(X):
             return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
                                       intercept_grads, layer_units)
-        dtype = X.dtype
+        layer_units = self._bp_layer_units()
+        # scikit-learn's packing, kept on the estimator as scikit-learn keeps it
+        # (its _unpack and _loss_grad_lbfgs read it).
+        self._coef_indptr, self._intercept_indptr, start = [], [], 0
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            self._coef_indptr.append((start, start + fan_in * fan_out, (fan_in, fan_out)))
+            start += fan_in * fan_out
+        for fan_out in layer_units[1:]:
+            self._intercept_indptr.append((start, start + fan_out))
+            start += fan_out
+        # NOTE: as scikit-learn: scipy gets the start in the model's dtype and
+        # evaluates the loss in it (scipy keeps a float32 x0 float32), and
+        # the result, scipy's float64 vector, becomes coefs_ (float64).
+        dtype = self.coefs_[0].dtype
         trainer = self._bp_trainer(layer_units, dtype)
         block, coefs, intercepts = self._bp_pack(trainer, dtype)
-        grads = _aligned_zeros(trainer.n_params, dtype)
-        x, yf, sw = self._bp_arrays(X, y, sample_weight)
+        grads = _zeros_block(trainer.n_params, dtype)
+        x, yf, sw = self._bp_arrays(X, y, sample_weight, dtype)
         # scipy sees scikit-learn's packing (all coefs, then all intercepts);
         # ``where[i]`` is the position in bpcore's block of packed element i.
         positions = np.arange(trainer.n_params)
@@ -185,22 +236,70 @@ class _BpcoreMLP:
 
         def loss_and_grad(packed):
             block[where] = packed
-            _, loss = trainer.sklearn_loss_and_grad(block, x, yf, sw, alpha, grads)
-            return loss, grads[where].astype(np.float64)
+            status, loss = trainer.sklearn_loss_and_grad(block, x, yf, sw, alpha, grads)
+            if status == _NONFINITE:
+                # The compiled code stops at a non-finite loss; scikit-learn
+                # hands scipy that loss and its (possibly finite) gradient.
+                return self._loss_grad_lbfgs(packed, X, y, sample_weight, activations, deltas,
+                                             coef_grads, intercept_grads)
+            return loss, grads[where]
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
         result = scipy.optimize.minimize(
-            loss_and_grad, block[where].astype(np.float64), method="L-BFGS-B", jac=True,
+            loss_and_grad, block[where], method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
                      **_get_additional_lbfgs_options_dict("iprint", iprint)})
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         self.loss_ = result.fun
-        block[where] = result.x
-        self.coefs_, self.intercepts_ = coefs, intercepts
+        self._unpack(result.x)
+
+    def _bp_numpy_batches(self, trainer, x, y, sw, order, batch_size, first, block, grads,
+                          state):
+        """Batches ``first``.. of one epoch with scikit-learn's own _backprop; the loss sum.
+
+        For an epoch that met a non-finite loss: the compiled epoch stops
+        there, scikit-learn trains on (NaN losses, possibly finite
+        gradients: a Poisson loss on negative targets, a diverging fit that
+        early stopping will undo).  The update is bpcore's scikit-learn
+        rule on the same flat blocks, so the compiled epochs can follow.
+        """
+        opt, n_layers = self._optimizer, len(self.coefs_)
+        w_off, b_off = trainer.offsets()
+        activations, deltas = [None] * (n_layers + 1), [None] * n_layers
+        coef_grads, intercept_grads = [None] * n_layers, [None] * n_layers
+        loss_sum = 0.0
+        for b, rows in enumerate(gen_batches(x.shape[0], batch_size)):
+            if b < first:
+                continue
+            idx = rows if order is None else order[rows]
+            activations[0] = x[idx]
+            loss, coef_grads, intercept_grads = self._backprop(
+                x[idx], y[idx], None if sw is None else sw[idx], activations, deltas,
+                coef_grads, intercept_grads)
+            for l in range(n_layers):
+                grads[w_off[l]:w_off[l] + coef_grads[l].size] = coef_grads[l].ravel()
+                grads[b_off[l]:b_off[l] + intercept_grads[l].size] = intercept_grads[l]
+            if self.solver == "sgd":
+                sklearn_sgd_update(block, grads, lr=opt.learning_rate, momentum=self.momentum,
+                                   velocity=state[0], nesterov=bool(self.nesterovs_momentum))
+            else:
+                opt.t += 1
+                sklearn_adam_update(block, grads, lr=opt.learning_rate_init, m=state[0],
+                                    v=state[1], step=opt.t, beta1=self.beta_1,
+                                    beta2=self.beta_2, eps=self.epsilon)
+                self._bp_adam_rate(opt)
+            loss_sum += loss * (rows.stop - rows.start)
+        return loss_sum
+
+    @staticmethod
+    def _bp_adam_rate(opt):
+        # AdamOptimizer's learning_rate after step t, as its _get_updates sets it.
+        opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** opt.t)
+                             / (1 - opt.beta_1 ** opt.t))
 
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
-        if scipy.sparse.issparse(X) or X.dtype not in _FLOATS:
+        if scipy.sparse.issparse(X):
             return super()._fit_stochastic(X, y, sample_weight, activations, deltas,
                                            coef_grads, intercept_grads, layer_units,
                                            incremental)
@@ -247,19 +346,24 @@ class _BpcoreMLP:
                               "going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        dtype = X_train.dtype
-        trainer = self._bp_trainer(layer_units, dtype)
+        # NOTE: the model's dtype, not X's: scikit-learn updates coefs_ in
+        # place, so a float32 batch for a float64 model (partial_fit, warm
+        # start) trains in float64, with the optimizer's state kept; and
+        # the layers are the fitted ones (see _fit).
+        dtype = self.coefs_[0].dtype
+        trainer = self._bp_trainer(self._bp_layer_units(), dtype)
         params, self.coefs_, self.intercepts_ = self._bp_pack(trainer, dtype)
-        grads = _aligned_zeros(trainer.n_params, dtype)
+        grads = _zeros_block(trainer.n_params, dtype)
         state = self.__dict__.get("_bp_state")
         if state is None or state[0].dtype != dtype or state[0].size != trainer.n_params:
-            state = (_aligned_zeros(trainer.n_params, dtype),
-                     _aligned_zeros(trainer.n_params, dtype) if self.solver == "adam" else None)
+            state = (_zeros_block(trainer.n_params, dtype),
+                     _zeros_block(trainer.n_params, dtype) if self.solver == "adam" else None)
             self._bp_state = state
-        x, yf, sw = self._bp_arrays(X_train, y_train, sample_weight_train)
+        x, yf, sw = self._bp_arrays(X_train, y_train, sample_weight_train, dtype)
         sample_idx = np.arange(n_samples, dtype=int)
         opt = self._optimizer
         adam = self.solver == "adam"
+        compiled = True  # until a non-finite loss: then scikit-learn's arithmetic (see above)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -269,22 +373,24 @@ class _BpcoreMLP:
                     # its RandomState); the rows are gathered in compiled code.
                     sample_idx = _shuffle(sample_idx, random_state=self._random_state)
                     order = np.ascontiguousarray(sample_idx, dtype=np.int64)
-                status, loss_sum, done, t = trainer.sklearn_train_epoch(
-                    params, grads, state[0], state[1], x, yf, sw, order, batch_size,
-                    float(self.alpha), self.solver,
-                    float(opt.learning_rate_init if adam else opt.learning_rate),
-                    float(self.momentum), bool(self.nesterovs_momentum), float(self.beta_1),
-                    float(self.beta_2), float(self.epsilon), opt.t if adam else 0)
-                if adam and t > opt.t:
-                    opt.t = t
-                    opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** t)
-                                         / (1 - opt.beta_1 ** t))
-                if status == _NONFINITE:
-                    raise ValueError("Solver produced non-finite parameter weights. The input "
-                                     "data may contain large values and need to be "
-                                     "preprocessed.")
-                if status == _INTERRUPTED:
-                    raise KeyboardInterrupt
+                loss_sum, done = 0.0, 0
+                if compiled:
+                    # A signal handler's exception (KeyboardInterrupt included)
+                    # comes out of this call unchanged, the completed batches applied.
+                    status, loss_sum, done, t = trainer.sklearn_train_epoch(
+                        params, grads, state[0], state[1], x, yf, sw, order, batch_size,
+                        float(self.alpha), self.solver,
+                        float(opt.learning_rate_init if adam else opt.learning_rate),
+                        float(self.momentum), bool(self.nesterovs_momentum),
+                        float(self.beta_1), float(self.beta_2), float(self.epsilon),
+                        opt.t if adam else 0)
+                    if adam and t > opt.t:
+                        opt.t = t
+                        self._bp_adam_rate(opt)
+                    compiled = status != _NONFINITE
+                if not compiled:
+                    loss_sum += self._bp_numpy_batches(trainer, x, yf, sw, order, batch_size,
+                                                       done, params, grads, state)
                 self.n_iter_ += 1
                 self.loss_ = np.float64(loss_sum / n_samples)
                 self.t_ += n_samples
@@ -311,6 +417,8 @@ class _BpcoreMLP:
                                   "the optimization hasn't converged yet." % self.max_iter,
                                   ConvergenceWarning)
         except KeyboardInterrupt:
+            # scikit-learn's behaviour: any KeyboardInterrupt ends the fit
+            # with the weights so far; other exceptions propagate unchanged.
             warnings.warn("Training interrupted by user.")
         if early_stopping:
             self.coefs_ = self._best_coefs

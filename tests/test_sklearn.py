@@ -7,6 +7,7 @@ activation x learning-rate schedule x early stopping, for binary, multi-class,
 multi-label classification and multi-output regression -- runs in seconds.
 """
 import io
+import json
 import itertools
 import pickle
 import warnings
@@ -15,7 +16,7 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 
-from conftest import import_oracle
+from conftest import import_oracle, run_python
 
 sklearn = import_oracle("sklearn")
 
@@ -29,7 +30,6 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from bpcore.nn import _aligned_zeros  # noqa: E402
 from bpcore.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 PAIRS = {"MLPClassifier": (SkClassifier, MLPClassifier),
@@ -133,20 +133,35 @@ def test_lbfgs_same_model_over_5_iterations(kind, act):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_lbfgs_full_fit_difference_is_bounded(kind):
-    """The documented difference: L-BFGS amplifies rounding over 200 iterations.
+def test_lbfgs_first_20_iterations_agree(kind):
+    """The start of an L-BFGS path is the same model whatever BLAS kernel either side uses.
 
-    bpcore's loss and gradient agree with scikit-learn's to ~1e-16 relative
-    (previous test), but on a non-convex problem L-BFGS's line searches turn
-    that into visibly different paths after ~100 iterations (measured: up to
-    ~12% in coefs_, ~7% in the final loss, n_iter_ 162 vs 166 once).  It is
-    scikit-learn's own sensitivity: refitting scikit-learn itself on X scaled
-    by 1 + 1e-15 noise moves coefs_ by 11% (multi-label) and n_iter_ from 162
-    to 192 (regression).  Both reach a comparable minimum, which this bounds.
+    Measured 5e-12 relative after 20 iterations with NumPy's OpenBLAS on its
+    default, Nehalem and Prescott kernels (``OPENBLAS_CORETYPE``); the
+    difference grows ~10x per 10 iterations from there (4e-9 at 40).
+    """
+    a, b = _fit_both(kind, _params("lbfgs", "relu", "constant", False, max_iter=20))
+    assert b.n_iter_ == a.n_iter_
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= 1e-8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lbfgs_full_fit_reaches_a_comparable_loss(kind):
+    """The documented difference: over a full fit L-BFGS amplifies rounding into another path.
+
+    The loss and gradient agree with scikit-learn's to ~1e-16 relative, but on
+    a non-convex problem the line searches turn that into visibly different
+    paths after ~40 iterations, and where each stops depends on the BLAS
+    kernel NumPy's OpenBLAS picks (``n_iter_`` measured 162 vs 166 on one
+    kernel, 200 vs 161 on another: no iteration count is promised).  It is
+    scikit-learn's own sensitivity: refitting scikit-learn on X scaled by
+    1 + 1e-15 noise moves n_iter_ from 162 to 192 (regression).  Both reach a
+    comparable minimum (final loss measured within 4% on five kernels).
     """
     a, b = _fit_both(kind, _params("lbfgs", "relu", "constant", False))
-    assert abs(b.loss_ - a.loss_) <= 0.1 * abs(a.loss_) + 1e-6
-    assert abs(b.n_iter_ - a.n_iter_) <= 10
+    assert b.loss_ <= 1.25 * a.loss_ and a.loss_ <= 1.25 * b.loss_, (a.loss_, b.loss_)
+    X, y = _data(kind)
+    assert b.score(X, y) >= a.score(X, y) - 0.1
 
 
 def test_poisson_regressor():
@@ -274,16 +289,22 @@ def test_warm_start_continues_as_scikit_learn():
     assert _max_rel(a.coefs_, b.coefs_) <= COEF_RTOL_5_EPOCHS
 
 
+# float64, float32, float64 batches: one float64 model and optimizer throughout, as
+# scikit-learn's in-place updates keep them (issue 12).
+@pytest.mark.parametrize("dtypes", [(np.float64,) * 3, (np.float64, np.float32, np.float64)],
+                         ids=["float64", "mixed"])
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
-def test_partial_fit_as_scikit_learn(solver):
+def test_partial_fit_as_scikit_learn(solver, dtypes):
     X, y = _data("digits")
     p = _params(solver, "relu", "constant", False)
     a, b = SkClassifier(**p), MLPClassifier(**p)
     classes = np.unique(y)
     for est in (a, b):
-        for start in range(0, 300, 100):
-            est.partial_fit(X[start:start + 100], y[start:start + 100], classes=classes)
-    assert _max_rel(a.coefs_, b.coefs_) <= COEF_RTOL_5_EPOCHS
+        for start, dtype in zip(range(0, 300, 100), dtypes):
+            est.partial_fit(X[start:start + 100].astype(dtype), y[start:start + 100],
+                            classes=classes)
+    assert all(c.dtype == np.float64 for c in b.coefs_ + b.intercepts_)
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= COEF_RTOL_5_EPOCHS
     np.testing.assert_allclose(b.loss_curve_, a.loss_curve_, rtol=LOSS_CURVE_RTOL)
     ra, rb = SkRegressor(**p), MLPRegressor(**p)
     Xr, yr = _data("regression")
@@ -375,8 +396,8 @@ def test_integer_weights_equal_repeated_rows_and_zero_weight_a_dropped_row():
     trainer, block = _trainer_and_block(est, X)
     Y = np.ascontiguousarray(est._label_binarizer.transform(y), dtype=np.float64)
     w = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(np.float64)
-    g_w = _aligned_zeros(trainer.n_params, np.float64)
-    g_r = _aligned_zeros(trainer.n_params, np.float64)
+    g_w = np.zeros(trainer.n_params)
+    g_r = np.zeros(trainer.n_params)
     _, loss_w = trainer.sklearn_loss_and_grad(block, X, Y, w, 0.01, g_w)
     rows = np.repeat(np.arange(X.shape[0]), w.astype(int))
     _, loss_r = trainer.sklearn_loss_and_grad(block, np.ascontiguousarray(X[rows]),
@@ -399,7 +420,7 @@ def test_loss_and_grad_match_scikit_learn_backprop():
                                 [np.empty_like(c) for c in sk.coefs_],
                                 [np.empty_like(i) for i in sk.intercepts_])
     trainer, block = _trainer_and_block(bp, X)
-    grads = _aligned_zeros(trainer.n_params, np.float64)
+    grads = np.zeros(trainer.n_params)
     _, loss_b = trainer.sklearn_loss_and_grad(block, X, np.ascontiguousarray(y, float), sw,
                                               0.3, grads)
     assert loss_b == pytest.approx(loss, rel=1e-13)
@@ -439,3 +460,201 @@ def test_clone_pickle_pipeline_grid_search():
         search = GridSearchCV(clone(est), {"alpha": [1e-4, 1e-2]}, cv=2, n_jobs=2).fit(X, y)
     assert isinstance(search.best_estimator_, MLPClassifier)
     assert search.best_estimator_.n_iter_ == 5
+
+
+# ---------------------------------------------------------------------------
+# Parity with scikit-learn at the edges (issue 12)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_poisson_with_negative_targets_trains_as_scikit_learn(solver):
+    """The Poisson loss is NaN on negative targets but its gradient is finite: both train on."""
+    X, y = _data("regression")
+    params = dict(loss="poisson", solver=solver, hidden_layer_sizes=(8,), max_iter=5,
+                  random_state=0, learning_rate_init=1e-3)
+    a, b = _fit_both("regression", params, X=X, y=y[:, 0])  # y has negative values
+    assert np.isnan(a.loss_) and np.isnan(b.loss_)
+    assert len(b.loss_curve_) == len(a.loss_curve_) == 5
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= COEF_RTOL_5_EPOCHS
+    np.testing.assert_allclose(b.predict(X), a.predict(X), rtol=1e-9)
+
+
+def test_diverging_fit_with_early_stopping_returns_the_best_model():
+    """scikit-learn's test_mlp_diverging_loss, and the model it returns."""
+    X, y = datasets.load_iris(return_X_y=True)
+    params = dict(hidden_layer_sizes=100, activation="identity", solver="sgd",
+                  learning_rate_init=1, max_iter=20, early_stopping=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow in scikit-learn
+        a, b = _fit_both("regression", params, X=X, y=y)
+    assert b.n_iter_ == a.n_iter_
+    np.testing.assert_allclose(b.validation_scores_, a.validation_scores_, rtol=1e-9)
+    assert np.isnan(b.validation_scores_[-1])
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= COEF_RTOL_5_EPOCHS
+    # Without early stopping both refuse the diverged weights the same way.
+    params["early_stopping"] = False
+    for cls in (SkRegressor, MLPRegressor):
+        with warnings.catch_warnings(), pytest.raises(ValueError, match="non-finite"):
+            warnings.simplefilter("ignore")
+            cls(**params).fit(X, y)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_changed_hidden_layer_sizes_continue_the_fitted_layers(solver, how):
+    X, y = datasets.load_iris(return_X_y=True)
+    p = dict(hidden_layer_sizes=(10,), solver=solver, max_iter=3, random_state=0,
+             warm_start=how == "warm_start")
+    fitted = []
+    for cls in (SkClassifier, MLPClassifier):
+        est = cls(**p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+            est.set_params(hidden_layer_sizes=(5,))
+            est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
+        fitted.append(est)
+    a, b = fitted
+    assert [c.shape for c in b.coefs_] == [c.shape for c in a.coefs_] == [(4, 10), (10, 3)]
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= COEF_RTOL_5_EPOCHS
+    # Another number of layers cannot continue (scikit-learn: an AttributeError).
+    b.set_params(hidden_layer_sizes=(10, 10))
+    with pytest.raises(ValueError, match="`hidden_layer_sizes` has 2 hidden layers"):
+        b.fit(X, y) if how == "warm_start" else b.partial_fit(X, y)
+
+
+def test_lbfgs_warm_start_with_changed_hidden_layer_sizes_keeps_the_layers():
+    X, y = datasets.load_iris(return_X_y=True)
+    est = MLPClassifier(hidden_layer_sizes=(10,), solver="lbfgs", max_iter=5, random_state=0,
+                        warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+        est.set_params(hidden_layer_sizes=(20,))
+        est.fit(X, y)
+    assert [c.shape for c in est.coefs_] == [(4, 10), (10, 3)]
+    assert np.isfinite(est.loss_)
+
+
+@pytest.mark.parametrize("kind", ["digits", "regression"])
+def test_lbfgs_on_float32_returns_float64_as_scikit_learn(kind):
+    """scipy evaluates the loss in float32 and returns its float64 vector as coefs_."""
+    X, y = _data(kind)
+    a, b = _fit_both(kind, _params("lbfgs", "relu", "constant", False, max_iter=5),
+                     X=X.astype(np.float32), y=y)
+    assert all(c.dtype == np.float64 for c in a.coefs_ + b.coefs_ + b.intercepts_)
+    # float32 rounding (measured 4e-7): scikit-learn mixes float32 and float64 steps.
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= 1e-5
+    X32 = X.astype(np.float32)
+    out = b.predict_proba(X32) if kind == "digits" else b.predict(X32)
+    assert out.dtype == np.float64
+
+
+def test_lbfgs_keeps_scikit_learns_packing():
+    """_coef_indptr/_intercept_indptr as scikit-learn sets them (its tests and _unpack read them)."""
+    X, y = _data("multilabel", 40)
+    params = dict(_params("lbfgs", "tanh", "constant", False, max_iter=2),
+                  hidden_layer_sizes=(7, 5))
+    a, b = _fit_both("multilabel", params, X=X, y=y)
+    assert b._coef_indptr == a._coef_indptr and b._intercept_indptr == a._intercept_indptr
+    theta = np.hstack([c.ravel() for c in b.coefs_ + b.intercepts_])
+    n = len(b.coefs_)
+    loss, grad = b._loss_grad_lbfgs(theta, X, y, None, [X] + [None] * n, [None] * n,
+                                    [None] * n, [None] * n)
+    assert loss == pytest.approx(b.loss_, rel=1e-12) and grad.shape == theta.shape
+
+
+def test_lbfgs_poisson_with_negative_targets_as_scikit_learn():
+    X, y = _data("regression")
+    params = dict(loss="poisson", solver="lbfgs", hidden_layer_sizes=(8,), max_iter=5,
+                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's, in scikit-learn's loss
+        a, b = _fit_both("regression", params, X=X, y=y[:, 0])
+    assert b.n_iter_ == a.n_iter_
+    np.testing.assert_equal(np.isnan(b.loss_), np.isnan(a.loss_))
+    assert _max_rel(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_) <= COEF_RTOL_5_EPOCHS
+
+
+# ---------------------------------------------------------------------------
+# Without scikit-learn; signal handlers during fit (fresh interpreters)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("missing", ["scipy", "sklearn"])
+def test_missing_scikit_learn_gives_the_install_hint(missing):
+    res = run_python(f"""
+        import sys
+        from importlib.abc import MetaPathFinder
+
+        class Absent(MetaPathFinder):  # as if {missing} were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == {missing!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, Absent())
+        import bpcore.sklearn
+    """, check=False)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: bpcore.sklearn needs scikit-learn"), last
+    assert "pip install 'bpcore[sklearn]'" in last and f"No module named '{missing}" in last
+    assert "During handling" not in res.stderr  # one error, not a chain
+
+
+# A fit long enough (512 batches an epoch, no stopping rule) that the alarm lands inside it.
+SIGNAL_FIT = """
+import json, os, signal, sys, warnings, numpy as np
+from bpcore.sklearn import MLPClassifier
+rng = np.random.default_rng(0)
+X = rng.normal(size=(4096, 16))
+y = (X[:, 0] > 0).astype(int)
+est = MLPClassifier(hidden_layer_sizes=(32,), solver={solver!r}, batch_size=8, max_iter=10**6,
+                    learning_rate_init=1e-4, tol=0, n_iter_no_change=10**9, random_state=0)
+
+def report():
+    print(json.dumps({{"finite": bool(all(np.isfinite(c).all() for c in est.coefs_)),
+                      "predicts": bool(est.predict(X[:5]).shape == (5,)),
+                      "warnings": [str(w.message) for w in caught]}}), flush=True)
+
+{handler}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        est.fit(X, y)
+    finally:
+        report()
+"""
+
+SIGNAL_HANDLERS = {
+    # (handler, exit code, last line of stderr or "" for none, fit returns normally)
+    "ctrl_c": ("signal.signal(signal.SIGALRM, lambda s, f: os.kill(os.getpid(), "
+               "signal.SIGINT))", 0, ""),
+    "keyboard_interrupt": ("def on_alarm(s, f):\n    raise KeyboardInterrupt('mine')\n"
+                           "signal.signal(signal.SIGALRM, on_alarm)", 0, ""),
+    "system_exit": ("signal.signal(signal.SIGALRM, lambda s, f: sys.exit(3))", 3, ""),
+    "sigterm": ("signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))\n"
+                "signal.signal(signal.SIGALRM, lambda s, f: os.kill(os.getpid(), "
+                "signal.SIGTERM))", 143, ""),
+    "timeout": ("def on_alarm(s, f):\n    raise TimeoutError('budget spent')\n"
+                "signal.signal(signal.SIGALRM, on_alarm)", 1, "TimeoutError: budget spent"),
+}
+
+
+# Every handler with sgd; adam (another update, the same exception path) for two.
+@pytest.mark.parametrize("case, solver", [(case, "sgd") for case in sorted(SIGNAL_HANDLERS)]
+                         + [("keyboard_interrupt", "adam"), ("timeout", "adam")])
+def test_signal_handler_during_fit_as_scikit_learn(case, solver):
+    """KeyboardInterrupt ends the fit with scikit-learn's warning; anything else propagates."""
+    handler, code, last = SIGNAL_HANDLERS[case]
+    res = run_python(SIGNAL_FIT.format(solver=solver, handler=handler), check=False,
+                     timeout=120)
+    assert res.returncode == code, res.stderr[-2000:]
+    state = json.loads(res.stdout.strip().splitlines()[-1])
+    assert state["finite"] and state["predicts"], state
+    interrupted = "Training interrupted by user." in state["warnings"]
+    assert interrupted == (code == 0), state
+    if last:
+        assert res.stderr.strip().splitlines()[-1] == last, res.stderr[-2000:]
+    else:
+        assert res.stderr.strip() == "", res.stderr[-2000:]
