@@ -1295,55 +1295,6 @@ cdef class Trainer:
             self._pending_rows = 0
         return status
 
-    # -- the interface of before, kept while the faces move to the one above --
-
-    def sgd(self, params, grads, velocity, double lr, double momentum, double weight_decay,
-            bint nesterov):
-        """Deprecated: ``update`` with ``UpdateRule("sgd", ...)``."""
-        self.update(params, grads, (velocity if momentum != 0 else None, None),
-                    UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov))
-
-    def train_step(self, params, grads, velocity, x, y, double lr, double momentum,
-                   double weight_decay, bint nesterov):
-        """Deprecated: ``loss_and_grad`` then ``update``; returns (status, loss)."""
-        status, loss = self.loss_and_grad(params, x, y, grads)
-        if status == BP_OK:
-            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
-        return status, loss
-
-    def train_epoch(self, params, grads, velocity, x, y, order, Py_ssize_t batch_size,
-                    double lr, double momentum, double weight_decay, bint nesterov):
-        """Deprecated: ``epoch`` with ``UpdateRule("sgd", ...)``."""
-        return self.epoch(params, grads, (velocity if momentum != 0 else None, None), x, y,
-                          None, order, batch_size,
-                          UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                     nesterov=nesterov))
-
-    def sklearn_loss_and_grad(self, params, x, y, sample_weight, double alpha, grads):
-        """Deprecated: set ``alpha``, then ``loss_and_grad``."""
-        if not self.net.sklearn:
-            raise ValueError("sklearn_loss_and_grad needs one of the 'sk_*' losses")
-        self.net.alpha = alpha
-        return self.loss_and_grad(params, x, y, grads, sample_weight)
-
-    def sklearn_train_epoch(self, params, grads, state1, state2, x, y, sample_weight, order,
-                            Py_ssize_t batch_size, double alpha, str solver, double lr,
-                            double momentum=0.0, bint nesterov=False, double beta1=0.9,
-                            double beta2=0.999, double eps=1e-8, long long t=0):
-        """Deprecated: set ``alpha``, then ``epoch`` with a "sklearn_*" rule; returns
-        (status, loss_sum, batches_done, t)."""
-        if not self.net.sklearn:
-            raise ValueError("sklearn_train_epoch needs one of the 'sk_*' losses")
-        if solver not in ("sgd", "adam"):
-            raise ValueError(f"`solver` must be 'sgd' or 'adam'; got {solver!r}")
-        self.net.alpha = alpha
-        rule = UpdateRule("sklearn_" + solver, lr=lr, momentum=momentum, nesterov=nesterov,
-                          betas=(beta1, beta2), eps=eps, step=t)
-        status, loss_sum, done = self.epoch(params, grads, (state1, state2), x, y,
-                                            sample_weight, order, batch_size, rule)
-        return status, loss_sum, done, rule.step
-
 
 cdef object _raise_for(int status):
     """Raise for the statuses that are bugs or resource failures; return the others."""

@@ -289,26 +289,3 @@ class Trainer:
         if not finite or layer == 0:
             self._pending = None
         return 0 if finite else NONFINITE
-
-    # -- the interface of before, kept while the faces move to the one above --
-
-    def sgd(self, params, grads, velocity, lr, momentum, weight_decay, nesterov):
-        """Deprecated: ``update`` with ``UpdateRule("sgd", ...)``."""
-        self.update(params, grads, (velocity if momentum != 0 else None, None),
-                    UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov))
-
-    def train_step(self, params, grads, velocity, x, y, lr, momentum, weight_decay, nesterov):
-        """Deprecated: ``loss_and_grad`` then ``update``; returns (status, loss)."""
-        status, loss = self.loss_and_grad(params, x, y, grads)
-        if status == 0:
-            self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
-        return status, loss
-
-    def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
-                    weight_decay, nesterov):
-        """Deprecated: ``epoch`` with ``UpdateRule("sgd", ...)``."""
-        return self.epoch(params, grads, (velocity if momentum != 0 else None, None), x, y,
-                          None, order, batch_size,
-                          UpdateRule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                     nesterov=nesterov))

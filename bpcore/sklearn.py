@@ -8,11 +8,11 @@ Design
 and replace only the numerical work:
 
 * the stochastic solvers (``_fit_stochastic``): each epoch is one nogil call
-  into :mod:`bpcore._step` (``Trainer.sklearn_train_epoch``) that gathers the
+  into :mod:`bpcore._step` (``Trainer.epoch`` with a scikit-learn update rule) that gathers the
   shuffled batches, runs forward, loss, backward and scikit-learn's SGD or
   Adam update over one flat parameter block;
 * L-BFGS (``_fit_lbfgs``): ``scipy.optimize.minimize`` as scikit-learn calls it,
-  with loss and gradient from ``Trainer.sklearn_loss_and_grad``;
+  with loss and gradient from ``Trainer.loss_and_grad`` (scikit-learn's loss rule);
 * prediction (``_forward_pass_fast``): one compiled forward pass.
 
 Everything else -- parameter validation, label handling, the initial weights
@@ -75,7 +75,7 @@ except ImportError as exc:
 
 from . import _gemm
 from ._kernels import sklearn_adam_update, sklearn_sgd_update
-from ._step import NONFINITE as _NONFINITE, Trainer
+from ._step import NONFINITE as _NONFINITE, Trainer, UpdateRule
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -234,9 +234,11 @@ class _BpcoreMLP:
             + [positions[b_off[l]:b_off[l] + b.size] for l, b in enumerate(intercepts)])
         alpha = float(self.alpha)
 
+        trainer.alpha = alpha
+
         def loss_and_grad(packed):
             block[where] = packed
-            status, loss = trainer.sklearn_loss_and_grad(block, x, yf, sw, alpha, grads)
+            status, loss = trainer.loss_and_grad(block, x, yf, grads, sw)
             if status == _NONFINITE:
                 # The compiled code stops at a non-finite loss; scikit-learn
                 # hands scipy that loss and its (possibly finite) gradient.
@@ -376,17 +378,22 @@ class _BpcoreMLP:
                 loss_sum, done = 0.0, 0
                 if compiled:
                     # A signal handler's exception (KeyboardInterrupt included)
-                    # comes out of this call unchanged, the completed batches applied.
-                    status, loss_sum, done, t = trainer.sklearn_train_epoch(
-                        params, grads, state[0], state[1], x, yf, sw, order, batch_size,
-                        float(self.alpha), self.solver,
-                        float(opt.learning_rate_init if adam else opt.learning_rate),
-                        float(self.momentum), bool(self.nesterovs_momentum),
-                        float(self.beta_1), float(self.beta_2), float(self.epsilon),
-                        opt.t if adam else 0)
-                    if adam and t > opt.t:
-                        opt.t = t
-                        self._bp_adam_rate(opt)
+                    # comes out of this call unchanged, the completed batches
+                    # applied and counted in rule.step.
+                    trainer.alpha = float(self.alpha)
+                    rule = UpdateRule(
+                        "sklearn_" + self.solver,
+                        lr=float(opt.learning_rate_init if adam else opt.learning_rate),
+                        momentum=float(self.momentum), nesterov=bool(self.nesterovs_momentum),
+                        betas=(float(self.beta_1), float(self.beta_2)),
+                        eps=float(self.epsilon), step=opt.t if adam else 0)
+                    try:
+                        status, loss_sum, done = trainer.epoch(params, grads, state, x, yf, sw,
+                                                               order, batch_size, rule)
+                    finally:
+                        if adam and rule.step > opt.t:
+                            opt.t = rule.step
+                            self._bp_adam_rate(opt)
                     compiled = status != _NONFINITE
                 if not compiled:
                     loss_sum += self._bp_numpy_batches(trainer, x, yf, sw, order, batch_size,

@@ -605,9 +605,10 @@ def test_trainer_epoch_gathers_rows_by_shape(backend):
     y = np.broadcast_to(np.array([[0.5, -1.0, 2.0]]), (1, 3))
     params, grads = net.parameters.copy(), np.zeros(net.n_params)
     order = np.zeros(1, np.int64)
-    core.train_epoch(params, grads, None, x, y, order, 1, 0.1, 0.0, 0.0, False)
+    rule = net.update_rule("sgd", lr=0.1)[0]
+    core.epoch(params, grads, None, x, y, None, order, 1, rule)
     ref_params, ref_grads = net.parameters.copy(), np.zeros(net.n_params)
-    core.train_epoch(ref_params, ref_grads, None, x, y.copy(), order, 1, 0.1, 0.0, 0.0, False)
+    core.epoch(ref_params, ref_grads, None, x, y.copy(), None, order, 1, rule)
     np.testing.assert_array_equal(params, ref_params)
 
 

@@ -398,10 +398,11 @@ def test_integer_weights_equal_repeated_rows_and_zero_weight_a_dropped_row():
     w = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(np.float64)
     g_w = np.zeros(trainer.n_params)
     g_r = np.zeros(trainer.n_params)
-    _, loss_w = trainer.sklearn_loss_and_grad(block, X, Y, w, 0.01, g_w)
+    trainer.alpha = 0.01
+    _, loss_w = trainer.loss_and_grad(block, X, Y, g_w, w)
     rows = np.repeat(np.arange(X.shape[0]), w.astype(int))
-    _, loss_r = trainer.sklearn_loss_and_grad(block, np.ascontiguousarray(X[rows]),
-                                              np.ascontiguousarray(Y[rows]), None, 0.01, g_r)
+    _, loss_r = trainer.loss_and_grad(block, np.ascontiguousarray(X[rows]),
+                                      np.ascontiguousarray(Y[rows]), g_r)
     assert loss_w == pytest.approx(loss_r, rel=1e-13)
     np.testing.assert_allclose(g_w, g_r, rtol=1e-12, atol=1e-15)
 
@@ -421,8 +422,8 @@ def test_loss_and_grad_match_scikit_learn_backprop():
                                 [np.empty_like(i) for i in sk.intercepts_])
     trainer, block = _trainer_and_block(bp, X)
     grads = np.zeros(trainer.n_params)
-    _, loss_b = trainer.sklearn_loss_and_grad(block, X, np.ascontiguousarray(y, float), sw,
-                                              0.3, grads)
+    trainer.alpha = 0.3
+    _, loss_b = trainer.loss_and_grad(block, X, np.ascontiguousarray(y, float), grads, sw)
     assert loss_b == pytest.approx(loss, rel=1e-13)
     w_off, b_off = trainer.offsets()
     for l in range(n):

@@ -17,9 +17,8 @@ from bpcore.nn import _aligned_zeros
 
 CORES = {"compiled": _step, "reference": reference_core}
 
-# Deprecated methods the faces still call, kept on the compiled core until they
-# move to ``update``/``epoch`` (scikit-learn's rules exist only there).
-COMPILED_ONLY = {"sklearn_loss_and_grad", "sklearn_train_epoch", "alpha"}
+# scikit-learn's loss rules (and their L2 ``alpha``) exist only in the compiled core.
+COMPILED_ONLY = {"alpha"}
 
 
 def _public(cls):
