@@ -31,6 +31,8 @@ Design:
   of C is computed by the same operations in the same order whatever tile
   holds it, so results are bitwise identical run to run AND independent of
   the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
+  A process forked after this one started its OpenMP threads runs every
+  product on one thread (``forksafe.h``): libgomp's pool does not survive fork.
 * Kernels are chosen once at import (``__builtin_cpu_supports``);
   ``BPCORE_FORCE_PORTABLE=1`` forces the portable ones, and ``_set_kernel``
   switches in-process for tests.  The FPU state is never touched (no
@@ -97,6 +99,11 @@ cdef extern from "pack.h" nogil:
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
+
+cdef extern from "forksafe.h" nogil:
+    int bp_forksafe_init()
+    void bp_note_pool_start()
+    int bp_threads_allowed()
 
 
 # --------------------------------------------------------------------------
@@ -168,14 +175,36 @@ def _set_kernel(name):
 
 
 def set_num_threads(n):
-    """Use ``n`` threads (>= 1) for large products (1 when built without OpenMP)."""
+    """Use ``n`` threads for large products (the default: ``OMP_NUM_THREADS``, else the cores).
+
+    Parameters
+    ----------
+    n : int
+        >= 1.  Kept but not used (products run on one thread) in a build
+        without OpenMP, and in a process forked (``os.fork``, multiprocessing's
+        ``fork``) after it or an ancestor ran a product on several threads:
+        GNU OpenMP's threads do not survive fork.  ``get_num_threads`` tells.
+    """
     global _num_threads
     _num_threads = check_int("n", n, minimum=1)
 
 
 def get_num_threads():
-    """The number of threads large products use."""
-    return _num_threads if _OPENMP else 1
+    """The number of threads large products use.
+
+    Returns
+    -------
+    int
+        The ``set_num_threads`` setting, or 1 where it is not used (no OpenMP,
+        or a fork child of a threaded process).
+    """
+    # NOTE: the fork-child rule is forced by libgomp: its thread pool cannot be
+    # restarted after fork (forksafe.h), so honouring set_num_threads there
+    # would hang the first threaded product.  Other code that ran OpenMP
+    # regions in the parent through the SAME libgomp (not a wheel's bundled
+    # copy) is not seen here: a fork child of that would hang in bpcore's first
+    # threaded product as in that code's own (README, "Processes").
+    return _num_threads if _OPENMP and bp_threads_allowed() else 1
 
 
 def _default_threads():
@@ -189,6 +218,7 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
+bp_forksafe_init()      # on failure it turns threads off (get_num_threads() == 1)
 if (not _env.force_portable()
         and BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
     _set_kernel("avx2_fma")
@@ -386,6 +416,7 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         tjc = tpc = jc = pc = nc = kc = 0
         beta_pc = beta
         epi_pc = epi
+        bp_note_pool_start()
         with parallel(num_threads=nparts):
             for tjc in range(njc):
                 jc = tjc * NC
@@ -450,7 +481,8 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         if epi != BP_EPI_NONE:
             _epilogue(epi, m, n, c, rsc, csc, bias, aux, ldaux)
         return BP_OK
-    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP:
+    # A fork child of a threaded process must never enter a parallel region.
+    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
     return _gemm_blocked(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
