@@ -85,6 +85,7 @@ def run_python(code, *, timeout=120, check=True, **env):
     directory (without compiled modules) can never shadow the build under test.
     """
     import os
+    import signal
     import subprocess
     import sys
     import tempfile
@@ -95,8 +96,18 @@ def run_python(code, *, timeout=120, check=True, **env):
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, full_env.get("PYTHONPATH"))
                                              if p)
     with tempfile.TemporaryDirectory() as cwd:
-        res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                             cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        # NOTE: its own session, so a timeout kills the child's whole process group
+        # (a hung grandchild -- a forked worker, mpiexec's ranks -- is never orphaned).
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check:
         assert res.returncode == 0, res.stderr
         return res.stdout.strip()
