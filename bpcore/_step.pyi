@@ -20,6 +20,7 @@ class Trainer:
     dtype: np.dtype[Any]
     n_params: int
     capacity: int
+    batches_done: int
     def __init__(self, sizes: Any, activations: Any, loss: str, reduction: str,
                  dtype: Any) -> None: ...
     def offsets(self) -> tuple[_Int, _Int]: ...

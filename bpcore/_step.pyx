@@ -30,7 +30,7 @@
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, exp, isfinite, log, pow, sqrt
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 cimport numpy as cnp
@@ -51,8 +51,44 @@ from bpcore._kernels cimport (
     bp_sk_sgd_f32, bp_sk_sgd_f64, bp_sk_adam_f32, bp_sk_adam_f64)
 
 cdef extern from "Python.h":
+    ctypedef struct PyObject
     int _check_signals "PyErr_CheckSignals" ()
-    void _clear_error "PyErr_Clear" ()
+    void _fetch_error "PyErr_Fetch" (PyObject** type, PyObject** value, PyObject** tb)
+    void _restore_error "PyErr_Restore" (PyObject* type, PyObject* value, PyObject* tb)
+
+
+cdef struct Pending:
+    # An exception raised by a signal handler during an epoch: taken out of
+    # the interpreter where the loop polls (PyErr_Fetch, references owned
+    # here) and put back (PyErr_Restore) once the loop has returned.
+    PyObject* type
+    PyObject* value
+    PyObject* tb
+
+
+cdef int poll_signals(Pending* pending) noexcept nogil:
+    """Run pending signal handlers; STATUS_INTERRUPTED, the exception kept, if one raised.
+
+    NOTE: the handler's exception is kept whole, whatever it is (KeyboardInterrupt
+    from Ctrl-C, SystemExit from a SIGTERM handler, TimeoutError from SIGALRM)
+    and re-raised unchanged by reraise_pending after the nogil stretch.
+    """
+    with gil:
+        if _check_signals() != 0:
+            _fetch_error(&pending.type, &pending.value, &pending.tb)
+            return STATUS_INTERRUPTED
+    return BP_OK
+
+
+cdef int reraise_pending(Pending* pending) except -1:
+    """Raise the exception poll_signals kept (no-op when there is none)."""
+    if pending.type == NULL:
+        return 0
+    _restore_error(pending.type, pending.value, pending.tb)
+    pending.type = NULL
+    pending.value = NULL
+    pending.tb = NULL
+    return -1
 
 # Output activations beyond the elementwise ones (exp: scikit-learn's Poisson link).
 cdef enum:
@@ -212,6 +248,11 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
     return loss_and_grad_rows_w(net, params, x, y, NULL, n, grads, loss_out)
 
 
+cdef inline double _unit_weight(const floating* sw, Py_ssize_t i, double wmax) noexcept nogil:
+    """w_i, or w_i / wmax when the weights had to be rescaled (wmax != 0)."""
+    return sw[i] / wmax if wmax != 0 else sw[i]
+
+
 cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
                              const floating* sw, Py_ssize_t n,
                              floating* delta) noexcept nogil:
@@ -222,7 +263,7 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
     weights equal repeated rows and a zero weight equals a dropped row.
     """
     cdef Py_ssize_t n_out = net.sizes[net.n_layers], i, count = n * n_out
-    cdef double scale, total = 0, norm = 1
+    cdef double scale, total = 0, norm = 1, wmax = 0
     cdef const floating* target
     if sw != NULL and net.mean:
         norm = 0
@@ -232,13 +273,23 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
         # gives loss 0 and delta 0, not 0/0.
         if norm == 0:
             norm = 1
+        elif not isfinite(norm):
+            # NOTE: huge finite weights (1e307 each) overflow the sum; w_i / inf
+            # would silently zero the loss and the gradient.  The mean does not
+            # depend on the weights' scale, so sum w_i / max w instead (as the
+            # twin does); sw_scale below applies the same 1 / max to each w_i.
+            for i in range(n):
+                wmax = max(wmax, <double>sw[i])
+            norm = 0
+            for i in range(n):
+                norm += sw[i] / wmax
     if net.loss == LOSS_CROSS_ENTROPY:
         if sw == NULL:
             scale = 1.0 / n if net.mean else 1.0
             return scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n,
                                                       n_out, scale)
         for i in range(n):
-            scale = sw[i] / norm
+            scale = _unit_weight(sw, i, wmax) / norm
             total += scale * softmax_cross_entropy_rows(
                 out + i * n_out, <const long long*>y + i, delta + i * n_out, 1, n_out, scale)
         return total
@@ -248,7 +299,7 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
             scale = 1.0 / count if net.mean else 1.0
             return scale * sigmoid_bce(out, target, delta, count, scale)
         for i in range(n):
-            scale = sw[i] / (norm * n_out) if net.mean else sw[i]
+            scale = _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean else sw[i]
             total += scale * sigmoid_bce(out + i * n_out, target + i * n_out,
                                          delta + i * n_out, n_out, scale)
         return total
@@ -256,7 +307,7 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
         scale = net.mse_factor / count if net.mean else net.mse_factor
         return mse_forward_backward(out, target, delta, count, scale)
     for i in range(n):
-        scale = (net.mse_factor * sw[i] / (norm * n_out) if net.mean
+        scale = (net.mse_factor * _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean
                  else net.mse_factor * sw[i])
         total += mse_forward_backward(out + i * n_out, target + i * n_out, delta + i * n_out,
                                       n_out, scale)
@@ -398,7 +449,8 @@ cdef int train_epoch_rows(const Net* net, floating* params, floating* grads,
                           Py_ssize_t n_samples, Py_ssize_t batch_size,
                           floating* x_batch, void* y_batch, Py_ssize_t y_row_bytes,
                           double lr, double momentum, double weight_decay, int nesterov,
-                          double* loss_sum, Py_ssize_t* batches_done) noexcept nogil:
+                          double* loss_sum, Py_ssize_t* batches_done,
+                          Pending* pending) noexcept nogil:
     """Mini-batch SGD over the rows of x in ``order`` (NULL: in place, no gathering).
 
     *loss_sum := sum of batch loss * batch size; *batches_done counts the
@@ -431,10 +483,8 @@ cdef int train_epoch_rows(const Net* net, floating* params, floating* grads,
         loss_sum[0] += loss * rows
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
-            with gil:
-                if _check_signals() != 0:
-                    _clear_error()
-                    return STATUS_INTERRUPTED
+            if poll_signals(pending) != BP_OK:
+                return STATUS_INTERRUPTED
         start += rows
     return BP_OK
 
@@ -489,7 +539,8 @@ cdef int train_epoch_rows_opt(const Net* net, floating* params, floating* grads,
                               const long long* order, Py_ssize_t n_samples,
                               Py_ssize_t batch_size, floating* x_batch, void* y_batch,
                               floating* sw_batch, Py_ssize_t y_row_bytes, Optim* opt,
-                              double* loss_sum, Py_ssize_t* batches_done) noexcept nogil:
+                              double* loss_sum, Py_ssize_t* batches_done,
+                              Pending* pending) noexcept nogil:
     """``train_epoch_rows`` with any optimizer of ``Optim`` and optional row weights.
 
     *loss_sum := sum of batch loss * batch rows (batch weight sum with weights).
@@ -531,10 +582,8 @@ cdef int train_epoch_rows_opt(const Net* net, floating* params, floating* grads,
         loss_sum[0] += loss * weight
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
-            with gil:
-                if _check_signals() != 0:
-                    _clear_error()
-                    return STATUS_INTERRUPTED
+            if poll_signals(pending) != BP_OK:
+                return STATUS_INTERRUPTED
         start += rows
     return BP_OK
 
@@ -734,7 +783,8 @@ cdef int sk_train_epoch_rows(const Net* net, floating* params, floating* grads,
                              const long long* order, Py_ssize_t n_samples,
                              Py_ssize_t batch_size, floating* x_batch, floating* y_batch,
                              floating* sw_batch, double alpha, SkOptim* opt,
-                             double* loss_sum, Py_ssize_t* batches_done) noexcept nogil:
+                             double* loss_sum, Py_ssize_t* batches_done,
+                             Pending* pending) noexcept nogil:
     """One epoch of scikit-learn's _fit_stochastic inner loop over x in ``order`` (or in place).
 
     *loss_sum := sum of batch loss * batch rows over the applied batches.
@@ -769,10 +819,8 @@ cdef int sk_train_epoch_rows(const Net* net, floating* params, floating* grads,
         loss_sum[0] += loss * rows
         batches_done[0] += 1
         if batches_done[0] % SIGNAL_CHECK_EVERY == 0:
-            with gil:
-                if _check_signals() != 0:
-                    _clear_error()
-                    return STATUS_INTERRUPTED
+            if poll_signals(pending) != BP_OK:
+                return STATUS_INTERRUPTED
         start += rows
     return BP_OK
 
@@ -807,6 +855,7 @@ cdef class Trainer:
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
     cdef Py_ssize_t max_width
     cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
+    cdef readonly Py_ssize_t batches_done  # batches applied by the last epoch call
     cdef int _next_layer
 
     def __init__(self, sizes, activations, loss, reduction, dtype):
@@ -1025,7 +1074,7 @@ cdef class Trainer:
 
     def train_step(self, params, grads, velocity, x, y, double lr, double momentum,
                    double weight_decay, bint nesterov):
-        """One fused step on (x, y); returns (status, loss).  Nothing is updated unless status is 0."""
+        """One fused step on (x, y); returns (status, loss).  Updates only when status is 0."""
         status, loss = self.loss_and_grad(params, x, y, grads)
         if status == BP_OK:
             self.sgd(params, grads, velocity, lr, momentum, weight_decay, nesterov)
@@ -1110,7 +1159,10 @@ cdef class Trainer:
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
         x_batch, y_batch, _ = self._epoch_buffers(n, order, batch_size)
-        cdef Py_ssize_t y_row_bytes = y.strides[0]
+        # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
+        # one-row array C-contiguous whatever its row stride (even 0).
+        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self.net.loss == LOSS_CROSS_ENTROPY
+                                       else self._sizes[self.net.n_layers] * y.itemsize)
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
         cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if momentum != 0 else NULL
@@ -1122,6 +1174,8 @@ cdef class Trainer:
         cdef void* ybp = cnp.PyArray_DATA(<cnp.ndarray>y_batch)
         cdef double loss_sum = 0
         cdef Py_ssize_t done = 0
+        cdef Pending pending
+        memset(&pending, 0, sizeof(pending))
         cdef Py_ssize_t n_params = self.n_params
         cdef int status
         with nogil:
@@ -1129,12 +1183,14 @@ cdef class Trainer:
                 status = train_epoch_rows(&self.net, <float*>pp, <float*>gp, <float*>vp,
                                           n_params, <const float*>xp, yp, op, n, batch_size,
                                           <float*>xbp, ybp, y_row_bytes, lr, momentum,
-                                          weight_decay, nesterov, &loss_sum, &done)
+                                          weight_decay, nesterov, &loss_sum, &done, &pending)
             else:
                 status = train_epoch_rows(&self.net, <double*>pp, <double*>gp, <double*>vp,
                                           n_params, <const double*>xp, yp, op, n, batch_size,
                                           <double*>xbp, ybp, y_row_bytes, lr, momentum,
-                                          weight_decay, nesterov, &loss_sum, &done)
+                                          weight_decay, nesterov, &loss_sum, &done, &pending)
+        self.batches_done = done
+        reraise_pending(&pending)
         _raise_for(status)
         return status, loss_sum, done
 
@@ -1214,7 +1270,10 @@ cdef class Trainer:
         cdef Optim opt
         self._fill_optim(&opt, optimizer, lr, momentum, weight_decay, nesterov, beta1, beta2,
                          eps, step, weights_only)
-        cdef Py_ssize_t y_row_bytes = y.strides[0]
+        # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
+        # one-row array C-contiguous whatever its row stride (even 0).
+        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self.net.loss == LOSS_CROSS_ENTROPY
+                                       else self._sizes[self.net.n_layers] * y.itemsize)
         cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
         cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
         cdef void* s1 = cnp.PyArray_DATA(<cnp.ndarray>state1) if state1 is not None else NULL
@@ -1230,6 +1289,8 @@ cdef class Trainer:
         cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
         cdef double loss_sum = 0
         cdef Py_ssize_t done = 0
+        cdef Pending pending
+        memset(&pending, 0, sizeof(pending))
         cdef Py_ssize_t n_params = self.n_params
         cdef int status
         with nogil:
@@ -1237,12 +1298,15 @@ cdef class Trainer:
                 status = train_epoch_rows_opt(
                     &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
                     <const float*>xp, yp, <const float*>swp, op, n, batch_size, <float*>xbp,
-                    ybp, <float*>swbp, y_row_bytes, &opt, &loss_sum, &done)
+                    ybp, <float*>swbp, y_row_bytes, &opt, &loss_sum, &done, &pending)
             else:
                 status = train_epoch_rows_opt(
                     &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
                     <const double*>xp, yp, <const double*>swp, op, n, batch_size,
-                    <double*>xbp, ybp, <double*>swbp, y_row_bytes, &opt, &loss_sum, &done)
+                    <double*>xbp, ybp, <double*>swbp, y_row_bytes, &opt, &loss_sum, &done,
+                    &pending)
+        self.batches_done = done
+        reraise_pending(&pending)
         _raise_for(status)
         return status, loss_sum, done, opt.step
 
@@ -1341,6 +1405,8 @@ cdef class Trainer:
         cdef void* swbp = cnp.PyArray_DATA(<cnp.ndarray>sw_batch)
         cdef double loss_sum = 0
         cdef Py_ssize_t done = 0
+        cdef Pending pending
+        memset(&pending, 0, sizeof(pending))
         cdef Py_ssize_t n_params = self.n_params
         cdef int status
         with nogil:
@@ -1348,13 +1414,16 @@ cdef class Trainer:
                 status = sk_train_epoch_rows(
                     &self.net, <float*>pp, <float*>gp, <float*>s1, <float*>s2, n_params,
                     <const float*>xp, <const float*>yp, <const float*>swp, op, n, batch_size,
-                    <float*>xbp, <float*>ybp, <float*>swbp, alpha, &opt, &loss_sum, &done)
+                    <float*>xbp, <float*>ybp, <float*>swbp, alpha, &opt, &loss_sum, &done,
+                    &pending)
             else:
                 status = sk_train_epoch_rows(
                     &self.net, <double*>pp, <double*>gp, <double*>s1, <double*>s2, n_params,
                     <const double*>xp, <const double*>yp, <const double*>swp, op, n,
                     batch_size, <double*>xbp, <double*>ybp, <double*>swbp, alpha, &opt,
-                    &loss_sum, &done)
+                    &loss_sum, &done, &pending)
+        self.batches_done = done
+        reraise_pending(&pending)
         _raise_for(status)
         return status, loss_sum, done, opt.t
 

@@ -10,9 +10,11 @@ Every training call is one call into compiled code (``bpcore._step``) that
 runs without the GIL and allocates nothing per step; ``backend="reference"``
 runs the same model with :mod:`bpcore.reference`, for checking.
 """
+import contextlib
 import math
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -31,7 +33,6 @@ SCHEDULES = ("constant", "invscaling", "adaptive")
 INITS = ("auto", "normal", "glorot", "he")
 BACKENDS = ("compiled", "reference")
 _NONFINITE = 100
-_INTERRUPTED = 101
 
 
 def _aligned_zeros(n, dtype, align=64):
@@ -63,6 +64,7 @@ class ReferenceTrainer:
             self.b_off.append(offset)
             offset += n_out
         self.n_params = offset
+        self.batches_done = 0  # batches applied by the last epoch call
 
     def offsets(self):
         return np.array(self.w_off, np.intp), np.array(self.b_off, np.intp)
@@ -111,11 +113,16 @@ class ReferenceTrainer:
         mean = self.reduction.endswith("mean")
         total_reduction = "half_sum" if self.reduction.startswith("half") else "sum"
         # a batch of zero-weight rows only gives loss 0 and gradient 0 (as _step)
-        norm = (float(sample_weight.sum()) or 1.0) if mean else 1.0
+        weights = sample_weight.astype(np.float64)  # summed in double, as _step
+        with np.errstate(over="ignore"):
+            norm = (float(weights.sum()) or 1.0) if mean else 1.0
+        if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
+            weights = weights / weights.max()
+            norm = float(weights.sum())
         per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
         loss, grad = 0.0, np.empty_like(out)
         for i in range(out.shape[0]):
-            coef = float(sample_weight[i]) / norm / (out.shape[1] if per_element else 1)
+            coef = float(weights[i]) / norm / (out.shape[1] if per_element else 1)
             loss += coef * loss_fn(out[i:i + 1], y[i:i + 1], reduction=total_reduction)
             grad[i:i + 1] = grad_fn(out[i:i + 1], y[i:i + 1],
                                     reduction=total_reduction) * out.dtype.type(coef)
@@ -191,6 +198,7 @@ class ReferenceTrainer:
                         nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
                         weights_only=False):
         loss_sum, done = 0.0, 0
+        self.batches_done = 0
         for start in range(0, x.shape[0], batch_size):
             rows = (slice(start, start + batch_size) if order is None
                     else order[start:start + batch_size])
@@ -200,13 +208,16 @@ class ReferenceTrainer:
                 return status, loss_sum, done, step
             step = self.update(params, grads, state1, state2, optimizer, lr, momentum,
                                weight_decay, nesterov, beta1, beta2, eps, step, weights_only)
-            loss_sum += loss * (len(x[rows]) if sw is None else float(sw.sum()))
+            weight = len(x[rows]) if sw is None else float(sw.sum(dtype=np.float64))
+            loss_sum += loss * weight
             done += 1
+            self.batches_done = done
         return 0, loss_sum, done, step
 
     def train_epoch(self, params, grads, velocity, x, y, order, batch_size, lr, momentum,
                     weight_decay, nesterov):
         loss_sum, done = 0.0, 0
+        self.batches_done = 0
         for start in range(0, x.shape[0], batch_size):
             rows = (slice(start, start + batch_size) if order is None
                     else order[start:start + batch_size])
@@ -216,6 +227,7 @@ class ReferenceTrainer:
                 return status, loss_sum, done
             loss_sum += loss * len(x[rows])
             done += 1
+            self.batches_done = done
         return 0, loss_sum, done
 
 
@@ -433,13 +445,10 @@ class MLP:
             if y_arr.ndim == 1 and self.layer_sizes[-1] == 1:
                 y = y_arr.reshape(-1, 1)  # one output: (n,) targets are accepted
             specs.append(("y", y, 2))
-        x_dtype, arrays = V.float_arrays(*specs)
-        if x_dtype != self.dtype and any(isinstance(v, np.ndarray) and v.dtype.kind == "f"
-                                         for _, v, _ in specs):
-            culprit = next(n for n, v, _ in specs
-                           if isinstance(v, np.ndarray) and v.dtype.kind == "f")
-            raise TypeError(f"the model is {self.dtype} but `{culprit}` is {x_dtype}; convert "
-                            f"it with .astype(np.{self.dtype.name})")
+        # NOTE: data comes as it comes (float64 from NumPy, ints, lists): each array
+        # is converted once to the model's dtype.  An array already of that dtype
+        # and layout is used as is, so float32 data for a float32 model is never copied.
+        arrays = [V.float_arrays(spec)[1][0] for spec in specs]
         arrays = V.as_contiguous(*[a.astype(self.dtype, copy=False) for a in arrays])
         x = arrays[0]
         V.check_shape("x", x, ("n", self.layer_sizes[0]),
@@ -470,8 +479,20 @@ class MLP:
         w = np.ascontiguousarray(w, dtype=self.dtype)
         if not np.isfinite(w).all() or (w < 0).any():
             raise ValueError("`sample_weight` must be finite and >= 0")
-        if n and not w.sum() > 0:
+        with np.errstate(over="ignore"):  # an overflowing sum is handled below
+            total = float(np.sum(w, dtype=np.float64))
+        if n and not total > 0:
             raise ValueError("`sample_weight` must not sum to 0")
+        if not math.isfinite(total):
+            # NOTE: the sum overflows float64 (weights near 1e308).  The mean
+            # reductions do not depend on the weights' scale, so rescale them
+            # rather than let w_i / sum silently become 0; a sum reduction
+            # would overflow the loss itself.
+            if not self.reduction.endswith("mean"):
+                raise ValueError(f"`sample_weight` sums to more than the float64 range with "
+                                 f"reduction={self.reduction!r}: the weighted loss overflows; "
+                                 f"scale the weights down")
+            w = w / w.max()
         return w
 
     @staticmethod
@@ -612,7 +633,7 @@ class MLP:
                               lr, momentum, weight_decay, nesterov, 0.9, 0.999, 1e-8, 0,
                               weights_only)
 
-    def train_step(self, x, y, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+    def train_step(self, x, y, *, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False,
                    optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
                    sample_weight=None):
         """One optimizer step on the batch (x, y): forward, loss, backward, update.
@@ -621,7 +642,9 @@ class MLP:
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
-        lr, momentum, weight_decay, nesterov
+        lr : float, optional
+            The learning rate; None: 0.01 for SGD, 0.001 for Adam (Keras's defaults).
+        momentum, weight_decay, nesterov
             As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The optimizer
             state persists across calls (see :meth:`reset_optimizer`).
         optimizer, betas, eps, decay
@@ -639,6 +662,8 @@ class MLP:
         FloatingPointError
             The loss or a gradient is not finite; the parameters are unchanged.
         """
+        if lr is None:
+            lr = _default_lr(optimizer)
         if optimizer != "sgd" or decay != "all" or sample_weight is not None:
             x, y = self._inputs(x, y)
             sample_weight = self._sample_weight(sample_weight, x.shape[0])
@@ -673,23 +698,25 @@ class MLP:
                     momentum, weight_decay, nesterov)
         return result
 
-    def fit(self, x, y, *, epochs, batch_size, lr, momentum=0.0, weight_decay=0.0,
+    def fit(self, x, y, *, epochs=10, batch_size=32, lr=None, momentum=0.0, weight_decay=0.0,
             nesterov=False, shuffle=True, seed=None, validation_data=None, progress=False,
             callback=None, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
             sample_weight=None, schedule="constant", power_t=0.5, early_stopping=False,
-            patience=10, tol=1e-4):
+            patience=10, tol=1e-4, metrics=(), verbose=0):
         """Mini-batch training over whole epochs, each epoch one call into compiled code.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
-        epochs : int
+        epochs : int, default 10
             >= 0 (the most epochs run; early stopping may run fewer).
-        batch_size : int
+        batch_size : int, default 32
             >= 1; the last batch of an epoch keeps the remaining rows.
-        lr, momentum, weight_decay, nesterov
-            As :meth:`train_step`; ``lr`` is the initial rate of a schedule.
+        lr : float, optional
+            The (initial) learning rate; None: 0.01 for SGD, 0.001 for Adam.
+        momentum, weight_decay, nesterov
+            As :meth:`train_step`.
         shuffle : bool
             Visit rows in a new random order each epoch.
         seed : int or numpy.random.Generator, optional
@@ -721,13 +748,22 @@ class MLP:
             >= 1.
         tol : float
             >= 0.
+        metrics : sequence of str
+            ``("accuracy",)`` adds ``accuracy`` (and ``val_accuracy`` with
+            validation data) to the history: the fraction of rows whose
+            predicted class (all labels, for multi-label BCE) is right, on the
+            whole training set after each epoch (as :meth:`score`).  Needs a
+            classification loss.
+        verbose : int
+            0: silent; 1: one line per epoch on stdout (epoch, loss, metrics,
+            seconds), as Keras's ``verbose=2``.
 
         Returns
         -------
         dict
-            ``{"loss": [...], "val_loss": [...], "lr": [...]}``: per epoch, the
-            batch losses averaged with batch-size (batch-weight) weights, and
-            the rate used.
+            ``{"loss": [...], "val_loss": [...], "lr": [...], ...}``: per epoch,
+            the batch losses averaged with batch-size (batch-weight) weights,
+            the rate used and the metrics asked for.
 
         Raises
         ------
@@ -741,6 +777,8 @@ class MLP:
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         epochs = V.check_int("epochs", epochs, minimum=0)
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
+        if lr is None:
+            lr = _default_lr(optimizer)
         lr, momentum, weight_decay, nesterov = self._hyper(lr, momentum, weight_decay, nesterov)
         optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
             optimizer, betas, eps, decay)
@@ -748,9 +786,9 @@ class MLP:
         power_t = V.check_real("power_t", power_t, minimum=0.0)
         patience = V.check_int("patience", patience, minimum=1)
         tol = V.check_real("tol", tol, minimum=0.0)
-        if not isinstance(early_stopping, (bool, np.bool_)):
-            raise TypeError(f"`early_stopping` must be a bool; got "
-                            f"{type(early_stopping).__name__}")
+        for name, flag in (("early_stopping", early_stopping), ("shuffle", shuffle)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"`{name}` must be a bool; got {flag!r}")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("`validation_data` must be a pair (x_val, y_val)")
@@ -762,24 +800,30 @@ class MLP:
             raise ValueError("`early_stopping`=True needs `validation_data`")
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
+        metrics = self._metrics(metrics)
+        verbose = V.check_int("verbose", verbose, minimum=0)
         rng = _rng(seed)
         history = {"loss": [], "lr": []}
         if validation_data is not None:
             history["val_loss"] = []
         n = x.shape[0]
-        total_weight = n if sample_weight is None else float(sample_weight.sum())
+        total_weight = (n if sample_weight is None
+                        else float(np.sum(sample_weight, dtype=np.float64)))
         # The plain path (torch SGD, decay on all, no weights) keeps its exact behaviour.
         general = optimizer != "sgd" or weights_only or sample_weight is not None
         rate, seen = lr, 0
         best, stale = math.inf, 0            # the monitored loss, for "adaptive"
         best_val, val_stale, best_params = math.inf, 0, None
         bar = _Progress(epochs, progress)
+        where = _Interruption(self._core)
+        started = time.perf_counter()
         try:
             for epoch in range(epochs):
+                where.epoch, where.batches = epoch, None
                 if schedule == "invscaling":
                     rate = lr / (seen + 1) ** power_t
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
-                with self._lock:
+                with self._lock, where.inside_epoch():
                     if general:
                         state = self._adam_state() if optimizer == "adam" else [
                             self._velocity_block(momentum), None, 0]
@@ -793,20 +837,29 @@ class MLP:
                             self._params, self._grads, self._velocity_block(momentum), x, y,
                             order, batch_size, rate, momentum, weight_decay, nesterov)
                 if status == _NONFINITE:
+                    kept = ("the parameters of the best epoch so far are restored"
+                            if early_stopping and best_params is not None else
+                            "the parameters are those from before that batch")
                     raise FloatingPointError(
-                        f"non-finite loss or gradient at epoch {epoch}, batch {done}; the "
-                        f"parameters are those from before that batch -- try a smaller `lr`")
-                if status == _INTERRUPTED:
-                    raise KeyboardInterrupt(f"training interrupted at epoch {epoch} after "
-                                            f"{done} batches; the weights are kept")
+                        f"non-finite loss or gradient at epoch {epoch}, batch {done}; "
+                        f"{kept} -- try a smaller `lr`")
                 seen += n
                 logs = {"loss": loss_sum / total_weight}
-                history["loss"].append(logs["loss"])
-                history["lr"].append(rate)
                 if validation_data is not None:
                     logs["val_loss"] = float(self._core.evaluate(self._params, x_val, y_val))
-                    history["val_loss"].append(logs["val_loss"])
+                if "accuracy" in metrics:
+                    logs["accuracy"] = self._accuracy(x, y)
+                    if validation_data is not None:
+                        logs["val_accuracy"] = self._accuracy(x_val, y_val)
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                history["lr"].append(rate)
                 bar.update(logs)
+                if verbose:
+                    print(f"epoch {epoch + 1}/{epochs} "
+                          + " ".join(f"{k}={v:.6g}" for k, v in logs.items())
+                          + f" time={time.perf_counter() - started:.3g}s", flush=True)
+                    started = time.perf_counter()
                 if callback is not None and callback(epoch, dict(logs)) is False:
                     break
                 if early_stopping:
@@ -824,12 +877,76 @@ class MLP:
                         if rate <= 1e-6:
                             break
                         rate, stale = rate / 5.0, 0
+        except KeyboardInterrupt as exc:
+            documented = where.documented(exc)
+            if documented is None:
+                raise
+            raise documented from exc
         finally:
             bar.close()
             if early_stopping and best_params is not None:
                 with self._lock:
                     self._params[...] = best_params
         return history
+
+    # -- metrics ------------------------------------------------------------
+
+    def _metrics(self, metrics):
+        if isinstance(metrics, str) or not isinstance(metrics, (tuple, list)):
+            raise TypeError(f"`metrics` must be a sequence of names such as ('accuracy',); "
+                            f"got {metrics!r}")
+        for name in metrics:
+            V.check_choice("metrics", name, ("accuracy",))
+            if self.loss == "mse":
+                raise ValueError("`metrics`=('accuracy',) needs a classification loss "
+                                 "('cross_entropy' or 'binary_cross_entropy'); got loss='mse'")
+        return tuple(metrics)
+
+    def _accuracy(self, x, y, sample_weight=None):
+        """Fraction of rows classified right (converted inputs; see :meth:`score`)."""
+        out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
+        out = self._core.forward(self._params, x, out)
+        if self.loss == "cross_entropy":
+            right = out.argmax(axis=1) == y
+        else:  # all labels right (scikit-learn's subset accuracy); p = 0.5 counts as 0
+            right = ((out > 0.5) == (y > 0.5)).all(axis=1)
+        if sample_weight is None:
+            return float(right.mean()) if right.size else math.nan
+        return float(np.average(right, weights=sample_weight))
+
+    def score(self, x, y, *, sample_weight=None):
+        """Accuracy for the classification losses, R^2 for MSE (scikit-learn's ``score``).
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+        y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
+        sample_weight : array_like, shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            ``loss="cross_entropy"``: the fraction of rows whose arg-max output
+            is the label; ``"binary_cross_entropy"``: the fraction of rows with
+            every output on the right side of 0.5; ``"mse"``: the coefficient
+            of determination 1 - SS_res / SS_tot, averaged over the outputs
+            (``sklearn.metrics.r2_score``'s "uniform_average"; an output with
+            constant targets scores 1 if predicted exactly, else 0).
+        """
+        x, y = self._inputs(x, y)
+        sample_weight = self._sample_weight(sample_weight, x.shape[0])
+        if self.loss != "mse":
+            return self._accuracy(x, y, sample_weight)
+        pred = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
+        pred = self._core.forward(self._params, x, pred).astype(np.float64)
+        target = y.astype(np.float64)
+        w = np.ones(len(target)) if sample_weight is None else sample_weight.astype(np.float64)
+        mean = np.average(target, axis=0, weights=w)
+        ss_res = (w[:, None] * (target - pred) ** 2).sum(axis=0)
+        ss_tot = (w[:, None] * (target - mean) ** 2).sum(axis=0)
+        scores = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                          np.where(ss_res == 0, 1.0, 0.0))
+        return float(scores.mean())
 
     # -- files --------------------------------------------------------------
 
@@ -868,6 +985,42 @@ class MLP:
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
                 f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r})")
+
+
+class _Interruption:
+    """Where ``fit`` is, so that Ctrl-C anywhere in it says where training stopped.
+
+    NOTE: the compiled epoch re-raises a signal handler's exception as it was
+    (SystemExit, TimeoutError, a KeyboardInterrupt with a message, ...), and
+    those propagate unchanged; only the bare ``KeyboardInterrupt()`` of
+    Python's default SIGINT handler is replaced, by one that says where
+    training stopped -- whether it arrived inside the compiled epoch or in the
+    Python between epochs.
+    """
+
+    def __init__(self, core):
+        self.core, self.epoch, self.batches = core, 0, None
+
+    def documented(self, exc):
+        """Python's bare Ctrl-C as bpcore's KeyboardInterrupt; None for any other exception."""
+        if type(exc) is not KeyboardInterrupt or exc.args:
+            return None
+        done = f" after {self.batches} batches" if self.batches is not None else ""
+        return KeyboardInterrupt(f"training interrupted at epoch {self.epoch}{done}; the "
+                                 f"weights are kept")
+
+    @contextlib.contextmanager
+    def inside_epoch(self):
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.batches = self.core.batches_done
+            raise
+
+
+def _default_lr(optimizer):
+    """``lr=None``: Keras's defaults, 0.01 for SGD and 0.001 for Adam."""
+    return 1e-3 if optimizer == "adam" else 0.01
 
 
 def _rng(seed):

@@ -835,9 +835,7 @@ def mlp_cases(backend):
                                      ("x-float16", lambda x: x.astype(np.float16), TypeError),
                                      ("x-complex", lambda x: x.astype(complex), TypeError),
                                      ("x-object", lambda x: x.astype(object), TypeError),
-                                     ("x-str", lambda x: x.astype(str), TypeError),
-                                     ("x-float32-into-float64", lambda x: x.astype(np.float32),
-                                      TypeError)):
+                                     ("x-str", lambda x: x.astype(str), TypeError)):
                 def build(make=make, exc=exc, kw=kw, case=case):
                     args = kw()
                     args["x"] = make(args["x"])
@@ -851,8 +849,10 @@ def mlp_cases(backend):
                         args["y"] = layout(args["y"], kind)
                     return ok(args, "float32")
                 add(f"{tag}-layout-{kind}", build)
+            # data as it comes: ints, lists and the other float dtype are converted
             for label, conv in (("int", lambda x: np.round(x).astype(np.int64)),
-                                ("list", lambda x: x.tolist())):
+                                ("list", lambda x: x.tolist()),
+                                ("float32-into-float64", lambda x: x.astype(np.float32))):
                 def build(conv=conv, kw=kw, ok=ok):
                     args = kw()
                     args["x"] = conv(args["x"])
@@ -901,8 +901,6 @@ def mlp_cases(backend):
                               "y-label-fraction": (lambda y: y + 0.5, ValueError),
                               "y-label-nan": (lambda y: np.where(y == y, np.nan, 0.0),
                                               ValueError)})
-            else:
-                bad_y["y-float32-into-float64"] = (lambda y: y.astype(np.float32), TypeError)
             if bce:  # targets in [0, 1]
                 bad_y.update({"y-above-one": (lambda y: y + 1.5, ValueError),
                               "y-negative": (lambda y: y - 0.25, ValueError),
@@ -917,6 +915,9 @@ def mlp_cases(backend):
                 add(f"{tag}-{label}", build)
             add(f"{tag}-y-list", lambda kw=kw, ok=ok: ok(
                 {**kw(), "y": kw()["y"].tolist()}))
+            if not ce:
+                add(f"{tag}-y-float32-into-float64", lambda kw=kw, ok=ok: ok(
+                    {**kw(), "y": kw()["y"].astype(np.float32)}))
             if bce:
                 add(f"{tag}-y-soft", lambda kw=kw, ok=ok: ok(
                     {**kw(), "y": kw()["y"] * 0.5 + 0.25}))
@@ -963,6 +964,9 @@ def mlp_cases(backend):
                                           ("str", "0.1", TypeError),
                                           ("none", None, TypeError),
                                           ("array", np.array([0.1]), TypeError)):
+                    if arg == "lr" and value is None:  # lr=None: the optimizer's default
+                        add(f"{tag}-lr-default", lambda kw=kw, ok=ok: ok({**kw(), "lr": None}))
+                        continue
                     add(f"{tag}-{arg}-{label}",
                         lambda arg=arg, value=value, exc=exc, kw=kw, case=case: case(
                             {**kw(), arg: value}, raises(exc, named(arg))))

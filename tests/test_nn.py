@@ -375,7 +375,7 @@ def test_train_step_rejects_bad_arguments():
     net = MLP([3, 2], seed=0)
     x, y = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
     with pytest.raises(TypeError, match="`x`"):
-        net.train_step(x.astype(np.float64), y, lr=0.1)
+        net.train_step(x.astype(np.float16), y, lr=0.1)
     with pytest.raises(ValueError, match="`x`"):
         net.train_step(np.zeros((4, 5), np.float32), y, lr=0.1)
     with pytest.raises(ValueError, match="`y`"):
@@ -552,3 +552,222 @@ def test_early_stopping_restores_the_best_epoch():
     assert net.evaluate(xv, yv) == pytest.approx(min(hist["val_loss"]), rel=1e-12)
     with pytest.raises(ValueError, match="needs `validation_data`"):
         net.fit(x, y, epochs=1, batch_size=4, lr=0.1, early_stopping=True)
+
+
+# ---------------------------------------------------------------------------
+# Boundaries: odd row strides in the epoch's gather, weight overflow, messages
+# ---------------------------------------------------------------------------
+
+def _one_row_layouts(row):
+    """``row`` (1, k) as NumPy calls C-contiguous: a huge row stride, and stride 0."""
+    big = np.zeros((100_000,) + row.shape[1:], row.dtype)
+    big[0] = row[0]
+    yield "huge row stride", big[::100_000]
+    yield "stride 0", np.broadcast_to(row, row.shape)
+
+
+@pytest.mark.parametrize("general", [False, True], ids=["sgd", "adam"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_with_shuffle_on_one_row_arrays_of_any_stride(backend, loss, general):
+    """The shuffled gather copies rows of the shape's size, never strides[0] bytes.
+
+    NOTE: a one-row array is C-contiguous for NumPy whatever its row stride;
+    the gather once copied y.strides[0] bytes per row (a heap overflow for a
+    huge stride, stale data for stride 0).
+    """
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 3)).astype(np.float32)
+    y = (np.array([1]) if loss == "cross_entropy"
+         else rng.normal(size=(1, 2)).astype(np.float32))
+    kwargs = dict(epochs=4, batch_size=1, lr=0.1, seed=0, shuffle=True)
+    if general:
+        kwargs.update(optimizer="adam", sample_weight=np.ones(1, np.float32))
+    expected = MLP([3, 4, 2], loss=loss, seed=1, backend=backend)
+    expected.fit(x.copy(), y.copy(), **kwargs)
+    ys = [("contiguous", y)] + (list(_one_row_layouts(y[None]))
+                               if y.ndim == 1 else list(_one_row_layouts(y)))
+    for (x_name, xl), (y_name, yl) in zip(list(_one_row_layouts(x)) * 2, ys[1:] + ys[:1]):
+        yl = yl.reshape(y.shape) if y.ndim == 1 else yl
+        assert xl.flags.c_contiguous and yl.flags.c_contiguous
+        net = MLP([3, 4, 2], loss=loss, seed=1, backend=backend)
+        net.fit(xl, yl, **kwargs)
+        np.testing.assert_array_equal(net.parameters, expected.parameters,
+                                      err_msg=f"x {x_name}, y {y_name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trainer_epoch_gathers_rows_by_shape(backend):
+    """The core's epoch, called directly with a stride-0 one-row y, trains on y's values."""
+    net = MLP([2, 3], seed=0, backend=backend, dtype="float64")
+    core = net._core  # the core's own interface is what is tested here
+    x = np.ones((1, 2))
+    y = np.broadcast_to(np.array([[0.5, -1.0, 2.0]]), (1, 3))
+    params, grads = net.parameters.copy(), np.zeros(net.n_params)
+    order = np.zeros(1, np.int64)
+    core.train_epoch(params, grads, None, x, y, order, 1, 0.1, 0.0, 0.0, False)
+    ref_params, ref_grads = net.parameters.copy(), np.zeros(net.n_params)
+    core.train_epoch(ref_params, ref_grads, None, x, y.copy(), order, 1, 0.1, 0.0, 0.0, False)
+    np.testing.assert_array_equal(params, ref_params)
+
+
+@pytest.mark.parametrize("dtype, weight, n", [("float64", 1e307, 64), ("float32", 3e38, 16)])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_sample_weights_never_zero_the_loss(backend, loss, dtype, weight, n):
+    """Weights whose sum overflows give the same loss and gradients as unit weights.
+
+    NOTE: the mean reductions do not depend on the weights' scale; w_i / sum
+    once overflowed to w_i / inf = 0, silently zeroing the loss and gradient.
+    """
+    x, y = _toy(n=n, kind=loss)
+    x = x.astype(dtype)
+    y = y.astype(dtype) if loss != "cross_entropy" else y
+    net = MLP([5, 6, 3], activation="tanh", loss=loss, dtype=dtype, seed=3, backend=backend)
+    loss_1, grads_1 = net.loss_and_grads(x, y, sample_weight=np.ones(n, dtype))
+    loss_w, grads_w = net.loss_and_grads(x, y, sample_weight=np.full(n, weight, dtype))
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
+    assert loss_w > 0
+    np.testing.assert_allclose(loss_w, loss_1, **tol)
+    for a, b in zip(grads_w[0] + grads_w[1], grads_1[0] + grads_1[1]):
+        np.testing.assert_allclose(a, b, **tol)
+    before = net.parameters.copy()
+    hist = net.fit(x, y, epochs=2, batch_size=8, lr=0.1, sample_weight=np.full(n, weight, dtype),
+                   optimizer="adam", seed=0)
+    assert all(np.isfinite(hist["loss"])) and min(hist["loss"]) > 0
+    assert not np.array_equal(net.parameters, before)
+
+
+def test_huge_sample_weights_with_a_sum_reduction_are_refused():
+    x, y = _toy(n=32)
+    net = MLP([5, 6, 3], reduction="sum", dtype="float64", seed=3)
+    with pytest.raises(ValueError, match="`sample_weight` sums to more than the float64 range"):
+        net.loss_and_grads(x, y, sample_weight=np.full(32, 1e307))
+
+
+def test_core_rescales_overflowing_weights_itself():
+    """The core, given weights whose sum overflows, keeps the mean finite (both twins)."""
+    x, y = _toy(n=32)
+    for backend in BACKENDS:
+        net = MLP([5, 3], dtype="float64", seed=3, backend=backend)
+        grads = np.zeros(net.n_params)
+        status, loss = net._core.loss_and_grad(net.parameters, x, y, grads, np.full(32, 1e307))
+        status_1, loss_1 = net._core.loss_and_grad(net.parameters, x, y, np.zeros(net.n_params),
+                                                   np.ones(32))
+        assert status == status_1 == 0
+        assert loss == pytest.approx(loss_1, rel=1e-12) and loss > 0
+
+
+def test_shuffle_must_be_a_bool():
+    x, y = _toy()
+    with pytest.raises(TypeError, match="`shuffle` must be a bool; got 'no'"):
+        MLP([5, 3], dtype="float64").fit(x, y, epochs=1, batch_size=4, lr=0.1, shuffle="no")
+
+
+def test_failure_under_early_stopping_says_the_best_epoch_was_restored():
+    x, y = _toy(n=40)
+    xv, yv = _toy(n=10, seed=5)
+    net = MLP([5, 16, 3], dtype="float64", seed=3)
+    grown = []
+
+    def explode(epoch, logs):
+        grown.append(net.parameters.copy())
+        if epoch == 2:
+            x[...] = 1e300  # fit trains on x itself: the next epoch's first batch overflows
+    with pytest.raises(FloatingPointError, match="best epoch so far are restored"):
+        net.fit(x, y, epochs=10, batch_size=8, lr=0.01, validation_data=(xv, yv),
+                early_stopping=True, patience=5, tol=0.0, callback=explode)
+    assert np.isfinite(net.parameters).all()
+    assert any(np.array_equal(net.parameters, g) for g in grown)
+
+
+# ---------------------------------------------------------------------------
+# Data as it comes, Keras's defaults, score, metrics, verbose
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_ints_and_lists_are_converted_once_to_the_models_dtype(backend):
+    rng = np.random.default_rng(0)
+    x32 = rng.normal(size=(20, 4)).astype(np.float32)
+    y32 = rng.normal(size=(20, 2)).astype(np.float32)
+    ref = MLP([4, 5, 2], seed=0, backend=backend)
+    ref.fit(x32, y32, epochs=2, batch_size=5, lr=0.1, seed=1)
+    for x, y in ((x32.astype(np.float64), y32.astype(np.float64)),
+                 (x32.tolist(), y32.tolist())):
+        net = MLP([4, 5, 2], seed=0, backend=backend)
+        net.fit(x, y, epochs=2, batch_size=5, lr=0.1, seed=1)
+        np.testing.assert_array_equal(net.parameters, ref.parameters)
+        np.testing.assert_array_equal(net.predict(x), ref.predict(x32))
+        assert net.evaluate(x, y) == ref.evaluate(x32, y32)
+    ints = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(ref.predict(ints), ref.predict(ints.astype(np.float32)))
+
+
+def test_float32_data_for_a_float32_model_is_not_copied():
+    net = MLP([4, 2], seed=0)
+    x = np.ones((3, 4), np.float32)
+    # NOTE: a private check of the conversion's no-copy promise
+    assert net._inputs(x, need_y=False)[0] is x
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.01), ("adam", 1e-3)])
+def test_fit_defaults_are_keras_defaults(optimizer, lr):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(70, 3)), rng.normal(size=(70, 1))
+    a = MLP([3, 4, 1], seed=0, dtype="float64")
+    hist = a.fit(x, y, optimizer=optimizer, seed=0)
+    b = MLP([3, 4, 1], seed=0, dtype="float64")
+    b.fit(x, y, epochs=10, batch_size=32, lr=lr, optimizer=optimizer, seed=0)
+    assert len(hist["loss"]) == 10 and hist["lr"] == [lr] * 10
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    c = MLP([3, 4, 1], seed=0, dtype="float64")
+    c.train_step(x, y, optimizer=optimizer)
+    d = MLP([3, 4, 1], seed=0, dtype="float64")
+    d.train_step(x, y, lr=lr, optimizer=optimizer)
+    np.testing.assert_array_equal(c.parameters, d.parameters)
+
+
+def test_score_is_scikit_learns_accuracy_and_r2():
+    metrics = import_oracle("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 4))
+    w = rng.uniform(0.5, 2, size=60)
+    labels = rng.integers(0, 3, 60)
+    clf = MLP([4, 6, 3], loss="cross_entropy", dtype="float64", seed=0)
+    clf.fit(x, labels, epochs=3, lr=0.1)
+    pred = clf.predict(x).argmax(axis=1)
+    assert clf.score(x, labels) == pytest.approx(metrics.accuracy_score(labels, pred))
+    assert clf.score(x, labels, sample_weight=w) == pytest.approx(
+        metrics.accuracy_score(labels, pred, sample_weight=w))
+    multi = (rng.uniform(size=(60, 2)) > 0.5).astype(float)
+    bce = MLP([4, 6, 2], loss="binary_cross_entropy", dtype="float64", seed=0)
+    bce.fit(x, multi, epochs=3, lr=0.1)
+    assert bce.score(x, multi) == pytest.approx(
+        metrics.accuracy_score(multi, (bce.predict(x) > 0.5).astype(float)))
+    target = np.c_[x[:, 0] - x[:, 1], x[:, 2] ** 2]
+    reg = MLP([4, 8, 2], dtype="float64", seed=0)
+    reg.fit(x, target, epochs=20, lr=0.05)
+    for sw in (None, w):
+        assert reg.score(x, target, sample_weight=sw) == pytest.approx(
+            metrics.r2_score(target, reg.predict(x), sample_weight=sw), rel=1e-12)
+
+
+def test_metrics_accuracy_in_history_and_verbose_lines(capsys):
+    rng = np.random.default_rng(4)
+    x, labels = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)
+    net = MLP([4, 6, 2], loss="cross_entropy", dtype="float64", seed=0)
+    seen = []
+    hist = net.fit(x, labels, epochs=3, batch_size=8, lr=0.1, metrics=("accuracy",),
+                   validation_data=(x[:10], labels[:10]), verbose=1,
+                   callback=lambda e, logs: seen.append(net.score(x, labels)))
+    assert hist["accuracy"] == pytest.approx(seen)
+    assert len(hist["val_accuracy"]) == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3 loss=")
+    assert "val_accuracy=" in lines[-1] and lines[-1].rstrip().endswith("s")
+    with pytest.raises(ValueError, match="`metrics`"):
+        MLP([4, 1], dtype="float64").fit(x, labels[:, None] * 1.0, metrics=("accuracy",))
+    with pytest.raises(ValueError, match="`metrics`"):
+        net.fit(x, labels, metrics=("f1",))
+    with pytest.raises(TypeError, match="`metrics`"):
+        net.fit(x, labels, metrics="accuracy")
