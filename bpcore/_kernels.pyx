@@ -15,6 +15,13 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
+#
+# NOTE: strides.  PyArray_IS_C_CONTIGUOUS is also true for arrays whose size-1
+# dimensions have any stride (a huge one, 0, negative): the elements are still
+# one run from the data pointer.  So nothing here reads ``strides``: every
+# offset comes from the shape (row i at i * n_cols), which is right for those
+# arrays too; the general path hands over views with canonical strides
+# (_validate.canonical), so a stride read further down would be right as well.
 from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
 
 import os

@@ -78,6 +78,11 @@ def _as_array(name, value):
     kind = arr.dtype.kind
     if kind in "fiub" and not arr.dtype.isnative:  # the same numbers, in native order
         arr = arr.astype(arr.dtype.newbyteorder("="))
+    elif kind in "fiub" and not arr.flags.aligned:
+        # NOTE: an input is only read, so an aligned copy is always allowed; made
+        # here, no compiled reader (the kernels, the training core) ever meets a
+        # misaligned input (UBSan: misaligned load), whatever layout it checks.
+        arr = arr.copy()
     if kind == "f" and arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"`{name}` has dtype {arr.dtype}; bpcore computes in float32 or "
                         f"float64 -- convert it with .astype(np.float32) or .astype(np.float64)")

@@ -316,13 +316,13 @@ def _entry(net, entry, x, y, w):
     return [net.predict(x)]
 
 
-def _mlp_failures(backend, loss, n_out, n, tmp_path):
+def _mlp_failures(backend, loss, n_out, n, dtype, tmp_path):
     failures = []
-    x, y = _data(n, loss, n_out=n_out)
-    w = np.random.default_rng(7).uniform(0.5, 1.5, size=n)
+    x, y = _data(n, loss, dtype, n_out=n_out)
+    w = np.random.default_rng(7).uniform(0.5, 1.5, size=n).astype(dtype)
     args = {"x": x, "y": y, "sample_weight": w}
     for entry in ENTRIES:
-        want = _entry(_mlp(backend, loss, n_out), entry, x, y, w)
+        want = _entry(_mlp(backend, loss, n_out, dtype), entry, x, y, w)
         used = ["x"] + ([] if entry == "predict" else ["y"])
         used += ["sample_weight"] if entry in ("fit_weighted", "train_step_adam",
                                                "loss_and_grads") else []
@@ -331,7 +331,7 @@ def _mlp_failures(backend, loss, n_out, n, tmp_path):
                 kw = dict(args, **{arg: odd})
                 where = f"{loss} n={n} {entry} {arg}={label}"
                 try:
-                    got = _entry(_mlp(backend, loss, n_out), entry, kw["x"], kw["y"],
+                    got = _entry(_mlp(backend, loss, n_out, dtype), entry, kw["x"], kw["y"],
                                  kw["sample_weight"])
                 except Exception as exc:  # noqa: BLE001 -- the outcome under test
                     expect = LAYOUT_RAISES.get(label)
@@ -347,31 +347,35 @@ def _mlp_failures(backend, loss, n_out, n, tmp_path):
                         if not np.array_equal(g, e):
                             failures.append(f"{where}: differs by {np.max(np.abs(g - e))}")
                             break
-                    elif not np.allclose(g, e, rtol=1e-12, atol=1e-12):
+                    elif not np.allclose(g, e, **TOL[np.dtype(dtype)]):
                         failures.append(f"{where}: differs by {np.max(np.abs(g - e))}")
                         break
         if entry.startswith("fit") or entry == "loss_and_grads":
             # x and y cut from one buffer.
             if loss != "cross_entropy":
                 xs, ys = shared_buffer(x, y)
-                got = _entry(_mlp(backend, loss, n_out), entry, xs, ys, w)
-                if not all(np.array_equal(g, e) if backend == "compiled" else np.allclose(g, e)
+                got = _entry(_mlp(backend, loss, n_out, dtype), entry, xs, ys, w)
+                if not all(np.array_equal(g, e) if backend == "compiled"
+                           else np.allclose(g, e, **TOL[np.dtype(dtype)])
                            for g, e in zip(got, want)):
                     failures.append(f"{loss} n={n} {entry}: x, y from one buffer differ")
     return failures
 
 
-MLP_CASES = [("mse", 1, 1), ("mse", 1, 5), ("cross_entropy", 3, 1), ("cross_entropy", 3, 5),
-             ("binary_cross_entropy", 1, 5)]
+# (loss, outputs, rows, dtype); float32 with 2 outputs and 1 row is the reported
+# np.ones((100000, 2), np.float32)[::100000] target.
+MLP_CASES = [("mse", 1, 1, np.float64), ("mse", 1, 5, np.float64), ("mse", 2, 1, np.float32),
+             ("cross_entropy", 3, 1, np.float64), ("cross_entropy", 3, 5, np.float32),
+             ("binary_cross_entropy", 1, 5, np.float64)]
 
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
-@pytest.mark.parametrize("loss,n_out,n", MLP_CASES, ids=[f"{a}-out{b}-n{c}"
-                                                        for a, b, c in MLP_CASES])
-def test_mlp_layouts(backend, loss, n_out, n, tmp_path):
+@pytest.mark.parametrize("loss,n_out,n,dtype", MLP_CASES, ids=[
+    f"{a}-out{b}-n{c}-{np.dtype(d).name}" for a, b, c, d in MLP_CASES])
+def test_mlp_layouts(backend, loss, n_out, n, dtype, tmp_path):
     """Every MLP entry with x, y and sample_weight in every layout (one row: n = 1;
     one column: y of a one-output model), against the same call on contiguous copies."""
-    failures = _mlp_failures(backend, loss, n_out, n, tmp_path)
+    failures = _mlp_failures(backend, loss, n_out, n, dtype, tmp_path)
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} failures)"
 
 
