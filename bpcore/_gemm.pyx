@@ -180,13 +180,14 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        >= 1.  Kept but not used (products run on one thread) in a build
+        1 <= n <= 2**31 - 1.  Kept but not used (products run on one thread) in a build
         without OpenMP, and in a process forked (``os.fork``, multiprocessing's
         ``fork``) after it or an ancestor ran a product on several threads:
         GNU OpenMP's threads do not survive fork.  ``get_num_threads`` tells.
     """
     global _num_threads
-    _num_threads = check_int("n", n, minimum=1)
+    # The count is a C int: a bigger one is a ValueError naming `n`, not an OverflowError.
+    _num_threads = check_int("n", n, minimum=1, maximum=2 ** 31 - 1)
 
 
 def get_num_threads():
@@ -773,8 +774,14 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
     if result is not None:
         return result
-    a, b, ta, tb, alpha, beta, out = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
-    return _run(a, b, ta, tb, alpha, beta, out)
+    # NOTE: the GEMM takes any element strides, so a and b are passed as they
+    # are (a stride of a size-1 dimension is never multiplied by a non-zero
+    # index; a stride 0 reads one row or column again).  `buf` is `out` or a
+    # plain, canonically strided view of it (a subclass, a size-1 dimension
+    # with an odd stride); the caller's `out` is what comes back.
+    a, b, ta, tb, alpha, beta, buf = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
+    result = _run(a, b, ta, tb, alpha, beta, buf)
+    return result if out is None else out
 
 
 def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, trans_b=False,

@@ -15,6 +15,13 @@
 # Elementwise ops see their arrays as flat vectors: validation made them
 # C-contiguous, so any shape is one run of memory.  Kernels read every element
 # before writing it, which is what allows ``out`` to be an input (in place).
+#
+# NOTE: strides.  PyArray_IS_C_CONTIGUOUS is also true for arrays whose size-1
+# dimensions have any stride (a huge one, 0, negative): the elements are still
+# one run from the data pointer.  So nothing here reads ``strides``: every
+# offset comes from the shape (row i at i * n_cols), which is right for those
+# arrays too; the general path hands over views with canonical strides
+# (_validate.canonical), so a stride read further down would be right as well.
 from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
 
 import os
@@ -202,25 +209,25 @@ def _vmath_exp(x, *, out=None):
 
     Same argument policy as :func:`sigmoid_forward`.
     """
-    x, out = V.unary_args("x", x, out, contiguous=True)
-    cdef Py_ssize_t n = out.size
+    x, buf = V.unary_args("x", x, out, contiguous=True)
+    cdef Py_ssize_t n = buf.size
     if n == 0:
-        return out
+        return buf if out is None else out
     cdef const float[::1] x32
     cdef float[::1] o32
     cdef const double[::1] x64
     cdef double[::1] o64
-    if out.dtype.itemsize == 4:
+    if buf.dtype.itemsize == 4:
         x32 = x.reshape(-1)
-        o32 = out.reshape(-1)
+        o32 = buf.reshape(-1)
         with nogil:
             bp_exp_f32(&x32[0], &o32[0], n)
     else:
         x64 = x.reshape(-1)
-        o64 = out.reshape(-1)
+        o64 = buf.reshape(-1)
         with nogil:
             bp_exp_f64(&x64[0], &o64[0], n)
-    return out
+    return buf if out is None else out
 
 
 cdef _init_vmath():
@@ -293,41 +300,43 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray like, int t):
 
 cdef object _forward(int op, str name, z, out):
     cdef int t = _plain(z)
+    cdef object buf = out
     if not (t >= 0 and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
-        z, out = V.unary_args(name, z, out, contiguous=True)
+        z, buf = V.unary_args(name, z, out, contiguous=True)
         t = _plain(z)
-    if out is None:
-        out = _empty_like(<cnp.ndarray>z, t)
+    if buf is None:
+        buf = _empty_like(<cnp.ndarray>z, t)
     cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>z)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     with nogil:
         if t == cnp.NPY_FLOAT:
             activation_forward(op, <const float*>zp, <float*>outp, n)
         else:
             activation_forward(op, <const double*>zp, <double*>outp, n)
-    return out
+    return buf if out is None else out
 
 
 cdef object _backward(int op, a, grad, out):
     cdef int t = _plain(a)
+    cdef object buf = out
     if not (t >= 0 and _plain(grad) == t
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>a, <cnp.ndarray>grad)
             and (out is None or _out_fits(out, <cnp.ndarray>a, t, a, grad))):
-        a, grad, out = V.binary_args(a, grad, out, contiguous=True)
+        a, grad, buf = V.binary_args(a, grad, out, contiguous=True)
         t = _plain(a)
-    if out is None:
-        out = _empty_like(<cnp.ndarray>a, t)
+    if buf is None:
+        buf = _empty_like(<cnp.ndarray>a, t)
     cdef void* ap = cnp.PyArray_DATA(<cnp.ndarray>a)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>a)
     with nogil:
         if t == cnp.NPY_FLOAT:
             activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n)
         else:
             activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n)
-    return out
+    return buf if out is None else out
 
 
 def sigmoid_forward(z, *, out=None):
@@ -400,14 +409,15 @@ def softmax_forward(z, *, out=None):
     See :func:`bpcore.reference.softmax_forward`.
     """
     cdef int t = _plain(z)
+    cdef object buf = out
     if not (t >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>z) == 2
             and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
-        z, out = V.unary_args("z", z, out, ndim=2, contiguous=True)
+        z, buf = V.unary_args("z", z, out, ndim=2, contiguous=True)
         t = _plain(z)
-    if out is None:
-        out = _empty_like(<cnp.ndarray>z, t)
+    if buf is None:
+        buf = _empty_like(<cnp.ndarray>z, t)
     cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>z)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray>z, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray>z, 1)
     with nogil:
@@ -415,7 +425,7 @@ def softmax_forward(z, *, out=None):
             softmax_rows(<const float*>zp, <float*>outp, n_rows, n_cols)
         else:
             softmax_rows(<const double*>zp, <double*>outp, n_rows, n_cols)
-    return out
+    return buf if out is None else out
 
 
 # ---------------------------------------------------------------------------
@@ -481,25 +491,27 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
 
 cdef object _mse(pred, target, reduction, out, bint want_grad):
     cdef int t = _plain(pred)
+    cdef object buf = out
     if not (t >= 0 and _plain(target) == t and type(reduction) is str
             and reduction in _MSE_SCALE
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>pred, <cnp.ndarray>target)
             and (not want_grad or out is None
                  or _out_fits(out, <cnp.ndarray>pred, t, pred, target))):
-        pred, target, out = V.mse_args(pred, target, reduction, out, want_out=want_grad,
+        pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=want_grad,
                                        contiguous=True)
         t = _plain(pred)
-    if want_grad and out is None:
-        out = _empty_like(<cnp.ndarray>pred, t)
+    if want_grad and buf is None:
+        buf = _empty_like(<cnp.ndarray>pred, t)
+    result = buf if out is None else out
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>pred)
     cdef double scale = _MSE_SCALE[reduction]
     if reduction == "mean" or reduction == "half_mean":
         if n == 0:
-            return float("nan"), out
+            return float("nan"), result
         scale = scale / n
     cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>pred)
     cdef void* tp = cnp.PyArray_DATA(<cnp.ndarray>target)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf) if want_grad else NULL
     cdef double loss
     with nogil:
         if t == cnp.NPY_FLOAT:
@@ -508,7 +520,7 @@ cdef object _mse(pred, target, reduction, out, bint want_grad):
         else:
             loss = mse_forward_backward(<const double*>pp, <const double*>tp, <double*>outp,
                                         n, scale)
-    return loss, out
+    return loss, result
 
 
 _MSE_SCALE = {"mean": 1.0, "sum": 1.0, "half_sum": 0.5, "half_mean": 0.5}
@@ -557,25 +569,27 @@ cdef inline bint _labels_fit(object labels, Py_ssize_t n_rows, Py_ssize_t n_cols
 
 cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
     cdef int t = _plain(logits)
+    cdef object buf = out
     if not (t >= 0 and type(reduction) is str and (reduction == "mean" or reduction == "sum")
             and cnp.PyArray_NDIM(<cnp.ndarray>logits) == 2
             and _labels_fit(labels, cnp.PyArray_DIM(<cnp.ndarray>logits, 0),
                             cnp.PyArray_DIM(<cnp.ndarray>logits, 1))
             and (not want_grad or out is None
                  or _out_fits(out, <cnp.ndarray>logits, t, logits, None))):
-        logits, labels, out = V.cross_entropy_args(logits, labels, reduction, out,
+        logits, labels, buf = V.cross_entropy_args(logits, labels, reduction, out,
                                                    want_out=want_grad, contiguous=True)
         t = _plain(logits)
-    if want_grad and out is None:
-        out = _empty_like(<cnp.ndarray>logits, t)
+    if want_grad and buf is None:
+        buf = _empty_like(<cnp.ndarray>logits, t)
+    result = buf if out is None else out
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray>logits, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray>logits, 1)
     if n_rows == 0:
-        return (float("nan") if reduction == "mean" else 0.0), out
+        return (float("nan") if reduction == "mean" else 0.0), result
     cdef double grad_scale = 1.0 / n_rows if reduction == "mean" else 1.0
     cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
     cdef const long long* lp = <const long long*>cnp.PyArray_DATA(<cnp.ndarray>labels)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf) if want_grad else NULL
     cdef double total
     with nogil:
         if t == cnp.NPY_FLOAT:
@@ -584,7 +598,7 @@ cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
         else:
             total = softmax_cross_entropy_rows(<const double*>zp, lp, <double*>outp,
                                                n_rows, n_cols, grad_scale)
-    return (total * grad_scale), out
+    return (total * grad_scale), result
 
 
 def softmax_cross_entropy(logits, labels, *, reduction="mean"):
@@ -670,6 +684,7 @@ def linear_forward(x, w, b, *, out=None):
     See :func:`bpcore.reference.linear_forward`.
     """
     cdef int t = _plain(x)
+    cdef object buf = out
     if not (t >= 0 and _plain(w) == t and _plain(b) == t
             and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
             and cnp.PyArray_NDIM(<cnp.ndarray>b) == 1
@@ -677,20 +692,20 @@ def linear_forward(x, w, b, *, out=None):
             and cnp.PyArray_DIM(<cnp.ndarray>b, 0) == cnp.PyArray_DIM(<cnp.ndarray>w, 1)
             and (out is None or _out_fits_2d(out, t, cnp.PyArray_DIM(<cnp.ndarray>x, 0),
                                              cnp.PyArray_DIM(<cnp.ndarray>w, 1), x, w, b))):
-        x, w, b, out = V.linear_forward_args(x, w, b, out, contiguous=True)
+        x, w, b, buf = V.linear_forward_args(x, w, b, out, contiguous=True)
         t = _plain(x)
     cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
     cdef Py_ssize_t n_in = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
     cdef Py_ssize_t n_out = cnp.PyArray_DIM(<cnp.ndarray>w, 1)
     cdef cnp.npy_intp dims[2]
-    if out is None:
+    if buf is None:
         dims[0] = n
         dims[1] = n_out
-        out = cnp.PyArray_EMPTY(2, dims, t, 0)
+        buf = cnp.PyArray_EMPTY(2, dims, t, 0)
     cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef void* wp = cnp.PyArray_DATA(<cnp.ndarray>w)
     cdef void* bp = cnp.PyArray_DATA(<cnp.ndarray>b)
-    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef int status
     with nogil:
         if t == cnp.NPY_FLOAT:
@@ -700,7 +715,7 @@ def linear_forward(x, w, b, *, out=None):
             status = linear_forward_ptr(<const double*>xp, <const double*>wp,
                                         <const double*>bp, <double*>outp, n, n_in, n_out)
     _raise_status(status)
-    return out
+    return buf if out is None else out
 
 
 cdef bint _linear_outs_fit(x, w, grad, bint need_grad_x, grad_x, grad_w, grad_b,
@@ -742,6 +757,7 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
     cdef int t = _plain(x)
     cdef Py_ssize_t n, n_in, n_out
     cdef cnp.npy_intp dims[2]
+    given = None
     if (t >= 0 and _plain(w) == t and _plain(grad) == t and type(need_grad_x) is bool
             and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2 and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2
             and cnp.PyArray_NDIM(<cnp.ndarray>grad) == 2
@@ -764,6 +780,8 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
             dims[0] = n_out
             grad_b = cnp.PyArray_EMPTY(1, dims, t, 0)
     else:
+        # The caller's buffers are returned; a subclass is written through a plain view.
+        given = (grad_x if need_grad_x else None, grad_w, grad_b)
         x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
             x, w, grad, need_grad_x, grad_x, grad_w, grad_b, contiguous=True)
         t = _plain(x)
@@ -784,6 +802,9 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
                                          <const double*>gp, <double*>gxp, <double*>gwp,
                                          <double*>gbp, n, n_in, n_out)
     _raise_status(status)
+    if given is not None:
+        return tuple(mine if theirs is None else theirs
+                     for mine, theirs in zip((grad_x, grad_w, grad_b), given))
     return grad_x, grad_w, grad_b
 
 
@@ -816,14 +837,16 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
             t = -1
     else:
         t = -1
+    p, vel = param, velocity
     if t < 0:
-        grad, lr_, mu, wd, nest = V.sgd_args(param, grad, lr, momentum, velocity,
-                                             weight_decay, nesterov, contiguous=True)
-        t = _plain(param)
-    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+        # NOTE: p, vel: plain views (a subclass's type number is not _plain's).
+        p, grad, vel, lr_, mu, wd, nest = V.sgd_args(param, grad, lr, momentum, velocity,
+                                                     weight_decay, nesterov, contiguous=True)
+        t = cnp.PyArray_TYPE(<cnp.ndarray>p)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>p)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
-    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if mu != 0 else NULL
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>vel) if mu != 0 else NULL
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>p)
     with nogil:
         if t == cnp.NPY_FLOAT:
             bp_sgd_f32(<float*>pp, <const float*>gp, <float*>vp, n,
@@ -861,15 +884,16 @@ cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out
 
 
 def _bce(logits, targets, reduction, out, bint want_grad):
-    logits, targets, out = V.bce_args(logits, targets, reduction, out, want_out=want_grad,
+    logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=want_grad,
                                       contiguous=True)
+    result = buf if out is None else out
     cdef Py_ssize_t n = logits.size
     if n == 0:
-        return (float("nan") if reduction == "mean" else 0.0), out
+        return (float("nan") if reduction == "mean" else 0.0), result
     cdef double scale = 1.0 / n if reduction == "mean" else 1.0
     cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
     cdef void* tp = cnp.PyArray_DATA(<cnp.ndarray>targets)
-    cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>out) if want_grad else NULL
+    cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>buf) if want_grad else NULL
     cdef double total
     cdef bint f32 = logits.dtype == np.float32
     with nogil:
@@ -877,7 +901,7 @@ def _bce(logits, targets, reduction, out, bint want_grad):
             total = sigmoid_bce(<const float*>zp, <const float*>tp, <float*>op, n, scale)
         else:
             total = sigmoid_bce(<const double*>zp, <const double*>tp, <double*>op, n, scale)
-    return total * scale, out
+    return total * scale, result
 
 
 def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
@@ -913,19 +937,19 @@ def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8
 
     See :func:`bpcore.reference.adam_update`.
     """
-    grad, (lr_, eps_, wd), t = V.optimizer_args(
+    p, grad, (m, v), (lr_, eps_, wd), t = V.optimizer_args(
         param, grad, [("m", m), ("v", v)],
         [("lr", lr, 0.0, None), ("eps", eps, 0.0, None),
          ("weight_decay", weight_decay, 0.0, None)], step, contiguous=True)
     cdef double b1 = _beta("beta1", beta1), b2 = _beta("beta2", beta2)
-    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>p)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
     cdef void* mp = cnp.PyArray_DATA(<cnp.ndarray>m)
     cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>v)
-    cdef Py_ssize_t n = param.size
+    cdef Py_ssize_t n = p.size
     cdef double lrd = lr_, epsd = eps_, wdd = wd
     cdef long long tt = t
-    cdef bint f32 = param.dtype == np.float32
+    cdef bint f32 = p.dtype == np.float32
     with nogil:
         if f32:
             bp_adam_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n, lrd, b1, b2,
@@ -941,18 +965,18 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
 
     See :func:`bpcore.reference.sklearn_sgd_update`.
     """
-    grad, (lr_, mu), _ = V.optimizer_args(
+    p, grad, (velocity,), (lr_, mu), _ = V.optimizer_args(
         param, grad, [("velocity", velocity)],
         [("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0)], contiguous=True)
     if not isinstance(nesterov, (bool, np.bool_)):
         raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
     cdef int nest = bool(nesterov)
-    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>p)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
     cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity)
-    cdef Py_ssize_t n = param.size
+    cdef Py_ssize_t n = p.size
     cdef double lrd = lr_, mud = mu
-    cdef bint f32 = param.dtype == np.float32
+    cdef bint f32 = p.dtype == np.float32
     with nogil:
         if f32:
             bp_sk_sgd_f32(<float*>pp, <const float*>gp, <float*>vp, n, <float>lrd, <float>mud,
@@ -967,19 +991,19 @@ def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, 
 
     See :func:`bpcore.reference.sklearn_adam_update`.
     """
-    grad, (lr_, eps_), t = V.optimizer_args(
+    p, grad, (m, v), (lr_, eps_), t = V.optimizer_args(
         param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],
         step, contiguous=True)
     cdef double b1 = _beta("beta1", beta1), b2 = _beta("beta2", beta2)
     # NOTE: the step size in double, as scikit-learn computes learning_rate.
     cdef double lr_t = lr_ * sqrt(1 - pow(b2, <double>t)) / (1 - pow(b1, <double>t))
     cdef double epsd = eps_
-    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>p)
     cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
     cdef void* mp = cnp.PyArray_DATA(<cnp.ndarray>m)
     cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>v)
-    cdef Py_ssize_t n = param.size
-    cdef bint f32 = param.dtype == np.float32
+    cdef Py_ssize_t n = p.size
+    cdef bint f32 = p.dtype == np.float32
     with nogil:
         if f32:
             bp_sk_adam_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n,

@@ -14,6 +14,20 @@ Policy (the README states the same):
   dtype; anything else is a ``ValueError``.  ``out`` may be the very same
   array as an elementwise op's input (in place); any other overlap with an
   input is a ``ValueError``.
+* Subclasses: a masked array is a ``TypeError`` naming the argument (its mask
+  would be dropped silently); any other ndarray subclass (``np.matrix``,
+  ``np.memmap``, ...) is used through a base-class view of its memory, as
+  ``np.asarray`` gives it, so ``*`` is never a matrix product.  A given
+  ``out`` / ``param`` of a subclass is written through such a view and is
+  itself what the function returns.
+* Byte order: non-native inputs (``>f8`` on a little-endian machine) are
+  converted; an array written in place must be native.
+* Strides: NumPy calls an array C-contiguous whatever the strides of its
+  size-1 dimensions (and of any empty array), so ``strides`` may not be the
+  canonical C strides even then.  Every array handed to compiled code has
+  canonical strides (:func:`canonical`: a view, never a copy, when the array
+  is contiguous), and the compiled fast paths compute offsets from the shape,
+  never from ``strides``.
 
 Every function here raises; none computes.  Kernels run only after these
 checks, so they can be compiled without bounds checks.
@@ -21,6 +35,7 @@ checks, so they can be compiled without bounds checks.
 import math
 import numbers
 import operator
+import sys
 
 import numpy as np
 
@@ -33,10 +48,27 @@ def _describe(value):
     return f"{type(value).__name__}"
 
 
+def _reject_masked(name, value):
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"`{name}` is a masked array; bpcore has no notion of a mask and "
+                        f"will not drop it silently: pass `{name}`.filled(...) or "
+                        f"np.asarray(`{name}`) (the data under the mask)")
+
+
+def base_view(name, arr):
+    """``arr`` (an ndarray) as a plain ndarray: a masked array is a ``TypeError``,
+    another subclass a base-class view of the same memory (``np.asarray``)."""
+    if type(arr) is np.ndarray:
+        return arr
+    _reject_masked(name, arr)
+    return np.asarray(arr)
+
+
 def _as_array(name, value):
-    """``value`` as an ndarray, with a ``TypeError`` for data that is not numbers."""
+    """``value`` as a plain, native-byte-order ndarray, with a ``TypeError`` for data
+    that is not numbers (or is masked)."""
     if isinstance(value, np.ndarray):
-        arr = value
+        arr = base_view(name, value)
     else:
         try:
             arr = np.asarray(value)
@@ -44,6 +76,13 @@ def _as_array(name, value):
             raise TypeError(f"`{name}` must be an array of real numbers; got {_describe(value)}"
                             f" that NumPy cannot convert ({exc})") from None
     kind = arr.dtype.kind
+    if kind in "fiub" and not arr.dtype.isnative:  # the same numbers, in native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    elif kind in "fiub" and not arr.flags.aligned:
+        # NOTE: an input is only read, so an aligned copy is always allowed; made
+        # here, no compiled reader (the kernels, the training core) ever meets a
+        # misaligned input (UBSan: misaligned load), whatever layout it checks.
+        arr = arr.copy()
     if kind == "f" and arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"`{name}` has dtype {arr.dtype}; bpcore computes in float32 or "
                         f"float64 -- convert it with .astype(np.float32) or .astype(np.float64)")
@@ -94,11 +133,42 @@ def float_arrays(*specs, contiguous=False):
     return dtype, (as_contiguous(*out) if contiguous else out)
 
 
-def as_contiguous(*arrays):
-    """C-contiguous, aligned versions of ``arrays`` (copies only where needed).
+def c_strides(shape, itemsize):
+    """The strides NumPy gives a new C-ordered array of ``shape``."""
+    strides = []
+    step = itemsize
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
 
-    Argument checks call this after checking ``out`` against the caller's own
-    arrays, so an overlap with a strided input is still seen.
+
+def canonical(arr):
+    """``arr`` (C-contiguous) with the canonical C strides of its shape: itself, or a view.
+
+    NOTE: NumPy's C-contiguous flag ignores the strides of size-1 dimensions
+    and of empty arrays -- ``np.ones((10**5, 2))[::10**5]`` is "contiguous"
+    with a row stride of 1.6 MB, a broadcast row has stride 0 -- so code
+    that steps by ``strides`` must see these views, whose strides agree
+    with the shape.  Same memory, so no copy and ``out`` stays ``out``.
+    """
+    want = c_strides(arr.shape, arr.itemsize)
+    if arr.strides == want:
+        return arr
+    view = arr.reshape(-1).reshape(arr.shape)  # a view: arr is C-contiguous
+    if view.strides != want:  # pragma: no cover -- NumPy always gives them
+        view = np.lib.stride_tricks.as_strided(arr, strides=want)
+    return view
+
+
+def as_contiguous(*arrays):
+    """C-contiguous, aligned, canonically strided plain versions of ``arrays``.
+
+    Copies only where the memory layout needs it (strided, misaligned,
+    non-native); a contiguous array with odd strides on size-1 dimensions
+    becomes a view (:func:`canonical`).  Argument checks call this after
+    checking ``out`` against the caller's own arrays, so an overlap with a
+    strided input is still seen.
     """
     result = []
     for arr in arrays:
@@ -108,6 +178,7 @@ def as_contiguous(*arrays):
             arr = np.asarray(arr, order="C")
             if not arr.flags.aligned:
                 arr = arr.copy()
+            arr = canonical(arr)
         result.append(arr)
     return result
 
@@ -127,6 +198,40 @@ def check_shape(name, arr, shape, why=""):
                          f"{reason}; got {_fmt_shape(arr.shape)}")
 
 
+def _byte_order_note(arr, dtype):
+    """A note for messages when ``arr`` differs from ``dtype`` only by byte order."""
+    swapped = arr.dtype.newbyteorder("=") == dtype and not arr.dtype.isnative
+    return " in native byte order" if swapped else ""
+
+
+def _same_memory(a, b):
+    """``a`` and ``b`` are the same elements in the same order (one array, maybe two views)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.__array_interface__["data"][0] != b.__array_interface__["data"][0]:
+        return False
+    # Strides of size-1 dimensions address nothing, so they may differ.
+    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.strides, b.strides))
+
+
+def overlaps(a, b):
+    """Whether ``a`` and ``b`` share memory; "maybe" when NumPy cannot decide cheaply.
+
+    ``np.shares_memory`` with a bounded effort raises ``TooHardError`` for some
+    legal strided views (several dimensions, co-prime strides); a second,
+    larger budget settles practically every case in well under a millisecond.
+    Past that the answer is "maybe", which callers treat as sharing.
+    """
+    if a is None or b is None or a.size == 0 or b.size == 0:
+        return False
+    for work in (1000, 200_000):
+        try:
+            return bool(np.shares_memory(a, b, max_work=work))
+        except np.exceptions.TooHardError:
+            continue
+    return "maybe"
+
+
 def check_out(out, name, shape, dtype, inputs=(), inplace_ok=False):
     """Return a buffer to write: ``out`` checked, or a new array when it is None.
 
@@ -142,13 +247,22 @@ def check_out(out, name, shape, dtype, inputs=(), inplace_ok=False):
     inplace_ok : bool
         Allow ``out`` to be exactly one of ``inputs`` (same memory, same
         strides), as elementwise kernels read each element before writing it.
+
+    Returns
+    -------
+    ndarray
+        A plain ndarray with canonical C strides: ``out`` itself, or (for a
+        subclass or odd strides of size-1 dimensions) a view of its memory.
+        Callers return the caller's ``out`` object, not this view.
     """
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
         raise ValueError(f"`{name}` must be a NumPy array or None; got {_describe(out)}")
+    out = base_view(name, out)
     if out.dtype != dtype:
-        raise ValueError(f"`{name}` must have dtype {dtype}; got {out.dtype}")
+        raise ValueError(f"`{name}` must have dtype {dtype}{_byte_order_note(out, dtype)}; "
+                         f"got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"`{name}` must have shape {_fmt_shape(shape)}; got {_fmt_shape(out.shape)}")
     if not out.flags.c_contiguous:
@@ -160,22 +274,27 @@ def check_out(out, name, shape, dtype, inputs=(), inplace_ok=False):
         raise ValueError(f"`{name}` is not aligned to its dtype's size (a view at an odd "
                          f"byte offset?); let bpcore allocate it")
     for in_name, arr in inputs:
-        if arr is None or not np.shares_memory(out, arr, max_work=1000):
+        shared = overlaps(out, arr)
+        if not shared:
             continue
-        same = (arr.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-                and arr.strides == out.strides and arr.shape == out.shape)
-        if not (inplace_ok and same):
+        if not (inplace_ok and _same_memory(arr, out)):
             allowed = (" (only the very same array is allowed, for an in-place update)"
                        if inplace_ok else "")
-            raise ValueError(f"`{name}` overlaps the input `{in_name}`{allowed}")
-    return out
+            maybe = (" (or may: NumPy could not decide, so bpcore refuses)"
+                     if shared == "maybe" else "")
+            raise ValueError(f"`{name}` overlaps the input `{in_name}`{maybe}{allowed}")
+    return canonical(out)
 
 
 def check_real(name, value, *, minimum=None, maximum=None, strict_min=False):
     """A finite real scalar (not bool) within bounds, returned as float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a Python int (or Fraction) beyond the float range
+        raise ValueError(f"`{name}` must be finite; got {_fmt_number(value)}, "
+                         f"beyond the float range") from None
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be finite; got {value}")
     if minimum is not None and (value < minimum or (strict_min and value == minimum)):
@@ -186,8 +305,23 @@ def check_real(name, value, *, minimum=None, maximum=None, strict_min=False):
     return value
 
 
-def check_int(name, value, *, minimum=None):
-    """An integer (not bool) >= ``minimum``, returned as int."""
+# Integers reach compiled code as C ``Py_ssize_t`` / ``long long``: past this
+# bound a ``ValueError`` naming the argument, not an ``OverflowError`` naming nothing.
+INT_MAX = sys.maxsize
+
+
+def _fmt_number(value):
+    """``value`` for a message; a huge int as its leading digits and its length."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:6]}... ({len(text)} digits)"
+
+
+def check_int(name, value, *, minimum=None, maximum=INT_MAX):
+    """An integer (not bool) in [``minimum``, ``maximum``], returned as int.
+
+    ``maximum`` defaults to ``sys.maxsize`` (what compiled code can hold);
+    pass None where the value never reaches C.
+    """
     if isinstance(value, bool):
         raise TypeError(f"`{name}` must be an integer; got bool")
     try:
@@ -195,16 +329,19 @@ def check_int(name, value, *, minimum=None):
     except TypeError:
         raise TypeError(f"`{name}` must be an integer; got {type(value).__name__}") from None
     if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}")
+        raise ValueError(f"`{name}` must be >= {minimum}; got {_fmt_number(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}; got {_fmt_number(value)}")
     return value
 
 
 def check_choice(name, value, choices):
-    """``value`` must be one of ``choices``; the message lists them."""
-    if type(value) is not str or value not in choices:
+    """``value`` must be one of ``choices`` (a str, ``np.str_`` included); the message
+    lists them.  Returns it as a plain str."""
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; "
                          f"got {value!r}")
-    return value
+    return str(value)
 
 
 def class_labels(labels, n_samples, n_classes, name="labels"):
@@ -225,12 +362,13 @@ def class_labels(labels, n_samples, n_classes, name="labels"):
         if bad.size:
             raise ValueError(f"`{name}` must hold integer class indices; "
                              f"{name}[{bad[0]}] = {arr[bad[0]]!r}")
-    labels64 = arr.astype(np.int64)
-    bad = np.flatnonzero((labels64 < 0) | (labels64 >= n_classes))
+    # NOTE: the range is checked on the values as given, before the cast to
+    # int64, which would wrap uint64 2**64-1 to -1 and turn 1e20 into -2**63.
+    bad = np.flatnonzero((arr < 0) | (arr >= n_classes))
     if bad.size:
-        raise ValueError(f"`{name}`[{bad[0]}] = {labels64[bad[0]]} is out of range "
+        raise ValueError(f"`{name}`[{bad[0]}] = {arr[bad[0]].item()!r} is out of range "
                          f"for {n_classes} classes (expected 0 <= label < {n_classes})")
-    return np.ascontiguousarray(labels64)
+    return canonical(np.ascontiguousarray(arr.astype(np.int64)))
 
 
 REDUCTIONS_MSE = ("mean", "sum", "half_sum", "half_mean")
@@ -350,13 +488,19 @@ def cross_entropy_args(logits, labels, reduction, out=None, want_out=False, cont
 
 
 def param_buffer(name, arr, like=None):
-    """A parameter-like array written in place: float32/64, C-contiguous, writeable."""
+    """A parameter-like array written in place: float32/64, C-contiguous, writeable.
+
+    Returns a plain, canonically strided view of its memory (see :func:`check_out`).
+    """
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"`{name}` must be a NumPy array (it is updated in place); "
                         f"got {type(arr).__name__}")
+    arr = base_view(name, arr)
     if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"`{name}` must be float32 or float64 (it is updated in place); "
-                        f"got {arr.dtype}")
+        native = (" in native byte order" if arr.dtype.kind == "f" and not arr.dtype.isnative
+                  else "")
+        raise TypeError(f"`{name}` must be float32 or float64{native} (it is updated in "
+                        f"place); got {arr.dtype}")
     if like is not None:
         if arr.dtype != like.dtype:
             raise TypeError(f"`{name}` is {arr.dtype} but `param` is {like.dtype}")
@@ -368,12 +512,16 @@ def param_buffer(name, arr, like=None):
     if not arr.flags.aligned:
         raise ValueError(f"`{name}` is not aligned to its dtype's size (it is updated in "
                          f"place through typed pointers); pass an aligned copy")
-    return arr
+    return canonical(arr)
 
 
 def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contiguous=False):
-    """Checked (grad, lr, momentum, weight_decay, nesterov) for ``sgd_update``."""
-    param_buffer("param", param)
+    """Checked (param, grad, velocity, lr, momentum, weight_decay, nesterov) for ``sgd_update``.
+
+    ``param`` and ``velocity`` come back as plain views of the caller's memory
+    (:func:`param_buffer`); the update returns the caller's ``param``.
+    """
+    param = param_buffer("param", param)
     _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None))
     check_shape("grad", grad, param.shape, "to match `param`")
     lr = check_real("lr", lr, minimum=0.0)
@@ -387,16 +535,16 @@ def sgd_args(param, grad, lr, momentum, velocity, weight_decay, nesterov, contig
         raise ValueError("`velocity` is required when `momentum` != 0: pass "
                          "np.zeros_like(param) before the first step and keep it")
     if velocity is not None:
-        param_buffer("velocity", velocity, like=param)
-        if np.shares_memory(velocity, param):
+        velocity = param_buffer("velocity", velocity, like=param)
+        if overlaps(velocity, param):
             raise ValueError("`velocity` overlaps `param`")
-        if np.shares_memory(velocity, grad):
+        if overlaps(velocity, grad):
             raise ValueError("`velocity` overlaps `grad`")
-    if grad is not param and np.shares_memory(grad, param):
+    if not _same_memory(grad, param) and overlaps(grad, param):
         raise ValueError("`grad` overlaps `param`")
     if contiguous:
         (grad,) = as_contiguous(grad)
-    return grad, lr, momentum, weight_decay, bool(nesterov)
+    return param, grad, velocity, lr, momentum, weight_decay, bool(nesterov)
 
 
 REDUCTIONS_BCE = ("mean", "sum")
@@ -426,33 +574,37 @@ _NO_STEP = object()  # optimizer_args: the update takes no `step`
 
 
 def optimizer_args(param, grad, buffers, reals, step=_NO_STEP, contiguous=False):
-    """Checked grad, reals and step for the Adam / scikit-learn updates.
+    """Checked (param, grad, buffers, reals, step) for the Adam / scikit-learn updates.
 
     ``buffers``: (name, array) state written in place, each like ``param``
     and disjoint from it and from each other; ``reals``: (name, value,
     minimum, maximum) checked with :func:`check_real` (None: no bound; ``eps``
     must be strictly above its minimum, as it keeps ``sqrt(v) + eps`` off 0);
-    ``step``: the 1-based number of this update (an int >= 1), when the
-    update takes one (None is then a ``TypeError``, not "no step").
+    ``step``: the 1-based number of this update (an int in [1, 2**63 - 1]),
+    when the update takes one (None is then a ``TypeError``, not "no step").
+    ``param`` and the buffers come back as plain views of the caller's memory
+    (:func:`param_buffer`), the buffers as a list in the order given.
     """
-    param_buffer("param", param)
+    param = param_buffer("param", param)
     _, (_, grad) = float_arrays(("param", param, None), ("grad", grad, None))
     check_shape("grad", grad, param.shape, "to match `param`")
-    if grad is not param and np.shares_memory(grad, param):
+    if not _same_memory(grad, param) and overlaps(grad, param):
         raise ValueError("`grad` overlaps `param`")
-    for i, (name, buf) in enumerate(buffers):
+    views = []
+    for name, buf in buffers:
         if buf is None:
             raise ValueError(f"`{name}` is required: pass np.zeros_like(param) before the first "
                              f"step and keep it")
-        param_buffer(name, buf, like=param)
+        buf = param_buffer(name, buf, like=param)
         # NOTE: grad too -- a state buffer aliasing the gradient is read after
         # it is written, which the reference and the kernels order differently.
-        for other_name, other in [("param", param), ("grad", grad)] + list(buffers[:i]):
-            if np.shares_memory(buf, other):
+        for other_name, other in [("param", param), ("grad", grad)] + views:
+            if overlaps(buf, other):
                 raise ValueError(f"`{name}` overlaps `{other_name}`")
+        views.append((name, buf))
     values = [check_real(name, value, minimum=lo, maximum=hi, strict_min=name == "eps")
               for name, value, lo, hi in reals]
     step = None if step is _NO_STEP else check_int("step", step, minimum=1)
     if contiguous:
         (grad,) = as_contiguous(grad)
-    return grad, values, step
+    return param, grad, [buf for _, buf in views], values, step

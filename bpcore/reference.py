@@ -56,19 +56,19 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     -------
     out : ndarray, shape (m, n)
     """
-    a, b, alpha, beta, out, _ = V.matmul_args(a, b, trans_a, trans_b, alpha, beta, out)
-    dtype = out.dtype
+    a, b, alpha, beta, buf, _ = V.matmul_args(a, b, trans_a, trans_b, alpha, beta, out)
+    dtype = buf.dtype
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
     product = op_a @ op_b
     if alpha != 1.0:
         product *= dtype.type(alpha)
     if beta == 0.0:
-        out[...] = product
+        buf[...] = product
     else:
-        out *= dtype.type(beta)
-        out += product
-    return out
+        buf *= dtype.type(beta)
+        buf += product
+    return buf if out is None else out
 
 
 def linear_forward(x, w, b, *, out=None):
@@ -85,10 +85,10 @@ def linear_forward(x, w, b, *, out=None):
     -------
     out : ndarray, shape (n_samples, n_out)
     """
-    x, w, b, out = V.linear_forward_args(x, w, b, out)
-    np.matmul(x, w, out=out)
-    out += b
-    return out
+    x, w, b, buf = V.linear_forward_args(x, w, b, out)
+    np.matmul(x, w, out=buf)
+    buf += b
+    return buf if out is None else out
 
 
 def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, grad_b=None):
@@ -117,13 +117,15 @@ def linear_backward(x, w, grad, *, need_grad_x=True, grad_x=None, grad_w=None, g
     grad_b : ndarray, shape (n_out,)
         ``grad`` summed over the rows.
     """
-    x, w, grad, grad_x, grad_w, grad_b = V.linear_backward_args(
+    x, w, grad, gx, gw, gb = V.linear_backward_args(
         x, w, grad, need_grad_x, grad_x, grad_w, grad_b)
-    if grad_x is not None:
-        np.matmul(grad, w.T, out=grad_x)
-    np.matmul(x.T, grad, out=grad_w)
-    np.sum(grad, axis=0, out=grad_b)
-    return grad_x, grad_w, grad_b
+    if gx is not None:
+        np.matmul(grad, w.T, out=gx)
+    np.matmul(x.T, grad, out=gw)
+    np.sum(grad, axis=0, out=gb)
+    # The caller's buffers where given (a subclass was written through a plain view).
+    return (gx if gx is None or grad_x is None else grad_x,
+            gw if grad_w is None else grad_w, gb if grad_b is None else grad_b)
 
 
 # ---------------------------------------------------------------------------
@@ -142,13 +144,13 @@ def sigmoid_forward(z, *, out=None):
     -------
     out : ndarray, same shape as ``z``
     """
-    z, out = V.unary_args("z", z, out)
+    z, buf = V.unary_args("z", z, out)
     # NOTE: exp(-|z|) never overflows, so both branches are finite for every
     # finite z: 1/(1+e) for z >= 0 and e/(1+e) = exp(z)/(1+exp(z)) for z < 0.
     with np.errstate(under="ignore"):  # exp(-|z|) underflowing to 0 is the right answer
         e = np.exp(-np.abs(z))
-    np.divide(np.where(z >= 0, 1.0, e).astype(z.dtype, copy=False), 1.0 + e, out=out)
-    return out
+    np.divide(np.where(z >= 0, 1.0, e).astype(z.dtype, copy=False), 1.0 + e, out=buf)
+    return buf if out is None else out
 
 
 def sigmoid_backward(a, grad, *, out=None):
@@ -167,9 +169,9 @@ def sigmoid_backward(a, grad, *, out=None):
     out : ndarray
         Gradient of the loss with respect to the sigmoid's input.
     """
-    a, grad, out = V.binary_args(a, grad, out)
-    np.multiply(grad, a * (1 - a), out=out)
-    return out
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.multiply(grad, a * (1 - a), out=buf)
+    return buf if out is None else out
 
 
 def relu_forward(z, *, out=None):
@@ -184,9 +186,9 @@ def relu_forward(z, *, out=None):
     -------
     out : ndarray
     """
-    z, out = V.unary_args("z", z, out)
-    np.maximum(z, 0, out=out)
-    return out
+    z, buf = V.unary_args("z", z, out)
+    np.maximum(z, 0, out=buf)
+    return buf if out is None else out
 
 
 def relu_backward(a, grad, *, out=None):
@@ -207,12 +209,12 @@ def relu_backward(a, grad, *, out=None):
     -------
     out : ndarray
     """
-    a, grad, out = V.binary_args(a, grad, out)
+    a, grad, buf = V.binary_args(a, grad, out)
     mask = a > 0  # taken before writing: `out` may be `a` itself
-    np.multiply(grad, mask, out=out)
+    np.multiply(grad, mask, out=buf)
     # NaN * False would be NaN; a masked-out gradient is exactly 0 as in PyTorch.
-    out[~mask] = 0
-    return out
+    buf[~mask] = 0
+    return buf if out is None else out
 
 
 def tanh_forward(z, *, out=None):
@@ -227,9 +229,9 @@ def tanh_forward(z, *, out=None):
     -------
     out : ndarray
     """
-    z, out = V.unary_args("z", z, out)
-    np.tanh(z, out=out)
-    return out
+    z, buf = V.unary_args("z", z, out)
+    np.tanh(z, out=buf)
+    return buf if out is None else out
 
 
 def tanh_backward(a, grad, *, out=None):
@@ -246,9 +248,9 @@ def tanh_backward(a, grad, *, out=None):
     -------
     out : ndarray
     """
-    a, grad, out = V.binary_args(a, grad, out)
-    np.multiply(grad, 1 - a * a, out=out)
-    return out
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.multiply(grad, 1 - a * a, out=buf)
+    return buf if out is None else out
 
 
 def identity_forward(z, *, out=None):
@@ -263,9 +265,9 @@ def identity_forward(z, *, out=None):
     -------
     out : ndarray
     """
-    z, out = V.unary_args("z", z, out)
-    out[...] = z
-    return out
+    z, buf = V.unary_args("z", z, out)
+    buf[...] = z
+    return buf if out is None else out
 
 
 def identity_backward(a, grad, *, out=None):
@@ -282,9 +284,9 @@ def identity_backward(a, grad, *, out=None):
     -------
     out : ndarray
     """
-    a, grad, out = V.binary_args(a, grad, out)
-    out[...] = grad
-    return out
+    a, grad, buf = V.binary_args(a, grad, out)
+    buf[...] = grad
+    return buf if out is None else out
 
 
 def softmax_forward(z, *, out=None):
@@ -300,15 +302,15 @@ def softmax_forward(z, *, out=None):
     out : ndarray, shape (n_samples, n_classes)
         Each row sums to 1 (rows holding NaN or +inf give NaN, as in PyTorch).
     """
-    z, out = V.unary_args("z", z, out, ndim=2)
+    z, buf = V.unary_args("z", z, out, ndim=2)
     if z.size == 0:
-        return out
+        return buf if out is None else out
     # NOTE: subtracting the row maximum keeps exp() <= 1, so nothing overflows.
     with np.errstate(invalid="ignore", under="ignore"):  # -inf rows give NaN, as in torch
-        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
-        np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
-    return out
+        np.subtract(z, z.max(axis=1, keepdims=True), out=buf)
+        np.exp(buf, out=buf)
+    buf /= buf.sum(axis=1, keepdims=True)
+    return buf if out is None else out
 
 
 # ---------------------------------------------------------------------------
@@ -361,10 +363,10 @@ def mse_loss_backward(pred, target, *, reduction="mean", out=None):
     -------
     out : ndarray
     """
-    pred, target, out = V.mse_args(pred, target, reduction, out, want_out=True)
-    np.subtract(pred, target, out=out)
-    out *= pred.dtype.type(2.0 * _mse_scale(reduction, pred.size))
-    return out
+    pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=True)
+    np.subtract(pred, target, out=buf)
+    buf *= pred.dtype.type(2.0 * _mse_scale(reduction, pred.size))
+    return buf if out is None else out
 
 
 def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
@@ -436,15 +438,15 @@ def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None
     -------
     out : ndarray, shape (n_samples, n_classes)
     """
-    logits, labels, out = V.cross_entropy_args(logits, labels, reduction, out, want_out=True)
+    logits, labels, buf = V.cross_entropy_args(logits, labels, reduction, out, want_out=True)
     n = logits.shape[0]
     if n == 0:
-        return out
-    softmax_forward(logits, out=out)
-    out[np.arange(n), labels] -= 1
+        return buf if out is None else out
+    softmax_forward(logits, out=buf)
+    buf[np.arange(n), labels] -= 1
     if reduction == "mean":
-        out *= logits.dtype.type(1.0 / n)
-    return out
+        buf *= logits.dtype.type(1.0 / n)
+    return buf if out is None else out
 
 
 def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
@@ -516,15 +518,15 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
     -------
     out : ndarray
     """
-    logits, targets, out = V.bce_args(logits, targets, reduction, out, want_out=True)
+    logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=True)
     if logits.size == 0:
-        return out
-    t = targets.copy() if np.shares_memory(out, targets) else targets
-    sigmoid_forward(logits, out=out)
-    out -= t
+        return buf if out is None else out
+    t = targets.copy() if np.shares_memory(buf, targets) else targets
+    sigmoid_forward(logits, out=buf)
+    buf -= t
     if reduction == "mean":
-        out *= logits.dtype.type(1.0 / logits.size)
-    return out
+        buf *= logits.dtype.type(1.0 / logits.size)
+    return buf if out is None else out
 
 
 def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0,
@@ -560,17 +562,17 @@ def sgd_update(param, grad, *, lr, momentum=0.0, velocity=None, weight_decay=0.0
     param : ndarray
         The same array, updated.
     """
-    grad, lr, momentum, weight_decay, nesterov = V.sgd_args(
+    p, grad, vel, lr, momentum, weight_decay, nesterov = V.sgd_args(
         param, grad, lr, momentum, velocity, weight_decay, nesterov)
-    dt = param.dtype.type
+    dt = p.dtype.type
     g = grad
     if weight_decay != 0.0:
-        g = g + dt(weight_decay) * param
+        g = g + dt(weight_decay) * p
     if momentum != 0.0:
-        velocity *= dt(momentum)
-        velocity += g
-        g = g + dt(momentum) * velocity if nesterov else velocity
-    param -= dt(lr) * g
+        vel *= dt(momentum)
+        vel += g
+        g = g + dt(momentum) * vel if nesterov else vel
+    p -= dt(lr) * g
     return param
 
 
@@ -615,19 +617,20 @@ def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8
     param : ndarray
         The same array, updated.
     """
-    grad, (lr, eps, weight_decay), step = V.optimizer_args(
+    p, grad, (m, v), (lr, eps, weight_decay), step = V.optimizer_args(
         param, grad, [("m", m), ("v", v)],
         [("lr", lr, 0.0, None), ("eps", eps, 0.0, None), ("weight_decay", weight_decay, 0.0,
                                                            None)], step)
     beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
-    dt = param.dtype.type
-    g = grad + dt(weight_decay) * param if weight_decay != 0 else grad
+    dt = p.dtype.type
+    g = grad + dt(weight_decay) * p if weight_decay != 0 else grad
     m += dt(1 - beta1) * (g - m)
     v *= dt(beta2)
     v += dt(1 - beta2) * g * g
-    step_size = dt(lr / (1 - beta1 ** step))
-    denom = np.sqrt(v) / dt(math.sqrt(1 - beta2 ** step)) + dt(eps)
-    param -= step_size * (m / denom)
+    # float(step): the kernel's pow(beta, (double)t), spelled out.
+    step_size = dt(lr / (1 - beta1 ** float(step)))
+    denom = np.sqrt(v) / dt(math.sqrt(1 - beta2 ** float(step))) + dt(eps)
+    p -= step_size * (m / denom)
     return param
 
 
@@ -653,14 +656,14 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
     -------
     param : ndarray
     """
-    grad, (lr, momentum), _ = V.optimizer_args(
+    p, grad, (vel,), (lr, momentum), _ = V.optimizer_args(
         param, grad, [("velocity", velocity)],
         [("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0)])
     if not isinstance(nesterov, (bool, np.bool_)):
         raise TypeError(f"`nesterov` must be a bool; got {type(nesterov).__name__}")
-    dt = param.dtype.type
-    velocity[...] = dt(momentum) * velocity - dt(lr) * grad
-    param += dt(momentum) * velocity - dt(lr) * grad if nesterov else velocity
+    dt = p.dtype.type
+    vel[...] = dt(momentum) * vel - dt(lr) * grad
+    p += dt(momentum) * vel - dt(lr) * grad if nesterov else vel
     return param
 
 
@@ -693,13 +696,13 @@ def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, 
     -------
     param : ndarray
     """
-    grad, (lr, eps), step = V.optimizer_args(
+    p, grad, (m, v), (lr, eps), step = V.optimizer_args(
         param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],
         step)
     beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
-    dt = param.dtype.type
+    dt = p.dtype.type
     m[...] = dt(beta1) * m + dt(1 - beta1) * grad
     v[...] = dt(beta2) * v + dt(1 - beta2) * (grad * grad)
-    lr_t = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-    param += (dt(-lr_t) * m) / (np.sqrt(v) + dt(eps))
+    lr_t = lr * math.sqrt(1 - beta2 ** float(step)) / (1 - beta1 ** float(step))
+    p += (dt(-lr_t) * m) / (np.sqrt(v) + dt(eps))
     return param

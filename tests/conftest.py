@@ -112,3 +112,102 @@ def run_python(code, *, timeout=120, check=True, **env):
         assert res.returncode == 0, res.stderr
         return res.stdout.strip()
     return res
+
+
+# ---------------------------------------------------------------------------
+# Odd memory layouts of one array's values (tests/test_layouts.py)
+# ---------------------------------------------------------------------------
+
+# The documented outcome of the layouts that are not "the same result".
+LAYOUT_RAISES = {"masked": TypeError}
+
+
+def _same_values_with_strides(arr, strides):
+    """``arr``'s values behind the given strides: a copy, re-strided (only strides of
+    size-1 dimensions may differ from the copy's, so no byte outside it is addressed)."""
+    base = np.array(arr, order="C", copy=True)
+    return np.lib.stride_tricks.as_strided(base, shape=arr.shape, strides=strides)
+
+
+def odd_layouts(arr, tmpdir=None):
+    """Yield ``(name, view)``: ``arr``'s values in every memory layout bpcore must accept.
+
+    Layouts that need a size-1 dimension (a huge or zero stride there: NumPy still
+    calls such an array C-contiguous) or a dimension along which all values are
+    equal (a stride-0 broadcast) are yielded only when ``arr`` has one, so a
+    test picks one-row, one-column and repeated-row arrays to see them.  Each
+    view holds exactly ``arr``'s values; ``LAYOUT_RAISES`` names the layouts with
+    another documented outcome (a masked array is refused, not unmasked).
+    ``tmpdir``: where the memory-mapped copy goes (skipped when None).
+    """
+    import os
+
+    arr = np.asarray(arr)
+    itemsize = arr.itemsize
+    for d, size in enumerate(arr.shape):
+        if size != 1:
+            continue
+        for label, stride in (("huge", 10 ** 6 * itemsize), ("zero", 0),
+                              ("negative", -7 * itemsize)):
+            strides = list(np.array(arr, order="C").strides)
+            strides[d] = stride
+            yield f"{label}_stride_dim{d}", _same_values_with_strides(arr, tuple(strides))
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        # The reported case: np.ones((100000, 2))[::100000], a real row stride of 1.6 MB.
+        big = np.zeros((2000, arr.shape[1]), arr.dtype)
+        big[0] = arr[0]
+        yield "one_row_of_big", big[::2000]
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        big = np.zeros((arr.shape[0], 2000), arr.dtype)
+        big[:, 0] = arr[:, 0]
+        yield "one_column_of_big", big[:, :1]
+    for d, size in enumerate(arr.shape):
+        if size > 1 and arr.size and (arr == np.take(arr, [0], axis=d)).all():
+            yield f"broadcast_dim{d}", np.broadcast_to(np.take(arr, [0], axis=d), arr.shape)
+    if arr.ndim >= 1:
+        flipped = np.array(arr[(slice(None, None, -1),) * arr.ndim], order="C")
+        yield "negative", flipped[(slice(None, None, -1),) * arr.ndim]
+        big = np.zeros(arr.shape[:-1] + (3 * arr.shape[-1],), arr.dtype)
+        big[..., ::3] = arr
+        yield "strided", big[..., ::3]
+    if arr.ndim == 2:
+        yield "fortran", np.array(arr, order="F", copy=True)
+        yield "matrix", np.asmatrix(arr.copy())
+    yield "big_endian" if np.little_endian else "little_endian", arr.astype(
+        arr.dtype.newbyteorder("S"))
+    ro = arr.copy()
+    ro.flags.writeable = False
+    yield "read_only", ro
+    raw = np.zeros(arr.nbytes + 1, np.uint8)
+    mis = raw[1:].view(arr.dtype).reshape(arr.shape)
+    mis[...] = arr
+    yield "misaligned", mis
+    yield "masked", np.ma.masked_array(arr.copy(), mask=np.zeros(arr.shape, bool))
+    if tmpdir is not None:
+        path = os.path.join(str(tmpdir), f"layout{next(_MEMMAP_IDS)}.dat")
+        mm = np.memmap(path, dtype=arr.dtype, mode="w+", shape=arr.shape or (1,))
+        mm[...] = arr if arr.shape else arr.reshape(1)
+        yield "memmap", mm if arr.shape else mm.reshape(())
+
+
+def shared_buffer(*arrays):
+    """Views of ONE buffer holding ``arrays``' values, one after the other (e.g. ``x``
+    and ``y`` of a fit cut from one matrix)."""
+    arrays = [np.asarray(a) for a in arrays]
+    dtype = np.result_type(*arrays)
+    buf = np.zeros(sum(a.size for a in arrays), dtype)
+    views, start = [], 0
+    for a in arrays:
+        view = buf[start:start + a.size].reshape(a.shape)
+        view[...] = a
+        views.append(view)
+        start += a.size
+    return views
+
+
+def _counter():
+    import itertools
+    return itertools.count()
+
+
+_MEMMAP_IDS = _counter()

@@ -613,3 +613,104 @@ def test_any_input_layout_gives_the_contiguous_result(backend, name, layout, dty
     for k, v in laid.items():
         if (name, k) != ("sgd_update", "param"):
             np.testing.assert_array_equal(v, snapshot[k])
+
+
+# ---------------------------------------------------------------------------
+# Messages at the edges: huge Python ints, label values, names as np.str_,
+# subclasses and byte order (issue 12)
+# ---------------------------------------------------------------------------
+
+def test_huge_ints_and_reals_name_the_argument():
+    from bpcore import _validate as V
+
+    with pytest.raises(ValueError, match="`batch_size` must be <= 9223372036854775807"):
+        V.check_int("batch_size", 10 ** 30, minimum=1)
+    with pytest.raises(ValueError, match=r"`lr` must be finite; got 100000\.\.\. \(401 digits"):
+        V.check_real("lr", 10 ** 400)
+    assert V.check_int("seed", 10 ** 30, maximum=None) == 10 ** 30
+    assert V.check_int("n", 2 ** 63 - 1) == 2 ** 63 - 1
+    with pytest.raises(ValueError, match="`n`"):
+        bpcore.set_num_threads(10 ** 30)
+    with pytest.raises(ValueError, match="`n`"):
+        bpcore.set_num_threads(2 ** 31)
+    with pytest.raises(ValueError, match="`layer_sizes`"):
+        bpcore.MLP([2, 10 ** 30])
+    net = bpcore.MLP([2, 1], seed=0, dtype="float64")
+    x, y = np.zeros((4, 2)), np.zeros((4, 1))
+    with pytest.raises(ValueError, match="`batch_size`"):
+        net.fit(x, y, epochs=1, batch_size=10 ** 30, lr=0.1)
+    with pytest.raises(ValueError, match="`lr`"):
+        net.fit(x, y, epochs=1, batch_size=2, lr=10 ** 400)
+
+
+def test_adam_step_bounds_are_the_same_in_both_twins(backend):
+    rng = np.random.default_rng(0)
+    args = dict(grad=rng.normal(size=5), lr=0.01)
+    with pytest.raises(ValueError, match="`step` must be <="):
+        backend.adam_update(np.zeros(5), m=np.zeros(5), v=np.zeros(5), step=2 ** 63, **args)
+    results = []
+    for twin in (bpcore.reference, bpcore):  # the largest step: both twins, one answer
+        p = np.ones(5)
+        twin.adam_update(p, m=np.zeros(5), v=np.zeros(5), step=2 ** 63 - 1, **args)
+        results.append(p)
+    assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("labels,shown", [
+    (np.array([0, 2 ** 64 - 1, 1], np.uint64), "18446744073709551615"),
+    (np.array([0.0, 1e20, 1.0]), "1e+20"),
+    (np.array([0, -3, 1], np.int8), "-3"),
+])
+def test_out_of_range_labels_are_shown_as_given(backend, labels, shown):
+    with pytest.raises(ValueError, match=rf"`labels`\[1\] = {re.escape(shown)} is out of range"):
+        backend.softmax_cross_entropy(np.zeros((3, 4)), labels)
+
+
+def test_numpy_str_names_are_accepted(backend):
+    pred, target = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    assert (backend.mse_loss(pred, target, reduction=np.str_("sum"))
+            == backend.mse_loss(pred, target, reduction="sum"))
+    net = bpcore.MLP([2, 3, 1], activation=np.str_("relu"), loss=np.str_("mse"), seed=0,
+                     dtype="float64")
+    assert net.predict(np.ones((1, 2))).shape == (1, 1)
+
+
+def test_masked_arrays_are_refused_by_name(backend):
+    z = np.ma.masked_array(np.ones((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(TypeError, match="`z` is a masked array"):
+        backend.relu_forward(z)
+    with pytest.raises(TypeError, match="`out` is a masked array"):
+        backend.relu_forward(np.ones((2, 3)), out=z)
+    with pytest.raises(TypeError, match="`param` is a masked array"):
+        backend.sgd_update(z, np.ones((2, 3)), lr=0.1)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_matrix_inputs_are_arrays(backend):
+    """``*`` on np.matrix is a product: the reference computed BCE with it."""
+    logits = np.matrix([[0.5, -1.0], [2.0, 0.25]])
+    targets = np.matrix([[1.0, 0.0], [0.0, 1.0]])
+    expected = bpcore.reference.sigmoid_binary_cross_entropy(np.asarray(logits),
+                                                             np.asarray(targets))
+    assert_close(backend.sigmoid_binary_cross_entropy(logits, targets), expected)
+    out = np.asmatrix(np.zeros((2, 2)))
+    assert backend.relu_forward(logits, out=out) is out  # written through a plain view
+    np.testing.assert_array_equal(out, np.maximum(np.asarray(logits), 0))
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_float32_matrix_param_is_updated_as_float32(backend):
+    """The compiled general path took a float32 np.matrix for float64 (its type number)."""
+    param = np.asmatrix(np.ones((2, 3), np.float32))
+    grad = np.full((2, 3), 0.5, np.float32)
+    assert backend.sgd_update(param, grad, lr=0.5) is param
+    np.testing.assert_array_equal(param, np.full((2, 3), 0.75, np.float32))
+
+
+def test_non_native_byte_order(backend):
+    z = np.array([[-1.0, 2.0]], dtype=">f8" if np.little_endian else "<f8")
+    np.testing.assert_array_equal(backend.relu_forward(z), [[0.0, 2.0]])
+    with pytest.raises(ValueError, match="`out` must have dtype float64 in native byte order"):
+        backend.relu_forward(np.ones((1, 2)), out=np.zeros((1, 2), z.dtype))
+    with pytest.raises(TypeError, match="`param` must be float32 or float64 in native byte"):
+        backend.sgd_update(z.copy(), np.ones((1, 2)), lr=0.1)
