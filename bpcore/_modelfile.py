@@ -32,6 +32,7 @@ bounded by the model the file declares, whatever the bytes; every failure is a
 """
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 
@@ -139,6 +140,23 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
 
 
+def _parse_header(stream, what):
+    """(shape, fortran_order, dtype) of the .npy header at ``stream``'s position.
+
+    NOTE: NumPy parses the header with ``tokenize`` and ``ast.literal_eval``,
+    which raise more than ValueError on crafted text (TokenError,
+    SyntaxError, RecursionError: found by tests/test_files.py's fuzzer).
+    """
+    version = np.lib.format.read_magic(stream)
+    if version not in _HEADER_READERS:
+        raise _Unreadable(f"{what} has .npy format {version}")
+    try:
+        return _HEADER_READERS[version](stream)
+    except (ValueError, SyntaxError, tokenize.TokenError, TypeError, RecursionError,
+            OverflowError) as exc:
+        raise _Unreadable(f"{what} has an unreadable .npy header ({exc})") from None
+
+
 def _members(archive):
     """{entry name: ZipInfo}, every member checked before any is read."""
     members = {}
@@ -161,10 +179,7 @@ def _members(archive):
 def _header(archive, info):
     """(shape, fortran_order, dtype, header bytes) of one member, reading its header only."""
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version not in _HEADER_READERS:
-            raise _Unreadable(f"entry {info.filename!r} has .npy format {version}")
-        shape, fortran, dtype = _HEADER_READERS[version](member)
+        shape, fortran, dtype = _parse_header(member, f"entry {info.filename!r}")
         offset = member.tell()
     if dtype.hasobject:
         raise _Unreadable(f"entry {info.filename!r} holds pickled objects")
@@ -301,3 +316,59 @@ def load(path):
         reason = exc
     raise ValueError(f"{path!r} is not a readable bpcore model file ({reason}); it may be "
                      f"truncated, corrupt, or hold pickled objects (never loaded)") from None
+
+
+# ---------------------------------------------------------------------------
+# plain data files (the CLI's .npz / .npy readers), with the same checks
+# ---------------------------------------------------------------------------
+
+def read_npz(path, names):
+    """The arrays ``names`` of a data ``.npz``, read as strictly as a model file.
+
+    Only the members asked for are decompressed, each exactly as large as its
+    header declares; a missing name, a foreign or malformed archive is a
+    ``ValueError`` naming the file (``FileNotFoundError`` if there is none).
+    """
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive)
+            absent = [name for name in names if name not in members]
+            if absent:
+                raise ValueError(f"{path!r} has no array named {absent[0]!r} (it holds "
+                                 f"{', '.join(map(repr, sorted(members))) or 'none'})")
+            return {name: _read(archive, members[name], _header(archive, members[name]))
+                    for name in names}
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        if str(exc).startswith(repr(path)):
+            raise
+        reason = exc
+    except (_Unreadable, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+            NotImplementedError, RuntimeError, OverflowError) as exc:
+        reason = exc
+    raise ValueError(f"{path!r} is not a readable .npz archive ({reason})") from None
+
+
+def read_npy(path):
+    """The array of a ``.npy`` file, which must be exactly as large as its header declares."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _parse_header(f, "it")
+            if dtype.hasobject:
+                raise _Unreadable("it holds pickled objects (never loaded)")
+            if any(d < 0 for d in shape):
+                raise _Unreadable(f"negative shape {shape}")
+            nbytes = math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+            if f.tell() + nbytes != size:
+                raise _Unreadable(f"its header declares {nbytes} bytes of data but it holds "
+                                  f"{size - f.tell()}")
+            data = bytearray(f.read(nbytes))
+    except FileNotFoundError:
+        raise
+    except (_Unreadable, OSError, EOFError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{path!r} is not a readable .npy file ({exc})") from None
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
