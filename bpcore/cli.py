@@ -278,8 +278,6 @@ def _numeric(table, j, rows_ok):
     """Column ``j`` as float64 (rows ``rows_ok`` only); UserError at a non-number."""
     col = table.columns[j]
     if col.dtype.kind in "fiub":
-        if col.ndim == 2:
-            return col.astype(np.float64)[rows_ok]
         return col.astype(np.float64)[rows_ok]
     if col.dtype.kind not in "US":
         raise UserError(f"{table.path}: {table.label(j)} holds {col.dtype} values, not numbers")
@@ -402,7 +400,7 @@ def encode_target(y, task, target_name, *, comm=None):
         raise UserError(f"`--task classification` needs one target column; {target_name} has "
                         f"{y.shape[1]}")
     if kind == "integer":
-        values = y.astype(np.int64) if y.dtype.kind in "US" else y.astype(np.int64)
+        values = y.astype(np.int64)  # (CSV cells parse: "5" -> 5)
     elif kind == "float":
         values = y.astype(np.float64)
         if not np.all(values == np.round(values)):
