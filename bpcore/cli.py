@@ -247,14 +247,27 @@ def read_table(path, *, x_key="x", y_key="y"):
         if x.ndim != 2 or y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
             raise UserError(f"{path}: {x_key!r} must be (n, n_features) and {y_key!r} (n,) or "
                             f"(n, n_outputs); got {x.shape} and {y.shape}")
+        _check_rows(path, x)
         table = Table(path, [x[:, j] for j in range(x.shape[1])] + [y], None)
         return table
     if path.endswith(".npy"):
         table = _modelfile.read_npy(path)
         if table.ndim != 2:
             raise UserError(f"{path}: expected a 2-D table; got shape {table.shape}")
+        _check_rows(path, table)
         return Table(path, [table[:, j] for j in range(table.shape[1])], None)
     return read_csv(path)
+
+
+def _check_rows(path, array):
+    """UserError for an array without rows.
+
+    NOTE: checked before the columns are split out: an empty array may
+    declare any number of columns (shape (0, 10**9) holds no bytes), so
+    without rows the column count is not bounded by the file's size.
+    """
+    if array.shape[0] == 0:
+        raise UserError(f"{path}: no rows (shape {array.shape})")
 
 
 def _column_index(table, target, option="--target"):

@@ -165,3 +165,13 @@ def test_fuzzer_finding_unparsable_header_is_a_value_error(tmp_path, where):
     with pytest.raises(ValueError, match="unreadable .npy header") as info:
         MLP.load(path) if where == "model" else cli.read_table(path)
     assert str(path) in str(info.value)
+
+
+def test_an_empty_table_declaring_many_columns_is_refused_at_once(tmp_path):
+    # Zero rows of 10**9 columns hold no bytes; the column count must not drive any work.
+    np.save(tmp_path / "wide.npy", np.empty((0, 10**9), np.float32))
+    np.savez(tmp_path / "wide.npz", x=np.empty((0, 10**9)), y=np.empty(0))
+    for name in ("wide.npy", "wide.npz"):
+        with pytest.raises(ValueError, match="no rows") as info:
+            cli.read_table(str(tmp_path / name))
+        assert name in str(info.value)
