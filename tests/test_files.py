@@ -106,8 +106,13 @@ def _findings(target, proc, log, artifacts):
     saved = sorted(p for p in artifacts.iterdir())
     if proc.returncode == 0 and not saved:
         return ""
-    report = [f"{target}: libFuzzer exited {proc.returncode}; its log ends:",
-              *lines[-40:]]
+    # The Python traceback first (under ASan a native stack trace follows it), then the end.
+    start = next((i for i, line in enumerate(lines) if "Uncaught Python exception" in line),
+                 max(len(lines) - 40, 0))
+    shown = lines[start:start + 40]
+    if start + 40 < len(lines):
+        shown += ["...", *lines[max(start + 40, len(lines) - 10):]]
+    report = [f"{target}: libFuzzer exited {proc.returncode}; its log:", *shown]
     for path in saved:
         data = path.read_bytes()
         report += [f"finding {path} ({len(data)} bytes; replay: PYTHONPATH={ROOT} python "
