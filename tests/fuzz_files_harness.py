@@ -62,7 +62,7 @@ def _read(path):
         _prepare(cli.read_table(path))
 
 
-def test_one_input(data):
+def _check(data):
     with open(PATH, "wb") as f:
         f.write(data)
     try:
@@ -70,6 +70,20 @@ def test_one_input(data):
     except ValueError as exc:
         if PATH not in str(exc):
             raise AssertionError(f"the message does not name the file: {exc}") from exc
+
+
+def test_one_input(data):
+    try:
+        _check(data)
+    except BaseException:
+        # NOTE: under a preloaded libasan the process dies on a signal before
+        # atheris's own report reaches the log: print and flush it first.
+        import traceback
+
+        print("=== Uncaught Python exception in the reader: ===", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
 
 
 if __name__ == "__main__":
