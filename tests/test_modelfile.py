@@ -4,7 +4,11 @@ Promises tested here: a save replaces the file whole or not at all (also when
 the writing process dies mid-write); every malformed file -- truncated,
 wrong shape or dtype, wrong version, not a bpcore archive, carrying pickled
 objects, or a bare .npy -- is a ``ValueError`` that says what is wrong, is
-never unpickled, and leaves every model in memory as it was.
+never unpickled, and leaves every model in memory as it was; encrypted,
+otherwise compressed or unexpected members are rejected before they are read,
+and a small file cannot make a load decompress more than its model declares.
+A save keeps what users expect of a file: the umask's mode for a new file,
+the old mode for an existing one, and symbolic links followed.
 """
 import io
 import os
@@ -255,3 +259,177 @@ def test_loaded_model_owns_its_parameters(tmp_path):
     assert back.parameters.ctypes.data % 64 == 0
     back.weights[0][...] = 0
     np.testing.assert_array_equal(MLP.load(path).parameters, net.parameters)
+
+
+# ---------------------------------------------------------------------------
+# zip members outside the format, and decompression bounded by what the file declares
+# ---------------------------------------------------------------------------
+
+def _zip_bytes(members):
+    """A zip archive from ``(name, stored bytes, method, crc, uncompressed size, flags)``.
+
+    Written by hand so a test can set fields that zipfile refuses to write
+    (the encryption flag, an unknown method) or a deflate stream built cheaply.
+    """
+    import struct
+
+    out, central = bytearray(), bytearray()
+    for name, data, method, crc, size, flags in members:
+        raw = name.encode()
+        offset = len(out)
+        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0, crc,
+                           len(data), size, len(raw), 0) + raw + data
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, method, 0, 0, crc,
+                               len(data), size, len(raw), 0, 0, 0, 0, 0, offset) + raw
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                       len(central), len(out), 0)
+    return bytes(out + central + eocd)
+
+
+def _npy_bytes(value):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(value))
+    return buf.getvalue()
+
+
+def _stored(entries, flags=None, method=None):
+    """Members of ``entries`` stored; ``flags``/``method``: {name: value} overrides."""
+    import zlib
+
+    members = []
+    for name, value in entries.items():
+        data = _npy_bytes(value)
+        members.append((f"{name}.npy", data, (method or {}).get(name, 0), zlib.crc32(data),
+                        len(data), (flags or {}).get(name, 0)))
+    return members
+
+
+@pytest.mark.parametrize("kind", ["encrypted", "method_97", "lzma"])
+def test_members_outside_the_format_are_value_errors(tmp_path, kind):
+    # Old code: encrypted -> RuntimeError (zipfile wants a password), method 97 ->
+    # NotImplementedError, LZMA -> loaded (a member the format never writes).
+    path = tmp_path / "m.npz"
+    good = _entries(_net())
+    if kind == "lzma":
+        with zipfile.ZipFile(path, "w") as z:
+            for name, value in good.items():
+                z.writestr(f"{name}.npy", _npy_bytes(value),
+                           compress_type=zipfile.ZIP_LZMA if name == "params" else 0)
+    else:
+        override = {"params": 1} if kind == "encrypted" else None
+        method = {"params": 97} if kind == "method_97" else None
+        path.write_bytes(_zip_bytes(_stored(good, flags=override, method=method)))
+    with pytest.raises(ValueError) as info:
+        MLP.load(path)
+    message = str(info.value)
+    assert str(path) in message and "params.npy" in message, message
+    assert {"encrypted": "encrypted", "method_97": "method 97",
+            "lzma": "method 14"}[kind] in message, message
+
+
+def test_unexpected_member_is_rejected(tmp_path):
+    path = tmp_path / "m.npz"
+    _write_npz(path, **_entries(_net()), surprise=np.zeros(3))
+    with pytest.raises(ValueError, match="unexpected entries 'surprise'"):
+        MLP.load(path)
+
+
+def _bomb(good, name, n_bytes):
+    """Members of ``good`` plus entry ``name``: a float32 zero vector of ``n_bytes``,
+    deflated to about 260 kB (built without compressing it all)."""
+    import zlib
+
+    header = _npy_bytes(np.zeros(0, np.float32)).replace(b"(0,)", f"({n_bytes // 4},)".encode())
+    header = header[:-1].rstrip(b" ")  # re-pad the header to a multiple of 64 bytes
+    header = header + b" " * (-(len(header) + 1) % 64) + b"\n"
+    chunk = bytes(1 << 20)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = comp.compress(header) + comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    # After a full flush the compressor starts afresh: the same input gives the same bytes.
+    assert comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH) == block
+    n_chunks = n_bytes >> 20
+    data = start + block * n_chunks + comp.flush()
+    crc = zlib.crc32(header)
+    for _ in range(n_chunks):
+        crc = zlib.crc32(chunk, crc)
+    members = [m for m in _stored(good) if m[0] != f"{name}.npy"]
+    return members + [(f"{name}.npy", data, 8, crc, len(header) + n_bytes, 0)]
+
+
+@pytest.mark.parametrize("entry", ["extra/junk", "loss"])
+def test_a_small_file_cannot_make_load_decompress_much(tmp_path, entry):
+    # 256 MiB declared by a ~260 kB file: the old loader inflated all of it
+    # (an extra entry loaded; a huge loss string too, then failed later).
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    good = _entries(_net())
+    path.write_bytes(_zip_bytes(_bomb(good, entry, 256 << 20)))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            MLP.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value) and entry in str(info.value), str(info.value)
+    assert peak < 8 << 20, peak
+
+
+def test_extra_entries_within_the_budget_load(tmp_path):
+    net = _net()
+    path = tmp_path / "m.npz"
+    velocity = np.arange(net.n_params, dtype=np.float32)
+    _modelfile.save(path, layer_sizes=net.layer_sizes, activations=net.activations,
+                    loss=net.loss, reduction=net.reduction, dtype=net.dtype,
+                    params=net.parameters, extra={"velocity": velocity, "names": ["a", "b"]})
+    extra = _modelfile.load(path)["extra"]
+    np.testing.assert_array_equal(extra["velocity"], velocity)
+    assert extra["names"].tolist() == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------
+# save keeps file semantics: mode from the umask or the old file, links followed
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_new_file_mode_follows_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        _net().save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o664], ids=oct)
+def test_existing_file_keeps_its_mode(tmp_path, mode):
+    path = tmp_path / "m.npz"
+    _net().save(path)
+    os.chmod(path, mode)
+    _net(seed=1).save(path)
+    assert path.stat().st_mode & 0o777 == mode
+    np.testing.assert_array_equal(MLP.load(path).parameters, _net(seed=1).parameters)
+
+
+def test_save_through_a_symlink_replaces_its_target(tmp_path):
+    real_dir, link_dir = tmp_path / "real", tmp_path / "links"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    target = real_dir / "m.npz"
+    _net().save(target)
+    os.chmod(target, 0o640)
+    link = link_dir / "m.npz"
+    link.symlink_to(os.path.join("..", "real", "m.npz"))  # relative, as users make them
+    _net(seed=1).save(link)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "real", "m.npz")
+    assert target.stat().st_mode & 0o777 == 0o640
+    np.testing.assert_array_equal(MLP.load(target).parameters, _net(seed=1).parameters)
+    assert sorted(os.listdir(real_dir)) == ["m.npz"] and sorted(os.listdir(link_dir)) == [
+        "m.npz"]  # the temporary file lived beside the target and is gone
+    dangling = link_dir / "new.npz"
+    dangling.symlink_to(real_dir / "new.npz")
+    _net(seed=2).save(dangling)
+    assert dangling.is_symlink() and (real_dir / "new.npz").is_file()
