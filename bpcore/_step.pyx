@@ -915,7 +915,8 @@ cdef class Trainer:
 
     cdef void _check_block(self, object block, str name) except *:
         if (not isinstance(block, np.ndarray) or block.dtype != self.dtype
-                or not block.flags.c_contiguous or block.size < self.n_params):
+                or not block.flags.c_contiguous or not block.flags.aligned
+                or block.size < self.n_params):
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
 
@@ -941,9 +942,11 @@ cdef class Trainer:
             raise ValueError("`order` holds an index out of range")
 
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
+        # NOTE: aligned too -- the kernels read rows with aligned vector loads.
         if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
-                or not x.flags.c_contiguous or x.shape[1] != self._sizes[0]):
-            raise ValueError(f"`x` must be a C-contiguous {self.dtype} array of shape "
+                or not x.flags.c_contiguous or not x.flags.aligned
+                or x.shape[1] != self._sizes[0]):
+            raise ValueError(f"`x` must be a C-contiguous, aligned {self.dtype} array of shape "
                              f"(n, {self._sizes[0]})")
         if y is None:
             if need_y:  # NOTE: the kernels would read y through a NULL pointer
@@ -951,10 +954,11 @@ cdef class Trainer:
             return
         if self._labels():
             if (not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1
-                    or not y.flags.c_contiguous or y.shape[0] != x.shape[0]):
+                    or not y.flags.c_contiguous or not y.flags.aligned
+                    or y.shape[0] != x.shape[0]):
                 raise ValueError("`y` must be C-contiguous int64 labels of shape (n,)")
         elif (not isinstance(y, np.ndarray) or y.dtype != self.dtype or y.ndim != 2
-                or not y.flags.c_contiguous
+                or not y.flags.c_contiguous or not y.flags.aligned
                 or y.shape != (x.shape[0], self._sizes[self.net.n_layers])):
             raise ValueError(f"`y` must be a C-contiguous {self.dtype} array of shape "
                              f"(n, {self._sizes[self.net.n_layers]})")
@@ -963,7 +967,8 @@ cdef class Trainer:
         if sample_weight is None:
             return
         if (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != self.dtype
-                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous):
+                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous
+                or not sample_weight.flags.aligned):
             raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
                              f"shape ({n},)")
 

@@ -888,7 +888,7 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
         if callback is not None and not callable(callback):
             raise TypeError("`callback` must be callable(epoch, logs)")
         if seed is not None and not isinstance(seed, np.random.Generator):
-            seed = V.check_int("seed", seed, minimum=0)
+            seed = V.check_int("seed", seed, minimum=0, maximum=None)  # as MLP.fit
         config = {
             "layer_sizes": net.layer_sizes, "activations": net.activations, "loss": net.loss,
             "reduction": net.reduction, "dtype": net.dtype.name, "epochs": epochs,

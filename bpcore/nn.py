@@ -91,16 +91,17 @@ class MLP:
                  backend="compiled"):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
-        V.check_choice("loss", loss, LOSSES)
+        loss = V.check_choice("loss", loss, LOSSES)
         required = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}.get(loss)
         if output_activation is None:
             output_activation = required or "identity"
-        V.check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        output_activation = V.check_choice("output_activation", output_activation,
+                                           OUTPUT_ACTIVATIONS)
         if required is not None and output_activation != required:
             raise ValueError(f"`output_activation` must be {required!r} with "
                              f"loss={loss!r}; got {output_activation!r}")
-        V.check_choice("reduction", reduction,
-                       V.REDUCTIONS_MSE if loss == "mse" else V.REDUCTIONS_CE)
+        reduction = V.check_choice("reduction", reduction,
+                                   V.REDUCTIONS_MSE if loss == "mse" else V.REDUCTIONS_CE)
         if not isinstance(activation, (str, list, tuple)):
             raise TypeError(f"`activation` must be a name or a sequence of names (one of "
                             f"{', '.join(map(repr, ACTIVATIONS))}); got {activation!r}")
@@ -113,8 +114,9 @@ class MLP:
         # NOTE: a single name is checked even without hidden layers, where it is unused
         for name in hidden if hidden or not isinstance(activation, str) else [activation]:
             V.check_choice("activation", name, ACTIVATIONS)
-        V.check_choice("init", init, INITS)
-        V.check_choice("backend", backend, BACKENDS)
+        hidden = [str(name) for name in hidden]
+        init = V.check_choice("init", init, INITS)
+        backend = V.check_choice("backend", backend, BACKENDS)
         try:
             dtype = np.dtype(dtype)
         except TypeError:
@@ -354,8 +356,8 @@ class MLP:
 
     @staticmethod
     def _optimizer_options(optimizer, betas, eps, decay):
-        V.check_choice("optimizer", optimizer, OPTIMIZERS)
-        V.check_choice("decay", decay, DECAYS)
+        optimizer = V.check_choice("optimizer", optimizer, OPTIMIZERS)
+        decay = V.check_choice("decay", decay, DECAYS)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"`betas` must be a pair (beta1, beta2); got {betas!r}")
         beta1 = V.check_real("betas[0]", betas[0], minimum=0.0, maximum=1.0)
@@ -658,7 +660,7 @@ class MLP:
         lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay, nesterov)
         optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
             optimizer, betas, eps, decay)
-        V.check_choice("schedule", schedule, SCHEDULES)
+        schedule = V.check_choice("schedule", schedule, SCHEDULES)
         power_t = V.check_real("power_t", power_t, minimum=0.0)
         patience = V.check_int("patience", patience, minimum=1)
         tol = V.check_real("tol", tol, minimum=0.0)

@@ -75,6 +75,7 @@ except ImportError as exc:
 
 from . import _gemm
 from ._kernels import sklearn_adam_update, sklearn_sgd_update
+from . import _validate as V
 from ._step import NONFINITE as _NONFINITE, Trainer, UpdateRule
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -86,6 +87,15 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 _LOSSES = {"identity": "sk_squared_error", "exp": "sk_poisson", "softmax": "sk_log_loss",
            "logistic": "sk_binary_log_loss"}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _c_array(a, dtype):
+    """``a`` as the core takes it: ``dtype``, C-contiguous with canonical strides, aligned.
+
+    NOTE: scikit-learn's validation may hand over a misaligned view (a buffer
+    at an odd offset); the kernels read with aligned loads, so it is copied.
+    """
+    return V.as_contiguous(np.asarray(a, dtype=dtype))[0]
 
 
 def _zeros_block(n, dtype, align=64):
@@ -188,18 +198,18 @@ class _BpcoreMLP:
             dtype = np.dtype(np.float64)
         trainer = self._bp_trainer(self._bp_layer_units(), dtype)
         block, _, _ = self._bp_pack(trainer, dtype)
-        x = np.ascontiguousarray(X, dtype=dtype)
+        x = _c_array(X, dtype)
         out = np.empty((x.shape[0], self.coefs_[-1].shape[1]), dtype)
         with _threads(self.n_threads):
             return trainer.forward(block, x, out)
 
     def _bp_arrays(self, X, y, sample_weight, dtype):
         """X, y (float targets) and sample_weight in ``dtype`` as the compiled code wants them."""
-        x = np.ascontiguousarray(X, dtype=dtype)
-        yf = np.ascontiguousarray(y, dtype=dtype)
+        x = _c_array(X, dtype)
+        yf = _c_array(y, dtype)
         if yf.ndim == 1:
             yf = yf.reshape(-1, 1)
-        sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=dtype)
+        sw = None if sample_weight is None else _c_array(sample_weight, dtype)
         return x, yf, sw
 
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads,

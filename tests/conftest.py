@@ -129,6 +129,72 @@ def _same_values_with_strides(arr, strides):
     return np.lib.stride_tricks.as_strided(base, shape=arr.shape, strides=strides)
 
 
+LAYOUT_KINDS = ("contiguous", "strided", "sliced", "fortran", "transposed", "negative",
+                "read_only", "misaligned", "memmap", "matrix", "masked", "byteswapped")
+
+
+def layout(arr, kind, tmpdir=None):
+    """``arr``'s values in the memory layout ``kind`` (one of ``LAYOUT_KINDS``).
+
+    The one builder of layouts for every test module: "strided" (every other
+    element of the last axis), "sliced" (every axis strided, 2-D), "fortran",
+    "transposed" (the transpose of a C array), "negative" (negative strides),
+    "read_only", "misaligned" (one byte off), "memmap" (a file in ``tmpdir``),
+    "matrix" (``np.matrix``), "masked" (nothing masked), "byteswapped" (the
+    other byte order).  A kind that needs more axes than ``arr`` has (or a
+    non-array) gives ``arr`` unchanged.
+    """
+    import os
+
+    if not isinstance(arr, np.ndarray):
+        return arr
+    kind = {"readonly": "read_only", "c": "contiguous"}.get(kind, kind)
+    if kind == "contiguous":
+        return arr
+    if kind == "read_only":
+        view = arr.copy()
+        view.flags.writeable = False
+        return view
+    if kind == "byteswapped":
+        return arr.astype(arr.dtype.newbyteorder("S"))
+    if kind == "masked":
+        return np.ma.masked_array(arr.copy(), mask=np.zeros(arr.shape, bool))
+    if kind == "misaligned":
+        raw = np.zeros(arr.nbytes + 1, np.uint8)
+        view = raw[1:].view(arr.dtype).reshape(arr.shape)
+    elif kind == "memmap":
+        path = os.path.join(str(tmpdir), f"layout{next(_MEMMAP_IDS)}.dat")
+        view = np.memmap(path, dtype=arr.dtype, mode="w+", shape=arr.shape or (1,))
+        view[...] = arr if arr.shape else arr.reshape(1)
+        return view if arr.shape else view.reshape(())
+    elif arr.ndim == 0:
+        return arr
+    elif kind == "strided":
+        view = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],), arr.dtype)[..., ::2]
+    elif kind == "negative":
+        view = np.zeros_like(arr)[(slice(None, None, -1),) * arr.ndim]
+    elif arr.ndim < 2:
+        return arr
+    elif kind == "sliced":
+        view = np.zeros((2 * arr.shape[0] + 1, 3 * arr.shape[1] + 2), arr.dtype)[1::2, 2::3]
+    elif kind == "fortran":
+        view = np.zeros(arr.shape, arr.dtype, order="F")
+    elif kind == "transposed":
+        view = np.zeros(arr.shape[::-1], arr.dtype).T
+    elif kind == "matrix":
+        return np.asmatrix(arr.copy())
+    else:
+        raise AssertionError(f"unknown layout {kind!r}")
+    view[...] = arr
+    return view
+
+
+def sigmoid(z):
+    """The logistic function in float64 NumPy, stable for large |z| (a test oracle)."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
 def odd_layouts(arr, tmpdir=None):
     """Yield ``(name, view)``: ``arr``'s values in every memory layout bpcore must accept.
 
@@ -164,30 +230,14 @@ def odd_layouts(arr, tmpdir=None):
     for d, size in enumerate(arr.shape):
         if size > 1 and arr.size and (arr == np.take(arr, [0], axis=d)).all():
             yield f"broadcast_dim{d}", np.broadcast_to(np.take(arr, [0], axis=d), arr.shape)
-    if arr.ndim >= 1:
-        flipped = np.array(arr[(slice(None, None, -1),) * arr.ndim], order="C")
-        yield "negative", flipped[(slice(None, None, -1),) * arr.ndim]
-        big = np.zeros(arr.shape[:-1] + (3 * arr.shape[-1],), arr.dtype)
-        big[..., ::3] = arr
-        yield "strided", big[..., ::3]
-    if arr.ndim == 2:
-        yield "fortran", np.array(arr, order="F", copy=True)
-        yield "matrix", np.asmatrix(arr.copy())
-    yield "big_endian" if np.little_endian else "little_endian", arr.astype(
-        arr.dtype.newbyteorder("S"))
-    ro = arr.copy()
-    ro.flags.writeable = False
-    yield "read_only", ro
-    raw = np.zeros(arr.nbytes + 1, np.uint8)
-    mis = raw[1:].view(arr.dtype).reshape(arr.shape)
-    mis[...] = arr
-    yield "misaligned", mis
-    yield "masked", np.ma.masked_array(arr.copy(), mask=np.zeros(arr.shape, bool))
-    if tmpdir is not None:
-        path = os.path.join(str(tmpdir), f"layout{next(_MEMMAP_IDS)}.dat")
-        mm = np.memmap(path, dtype=arr.dtype, mode="w+", shape=arr.shape or (1,))
-        mm[...] = arr if arr.shape else arr.reshape(1)
-        yield "memmap", mm if arr.shape else mm.reshape(())
+    kinds = (["negative", "strided"] if arr.ndim >= 1 else []) + (
+        ["fortran", "matrix"] if arr.ndim == 2 else [])
+    kinds += ["byteswapped", "read_only", "misaligned", "masked"]
+    kinds += ["memmap"] if tmpdir is not None else []
+    for kind in kinds:
+        name = ({"byteswapped": "big_endian" if np.little_endian else "little_endian"}
+                .get(kind, kind))
+        yield name, layout(arr, kind, tmpdir)
 
 
 def shared_buffer(*arrays):

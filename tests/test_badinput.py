@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import TOL, run_python
+from conftest import TOL, layout as _layout, run_python
 
 import bpcore
 import bpcore.reference as R
@@ -202,31 +202,10 @@ def _tmpdir():
 
 
 def layout(arr, kind):
-    """``arr``'s values in another memory layout (a view that is what it says)."""
-    if kind == "strided":
-        big = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],), arr.dtype)
-        view = big[..., ::2]
-    elif kind == "fortran":
-        view = np.asfortranarray(np.zeros_like(arr))
-    elif kind == "transposed":
-        view = np.zeros(arr.shape[::-1], arr.dtype).T
-    elif kind == "negative":
-        view = np.zeros_like(arr)[::-1]
-    elif kind == "misaligned":
-        raw = np.zeros(arr.nbytes + 1, np.uint8)
-        view = raw[1:].view(arr.dtype).reshape(arr.shape)
-    elif kind in ("read_only", "memmap"):
-        if kind == "read_only":
-            view = arr.copy()
-            view.flags.writeable = False
-            return view
-        fd, path = tempfile.mkstemp(suffix=".npy", dir=_tmpdir())
-        os.close(fd)
-        np.save(path, arr)
-        return np.load(path, mmap_mode="r")
-    else:
-        raise AssertionError(kind)
-    view[...] = arr
+    """``arr``'s values in another memory layout (conftest.layout); memory maps read-only."""
+    view = _layout(arr, kind, _tmpdir())
+    if kind == "memmap":
+        view.flags.writeable = False
     return view
 
 

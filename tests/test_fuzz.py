@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TOL
+from conftest import TOL, layout as _layout
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -36,25 +36,6 @@ DTYPES = st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)])
 LAYOUTS = st.sampled_from(["c", "fortran", "strided", "negative", "readonly"])
 
 
-def _laid_out(arr, kind):
-    if arr.ndim == 0 and kind != "readonly":
-        return arr  # (np.asfortranarray would make it 1-D)
-    if kind == "fortran":
-        return np.asfortranarray(arr)
-    if kind == "strided":
-        big = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],) if arr.ndim else (), arr.dtype)
-        view = big[..., ::2] if arr.ndim else big
-        view[...] = arr
-        return view
-    if kind == "negative":
-        return np.ascontiguousarray(arr[::-1])[::-1] if arr.ndim else arr
-    if kind == "readonly":
-        arr = arr.copy()
-        arr.flags.writeable = False
-        return arr
-    return arr
-
-
 @st.composite
 def arrays(draw, dtype, shape, special=False, bound=1e3, huge=True):
     """An array of ``shape`` in a random layout; ``special`` adds NaN/+-inf (and +-1e30)."""
@@ -63,7 +44,7 @@ def arrays(draw, dtype, shape, special=False, bound=1e3, huge=True):
         values = [math.nan, math.inf, -math.inf, 0.0, -0.0] + ([1e30, -1e30] if huge else [])
         elements = st.one_of(elements, st.sampled_from(values))
     arr = draw(hnp.arrays(dtype, shape, elements=elements))
-    return _laid_out(arr, draw(LAYOUTS))
+    return _layout(arr, draw(LAYOUTS))
 
 
 def dims(min_value=0, max_value=9):

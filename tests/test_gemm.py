@@ -4,7 +4,7 @@ import sys
 import textwrap
 
 import numpy as np
-from conftest import run_python
+from conftest import layout, run_python, sigmoid as _sigmoid
 import pytest
 
 from bpcore import _gemm
@@ -136,19 +136,8 @@ def test_beta_zero_ignores_nan_in_out(kernel, dtype, m, n, k):
 
 def _layouts(x):
     """Views of the same values with other strides (all must be read in place)."""
-    f = np.asfortranarray(x)
-    yield "C", x
-    yield "F", f
-    yield "transposed-twice", np.ascontiguousarray(x.T).T
-    big = np.zeros((2 * x.shape[0] + 1, 3 * x.shape[1] + 2), dtype=x.dtype)
-    big[1::2, 2::3] = x
-    yield "sliced", big[1::2, 2::3]
-    neg = np.ascontiguousarray(x[::-1, ::-1])
-    yield "negative", neg[::-1, ::-1]
-    ro = x.copy()
-    ro.flags.writeable = False
-    yield "read-only", ro
-    yield "broadcast-row", np.broadcast_to(x[:1], x.shape)
+    for kind in ("contiguous", "fortran", "transposed", "sliced", "negative", "read_only"):
+        yield kind, layout(x, kind)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,11 +222,6 @@ def test_zero_sized(kernel, dtype, m, n, k):
 # ---------------------------------------------------------------------------
 # Epilogues (the C entry point, through the private _matmul_epilogue hook)
 # ---------------------------------------------------------------------------
-def _sigmoid(z):
-    return np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))),
-                    np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
-
-
 EPILOGUE_REFERENCE = {
     "none": lambda z, bias, aux: z,
     "bias": lambda z, bias, aux: z + bias,

@@ -9,7 +9,7 @@ import inspect
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, assert_close, layout as _layout
 
 import bpcore
 from bpcore import _kernels, reference
@@ -18,23 +18,6 @@ UNARY = ["sigmoid_forward", "relu_forward", "tanh_forward", "identity_forward"]
 BINARY = ["sigmoid_backward", "relu_backward", "tanh_backward", "identity_backward"]
 SHAPES = [(0, 3), (1, 1), (3, 5), (17, 33), (64, 100)]
 LAYOUTS = ["contiguous", "strided", "fortran", "negative", "readonly"]
-
-
-def _layout(arr, layout):
-    """The same values as ``arr`` in another memory layout."""
-    if layout == "strided":
-        big = np.empty((arr.shape[0], 2 * arr.shape[1]), arr.dtype)
-        big[:, ::2] = arr
-        return big[:, ::2]
-    if layout == "fortran":
-        return np.asfortranarray(arr)
-    if layout == "negative":
-        return arr[::-1].copy()[::-1]
-    if layout == "readonly":
-        arr = arr.copy()
-        arr.flags.writeable = False
-        return arr
-    return arr
 
 
 def _values(shape, dtype, seed, kind="any"):

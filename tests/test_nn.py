@@ -5,17 +5,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import import_oracle
+from conftest import import_oracle, sigmoid as _sigmoid
 
 import bpcore
 from bpcore import MLP
 
 BACKENDS = ["compiled", "reference"]
 ACTS = ["relu", "sigmoid", "tanh", "identity"]
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 # ---------------------------------------------------------------------------

@@ -9,14 +9,9 @@ wrong one came from.
 """
 import numpy as np
 import pytest
-from conftest import assert_close, import_oracle
+from conftest import assert_close, import_oracle, sigmoid as _sigmoid
 
 import bpcore
-
-
-def _sigmoid(t):
-    """Independent scalar sigmoid, for closed forms."""
-    return 1.0 / (1.0 + np.exp(-t))
 
 
 # ---------------------------------------------------------------------------

@@ -217,11 +217,13 @@ def test_long_calls_release_the_gil(what):
         call = lambda: net.predict(x)  # noqa: E731
     else:
         net = MLP([256, 256, 10], seed=0)
-        x = rng.normal(size=(15, 256)).astype(np.float32)  # one epoch = one batch, no GIL
+        # One epoch = one batch of ~2 GFLOP (tens of ms), no GIL: long enough that
+        # the counting thread runs even on a loaded 2-core machine.
+        x = rng.normal(size=(15, 256)).astype(np.float32)
         y = rng.normal(size=(15, 10)).astype(np.float32)
-        x = np.repeat(x, 40, axis=0)[:600]
-        y = np.repeat(y, 40, axis=0)[:600]
-        call = lambda: net.fit(x, y, epochs=1, batch_size=600, lr=0.0)  # noqa: E731
+        x = np.repeat(x, 400, axis=0)[:6000]
+        y = np.repeat(y, 400, axis=0)[:6000]
+        call = lambda: net.fit(x, y, epochs=1, batch_size=6000, lr=0.0)  # noqa: E731
     # One GEMM thread, so a core is left for the counting thread even on a busy 2-core box.
     old = bpcore.get_num_threads()
     bpcore.set_num_threads(1)

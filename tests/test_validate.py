@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, layout as _layout
 
 import bpcore
 
@@ -560,31 +560,6 @@ def test_sgd_grad_overlapping_param(backend):
 # ---------------------------------------------------------------------------
 # input layouts
 # ---------------------------------------------------------------------------
-
-def _layout(arr, layout):
-    if not isinstance(arr, np.ndarray):
-        return arr
-    if layout == "strided":
-        big = np.zeros(arr.shape[:-1] + (2 * arr.shape[-1],) if arr.ndim else (), arr.dtype)
-        view = big[..., ::2]
-        view[...] = arr
-        return view
-    if layout == "fortran":
-        return np.asfortranarray(arr)
-    if layout == "negative":
-        return arr[::-1].copy()[::-1]
-    if layout == "read_only":
-        arr = arr.copy()
-        arr.flags.writeable = False
-        return arr
-    if layout == "misaligned":
-        raw = np.zeros(arr.nbytes + 1, np.uint8)
-        view = raw[1:].view(arr.dtype).reshape(arr.shape)
-        view[...] = arr
-        assert not view.flags.aligned
-        return view
-    raise AssertionError(layout)
-
 
 LAYOUTS = ["strided", "fortran", "negative", "read_only", "misaligned"]
 
