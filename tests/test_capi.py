@@ -20,6 +20,10 @@ import pytest
 import bpcore
 from conftest import import_oracle
 
+# Builds, subprocesses or other tools: in CI (CI=true) and with --runslow; not in a
+# plain local `pytest`, nor in the sanitizer rerun (.ci/sanitize).
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Using bpcore from C or Cython"
 

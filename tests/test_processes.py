@@ -27,6 +27,10 @@ import pytest
 
 from conftest import import_oracle, run_python
 
+# Fork, forkserver and spawn pools: in CI (CI=true) and with --runslow; not in a
+# plain local `pytest`, nor in the sanitizer rerun (.ci/sanitize).
+pytestmark = pytest.mark.slow
+
 CHILD_TIMEOUT = 60          # seconds per child; a normal run takes a few
 SCRIPT_TIMEOUT = 300        # the whole fresh interpreter (a backstop)
 

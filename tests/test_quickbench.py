@@ -9,6 +9,10 @@ from conftest import import_oracle, run_python
 import bpcore
 from bpcore import _quickbench, cli
 
+# Builds, subprocesses or other tools: in CI (CI=true) and with --runslow; not in a
+# plain local `pytest`, nor in the sanitizer rerun (.ci/sanitize).
+pytestmark = pytest.mark.slow
+
 NUMBER = r"[0-9]+\.[0-9]+"
 
 

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import import_oracle
 
 sklearn = import_oracle("sklearn")
@@ -21,6 +22,7 @@ import bpcore  # noqa: E402
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow  # a child pytest: in CI and with --runslow, not in the sanitizer rerun
 def test_scikit_learns_mlp_tests_pass_with_bpcore(tmp_path):
     package = os.path.dirname(os.path.abspath(sklearn.__file__))
     target = os.path.join(package, "neural_network", "tests", "test_mlp.py")
