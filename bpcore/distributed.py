@@ -66,9 +66,11 @@ import numpy as np
 
 try:
     from mpi4py import MPI
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("bpcore.distributed needs mpi4py and an MPI library: "
-                      "pip install 'bpcore[mpi]' (mpi4py + mpich)") from exc
+except ImportError as exc:
+    # NOTE: ``from None``: the one line below is the whole message.
+    raise ImportError(f"bpcore.distributed needs mpi4py and an MPI library: pip install "
+                      f"'bpcore[mpi]' (from a checkout: pip install '.[mpi]'; it installs "
+                      f"mpi4py and mpich) ({exc})") from None
 
 from . import _modelfile
 from . import _validate as V

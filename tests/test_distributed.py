@@ -743,3 +743,24 @@ def test_one_rank_signal_handlers_raise_as_in_plain_python():
         print(seen)
     """)
     assert out == str([("TimeoutError", True), ("SystemExit", 3), True] * 2)
+
+
+def test_missing_mpi4py_gives_the_install_hint():
+    res = run_python("""
+        import sys
+        from importlib.abc import MetaPathFinder
+
+        class Absent(MetaPathFinder):  # as if mpi4py were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "mpi4py":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, Absent())
+        import bpcore.distributed
+    """, check=False)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: bpcore.distributed needs mpi4py"), last
+    assert "pip install 'bpcore[mpi]'" in last and "No module named 'mpi4py'" in last
+    assert "During handling" not in res.stderr  # one error, not a chain
+
