@@ -413,7 +413,13 @@ def encode_target(y, task, target_name, *, comm=None):
         raise UserError(f"`--task classification` needs one target column; {target_name} has "
                         f"{y.shape[1]}")
     if kind == "integer":
-        values = y.astype(np.int64)  # (CSV cells parse: "5" -> 5)
+        try:
+            values = y.astype(np.int64)  # (CSV cells parse: "5" -> 5)
+        except OverflowError:  # found by tests/test_files.py's fuzzer
+            big = next(c for c in y.ravel() if not -2 ** 63 <= int(c) < 2 ** 63)
+            raise UserError(f"{target_name}: the integer label {str(big)[:40]!r} is beyond "
+                            f"64 bits; use --task regression, or labels that are not "
+                            f"numbers") from None
     elif kind == "float":
         values = y.astype(np.float64)
         if not np.all(values == np.round(values)):

@@ -376,3 +376,15 @@ def test_help_shows_defaults_and_every_demo_option_has_help(capsys):
         block = re.split(r"\n  -", options.split(f"  {option}")[1])[0]
         words = block.split()[1:]  # after the metavar
         assert len(words) >= 3, (option, block)
+
+
+def test_integer_labels_beyond_64_bits_are_a_user_error(tmp_path, capsys):
+    """Found by the fuzzer (tests/test_files.py): an OverflowError escaped as a traceback."""
+    path = tmp_path / "big.csv"
+    path.write_text("1," + "2" + "4" * 70 + "\n2,3\n")
+    assert cli.main(["train", str(path), "--task", "classification", "--target", "1",
+                     "--epochs", "1", "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("task:")]
+    assert len(err) == 1 and "error: column 1: " in err[0] and "beyond 64 bits" in err[0], err
+
