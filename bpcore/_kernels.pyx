@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 cimport numpy as cnp
+from bpcore._policy cimport plain_array as _plain
 
 cnp.import_array()
 
@@ -248,16 +249,9 @@ _init_vmath()
 # general path, which converts or raises with the policy's messages.
 # ---------------------------------------------------------------------------
 
-cdef inline int _plain(object arr) noexcept:
-    """The NumPy type number of a C-contiguous, aligned, native float32/64 ndarray; else -1."""
-    if not cnp.PyArray_CheckExact(arr):
-        return -1
-    cdef cnp.ndarray a = <cnp.ndarray>arr
-    cdef int t = cnp.PyArray_TYPE(a)
-    if ((t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-            or not cnp.PyArray_ISBEHAVED_RO(a)):
-        return -1
-    return t
+def _is_plain(arr):
+    """Whether ``arr`` is in final form (bpcore/_policy.pxd), which the fast paths take as is."""
+    return _plain(arr) >= 0
 
 
 cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:

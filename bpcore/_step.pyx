@@ -51,6 +51,7 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 cimport numpy as cnp
+from bpcore._policy cimport plain_array
 
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_BIAS_RELU, BP_EPI_BIAS_SIGMOID, BP_EPI_BIAS_TANH,
@@ -1013,7 +1014,7 @@ cdef class Trainer:
         return out
 
     def evaluate(self, params, x, y):
-        """The loss on (x, y) without gradients (the data term of scikit-learn's rule); thread-safe."""
+        """The loss on (x, y), no gradient (scikit-learn's rule: its data term); thread-safe."""
         self._check_block(params, "params")
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
@@ -1181,31 +1182,38 @@ cdef class Trainer:
         if not (0 <= lr_ < INFINITY and 0 <= mu < INFINITY and 0 <= wd < INFINITY
                 and (mu != 0 or not nesterov) and (mu == 0 or velocity is not None)):
             return None
-        if not cnp.PyArray_CheckExact(x) or not cnp.PyArray_CheckExact(y):
+        # x (and float y) in final form: the input policy's one test (bpcore/_policy.pxd)
+        if plain_array(x) != self.typenum or self.net.sklearn:
             return None
-        cdef cnp.ndarray xa = <cnp.ndarray>x, ya = <cnp.ndarray>y
-        if (cnp.PyArray_TYPE(xa) != self.typenum or cnp.PyArray_NDIM(xa) != 2
-                or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISBEHAVED_RO(xa)
-                or cnp.PyArray_DIM(xa, 1) != self.net.sizes[0] or cnp.PyArray_DIM(xa, 0) < 1):
+        cdef cnp.ndarray xa = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_DIM(xa, 1) != self.net.sizes[0]
+                or cnp.PyArray_DIM(xa, 0) < 1):
             return None
         cdef Py_ssize_t n = cnp.PyArray_DIM(xa, 0), i
         cdef const long long* labels
-        if self.net.sklearn or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or not cnp.PyArray_ISBEHAVED_RO(ya):
-            return None
+        cdef cnp.ndarray ya
         if self._labels():
-            if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
-                    or cnp.PyArray_DIM(ya, 0) != n):
+            # int64 labels: the same test but for the type (labels are no float data)
+            if (not cnp.PyArray_CheckExact(y) or cnp.PyArray_TYPE(<cnp.ndarray>y) != cnp.NPY_INT64
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
+                    or not cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>y)):
+                return None
+            ya = <cnp.ndarray>y
+            if cnp.PyArray_NDIM(ya) != 1 or cnp.PyArray_DIM(ya, 0) != n:
                 return None
             labels = <const long long*>cnp.PyArray_DATA(ya)
             for i in range(n):
                 if labels[i] < 0 or labels[i] >= self.net.sizes[self.net.n_layers]:
                     return None
-        elif (cnp.PyArray_TYPE(ya) != self.typenum or cnp.PyArray_NDIM(ya) != 2
-                or cnp.PyArray_DIM(ya, 0) != n
-                or cnp.PyArray_DIM(ya, 1) != self.net.sizes[self.net.n_layers]):
-            return None
-        elif self.net.loss == LOSS_BCE and not ((ya >= 0) & (ya <= 1)).all():
-            return None  # targets outside [0, 1]: the general path says so
+        else:
+            if plain_array(y) != self.typenum:
+                return None
+            ya = <cnp.ndarray>y
+            if (cnp.PyArray_NDIM(ya) != 2 or cnp.PyArray_DIM(ya, 0) != n
+                    or cnp.PyArray_DIM(ya, 1) != self.net.sizes[self.net.n_layers]):
+                return None
+            if self.net.loss == LOSS_BCE and not ((ya >= 0) & (ya <= 1)).all():
+                return None  # targets outside [0, 1]: the general path says so
         self._reserve(n)
         cdef Update rule
         rule.kind = UPD_SGD

@@ -42,6 +42,18 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_final(arr):
+    """``arr`` is in final form: what compiled code takes as is, with no conversion.
+
+    An exact ndarray (no subclass), float32 or float64 in native byte order,
+    C-contiguous and aligned.  The compiled fast paths test exactly this in C
+    (``bpcore/_policy.pxd``; tests/test_validate.py checks that the two agree);
+    everything else goes through this module's checks and conversions.
+    """
+    return (type(arr) is np.ndarray and arr.dtype in FLOAT_DTYPES and arr.dtype.isnative
+            and arr.flags.c_contiguous and arr.flags.aligned)
+
+
 def _describe(value):
     if isinstance(value, np.ndarray):
         return f"array of dtype {value.dtype}"

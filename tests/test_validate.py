@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_close, layout as _layout
+from conftest import LAYOUT_KINDS, assert_close, layout, layout as _layout
 
 import bpcore
 
@@ -689,3 +689,16 @@ def test_non_native_byte_order(backend):
         backend.relu_forward(np.ones((1, 2)), out=np.zeros((1, 2), z.dtype))
     with pytest.raises(TypeError, match="`param` must be float32 or float64 in native byte"):
         backend.sgd_update(z.copy(), np.ones((1, 2)), lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["contiguous"] + [k for k in LAYOUT_KINDS if k != "contiguous"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
+@pytest.mark.parametrize("shape", [(3, 4), (1, 5), (5, 1), (7,), ()])
+def test_the_fast_paths_final_form_is_the_policys(kind, dtype, shape, tmp_path):
+    """bpcore/_policy.pxd (the compiled fast paths' test) and _validate.is_final agree."""
+    from bpcore import _kernels
+    from bpcore import _validate as V
+
+    arr = layout(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), kind, tmp_path)
+    assert _kernels._is_plain(arr) == V.is_final(arr), (kind, arr.dtype, arr.strides)
+
