@@ -395,6 +395,10 @@ class MLP:
             Class probabilities for ``loss="cross_entropy"``.
         """
         x, _ = self.prepare_inputs(x, min_rows=0, need_y=False)
+        return self._output(x)
+
+    def _output(self, x):
+        """The network's output for converted ``x`` (n, n_in), in a new (n, n_out) array."""
         out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
         return self._core.forward(self._params, x, out)
 
@@ -779,8 +783,7 @@ class MLP:
 
     def _accuracy(self, x, y, sample_weight=None):
         """Fraction of rows classified right (converted inputs; see :meth:`score`)."""
-        out = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
-        out = self._core.forward(self._params, x, out)
+        out = self._output(x)
         if self.loss == "cross_entropy":
             right = out.argmax(axis=1) == y
         else:  # all labels right (scikit-learn's subset accuracy); p = 0.5 counts as 0
@@ -812,8 +815,7 @@ class MLP:
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
         if self.loss != "mse":
             return self._accuracy(x, y, sample_weight)
-        pred = np.empty((x.shape[0], self.layer_sizes[-1]), self.dtype)
-        pred = self._core.forward(self._params, x, pred).astype(np.float64)
+        pred = self._output(x).astype(np.float64)
         target = y.astype(np.float64)
         w = np.ones(len(target)) if sample_weight is None else sample_weight.astype(np.float64)
         mean = np.average(target, axis=0, weights=w)

@@ -172,25 +172,37 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore"):
             return self._loss_and_grad(params, x, y, grads, sample_weight)
 
-    def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
+    def _output_delta(self, params, x, y, sample_weight):
+        """(activations, loss, delta_L): the twin of _step.output_delta_rows (BP1)."""
         acts = self._forward(params, x, self._takes_logits())
         out, act_out = acts[-1], self.activations[-1]
-        loss, delta = self._output_loss(out, y, sample_weight)          # BP1: delta_L
+        loss, delta = self._output_loss(out, y, sample_weight)
         if not self._takes_logits():
             if act_out == "softmax":
                 delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
             else:
                 delta = getattr(R, f"{act_out}_backward")(out, delta)
-        if not math.isfinite(loss):
-            return NONFINITE, loss
+        return acts, loss, delta
+
+    def _backward_layer(self, params, grads, acts, delta, l):
+        """Layer l's gradient into grads; returns delta_{l-1} (the twin of
+        _step.backward_layer_rows)."""
         weights, _ = self._views(params)
         grad_w, grad_b = self._views(grads)
-        for l in range(len(weights) - 1, -1, -1):
-            # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
-            grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
-                                             grad_w=grad_w[l], grad_b=grad_b[l])
-            if l > 0:  # BP2: times the activation's derivative, from the saved output
-                delta = getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
+        grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
+                                         grad_w=grad_w[l], grad_b=grad_b[l])
+        if l == 0:
+            return None
+        # BP2: times the activation's derivative, from the saved output
+        return getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+
+    def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
+        acts, loss, delta = self._output_delta(params, x, y, sample_weight)
+        if not math.isfinite(loss):
+            return NONFINITE, loss
+        for l in range(self.n_layers - 1, -1, -1):
+            delta = self._backward_layer(params, grads, acts, delta, l)
         if not np.isfinite(grads[:self.n_params]).all():
             return NONFINITE, loss
         return 0, loss
@@ -250,42 +262,26 @@ class Trainer:
         self._pending = None
         if x.shape[0] < 1:
             raise ValueError("`x` must have at least 1 row")
-        self._pending = [params, x, y, None, self.n_layers - 1]
         with np.errstate(over="ignore", invalid="ignore"):
-            acts = self._forward(params, x, self._takes_logits())
-            loss, delta = self._output_loss(acts[-1], y, None)
-            if not self._takes_logits():
-                out, act_out = acts[-1], self.activations[-1]
-                if act_out == "softmax":
-                    delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
-                else:
-                    delta = getattr(R, f"{act_out}_backward")(out, delta)
+            acts, loss, delta = self._output_delta(params, x, y, None)
         if not math.isfinite(loss):
-            self._pending = None
             return NONFINITE, loss
-        self._pending[3] = (acts, delta)
+        self._pending = [x.shape[0], acts, delta, self.n_layers - 1]
         return 0, loss
 
     def backward_layer(self, params, x, grads, layer):
         """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
-        if self._pending is None or self._pending[1].shape[0] != x.shape[0]:
+        if self._pending is None or self._pending[0] != x.shape[0]:
             raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
-        if layer != self._pending[4]:
+        rows, acts, delta, expected = self._pending
+        if layer != expected:
             raise ValueError(f"backward_layer must run layers from the last down; expected "
-                             f"layer {self._pending[4]}, got {layer}")
-        acts, delta = self._pending[3]
-        weights, _ = self._views(params)
-        grad_w, grad_b = self._views(grads)
+                             f"layer {expected}, got {layer}")
         with np.errstate(over="ignore", invalid="ignore"):
-            grad_x, _, _ = R.linear_backward(acts[layer], weights[layer], delta,
-                                             need_grad_x=layer > 0, grad_w=grad_w[layer],
-                                             grad_b=grad_b[layer])
-            if layer > 0:
-                delta = getattr(R, f"{self.activations[layer - 1]}_backward")(acts[layer],
-                                                                              grad_x)
-        self._pending[3] = (acts, delta)
-        self._pending[4] = layer - 1
-        finite = (np.isfinite(grad_w[layer]).all() and np.isfinite(grad_b[layer]).all())
+            delta = self._backward_layer(params, grads, acts, delta, layer)
+        self._pending = [rows, acts, delta, layer - 1]
+        grad_w, grad_b = self._views(grads)
+        finite = np.isfinite(grad_w[layer]).all() and np.isfinite(grad_b[layer]).all()
         if not finite or layer == 0:
             self._pending = None
         return 0 if finite else NONFINITE
