@@ -42,13 +42,15 @@ Design:
   ``BP_ENOMEM``, which ``matmul`` raises as ``MemoryError``.
 """
 import os
+import warnings
 
 from bpcore import _env
 
 import numpy as np
 from numpy import ndarray
 
-from bpcore._validate import check_out, check_real, check_shape, float_arrays, check_int
+from bpcore._validate import (check_choice, check_int, check_out, check_real, check_shape,
+                              float_arrays)
 
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
@@ -57,44 +59,53 @@ from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
-cdef extern from "microkernel.h" nogil:
-    enum:
-        BP_MR
-        BP_NR_F32
-        BP_NR_F64
-        BP_HAVE_AVX2_KERNELS
+cdef extern from "kernels.h" nogil:
     ctypedef void (*bp_ukr_f32_fn)(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
                                    const float *b, const float *alpha, const float *beta,
                                    float *c, ptrdiff_t rsc, int mr, int nr) noexcept
     ctypedef void (*bp_ukr_f64_fn)(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
                                    const double *b, const double *alpha, const double *beta,
                                    double *c, ptrdiff_t rsc, int mr, int nr) noexcept
-    void bp_ukr_f32_portable(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                             const float *, const float *, float *, ptrdiff_t, int, int)
-    void bp_ukr_f64_portable(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                             const double *, const double *, double *, ptrdiff_t, int, int)
-    void bp_ukr_f32_avx2(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                         const float *, const float *, float *, ptrdiff_t, int, int)
-    void bp_ukr_f64_avx2(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                         const double *, const double *, double *, ptrdiff_t, int, int)
+    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
+                                       float *dst) noexcept
+    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
+                                       double *dst) noexcept
+    ctypedef struct bp_blocks:
+        int mr, nr, kc, mc, nc
+    ctypedef struct bp_kernel:
+        const char *name
+        bp_ukr_f32_fn ukr_f32
+        bp_pack_bt_f32_fn pack_bt_f32
+        bp_blocks f32
+        bp_ukr_f64_fn ukr_f64
+        bp_pack_bt_f64_fn pack_bt_f64
+        bp_blocks f64
+    enum:
+        BP_TILE_MAX
+        BP_KERNEL_PORTABLE
+        BP_KERNEL_AVX2
+        BP_KERNEL_AVX512
+        BP_KERNEL_AVX512_EMULATED
+        BP_KERNEL_COUNT
+    const bp_kernel bp_kernels[]
+    int bp_kernel_runs(int which)
     int bp_cpu_avx2()
     int bp_cpu_fma()
+    int bp_cpu_avx512f()
+    void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, int mr_tile, float *dst)
+    void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, int mr_tile, double *dst)
+    void bp_pack_b_rows_f32(ptrdiff_t kc, const float *b, ptrdiff_t rsb, int nr_tile,
+                            float *dst)
+    void bp_pack_b_rows_f64(ptrdiff_t kc, const double *b, ptrdiff_t rsb, int nr_tile,
+                            double *dst)
 
 cdef extern from "epilogue.h" nogil:
     void bp_epilogue_f32(int kind, ptrdiff_t mr, ptrdiff_t nr, float *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const float *bias, const float *aux, ptrdiff_t ldaux)
     void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
-
-cdef extern from "pack.h" nogil:
-    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
-                                       float *dst) noexcept
-    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
-                                       double *dst) noexcept
-    void bp_pack_bt_f32_portable(ptrdiff_t, int, const float *, ptrdiff_t, float *)
-    void bp_pack_bt_f64_portable(ptrdiff_t, int, const double *, ptrdiff_t, double *)
-    void bp_pack_bt_f32_avx2(ptrdiff_t, int, const float *, ptrdiff_t, float *)
-    void bp_pack_bt_f64_avx2(ptrdiff_t, int, const double *, ptrdiff_t, double *)
 
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
@@ -107,20 +118,9 @@ cdef extern from "forksafe.h" nogil:
 
 
 # --------------------------------------------------------------------------
-# Block sizes (elements).  KC x NR of B~ stays in L1 (16 KiB of 32-48 KiB);
-# MC x KC of A~ in L2 (144 KiB of 512 KiB-1 MiB); KC x NC of B~ in L3.
+# Thresholds.  The register tiles and the block sizes (MR/NR, KC/MC/NC) are per
+# kernel, with the cache each block targets: the table in _gemm/kernels.h.
 # --------------------------------------------------------------------------
-cdef enum:
-    MR = BP_MR              # register tile rows (both dtypes)
-    NR32 = BP_NR_F32        # register tile columns, float32
-    NR64 = BP_NR_F64        # register tile columns, float64
-    KC32 = 256              # inner-dimension block: B~ sliver 256*16*4 B = 16 KiB (L1)
-    KC64 = 256              # 256*8*8 B = 16 KiB (L1)
-    MC32 = 144              # A~ block 144*256*4 B = 144 KiB (L2); multiple of MR
-    MC64 = 72               # 72*256*8 B = 144 KiB (L2)
-    NC32 = 4080             # B~ panel 256*4080*4 B = 4 MiB (L3); multiple of NR
-    NC64 = 4080             # 8 MiB (L3)
-
 # Below this m*n*k a plain loop beats packing (2x2x2 is about call overhead).
 cdef Py_ssize_t SMALL_MNK = 512
 # Below this m*n*k one thread is faster than starting a parallel region.
@@ -136,13 +136,16 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # --------------------------------------------------------------------------
 # Runtime state: kernels chosen at import, thread count.
 # --------------------------------------------------------------------------
-cdef bp_ukr_f32_fn _ukr_f32 = bp_ukr_f32_portable
-cdef bp_ukr_f64_fn _ukr_f64 = bp_ukr_f64_portable
-cdef bp_pack_bt_f32_fn _pack_bt_f32 = bp_pack_bt_f32_portable
-cdef bp_pack_bt_f64_fn _pack_bt_f64 = bp_pack_bt_f64_portable
-cdef str _kernel_name = "portable"
+# NOTE: a pointer into the constant table; gemm() reads it once per call, so a
+# _set_kernel in another thread never mixes two kernels' tiles in one product.
+cdef const bp_kernel *_kern = &bp_kernels[<int>BP_KERNEL_PORTABLE]
 cdef int _num_threads = 1
 _OPENMP = bool(BPCORE_OPENMP)
+# name -> row of the kernel table, best first (the import-time choice tries them in order)
+_KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
+            "portable": BP_KERNEL_PORTABLE, "avx512_emulated": BP_KERNEL_AVX512_EMULATED}
+# BPCORE_FORCE_KERNEL's values -> kernel names
+_FORCE_NAMES = {"avx512": "avx512", "avx2": "avx2_fma", "portable": "portable"}
 
 
 def cpu_features():
@@ -151,27 +154,49 @@ def cpu_features():
     Returns
     -------
     dict
-        ``{"avx2": bool, "fma": bool, "kernel": "avx2_fma" | "portable",
-        "openmp": bool}``.
+        ``{"avx2": bool, "fma": bool, "avx512f": bool,
+        "kernel": "avx512" | "avx2_fma" | "portable", "openmp": bool}``
+        (``"avx512_emulated"`` only after ``_set_kernel`` in a test).
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
-            "kernel": _kernel_name, "openmp": _OPENMP}
+            "avx512f": bool(bp_cpu_avx512f()),
+            "kernel": _kern.name.decode(), "openmp": _OPENMP}
+
+
+def _runnable_kernels():
+    """The kernels this build and CPU can run, best first (tests run each one)."""
+    return [name for name, which in _KERNELS.items() if bp_kernel_runs(which)]
+
+
+def _kernel_blocks(name):
+    """``{"float32": {...}, "float64": {...}}``: the tile and block sizes of a kernel."""
+    check_choice("name", name, tuple(_KERNELS))
+    cdef const bp_kernel *k = &bp_kernels[<int>_KERNELS[name]]
+    return {"float32": k.f32, "float64": k.f64}
 
 
 def _set_kernel(name):
-    """Select the micro-kernels: ``"avx2_fma"`` or ``"portable"`` (for tests)."""
-    global _ukr_f32, _ukr_f64, _pack_bt_f32, _pack_bt_f64, _kernel_name
-    if name == "portable":
-        _ukr_f32, _ukr_f64 = bp_ukr_f32_portable, bp_ukr_f64_portable
-        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_portable, bp_pack_bt_f64_portable
-    elif name == "avx2_fma":
-        if not (BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
-            raise RuntimeError("this CPU (or build) has no AVX2+FMA; use 'portable'")
-        _ukr_f32, _ukr_f64 = bp_ukr_f32_avx2, bp_ukr_f64_avx2
-        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_avx2, bp_pack_bt_f64_avx2
-    else:
-        raise ValueError(f"`name` must be 'avx2_fma' or 'portable'; got {name!r}")
-    _kernel_name = name
+    """Select the micro-kernels by name (a key of ``_KERNELS``; for tests)."""
+    global _kern
+    check_choice("name", name, tuple(_KERNELS))
+    if not bp_kernel_runs(_KERNELS[name]):
+        raise RuntimeError(f"this CPU (or build) cannot run the {name!r} kernel; "
+                           f"it runs {', '.join(map(repr, _runnable_kernels()))}")
+    _kern = &bp_kernels[<int>_KERNELS[name]]
+
+
+def _choose_kernel():
+    """The import-time choice: BPCORE_FORCE_PORTABLE, else BPCORE_FORCE_KERNEL, else the best."""
+    runnable = _runnable_kernels()
+    if _env.force_portable():
+        return "portable"
+    forced = _env.force_kernel()
+    if forced is not None:
+        if _FORCE_NAMES[forced] in runnable:
+            return _FORCE_NAMES[forced]
+        warnings.warn(f"BPCORE_FORCE_KERNEL={forced}: this CPU (or build) cannot run it; "
+                      f"using {runnable[0]!r}", RuntimeWarning, stacklevel=2)
+    return runnable[0]
 
 
 def set_num_threads(n):
@@ -220,62 +245,33 @@ def _default_threads():
 
 _num_threads = _default_threads()
 bp_forksafe_init()      # on failure it turns threads off (get_num_threads() == 1)
-if (not _env.force_portable()
-        and BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
-    _set_kernel("avx2_fma")
-else:
-    _set_kernel("portable")
+_set_kernel(_choose_kernel())
 
 
 # --------------------------------------------------------------------------
-# Packing.  A~: MR-tall slivers, sliver s holds rows s*MR.., element (i, p) at
-#   [s*MR*kc + p*MR + i]; a short last sliver is not padded (the micro-kernel
-#   never reads rows past mr).  B~: NR-wide slivers, element (p, j) of sliver s
-#   at [s*NR*kc + p*NR + j], zero-padded to NR columns.
+# Packing.  A~ (pack.h's bp_pack_a_*): MR-tall slivers.  B~: NR-wide slivers,
+#   element (p, j) of sliver s at [s*NR*kc + p*NR + j], zero-padded to NR columns.
 # --------------------------------------------------------------------------
-cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const floating *a, Py_ssize_t rsa,
-                  Py_ssize_t csa, floating *dst) noexcept nogil:
-    cdef Py_ssize_t t, s, i, p, mr
-    cdef const floating *src
-    for t in range((mc + MR - 1) // MR):
-        s = t * MR
-        mr = min(<Py_ssize_t>MR, mc - s)
-        src = a + s * rsa
-        if mr == MR and rsa == 1:       # A transposed: MR contiguous values per p
-            for p in range(kc):
-                for i in range(MR):
-                    dst[p * MR + i] = src[p * csa + i]
-        elif mr == MR:
-            for p in range(kc):
-                for i in range(MR):
-                    dst[p * MR + i] = src[i * rsa + p * csa]
-        else:
-            for p in range(kc):
-                for i in range(mr):
-                    dst[p * MR + i] = src[i * rsa + p * csa]
-        dst += MR * kc
-
-
-cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssize_t rsb,
-                         Py_ssize_t csb, floating *dst) noexcept nogil:
+cdef void _pack_b_sliver(const bp_kernel *K, Py_ssize_t kc, Py_ssize_t nr, const floating *b,
+                         Py_ssize_t rsb, Py_ssize_t csb, floating *dst) noexcept nogil:
     cdef Py_ssize_t p, j
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t NR = K.f32.nr if floating is float else K.f64.nr
     if rsb == 1 and csb != 1:   # columns contiguous (B transposed): a transpose, in C
         if floating is float:
-            _pack_bt_f32(kc, <int>nr, b, csb, dst)
+            K.pack_bt_f32(kc, <int>nr, b, csb, dst)
         else:
-            _pack_bt_f64(kc, <int>nr, b, csb, dst)
+            K.pack_bt_f64(kc, <int>nr, b, csb, dst)
         return
-    if nr < NR:
-        memset(dst, 0, kc * NR * sizeof(floating))
-    if csb == 1 and nr == NR:       # rows of B contiguous: copy NR-long runs
+    if csb == 1 and nr == NR:   # rows of B contiguous: copy NR-long runs
+        if floating is float:
+            bp_pack_b_rows_f32(kc, b, rsb, <int>NR, dst)
+        else:
+            bp_pack_b_rows_f64(kc, b, rsb, <int>NR, dst)
+        return
+    memset(dst, 0, kc * NR * sizeof(floating))
+    if csb == 1:
         for p in range(kc):
-            for j in range(NR32 if floating is float else NR64):
-                dst[p * NR + j] = b[p * rsb + j]
-    elif csb == 1:
-        for p in range(kc):
-            for j in range(nr):
-                dst[p * NR + j] = b[p * rsb + j]
+            memcpy(dst + p * NR, b + p * rsb, nr * sizeof(floating))
     else:
         for p in range(kc):
             for j in range(nr):
@@ -285,13 +281,13 @@ cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssi
 # --------------------------------------------------------------------------
 # The loops.
 # --------------------------------------------------------------------------
-cdef inline void _ukr(Py_ssize_t k, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      const floating *b, floating alpha, floating beta,
+cdef inline void _ukr(const bp_kernel *K, Py_ssize_t k, const floating *a, Py_ssize_t rsa,
+                      Py_ssize_t csa, const floating *b, floating alpha, floating beta,
                       floating *c, Py_ssize_t rsc, int mr, int nr) noexcept nogil:
     if floating is float:
-        _ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+        K.ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
     else:
-        _ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+        K.ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
 
 
 cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,
@@ -303,31 +299,32 @@ cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,
         bp_epilogue_f64(epi, mr, nr, c, rsc, csc, bias, aux, ldaux)
 
 
-cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, floating alpha,
-                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, bint a_packed,
-                        const floating *bpk, floating beta,
+cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc,
+                        floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                        bint a_packed, const floating *bpk, floating beta,
                         floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                         int epi, const floating *bias, const floating *aux,
                         Py_ssize_t ldaux) noexcept nogil:
     """The jr and ir loops: C[0:mc, 0:nc] := alpha*A~ B~ + beta*C, then epi (if epi)."""
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t MR = K.f32.mr if floating is float else K.f64.mr
+    cdef Py_ssize_t NR = K.f32.nr if floating is float else K.f64.nr
     cdef Py_ssize_t tj, ti, jr, ir, i, j
     cdef int mr, nr
     cdef const floating *ap
     cdef floating *cp
-    cdef floating tile[MR * NR32]     # for a C with non-unit column stride
+    cdef floating tile[BP_TILE_MAX]     # for a C with non-unit column stride
     for tj in range((nc + NR - 1) // NR):
         jr = tj * NR
         nr = <int>min(NR, nc - jr)
         for ti in range((mc + MR - 1) // MR):
             ir = ti * MR
-            mr = <int>min(<Py_ssize_t>MR, mc - ir)
+            mr = <int>min(MR, mc - ir)
             ap = a + (ir * kc if a_packed else ir * rsa)
             cp = c + ir * rsc + jr * csc
             if csc == 1:
-                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, beta, cp, rsc, mr, nr)
+                _ukr(K, kc, ap, rsa, csa, bpk + jr * kc, alpha, beta, cp, rsc, mr, nr)
             else:
-                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, 0, tile, NR, mr, nr)
+                _ukr(K, kc, ap, rsa, csa, bpk + jr * kc, alpha, 0, tile, NR, mr, nr)
                 for i in range(mr):
                     for j in range(nr):
                         if beta == 0:
@@ -340,14 +337,15 @@ cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, floating al
                           aux + ir * ldaux + jr if aux != NULL else NULL, ldaux)
 
 
-cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc,
-                      floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      bint pack_a, floating *apk, const floating *bpk, floating beta,
-                      floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc,
+                      Py_ssize_t kc, floating alpha, const floating *a, Py_ssize_t rsa,
+                      Py_ssize_t csa, bint pack_a, floating *apk, const floating *bpk,
+                      floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                       int epi, const floating *bias, const floating *aux,
                       Py_ssize_t ldaux) noexcept nogil:
     """The ic loop over rows [i0, i1): pack an MC x KC block of A (or not), run jr/ir."""
-    cdef Py_ssize_t MC = MC32 if floating is float else MC64
+    cdef Py_ssize_t MC = K.f32.mc if floating is float else K.f64.mc
+    cdef int MR = K.f32.mr if floating is float else K.f64.mr
     cdef Py_ssize_t t, ic, mc, i
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
@@ -355,31 +353,32 @@ cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc
         if pack_a and csa == 1:
             for i in range(mc):
                 memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
-            _macro_kernel(mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
+            _macro_kernel(K, mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
         elif pack_a:
-            _pack_a(mc, kc, a + ic * rsa, rsa, csa, apk)
-            _macro_kernel(mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
+            if floating is float:
+                bp_pack_a_f32(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            else:
+                bp_pack_a_f64(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            _macro_kernel(K, mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
         else:
-            _macro_kernel(mc, nc, kc, alpha, a + ic * rsa, rsa, csa, False, bpk, beta,
+            _macro_kernel(K, mc, nc, kc, alpha, a + ic * rsa, rsa, csa, False, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
 
 
-cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                       const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
                        floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                        int epi, const floating *bias, const floating *aux,
                        Py_ssize_t ldaux, int nthreads) noexcept nogil:
     """The jc and pc loops; the rows of C are split into ``nparts`` thread parts."""
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
-    cdef Py_ssize_t KC = KC32 if floating is float else KC64
-    cdef Py_ssize_t MC = MC32 if floating is float else MC64
-    cdef Py_ssize_t NC = NC32 if floating is float else NC64
+    cdef bp_blocks bl = K.f32 if floating is float else K.f64
+    cdef Py_ssize_t MR = bl.mr, NR = bl.nr, KC = bl.kc, MC = bl.mc, NC = bl.nc
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
     cdef bint pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
@@ -404,9 +403,9 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 pc = tpc * KC
                 kc = min(KC, k - pc)
                 for s in range((nc + NR - 1) // NR):
-                    _pack_b_sliver(kc, min(NR, nc - s * NR), b + pc * rsb + (jc + s * NR) * csb,
+                    _pack_b_sliver(K, kc, min(NR, nc - s * NR), b + pc * rsb + (jc + s * NR) * csb,
                                    rsb, csb, bpk + s * NR * kc)
-                _row_blocks(0, m, nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
+                _row_blocks(K, 0, m, nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
                             ws + kc_max * nc_max, bpk,
                             beta if pc == 0 else 1, c + jc * csc, rsc, csc,
                             epi if pc + kc == k else BP_EPI_NONE,
@@ -428,11 +427,11 @@ cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     beta_pc = beta if pc == 0 else 1
                     epi_pc = epi if pc + kc == k else BP_EPI_NONE
                     for s in prange(0, (nc + NR - 1) // NR, schedule="static"):
-                        _pack_b_sliver(kc, min(NR, nc - s * NR),
+                        _pack_b_sliver(K, kc, min(NR, nc - s * NR),
                                        b + pc * rsb + (jc + s * NR) * csb,
                                        rsb, csb, bpk + s * NR * kc)
                     for part in prange(nparts, schedule="static", chunksize=1):
-                        _row_blocks(part * part_rows, min(m, (part + 1) * part_rows),
+                        _row_blocks(K, part * part_rows, min(m, (part + 1) * part_rows),
                                     nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
                                     ws + kc_max * nc_max + part * a_elems, bpk,
                                     beta_pc, c + jc * csc, rsc, csc, epi_pc,
@@ -485,7 +484,7 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # A fork child of a threaded process must never enter a parallel region.
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
-    return _gemm_blocked(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+    return _gemm_blocked(_kern, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
 
 

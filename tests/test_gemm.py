@@ -15,14 +15,12 @@ DTYPES = (np.float32, np.float64)
 EPS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-15}
 
 
-def _kernels():
-    names = ["portable"]
-    if _gemm.cpu_features()["avx2"] and _gemm.cpu_features()["fma"]:
-        names.insert(0, "avx2_fma")
-    return names
+# Every kernel this CPU runs; "avx512_emulated" (the AVX-512 tile over scalar C) runs
+# everywhere, so the 8 x 48 / 8 x 24 tile's edges and blocking are tested on any CPU.
+KERNELS = _gemm._runnable_kernels()
 
 
-@pytest.fixture(params=_kernels())
+@pytest.fixture(params=KERNELS)
 def kernel(request):
     before = _gemm.cpu_features()["kernel"]
     _gemm._set_kernel(request.param)
@@ -394,12 +392,101 @@ def test_thread_setting_round_trips(threads):
 
 def test_cpu_features():
     f = _gemm.cpu_features()
-    assert set(f) >= {"avx2", "fma", "kernel"}
-    assert f["kernel"] in ("avx2_fma", "portable")
+    assert set(f) >= {"avx2", "fma", "avx512f", "kernel"}
+    assert f["kernel"] in ("avx512", "avx2_fma", "portable")
+    # the import-time choice is the best kernel this CPU runs
+    assert _gemm._runnable_kernels()[0] == f["kernel"] or _env_forced()
+
+
+def _env_forced():
+    import os
+    return any(os.environ.get(v) for v in ("BPCORE_FORCE_PORTABLE", "BPCORE_FORCE_KERNEL"))
+
+
+@pytest.mark.parametrize("name", ["avx512", "avx2_fma", "portable", "avx512_emulated"])
+def test_kernel_table_is_consistent(name):
+    for dtype, blocks in _gemm._kernel_blocks(name).items():
+        assert blocks["mc"] % blocks["mr"] == 0 and blocks["nc"] % blocks["nr"] == 0, dtype
+        assert blocks["mr"] * blocks["nr"] <= 8 * 48
+        # the B~ sliver fits a 32 KiB L1 with room for the A sliver
+        assert blocks["kc"] * blocks["nr"] * np.dtype(dtype).itemsize <= 24 * 1024
+
+
+# m, n crossing every tile height (6, 8) and width (8, 16, 24, 32, 48) edge; k crossing KC=128
+TILE_EDGES = [(m, n, k) for m, n, k in zip(
+    (1, 5, 6, 7, 8, 9, 13, 16, 17, 25),
+    (47, 1, 17, 24, 9, 33, 49, 8, 25, 97),
+    (129, 3, 128, 257, 64, 130, 1, 200, 127, 129))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tile_edges(kernel, dtype):
+    """Every partial tile (rows past mr, masked columns, 1-3 vectors per row) with
+    alpha, beta and NaN in an ignored C, in each kernel."""
+    rng = np.random.default_rng(21)
+    for m, n, k in TILE_EDGES:
+        for trans_a, trans_b in ((False, False), (True, True)):
+            a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+            out = rand(rng, (m, n), dtype)
+            want = reference(a, b, trans_a, trans_b, -0.5, 2.0, out)
+            got = matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=-0.5, beta=2.0,
+                         out=out.copy())
+            assert_close(got, a.T if trans_a else a, b, want, -0.5, 2.0, out, trans_b=trans_b)
+            nan = np.full((m, n), np.nan, dtype)
+            got = matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=nan)
+            assert_close(got, a.T if trans_a else a, b, reference(a, b, trans_a, trans_b),
+                         trans_b=trans_b)
 
 
 def _run_fresh(code, **env):
     return run_python(code, **env)
+
+
+_FORCED = """
+    import numpy as np
+    from bpcore import _gemm, cpu_features
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((70, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 50)).astype(np.float32)
+    np.save(OUT, _gemm.matmul(a, b))
+    print(cpu_features()["kernels"]["gemm"])
+"""
+
+
+@pytest.mark.parametrize("value, name", [(v, n) for v, n in (
+    ("avx512", "avx512"), ("avx2", "avx2_fma"), ("AVX2", "avx2_fma"), ("portable", "portable"))
+    if n in KERNELS])
+def test_force_kernel_env(tmp_path, value, name):
+    """BPCORE_FORCE_KERNEL picks the kernel at import: the same bits as _set_kernel here."""
+    path = str(tmp_path / "c.npy")
+    out = _run_fresh(_FORCED.replace("OUT", repr(path)), BPCORE_FORCE_KERNEL=value)
+    assert out == name
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((70, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 50)).astype(np.float32)
+    before = _gemm.cpu_features()["kernel"]
+    _gemm._set_kernel(name)
+    try:
+        np.testing.assert_array_equal(np.load(path), matmul(a, b))
+    finally:
+        _gemm._set_kernel(before)
+
+
+def test_force_kernel_env_edge_cases():
+    # BPCORE_FORCE_PORTABLE wins; a bad value names the switch
+    assert _run_fresh("import bpcore; print(bpcore.cpu_features()['kernels']['gemm'])",
+                      BPCORE_FORCE_PORTABLE="1", BPCORE_FORCE_KERNEL="avx2") == "portable"
+    with pytest.raises(AssertionError, match="`BPCORE_FORCE_KERNEL` must be one of"):
+        _run_fresh("import bpcore", BPCORE_FORCE_KERNEL="sse9")
+    if "avx512" not in KERNELS:  # a kernel this CPU cannot run: a warning, then the best one
+        out = _run_fresh("""
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                import bpcore
+            print(bpcore.cpu_features()["kernel"], caught[0].category.__name__)
+        """, BPCORE_FORCE_KERNEL="avx512")
+        assert out == f"{KERNELS[0]} RuntimeWarning"
 
 
 def test_force_portable_env():
