@@ -15,7 +15,8 @@ Design:
       jr  (_macro_kernel)  NR columns                  one B~ sliver (KC x NR) -> L1
       ir  (_macro_kernel)  MR rows                     micro-kernel: MR x NR tile in registers
 
-  The micro-kernels (6x16 float32, 6x8 float64; AVX2+FMA or portable) and the
+  The micro-kernels (8x48 float32 / 8x24 float64 with AVX-512F; 6x16 / 6x8
+  with AVX2+FMA or portable), their block sizes (``kernels.h``) and the
   epilogue are small C in ``bpcore/_gemm/*.h``.  A micro-kernel reads A through
   strides, so A is packed only when that pays: an A with a unit stride feeding
   a narrow C (the MLP shapes) is read in place, and a row-major A is "packed"
@@ -25,17 +26,23 @@ Design:
   below ``SMALL_MNK`` skip blocking altogether.
 * The epilogue (bias, activation, or the activation derivative from a saved
   matrix ``aux``) runs on each tile right after its last K block is stored.
-* Threads (OpenMP, if built with it: ``BPCORE_OPENMP``) split the rows of C
-  (the ic loop) into contiguous, MR-aligned parts, each part with its own A~
-  buffer, and share the packing of B~.  K is never split, and every element
-  of C is computed by the same operations in the same order whatever tile
-  holds it, so results are bitwise identical run to run AND independent of
-  the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
-  A process forked after this one started its OpenMP threads runs every
-  product on one thread (``forksafe.h``): libgomp's pool does not survive fork.
-* Kernels are chosen once at import (``__builtin_cpu_supports``);
-  ``BPCORE_FORCE_PORTABLE=1`` forces the portable ones, and ``_set_kernel``
-  switches in-process for tests.  The FPU state is never touched (no
+* Threads (if built with them: ``BPCORE_OPENMP``) are the GEMM's own pool
+  (``pool.h``), not an OpenMP team: each (jc, pc) step is one job of chunks
+  -- B~ slivers to pack, then MR-aligned blocks of rows of C, about three per
+  thread -- claimed from an atomic counter by whichever thread is awake.  A
+  thread that gets no core (NumPy's BLAS threads spinning after a call, other
+  processes) claims nothing and delays nothing, so two threads are never
+  slower than one by more than a wake-up call (the OpenMP version was up to
+  800x slower on a loaded machine).  K is never split, and every element of
+  C is computed by the same operations in the same order whatever thread or
+  tile holds it, so results are bitwise identical run to run AND independent
+  of the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
+  A process forked after this one started its threads runs every product on
+  one thread (``forksafe.h``): the pool's threads do not survive fork.
+* Kernels are chosen once at import (``__builtin_cpu_supports``): AVX-512F,
+  else AVX2+FMA, else portable; ``BPCORE_FORCE_KERNEL=avx512|avx2|portable``
+  forces one, ``BPCORE_FORCE_PORTABLE=1`` the portable ones (``_env.py``), and
+  ``_set_kernel`` switches in-process for tests.  The FPU state is never touched (no
   flush-to-zero; the build never uses -ffast-math).
 * Packing buffers are 64-byte aligned and reused across calls (one spare kept
   in an atomic slot, see ``workspace.h``).  A failed allocation returns
@@ -54,7 +61,6 @@ from bpcore._validate import (check_choice, check_int, check_out, check_real, ch
 
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
-from cython.parallel cimport parallel, prange
 from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
@@ -111,6 +117,15 @@ cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
 
+cdef extern from "pool.h" nogil:
+    ctypedef void (*bp_task_fn)(void *arg, int chunk, int worker) noexcept
+    int bp_pool_acquire(int nthreads)
+    void bp_pool_release()
+    void bp_pool_run(bp_task_fn fn, void *arg, int nchunks, int nthreads)
+    void bp_pool_wait_count(int *count, int target)
+    void bp_pool_count(int *count)
+    void bp_pool_hold(int on)
+
 cdef extern from "forksafe.h" nogil:
     int bp_forksafe_init()
     void bp_note_pool_start()
@@ -123,8 +138,9 @@ cdef extern from "forksafe.h" nogil:
 # --------------------------------------------------------------------------
 # Below this m*n*k a plain loop beats packing (2x2x2 is about call overhead).
 cdef Py_ssize_t SMALL_MNK = 512
-# Below this m*n*k one thread is faster than starting a parallel region.
-cdef Py_ssize_t PARALLEL_MNK = 96 * 96 * 96
+# Below this m*n*k one thread is faster: a job costs the caller a wake-up call
+# (~2-5 us) when the workers sleep, against ~65 us of float32 work at this size.
+cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
 # Read A in place (no packing) when it has a unit stride (row-major A, or A.T of
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
@@ -206,9 +222,11 @@ def set_num_threads(n):
     ----------
     n : int
         1 <= n <= 2**31 - 1.  Kept but not used (products run on one thread) in a build
-        without OpenMP, and in a process forked (``os.fork``, multiprocessing's
-        ``fork``) after it or an ancestor ran a product on several threads:
-        GNU OpenMP's threads do not survive fork.  ``get_num_threads`` tells.
+        without threads (``BPCORE_NO_OPENMP=1``), and in a process forked (``os.fork``,
+        multiprocessing's ``fork``) after it or an ancestor ran a product on several
+        threads: the worker threads do not survive fork.  ``get_num_threads`` tells.
+        A product runs on fewer threads when it is small, or when another Python
+        thread's product holds the workers (it then runs on its caller's thread).
     """
     global _num_threads
     # The count is a C int: a bigger one is a ValueError naming `n`, not an OverflowError.
@@ -224,13 +242,15 @@ def get_num_threads():
         The ``set_num_threads`` setting, or 1 where it is not used (no OpenMP,
         or a fork child of a threaded process).
     """
-    # NOTE: the fork-child rule is forced by libgomp: its thread pool cannot be
-    # restarted after fork (forksafe.h), so honouring set_num_threads there
-    # would hang the first threaded product.  Other code that ran OpenMP
-    # regions in the parent through the SAME libgomp (not a wheel's bundled
-    # copy) is not seen here: a fork child of that would hang in bpcore's first
-    # threaded product as in that code's own (README, "Processes").
+    # NOTE: the fork-child rule: fork copies only the calling thread, so the
+    # pool's workers are gone in the child and its job state may be mid-job
+    # (forksafe.h); the child runs serially rather than rebuild it.
     return _num_threads if _OPENMP and bp_threads_allowed() else 1
+
+
+def _hold_workers(on):
+    """Tests: the pool's workers skip every job (as if the OS gave them no core)."""
+    bp_pool_hold(1 if on else 0)
 
 
 def _default_threads():
@@ -370,73 +390,118 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
 
 
+# One (jc, pc) step of the loops as a job of independent chunks (pool.h): chunks
+# [0, nslivers) pack the B~ slivers, the rest each compute rows_per_chunk rows of C
+# (after waiting for the packing).  Run by the pool's threads, or in order by the caller.
+ctypedef struct _Job:
+    const bp_kernel *K
+    Py_ssize_t m, nc, kc, rows_per_chunk, nslivers
+    double alpha, beta
+    const void *a
+    Py_ssize_t rsa, csa
+    bint pack_a
+    void *apk               # A~ buffers, one per thread: worker w's at apk + w * a_elems
+    Py_ssize_t a_elems
+    const void *b
+    Py_ssize_t rsb, csb
+    void *bpk
+    void *c
+    Py_ssize_t rsc, csc
+    int epi
+    const void *bias
+    const void *aux
+    Py_ssize_t ldaux
+    int packed              # B~ slivers packed so far (atomic)
+
+
+cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *kind) noexcept nogil:
+    """Chunk ``chunk`` of ``job`` (``kind`` only selects the dtype)."""
+    cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
+    cdef Py_ssize_t s, i0
+    cdef const floating *aux = <const floating *>job.aux
+    if chunk < job.nslivers:
+        s = chunk
+        _pack_b_sliver(job.K, job.kc, min(NR, job.nc - s * NR),
+                       <const floating *>job.b + s * NR * job.csb, job.rsb, job.csb,
+                       <floating *>job.bpk + s * NR * job.kc)
+        bp_pool_count(&job.packed)
+        return
+    bp_pool_wait_count(&job.packed, <int>job.nslivers)
+    i0 = (chunk - job.nslivers) * job.rows_per_chunk
+    _row_blocks(job.K, i0, min(job.m, i0 + job.rows_per_chunk), job.nc, job.kc,
+                <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
+                <floating *>job.apk + worker * job.a_elems, <const floating *>job.bpk,
+                <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
+                <const floating *>job.bias, aux, job.ldaux)
+
+
+cdef void _job_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
+    _job_chunk(<_Job *>job, chunk, worker, <const float *>NULL)
+
+
+cdef void _job_chunk_f64(void *job, int chunk, int worker) noexcept nogil:
+    _job_chunk(<_Job *>job, chunk, worker, <const double *>NULL)
+
+
 cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
                        floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                        int epi, const floating *bias, const floating *aux,
                        Py_ssize_t ldaux, int nthreads) noexcept nogil:
-    """The jc and pc loops; the rows of C are split into ``nparts`` thread parts."""
+    """The jc and pc loops, each step one job; up to ``nthreads`` threads share its rows."""
     cdef bp_blocks bl = K.f32 if floating is float else K.f64
     cdef Py_ssize_t MR = bl.mr, NR = bl.nr, KC = bl.kc, MC = bl.mc, NC = bl.nc
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
-    cdef bint pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     cdef Py_ssize_t mtiles = (m + MR - 1) // MR
-    cdef Py_ssize_t nparts = max(1, min(<Py_ssize_t>nthreads, mtiles))
-    cdef Py_ssize_t part_rows = (mtiles + nparts - 1) // nparts * MR
-    cdef Py_ssize_t a_elems = min(MC, part_rows) * kc_max if pack_a else 0
-    cdef floating *ws = <floating *>bp_ws_acquire(
-        (kc_max * nc_max + nparts * a_elems) * sizeof(floating))
-    cdef floating *bpk = ws
-    cdef Py_ssize_t tjc, tpc, jc, pc, nc, kc, s, part
-    cdef Py_ssize_t njc = (n + NC - 1) // NC, npc = (k + KC - 1) // KC
-    cdef floating beta_pc
-    cdef int epi_pc
+    cdef int threads = 1
+    cdef Py_ssize_t nrow_chunks
+    cdef Py_ssize_t tjc, tpc, jc, pc
+    cdef _Job job
+    cdef floating *ws
+    cdef bp_task_fn task = _job_chunk_f32 if floating is float else _job_chunk_f64
+    if nthreads > 1 and mtiles > 1:
+        bp_note_pool_start()    # before any worker exists (forksafe.h)
+        threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, mtiles))
+    # NOTE: about 3 row chunks per thread, so a thread that gets less of a core
+    # (another process, a BLAS thread still spinning) leaves its share to the others.
+    # Alone: one chunk (the loops as before, an A~ block reused across the whole jr loop).
+    job.rows_per_chunk = m if threads == 1 else min(
+        MC, ((mtiles + 3 * threads - 1) // (3 * threads)) * MR)
+    nrow_chunks = (m + job.rows_per_chunk - 1) // job.rows_per_chunk
+    job.pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
+    job.a_elems = min(MC, job.rows_per_chunk) * kc_max if job.pack_a else 0
+    ws = <floating *>bp_ws_acquire((kc_max * nc_max + threads * job.a_elems) * sizeof(floating))
     if ws == NULL:
+        if threads > 1:
+            bp_pool_release()
         return BP_ENOMEM
-    if nparts == 1:
-        for tjc in range(njc):
-            jc = tjc * NC
-            nc = min(NC, n - jc)
-            for tpc in range(npc):
-                pc = tpc * KC
-                kc = min(KC, k - pc)
-                for s in range((nc + NR - 1) // NR):
-                    _pack_b_sliver(K, kc, min(NR, nc - s * NR), b + pc * rsb + (jc + s * NR) * csb,
-                                   rsb, csb, bpk + s * NR * kc)
-                _row_blocks(K, 0, m, nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
-                            ws + kc_max * nc_max, bpk,
-                            beta if pc == 0 else 1, c + jc * csc, rsc, csc,
-                            epi if pc + kc == k else BP_EPI_NONE,
-                            bias + jc if bias != NULL else NULL,
-                            aux + jc if aux != NULL else NULL, ldaux)
-    else:
-        # Cython copies the block's private variables out after it: give them values.
-        tjc = tpc = jc = pc = nc = kc = 0
-        beta_pc = beta
-        epi_pc = epi
-        bp_note_pool_start()
-        with parallel(num_threads=nparts):
-            for tjc in range(njc):
-                jc = tjc * NC
-                nc = min(NC, n - jc)
-                for tpc in range(npc):
-                    pc = tpc * KC
-                    kc = min(KC, k - pc)
-                    beta_pc = beta if pc == 0 else 1
-                    epi_pc = epi if pc + kc == k else BP_EPI_NONE
-                    for s in prange(0, (nc + NR - 1) // NR, schedule="static"):
-                        _pack_b_sliver(K, kc, min(NR, nc - s * NR),
-                                       b + pc * rsb + (jc + s * NR) * csb,
-                                       rsb, csb, bpk + s * NR * kc)
-                    for part in prange(nparts, schedule="static", chunksize=1):
-                        _row_blocks(K, part * part_rows, min(m, (part + 1) * part_rows),
-                                    nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
-                                    ws + kc_max * nc_max + part * a_elems, bpk,
-                                    beta_pc, c + jc * csc, rsc, csc, epi_pc,
-                                    bias + jc if bias != NULL else NULL,
-                                    aux + jc if aux != NULL else NULL, ldaux)
+    job.K, job.m, job.rsa, job.csa, job.rsb, job.csb = K, m, rsa, csa, rsb, csb
+    job.alpha, job.bpk, job.apk = alpha, ws, ws + kc_max * nc_max
+    job.rsc, job.csc, job.ldaux = rsc, csc, ldaux
+    for tjc in range((n + NC - 1) // NC):
+        jc = tjc * NC
+        job.nc = min(NC, n - jc)
+        job.nslivers = (job.nc + NR - 1) // NR
+        job.c = c + jc * csc
+        job.bias = bias + jc if bias != NULL else NULL
+        job.aux = aux + jc if aux != NULL else NULL
+        for tpc in range((k + KC - 1) // KC):
+            pc = tpc * KC
+            job.kc = min(KC, k - pc)
+            job.a = a + pc * csa
+            job.b = b + pc * rsb + jc * csb
+            job.beta = beta if pc == 0 else 1
+            job.epi = epi if pc + job.kc == k else BP_EPI_NONE
+            job.packed = 0
+            if threads > 1:
+                bp_pool_run(task, &job, <int>(job.nslivers + nrow_chunks), threads)
+            else:
+                for s in range(job.nslivers + nrow_chunks):
+                    task(&job, <int>s, 0)
+    if threads > 1:
+        bp_pool_release()
     bp_ws_release(ws)
     return BP_OK
 

@@ -382,6 +382,28 @@ def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
     np.testing.assert_array_equal(matmul(a, b), one)
 
 
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+def test_threaded_product_never_waits_for_an_absent_worker():
+    """A worker that gets no core claims no chunk and delays nothing: the caller does
+    the whole job (an OpenMP team's barrier waited for every thread; on a loaded
+    machine that made 2 threads up to 800x slower than 1).  Bitwise the same."""
+    out = _run_fresh("""
+        import numpy as np
+        from bpcore import _gemm
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
+        _gemm.set_num_threads(1)
+        one = _gemm.matmul(a, b)
+        _gemm.set_num_threads(2)
+        _gemm.matmul(a, b)                  # the worker exists now
+        _gemm._hold_workers(True)
+        held = [_gemm.matmul(a, b) for _ in range(20)]
+        _gemm._hold_workers(False)
+        print(all((h == one).all() for h in held), (_gemm.matmul(a, b) == one).all())
+    """, timeout=60)
+    assert out == "True True"
+
+
 def test_thread_setting_round_trips(threads):
     threads(1)
     assert _gemm.get_num_threads() == 1
