@@ -32,6 +32,7 @@ def matmul(
     alpha: float = 1.0,
     beta: float = 0.0,
     out: NDArray[np.floating[Any]] | None = None,
+    compute_dtype: str | None = None,
 ) -> NDArray[np.floating[Any]]: ...
 def _matmul_epilogue(
     a: ArrayLike,

@@ -56,13 +56,14 @@ from bpcore import _env
 import numpy as np
 from numpy import ndarray
 
-from bpcore._validate import (check_choice, check_int, check_out, check_real, check_shape,
+from bpcore._validate import (check_choice, check_compute_dtype, check_int, check_out, check_real, check_shape,
                               float_arrays)
 
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from "kernels.h" nogil:
@@ -98,6 +99,7 @@ cdef extern from "kernels.h" nogil:
     int bp_cpu_avx2()
     int bp_cpu_fma()
     int bp_cpu_avx512f()
+    int bp_cpu_avx512bf16()
     void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
                        ptrdiff_t csa, int mr_tile, float *dst)
     void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
@@ -116,6 +118,10 @@ cdef extern from "epilogue.h" nogil:
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
+
+cdef extern from "bf16.h" nogil:
+    void bp_round_bf16_copy(ptrdiff_t outer, ptrdiff_t inner, const float *src,
+                            ptrdiff_t s_outer, ptrdiff_t s_inner, float *dst)
 
 cdef extern from "pool.h" nogil:
     ctypedef void (*bp_task_fn)(void *arg, int chunk, int worker) noexcept
@@ -170,13 +176,16 @@ def cpu_features():
     Returns
     -------
     dict
-        ``{"avx2": bool, "fma": bool, "avx512f": bool,
-        "kernel": "avx512" | "avx2_fma" | "portable", "openmp": bool}``
-        (``"avx512_emulated"`` only after ``_set_kernel`` in a test).
+        ``{"avx2": bool, "fma": bool, "avx512f": bool, "avx512_bf16": bool,
+        "kernel": "avx512" | "avx2_fma" | "portable", "bf16": "emulated",
+        "openmp": bool}`` (``"avx512_emulated"`` only after ``_set_kernel`` in a
+        test).  ``"bf16"``: the path of ``compute_dtype="bfloat16"`` products --
+        ``"emulated"`` (rounded float32 operands through the float32 kernel) on
+        every CPU in this version, also where ``avx512_bf16`` is True.
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
-            "avx512f": bool(bp_cpu_avx512f()),
-            "kernel": _kern.name.decode(), "openmp": _OPENMP}
+            "avx512f": bool(bp_cpu_avx512f()), "avx512_bf16": bool(bp_cpu_avx512bf16()),
+            "kernel": _kern.name.decode(), "bf16": "emulated", "openmp": _OPENMP}
 
 
 def _runnable_kernels():
@@ -577,6 +586,50 @@ cdef int gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
                 epi, bias, aux, ldaux, num_threads)
 
 
+cdef void _round_operand(Py_ssize_t rows, Py_ssize_t cols, const float *x, Py_ssize_t rs,
+                         Py_ssize_t cs, float *dst, Py_ssize_t *drs,
+                         Py_ssize_t *dcs) noexcept nogil:
+    """A rounded, contiguous copy of the rows x cols operand x; its strides in drs/dcs.
+    Stored column by column when x is (a transpose, unit row stride), so the GEMM
+    reads it as it would have read x."""
+    if rs == 1 and cs != 1:
+        bp_round_bf16_copy(cols, rows, x, cs, rs, dst)
+        drs[0], dcs[0] = 1, rows
+    else:
+        bp_round_bf16_copy(rows, cols, x, rs, cs, dst)
+        drs[0], dcs[0] = cols, 1
+
+
+cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                   const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                   const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                   float beta, float *c, Py_ssize_t rsc, Py_ssize_t csc,
+                   bp_epilogue epi, const float *bias,
+                   const float *aux, Py_ssize_t ldaux,
+                   int num_threads) noexcept nogil:
+    """``gemm_f32`` on op(A) and op(B) rounded to bfloat16 (bf16.h), float32 accumulation.
+
+    NOTE: the emulated path on every CPU for now: rounded float32 copies of both
+    operands (O(mk + kn) extra work and memory), then the float32 GEMM."""
+    cdef float *ra
+    cdef float *rb
+    cdef Py_ssize_t ars, acs, brs, bcs
+    cdef int status
+    if m <= 0 or n <= 0 or k <= 0:
+        return gemm_f32(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                        epi, bias, aux, ldaux, num_threads)
+    ra = <float *>malloc((m * k + k * n) * sizeof(float))
+    if ra == NULL:
+        return BP_ENOMEM
+    rb = ra + m * k
+    _round_operand(m, k, a, rsa, csa, ra, &ars, &acs)
+    _round_operand(k, n, b, rsb, csb, rb, &brs, &bcs)
+    status = gemm_f32(m, n, k, alpha, ra, ars, acs, rb, brs, bcs, beta, c, rsc, csc,
+                      epi, bias, aux, ldaux, num_threads)
+    free(ra)
+    return status
+
+
 # --------------------------------------------------------------------------
 # Python face.
 # --------------------------------------------------------------------------
@@ -613,7 +666,7 @@ cdef inline bint _elementwise(const Py_buffer *v) noexcept:
 
 cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
                   double beta, Py_buffer *vc, int epi, Py_buffer *vbias,
-                  Py_buffer *vaux) except -1:
+                  Py_buffer *vaux, bint bf16=False) except -1:
     """One call of ``gemm`` on acquired buffers (shapes already checked)."""
     cdef Py_ssize_t s = va.itemsize
     cdef Py_ssize_t m = va.shape[1] if ta else va.shape[0]
@@ -630,7 +683,13 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
         rsa, csa = csa, rsa
     if tb:
         rsb, csb = csb, rsb
-    if m * n * k < NOGIL_MNK:
+    if bf16:
+        with nogil:
+            status = gemm_bf16(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
+                               <const float *>vb.buf, rsb, csb, <float>beta,
+                               <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
+                               <const float *>bias, <const float *>aux, ldaux, 0)
+    elif m * n * k < NOGIL_MNK:
         if s == 4:
             status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                               <const float *>vb.buf, rsb, csb, <float>beta,
@@ -661,7 +720,8 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
 
 
 cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta,
-                 object out, int epi=BP_EPI_NONE, object bias=None, object aux=None):
+                 object out, int epi=BP_EPI_NONE, object bias=None, object aux=None,
+                 bint bf16=False):
     """Acquire buffers of validated arrays, allocate ``out`` if None, compute."""
     cdef Py_buffer va, vb, vc, vbias, vaux
     cdef Py_buffer *pbias = NULL
@@ -693,7 +753,7 @@ cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta
                 if aux is not None:
                     PyObject_GetBuffer(aux, &vaux, PyBUF_STRIDES)
                     paux = &vaux
-                _compute(&va, &vb, ta, tb, alpha, beta, &vc, epi, pbias, paux)
+                _compute(&va, &vb, ta, tb, alpha, beta, &vc, epi, pbias, paux, bf16)
             finally:
                 if pbias != NULL:
                     PyBuffer_Release(pbias)
@@ -812,7 +872,8 @@ def _check_operands(a, b, trans_a, trans_b, alpha, beta, out):
     return a, b, ta, tb, alpha, beta, out
 
 
-def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
+           compute_dtype=None):
     """``alpha * op(a) @ op(b) + beta * out``, with op(x) = x.T if trans_x.
 
     Parameters
@@ -828,6 +889,10 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     out : ndarray, shape (m, n), optional
         C-contiguous, writeable, of the operands' dtype, not overlapping them.
         Required when ``beta != 0``.
+    compute_dtype : None or "bfloat16"
+        "bfloat16" (float32 operands only): multiply op(a) and op(b) rounded to
+        bfloat16 (nearest, ties to even; ``bpcore.reference.round_bfloat16``),
+        accumulating in float32.  ``cpu_features()["bf16"]`` tells the path.
 
     Returns
     -------
@@ -835,16 +900,18 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
         ``out`` if given, else a new array.
     """
     cdef object result
-    result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
-    if result is not None:
-        return result
+    if compute_dtype is None:
+        result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
+        if result is not None:
+            return result
     # NOTE: the GEMM takes any element strides, so a and b are passed as they
     # are (a stride of a size-1 dimension is never multiplied by a non-zero
     # index; a stride 0 reads one row or column again).  `buf` is `out` or a
     # plain, canonically strided view of it (a subclass, a size-1 dimension
     # with an odd stride); the caller's `out` is what comes back.
     a, b, ta, tb, alpha, beta, buf = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
-    result = _run(a, b, ta, tb, alpha, beta, buf)
+    bf16 = check_compute_dtype(compute_dtype, a.dtype) == "bfloat16"
+    result = _run(a, b, ta, tb, alpha, beta, buf, BP_EPI_NONE, None, None, bf16)
     return result if out is None else out
 
 

@@ -37,7 +37,32 @@ __all__ = [
 # Dense products
 # ---------------------------------------------------------------------------
 
-def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+def round_bfloat16(x):
+    """``x`` (float32) rounded to the nearest bfloat16, ties to even, as float32 values.
+
+    bfloat16 keeps float32's sign, exponent and top 7 fraction bits, so the
+    rounding is integer arithmetic on the bit pattern: add half of the dropped
+    16 bits (minus one unless the kept last bit is odd, for ties to even) and
+    clear them.  A carry rounds up into the exponent, and past the largest
+    bfloat16 to infinity, as round-to-nearest must.  NaN stays NaN (quiet).
+
+    Parameters
+    ----------
+    x : ndarray of float32, any shape
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``x``
+    """
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))))
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    bits = np.where(nan, u | np.uint32(0x00400000), rounded) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32).reshape(np.shape(x))
+
+
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
+           compute_dtype=None):
     """General matrix product ``out := alpha * op(a) @ op(b) + beta * out``.
 
     Parameters
@@ -51,6 +76,10 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
         ignored (NaN there does not propagate), as in BLAS.
     out : ndarray, shape (m, n), optional
         Required when ``beta != 0``.
+    compute_dtype : None or "bfloat16"
+        "bfloat16" (float32 operands only): the product of ``round_bfloat16(op(a))``
+        and ``round_bfloat16(op(b))``, accumulated in float32 (each product of two
+        bfloat16 values is exact in float32); alpha, beta and ``out`` stay float32.
 
     Returns
     -------
@@ -58,6 +87,8 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     """
     a, b, alpha, beta, buf, _ = V.matmul_args(a, b, trans_a, trans_b, alpha, beta, out)
     dtype = buf.dtype
+    if V.check_compute_dtype(compute_dtype, dtype) == "bfloat16":
+        a, b = round_bfloat16(a), round_bfloat16(b)
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
     product = op_a @ op_b

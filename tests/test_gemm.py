@@ -4,10 +4,11 @@ import sys
 import textwrap
 
 import numpy as np
-from conftest import layout, run_python, sigmoid as _sigmoid
+from conftest import import_oracle, layout, run_python, sigmoid as _sigmoid
 import pytest
 
 from bpcore import _gemm
+from bpcore import reference as R
 from bpcore._gemm import matmul
 
 DTYPES = (np.float32, np.float64)
@@ -531,3 +532,94 @@ def test_import_leaves_denormals_alone():
         print(np.float32(1e-45) * np.float32(1) != 0, np.float64(5e-324) * 1.0 != 0)
     """)
     assert out == "True True"
+
+
+# ---------------------------------------------------------------------------
+# compute_dtype="bfloat16": operands rounded to bfloat16, float32 accumulation
+# ---------------------------------------------------------------------------
+# ties to even both ways, a carry into the exponent, overflow to inf, subnormals, NaN
+BF16_SPECIAL = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20,
+                         2 - 2 ** -9, -(1 + 3 * 2 ** -8), 3.3895314e38, 3.3961776e38, 3.4e38,
+                         -3.4e38, 1e-40, -1e-45, 1.1754944e-38, 0.0, -0.0, np.inf, -np.inf,
+                         np.nan], np.float32)
+
+
+def _bits(x):
+    return np.where(np.isnan(x), np.float32(np.nan), x).view(np.uint32)
+
+
+def test_round_bfloat16_matches_torch():
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(31)
+    x = np.concatenate([BF16_SPECIAL, rng.standard_normal(4000).astype(np.float32) * 1e3,
+                        rng.integers(0, 2 ** 32, 4000, dtype=np.uint32).view(np.float32)])
+    want = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    got = R.round_bfloat16(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    assert (got.view(np.uint32) & 0xFFFF == 0).all()
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+def test_bf16_rounds_each_operand(backend):
+    """x @ [[1]] with compute_dtype="bfloat16" is round_bfloat16(x), bit for bit (but
+    the sign of zero: a sum starts at +0, so -0 comes out +0, as in any GEMM)."""
+    x = BF16_SPECIAL.reshape(-1, 1)
+    want = R.round_bfloat16(x) + np.float32(0)
+    got = backend.matmul(x, np.ones((1, 1), np.float32), compute_dtype="bfloat16")
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    got = backend.matmul(np.ones((1, 1), np.float32), x.T, compute_dtype="bfloat16")
+    np.testing.assert_array_equal(_bits(got), _bits(want.T))
+
+
+BF16_SHAPES = [(1, 1, 1), (7, 17, 3), (37, 53, 29), (64, 100, 300), (130, 47, 257)]
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+@pytest.mark.parametrize("m,n,k", BF16_SHAPES)
+def test_bf16_matmul_is_the_float32_product_of_rounded_operands(kernel, backend, m, n, k):
+    rng = np.random.default_rng(m + 7 * n + 31 * k)
+    for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+        a, b = operands(rng, m, n, k, np.float32, trans_a, trans_b)
+        out = rand(rng, (m, n), np.float32)
+        ra, rb = R.round_bfloat16(a), R.round_bfloat16(b)
+        want = reference(ra, rb, trans_a, trans_b, 1.5, -0.5, out)   # exact products, f64 sums
+        got = backend.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=-0.5,
+                             out=out.copy(), compute_dtype="bfloat16")
+        assert got.dtype == np.float32
+        assert_close(got, ra.T if trans_a else ra, rb, want, 1.5, -0.5, out, trans_b=trans_b)
+        # and not the float32 product (the rounding is really applied)
+        if k >= 29:
+            assert not np.allclose(got, reference(a, b, trans_a, trans_b, 1.5, -0.5, out),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_twins_agree_and_match_torch():
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(33)
+    for m, n, k in BF16_SHAPES:
+        a, b = operands(rng, m, n, k, np.float32)
+        got = _gemm.matmul(a, b, compute_dtype="bfloat16")
+        twin = R.matmul(a, b, compute_dtype="bfloat16")
+        bound = (k + 4) * 1e-6 * (np.abs(R.round_bfloat16(a)) @ np.abs(R.round_bfloat16(b)))
+        assert (np.abs(got - twin) <= 2 * bound).all()
+        # PyTorch's bf16 matmul on the same rounded operands returns bfloat16: one
+        # rounding of the float32 sum, so within half a bfloat16 ulp (2**-8 relative)
+        ta = torch.from_numpy(a).to(torch.bfloat16)
+        tb = torch.from_numpy(b).to(torch.bfloat16)
+        ref = (ta @ tb).to(torch.float32).numpy()
+        assert (np.abs(got - ref) <= 2 ** -8 * np.abs(ref) + 2 * bound).all()
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+def test_bf16_bad_arguments(backend):
+    a32 = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="`compute_dtype` must be one of 'bfloat16'"):
+        backend.matmul(a32, a32, compute_dtype="float16")
+    with pytest.raises(ValueError, match="`compute_dtype`='bfloat16' needs float32"):
+        backend.matmul(np.ones((2, 2)), np.ones((2, 2)), compute_dtype="bfloat16")
+    assert backend.matmul(a32, a32, compute_dtype=None).dtype == np.float32
+
+
+def test_bf16_path_is_reported():
+    assert _gemm.cpu_features()["bf16"] in ("emulated", "avx512_bf16")

@@ -51,6 +51,11 @@
 #define BP_AVX512 __attribute__((target("avx512f")))
 
 static int bp_cpu_avx512f(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx512f"); }
+static int bp_cpu_avx512bf16(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+}
 
 #define BP_Z_INLINE static inline BP_AVX512 __attribute__((always_inline))
 #define BP_Z_FN static BP_AVX512
@@ -75,6 +80,7 @@ static int bp_cpu_avx512f(void) { __builtin_cpu_init(); return __builtin_cpu_sup
 #else  /* no AVX-512 build: the names fall back to the emulated tiles (never chosen) */
 #define BP_HAVE_AVX512_KERNELS 0
 static int bp_cpu_avx512f(void) { return 0; }
+static int bp_cpu_avx512bf16(void) { return 0; }
 #define bp_ukr_f32_avx512 bp_ukr_f32_avx512_emulated
 #define bp_ukr_f64_avx512 bp_ukr_f64_avx512_emulated
 #endif
