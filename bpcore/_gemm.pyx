@@ -63,7 +63,6 @@ from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from "kernels.h" nogil:
@@ -118,6 +117,8 @@ cdef extern from "epilogue.h" nogil:
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
+    void *bp_ws_acquire_bf16(size_t nbytes)
+    void bp_ws_release_bf16(void *buf)
 
 cdef extern from "bf16.h" nogil:
     void bp_round_bf16_copy(ptrdiff_t outer, ptrdiff_t inner, const float *src,
@@ -618,7 +619,7 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
     if m <= 0 or n <= 0 or k <= 0:
         return gemm_f32(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                         epi, bias, aux, ldaux, num_threads)
-    ra = <float *>malloc((m * k + k * n) * sizeof(float))
+    ra = <float *>bp_ws_acquire_bf16((m * k + k * n) * sizeof(float))
     if ra == NULL:
         return BP_ENOMEM
     rb = ra + m * k
@@ -626,7 +627,7 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
     _round_operand(k, n, b, rsb, csb, rb, &brs, &bcs)
     status = gemm_f32(m, n, k, alpha, ra, ars, acs, rb, brs, bcs, beta, c, rsc, csc,
                       epi, bias, aux, ldaux, num_threads)
-    free(ra)
+    bp_ws_release_bf16(ra)
     return status
 
 
