@@ -33,6 +33,7 @@ extensions = [
     "bpdocs",
 ]
 exclude_patterns = ["_build", "**/_build"]
+smartquotes = False  # options such as --target stay two hyphens
 templates_path = []
 html_static_path = ["_static"]
 html_css_files = ["bpcore.css"]
@@ -41,11 +42,17 @@ html_title = f"bpcore {release}"
 html_theme_options = {
     "navigation_depth": 2,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    # The operations' pages need the width for their two columns.
+    "secondary_sidebar_items": {"**": ["page-toc"], **{
+        f"api/{family}": [] for family in ("dense", "activations", "losses", "optimizers",
+                                           "other")}},
     "footer_start": ["copyright"],
     "footer_end": [],
 }
 html_sidebars = {"**": ["sidebar-nav-bs"]}
+# NOTE: without it the theme's script logs "Got invalid theme mode" on a reader's
+# first visit (nothing stored yet); the light/dark switch follows the system.
+html_context = {"default_mode": "auto"}
 html_show_sourcelink = False
 html_copy_source = False
 # NOTE: no math extension: MathJax would be fetched from the network by the

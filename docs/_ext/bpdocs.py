@@ -269,8 +269,8 @@ class BpOps(SphinxDirective):
             compiled = getattr(bpcore, name)
             where = _module_of(compiled)
             lines += [name, "-" * len(name), "",
-                      f".. rubric:: Twins: ``bpcore.{name}`` ({backend}, in ``{where}``) "
-                      f"and ``bpcore.reference.{name}`` (NumPy)", "",
+                      f"Twins: ``bpcore.{name}`` ({backend}, in ``{where}``) and "
+                      f"``bpcore.reference.{name}`` (NumPy).", "",
                       ".. container:: bp-twins", "",
                       "   .. container:: bp-twin bp-compiled", "",
                       f"      **bpcore.{name}** -- "
@@ -466,6 +466,8 @@ def public_names():
 
 
 def check_coverage(app, env):
+    if not app.config.bpdocs_check_coverage:
+        return
     documented = set(env.get_domain("py").objects)
     for name in sorted(public_names() - documented):
         logger.warning(f"[bpdocs] public name {name} is not documented in the API reference "
@@ -483,6 +485,7 @@ def purge(app, env, docname):
 
 
 def setup(app):
+    app.add_config_value("bpdocs_check_coverage", True, "env")
     app.add_directive("bp-doctest", BpDoctest)
     app.add_directive("bp-run", BpRun)
     app.add_directive("bp-ops", BpOps)
