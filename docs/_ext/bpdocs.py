@@ -205,8 +205,8 @@ def bp_eval_role(name, rawtext, text, lineno, inliner, options=None, content=Non
     try:
         value = eval(text, _namespace(env))
     except Exception:
-        raise ExtensionError(f"{env.docname}:{lineno}: :bp-eval:`{text}` failed:\n"
-                             f"{traceback.format_exc()}")
+        _fail(f"{env.docname}:{lineno}: :bp-eval:`{text}` failed:\n{traceback.format_exc()}")
+        value = "(failed)"
     return [nodes.Text(str(value))], []
 
 
