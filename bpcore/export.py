@@ -94,8 +94,12 @@ class _Graph:
 
 
 def _gelu(g, z, approximate):
-    """GELU: the operator from opset 20, else ``0.5 z (1 + erf(z / sqrt 2))`` or its tanh form."""
-    if g.opset >= 20:
+    """GELU: the operator from opset 20, else ``0.5 z (1 + erf(z / sqrt 2))`` or its tanh form.
+
+    NOTE: float64 always takes the second form: onnxruntime evaluates a float64
+    Gelu node's tanh form to ~5e-7 only, and has no float64 Erf at all.
+    """
+    if g.opset >= 20 and not g.float64:
         return g.op("Gelu", z, approximate=approximate)
     if approximate == "tanh":
         cube = g.op("Mul", g.op("Mul", z, z), z)
