@@ -120,8 +120,9 @@ def test_each_onnx_row_computes_its_torch_module(dtype, opset):
 # ONNX export
 # ---------------------------------------------------------------------------
 
-EVERY_OUTPUT = pytest.mark.parametrize("output,loss", OUTPUTS,
-                                      ids=[f"{a}-{l}" for a, l in OUTPUTS])
+def every_output_and_dtype(test):
+    return pytest.mark.parametrize("dtype", DTYPES)(pytest.mark.parametrize(
+        "output,loss", OUTPUTS, ids=[f"{a}-{l}" for a, l in OUTPUTS])(test))
 
 
 def every_hidden_activation(output, loss, dtype):
@@ -131,8 +132,7 @@ def every_hidden_activation(output, loss, dtype):
                   dtype=dtype, seed=1)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@EVERY_OUTPUT
+@every_output_and_dtype
 def test_onnx_equals_predict(output, loss, dtype):
     onnx = import_oracle("onnx")
     for net in every_hidden_activation(output, loss, dtype):
@@ -216,8 +216,7 @@ def test_missing_optional_dependencies_are_one_line():
 # PyTorch
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@EVERY_OUTPUT
+@every_output_and_dtype
 def test_torch_round_trips_bitwise(output, loss, dtype):
     torch = import_oracle("torch")
     for net in every_hidden_activation(output, loss, dtype):
