@@ -438,6 +438,10 @@ def test_predict_refuses_a_bad_out_naming_it():
     block = np.zeros((3, 6), np.float32)
     with pytest.raises(ValueError, match="`out` overlaps the input `x`"):
         net.predict(block, out=block.reshape(-1)[:12].reshape(3, 4))
+    square = MLP([4, 4], dtype="float32", seed=0)
+    x = inputs(square, 2)
+    with pytest.raises(ValueError, match="`out` overlaps the input `x`"):
+        square.predict(x, out=x)
 
 
 def _peak_bytes(call):
