@@ -317,8 +317,6 @@ def from_torch(module, *, loss=None, backend="compiled", cls=None):
             raise ValueError(f"{_describe_module(i, m)} must follow an nn.Linear (one "
                              f"activation per layer)")
         acts[-1] = name
-    if type(modules[0]) is not nn.Linear:  # pragma: no cover -- refused above
-        raise ValueError(f"{_describe_module(0, modules[0])} must be an nn.Linear")
     if loss is None:
         loss = "cross_entropy" if acts[-1] == "softmax" else "mse"
     build = MLP if cls is None else cls
