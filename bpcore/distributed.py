@@ -89,6 +89,10 @@ def under_mpi_launcher():
     Looks only at the environment the common launchers set (MPICH/Hydra's
     ``PMI_SIZE``, Open MPI's ``OMPI_COMM_WORLD_SIZE``, Slurm's PMI), so a
     plain ``python`` run never has to initialize MPI to find out.
+
+    Returns
+    -------
+    bool
     """
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
         if name in os.environ:
@@ -177,7 +181,7 @@ def open_array(path, key=None):
 
     Returns
     -------
-    numpy.memmap or ndarray
+    numpy.memmap or ndarray, the shape stored in the file
         A memmap, except for a member of a *compressed* ``.npz``
         (``np.savez_compressed``), which cannot be mapped and is read whole.
     """
