@@ -420,23 +420,29 @@ class MLP:
             Class probabilities for ``loss="cross_entropy"`` (sigmoid
             probabilities for ``"binary_cross_entropy"``); ``out`` when given.
         """
-        # NOTE: the fast path, for a service predicting row after row: x in final
-        # form of the model's dtype (V.is_final) and out None or a plain buffer that
-        # fits go straight to the core, with no conversion and no allocation but the
-        # result.  Everything else takes the general path, which checks and explains.
+        # NOTE: the fast path, for a service predicting row after row: an exact
+        # ndarray x (and out) goes straight to the core, whose C-level checks take
+        # what is already in final form (the model's dtype, C-contiguous, aligned,
+        # the right shape; out writeable) and refuse the rest with a ValueError --
+        # then the general path below converts, or explains naming the argument.
+        # No Python object is made on the way (``.flags`` would make one): two
+        # distinct arrays that own their data (base None) cannot overlap.  (The
+        # NumPy twin checks nothing: it takes the general path.)
         n_out = self.layer_sizes[-1]
-        if (V.is_final(x) and x.dtype == self.dtype and x.ndim == 2
-                and x.shape[1] == self.layer_sizes[0]):
+        if type(x) is np.ndarray and self.backend == "compiled":
             if out is None:
-                return self._core.forward(self._params, x,
-                                          np.empty((x.shape[0], n_out), self.dtype))
-            # NOTE: two distinct arrays that own their data cannot overlap, which spares
-            # the common case np.may_share_memory's cost (a third of a small predict's).
-            if (V.is_final(out) and out.dtype == self.dtype and out.shape == (x.shape[0], n_out)
-                    and out.flags.writeable
-                    and (out is not x and out.flags.owndata and x.flags.owndata
-                         or not np.may_share_memory(x, out))):
-                return self._core.forward(self._params, x, out)
+                if x.ndim == 2 and x.dtype == self.dtype:
+                    try:
+                        return self._core.forward(
+                            self._params, x, np.empty((x.shape[0], n_out), self.dtype))
+                    except ValueError:
+                        pass
+            elif (type(out) is np.ndarray and out is not x and out.base is None
+                    and x.base is None):
+                try:
+                    return self._core.forward(self._params, x, out)
+                except ValueError:
+                    pass
         x, _ = self.prepare_inputs(x, min_rows=0, need_y=False)
         if out is None:
             return self._output(x)
