@@ -64,7 +64,8 @@ from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
 cnp.import_array()
 
 from bpcore._kernels cimport (
-    bp_sgd_f32, bp_sgd_f64, bp_optim_select, bp_adam_f32, bp_adam_f64,
+    bp_sgd_f32, bp_sgd_f64, bp_optim_select, bp_adam_f32, bp_adam_f64, bp_adamw_f32,
+    bp_adamw_f64, bp_rmsprop_f32, bp_rmsprop_f64,
     bp_sk_sgd_f32, bp_sk_sgd_f64, bp_sk_adam_f32, bp_sk_adam_f64)
 
 cdef extern from "Python.h":
@@ -129,6 +130,8 @@ cdef enum:
     UPD_ADAM = 1
     UPD_SK_SGD = 2
     UPD_SK_ADAM = 3
+    UPD_ADAMW = 4
+    UPD_RMSPROP = 5
 
 # Status codes beyond the GEMM's BP_OK / BP_ENOMEM.
 cdef enum:
@@ -148,6 +151,7 @@ INTERRUPTED = STATUS_INTERRUPTED
 cdef Py_ssize_t SIGNAL_CHECK_EVERY = 16
 
 from bpcore import _env
+from bpcore import _validate as V
 
 # NOTE: optim.h's kernel choice is per extension module (a static in the
 # header): the step chooses by the same switch as bpcore._kernels.
@@ -179,14 +183,31 @@ cdef struct Net:
 
 cdef struct Update:
     # The update rule: which optimizer, in whose conventions, with its settings.
-    int kind                     # UPD_SGD, UPD_ADAM (PyTorch's), UPD_SK_SGD, UPD_SK_ADAM
+    int kind                     # UPD_SGD, UPD_ADAM, UPD_ADAMW, UPD_RMSPROP (PyTorch's),
+                                 # UPD_SK_SGD, UPD_SK_ADAM (scikit-learn's)
     double lr                    # the rate (scikit-learn's Adam: learning_rate_init)
-    double momentum
-    double weight_decay          # PyTorch's L2 term in the gradient (sklearn: in the loss)
+    double momentum              # SGD's and RMSprop's
+    double weight_decay          # PyTorch's L2 term in the gradient (AdamW: decoupled;
+                                 # sklearn: in the loss)
     int nesterov
     double beta1, beta2, eps
     long long step               # Adam's steps taken, advanced before each update
     bint weights_only            # weight decay on the W_l only (not the biases)
+    double alpha                 # RMSprop's smoothing constant
+    bint centered                # RMSprop's
+    # Gradient clipping before the update, as torch.nn.utils.clip_grad_value_
+    # then clip_grad_norm_ (each off unless its flag is set).
+    bint clip_by_value
+    double clip_value
+    bint clip_by_norm
+    double clip_norm
+    # Per-update settings (a schedule stepped per batch): update k of the
+    # next table_len takes lr_table[k] and, when momentum_table is set, its
+    # momentum (Adam / AdamW: beta1) from momentum_table[k].
+    const double* lr_table
+    const double* momentum_table
+    Py_ssize_t table_len
+    Py_ssize_t table_pos
 
 
 # Products below this many multiply-adds (~20 us on one core) run on one
@@ -590,22 +611,64 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
 # ---------------------------------------------------------------------------
 
 cdef void _torch_update_range(Update* rule, floating* params, const floating* grads,
-                              floating* s1, floating* s2, Py_ssize_t start, Py_ssize_t n,
-                              double weight_decay) noexcept nogil:
+                              floating* s1, floating* s2, floating* s3, Py_ssize_t start,
+                              Py_ssize_t n, double weight_decay) noexcept nogil:
+    """One PyTorch update of params[start:start+n] (state blocks offset alike; NULL: unused)."""
+    params += start
+    grads += start
+    s1 = s1 + start if s1 != NULL else NULL
+    s2 = s2 + start if s2 != NULL else NULL
+    s3 = s3 + start if s3 != NULL else NULL
     if rule.kind == UPD_SGD:
         if floating is float:
-            bp_sgd_f32(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
-                       <float>rule.lr, <float>rule.momentum, <float>weight_decay,
-                       rule.nesterov)
+            bp_sgd_f32(params, grads, s1, n, <float>rule.lr, <float>rule.momentum,
+                       <float>weight_decay, rule.nesterov)
         else:
-            bp_sgd_f64(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
-                       rule.lr, rule.momentum, weight_decay, rule.nesterov)
+            bp_sgd_f64(params, grads, s1, n, rule.lr, rule.momentum, weight_decay,
+                       rule.nesterov)
+    elif rule.kind == UPD_RMSPROP:
+        if floating is float:
+            bp_rmsprop_f32(params, grads, s1, s2, s3, n, rule.lr, rule.alpha, rule.eps,
+                           weight_decay, rule.momentum, rule.centered)
+        else:
+            bp_rmsprop_f64(params, grads, s1, s2, s3, n, rule.lr, rule.alpha, rule.eps,
+                           weight_decay, rule.momentum, rule.centered)
+    elif rule.kind == UPD_ADAMW:
+        if floating is float:
+            bp_adamw_f32(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                         weight_decay, rule.step)
+        else:
+            bp_adamw_f64(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                         weight_decay, rule.step)
     elif floating is float:
-        bp_adam_f32(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
-                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+        bp_adam_f32(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                    weight_decay, rule.step)
     else:
-        bp_adam_f64(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
-                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+        bp_adam_f64(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                    weight_decay, rule.step)
+
+
+cdef void clip_gradients(const Update* rule, floating* grads, Py_ssize_t n) noexcept nogil:
+    """grads clamped to +-clip_value, then scaled by min(1, clip_norm / (||grads|| + 1e-6)).
+
+    As torch.nn.utils.clip_grad_value_ and clip_grad_norm_ (the L2 norm over
+    every parameter at once).  NOTE: the norm is summed in double over the
+    whole block; PyTorch takes one norm per tensor and the norm of those, so
+    the coefficient agrees to rounding, not bit for bit.
+    """
+    cdef Py_ssize_t i
+    cdef floating c, coef
+    cdef double total
+    if rule.clip_by_value:
+        c = <floating>rule.clip_value
+        for i in range(n):
+            grads[i] = min(max(grads[i], -c), c)
+    if rule.clip_by_norm:
+        total = sqrt(sum_of_squares(grads, n))
+        if rule.clip_norm / (total + 1e-6) < 1.0:
+            coef = <floating>(rule.clip_norm / (total + 1e-6))
+            for i in range(n):
+                grads[i] = grads[i] * coef
 
 
 cdef void _sklearn_update(Update* rule, floating* params, const floating* grads,
@@ -631,21 +694,40 @@ cdef void _sklearn_update(Update* rule, floating* params, const floating* grads,
                        rule.beta2, 1 - rule.beta2, rule.eps)
 
 
-cdef void apply_update(const Net* net, Update* rule, floating* params, const floating* grads,
-                       floating* s1, floating* s2, Py_ssize_t n_params) noexcept nogil:
-    """params := one optimizer step over the flat block (state s1 = velocity or m, s2 = v)."""
+cdef void apply_update(const Net* net, Update* rule, floating* params, floating* grads,
+                       floating* s1, floating* s2, floating* s3,
+                       Py_ssize_t n_params) noexcept nogil:
+    """params := one optimizer step over the flat block.
+
+    State: s1 = SGD's velocity, Adam's m or RMSprop's square average; s2 =
+    Adam's v or RMSprop's momentum buffer; s3 = RMSprop's gradient average
+    (centered).  The step first takes this update's settings from the rule's
+    table (a per-batch schedule) and clips ``grads`` in place when asked.
+    """
     cdef int l
-    if rule.kind == UPD_ADAM or rule.kind == UPD_SK_ADAM:
+    cdef double mu
+    if rule.table_pos < rule.table_len:
+        rule.lr = rule.lr_table[rule.table_pos]
+        if rule.momentum_table != NULL:
+            mu = rule.momentum_table[rule.table_pos]
+            if rule.kind == UPD_ADAM or rule.kind == UPD_ADAMW:
+                rule.beta1 = mu
+            else:
+                rule.momentum = mu
+        rule.table_pos += 1
+    if rule.clip_by_value or rule.clip_by_norm:
+        clip_gradients(rule, grads, n_params)
+    if rule.kind == UPD_ADAM or rule.kind == UPD_SK_ADAM or rule.kind == UPD_ADAMW:
         rule.step += 1
     if rule.kind == UPD_SK_SGD or rule.kind == UPD_SK_ADAM:
         _sklearn_update(rule, params, grads, s1, s2, n_params)
     elif not rule.weights_only or rule.weight_decay == 0:
-        _torch_update_range(rule, params, grads, s1, s2, 0, n_params, rule.weight_decay)
+        _torch_update_range(rule, params, grads, s1, s2, s3, 0, n_params, rule.weight_decay)
     else:
         for l in range(net.n_layers):
-            _torch_update_range(rule, params, grads, s1, s2, net.w_off[l],
+            _torch_update_range(rule, params, grads, s1, s2, s3, net.w_off[l],
                                 net.sizes[l] * net.sizes[l + 1], rule.weight_decay)
-            _torch_update_range(rule, params, grads, s1, s2, net.b_off[l],
+            _torch_update_range(rule, params, grads, s1, s2, s3, net.b_off[l],
                                 net.sizes[l + 1], 0.0)
 
 
@@ -654,7 +736,7 @@ cdef void apply_update(const Net* net, Update* rule, floating* params, const flo
 # ---------------------------------------------------------------------------
 
 cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floating* grads,
-                          floating* s1, floating* s2, Py_ssize_t n_params,
+                          floating* s1, floating* s2, floating* s3, Py_ssize_t n_params,
                           const floating* x, const void* y, const floating* sw,
                           const long long* order, Py_ssize_t n_samples,
                           Py_ssize_t batch_size, floating* x_batch, void* y_batch,
@@ -696,7 +778,7 @@ cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floati
         status = loss_and_grad_rows(net, params, xb, yb, swb, rows, grads, &loss)
         if status != BP_OK:
             return status
-        apply_update(net, rule, params, grads, s1, s2, n_params)
+        apply_update(net, rule, params, grads, s1, s2, s3, n_params)
         weight = rows
         if swb != NULL and not net.sklearn:
             weight = 0
@@ -715,8 +797,8 @@ cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floati
 # The Python face of the core: UpdateRule and Trainer
 # ---------------------------------------------------------------------------
 
-UPDATE_KINDS = {"sgd": UPD_SGD, "adam": UPD_ADAM, "sklearn_sgd": UPD_SK_SGD,
-                "sklearn_adam": UPD_SK_ADAM}
+UPDATE_KINDS = {"sgd": UPD_SGD, "adam": UPD_ADAM, "adamw": UPD_ADAMW, "rmsprop": UPD_RMSPROP,
+                "sklearn_sgd": UPD_SK_SGD, "sklearn_adam": UPD_SK_ADAM}
 
 
 cdef class UpdateRule:
@@ -724,33 +806,45 @@ cdef class UpdateRule:
 
     Parameters
     ----------
-    kind : {"sgd", "adam", "sklearn_sgd", "sklearn_adam"}
-        ``torch.optim.SGD`` / ``torch.optim.Adam`` (bitwise: see optim.h), or
-        scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer``.
+    kind : {"sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam"}
+        ``torch.optim.SGD`` (bitwise: see optim.h) / ``Adam`` / ``AdamW`` /
+        ``RMSprop``, or scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer``.
     lr : float
         The rate (scikit-learn's Adam: ``learning_rate_init``).
     momentum, nesterov
-        SGD's (both conventions).
+        SGD's (both conventions); ``momentum`` also RMSprop's.
     weight_decay : float
-        PyTorch's L2 term added to the gradient (scikit-learn's ``alpha`` is
-        part of its loss rule instead: :attr:`Trainer.alpha`).
+        PyTorch's L2 term added to the gradient (AdamW: the decoupled decay;
+        scikit-learn's ``alpha`` is part of its loss rule instead:
+        :attr:`Trainer.alpha`).
     betas, eps
-        Adam's.
+        Adam's and AdamW's (``eps`` also RMSprop's).
     step : int
         Adam's steps taken so far; advanced by every update.
     weights_only : bool
         PyTorch's rules: weight decay on the weights W_l only, not the biases.
+    alpha, centered
+        RMSprop's.
+    clip_grad_norm, clip_grad_value : float or None
+        Clip the gradient block in place before each update (PyTorch's rules):
+        clamp to +-clip_grad_value, then scale by min(1, clip_grad_norm /
+        (||g|| + 1e-6)), ||g|| the L2 norm over all parameters.
 
-    The values are taken as given (the faces validate them).
+    The values are taken as given (the faces validate them).  State blocks
+    (see :attr:`stateful`): SGD (velocity,); Adam / AdamW (m, v); RMSprop
+    (square_avg, momentum_buffer, grad_avg).
     """
     cdef Update rule
+    cdef object _tables  # the arrays rule.lr_table / momentum_table point into
 
     def __init__(self, str kind, *, double lr, double momentum=0.0, double weight_decay=0.0,
                  bint nesterov=False, betas=(0.9, 0.999), double eps=1e-8, long long step=0,
-                 bint weights_only=False):
+                 bint weights_only=False, double alpha=0.99, bint centered=False,
+                 clip_grad_norm=None, clip_grad_value=None):
         if kind not in UPDATE_KINDS:
             raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
                              f"got {kind!r}")
+        memset(&self.rule, 0, sizeof(Update))
         self.rule.kind = UPDATE_KINDS[kind]
         self.rule.lr = lr
         self.rule.momentum = momentum
@@ -761,6 +855,28 @@ cdef class UpdateRule:
         self.rule.eps = eps
         self.rule.step = step
         self.rule.weights_only = weights_only
+        self.rule.alpha = alpha
+        self.rule.centered = centered
+        self.rule.clip_by_norm = clip_grad_norm is not None
+        self.rule.clip_norm = clip_grad_norm if clip_grad_norm is not None else 0.0
+        self.rule.clip_by_value = clip_grad_value is not None
+        self.rule.clip_value = clip_grad_value if clip_grad_value is not None else 0.0
+        self._tables = None
+
+    def set_schedule(self, lrs, momenta=None):
+        """The next ``len(lrs)`` updates take their rate from ``lrs`` (a per-batch schedule).
+
+        ``lrs``: float64 (k,); ``momenta``: float64 (k,) or None -- each update's
+        momentum (Adam / AdamW: beta1), as OneCycleLR cycles it.  Read by the
+        compiled step one entry per update, so an epoch needs no Python per batch.
+        """
+        lrs, momenta = V.schedule_tables(lrs, momenta)
+        self._tables = (lrs, momenta)
+        self.rule.lr_table = <const double*>cnp.PyArray_DATA(<cnp.ndarray>lrs)
+        self.rule.momentum_table = (<const double*>cnp.PyArray_DATA(<cnp.ndarray>momenta)
+                                    if momenta is not None else NULL)
+        self.rule.table_len = lrs.shape[0]
+        self.rule.table_pos = 0
 
     @property
     def kind(self):
@@ -775,6 +891,15 @@ cdef class UpdateRule:
         self.rule.lr = value
 
     @property
+    def momentum(self):
+        """The momentum (after a scheduled update: the last one's)."""
+        return self.rule.momentum
+
+    @property
+    def beta1(self):
+        return self.rule.beta1
+
+    @property
     def step(self):
         """Adam's steps taken (advanced by each update)."""
         return self.rule.step
@@ -785,9 +910,15 @@ cdef class UpdateRule:
 
     @property
     def stateful(self):
-        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
-        if self.rule.kind == UPD_ADAM or self.rule.kind == UPD_SK_ADAM:
+        """How many state blocks the rule reads and writes (the leading entries of ``state``).
+
+        0, 1 (SGD's velocity), 2 (Adam's moments; RMSprop with momentum) or 3
+        (centered RMSprop, whose second block is then read only with momentum).
+        """
+        if self.rule.kind in (UPD_ADAM, UPD_SK_ADAM, UPD_ADAMW):
             return 2
+        if self.rule.kind == UPD_RMSPROP:
+            return 3 if self.rule.centered else (2 if self.rule.momentum != 0 else 1)
         if self.rule.kind == UPD_SK_SGD or self.rule.momentum != 0:
             return 1
         return 0
@@ -922,15 +1053,17 @@ cdef class Trainer:
                              f"{self.n_params} values")
 
     cdef tuple _check_state(self, UpdateRule rule, object state):
-        """The rule's state blocks (s1, s2), None where the rule keeps none."""
+        """The rule's state blocks (s1, s2, s3), None where the rule keeps none."""
         if state is None:
-            state = (None, None)
-        if not isinstance(state, tuple) or len(state) != 2:
-            raise ValueError("`state` must be a pair (s1, s2) of blocks or None")
+            state = (None, None, None)
+        if not isinstance(state, tuple) or len(state) not in (2, 3):
+            raise ValueError("`state` must be a pair or triple (s1, s2[, s3]) of blocks or None")
+        if len(state) == 2:
+            state = state + (None,)
         cdef int need = rule.stateful
         for i in range(need):
             self._check_block(state[i], f"state[{i}]")
-        return (state[0] if need >= 1 else None, state[1] if need == 2 else None)
+        return tuple(state[i] if i < need else None for i in range(3))
 
     cdef void _check_order(self, object order, Py_ssize_t n) except *:
         """``order`` is None or a permutation-like int64 index vector over n rows."""
@@ -1087,25 +1220,28 @@ cdef class Trainer:
     def update(self, params, grads, state, UpdateRule rule):
         """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam).
 
-        ``state``: (s1, s2) -- SGD's velocity (momentum, or scikit-learn's SGD
-        always) and unused, or Adam's first and second moments; None entries
-        where the rule keeps no state.
+        ``state``: (s1, s2) or (s1, s2, s3) -- SGD's velocity (momentum, or
+        scikit-learn's SGD always); Adam's / AdamW's first and second moments;
+        RMSprop's square average, momentum buffer and gradient average; None
+        entries where the rule keeps no state (see UpdateRule.stateful).
+        ``grads`` is clipped in place when the rule clips.
         """
         self._check_block(params, "params")
         self._check_block(grads, "grads")
-        s1, s2 = self._check_state(rule, state)
+        s1, s2, s3 = self._check_state(rule, state)
         cdef void* pp = _data(params)
         cdef void* gp = _data(grads)
         cdef void* s1p = _data(s1)
         cdef void* s2p = _data(s2)
+        cdef void* s3p = _data(s3)
         cdef Py_ssize_t n = self.n_params
         with nogil:
             if self.typenum == cnp.NPY_FLOAT:
-                apply_update(&self.net, &rule.rule, <float*>pp, <const float*>gp, <float*>s1p,
-                             <float*>s2p, n)
+                apply_update(&self.net, &rule.rule, <float*>pp, <float*>gp, <float*>s1p,
+                             <float*>s2p, <float*>s3p, n)
             else:
-                apply_update(&self.net, &rule.rule, <double*>pp, <const double*>gp,
-                             <double*>s1p, <double*>s2p, n)
+                apply_update(&self.net, &rule.rule, <double*>pp, <double*>gp,
+                             <double*>s1p, <double*>s2p, <double*>s3p, n)
 
     def epoch(self, params, grads, state, x, y, sample_weight, order, Py_ssize_t batch_size,
               UpdateRule rule):
@@ -1120,7 +1256,7 @@ cdef class Trainer:
         """
         self._check_block(params, "params")
         self._check_block(grads, "grads")
-        s1, s2 = self._check_state(rule, state)
+        s1, s2, s3 = self._check_state(rule, state)
         self._check_rows(x, y)
         cdef Py_ssize_t n = x.shape[0]
         self._check_weights(sample_weight, n)
@@ -1137,6 +1273,7 @@ cdef class Trainer:
         cdef void* gp = _data(grads)
         cdef void* s1p = _data(s1)
         cdef void* s2p = _data(s2)
+        cdef void* s3p = _data(s3)
         cdef void* xp = _data(x)
         cdef void* yp = _data(y)
         cdef void* swp = _data(sample_weight)
@@ -1154,12 +1291,12 @@ cdef class Trainer:
             if self.typenum == cnp.NPY_FLOAT:
                 status = train_epoch_rows(
                     &self.net, &rule.rule, <float*>pp, <float*>gp, <float*>s1p, <float*>s2p,
-                    n_params, <const float*>xp, yp, <const float*>swp, op, n, batch_size,
+                    <float*>s3p, n_params, <const float*>xp, yp, <const float*>swp, op, n, batch_size,
                     <float*>xbp, ybp, <float*>swbp, y_row_bytes, &loss_sum, &done, &pending)
             else:
                 status = train_epoch_rows(
                     &self.net, &rule.rule, <double*>pp, <double*>gp, <double*>s1p,
-                    <double*>s2p, n_params, <const double*>xp, yp, <const double*>swp, op, n,
+                    <double*>s2p, <double*>s3p, n_params, <const double*>xp, yp, <const double*>swp, op, n,
                     batch_size, <double*>xbp, ybp, <double*>swbp, y_row_bytes, &loss_sum,
                     &done, &pending)
         self.batches_done = done
@@ -1216,6 +1353,7 @@ cdef class Trainer:
                 return None  # targets outside [0, 1]: the general path says so
         self._reserve(n)
         cdef Update rule
+        memset(&rule, 0, sizeof(Update))
         rule.kind = UPD_SGD
         rule.lr = lr_
         rule.momentum = mu
@@ -1235,14 +1373,14 @@ cdef class Trainer:
                 status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
                                             <const float*>NULL, n, <float*>gp, &loss)
                 if status == BP_OK:
-                    apply_update(&self.net, &rule, <float*>pp, <const float*>gp, <float*>vp,
-                                 <float*>NULL, n_params)
+                    apply_update(&self.net, &rule, <float*>pp, <float*>gp, <float*>vp,
+                                 <float*>NULL, <float*>NULL, n_params)
             else:
                 status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
                                             yp, <const double*>NULL, n, <double*>gp, &loss)
                 if status == BP_OK:
-                    apply_update(&self.net, &rule, <double*>pp, <const double*>gp,
-                                 <double*>vp, <double*>NULL, n_params)
+                    apply_update(&self.net, &rule, <double*>pp, <double*>gp,
+                                 <double*>vp, <double*>NULL, <double*>NULL, n_params)
         _raise_for(status)
         return status, loss
 

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from . import _validate as V
 from . import reference as R
 
 __all__ = ["Trainer", "UpdateRule", "NONFINITE", "INTERRUPTED"]
@@ -28,7 +29,7 @@ __all__ = ["Trainer", "UpdateRule", "NONFINITE", "INTERRUPTED"]
 NONFINITE = 100
 INTERRUPTED = 101
 
-UPDATE_KINDS = ("sgd", "adam", "sklearn_sgd", "sklearn_adam")
+UPDATE_KINDS = ("sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam")
 
 
 class UpdateRule:
@@ -36,15 +37,17 @@ class UpdateRule:
 
     Parameters
     ----------
-    kind : {"sgd", "adam"}
-        ``torch.optim.SGD`` or ``torch.optim.Adam`` ("sklearn_*" exist only
-        in the compiled core).
-    lr, momentum, weight_decay, nesterov, betas, eps, step, weights_only
+    kind : {"sgd", "adam", "adamw", "rmsprop"}
+        ``torch.optim.SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` ("sklearn_*"
+        exist only in the compiled core).
+    lr, momentum, weight_decay, nesterov, betas, eps, step, weights_only, alpha, centered,
+    clip_grad_norm, clip_grad_value
         As the compiled twin's.
     """
 
     def __init__(self, kind, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=1e-8, step=0, weights_only=False):
+                 betas=(0.9, 0.999), eps=1e-8, step=0, weights_only=False, alpha=0.99,
+                 centered=False, clip_grad_norm=None, clip_grad_value=None):
         if kind not in UPDATE_KINDS:
             raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
                              f"got {kind!r}")
@@ -59,11 +62,48 @@ class UpdateRule:
         self.eps = float(eps)
         self.step = int(step)
         self.weights_only = bool(weights_only)
+        self.alpha = float(alpha)
+        self.centered = bool(centered)
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.clip_grad_value = None if clip_grad_value is None else float(clip_grad_value)
+        self._table, self._table_pos = None, 0
+
+    def set_schedule(self, lrs, momenta=None):
+        """The next ``len(lrs)`` updates take their rate (and momentum / beta1) from the table."""
+        lrs, momenta = V.schedule_tables(lrs, momenta)
+        self._table, self._table_pos = (lrs, momenta), 0
 
     @property
     def stateful(self):
-        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
-        return 2 if self.kind == "adam" else (1 if self.momentum != 0 else 0)
+        """How many state blocks the rule reads and writes (the leading entries of ``state``)."""
+        if self.kind in ("adam", "adamw"):
+            return 2
+        if self.kind == "rmsprop":
+            return 3 if self.centered else (2 if self.momentum != 0 else 1)
+        return 1 if self.momentum != 0 else 0
+
+    def _next_settings(self):
+        """Take this update's rate (and momentum) from the table, as _step.apply_update."""
+        if self._table is None or self._table_pos >= len(self._table[0]):
+            return
+        lrs, momenta = self._table
+        self.lr = float(lrs[self._table_pos])
+        if momenta is not None:
+            if self.kind in ("adam", "adamw"):
+                self.beta1 = float(momenta[self._table_pos])
+            else:
+                self.momentum = float(momenta[self._table_pos])
+        self._table_pos += 1
+
+    def _clip(self, grads):
+        """Clip ``grads`` in place (clip_grad_value_, then clip_grad_norm_), as _step."""
+        dt = grads.dtype.type
+        if self.clip_grad_value is not None:
+            np.clip(grads, dt(-self.clip_grad_value), dt(self.clip_grad_value), out=grads)
+        if self.clip_grad_norm is not None:
+            total = math.sqrt(float(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+            if self.clip_grad_norm / (total + 1e-6) < 1.0:
+                grads *= dt(self.clip_grad_norm / (total + 1e-6))
 
     def __repr__(self):
         return (f"UpdateRule({self.kind!r}, lr={self.lr!r}, momentum={self.momentum!r}, "
@@ -211,8 +251,12 @@ class Trainer:
 
     def update(self, params, grads, state, rule):
         """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam)."""
-        s1, s2 = state if state is not None else (None, None)
-        if rule.kind == "adam":
+        state = (None, None, None) if state is None else tuple(state) + (None,) * (3 - len(state))
+        s1, s2, s3 = state
+        rule._next_settings()
+        if rule.clip_grad_value is not None or rule.clip_grad_norm is not None:
+            rule._clip(grads[:self.n_params])
+        if rule.kind in ("adam", "adamw"):
             rule.step += 1
         if rule.weights_only and rule.weight_decay != 0:
             ranges = []
@@ -223,10 +267,18 @@ class Trainer:
             ranges = [(0, self.n_params, rule.weight_decay)]
         for start, size, wd in ranges:
             part = slice(start, start + size)
-            if rule.kind == "adam":
-                R.adam_update(params[part], grads[part], lr=rule.lr, m=s1[part], v=s2[part],
-                              step=rule.step, beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps,
-                              weight_decay=wd)
+            if rule.kind in ("adam", "adamw"):
+                update = R.adam_update if rule.kind == "adam" else R.adamw_update
+                update(params[part], grads[part], lr=rule.lr, m=s1[part], v=s2[part],
+                       step=rule.step, beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps,
+                       weight_decay=wd)
+            elif rule.kind == "rmsprop":
+                R.rmsprop_update(params[part], grads[part], lr=rule.lr, square_avg=s1[part],
+                                 alpha=rule.alpha, eps=rule.eps, weight_decay=wd,
+                                 momentum=rule.momentum,
+                                 momentum_buffer=s2[part] if rule.momentum else None,
+                                 centered=rule.centered,
+                                 grad_avg=s3[part] if rule.centered else None)
             else:
                 R.sgd_update(params[part], grads[part], lr=rule.lr, momentum=rule.momentum,
                              velocity=s1[part] if rule.momentum else None, weight_decay=wd,

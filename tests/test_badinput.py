@@ -957,7 +957,7 @@ def mlp_cases(backend):
             add(f"{tag}-lr-numpy-scalar", lambda kw=kw, ok=ok: ok({**kw(), "lr": np.float64(0.05)}))
             # the optimizer options
             for label, value, exc, arg, *words in (
-                    ("optimizer-unknown", dict(optimizer="rmsprop"), ValueError, "optimizer",
+                    ("optimizer-unknown", dict(optimizer="adagrad"), ValueError, "optimizer",
                      "'adam'", "'sgd'"),
                     ("optimizer-none", dict(optimizer=None), ValueError, "optimizer", "'adam'"),
                     ("optimizer-upper", dict(optimizer="Adam"), ValueError, "optimizer"),
@@ -998,7 +998,7 @@ def mlp_cases(backend):
                      ValueError, "validation_data"),
                     ("callback-not-callable", dict(callback=3), TypeError, "callback"),
                     ("seed-str", dict(seed="abc"), TypeError, "seed"),
-                    ("schedule-unknown", dict(schedule="cosine"), ValueError, "schedule",
+                    ("schedule-unknown", dict(schedule="cyclic"), ValueError, "schedule",
                      "'constant'", "'invscaling'", "'adaptive'"),
                     ("schedule-none", dict(schedule=None), ValueError, "schedule"),
                     ("power_t-negative", dict(power_t=-0.5), ValueError, "power_t"),

@@ -516,7 +516,7 @@ def test_sample_weight_validation():
     with pytest.raises(ValueError, match="must not sum to 0"):
         net.loss_and_grads(x, y, sample_weight=np.zeros(len(x)))
     with pytest.raises(ValueError, match="`optimizer`"):
-        net.train_step(x, y, lr=0.1, optimizer="rmsprop")
+        net.train_step(x, y, lr=0.1, optimizer="adagrad")
     with pytest.raises(ValueError, match=r"`y` must lie in \[0, 1\]"):
         MLP([5, 3], loss="binary_cross_entropy", dtype="float64").fit(
             x, y * 5, epochs=1, batch_size=4, lr=0.1)

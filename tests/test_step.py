@@ -212,4 +212,4 @@ def test_state_blocks_are_checked():
     with pytest.raises(ValueError, match=r"`state\[0\]`"):
         tr.update(p, g, None, _step.UpdateRule("sgd", lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="`kind`"):
-        _step.UpdateRule("rmsprop", lr=0.1)
+        _step.UpdateRule("adagrad", lr=0.1)
