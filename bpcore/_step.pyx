@@ -1063,7 +1063,10 @@ cdef class Trainer:
         cdef int need = rule.stateful
         for i in range(need):
             self._check_block(state[i], f"state[{i}]")
-        return tuple(state[i] if i < need else None for i in range(3))
+        # NOTE: no generator expression here: Cython's generators are garbage in
+        # a reference cycle after each call (tracemalloc sees them grow until gc runs).
+        return (state[0] if need >= 1 else None, state[1] if need >= 2 else None,
+                state[2] if need >= 3 else None)
 
     cdef void _check_order(self, object order, Py_ssize_t n) except *:
         """``order`` is None or a permutation-like int64 index vector over n rows."""

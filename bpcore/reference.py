@@ -629,14 +629,14 @@ def _adam_step(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, dec
                                                            None)], step)
     beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
     dt = p.dtype.type
-    g = grad
-    if weight_decay != 0 and decoupled:
-        p *= dt(1 - lr * weight_decay)
-    elif weight_decay != 0:
-        g = grad + dt(weight_decay) * p
+    g = grad + dt(weight_decay) * p if weight_decay != 0 and not decoupled else grad
     m += dt(1 - beta1) * (g - m)
     v *= dt(beta2)
     v += dt(1 - beta2) * g * g
+    if weight_decay != 0 and decoupled:
+        # NOTE: after the moments, which do not read param: the same result as
+        # PyTorch's shrink-first order, and right when ``grad`` is ``param``.
+        p *= dt(1 - lr * weight_decay)
     # float(step): the kernel's pow(beta, (double)t), spelled out.
     step_size = dt(lr / (1 - beta1 ** float(step)))
     denom = np.sqrt(v) / dt(math.sqrt(1 - beta2 ** float(step))) + dt(eps)

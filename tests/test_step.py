@@ -90,11 +90,17 @@ def _params(trainer, dtype, seed=1):
 RULES = [("sgd", dict(lr=0.05)), ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
          ("sgd", dict(lr=0.05, momentum=0.5, weight_decay=0.01, weights_only=True)),
          ("adam", dict(lr=1e-2, weight_decay=0.01)),
-         ("adam", dict(lr=1e-2, betas=(0.8, 0.99), weights_only=True, weight_decay=0.1))]
+         ("adam", dict(lr=1e-2, betas=(0.8, 0.99), weights_only=True, weight_decay=0.1)),
+         ("adamw", dict(lr=1e-2, weight_decay=0.05, clip_grad_norm=0.3)),
+         ("rmsprop", dict(lr=1e-2, weight_decay=0.01)),
+         ("rmsprop", dict(lr=1e-2, momentum=0.5, centered=True, alpha=0.9, weights_only=True,
+                          weight_decay=0.1, clip_grad_value=0.02)),
+         ("rmsprop", dict(lr=1e-2, centered=True)),
+         ("sgd", dict(lr=0.05, momentum=0.9, clip_grad_norm=0.1, clip_grad_value=0.05))]
 
 
 def _state(rule, n, dtype):
-    return tuple(_aligned_zeros(n, dtype) if i < rule.stateful else None for i in range(2))
+    return tuple(_aligned_zeros(n, dtype) if i < rule.stateful else None for i in range(3))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -125,7 +131,7 @@ def test_epoch_is_loss_and_grad_then_update_per_batch(core_name, loss, kind, set
         tr.update(p_steps, g, st_s, rule_s)
         expected_sum += batch_loss * (len(rows) if swb is None else swb.sum())
     np.testing.assert_array_equal(p_epoch, p_steps)
-    assert rule_e.step == rule_s.step == (5 if kind == "adam" else 0)
+    assert rule_e.step == rule_s.step == (5 if kind.startswith("adam") else 0)
     assert loss_sum == pytest.approx(expected_sum, rel=1e-14)
 
 
@@ -213,3 +219,51 @@ def test_state_blocks_are_checked():
         tr.update(p, g, None, _step.UpdateRule("sgd", lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="`kind`"):
         _step.UpdateRule("adagrad", lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_a_scheduled_rule_takes_each_updates_rate_and_momentum_from_its_table(core_name, kind):
+    """set_schedule's table = setting lr (and momentum / beta1) by hand before each update."""
+    core, dtype = CORES[core_name], np.float64
+    x, y = _problem("mse", dtype)
+    tr = _trainer(core, "mse", dtype)
+    lrs, moms = np.linspace(0.05, 0.01, 5), np.linspace(0.95, 0.85, 5)
+    p_table, p_hand = _params(tr, dtype), _params(tr, dtype)
+    g = _aligned_zeros(tr.n_params, dtype)
+    settings = dict(momentum=0.9) if kind != "adam" else {}
+    r_table = core.UpdateRule(kind, lr=1.0, **settings)
+    r_table.set_schedule(lrs, moms)
+    st_t = _state(r_table, tr.n_params, dtype)
+    tr.epoch(p_table, g, st_t, x, y, None, None, 5, r_table)
+    st_h = _state(r_table, tr.n_params, dtype)
+    for k, start in enumerate(range(0, len(x), 5)):
+        rule = core.UpdateRule(kind, lr=lrs[k], betas=(moms[k], 0.999), step=k,
+                               **dict(settings, momentum=moms[k]) if settings else {})
+        tr.loss_and_grad(p_hand, x[start:start + 5], y[start:start + 5], g)
+        tr.update(p_hand, g, st_h, rule)
+    np.testing.assert_array_equal(p_table, p_hand)
+    assert r_table.lr == lrs[-1]
+    tr.update(p_table, g, st_t, r_table)  # past the table: the last settings stay
+    assert r_table.lr == lrs[-1]
+
+
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_clipping_is_torchs_clip_grad_value_then_clip_grad_norm(core_name):
+    core, dtype = CORES[core_name], np.float64
+    tr = _trainer(core, "mse", dtype)
+    p = _params(tr, dtype)
+    g0 = np.random.default_rng(7).normal(size=tr.n_params)
+    for value, norm in ((None, 0.5), (0.1, None), (0.1, 0.2), (None, 1e6), (0.0, None)):
+        g = _aligned_zeros(tr.n_params, dtype)
+        g[...] = g0
+        q = p.copy()
+        tr.update(q, g, None, core.UpdateRule("sgd", lr=1.0, clip_grad_norm=norm,
+                                              clip_grad_value=value))
+        expected = g0.copy()
+        if value is not None:
+            expected = np.clip(expected, -value, value)
+        if norm is not None:
+            expected *= min(1.0, norm / (np.linalg.norm(expected) + 1e-6))
+        np.testing.assert_allclose(g, expected, rtol=1e-14, atol=0)  # clipped in place
+        np.testing.assert_allclose(q, p - expected, rtol=1e-14, atol=1e-15)
