@@ -2,7 +2,7 @@
 
 The light entry point that ships in the package: a large GEMM, three training
 steps against the NumPy reference (and PyTorch), the step cost of clipping
-(and dropout), one digits epoch against scikit-learn, in well under a minute.  Peers that are not installed are named
+and dropout, one digits epoch against scikit-learn, in well under a minute.  Peers that are not installed are named
 and their columns left out; NumPy is the only dependency.  The timing
 harness with every table (kernels, linear layers, all GEMM shapes, threads,
 the estimators, MPI) lives in a source checkout's ``bench/`` and is run by
@@ -235,7 +235,8 @@ def training_table(*, cases=TRAINING_CASES, threads=1, rounds=7, min_time=0.05, 
 # the options table shows, each against the plain step
 STEP_OPTIONS = [("plain SGD", {}, {}),
                 ("clip_grad_norm=1", dict(clip_grad_norm=1.0), {}),
-                ("clip_grad_value=0.1", dict(clip_grad_value=0.1), {})]
+                ("clip_grad_value=0.1", dict(clip_grad_value=0.1), {}),
+                ("dropout=0.5", {}, dict(dropout=0.5))]
 
 
 def options_table(*, sizes=(1000, 100, 10), batch=64, batches=16, threads=1, rounds=7,

@@ -183,6 +183,17 @@ cdef struct Net:
     char** acts                  # acts[1..n_layers]: capacity x sizes[l] buffers
     char* delta0                 # two capacity x max width buffers, used in turn
     char* delta1
+    Dropout* drop                # the training steps' dropout, or NULL (none)
+
+
+cdef struct Dropout:
+    # Inverted dropout on the hidden layers' outputs during training (see dropout_rows).
+    const double* p              # p[l]: the drop probability of layer l's output (l < L-1)
+    char** pre                   # pre[l+1]: layer l's output before its mask (p[l] > 0), a
+                                 # capacity x sizes[l+1] buffer, for the derivative in backward
+    unsigned long long seed
+    long long step               # the training step whose masks forward draws; advanced by
+                                 # every loss_and_grad_rows (and the layer-cut step's layer 0)
 
 
 cdef struct Update:
@@ -249,13 +260,65 @@ cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
 # Forward
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# Dropout: masks from a counter-based hash, the same in the NumPy twin
+# ---------------------------------------------------------------------------
+
+# splitmix64's increment (2^64 / golden ratio) and 2^-53 (53 random bits to [0, 1))
+cdef unsigned long long _GOLDEN = 0x9E3779B97F4A7C15ULL
+cdef double _TWO_M53 = 1.1102230246251565e-16
+
+
+cdef inline unsigned long long _mix64(unsigned long long z) noexcept nogil:
+    """splitmix64's finalizer (a bijection of 64-bit words)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline unsigned long long dropout_stream(unsigned long long seed, long long step,
+                                              int layer) noexcept nogil:
+    """The key of one (seed, step, layer): mix(mix(mix(seed + G) + step) + layer)."""
+    return _mix64(_mix64(_mix64(seed + _GOLDEN) + <unsigned long long>step)
+                  + <unsigned long long>layer)
+
+
+cdef void dropout_rows(const Dropout* drop, int layer, const floating* src, floating* dst,
+                       Py_ssize_t count) noexcept nogil:
+    """dst[i] := src[i] * 1/(1-p) if element i is kept, else 0 (``dst`` may be ``src``).
+
+    Element i (row-major over the batch's (n, width) output) is kept when
+    u_i >= p, with u_i = (mix(stream + (i+1) G) >> 11) * 2^-53 in [0, 1):
+    splitmix64 at counter i of the (seed, step, layer) stream.  A pure
+    function of (seed, step, layer, i), so the masks do not depend on the
+    thread count, forward and backward draw the same one, and
+    bpcore.reference_core draws them bit for bit with NumPy's uint64 ops.
+    PyTorch's native_dropout computes (x * mask) * scale with scale =
+    1/(1-p) rounded to the dtype: the same floats.
+    """
+    cdef unsigned long long stream = dropout_stream(drop.seed, drop.step, layer), bits
+    cdef double p = drop.p[layer]
+    cdef floating scale = <floating>(1.0 / (1.0 - p))
+    cdef Py_ssize_t i
+    for i in range(count):
+        bits = _mix64(stream + <unsigned long long>(i + 1) * _GOLDEN)
+        if <double>(bits >> 11) * _TWO_M53 >= p:
+            dst[i] = src[i] * scale
+        else:
+            dst[i] = 0
+
+
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
-                      Py_ssize_t n, floating** acts, bint logits) noexcept nogil:
+                      Py_ssize_t n, floating** acts, bint logits,
+                      const Dropout* drop) noexcept nogil:
     """acts[l] := a_l for l = 1..n_layers from x (n rows).
 
     ``logits``: leave the output before its softmax or sigmoid (the losses
-    that take logits apply them themselves, stably).
+    that take logits apply them themselves, stably).  ``drop``: the training
+    step's dropout (NULL: none, as in inference); a hidden layer with p > 0
+    writes its output to drop.pre and its masked output to acts.
     """
+    cdef bint dropped
     cdef int l, status, act
     cdef const floating* a_prev = x
     cdef Py_ssize_t n_in, n_out, i
@@ -266,12 +329,16 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
         act = net.act[l]
         if logits and l == net.n_layers - 1 and act == ACT_SIGMOID:
             act = ACT_IDENTITY
+        dropped = drop != NULL and l < net.n_layers - 1 and drop.p[l] > 0
+        out = <floating*>drop.pre[l + 1] if dropped else acts[l + 1]
         status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
-                      params + net.w_off[l], n_out, 1, <floating>0, acts[l + 1], n_out, 1,
+                      params + net.w_off[l], n_out, 1, <floating>0, out, n_out, 1,
                       _forward_epilogue(act), params + net.b_off[l], NULL, 0,
                       _threads_for(n, n_out, n_in))
         if status != BP_OK:
             return status
+        if dropped:
+            dropout_rows(drop, l, out, acts[l + 1], n * n_out)
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
@@ -487,7 +554,7 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
     cdef floating* out
     cdef double loss, sw_sum = 0
     cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, _takes_logits(net))
+    status = forward_rows(net, params, x, n, acts, _takes_logits(net), net.drop)
     if status != BP_OK:
         return status
     out = acts[L]
@@ -549,8 +616,12 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
     alternate).  scikit-learn's rule then takes (a.T @ delta + alpha * W) /
     sw_sum and sum(delta) / sw_sum, rounded step by step as scikit-learn
     does.  Returns STATUS_NONFINITE if the layer's gradient is not finite.
+    With dropout on layer l-1's output, delta_{l-1} takes the derivative at
+    the unmasked output and then the forward's mask and scale; layer 0 ends
+    the step (its masks are used up: drop.step advances).
     """
     cdef int L = net.n_layers, status
+    cdef bint dropped = net.drop != NULL and l > 0 and net.drop.p[l - 1] > 0
     cdef floating** acts = <floating**>net.acts
     cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1], k
     cdef bint even = (L - 1 - l) % 2 == 0
@@ -564,10 +635,15 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
     if l > 0:
         status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
                       w, 1, n_out, <floating>0, delta_next, n_in, 1,
-                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
+                      _backward_epilogue(net.act[l - 1]), NULL,
+                      <floating*>net.drop.pre[l] if dropped else acts[l], n_in,
                       _threads_for(n, n_in, n_out))
         if status != BP_OK:
             return status
+        if dropped:
+            dropout_rows(net.drop, l - 1, delta_next, delta_next, n * n_in)
+    elif net.drop != NULL:
+        net.drop.step += 1
     status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
                   <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
                   _threads_for(n_in, n_out, n))
@@ -863,7 +939,7 @@ cdef int _forward_private(const Net* net, Call* c, const floating* params,
         p += ((c.n * net.sizes[l] * sizeof(floating) + 63) & ~(<size_t>63))
     if c.op == OP_FORWARD:
         acts[L] = <floating*>c.out
-    status = forward_rows(net, params, <const floating*>c.x, c.n, acts, logits)
+    status = forward_rows(net, params, <const floating*>c.x, c.n, acts, logits, NULL)
     if status == BP_OK and c.op == OP_EVALUATE:
         if net.sklearn:
             c.loss = sk_data_loss(net.loss, acts[L], <const floating*>c.y, <const floating*>NULL,
@@ -1097,8 +1173,10 @@ cdef class Trainer:
     cdef double _pending_sw_sum
     cdef readonly Py_ssize_t batches_done  # batches applied by the last epoch call
     cdef int _next_layer
+    cdef Dropout drop                  # net.drop points here when a hidden layer drops
+    cdef object _drop_p, _pre_ptrs
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
@@ -1129,6 +1207,44 @@ cdef class Trainer:
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
         self.capacity = 0
         self._buffers = None
+        self._init_dropout(dropout)
+
+    cdef void _init_dropout(self, object dropout) except *:
+        """Dropout probabilities, one per hidden layer (None: none); checked by the face."""
+        cdef int n_hidden = self.net.n_layers - 1
+        probabilities = [0.0] * n_hidden if dropout is None else [float(p) for p in dropout]
+        if len(probabilities) != n_hidden:
+            raise ValueError(f"`dropout` must have one probability per hidden layer "
+                             f"({n_hidden}); got {len(probabilities)}")
+        self._drop_p = np.ascontiguousarray(probabilities + [0.0], dtype=np.float64)
+        self._pre_ptrs = np.zeros(self.net.n_layers + 1, np.uintp)
+        memset(&self.drop, 0, sizeof(Dropout))
+        self.drop.p = <const double*>cnp.PyArray_DATA(self._drop_p)
+        self.drop.pre = <char**>cnp.PyArray_DATA(self._pre_ptrs)
+        self.net.drop = &self.drop if any(p > 0 for p in probabilities) else NULL
+
+    @property
+    def dropout(self):
+        """The dropout probability of each hidden layer's output (a tuple)."""
+        return tuple(float(p) for p in self._drop_p[:self.net.n_layers - 1])
+
+    @property
+    def dropout_seed(self):
+        """The key of the dropout masks (with the step, the layer and the element)."""
+        return int(self.drop.seed)
+
+    @dropout_seed.setter
+    def dropout_seed(self, unsigned long long value):
+        self.drop.seed = value
+
+    @property
+    def dropout_step(self):
+        """The training step whose masks the next loss_and_grad draws; each one advances it."""
+        return self.drop.step
+
+    @dropout_step.setter
+    def dropout_step(self, long long value):
+        self.drop.step = value
 
     @property
     def alpha(self):
@@ -1156,12 +1272,18 @@ cdef class Trainer:
         deltas = [np.empty(rows * self.max_width, self.dtype) for _ in range(2)]
         for l in range(1, self.net.n_layers + 1):
             ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
+        cdef cnp.uintp_t[::1] pre_ptrs = self._pre_ptrs
+        pre = [np.empty((rows, int(self._sizes[l])), self.dtype) if self._drop_p[l - 1] > 0
+               else None for l in range(1, self.net.n_layers)]
+        for l in range(1, self.net.n_layers):
+            if pre[l - 1] is not None:
+                pre_ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>pre[l - 1])
         self.net.delta0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[0])
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
         y_gather = (np.empty(rows, np.int64) if self._labels()
                     else np.empty((rows, int(self._sizes[self.net.n_layers])), self.dtype))
         sw_gather = np.empty(rows, self.dtype)
-        self._buffers = (buffers, deltas, y_gather, sw_gather)
+        self._buffers = (buffers, deltas, y_gather, sw_gather, pre)
         self.capacity = rows
 
     cdef bint _labels(self):
@@ -1355,7 +1477,7 @@ cdef class Trainer:
             raise ValueError("`batch_size` must be >= 1")
         self._check_order(order, n)
         self._reserve(min(batch_size, max(n, 1)))
-        buffers, _, y_batch, sw_batch = self._buffers
+        buffers, _, y_batch, sw_batch, _ = self._buffers
         c.order = <const long long*>_data(order)
         c.batch_size = batch_size
         # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a

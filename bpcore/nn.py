@@ -12,6 +12,7 @@ runs the same model with :mod:`bpcore.reference`, for checking.
 """
 import contextlib
 import math
+import numbers
 import sys
 import threading
 import time
@@ -79,6 +80,15 @@ class MLP:
         U(+-sqrt(6 / (fan_in + fan_out))); "he": U(+-sqrt(6 / fan_in));
         "auto": "he" for ReLU layers, "glorot" otherwise.  Biases start at 0.
     backend : {"compiled", "reference"}
+    dropout : float or sequence of float, optional
+        Inverted dropout on the hidden layers' outputs while training (``fit``,
+        ``train_step``, ``loss_and_grads``), none in ``predict``/``evaluate``,
+        as ``torch.nn.Dropout`` in train / eval mode: one probability in [0, 1)
+        for every hidden layer, or one per hidden layer.  The masks come from
+        a counter-based hash of (seed, step, layer, element) (see
+        :func:`bpcore.reference_core.dropout_keep`): the same seed trains
+        bitwise alike on either backend and any thread count.  The seed is
+        drawn from ``seed`` here and from ``fit``'s ``seed`` at each fit.
 
     Notes
     -----
@@ -89,7 +99,7 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled"):
+                 backend="compiled", dropout=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -134,7 +144,9 @@ class MLP:
             from . import _step as core
         else:
             from . import reference_core as core
-        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype)
+        self.dropout = _check_dropout(dropout, n_layers - 1)
+        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
+                                  dropout=self.dropout)
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
@@ -143,7 +155,10 @@ class MLP:
         self._rmsprop = None  # (square_avg, momentum_buffer, grad_avg) once RMSprop has run
         self._lock = threading.RLock()
         self._views()
-        self._initialize(init, _rng(seed))
+        rng = _rng(seed)
+        self._initialize(init, rng)
+        if any(self.dropout):
+            self._core.dropout_seed = int(rng.integers(2 ** 63))
 
     # -- construction -------------------------------------------------------
 
@@ -749,6 +764,9 @@ class MLP:
         metrics = self._metrics(metrics)
         verbose = V.check_int("verbose", verbose, minimum=0)
         rng = _rng(seed)
+        if any(self.dropout):  # the masks of this fit: keyed by its seed, counted from 0
+            self._core.dropout_seed = int(rng.integers(2 ** 63))
+            self._core.dropout_step = 0
         history = {"loss": [], "lr": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -986,6 +1004,27 @@ class _Interruption:
         except KeyboardInterrupt:
             self.batches = self.core.batches_done
             raise
+
+
+def _check_dropout(dropout, n_hidden):
+    """``dropout`` as one probability in [0, 1) per hidden layer (a tuple)."""
+    if dropout is None:
+        return (0.0,) * n_hidden
+    if isinstance(dropout, (str, bytes)) or not isinstance(dropout, (numbers.Real, list, tuple,
+                                                                     np.ndarray)):
+        raise TypeError(f"`dropout` must be a probability or a sequence of them (one per hidden "
+                        f"layer); got {type(dropout).__name__}")
+    if isinstance(dropout, numbers.Real):
+        dropout = [dropout] * n_hidden
+    elif len(dropout) != n_hidden:
+        raise ValueError(f"`dropout` must be one probability or {n_hidden} (one per hidden "
+                         f"layer); got {len(dropout)}")
+    probabilities = tuple(V.check_real("dropout", p, minimum=0.0, maximum=1.0)
+                          for p in dropout)
+    if any(p >= 1 for p in probabilities):
+        raise ValueError(f"`dropout` must be < 1 (1 would drop every unit); got "
+                         f"{list(probabilities)}")
+    return probabilities
 
 
 def _default_lr(optimizer):

@@ -43,13 +43,15 @@ class MLP:
     backend: str
     weights: list[_Float]       # views into the parameter block
     biases: list[_Float]
+    dropout: tuple[float, ...]  # one probability per hidden layer
 
     def __init__(self, layer_sizes: Sequence[int], *,
                  activation: _Activation | Sequence[_Activation] = "relu",
                  output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
                  reduction: _Reduction = "mean", dtype: DTypeLike = "float32", seed: _Seed = None,
                  init: Literal["auto", "normal", "glorot", "he"] = "auto",
-                 backend: _Backend = "compiled") -> None: ...
+                 backend: _Backend = "compiled",
+                 dropout: float | Sequence[float] | None = None) -> None: ...
     @classmethod
     def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
                     activation: _Activation | Sequence[_Activation] = "relu",

@@ -23,11 +23,45 @@ import numpy as np
 from . import _validate as V
 from . import reference as R
 
-__all__ = ["Trainer", "UpdateRule", "NONFINITE", "INTERRUPTED"]
+__all__ = ["Trainer", "UpdateRule", "dropout_keep", "NONFINITE", "INTERRUPTED"]
 
 # The core's statuses (bpcore._step's).
 NONFINITE = 100
 INTERRUPTED = 101
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z):
+    """splitmix64's finalizer on uint64 arrays (NumPy's integer products wrap mod 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix64_int(z):
+    """_mix64 on one Python int (mod 2**64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dropout_keep(seed, step, layer, shape, p):
+    """The dropout mask of one (seed, step, layer): True where an element is kept.
+
+    The twin of ``_step.dropout_rows``: element i (row-major) is kept when
+    u_i >= p, u_i = (mix(stream + (i+1) G) >> 11) * 2**-53 with stream =
+    mix(mix(mix(seed + G) + step) + layer), mix = splitmix64's finalizer and
+    G = 0x9E3779B97F4A7C15, all mod 2**64: bit for bit the compiled core's masks.
+    """
+    stream = _mix64_int((_mix64_int((_mix64_int((seed + _GOLDEN) & _MASK64) + step) & _MASK64)
+                         + layer) & _MASK64)
+    count = int(np.prod(shape))
+    counters = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    bits = _mix64(np.uint64(stream) + counters)
+    return ((bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 >= p).reshape(shape)
+
 
 UPDATE_KINDS = ("sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam")
 
@@ -113,7 +147,7 @@ class UpdateRule:
 class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
         self.sizes = [int(s) for s in sizes]
@@ -134,6 +168,15 @@ class Trainer:
         self.capacity = 0
         self.batches_done = 0  # batches applied by the last epoch call
         self._pending = None   # what backward_layer needs, set by loss_and_grad_begin
+        n_hidden = self.n_layers - 1
+        self.dropout = tuple(0.0 for _ in range(n_hidden)) if dropout is None else tuple(
+            float(p) for p in dropout)
+        if len(self.dropout) != n_hidden:
+            raise ValueError(f"`dropout` must have one probability per hidden layer "
+                             f"({n_hidden}); got {len(self.dropout)}")
+        self.dropout_seed = 0  # the masks' key, with the step, the layer and the element
+        self.dropout_step = 0  # the step whose masks the next loss_and_grad draws
+        self._pre = {}         # layer l -> its output before the mask (the last training forward)
 
     def offsets(self):
         """(w_off, b_off): where each layer's W and b start in the flat block."""
@@ -149,7 +192,8 @@ class Trainer:
 
     # -- forward and the loss rule ------------------------------------------
 
-    def _forward(self, params, x, logits):
+    def _forward(self, params, x, logits, training=False):
+        """[x, a_1, ..., a_L]; ``training``: hidden outputs masked by dropout (inverted)."""
         weights, biases = self._views(params)
         acts = [x]
         for l, (w, b) in enumerate(zip(weights, biases)):
@@ -161,7 +205,16 @@ class Trainer:
                 acts.append(R.softmax_forward(z))
             else:
                 acts.append(getattr(R, f"{act}_forward")(z))
+            if training and l < len(weights) - 1 and self.dropout[l] > 0:
+                self._pre[l + 1] = acts[-1]
+                acts[-1] = self._dropped(acts[-1], l)
         return acts
+
+    def _dropped(self, a, l):
+        """a with layer l's mask of this step applied: a * 1/(1-p) where kept, else 0."""
+        keep = dropout_keep(self.dropout_seed, self.dropout_step, l, a.shape, self.dropout[l])
+        return np.where(keep, a * a.dtype.type(1.0 / (1.0 - self.dropout[l])),
+                        a.dtype.type(0))
 
     def forward(self, params, x, out):
         """out := the network's output for x (n, n_in) -> (n, n_out)."""
@@ -214,7 +267,7 @@ class Trainer:
 
     def _output_delta(self, params, x, y, sample_weight):
         """(activations, loss, delta_L): the twin of _step.output_delta_rows (BP1)."""
-        acts = self._forward(params, x, self._takes_logits())
+        acts = self._forward(params, x, self._takes_logits(), training=True)
         out, act_out = acts[-1], self.activations[-1]
         loss, delta = self._output_loss(out, y, sample_weight)
         if not self._takes_logits():
@@ -233,9 +286,14 @@ class Trainer:
         grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
                                          grad_w=grad_w[l], grad_b=grad_b[l])
         if l == 0:
+            self.dropout_step += any(p > 0 for p in self.dropout)  # the step's masks are used
             return None
-        # BP2: times the activation's derivative, from the saved output
-        return getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        # BP2: times the activation's derivative, from the saved output (before its mask,
+        # then the mask: PyTorch's order is the mask first, equal to rounding)
+        dropped = self.dropout[l - 1] > 0
+        delta = getattr(R, f"{self.activations[l - 1]}_backward")(
+            self._pre[l] if dropped else acts[l], grad_x)
+        return self._dropped(delta, l - 1) if dropped else delta
 
     def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
         acts, loss, delta = self._output_delta(params, x, y, sample_weight)

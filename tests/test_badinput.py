@@ -783,10 +783,24 @@ def mlp_cases(backend):
         "backend-unknown": (dict(backend="gpu"), ValueError, "backend", "'compiled'"),
         "seed-str": (dict(seed="abc"), TypeError, "seed"),
         "seed-negative": (dict(seed=-1), ValueError, "seed"),
+        "dropout-one": (dict(dropout=1.0), ValueError, "dropout"),
+        "dropout-negative": (dict(dropout=-0.1), ValueError, "dropout"),
+        "dropout-nan": (dict(dropout=math.nan), ValueError, "dropout"),
+        "dropout-str": (dict(dropout="0.5"), TypeError, "dropout"),
+        "dropout-bool": (dict(dropout=True), TypeError, "dropout"),
+        "dropout-count": (dict(dropout=[0.1, 0.2]), ValueError, "dropout"),
+        "dropout-item-str": (dict(dropout=["0.5"]), TypeError, "dropout"),
+        "dropout-dict": (dict(dropout={"p": 0.5}), TypeError, "dropout"),
     }
     for label, (kw, exc, arg, *words) in bad_ctor.items():
         add(f"init-{label}", lambda kw=kw, exc=exc, arg=arg, words=words: Case(
             ctor, {**base, **kw}, raises(exc, named(arg), *words)))
+    for label, value, expected in (("float", 0.5, (0.5,)), ("list", [0.25], (0.25,)),
+                                   ("ndarray", np.array([0.1]), (0.1,)), ("zero", 0, (0.0,)),
+                                   ("none", None, (0.0,))):
+        add(f"init-dropout-{label}", lambda value=value, expected=expected: Case(
+            ctor, dict(base, dropout=value),
+            Check(lambda net, expected=expected: _assert_same(net.dropout, expected, True))))
     add("init-sizes-ndarray", lambda: Case(
         ctor, dict(base, layer_sizes=np.array(SIZES)),
         Check(lambda net: _assert_same(net.layer_sizes, SIZES, True))))

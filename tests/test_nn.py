@@ -236,9 +236,11 @@ def test_parameter_block_is_aligned_and_viewed():
 @pytest.mark.parametrize("options, steps", [
     (dict(momentum=0.9), 10_000),
     (dict(optimizer="rmsprop", momentum=0.9, centered=True, clip_grad_norm=1.0), 3_000),
-    (dict(optimizer="adamw", clip_grad_value=0.1), 3_000)], ids=["sgd", "rmsprop", "adamw"])
+    (dict(optimizer="adamw", clip_grad_value=0.1), 3_000),
+    (dict(momentum=0.9, dropout=0.5), 3_000)], ids=["sgd", "rmsprop", "adamw", "dropout"])
 def test_train_step_allocates_nothing_that_grows(options, steps):
-    net = MLP([20, 16, 4], loss="cross_entropy", seed=0)
+    options = dict(options)
+    net = MLP([20, 16, 4], loss="cross_entropy", seed=0, dropout=options.pop("dropout", None))
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 20)).astype(np.float32)
     y = rng.integers(0, 4, 8)
@@ -255,9 +257,9 @@ def test_train_step_allocates_nothing_that_grows(options, steps):
 
 
 def test_a_scheduled_clipped_epoch_allocates_nothing_per_batch():
-    """2 000 batches with a per-batch rate and momentum table and clipping: one call,
-    no Python and no allocation per batch (what fit's onecycle epoch runs)."""
-    net = MLP([20, 16, 4], loss="cross_entropy", seed=0)
+    """2 000 batches with a per-batch rate and momentum table, clipping and dropout: one
+    call, no Python and no allocation per batch (what fit's onecycle epoch runs)."""
+    net = MLP([20, 16, 4], loss="cross_entropy", seed=0, dropout=0.2)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2_000, 20)).astype(np.float32)
     y = rng.integers(0, 4, 2_000)
@@ -933,3 +935,47 @@ def test_adamw_default_decay_is_pytorchs_and_reset_forgets_rmsprop_state():
     a.train_step(x, y, optimizer="rmsprop", momentum=0.9)
     c.train_step(x, y, optimizer="rmsprop", momentum=0.9)
     np.testing.assert_array_equal(a.parameters, c.parameters)
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+
+def test_dropout_fit_is_reproducible_agrees_across_backends_and_never_drops_in_predict():
+    x, y = _toy(n=64)
+    nets = [MLP([5, 16, 12, 3], activation="tanh", dtype="float64", seed=3, backend=b,
+                dropout=[0.5, 0.25]) for b in ("compiled", "reference", "compiled")]
+    for net in nets:
+        net.fit(x, y, epochs=4, batch_size=8, lr=0.05, seed=11)
+    np.testing.assert_array_equal(nets[0].parameters, nets[2].parameters)
+    np.testing.assert_allclose(nets[0].parameters, nets[1].parameters, rtol=1e-11, atol=1e-13)
+    other = MLP([5, 16, 12, 3], activation="tanh", dtype="float64", seed=3, dropout=0.5)
+    other.fit(x, y, epochs=4, batch_size=8, lr=0.05, seed=12)
+    assert not np.allclose(other.parameters, nets[0].parameters)
+    plain = MLP.from_arrays(nets[0].weights, nets[0].biases, activation="tanh")
+    np.testing.assert_array_equal(nets[0].predict(x), plain.predict(x))
+    assert nets[0].evaluate(x, y) == plain.evaluate(x, y)
+    assert nets[0].dropout == (0.5, 0.25) and other.dropout == (0.5, 0.5)
+
+
+def test_dropout_zero_is_no_dropout_bitwise():
+    x, y = _toy()
+    a = MLP([5, 6, 3], dtype="float64", seed=3, dropout=0.0)
+    b = MLP([5, 6, 3], dtype="float64", seed=3)
+    for net in (a, b):
+        net.fit(x, y, epochs=2, batch_size=8, lr=0.05, seed=0)
+        net.train_step(x, y, lr=0.05, momentum=0.9)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+
+
+def test_dropout_train_steps_draw_new_masks_and_train_step_fast_path_drops():
+    x, y = _toy()
+    net = MLP([5, 32, 3], dtype="float64", seed=3, dropout=0.5)
+    first = net.loss_and_grads(x, y)[1][0][0]
+    second = net.loss_and_grads(x, y)[1][0][0]
+    assert not np.allclose(first, second)  # a new step, new masks
+    twin = MLP([5, 32, 3], dtype="float64", seed=3, dropout=0.5, backend="reference")
+    for model in (net, twin):
+        model.core.dropout_step = 0
+        model.train_step(x, y, lr=0.05)  # the compiled fast path (plain SGD) drops too
+    np.testing.assert_allclose(net.parameters, twin.parameters, rtol=1e-12, atol=1e-14)
