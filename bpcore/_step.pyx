@@ -1035,6 +1035,7 @@ cdef class UpdateRule:
     """
     cdef Update rule
     cdef object _tables  # the arrays rule.lr_table / momentum_table point into
+    cdef bint _table_momentum  # the momentum table turns momentum on somewhere
 
     def __init__(self, str kind, *, double lr, double momentum=0.0, double weight_decay=0.0,
                  bint nesterov=False, betas=(0.9, 0.999), double eps=1e-8, long long step=0,
@@ -1061,6 +1062,7 @@ cdef class UpdateRule:
         self.rule.clip_by_value = clip_grad_value is not None
         self.rule.clip_value = clip_grad_value if clip_grad_value is not None else 0.0
         self._tables = None
+        self._table_momentum = False
 
     def set_schedule(self, lrs, momenta=None):
         """The next ``len(lrs)`` updates take their rate from ``lrs`` (a per-batch schedule).
@@ -1071,6 +1073,9 @@ cdef class UpdateRule:
         """
         lrs, momenta = V.schedule_tables(lrs, momenta)
         self._tables = (lrs, momenta)
+        # NOTE: a table that turns momentum on needs the velocity (stateful) even
+        # when the rule starts at 0, or the kernel would write through NULL.
+        self._table_momentum = momenta is not None and bool((momenta != 0).any())
         self.rule.lr_table = <const double*>cnp.PyArray_DATA(<cnp.ndarray>lrs)
         self.rule.momentum_table = (<const double*>cnp.PyArray_DATA(<cnp.ndarray>momenta)
                                     if momenta is not None else NULL)
@@ -1114,11 +1119,12 @@ cdef class UpdateRule:
         0, 1 (SGD's velocity), 2 (Adam's moments; RMSprop with momentum) or 3
         (centered RMSprop, whose second block is then read only with momentum).
         """
+        cdef bint momentum = self.rule.momentum != 0 or self._table_momentum
         if self.rule.kind in (UPD_ADAM, UPD_SK_ADAM, UPD_ADAMW):
             return 2
         if self.rule.kind == UPD_RMSPROP:
-            return 3 if self.rule.centered else (2 if self.rule.momentum != 0 else 1)
-        if self.rule.kind == UPD_SK_SGD or self.rule.momentum != 0:
+            return 3 if self.rule.centered else (2 if momentum else 1)
+        if self.rule.kind == UPD_SK_SGD or momentum:
             return 1
         return 0
 

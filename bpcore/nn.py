@@ -791,8 +791,11 @@ class MLP:
                     table = slice(epoch * per_batch, (epoch + 1) * per_batch)
                     rate = float(rates[table.start])
                     if momenta is not None:  # OneCycleLR's momentum / beta1 cycling
-                        momentum = float(momenta[table.start])
-                        epoch_opts["beta1"] = momentum
+                        # NOTE: the rule's own value is overwritten by the table before
+                        # each update; the largest one makes the velocity exist if any
+                        # batch has momentum (PyTorch creates its buffer lazily, = g).
+                        momentum = float(momenta[table].max())
+                        epoch_opts["beta1"] = float(momenta[table.start])
                 elif rates is not None:
                     rate = float(rates[epoch])
                 order = rng.permutation(n).astype(np.int64) if shuffle else None

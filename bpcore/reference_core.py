@@ -110,11 +110,13 @@ class UpdateRule:
     @property
     def stateful(self):
         """How many state blocks the rule reads and writes (the leading entries of ``state``)."""
+        momenta = None if self._table is None else self._table[1]
+        momentum = self.momentum != 0 or (momenta is not None and bool((momenta != 0).any()))
         if self.kind in ("adam", "adamw"):
             return 2
         if self.kind == "rmsprop":
-            return 3 if self.centered else (2 if self.momentum != 0 else 1)
-        return 1 if self.momentum != 0 else 0
+            return 3 if self.centered else (2 if momentum else 1)
+        return 1 if momentum else 0
 
     def _next_settings(self):
         """Take this update's rate (and momentum) from the table, as _step.apply_update."""

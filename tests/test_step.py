@@ -389,3 +389,26 @@ def test_dropout_does_not_depend_on_the_thread_count():
             bpcore.set_num_threads(before)
         results.append(g.copy())
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rmsprop"])
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_a_momentum_table_that_turns_momentum_on_needs_the_velocity(core_name, kind):
+    """A rule at momentum 0 whose table sets momentum later reads and writes a velocity:
+    its state is required (it would otherwise be written through a NULL pointer)."""
+    core, dtype = CORES[core_name], np.float64
+    tr = _trainer(core, "mse", dtype)
+    p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
+    rule = core.UpdateRule(kind, lr=0.1)
+    before = rule.stateful
+    rule.set_schedule([0.1, 0.1], [0.0, 0.9])
+    assert rule.stateful == before + 1
+    if core is _step:
+        with pytest.raises(ValueError, match=r"`state\[%d\]`" % before):
+            tr.update(p, g, None if kind == "sgd" else (g.copy(), None), rule)
+    state = _state(rule, tr.n_params, dtype)
+    g[...] = 1.0
+    tr.update(p, g, state, rule)
+    assert not state[rule.stateful - 1].any()  # momentum 0: the velocity is not touched
+    tr.update(p, g, state, rule)
+    assert state[rule.stateful - 1].all()
