@@ -89,6 +89,8 @@ def _clean(name, dtype, shape_kind, seed=0):
             value = rng.uniform(size=shape)
         elif arg in ("v", "square_avg"):
             value = rng.uniform(1.0, 2.0, size=shape)  # above grad_avg**2: a real sqrt
+        elif arg == "grad_avg":
+            value = rng.uniform(-0.5, 0.5, size=shape)
         elif arg in ("a",) and "backward" in name and name != "linear_backward":
             value = rng.uniform(0.05, 0.95, size=shape)  # a saved activation output
         else:
