@@ -209,10 +209,17 @@ class MLP:
             ``weights[l]`` of shape (n_l, n_{l+1}).
         biases : sequence of array_like
             ``biases[l]`` of shape (n_{l+1},).
+        activation, output_activation, loss, reduction
+            As for :class:`MLP`.
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
-        activation, output_activation, loss, reduction, backend
+        backend : {"compiled", "reference"}
             As for :class:`MLP`.
+
+        Returns
+        -------
+        MLP
+            A new model; its parameters are copies of ``weights`` and ``biases``.
         """
         weights, biases = list(weights), list(biases)
         if not weights or len(weights) != len(biases):
@@ -315,7 +322,7 @@ class MLP:
         Returns
         -------
         x : ndarray, shape (n_samples, n_in)
-        y : ndarray or None
+        y : ndarray, shape (n_samples, n_out) or (n_samples,), or None
             Float targets (n_samples, n_out) or int64 labels (n_samples,).
         """
         if y is None and need_y:
@@ -406,7 +413,20 @@ class MLP:
     @staticmethod
     def check_sgd(lr, momentum, weight_decay, nesterov):
         """(lr, momentum, weight_decay, nesterov) checked (``ValueError``/``TypeError``
-        naming the argument) and as floats and a bool."""
+        naming the argument) and as floats and a bool.
+
+        Parameters
+        ----------
+        lr, momentum, weight_decay : float
+            >= 0 each.
+        nesterov : bool
+            True requires ``momentum`` > 0.
+
+        Returns
+        -------
+        tuple of (float, float, float, bool)
+            The four settings, checked.
+        """
         lr = V.check_real("lr", lr, minimum=0.0)
         momentum = V.check_real("momentum", momentum, minimum=0.0)
         weight_decay = V.check_real("weight_decay", weight_decay, minimum=0.0)
@@ -542,6 +562,30 @@ class MLP:
         ``update`` and ``epoch``; after Adam / AdamW steps, the step count is
         ``rule.step`` (``apply_update`` and ``fit`` record it in the model
         themselves).
+
+        Parameters
+        ----------
+        optimizer : {"sgd", "adam", "adamw", "rmsprop"}
+        lr, momentum, weight_decay : float
+            As :meth:`train_step`, checked already.
+        nesterov : bool
+        beta1, beta2, eps : float
+            Adam's and AdamW's (``eps`` also RMSprop's).
+        weights_only : bool
+            Weight decay on the weights only, not the biases.
+        alpha, centered : float, bool
+            RMSprop's.
+        clip_grad_norm, clip_grad_value : float or None
+            Gradient clipping before each update (see :meth:`apply_update`).
+
+        Returns
+        -------
+        rule : UpdateRule
+            The core's update rule.
+        state : tuple of ndarray or None
+            The state blocks (shape (n_params,), like :attr:`parameters`):
+            ``(velocity or None, None)`` for SGD, ``(m, v)`` for Adam and AdamW,
+            ``(square_avg, momentum_buffer, grad_avg)`` for RMSprop.
         """
         common = dict(lr=lr, weight_decay=weight_decay, eps=eps, weights_only=weights_only,
                       clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
@@ -579,11 +623,13 @@ class MLP:
             As :func:`bpcore.sgd_update` (``torch.optim.SGD``); ``weight_decay``
             None: 0.01 for AdamW (PyTorch's default), else 0.  The optimizer
             state persists across calls (see :meth:`reset_optimizer`).
-        optimizer, betas, eps, decay, alpha, centered, clip_grad_norm, clip_grad_value
+        optimizer, betas, eps, decay
             As :meth:`apply_update` ("adam": :func:`bpcore.adam_update`,
             "adamw": :func:`bpcore.adamw_update`, "rmsprop": :func:`bpcore.rmsprop_update`).
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`.
+        alpha, centered, clip_grad_norm, clip_grad_value
+            As :meth:`apply_update` (RMSprop's settings, gradient clipping).
 
         Returns
         -------
@@ -665,9 +711,8 @@ class MLP:
             Show a progress bar (tqdm when installed, else a plain line).
         callback : callable, optional
             ``callback(epoch, logs)`` after every epoch; returning False stops.
-        optimizer, betas, eps, decay, alpha, centered, clip_grad_norm, clip_grad_value
-            As :meth:`apply_update`: SGD, Adam, AdamW, RMSprop; the clipping
-            runs in the compiled step before each update.
+        optimizer, betas, eps, decay
+            As :meth:`apply_update`: SGD, Adam, AdamW, RMSprop.
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`; the epoch loss is then weight-averaged.
         schedule : str or callable
@@ -703,6 +748,9 @@ class MLP:
         verbose : int
             0: silent; 1: one line per epoch on stdout (epoch, loss, metrics,
             seconds), as Keras's ``verbose=2``.
+        alpha, centered, clip_grad_norm, clip_grad_value
+            As :meth:`apply_update`; the clipping runs in the compiled step
+            before each update.
         schedule_options : dict, optional
             The PyTorch schedule's arguments: "step" ``step_size`` (required),
             ``gamma=0.1``; "exponential" ``gamma`` (required); "cosine"
@@ -942,7 +990,14 @@ class MLP:
     # -- files --------------------------------------------------------------
 
     def save(self, path):
-        """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`."""
+        """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced atomically if it exists; a symbolic link
+            is followed).
+        """
         with self._lock:
             _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
                             loss=self.loss, reduction=self.reduction, dtype=self.dtype,

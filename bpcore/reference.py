@@ -159,7 +159,7 @@ def sigmoid_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The sigmoid's output from the forward pass.
     grad : array_like, same shape as ``a``
         Gradient of the loss with respect to ``a``.
@@ -167,7 +167,7 @@ def sigmoid_backward(a, grad, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
         Gradient of the loss with respect to the sigmoid's input.
     """
     a, grad, buf = V.binary_args(a, grad, out)
@@ -185,7 +185,7 @@ def relu_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     np.maximum(z, 0, out=buf)
@@ -201,14 +201,14 @@ def relu_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The ReLU's output from the forward pass.
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional (may be ``grad`` or ``a``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     mask = a > 0  # taken before writing: `out` may be `a` itself
@@ -228,7 +228,7 @@ def tanh_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     np.tanh(z, out=buf)
@@ -240,14 +240,14 @@ def tanh_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The tanh's output from the forward pass.
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional (may be ``grad`` or ``a``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     np.multiply(grad, 1 - a * a, out=buf)
@@ -264,7 +264,7 @@ def identity_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     buf[...] = z
@@ -276,14 +276,14 @@ def identity_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The identity's output (unused; kept so every activation has one signature).
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     buf[...] = grad
@@ -362,7 +362,7 @@ def mse_loss_backward(pred, target, *, reduction="mean", out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``pred``
     """
     pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=True)
     np.subtract(pred, target, out=buf)
@@ -383,7 +383,7 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     Returns
     -------
     loss : float
-    grad : ndarray
+    grad : ndarray, same shape as ``pred``
         ``out``, holding the gradient with respect to ``pred``.
     """
     loss = mse_loss(pred, target, reduction=reduction)
@@ -480,9 +480,9 @@ def _bce_scale(reduction, size):
 def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits.
 
-    ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-|z_i|))`` (PyTorch's
+    ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-abs(z_i)))`` (PyTorch's
     ``binary_cross_entropy_with_logits``): no sigmoid is formed, so it is
-    finite for |z| up to 1e30 and exact where the sigmoid would saturate.
+    finite for ``abs(z)`` up to 1e30 and exact where the sigmoid would saturate.
 
     Parameters
     ----------
@@ -517,7 +517,7 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``logits``
     """
     logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=True)
     if logits.size == 0:
@@ -587,7 +587,9 @@ def _beta(name, value):
 
 def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0):
-    """One Adam step, in place, as ``torch.optim.Adam`` (amsgrad off, L2 weight decay)::
+    """One Adam step, in place, as ``torch.optim.Adam`` (amsgrad off, L2 weight decay).
+
+    ::
 
         g = grad + weight_decay * param
         m = m + (1 - beta1) * (g - m)               (torch's lerp)
@@ -646,7 +648,9 @@ def _adam_step(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, dec
 
 def adamw_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
                  weight_decay=0.01):
-    """One AdamW step, in place, as ``torch.optim.AdamW`` (amsgrad off)::
+    """One AdamW step, in place, as ``torch.optim.AdamW`` (amsgrad off).
+
+    ::
 
         param *= 1 - lr * weight_decay              (decoupled decay, before the moments)
         m = m + (1 - beta1) * (grad - m)
@@ -681,7 +685,9 @@ def adamw_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-
 
 def rmsprop_update(param, grad, *, lr, square_avg, alpha=0.99, eps=1e-8, weight_decay=0.0,
                    momentum=0.0, momentum_buffer=None, centered=False, grad_avg=None):
-    """One RMSprop step, in place, as ``torch.optim.RMSprop``::
+    """One RMSprop step, in place, as ``torch.optim.RMSprop``.
+
+    ::
 
         g = grad + weight_decay * param
         square_avg = alpha * square_avg + (1 - alpha) * g * g
@@ -746,7 +752,9 @@ def rmsprop_update(param, grad, *, lr, square_avg, alpha=0.99, eps=1e-8, weight_
 
 
 def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
-    """One step of scikit-learn's MLP ``SGDOptimizer``, in place::
+    """One step of scikit-learn's MLP ``SGDOptimizer``, in place.
+
+    ::
 
         velocity = momentum * velocity - lr * grad
         param += momentum * velocity - lr * grad  if nesterov else  velocity
@@ -766,6 +774,7 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
     Returns
     -------
     param : ndarray
+        The same array, updated.
     """
     p, grad, (vel,), (lr, momentum), _ = V.optimizer_args(
         param, grad, [("velocity", velocity)],
@@ -779,7 +788,9 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
 
 
 def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):
-    """One step of scikit-learn's MLP ``AdamOptimizer``, in place::
+    """One step of scikit-learn's MLP ``AdamOptimizer``, in place.
+
+    ::
 
         m = beta1 * m + (1 - beta1) * grad
         v = beta2 * v + (1 - beta2) * grad**2
@@ -806,6 +817,7 @@ def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, 
     Returns
     -------
     param : ndarray
+        The same array, updated.
     """
     p, grad, (m, v), (lr, eps), step = V.optimizer_args(
         param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],
