@@ -20,6 +20,7 @@ from ._gemm import (
 )
 from ._kernels import (
     adam_update as adam_update,
+    adamw_update as adamw_update,
     identity_backward as identity_backward,
     identity_forward as identity_forward,
     linear_backward as linear_backward,
@@ -29,6 +30,7 @@ from ._kernels import (
     mse_loss_backward as mse_loss_backward,
     relu_backward as relu_backward,
     relu_forward as relu_forward,
+    rmsprop_update as rmsprop_update,
     sgd_update as sgd_update,
     sigmoid_backward as sigmoid_backward,
     sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,

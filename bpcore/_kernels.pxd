@@ -46,6 +46,18 @@ cdef extern from "optim.h" nogil:
     void bp_adam_f64(double* param, const double* grad, double* m, double* s, Py_ssize_t n,
                      double lr, double b1, double b2, double eps, double weight_decay,
                      long long t)
+    void bp_adamw_f32(float* param, const float* grad, float* m, float* s, Py_ssize_t n,
+                      double lr, double b1, double b2, double eps, double weight_decay,
+                      long long t)
+    void bp_adamw_f64(double* param, const double* grad, double* m, double* s, Py_ssize_t n,
+                      double lr, double b1, double b2, double eps, double weight_decay,
+                      long long t)
+    void bp_rmsprop_f32(float* param, const float* grad, float* square_avg, float* buf,
+                        float* grad_avg, Py_ssize_t n, double lr, double alpha, double eps,
+                        double weight_decay, double momentum, int centered)
+    void bp_rmsprop_f64(double* param, const double* grad, double* square_avg, double* buf,
+                        double* grad_avg, Py_ssize_t n, double lr, double alpha, double eps,
+                        double weight_decay, double momentum, int centered)
     void bp_sk_sgd_f32(float* param, const float* grad, float* velocity, Py_ssize_t n,
                        float lr, float momentum, int nesterov)
     void bp_sk_sgd_f64(double* param, const double* grad, double* velocity, Py_ssize_t n,

@@ -47,6 +47,13 @@ def sigmoid_binary_cross_entropy_backward(logits: ArrayLike, targets: ArrayLike,
 def adam_update(param: _Float, grad: ArrayLike, *, lr: float, m: _Float, v: _Float, step: int,
                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                 weight_decay: float = 0.0) -> _Float: ...
+def adamw_update(param: _Float, grad: ArrayLike, *, lr: float, m: _Float, v: _Float, step: int,
+                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> _Float: ...
+def rmsprop_update(param: _Float, grad: ArrayLike, *, lr: float, square_avg: _Float,
+                   alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                   momentum: float = 0.0, momentum_buffer: _Float | None = None,
+                   centered: bool = False, grad_avg: _Float | None = None) -> _Float: ...
 def sklearn_sgd_update(param: _Float, grad: ArrayLike, *, lr: float, momentum: float,
                        velocity: _Float, nesterov: bool = True) -> _Float: ...
 def sklearn_adam_update(param: _Float, grad: ArrayLike, *, lr: float, m: _Float, v: _Float,

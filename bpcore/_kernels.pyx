@@ -925,12 +925,8 @@ def _beta(name, value):
     return value
 
 
-def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
-                weight_decay=0.0):
-    """One in-place Adam step as ``torch.optim.Adam`` (compiled).
-
-    See :func:`bpcore.reference.adam_update`.
-    """
+def _adam_family(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay,
+                 bint decoupled):
     p, grad, (m, v), (lr_, eps_, wd), t = V.optimizer_args(
         param, grad, [("m", m), ("v", v)],
         [("lr", lr, 0.0, None), ("eps", eps, 0.0, None),
@@ -945,12 +941,64 @@ def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8
     cdef long long tt = t
     cdef bint f32 = p.dtype == np.float32
     with nogil:
-        if f32:
+        if f32 and decoupled:
+            bp_adamw_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n, lrd, b1, b2,
+                         epsd, wdd, tt)
+        elif f32:
             bp_adam_f32(<float*>pp, <const float*>gp, <float*>mp, <float*>vp, n, lrd, b1, b2,
                         epsd, wdd, tt)
+        elif decoupled:
+            bp_adamw_f64(<double*>pp, <const double*>gp, <double*>mp, <double*>vp, n, lrd, b1,
+                         b2, epsd, wdd, tt)
         else:
             bp_adam_f64(<double*>pp, <const double*>gp, <double*>mp, <double*>vp, n, lrd, b1,
                         b2, epsd, wdd, tt)
+    return param
+
+
+def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0):
+    """One in-place Adam step as ``torch.optim.Adam`` (compiled).
+
+    See :func:`bpcore.reference.adam_update`.
+    """
+    return _adam_family(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, False)
+
+
+def adamw_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                 weight_decay=0.01):
+    """One in-place AdamW step as ``torch.optim.AdamW`` (compiled).
+
+    See :func:`bpcore.reference.adamw_update`.
+    """
+    return _adam_family(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, True)
+
+
+def rmsprop_update(param, grad, *, lr, square_avg, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                   momentum=0.0, momentum_buffer=None, centered=False, grad_avg=None):
+    """One in-place RMSprop step as ``torch.optim.RMSprop`` (compiled).
+
+    See :func:`bpcore.reference.rmsprop_update`.
+    """
+    p, grad, bufs, (lr_, alpha_, eps_, wd, mu), centered_ = V.rmsprop_args(
+        param, grad, lr, square_avg, alpha, eps, weight_decay, momentum, momentum_buffer,
+        centered, grad_avg, contiguous=True)
+    cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>p)
+    cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef void* sp = cnp.PyArray_DATA(<cnp.ndarray>bufs[0])
+    cdef void* bp = cnp.PyArray_DATA(<cnp.ndarray>bufs[1]) if mu != 0 else NULL
+    cdef void* ap = cnp.PyArray_DATA(<cnp.ndarray>bufs[len(bufs) - 1]) if centered_ else NULL
+    cdef Py_ssize_t n = p.size
+    cdef double lrd = lr_, ad = alpha_, epsd = eps_, wdd = wd, mud = mu
+    cdef int cen = centered_
+    cdef bint f32 = p.dtype == np.float32
+    with nogil:
+        if f32:
+            bp_rmsprop_f32(<float*>pp, <const float*>gp, <float*>sp, <float*>bp, <float*>ap,
+                           n, lrd, ad, epsd, wdd, mud, cen)
+        else:
+            bp_rmsprop_f64(<double*>pp, <const double*>gp, <double*>sp, <double*>bp,
+                           <double*>ap, n, lrd, ad, epsd, wdd, mud, cen)
     return param
 
 

@@ -1,8 +1,8 @@
 """``python -m bpcore bench``: a quick look at bpcore's speed beside its peers.
 
 The light entry point that ships in the package: a large GEMM, three training
-steps against the NumPy reference (and PyTorch), one digits epoch against
-scikit-learn, in well under a minute.  Peers that are not installed are named
+steps against the NumPy reference (and PyTorch), the step cost of clipping
+and dropout, one digits epoch against scikit-learn, in well under a minute.  Peers that are not installed are named
 and their columns left out; NumPy is the only dependency.  The timing
 harness with every table (kernels, linear layers, all GEMM shapes, threads,
 the estimators, MPI) lives in a source checkout's ``bench/`` and is run by
@@ -231,6 +231,46 @@ def training_table(*, cases=TRAINING_CASES, threads=1, rounds=7, min_time=0.05, 
     return rows
 
 
+# (label, UpdateRule settings beyond SGD's lr, MLP keywords): the step options whose cost
+# the options table shows, each against the plain step
+STEP_OPTIONS = [("plain SGD", {}, {}),
+                ("clip_grad_norm=1", dict(clip_grad_norm=1.0), {}),
+                ("clip_grad_value=0.1", dict(clip_grad_value=0.1), {}),
+                ("dropout=0.5", {}, dict(dropout=0.5))]
+
+
+def options_table(*, sizes=(1000, 100, 10), batch=64, batches=16, threads=1, rounds=7,
+                  min_time=0.05, file=None):
+    """The compiled step's cost with each of STEP_OPTIONS, through the core's epoch.
+
+    ``batches`` batches of ``batch`` rows per call, so the time per step is the
+    compiled step alone (no Python per batch).  Returns {label: seconds per step}.
+    """
+    from bpcore import MLP
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch * batches, sizes[0])).astype(np.float32)
+    y = rng.standard_normal((batch * batches, sizes[-1])).astype(np.float32)
+    contenders = {}
+    for label, settings, model in STEP_OPTIONS:
+        net = MLP(list(sizes), dtype="float32", seed=0, **model)
+        rule, state = net.update_rule("sgd", lr=1e-5, **settings)
+        grads = np.zeros_like(net.parameters)
+
+        def epoch(net=net, rule=rule, state=state, grads=grads):
+            net.core.epoch(net.parameters, grads, state, x, y, None, None, batch, rule)
+        contenders[label] = epoch
+    with limit_threads(threads):
+        times = time_calls(contenders, rounds=rounds, min_time=min_time)
+    plain = times[STEP_OPTIONS[0][0]]
+    print(f"\nStep options, {'-'.join(map(str, sizes))} b{batch} float32, {threads} thread(s): "
+          f"time per step (us) in the compiled epoch; ratio = option / plain", file=file)
+    for label in times:
+        print(f"{label:26} {times[label] / batches * 1e6:9.2f} {times[label] / plain:7.2f}",
+              file=file)
+    return {label: t / batches for label, t in times.items()}
+
+
 def digits_table(*, threads=1, epochs=30, file=None):
     """One ``MLP.fit`` epoch vs one scikit-learn ``MLPClassifier(solver="sgd")`` epoch on digits.
 
@@ -338,6 +378,8 @@ def quick(*, threads=1, smoke=False, file=None):
     peak = {dtype: max(r.values()) for dtype, r in rates.items()}
     training_table(cases=_SMOKE_CASES if smoke else TRAINING_CASES, threads=threads,
                    rounds=rounds, min_time=min_time, peak=peak, file=file)
+    options_table(sizes=(50, 20, 10) if smoke else (1000, 100, 10), threads=threads,
+                  rounds=rounds, min_time=min_time, file=file)
     if found["scikit-learn"] is None:
         print("\n(digits table skipped: needs scikit-learn)", file=file)
     else:

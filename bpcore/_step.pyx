@@ -68,7 +68,8 @@ from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
 cnp.import_array()
 
 from bpcore._kernels cimport (
-    bp_sgd_f32, bp_sgd_f64, bp_optim_select, bp_adam_f32, bp_adam_f64,
+    bp_sgd_f32, bp_sgd_f64, bp_optim_select, bp_adam_f32, bp_adam_f64, bp_adamw_f32,
+    bp_adamw_f64, bp_rmsprop_f32, bp_rmsprop_f64,
     bp_sk_sgd_f32, bp_sk_sgd_f64, bp_sk_adam_f32, bp_sk_adam_f64)
 
 cdef extern from "Python.h":
@@ -133,6 +134,8 @@ cdef enum:
     UPD_ADAM = 1
     UPD_SK_SGD = 2
     UPD_SK_ADAM = 3
+    UPD_ADAMW = 4
+    UPD_RMSPROP = 5
 
 # Status codes beyond the GEMM's BP_OK / BP_ENOMEM.
 cdef enum:
@@ -152,6 +155,7 @@ INTERRUPTED = STATUS_INTERRUPTED
 cdef Py_ssize_t SIGNAL_CHECK_EVERY = 16
 
 from bpcore import _env
+from bpcore import _validate as V
 
 # NOTE: optim.h's kernel choice is per extension module (a static in the
 # header): the step chooses by the same switch as bpcore._kernels.
@@ -179,18 +183,46 @@ cdef struct Net:
     char** acts                  # acts[1..n_layers]: capacity x sizes[l] buffers
     char* delta0                 # two capacity x max width buffers, used in turn
     char* delta1
+    Dropout* drop                # the training steps' dropout, or NULL (none)
+
+
+cdef struct Dropout:
+    # Inverted dropout on the hidden layers' outputs during training (see dropout_rows).
+    const double* p              # p[l]: the drop probability of layer l's output (l < L-1)
+    char** pre                   # pre[l+1]: layer l's output before its mask (p[l] > 0), a
+                                 # capacity x sizes[l+1] buffer, for the derivative in backward
+    unsigned long long seed
+    long long step               # the training step whose masks forward draws; advanced by
+                                 # every loss_and_grad_rows (and the layer-cut step's layer 0)
 
 
 cdef struct Update:
     # The update rule: which optimizer, in whose conventions, with its settings.
-    int kind                     # UPD_SGD, UPD_ADAM (PyTorch's), UPD_SK_SGD, UPD_SK_ADAM
+    int kind                     # UPD_SGD, UPD_ADAM, UPD_ADAMW, UPD_RMSPROP (PyTorch's),
+                                 # UPD_SK_SGD, UPD_SK_ADAM (scikit-learn's)
     double lr                    # the rate (scikit-learn's Adam: learning_rate_init)
-    double momentum
-    double weight_decay          # PyTorch's L2 term in the gradient (sklearn: in the loss)
+    double momentum              # SGD's and RMSprop's
+    double weight_decay          # PyTorch's L2 term in the gradient (AdamW: decoupled;
+                                 # sklearn: in the loss)
     int nesterov
     double beta1, beta2, eps
     long long step               # Adam's steps taken, advanced before each update
     bint weights_only            # weight decay on the W_l only (not the biases)
+    double alpha                 # RMSprop's smoothing constant
+    bint centered                # RMSprop's
+    # Gradient clipping before the update, as torch.nn.utils.clip_grad_value_
+    # then clip_grad_norm_ (each off unless its flag is set).
+    bint clip_by_value
+    double clip_value
+    bint clip_by_norm
+    double clip_norm
+    # Per-update settings (a schedule stepped per batch): update k of the
+    # next table_len takes lr_table[k] and, when momentum_table is set, its
+    # momentum (Adam / AdamW: beta1) from momentum_table[k].
+    const double* lr_table
+    const double* momentum_table
+    Py_ssize_t table_len
+    Py_ssize_t table_pos
 
 
 # Products below this many multiply-adds (~20 us on one core) run on one
@@ -228,13 +260,65 @@ cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
 # Forward
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# Dropout: masks from a counter-based hash, the same in the NumPy twin
+# ---------------------------------------------------------------------------
+
+# splitmix64's increment (2^64 / golden ratio) and 2^-53 (53 random bits to [0, 1))
+cdef unsigned long long _GOLDEN = 0x9E3779B97F4A7C15ULL
+cdef double _TWO_M53 = 1.1102230246251565e-16
+
+
+cdef inline unsigned long long _mix64(unsigned long long z) noexcept nogil:
+    """splitmix64's finalizer (a bijection of 64-bit words)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline unsigned long long dropout_stream(unsigned long long seed, long long step,
+                                              int layer) noexcept nogil:
+    """The key of one (seed, step, layer): mix(mix(mix(seed + G) + step) + layer)."""
+    return _mix64(_mix64(_mix64(seed + _GOLDEN) + <unsigned long long>step)
+                  + <unsigned long long>layer)
+
+
+cdef void dropout_rows(const Dropout* drop, int layer, const floating* src, floating* dst,
+                       Py_ssize_t count) noexcept nogil:
+    """dst[i] := src[i] * 1/(1-p) if element i is kept, else 0 (``dst`` may be ``src``).
+
+    Element i (row-major over the batch's (n, width) output) is kept when
+    u_i >= p, with u_i = (mix(stream + (i+1) G) >> 11) * 2^-53 in [0, 1):
+    splitmix64 at counter i of the (seed, step, layer) stream.  A pure
+    function of (seed, step, layer, i), so the masks do not depend on the
+    thread count, forward and backward draw the same one, and
+    bpcore.reference_core draws them bit for bit with NumPy's uint64 ops.
+    PyTorch's native_dropout computes (x * mask) * scale with scale =
+    1/(1-p) rounded to the dtype: the same floats.
+    """
+    cdef unsigned long long stream = dropout_stream(drop.seed, drop.step, layer), bits
+    cdef double p = drop.p[layer]
+    cdef floating scale = <floating>(1.0 / (1.0 - p))
+    cdef Py_ssize_t i
+    for i in range(count):
+        bits = _mix64(stream + <unsigned long long>(i + 1) * _GOLDEN)
+        if <double>(bits >> 11) * _TWO_M53 >= p:
+            dst[i] = src[i] * scale
+        else:
+            dst[i] = 0
+
+
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
-                      Py_ssize_t n, floating** acts, bint logits) noexcept nogil:
+                      Py_ssize_t n, floating** acts, bint logits,
+                      const Dropout* drop) noexcept nogil:
     """acts[l] := a_l for l = 1..n_layers from x (n rows).
 
     ``logits``: leave the output before its softmax or sigmoid (the losses
-    that take logits apply them themselves, stably).
+    that take logits apply them themselves, stably).  ``drop``: the training
+    step's dropout (NULL: none, as in inference); a hidden layer with p > 0
+    writes its output to drop.pre and its masked output to acts.
     """
+    cdef bint dropped
     cdef int l, status, act
     cdef const floating* a_prev = x
     cdef Py_ssize_t n_in, n_out, i
@@ -245,12 +329,16 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
         act = net.act[l]
         if logits and l == net.n_layers - 1 and act == ACT_SIGMOID:
             act = ACT_IDENTITY
+        dropped = drop != NULL and l < net.n_layers - 1 and drop.p[l] > 0
+        out = <floating*>drop.pre[l + 1] if dropped else acts[l + 1]
         status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
-                      params + net.w_off[l], n_out, 1, <floating>0, acts[l + 1], n_out, 1,
+                      params + net.w_off[l], n_out, 1, <floating>0, out, n_out, 1,
                       _forward_epilogue(act), params + net.b_off[l], NULL, 0,
                       _threads_for(n, n_out, n_in))
         if status != BP_OK:
             return status
+        if dropped:
+            dropout_rows(drop, l, out, acts[l + 1], n * n_out)
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
@@ -466,7 +554,7 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
     cdef floating* out
     cdef double loss, sw_sum = 0
     cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, _takes_logits(net))
+    status = forward_rows(net, params, x, n, acts, _takes_logits(net), net.drop)
     if status != BP_OK:
         return status
     out = acts[L]
@@ -528,8 +616,12 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
     alternate).  scikit-learn's rule then takes (a.T @ delta + alpha * W) /
     sw_sum and sum(delta) / sw_sum, rounded step by step as scikit-learn
     does.  Returns STATUS_NONFINITE if the layer's gradient is not finite.
+    With dropout on layer l-1's output, delta_{l-1} takes the derivative at
+    the unmasked output and then the forward's mask and scale; layer 0 ends
+    the step (its masks are used up: drop.step advances).
     """
     cdef int L = net.n_layers, status
+    cdef bint dropped = net.drop != NULL and l > 0 and net.drop.p[l - 1] > 0
     cdef floating** acts = <floating**>net.acts
     cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1], k
     cdef bint even = (L - 1 - l) % 2 == 0
@@ -543,10 +635,15 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
     if l > 0:
         status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
                       w, 1, n_out, <floating>0, delta_next, n_in, 1,
-                      _backward_epilogue(net.act[l - 1]), NULL, acts[l], n_in,
+                      _backward_epilogue(net.act[l - 1]), NULL,
+                      <floating*>net.drop.pre[l] if dropped else acts[l], n_in,
                       _threads_for(n, n_in, n_out))
         if status != BP_OK:
             return status
+        if dropped:
+            dropout_rows(net.drop, l - 1, delta_next, delta_next, n * n_in)
+    elif net.drop != NULL:
+        net.drop.step += 1
     status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
                   <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
                   _threads_for(n_in, n_out, n))
@@ -594,22 +691,64 @@ cdef int loss_and_grad_rows(const Net* net, const floating* params, const floati
 # ---------------------------------------------------------------------------
 
 cdef void _torch_update_range(Update* rule, floating* params, const floating* grads,
-                              floating* s1, floating* s2, Py_ssize_t start, Py_ssize_t n,
-                              double weight_decay) noexcept nogil:
+                              floating* s1, floating* s2, floating* s3, Py_ssize_t start,
+                              Py_ssize_t n, double weight_decay) noexcept nogil:
+    """One PyTorch update of params[start:start+n] (state blocks offset alike; NULL: unused)."""
+    params += start
+    grads += start
+    s1 = s1 + start if s1 != NULL else NULL
+    s2 = s2 + start if s2 != NULL else NULL
+    s3 = s3 + start if s3 != NULL else NULL
     if rule.kind == UPD_SGD:
         if floating is float:
-            bp_sgd_f32(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
-                       <float>rule.lr, <float>rule.momentum, <float>weight_decay,
-                       rule.nesterov)
+            bp_sgd_f32(params, grads, s1, n, <float>rule.lr, <float>rule.momentum,
+                       <float>weight_decay, rule.nesterov)
         else:
-            bp_sgd_f64(params + start, grads + start, s1 + start if s1 != NULL else NULL, n,
-                       rule.lr, rule.momentum, weight_decay, rule.nesterov)
+            bp_sgd_f64(params, grads, s1, n, rule.lr, rule.momentum, weight_decay,
+                       rule.nesterov)
+    elif rule.kind == UPD_RMSPROP:
+        if floating is float:
+            bp_rmsprop_f32(params, grads, s1, s2, s3, n, rule.lr, rule.alpha, rule.eps,
+                           weight_decay, rule.momentum, rule.centered)
+        else:
+            bp_rmsprop_f64(params, grads, s1, s2, s3, n, rule.lr, rule.alpha, rule.eps,
+                           weight_decay, rule.momentum, rule.centered)
+    elif rule.kind == UPD_ADAMW:
+        if floating is float:
+            bp_adamw_f32(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                         weight_decay, rule.step)
+        else:
+            bp_adamw_f64(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                         weight_decay, rule.step)
     elif floating is float:
-        bp_adam_f32(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
-                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+        bp_adam_f32(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                    weight_decay, rule.step)
     else:
-        bp_adam_f64(params + start, grads + start, s1 + start, s2 + start, n, rule.lr,
-                    rule.beta1, rule.beta2, rule.eps, weight_decay, rule.step)
+        bp_adam_f64(params, grads, s1, s2, n, rule.lr, rule.beta1, rule.beta2, rule.eps,
+                    weight_decay, rule.step)
+
+
+cdef void clip_gradients(const Update* rule, floating* grads, Py_ssize_t n) noexcept nogil:
+    """grads clamped to +-clip_value, then scaled by min(1, clip_norm / (||grads|| + 1e-6)).
+
+    As torch.nn.utils.clip_grad_value_ and clip_grad_norm_ (the L2 norm over
+    every parameter at once).  NOTE: the norm is summed in double over the
+    whole block; PyTorch takes one norm per tensor and the norm of those, so
+    the coefficient agrees to rounding, not bit for bit.
+    """
+    cdef Py_ssize_t i
+    cdef floating c, coef
+    cdef double total
+    if rule.clip_by_value:
+        c = <floating>rule.clip_value
+        for i in range(n):
+            grads[i] = min(max(grads[i], -c), c)
+    if rule.clip_by_norm:
+        total = sqrt(sum_of_squares(grads, n))
+        if rule.clip_norm / (total + 1e-6) < 1.0:
+            coef = <floating>(rule.clip_norm / (total + 1e-6))
+            for i in range(n):
+                grads[i] = grads[i] * coef
 
 
 cdef void _sklearn_update(Update* rule, floating* params, const floating* grads,
@@ -635,21 +774,40 @@ cdef void _sklearn_update(Update* rule, floating* params, const floating* grads,
                        rule.beta2, 1 - rule.beta2, rule.eps)
 
 
-cdef void apply_update(const Net* net, Update* rule, floating* params, const floating* grads,
-                       floating* s1, floating* s2, Py_ssize_t n_params) noexcept nogil:
-    """params := one optimizer step over the flat block (state s1 = velocity or m, s2 = v)."""
+cdef void apply_update(const Net* net, Update* rule, floating* params, floating* grads,
+                       floating* s1, floating* s2, floating* s3,
+                       Py_ssize_t n_params) noexcept nogil:
+    """params := one optimizer step over the flat block.
+
+    State: s1 = SGD's velocity, Adam's m or RMSprop's square average; s2 =
+    Adam's v or RMSprop's momentum buffer; s3 = RMSprop's gradient average
+    (centered).  The step first takes this update's settings from the rule's
+    table (a per-batch schedule) and clips ``grads`` in place when asked.
+    """
     cdef int l
-    if rule.kind == UPD_ADAM or rule.kind == UPD_SK_ADAM:
+    cdef double mu
+    if rule.table_pos < rule.table_len:
+        rule.lr = rule.lr_table[rule.table_pos]
+        if rule.momentum_table != NULL:
+            mu = rule.momentum_table[rule.table_pos]
+            if rule.kind == UPD_ADAM or rule.kind == UPD_ADAMW:
+                rule.beta1 = mu
+            else:
+                rule.momentum = mu
+        rule.table_pos += 1
+    if rule.clip_by_value or rule.clip_by_norm:
+        clip_gradients(rule, grads, n_params)
+    if rule.kind == UPD_ADAM or rule.kind == UPD_SK_ADAM or rule.kind == UPD_ADAMW:
         rule.step += 1
     if rule.kind == UPD_SK_SGD or rule.kind == UPD_SK_ADAM:
         _sklearn_update(rule, params, grads, s1, s2, n_params)
     elif not rule.weights_only or rule.weight_decay == 0:
-        _torch_update_range(rule, params, grads, s1, s2, 0, n_params, rule.weight_decay)
+        _torch_update_range(rule, params, grads, s1, s2, s3, 0, n_params, rule.weight_decay)
     else:
         for l in range(net.n_layers):
-            _torch_update_range(rule, params, grads, s1, s2, net.w_off[l],
+            _torch_update_range(rule, params, grads, s1, s2, s3, net.w_off[l],
                                 net.sizes[l] * net.sizes[l + 1], rule.weight_decay)
-            _torch_update_range(rule, params, grads, s1, s2, net.b_off[l],
+            _torch_update_range(rule, params, grads, s1, s2, s3, net.b_off[l],
                                 net.sizes[l + 1], 0.0)
 
 
@@ -658,7 +816,7 @@ cdef void apply_update(const Net* net, Update* rule, floating* params, const flo
 # ---------------------------------------------------------------------------
 
 cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floating* grads,
-                          floating* s1, floating* s2, Py_ssize_t n_params,
+                          floating* s1, floating* s2, floating* s3, Py_ssize_t n_params,
                           const floating* x, const void* y, const floating* sw,
                           const long long* order, Py_ssize_t n_samples,
                           Py_ssize_t batch_size, floating* x_batch, void* y_batch,
@@ -700,7 +858,7 @@ cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floati
         status = loss_and_grad_rows(net, params, xb, yb, swb, rows, grads, &loss)
         if status != BP_OK:
             return status
-        apply_update(net, rule, params, grads, s1, s2, n_params)
+        apply_update(net, rule, params, grads, s1, s2, s3, n_params)
         weight = rows
         if swb != NULL and not net.sklearn:
             weight = 0
@@ -737,8 +895,9 @@ cdef struct Call:
     int op
     void* params
     void* grads
-    void* s1                     # optimizer state (velocity or m), or NULL
-    void* s2                     # optimizer state (v), or NULL
+    void* s1                     # optimizer state (velocity, m or square_avg), or NULL
+    void* s2                     # optimizer state (v or RMSprop's momentum buffer), or NULL
+    void* s3                     # optimizer state (RMSprop's grad_avg), or NULL
     const void* x
     const void* y                # float targets, or int64 labels
     const void* sw               # row weights, or NULL
@@ -780,7 +939,7 @@ cdef int _forward_private(const Net* net, Call* c, const floating* params,
         p += ((c.n * net.sizes[l] * sizeof(floating) + 63) & ~(<size_t>63))
     if c.op == OP_FORWARD:
         acts[L] = <floating*>c.out
-    status = forward_rows(net, params, <const floating*>c.x, c.n, acts, logits)
+    status = forward_rows(net, params, <const floating*>c.x, c.n, acts, logits, NULL)
     if status == BP_OK and c.op == OP_EVALUATE:
         if net.sklearn:
             c.loss = sk_data_loss(net.loss, acts[L], <const floating*>c.y, <const floating*>NULL,
@@ -801,18 +960,19 @@ cdef int _run_typed(const Net* net, Call* c, floating* params) noexcept nogil:
     if c.op == OP_EVALUATE:
         return _forward_private(net, c, params, _takes_logits(net))
     if c.op == OP_UPDATE:
-        apply_update(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2, c.n_params)
+        apply_update(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2,
+                     <floating*>c.s3, c.n_params)
         return BP_OK
     if c.op == OP_LOSS_GRAD or c.op == OP_STEP:
         status = loss_and_grad_rows(net, params, <const floating*>c.x, c.y,
                                     <const floating*>c.sw, c.n, grads, &c.loss)
         if status == BP_OK and c.op == OP_STEP:
             apply_update(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2,
-                         c.n_params)
+                         <floating*>c.s3, c.n_params)
         return status
     if c.op == OP_EPOCH:
         return train_epoch_rows(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2,
-                                c.n_params, <const floating*>c.x, c.y, <const floating*>c.sw,
+                                <floating*>c.s3, c.n_params, <const floating*>c.x, c.y, <const floating*>c.sw,
                                 c.order, c.n, c.batch_size, <floating*>c.x_batch, c.y_batch,
                                 <floating*>c.sw_batch, c.y_row_bytes, &c.loss, &c.done,
                                 &c.pending)
@@ -836,8 +996,8 @@ cdef int run_call(const Net* net, int typenum, Call* c) noexcept nogil:
 # The Python face of the core: UpdateRule and Trainer
 # ---------------------------------------------------------------------------
 
-UPDATE_KINDS = {"sgd": UPD_SGD, "adam": UPD_ADAM, "sklearn_sgd": UPD_SK_SGD,
-                "sklearn_adam": UPD_SK_ADAM}
+UPDATE_KINDS = {"sgd": UPD_SGD, "adam": UPD_ADAM, "adamw": UPD_ADAMW, "rmsprop": UPD_RMSPROP,
+                "sklearn_sgd": UPD_SK_SGD, "sklearn_adam": UPD_SK_ADAM}
 
 
 cdef class UpdateRule:
@@ -845,33 +1005,46 @@ cdef class UpdateRule:
 
     Parameters
     ----------
-    kind : {"sgd", "adam", "sklearn_sgd", "sklearn_adam"}
-        ``torch.optim.SGD`` / ``torch.optim.Adam`` (bitwise: see optim.h), or
-        scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer``.
+    kind : {"sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam"}
+        ``torch.optim.SGD`` (bitwise: see optim.h) / ``Adam`` / ``AdamW`` /
+        ``RMSprop``, or scikit-learn's ``SGDOptimizer`` / ``AdamOptimizer``.
     lr : float
         The rate (scikit-learn's Adam: ``learning_rate_init``).
     momentum, nesterov
-        SGD's (both conventions).
+        SGD's (both conventions); ``momentum`` also RMSprop's.
     weight_decay : float
-        PyTorch's L2 term added to the gradient (scikit-learn's ``alpha`` is
-        part of its loss rule instead: :attr:`Trainer.alpha`).
+        PyTorch's L2 term added to the gradient (AdamW: the decoupled decay;
+        scikit-learn's ``alpha`` is part of its loss rule instead:
+        :attr:`Trainer.alpha`).
     betas, eps
-        Adam's.
+        Adam's and AdamW's (``eps`` also RMSprop's).
     step : int
         Adam's steps taken so far; advanced by every update.
     weights_only : bool
         PyTorch's rules: weight decay on the weights W_l only, not the biases.
+    alpha, centered
+        RMSprop's.
+    clip_grad_norm, clip_grad_value : float or None
+        Clip the gradient block in place before each update (PyTorch's rules):
+        clamp to +-clip_grad_value, then scale by min(1, clip_grad_norm /
+        (||g|| + 1e-6)), ||g|| the L2 norm over all parameters.
 
-    The values are taken as given (the faces validate them).
+    The values are taken as given (the faces validate them).  State blocks
+    (see :attr:`stateful`): SGD (velocity,); Adam / AdamW (m, v); RMSprop
+    (square_avg, momentum_buffer, grad_avg).
     """
     cdef Update rule
+    cdef object _tables  # the arrays rule.lr_table / momentum_table point into
+    cdef bint _table_momentum  # the momentum table turns momentum on somewhere
 
     def __init__(self, str kind, *, double lr, double momentum=0.0, double weight_decay=0.0,
                  bint nesterov=False, betas=(0.9, 0.999), double eps=1e-8, long long step=0,
-                 bint weights_only=False):
+                 bint weights_only=False, double alpha=0.99, bint centered=False,
+                 clip_grad_norm=None, clip_grad_value=None):
         if kind not in UPDATE_KINDS:
             raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
                              f"got {kind!r}")
+        memset(&self.rule, 0, sizeof(Update))
         self.rule.kind = UPDATE_KINDS[kind]
         self.rule.lr = lr
         self.rule.momentum = momentum
@@ -882,6 +1055,32 @@ cdef class UpdateRule:
         self.rule.eps = eps
         self.rule.step = step
         self.rule.weights_only = weights_only
+        self.rule.alpha = alpha
+        self.rule.centered = centered
+        self.rule.clip_by_norm = clip_grad_norm is not None
+        self.rule.clip_norm = clip_grad_norm if clip_grad_norm is not None else 0.0
+        self.rule.clip_by_value = clip_grad_value is not None
+        self.rule.clip_value = clip_grad_value if clip_grad_value is not None else 0.0
+        self._tables = None
+        self._table_momentum = False
+
+    def set_schedule(self, lrs, momenta=None):
+        """The next ``len(lrs)`` updates take their rate from ``lrs`` (a per-batch schedule).
+
+        ``lrs``: float64 (k,); ``momenta``: float64 (k,) or None -- each update's
+        momentum (Adam / AdamW: beta1), as OneCycleLR cycles it.  Read by the
+        compiled step one entry per update, so an epoch needs no Python per batch.
+        """
+        lrs, momenta = V.schedule_tables(lrs, momenta)
+        self._tables = (lrs, momenta)
+        # NOTE: a table that turns momentum on needs the velocity (stateful) even
+        # when the rule starts at 0, or the kernel would write through NULL.
+        self._table_momentum = momenta is not None and bool((momenta != 0).any())
+        self.rule.lr_table = <const double*>cnp.PyArray_DATA(<cnp.ndarray>lrs)
+        self.rule.momentum_table = (<const double*>cnp.PyArray_DATA(<cnp.ndarray>momenta)
+                                    if momenta is not None else NULL)
+        self.rule.table_len = lrs.shape[0]
+        self.rule.table_pos = 0
 
     @property
     def kind(self):
@@ -896,6 +1095,15 @@ cdef class UpdateRule:
         self.rule.lr = value
 
     @property
+    def momentum(self):
+        """The momentum (after a scheduled update: the last one's)."""
+        return self.rule.momentum
+
+    @property
+    def beta1(self):
+        return self.rule.beta1
+
+    @property
     def step(self):
         """Adam's steps taken (advanced by each update)."""
         return self.rule.step
@@ -906,10 +1114,17 @@ cdef class UpdateRule:
 
     @property
     def stateful(self):
-        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
-        if self.rule.kind == UPD_ADAM or self.rule.kind == UPD_SK_ADAM:
+        """How many state blocks the rule reads and writes (the leading entries of ``state``).
+
+        0, 1 (SGD's velocity), 2 (Adam's moments; RMSprop with momentum) or 3
+        (centered RMSprop, whose second block is then read only with momentum).
+        """
+        cdef bint momentum = self.rule.momentum != 0 or self._table_momentum
+        if self.rule.kind in (UPD_ADAM, UPD_SK_ADAM, UPD_ADAMW):
             return 2
-        if self.rule.kind == UPD_SK_SGD or self.rule.momentum != 0:
+        if self.rule.kind == UPD_RMSPROP:
+            return 3 if self.rule.centered else (2 if momentum else 1)
+        if self.rule.kind == UPD_SK_SGD or momentum:
             return 1
         return 0
 
@@ -977,8 +1192,10 @@ cdef class Trainer:
     cdef double _pending_sw_sum
     cdef readonly Py_ssize_t batches_done  # batches applied by the last epoch call
     cdef int _next_layer
+    cdef Dropout drop                  # net.drop points here when a hidden layer drops
+    cdef object _drop_p, _pre_ptrs
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
@@ -1009,6 +1226,44 @@ cdef class Trainer:
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
         self.capacity = 0
         self._buffers = None
+        self._init_dropout(dropout)
+
+    cdef void _init_dropout(self, object dropout) except *:
+        """Dropout probabilities, one per hidden layer (None: none); checked by the face."""
+        cdef int n_hidden = self.net.n_layers - 1
+        probabilities = [0.0] * n_hidden if dropout is None else [float(p) for p in dropout]
+        if len(probabilities) != n_hidden:
+            raise ValueError(f"`dropout` must have one probability per hidden layer "
+                             f"({n_hidden}); got {len(probabilities)}")
+        self._drop_p = np.ascontiguousarray(probabilities + [0.0], dtype=np.float64)
+        self._pre_ptrs = np.zeros(self.net.n_layers + 1, np.uintp)
+        memset(&self.drop, 0, sizeof(Dropout))
+        self.drop.p = <const double*>cnp.PyArray_DATA(self._drop_p)
+        self.drop.pre = <char**>cnp.PyArray_DATA(self._pre_ptrs)
+        self.net.drop = &self.drop if any(p > 0 for p in probabilities) else NULL
+
+    @property
+    def dropout(self):
+        """The dropout probability of each hidden layer's output (a tuple)."""
+        return tuple(float(p) for p in self._drop_p[:self.net.n_layers - 1])
+
+    @property
+    def dropout_seed(self):
+        """The key of the dropout masks (with the step, the layer and the element)."""
+        return int(self.drop.seed)
+
+    @dropout_seed.setter
+    def dropout_seed(self, unsigned long long value):
+        self.drop.seed = value
+
+    @property
+    def dropout_step(self):
+        """The training step whose masks the next loss_and_grad draws; each one advances it."""
+        return self.drop.step
+
+    @dropout_step.setter
+    def dropout_step(self, long long value):
+        self.drop.step = value
 
     @property
     def alpha(self):
@@ -1036,12 +1291,18 @@ cdef class Trainer:
         deltas = [np.empty(rows * self.max_width, self.dtype) for _ in range(2)]
         for l in range(1, self.net.n_layers + 1):
             ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
+        cdef cnp.uintp_t[::1] pre_ptrs = self._pre_ptrs
+        pre = [np.empty((rows, int(self._sizes[l])), self.dtype) if self._drop_p[l - 1] > 0
+               else None for l in range(1, self.net.n_layers)]
+        for l in range(1, self.net.n_layers):
+            if pre[l - 1] is not None:
+                pre_ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>pre[l - 1])
         self.net.delta0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[0])
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
         y_gather = (np.empty(rows, np.int64) if self._labels()
                     else np.empty((rows, int(self._sizes[self.net.n_layers])), self.dtype))
         sw_gather = np.empty(rows, self.dtype)
-        self._buffers = (buffers, deltas, y_gather, sw_gather)
+        self._buffers = (buffers, deltas, y_gather, sw_gather, pre)
         self.capacity = rows
 
     cdef bint _labels(self):
@@ -1055,15 +1316,20 @@ cdef class Trainer:
                              f"{self.n_params} values")
 
     cdef tuple _check_state(self, UpdateRule rule, object state):
-        """The rule's state blocks (s1, s2), None where the rule keeps none."""
+        """The rule's state blocks (s1, s2, s3), None where the rule keeps none."""
         if state is None:
-            state = (None, None)
-        if not isinstance(state, tuple) or len(state) != 2:
-            raise ValueError("`state` must be a pair (s1, s2) of blocks or None")
+            state = (None, None, None)
+        if not isinstance(state, tuple) or len(state) not in (2, 3):
+            raise ValueError("`state` must be a pair or triple (s1, s2[, s3]) of blocks or None")
+        if len(state) == 2:
+            state = state + (None,)
         cdef int need = rule.stateful
         for i in range(need):
             self._check_block(state[i], f"state[{i}]")
-        return (state[0] if need >= 1 else None, state[1] if need == 2 else None)
+        # NOTE: no generator expression here: Cython's generators are garbage in
+        # a reference cycle after each call (tracemalloc sees them grow until gc runs).
+        return (state[0] if need >= 1 else None, state[1] if need >= 2 else None,
+                state[2] if need >= 3 else None)
 
     cdef void _check_order(self, object order, Py_ssize_t n) except *:
         """``order`` is None or a permutation-like int64 index vector over n rows."""
@@ -1117,9 +1383,10 @@ cdef class Trainer:
 
     cdef void _with_rule(self, Call* c, UpdateRule rule, object state) except *:
         """c's update rule and its checked state blocks."""
-        s1, s2 = self._check_state(rule, state)
+        s1, s2, s3 = self._check_state(rule, state)
         c.s1 = _data(s1)
         c.s2 = _data(s2)
+        c.s3 = _data(s3)
         c.rule = &rule.rule
 
     cdef Py_ssize_t _with_rows(self, Call* c, object x, object y, object sample_weight=None,
@@ -1195,9 +1462,11 @@ cdef class Trainer:
     def update(self, params, grads, state, UpdateRule rule):
         """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam).
 
-        ``state``: (s1, s2) -- SGD's velocity (momentum, or scikit-learn's SGD
-        always) and unused, or Adam's first and second moments; None entries
-        where the rule keeps no state.
+        ``state``: (s1, s2) or (s1, s2, s3) -- SGD's velocity (momentum, or
+        scikit-learn's SGD always); Adam's / AdamW's first and second moments;
+        RMSprop's square average, momentum buffer and gradient average; None
+        entries where the rule keeps no state (see UpdateRule.stateful).
+        ``grads`` is clipped in place when the rule clips.
         """
         cdef Call c
         self._open(&c, OP_UPDATE, params, grads, True)
@@ -1223,7 +1492,7 @@ cdef class Trainer:
             raise ValueError("`batch_size` must be >= 1")
         self._check_order(order, n)
         self._reserve(min(batch_size, max(n, 1)))
-        buffers, _, y_batch, sw_batch = self._buffers
+        buffers, _, y_batch, sw_batch, _ = self._buffers
         c.order = <const long long*>_data(order)
         c.batch_size = batch_size
         # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
@@ -1290,6 +1559,7 @@ cdef class Trainer:
                 return None  # targets outside [0, 1]: the general path says so
         self._reserve(n)
         cdef Update rule
+        memset(&rule, 0, sizeof(Update))
         rule.kind = UPD_SGD
         rule.lr = lr_
         rule.momentum = mu

@@ -637,3 +637,40 @@ def optimizer_args(param, grad, buffers, reals, step=_NO_STEP, contiguous=False)
     if contiguous:
         (grad,) = as_contiguous(grad)
     return param, grad, [buf for _, buf in views], values, step
+
+
+def rmsprop_args(param, grad, lr, square_avg, alpha, eps, weight_decay, momentum,
+                 momentum_buffer, centered, grad_avg, contiguous=False):
+    """Checked (param, grad, buffers, (lr, alpha, eps, weight_decay, momentum), centered)
+    for ``rmsprop_update``.
+
+    ``buffers``: [square_avg, momentum_buffer (when momentum != 0), grad_avg
+    (when centered)], checked as :func:`optimizer_args` checks state; a buffer
+    the step does not use may be None.
+    """
+    if not isinstance(centered, (bool, np.bool_)):
+        raise TypeError(f"`centered` must be a bool; got {type(centered).__name__}")
+    uses_buffer = check_real("momentum", momentum, minimum=0.0) != 0
+    buffers = [("square_avg", square_avg)]
+    if uses_buffer:
+        buffers.append(("momentum_buffer", momentum_buffer))
+    if centered:
+        buffers.append(("grad_avg", grad_avg))
+    p, grad, bufs, reals, _ = optimizer_args(
+        param, grad, buffers,
+        [("lr", lr, 0.0, None), ("alpha", alpha, 0.0, 1.0), ("eps", eps, 0.0, None),
+         ("weight_decay", weight_decay, 0.0, None), ("momentum", momentum, 0.0, None)],
+        contiguous=contiguous)
+    return p, grad, bufs, reals, bool(centered)
+
+
+def schedule_tables(lrs, momenta):
+    """``UpdateRule.set_schedule``'s tables: float64 C-contiguous (k,) arrays (momenta or None)."""
+    lrs = np.ascontiguousarray(lrs, dtype=np.float64)
+    if lrs.ndim != 1:
+        raise ValueError("`lrs` must be one-dimensional")
+    if momenta is not None:
+        momenta = np.ascontiguousarray(momenta, dtype=np.float64)
+        if momenta.shape != lrs.shape:
+            raise ValueError("`momenta` must have the shape of `lrs`")
+    return lrs, momenta

@@ -12,6 +12,7 @@ runs the same model with :mod:`bpcore.reference`, for checking.
 """
 import contextlib
 import math
+import numbers
 import sys
 import threading
 import time
@@ -21,15 +22,16 @@ import numpy as np
 from . import _modelfile
 from . import _validate as V
 from . import reference as R
+from . import schedules as S
 
 __all__ = ["MLP"]
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
 LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DECAYS = ("all", "weights")
-SCHEDULES = ("constant", "invscaling", "adaptive")
+SCHEDULES = ("constant", "invscaling", "adaptive") + S.SCHEDULES
 INITS = ("auto", "normal", "glorot", "he")
 BACKENDS = ("compiled", "reference")
 # The core's status for a non-finite loss or gradient (bpcore._step's and its twin's).
@@ -78,6 +80,15 @@ class MLP:
         U(+-sqrt(6 / (fan_in + fan_out))); "he": U(+-sqrt(6 / fan_in));
         "auto": "he" for ReLU layers, "glorot" otherwise.  Biases start at 0.
     backend : {"compiled", "reference"}
+    dropout : float or sequence of float, optional
+        Inverted dropout on the hidden layers' outputs while training (``fit``,
+        ``train_step``, ``loss_and_grads``), none in ``predict``/``evaluate``,
+        as ``torch.nn.Dropout`` in train / eval mode: one probability in [0, 1)
+        for every hidden layer, or one per hidden layer.  The masks come from
+        a counter-based hash of (seed, step, layer, element) (see
+        :func:`bpcore.reference_core.dropout_keep`): the same seed trains
+        bitwise alike on either backend and any thread count.  The seed is
+        drawn from ``seed`` here and from ``fit``'s ``seed`` at each fit.
 
     Notes
     -----
@@ -88,7 +99,7 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled"):
+                 backend="compiled", dropout=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -133,15 +144,21 @@ class MLP:
             from . import _step as core
         else:
             from . import reference_core as core
-        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype)
+        self.dropout = _check_dropout(dropout, n_layers - 1)
+        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
+                                  dropout=self.dropout)
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
         self._velocity = None
-        self._adam = None  # (m, v, steps taken) once Adam has run
+        self._adam = None  # (m, v, steps taken) once Adam or AdamW has run
+        self._rmsprop = None  # (square_avg, momentum_buffer, grad_avg) once RMSprop has run
         self._lock = threading.RLock()
         self._views()
-        self._initialize(init, _rng(seed))
+        rng = _rng(seed)
+        self._initialize(init, rng)
+        if any(self.dropout):
+            self._core.dropout_seed = int(rng.integers(2 ** 63))
 
     # -- construction -------------------------------------------------------
 
@@ -275,11 +292,18 @@ class MLP:
                           _aligned_zeros(self.n_params, self.dtype), 0]
         return self._adam
 
+    def _rmsprop_state(self):
+        if self._rmsprop is None:
+            self._rmsprop = tuple(_aligned_zeros(self.n_params, self.dtype) for _ in range(3))
+        return self._rmsprop
+
     def reset_optimizer(self):
-        """Forget the optimizer state (momentum buffer, Adam's moments and step count)."""
+        """Forget the optimizer state (momentum buffer, Adam's moments and step count,
+        RMSprop's averages)."""
         with self._lock:
             self._velocity = None
             self._adam = None
+            self._rmsprop = None
 
     # -- input checks ---------------------------------------------------------
 
@@ -362,7 +386,10 @@ class MLP:
         return w
 
     @staticmethod
-    def _optimizer_options(optimizer, betas, eps, decay):
+    def _optimizer_options(optimizer, betas, eps, decay, alpha=0.99, centered=False,
+                           clip_grad_norm=None, clip_grad_value=None):
+        """The optimizer's settings beyond SGD's, checked: a dict of update_rule's keywords
+        (and "optimizer")."""
         optimizer = V.check_choice("optimizer", optimizer, OPTIMIZERS)
         decay = V.check_choice("decay", decay, DECAYS)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -372,7 +399,16 @@ class MLP:
         if beta1 >= 1 or beta2 >= 1:
             raise ValueError(f"`betas` must lie in [0, 1); got {tuple(betas)}")
         eps = V.check_real("eps", eps, minimum=0.0, strict_min=True)
-        return optimizer, beta1, beta2, eps, decay == "weights"
+        alpha = V.check_real("alpha", alpha, minimum=0.0, maximum=1.0)
+        if not isinstance(centered, (bool, np.bool_)):
+            raise TypeError(f"`centered` must be a bool; got {type(centered).__name__}")
+        clips = {}
+        for name, value in (("clip_grad_norm", clip_grad_norm),
+                            ("clip_grad_value", clip_grad_value)):
+            clips[name] = None if value is None else V.check_real(name, value, minimum=0.0)
+        return dict(optimizer=optimizer, beta1=beta1, beta2=beta2, eps=eps,
+                    weights_only=decay == "weights", alpha=alpha, centered=bool(centered),
+                    **clips)
 
     @staticmethod
     def check_sgd(lr, momentum, weight_decay, nesterov):
@@ -505,8 +541,9 @@ class MLP:
         return float(loss), ([grads[w:w + a * b].reshape(a, b) for (a, b), w in zip(pairs, w_off)],
                              [grads[o:o + b] for (_, b), o in zip(pairs, b_off)])
 
-    def apply_update(self, grads, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
-                      optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all"):
+    def apply_update(self, grads, *, lr, momentum=0.0, weight_decay=None, nesterov=False,
+                     optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all", alpha=0.99,
+                     centered=False, clip_grad_norm=None, clip_grad_value=None):
         """Apply one optimizer step to the parameter block, given its gradient block.
 
         The single place updates happen outside the compiled epoch (the
@@ -515,80 +552,98 @@ class MLP:
         Parameters
         ----------
         grads : ndarray, shape (n_params,) or larger
-            A C-contiguous block in the parameter layout, the model's dtype.
+            A C-contiguous block in the parameter layout, the model's dtype
+            (clipped in place when clipping is asked for, as PyTorch's clip_grad_*_).
         lr, momentum, weight_decay, nesterov
-            As :meth:`train_step`; ``momentum``/``nesterov`` apply to SGD only.
-        optimizer : {"sgd", "adam"}
-            ``torch.optim.SGD`` or ``torch.optim.Adam`` (L2 decay in the gradient).
+            As :meth:`train_step`; ``momentum`` applies to SGD and RMSprop,
+            ``nesterov`` to SGD.
+        optimizer : {"sgd", "adam", "adamw", "rmsprop"}
+            ``torch.optim.SGD``, ``Adam`` (L2 decay in the gradient), ``AdamW``
+            (decoupled decay) or ``RMSprop``.
         betas, eps
-            Adam's.
+            Adam's and AdamW's (``eps`` also RMSprop's).
         decay : {"all", "weights"}
             ``weight_decay`` on every parameter (PyTorch) or on the weights
             only, not the biases (scikit-learn's ``alpha``).
+        alpha, centered
+            RMSprop's smoothing constant and centering (:func:`bpcore.rmsprop_update`).
+        clip_grad_norm, clip_grad_value : float, optional
+            Clip the gradient first, as ``torch.nn.utils.clip_grad_value_`` and
+            then ``clip_grad_norm_`` (the L2 norm over all parameters).
         """
+        weight_decay = _default_decay(optimizer, weight_decay)
         lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay,
                                                            nesterov)
-        optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
-            optimizer, betas, eps, decay)
+        opts = self._optimizer_options(optimizer, betas, eps, decay, alpha, centered,
+                                       clip_grad_norm, clip_grad_value)
         if (not isinstance(grads, np.ndarray) or grads.dtype != self.dtype
                 or grads.ndim != 1 or grads.size < self.n_params
                 or not grads.flags.c_contiguous):
             raise ValueError(f"`grads` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
         with self._lock:
-            self._update_locked(grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
-                                beta2, eps, weights_only)
+            self._update_locked(grads, lr, momentum, weight_decay, nesterov, opts)
 
     def update_rule(self, optimizer="sgd", *, lr, momentum=0.0, weight_decay=0.0,
-                    nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, weights_only=False):
+                    nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, weights_only=False,
+                    alpha=0.99, centered=False, clip_grad_norm=None, clip_grad_value=None):
         """The core's ``UpdateRule`` for these settings and the model's state blocks for it.
 
         The settings are taken as checked (see :meth:`check_sgd`); the momentum
-        buffer or Adam's moments are created on first use and persist in the
-        model.  Returns ``(rule, (s1, s2))`` for :attr:`core`'s ``update`` and
-        ``epoch``; after Adam steps, Adam's step count is ``rule.step``
-        (``apply_update`` and ``fit`` record it in the model themselves).
+        buffer, Adam's moments or RMSprop's averages are created on first use
+        and persist in the model.  Returns ``(rule, state)`` for :attr:`core`'s
+        ``update`` and ``epoch``; after Adam / AdamW steps, the step count is
+        ``rule.step`` (``apply_update`` and ``fit`` record it in the model
+        themselves).
 
         Parameters
         ----------
-        optimizer : {"sgd", "adam"}
+        optimizer : {"sgd", "adam", "adamw", "rmsprop"}
         lr, momentum, weight_decay : float
             As :meth:`train_step`, checked already.
         nesterov : bool
         beta1, beta2, eps : float
-            Adam's.
+            Adam's and AdamW's (``eps`` also RMSprop's).
         weights_only : bool
             Weight decay on the weights only, not the biases.
+        alpha, centered : float, bool
+            RMSprop's.
+        clip_grad_norm, clip_grad_value : float or None
+            Gradient clipping before each update (see :meth:`apply_update`).
 
         Returns
         -------
         rule : UpdateRule
             The core's update rule.
-        state : tuple of (ndarray or None, ndarray or None)
+        state : tuple of ndarray or None
             The state blocks (shape (n_params,), like :attr:`parameters`):
-            ``(velocity or None, None)`` for SGD, ``(m, v)`` for Adam.
+            ``(velocity or None, None)`` for SGD, ``(m, v)`` for Adam and AdamW,
+            ``(square_avg, momentum_buffer, grad_avg)`` for RMSprop.
         """
-        if optimizer == "adam":
+        common = dict(lr=lr, weight_decay=weight_decay, eps=eps, weights_only=weights_only,
+                      clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        if optimizer in ("adam", "adamw"):
             m, v, step = self._adam_state()
-            return self._rule("adam", lr=lr, weight_decay=weight_decay, betas=(beta1, beta2),
-                              eps=eps, step=step, weights_only=weights_only), (m, v)
-        rule = self._rule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          nesterov=nesterov, weights_only=weights_only)
+            return self._rule(optimizer, betas=(beta1, beta2), step=step, **common), (m, v)
+        if optimizer == "rmsprop":
+            return (self._rule("rmsprop", momentum=momentum, alpha=alpha, centered=centered,
+                               **common), self._rmsprop_state())
+        rule = self._rule("sgd", momentum=momentum, nesterov=nesterov, **common)
         return rule, (self._velocity_block(momentum) if momentum != 0 else None, None)
 
-    def _update_locked(self, grads, optimizer, lr, momentum, weight_decay, nesterov, beta1,
-                       beta2, eps, weights_only):
+    def _update_locked(self, grads, lr, momentum, weight_decay, nesterov, opts):
+        optimizer = opts["optimizer"]
         rule, state = self.update_rule(optimizer, lr=lr, momentum=momentum,
                                        weight_decay=weight_decay, nesterov=nesterov,
-                                       beta1=beta1, beta2=beta2, eps=eps,
-                                       weights_only=weights_only)
+                                       **{k: v for k, v in opts.items() if k != "optimizer"})
         self._core.update(self._params, grads, state, rule)
-        if optimizer == "adam":
+        if optimizer in ("adam", "adamw"):
             self._adam[2] = rule.step
 
-    def train_step(self, x, y, *, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False,
+    def train_step(self, x, y, *, lr=None, momentum=0.0, weight_decay=None, nesterov=False,
                    optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
-                   sample_weight=None):
+                   sample_weight=None, alpha=0.99, centered=False, clip_grad_norm=None,
+                   clip_grad_value=None):
         """One optimizer step on the batch (x, y): forward, loss, backward, update.
 
         Parameters
@@ -596,14 +651,18 @@ class MLP:
         x : array_like, shape (n_samples, n_in)
         y : array_like, shape (n_samples, n_out), or int labels (n_samples,)
         lr : float, optional
-            The learning rate; None: 0.01 for SGD, 0.001 for Adam (Keras's defaults).
+            The learning rate; None: 0.01 for SGD, 0.001 for the others (Keras's defaults).
         momentum, weight_decay, nesterov
-            As :func:`bpcore.sgd_update` (``torch.optim.SGD``).  The optimizer
+            As :func:`bpcore.sgd_update` (``torch.optim.SGD``); ``weight_decay``
+            None: 0.01 for AdamW (PyTorch's default), else 0.  The optimizer
             state persists across calls (see :meth:`reset_optimizer`).
         optimizer, betas, eps, decay
-            As :meth:`apply_update` ("adam": :func:`bpcore.adam_update`).
+            As :meth:`apply_update` ("adam": :func:`bpcore.adam_update`,
+            "adamw": :func:`bpcore.adamw_update`, "rmsprop": :func:`bpcore.rmsprop_update`).
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`.
+        alpha, centered, clip_grad_norm, clip_grad_value
+            As :meth:`apply_update` (RMSprop's settings, gradient clipping).
 
         Returns
         -------
@@ -617,18 +676,20 @@ class MLP:
         """
         if lr is None:
             lr = _default_lr(optimizer)
-        if optimizer != "sgd" or decay != "all" or sample_weight is not None:
+        weight_decay = _default_decay(optimizer, weight_decay)
+        if (optimizer != "sgd" or decay != "all" or sample_weight is not None
+                or clip_grad_norm is not None or clip_grad_value is not None):
             x, y = self.prepare_inputs(x, y)
             sample_weight = self._sample_weight(sample_weight, x.shape[0])
             lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay,
                                                                nesterov)
-            opts = self._optimizer_options(optimizer, betas, eps, decay)
+            opts = self._optimizer_options(optimizer, betas, eps, decay, alpha, centered,
+                                           clip_grad_norm, clip_grad_value)
             with self._lock:
                 status, loss = self._core.loss_and_grad(self._params, x, y, self._grads,
                                                         sample_weight)
                 if status == 0:
-                    self._update_locked(self._grads, opts[0], lr, momentum, weight_decay,
-                                        nesterov, *opts[1:])
+                    self._update_locked(self._grads, lr, momentum, weight_decay, nesterov, opts)
             result = status, loss
         else:
             result = self._train_step_sgd(x, y, lr, momentum, weight_decay, nesterov)
@@ -648,15 +709,17 @@ class MLP:
                                                                    nesterov)
                 result = self._core.loss_and_grad(self._params, x, y, self._grads)
                 if result[0] == 0:
-                    self._update_locked(self._grads, "sgd", lr, momentum, weight_decay,
-                                        nesterov, 0.9, 0.999, 1e-8, False)
+                    self._update_locked(self._grads, lr, momentum, weight_decay, nesterov,
+                                        self._optimizer_options("sgd", (0.9, 0.999), 1e-8,
+                                                                "all"))
         return result
 
-    def fit(self, x, y, *, epochs=10, batch_size=32, lr=None, momentum=0.0, weight_decay=0.0,
+    def fit(self, x, y, *, epochs=10, batch_size=32, lr=None, momentum=0.0, weight_decay=None,
             nesterov=False, shuffle=True, seed=None, validation_data=None, progress=False,
             callback=None, optimizer="sgd", betas=(0.9, 0.999), eps=1e-8, decay="all",
             sample_weight=None, schedule="constant", power_t=0.5, early_stopping=False,
-            patience=10, tol=1e-4, metrics=(), verbose=0):
+            patience=10, tol=1e-4, metrics=(), verbose=0, alpha=0.99, centered=False,
+            clip_grad_norm=None, clip_grad_value=None, schedule_options=None):
         """Mini-batch training over whole epochs, each epoch one call into compiled code.
 
         Parameters
@@ -668,7 +731,7 @@ class MLP:
         batch_size : int, default 32
             >= 1; the last batch of an epoch keeps the remaining rows.
         lr : float, optional
-            The (initial) learning rate; None: 0.01 for SGD, 0.001 for Adam.
+            The (initial) learning rate; None: 0.01 for SGD, 0.001 for the others.
         momentum, weight_decay, nesterov
             As :meth:`train_step`.
         shuffle : bool
@@ -682,11 +745,18 @@ class MLP:
         callback : callable, optional
             ``callback(epoch, logs)`` after every epoch; returning False stops.
         optimizer, betas, eps, decay
-            As :meth:`apply_update`.
+            As :meth:`apply_update`: SGD, Adam, AdamW, RMSprop.
         sample_weight : array_like, shape (n_samples,), optional
             As :meth:`loss_and_grads`; the epoch loss is then weight-averaged.
-        schedule : {"constant", "invscaling", "adaptive"}
-            The learning rate per epoch (scikit-learn's schedules):
+        schedule : str or callable
+            The learning rate per epoch.  PyTorch's schedulers, stepped as
+            PyTorch steps them (:mod:`bpcore.schedules`, the same floats):
+            "step" (StepLR), "exponential" (ExponentialLR), "cosine"
+            (CosineAnnealingLR, T_max = the epochs, optionally after a linear
+            warm-up), "onecycle" (OneCycleLR, per batch, with its momentum /
+            beta1 cycling; the table reaches the compiled epoch, no Python per
+            batch) with their arguments in ``schedule_options``; a callable
+            ``schedule(epoch) -> lr``; or scikit-learn's "constant",
             "invscaling" ``lr / (t + 1) ** power_t`` with ``t`` the samples seen
             before the epoch; "adaptive" divides the rate by 5 whenever the
             monitored loss (``val_loss`` with validation data, else ``loss``)
@@ -711,13 +781,26 @@ class MLP:
         verbose : int
             0: silent; 1: one line per epoch on stdout (epoch, loss, metrics,
             seconds), as Keras's ``verbose=2``.
+        alpha, centered, clip_grad_norm, clip_grad_value
+            As :meth:`apply_update`; the clipping runs in the compiled step
+            before each update.
+        schedule_options : dict, optional
+            The PyTorch schedule's arguments: "step" ``step_size`` (required),
+            ``gamma=0.1``; "exponential" ``gamma`` (required); "cosine"
+            ``T_max``, ``eta_min=0``, ``warmup_epochs=0``,
+            ``warmup_start_factor=1/3`` (LinearLR's); "onecycle" ``max_lr``
+            (default: ``lr``), ``pct_start=0.3``, ``anneal_strategy="cos"``,
+            ``cycle_momentum=True``, ``base_momentum=0.85``,
+            ``max_momentum=0.95``, ``div_factor=25``, ``final_div_factor=1e4``,
+            ``three_phase=False``.
 
         Returns
         -------
         dict
             ``{"loss": [...], "val_loss": [...], "lr": [...], ...}``: per epoch,
             the batch losses averaged with batch-size (batch-weight) weights,
-            the rate used and the metrics asked for.
+            the rate used (per-batch schedules: the epoch's first batch's) and
+            the metrics asked for.
 
         Raises
         ------
@@ -733,10 +816,15 @@ class MLP:
         batch_size = V.check_int("batch_size", batch_size, minimum=1)
         if lr is None:
             lr = _default_lr(optimizer)
+        weight_decay = _default_decay(optimizer, weight_decay)
         lr, momentum, weight_decay, nesterov = self.check_sgd(lr, momentum, weight_decay, nesterov)
-        optimizer, beta1, beta2, eps, weights_only = self._optimizer_options(
-            optimizer, betas, eps, decay)
-        schedule = V.check_choice("schedule", schedule, SCHEDULES)
+        opts = self._optimizer_options(optimizer, betas, eps, decay, alpha, centered,
+                                       clip_grad_norm, clip_grad_value)
+        optimizer = opts.pop("optimizer")
+        if not callable(schedule):
+            schedule = V.check_choice("schedule", schedule, SCHEDULES)
+        rates, momenta, per_batch = self._schedule_table(schedule, schedule_options, lr, epochs,
+                                                         -(-x.shape[0] // batch_size))
         power_t = V.check_real("power_t", power_t, minimum=0.0)
         patience = V.check_int("patience", patience, minimum=1)
         tol = V.check_real("tol", tol, minimum=0.0)
@@ -757,6 +845,9 @@ class MLP:
         metrics = self._metrics(metrics)
         verbose = V.check_int("verbose", verbose, minimum=0)
         rng = _rng(seed)
+        if any(self.dropout):  # the masks of this fit: keyed by its seed, counted from 0
+            self._core.dropout_seed = int(rng.integers(2 ** 63))
+            self._core.dropout_step = 0
         history = {"loss": [], "lr": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -774,18 +865,34 @@ class MLP:
                 where.epoch, where.batches = epoch, None
                 if schedule == "invscaling":
                     rate = lr / (seen + 1) ** power_t
+                elif callable(schedule):
+                    rate = S.check_rate(schedule(epoch), epoch)
+                epoch_opts, table = dict(opts), None
+                if per_batch:
+                    table = slice(epoch * per_batch, (epoch + 1) * per_batch)
+                    rate = float(rates[table.start])
+                    if momenta is not None:  # OneCycleLR's momentum / beta1 cycling
+                        # NOTE: the rule's own value is overwritten by the table before
+                        # each update; the largest one makes the velocity exist if any
+                        # batch has momentum (PyTorch creates its buffer lazily, = g).
+                        momentum = float(momenta[table].max())
+                        epoch_opts["beta1"] = float(momenta[table.start])
+                elif rates is not None:
+                    rate = float(rates[epoch])
                 order = rng.permutation(n).astype(np.int64) if shuffle else None
                 with self._lock, where.inside_epoch():
                     rule, state = self.update_rule(optimizer, lr=rate, momentum=momentum,
                                                    weight_decay=weight_decay, nesterov=nesterov,
-                                                   beta1=beta1, beta2=beta2, eps=eps,
-                                                   weights_only=weights_only)
+                                                   **epoch_opts)
+                    if table is not None:
+                        rule.set_schedule(rates[table], None if momenta is None
+                                          else momenta[table])
                     try:
                         status, loss_sum, done = self._core.epoch(
                             self._params, self._grads, state, x, y, sample_weight, order,
                             batch_size, rule)
                     finally:  # Adam's steps also count when a signal handler raised
-                        if optimizer == "adam":
+                        if optimizer in ("adam", "adamw"):
                             self._adam[2] = rule.step
                 if status == NONFINITE:
                     kept = ("the parameters of the best epoch so far are restored"
@@ -839,6 +946,22 @@ class MLP:
                 with self._lock:
                     self._params[...] = best_params
         return history
+
+    @staticmethod
+    def _schedule_table(schedule, options, lr, epochs, batches):
+        """(rates, momenta, per_batch) of a PyTorch schedule: per-epoch rates, or per-batch
+        rates (and momenta) with per_batch = batches per epoch; (None, None, 0) otherwise."""
+        if callable(schedule) or schedule not in S.SCHEDULES:
+            if options is not None:
+                raise ValueError(f"`schedule_options` is for the schedules "
+                                 f"{', '.join(map(repr, S.SCHEDULES))}; got schedule="
+                                 f"{schedule!r}")
+            return None, None, 0
+        per_batch = batches if schedule in S.PER_BATCH else 0
+        rates, momenta = S.learning_rates(schedule, lr, epochs=epochs,
+                                          steps_per_epoch=max(per_batch, 1), options=options)
+        return (np.array(rates, np.float64),
+                None if momenta is None else np.array(momenta, np.float64), per_batch)
 
     # -- metrics ------------------------------------------------------------
 
@@ -1025,9 +1148,37 @@ class _Interruption:
             raise
 
 
+def _check_dropout(dropout, n_hidden):
+    """``dropout`` as one probability in [0, 1) per hidden layer (a tuple)."""
+    if dropout is None:
+        return (0.0,) * n_hidden
+    if isinstance(dropout, (str, bytes)) or not isinstance(dropout, (numbers.Real, list, tuple,
+                                                                     np.ndarray)):
+        raise TypeError(f"`dropout` must be a probability or a sequence of them (one per hidden "
+                        f"layer); got {type(dropout).__name__}")
+    if isinstance(dropout, numbers.Real):
+        dropout = [dropout] * n_hidden
+    elif len(dropout) != n_hidden:
+        raise ValueError(f"`dropout` must be one probability or {n_hidden} (one per hidden "
+                         f"layer); got {len(dropout)}")
+    probabilities = tuple(V.check_real("dropout", p, minimum=0.0, maximum=1.0)
+                          for p in dropout)
+    if any(p >= 1 for p in probabilities):
+        raise ValueError(f"`dropout` must be < 1 (1 would drop every unit); got "
+                         f"{list(probabilities)}")
+    return probabilities
+
+
 def _default_lr(optimizer):
-    """``lr=None``: Keras's defaults, 0.01 for SGD and 0.001 for Adam."""
-    return 1e-3 if optimizer == "adam" else 0.01
+    """``lr=None``: Keras's defaults, 0.01 for SGD and 0.001 for Adam, AdamW and RMSprop."""
+    return 0.01 if optimizer == "sgd" else 1e-3
+
+
+def _default_decay(optimizer, weight_decay):
+    """``weight_decay=None``: PyTorch's defaults, 0.01 for AdamW and 0 for the others."""
+    if weight_decay is not None:
+        return weight_decay
+    return 0.01 if optimizer == "adamw" else 0.0
 
 
 def _rng(seed):

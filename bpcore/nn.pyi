@@ -18,8 +18,10 @@ _OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "softmax"]
 _Loss = Literal["mse", "cross_entropy", "binary_cross_entropy"]
 _Reduction = Literal["mean", "sum", "half_sum", "half_mean"]
 _Backend = Literal["compiled", "reference"]
-_Optimizer = Literal["sgd", "adam"]
+_Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 _Decay = Literal["all", "weights"]
+_Schedule = Literal["constant", "invscaling", "adaptive", "step", "exponential", "cosine",
+                    "onecycle"]
 
 __all__ = ["MLP"]
 
@@ -41,13 +43,15 @@ class MLP:
     backend: str
     weights: list[_Float]       # views into the parameter block
     biases: list[_Float]
+    dropout: tuple[float, ...]  # one probability per hidden layer
 
     def __init__(self, layer_sizes: Sequence[int], *,
                  activation: _Activation | Sequence[_Activation] = "relu",
                  output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
                  reduction: _Reduction = "mean", dtype: DTypeLike = "float32", seed: _Seed = None,
                  init: Literal["auto", "normal", "glorot", "he"] = "auto",
-                 backend: _Backend = "compiled") -> None: ...
+                 backend: _Backend = "compiled",
+                 dropout: float | Sequence[float] | None = None) -> None: ...
     @classmethod
     def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
                     activation: _Activation | Sequence[_Activation] = "relu",
@@ -67,21 +71,26 @@ class MLP:
     def loss_and_grads(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
                        ) -> tuple[float, tuple[list[_Float], list[_Float]]]: ...
     def train_step(self, x: ArrayLike, y: ArrayLike, *, lr: float | None = None,
-                   momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                   momentum: float = 0.0, weight_decay: float | None = None,
+                   nesterov: bool = False,
                    optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
                    eps: float = 1e-8, decay: _Decay = "all",
-                   sample_weight: ArrayLike | None = None) -> float: ...
+                   sample_weight: ArrayLike | None = None, alpha: float = 0.99,
+                   centered: bool = False, clip_grad_norm: float | None = None,
+                   clip_grad_value: float | None = None) -> float: ...
     def fit(self, x: ArrayLike, y: ArrayLike, *, epochs: int = 10, batch_size: int = 32,
-            lr: float | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
+            lr: float | None = None, momentum: float = 0.0, weight_decay: float | None = None,
             nesterov: bool = False, shuffle: bool = True, seed: _Seed = None,
             validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = False,
             callback: Callable[[int, dict[str, float]], object] | None = None,
             optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
             eps: float = 1e-8, decay: _Decay = "all", sample_weight: ArrayLike | None = None,
-            schedule: Literal["constant", "invscaling", "adaptive"] = "constant",
+            schedule: _Schedule | Callable[[int], float] = "constant",
             power_t: float = 0.5, early_stopping: bool = False, patience: int = 10,
             tol: float = 1e-4, metrics: Sequence[str] = (),
-            verbose: int = 0) -> dict[str, list[float]]: ...
+            verbose: int = 0, alpha: float = 0.99, centered: bool = False,
+            clip_grad_norm: float | None = None, clip_grad_value: float | None = None,
+            schedule_options: dict[str, Any] | None = None) -> dict[str, list[float]]: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, backend: _Backend = "compiled") -> Self: ...
@@ -106,13 +115,17 @@ class MLP:
                   nesterov: bool) -> tuple[float, float, float, bool]: ...
     def update_rule(self, optimizer: _Optimizer = "sgd", *, lr: float, momentum: float = 0.0,
                     weight_decay: float = 0.0, nesterov: bool = False, beta1: float = 0.9,
-                    beta2: float = 0.999, eps: float = 1e-8, weights_only: bool = False
+                    beta2: float = 0.999, eps: float = 1e-8, weights_only: bool = False,
+                    alpha: float = 0.99, centered: bool = False,
+                    clip_grad_norm: float | None = None, clip_grad_value: float | None = None
                     ) -> tuple[UpdateRule | reference_core.UpdateRule,
-                               tuple[_Float | None, _Float | None]]: ...
+                               tuple[_Float | None, ...]]: ...
     def apply_update(self, grads: _Float, *, lr: float, momentum: float = 0.0,
-                     weight_decay: float = 0.0, nesterov: bool = False,
+                     weight_decay: float | None = None, nesterov: bool = False,
                      optimizer: _Optimizer = "sgd", betas: tuple[float, float] = (0.9, 0.999),
-                     eps: float = 1e-8, decay: _Decay = "all") -> None: ...
+                     eps: float = 1e-8, decay: _Decay = "all", alpha: float = 0.99,
+                     centered: bool = False, clip_grad_norm: float | None = None,
+                     clip_grad_value: float | None = None) -> None: ...
 
 NONFINITE: Final[int]
 

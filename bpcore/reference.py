@@ -29,7 +29,8 @@ __all__ = [
     "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
     "sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward",
-    "sgd_update", "adam_update", "sklearn_sgd_update", "sklearn_adam_update",
+    "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
+    "sklearn_sgd_update", "sklearn_adam_update",
 ]
 
 
@@ -650,20 +651,134 @@ def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8
     param : ndarray
         The same array, updated.
     """
+    return _adam_step(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, False)
+
+
+def _adam_step(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, decoupled):
+    """Adam (L2 decay in the gradient) or AdamW (``decoupled``: param shrunk first)."""
     p, grad, (m, v), (lr, eps, weight_decay), step = V.optimizer_args(
         param, grad, [("m", m), ("v", v)],
         [("lr", lr, 0.0, None), ("eps", eps, 0.0, None), ("weight_decay", weight_decay, 0.0,
                                                            None)], step)
     beta1, beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
     dt = p.dtype.type
-    g = grad + dt(weight_decay) * p if weight_decay != 0 else grad
+    g = grad + dt(weight_decay) * p if weight_decay != 0 and not decoupled else grad
     m += dt(1 - beta1) * (g - m)
     v *= dt(beta2)
     v += dt(1 - beta2) * g * g
+    if weight_decay != 0 and decoupled:
+        # NOTE: after the moments, which do not read param: the same result as
+        # PyTorch's shrink-first order, and right when ``grad`` is ``param``.
+        p *= dt(1 - lr * weight_decay)
     # float(step): the kernel's pow(beta, (double)t), spelled out.
     step_size = dt(lr / (1 - beta1 ** float(step)))
     denom = np.sqrt(v) / dt(math.sqrt(1 - beta2 ** float(step))) + dt(eps)
     p -= step_size * (m / denom)
+    return param
+
+
+def adamw_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
+                 weight_decay=0.01):
+    """One AdamW step, in place, as ``torch.optim.AdamW`` (amsgrad off).
+
+    ::
+
+        param *= 1 - lr * weight_decay              (decoupled decay, before the moments)
+        m = m + (1 - beta1) * (grad - m)
+        v = beta2 * v + (1 - beta2) * grad * grad
+        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+        Updated in place.
+    grad : array_like, same shape as ``param``
+    lr : float
+        >= 0.
+    m, v : ndarray, same shape and dtype as ``param``
+        First and second moments, updated in place; start them at zeros.
+    step : int
+        The 1-based number of this update.
+    beta1, beta2 : float
+        In [0, 1).
+    eps : float
+        > 0.
+    weight_decay : float
+        The decoupled decay, >= 0 (PyTorch's default 0.01).
+
+    Returns
+    -------
+    param : ndarray
+        The same array, updated.
+    """
+    return _adam_step(param, grad, lr, m, v, step, beta1, beta2, eps, weight_decay, True)
+
+
+def rmsprop_update(param, grad, *, lr, square_avg, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                   momentum=0.0, momentum_buffer=None, centered=False, grad_avg=None):
+    """One RMSprop step, in place, as ``torch.optim.RMSprop``.
+
+    ::
+
+        g = grad + weight_decay * param
+        square_avg = alpha * square_avg + (1 - alpha) * g * g
+        centered:  grad_avg = grad_avg + (1 - alpha) * (g - grad_avg)     (torch's lerp)
+                   avg = sqrt(square_avg - grad_avg**2) + eps
+        else:      avg = sqrt(square_avg) + eps
+        momentum:  momentum_buffer = momentum * momentum_buffer + g / avg
+                   param -= lr * momentum_buffer
+        else:      param -= lr * g / avg
+
+    Parameters
+    ----------
+    param : ndarray, float32 or float64, C-contiguous, any shape
+        Updated in place.
+    grad : array_like, same shape as ``param``
+    lr : float
+        >= 0.
+    square_avg : ndarray, same shape and dtype as ``param``
+        The running average of g**2, updated in place; start it at zeros.
+    alpha : float
+        The smoothing constant, in [0, 1] (PyTorch's default 0.99).
+    eps : float
+        > 0.
+    weight_decay : float
+        L2 penalty added to the gradient, >= 0.
+    momentum : float
+        >= 0; when non-zero ``momentum_buffer`` is required.
+    momentum_buffer : ndarray, like ``param``, optional
+        Updated in place; start it at zeros (PyTorch's first ``buf = g/avg``).
+    centered : bool
+        Normalise by the estimated variance; requires ``grad_avg``.
+    grad_avg : ndarray, like ``param``, optional
+        The running average of g, updated in place; start it at zeros.
+
+    Returns
+    -------
+    param : ndarray
+        The same array, updated.
+    """
+    p, grad, bufs, (lr, alpha, eps, weight_decay, momentum), centered = V.rmsprop_args(
+        param, grad, lr, square_avg, alpha, eps, weight_decay, momentum, momentum_buffer,
+        centered, grad_avg)
+    dt = p.dtype.type
+    sq = bufs[0]
+    g = grad + dt(weight_decay) * p if weight_decay != 0 else grad
+    sq *= dt(alpha)
+    sq += dt(1 - alpha) * g * g
+    if centered:
+        ga = bufs[len(bufs) - 1]
+        ga += dt(1 - alpha) * (g - ga)
+        avg = np.sqrt(sq - ga * ga) + dt(eps)
+    else:
+        avg = np.sqrt(sq) + dt(eps)
+    if momentum != 0:
+        buf = bufs[1]
+        buf *= dt(momentum)
+        buf += g / avg
+        p -= dt(lr) * buf
+    else:
+        p -= dt(lr) * (g / avg)
     return param
 
 

@@ -20,15 +20,50 @@ import math
 
 import numpy as np
 
+from . import _validate as V
 from . import reference as R
 
-__all__ = ["Trainer", "UpdateRule", "NONFINITE", "INTERRUPTED"]
+__all__ = ["Trainer", "UpdateRule", "dropout_keep", "NONFINITE", "INTERRUPTED"]
 
 # The core's statuses (bpcore._step's).
 NONFINITE = 100
 INTERRUPTED = 101
 
-UPDATE_KINDS = ("sgd", "adam", "sklearn_sgd", "sklearn_adam")
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z):
+    """splitmix64's finalizer on uint64 arrays (NumPy's integer products wrap mod 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix64_int(z):
+    """_mix64 on one Python int (mod 2**64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dropout_keep(seed, step, layer, shape, p):
+    """The dropout mask of one (seed, step, layer): True where an element is kept.
+
+    The twin of ``_step.dropout_rows``: element i (row-major) is kept when
+    u_i >= p, u_i = (mix(stream + (i+1) G) >> 11) * 2**-53 with stream =
+    mix(mix(mix(seed + G) + step) + layer), mix = splitmix64's finalizer and
+    G = 0x9E3779B97F4A7C15, all mod 2**64: bit for bit the compiled core's masks.
+    """
+    stream = _mix64_int((_mix64_int((_mix64_int((seed + _GOLDEN) & _MASK64) + step) & _MASK64)
+                         + layer) & _MASK64)
+    count = int(np.prod(shape))
+    counters = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    bits = _mix64(np.uint64(stream) + counters)
+    return ((bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 >= p).reshape(shape)
+
+
+UPDATE_KINDS = ("sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam")
 
 
 class UpdateRule:
@@ -36,15 +71,17 @@ class UpdateRule:
 
     Parameters
     ----------
-    kind : {"sgd", "adam"}
-        ``torch.optim.SGD`` or ``torch.optim.Adam`` ("sklearn_*" exist only
-        in the compiled core).
-    lr, momentum, weight_decay, nesterov, betas, eps, step, weights_only
+    kind : {"sgd", "adam", "adamw", "rmsprop"}
+        ``torch.optim.SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` ("sklearn_*"
+        exist only in the compiled core).
+    lr, momentum, weight_decay, nesterov, betas, eps, step, weights_only, alpha, centered,
+    clip_grad_norm, clip_grad_value
         As the compiled twin's.
     """
 
     def __init__(self, kind, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=1e-8, step=0, weights_only=False):
+                 betas=(0.9, 0.999), eps=1e-8, step=0, weights_only=False, alpha=0.99,
+                 centered=False, clip_grad_norm=None, clip_grad_value=None):
         if kind not in UPDATE_KINDS:
             raise ValueError(f"`kind` must be one of {', '.join(map(repr, UPDATE_KINDS))}; "
                              f"got {kind!r}")
@@ -59,11 +96,50 @@ class UpdateRule:
         self.eps = float(eps)
         self.step = int(step)
         self.weights_only = bool(weights_only)
+        self.alpha = float(alpha)
+        self.centered = bool(centered)
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.clip_grad_value = None if clip_grad_value is None else float(clip_grad_value)
+        self._table, self._table_pos = None, 0
+
+    def set_schedule(self, lrs, momenta=None):
+        """The next ``len(lrs)`` updates take their rate (and momentum / beta1) from the table."""
+        lrs, momenta = V.schedule_tables(lrs, momenta)
+        self._table, self._table_pos = (lrs, momenta), 0
 
     @property
     def stateful(self):
-        """How many state blocks the rule reads and writes: 0, 1 (velocity) or 2 (Adam)."""
-        return 2 if self.kind == "adam" else (1 if self.momentum != 0 else 0)
+        """How many state blocks the rule reads and writes (the leading entries of ``state``)."""
+        momenta = None if self._table is None else self._table[1]
+        momentum = self.momentum != 0 or (momenta is not None and bool((momenta != 0).any()))
+        if self.kind in ("adam", "adamw"):
+            return 2
+        if self.kind == "rmsprop":
+            return 3 if self.centered else (2 if momentum else 1)
+        return 1 if momentum else 0
+
+    def _next_settings(self):
+        """Take this update's rate (and momentum) from the table, as _step.apply_update."""
+        if self._table is None or self._table_pos >= len(self._table[0]):
+            return
+        lrs, momenta = self._table
+        self.lr = float(lrs[self._table_pos])
+        if momenta is not None:
+            if self.kind in ("adam", "adamw"):
+                self.beta1 = float(momenta[self._table_pos])
+            else:
+                self.momentum = float(momenta[self._table_pos])
+        self._table_pos += 1
+
+    def _clip(self, grads):
+        """Clip ``grads`` in place (clip_grad_value_, then clip_grad_norm_), as _step."""
+        dt = grads.dtype.type
+        if self.clip_grad_value is not None:
+            np.clip(grads, dt(-self.clip_grad_value), dt(self.clip_grad_value), out=grads)
+        if self.clip_grad_norm is not None:
+            total = math.sqrt(float(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+            if self.clip_grad_norm / (total + 1e-6) < 1.0:
+                grads *= dt(self.clip_grad_norm / (total + 1e-6))
 
     def __repr__(self):
         return (f"UpdateRule({self.kind!r}, lr={self.lr!r}, momentum={self.momentum!r}, "
@@ -73,7 +149,7 @@ class UpdateRule:
 class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
         self.sizes = [int(s) for s in sizes]
@@ -94,6 +170,15 @@ class Trainer:
         self.capacity = 0
         self.batches_done = 0  # batches applied by the last epoch call
         self._pending = None   # what backward_layer needs, set by loss_and_grad_begin
+        n_hidden = self.n_layers - 1
+        self.dropout = tuple(0.0 for _ in range(n_hidden)) if dropout is None else tuple(
+            float(p) for p in dropout)
+        if len(self.dropout) != n_hidden:
+            raise ValueError(f"`dropout` must have one probability per hidden layer "
+                             f"({n_hidden}); got {len(self.dropout)}")
+        self.dropout_seed = 0  # the masks' key, with the step, the layer and the element
+        self.dropout_step = 0  # the step whose masks the next loss_and_grad draws
+        self._pre = {}         # layer l -> its output before the mask (the last training forward)
 
     def offsets(self):
         """(w_off, b_off): where each layer's W and b start in the flat block."""
@@ -109,7 +194,8 @@ class Trainer:
 
     # -- forward and the loss rule ------------------------------------------
 
-    def _forward(self, params, x, logits):
+    def _forward(self, params, x, logits, training=False):
+        """[x, a_1, ..., a_L]; ``training``: hidden outputs masked by dropout (inverted)."""
         weights, biases = self._views(params)
         acts = [x]
         for l, (w, b) in enumerate(zip(weights, biases)):
@@ -121,7 +207,16 @@ class Trainer:
                 acts.append(R.softmax_forward(z))
             else:
                 acts.append(getattr(R, f"{act}_forward")(z))
+            if training and l < len(weights) - 1 and self.dropout[l] > 0:
+                self._pre[l + 1] = acts[-1]
+                acts[-1] = self._dropped(acts[-1], l)
         return acts
+
+    def _dropped(self, a, l):
+        """a with layer l's mask of this step applied: a * 1/(1-p) where kept, else 0."""
+        keep = dropout_keep(self.dropout_seed, self.dropout_step, l, a.shape, self.dropout[l])
+        return np.where(keep, a * a.dtype.type(1.0 / (1.0 - self.dropout[l])),
+                        a.dtype.type(0))
 
     def forward(self, params, x, out):
         """out := the network's output for x (n, n_in) -> (n, n_out)."""
@@ -174,7 +269,7 @@ class Trainer:
 
     def _output_delta(self, params, x, y, sample_weight):
         """(activations, loss, delta_L): the twin of _step.output_delta_rows (BP1)."""
-        acts = self._forward(params, x, self._takes_logits())
+        acts = self._forward(params, x, self._takes_logits(), training=True)
         out, act_out = acts[-1], self.activations[-1]
         loss, delta = self._output_loss(out, y, sample_weight)
         if not self._takes_logits():
@@ -193,9 +288,14 @@ class Trainer:
         grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
                                          grad_w=grad_w[l], grad_b=grad_b[l])
         if l == 0:
+            self.dropout_step += any(p > 0 for p in self.dropout)  # the step's masks are used
             return None
-        # BP2: times the activation's derivative, from the saved output
-        return getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        # BP2: times the activation's derivative, from the saved output (before its mask,
+        # then the mask: PyTorch's order is the mask first, equal to rounding)
+        dropped = self.dropout[l - 1] > 0
+        delta = getattr(R, f"{self.activations[l - 1]}_backward")(
+            self._pre[l] if dropped else acts[l], grad_x)
+        return self._dropped(delta, l - 1) if dropped else delta
 
     def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
         acts, loss, delta = self._output_delta(params, x, y, sample_weight)
@@ -211,8 +311,12 @@ class Trainer:
 
     def update(self, params, grads, state, rule):
         """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam)."""
-        s1, s2 = state if state is not None else (None, None)
-        if rule.kind == "adam":
+        state = (None, None, None) if state is None else tuple(state) + (None,) * (3 - len(state))
+        s1, s2, s3 = state
+        rule._next_settings()
+        if rule.clip_grad_value is not None or rule.clip_grad_norm is not None:
+            rule._clip(grads[:self.n_params])
+        if rule.kind in ("adam", "adamw"):
             rule.step += 1
         if rule.weights_only and rule.weight_decay != 0:
             ranges = []
@@ -223,10 +327,18 @@ class Trainer:
             ranges = [(0, self.n_params, rule.weight_decay)]
         for start, size, wd in ranges:
             part = slice(start, start + size)
-            if rule.kind == "adam":
-                R.adam_update(params[part], grads[part], lr=rule.lr, m=s1[part], v=s2[part],
-                              step=rule.step, beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps,
-                              weight_decay=wd)
+            if rule.kind in ("adam", "adamw"):
+                update = R.adam_update if rule.kind == "adam" else R.adamw_update
+                update(params[part], grads[part], lr=rule.lr, m=s1[part], v=s2[part],
+                       step=rule.step, beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps,
+                       weight_decay=wd)
+            elif rule.kind == "rmsprop":
+                R.rmsprop_update(params[part], grads[part], lr=rule.lr, square_avg=s1[part],
+                                 alpha=rule.alpha, eps=rule.eps, weight_decay=wd,
+                                 momentum=rule.momentum,
+                                 momentum_buffer=s2[part] if rule.momentum else None,
+                                 centered=rule.centered,
+                                 grad_avg=s3[part] if rule.centered else None)
             else:
                 R.sgd_update(params[part], grads[part], lr=rule.lr, momentum=rule.momentum,
                              velocity=s1[part] if rule.momentum else None, weight_decay=wd,

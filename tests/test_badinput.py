@@ -75,20 +75,31 @@ SPECS = {
                                                   any_ndim=True),
     "adam_update": Spec({"grad": "nm"}, {"param": "nm", "m": "nm", "v": "nm"},
                         extra={"lr": 0.01, "step": 3}, any_ndim=True),
+    "adamw_update": Spec({"grad": "nm"}, {"param": "nm", "m": "nm", "v": "nm"},
+                         extra={"lr": 0.01, "step": 3}, any_ndim=True),
+    "rmsprop_update": Spec({"grad": "nm"}, {"param": "nm", "square_avg": "nm"},
+                           extra={"lr": 0.01}, any_ndim=True),
     "sklearn_sgd_update": Spec({"grad": "nm"}, {"param": "nm", "velocity": "nm"},
                                extra={"lr": 0.1, "momentum": 0.9}, any_ndim=True),
     "sklearn_adam_update": Spec({"grad": "nm"}, {"param": "nm", "m": "nm", "v": "nm"},
                                 extra={"lr": 0.01, "step": 3}, any_ndim=True),
 }
 assert sorted(SPECS) == sorted(R.__all__), "every public function is in the matrix"
-WRITTEN = {"out", "grad_x", "grad_w", "grad_b", "param", "velocity", "m", "v"}
-STATE = ("m", "v", "velocity")  # optimizer state: written, so made fresh for every case
-OPTIMIZERS = ("sgd_update", "adam_update", "sklearn_sgd_update", "sklearn_adam_update")
+WRITTEN = {"out", "grad_x", "grad_w", "grad_b", "param", "velocity", "m", "v", "square_avg",
+           "momentum_buffer", "grad_avg"}
+# optimizer state: written, so made fresh for every case
+STATE = ("m", "v", "velocity", "square_avg", "momentum_buffer", "grad_avg")
+OPTIMIZERS = ("sgd_update", "adam_update", "adamw_update", "rmsprop_update",
+              "sklearn_sgd_update", "sklearn_adam_update")
 # Each optimizer's real hyper-parameters (sgd_update's are tested on their own below) and
 # the outcome of values beyond their bounds.
 HYPER_BOUNDS = {
     "adam_update": {"lr": (), "eps": (("zero", 0.0),), "weight_decay": (),
                     "beta1": (("one", 1.0),), "beta2": (("one", 1.0),)},
+    "adamw_update": {"lr": (), "eps": (("zero", 0.0),), "weight_decay": (),
+                     "beta1": (("one", 1.0),), "beta2": (("one", 1.0),)},
+    "rmsprop_update": {"lr": (), "eps": (("zero", 0.0),), "weight_decay": (),
+                       "alpha": (("above_one", 1.5),), "momentum": ()},
     "sklearn_sgd_update": {"lr": (), "momentum": (("above_one", 1.5),)},
     "sklearn_adam_update": {"lr": (), "eps": (("zero", 0.0),), "beta1": (("one", 1.0),),
                             "beta2": (("one", 1.0),)},
@@ -151,7 +162,7 @@ def clean_inputs(name, dtype=np.float64, seed=0, **override):
         shape = _shape(dims, **override)
         if arg in STATE:  # a new buffer per call, never shared between cases
             state = rng.normal(size=shape)
-            args[arg] = (state ** 2 if arg == "v" else 0.1 * state).astype(dtype)
+            args[arg] = (state ** 2 if arg in ("v", "square_avg") else 0.1 * state).astype(dtype)
             continue
         if arg in WRITTEN and arg != "param":
             continue
@@ -570,6 +581,42 @@ def function_cases(name, backend):
                                       ("bool", True, TypeError), ("list", [3], TypeError)):
                 add(f"step-{label}", lambda value=value, exc=exc: Case(
                     call, dict(clean_inputs(name), step=value), raises(exc, named("step"))))
+        elif name == "rmsprop_update":
+            accepted += [("alpha-one", "alpha", 1.0), ("alpha-zero", "alpha", 0.0),
+                         ("eps-tiny", "eps", 1e-30), ("centered-numpy_bool", "centered",
+                                                      np.bool_(False))]
+            for label, extra in (("momentum", dict(momentum=0.9, momentum_buffer="zeros")),
+                                 ("centered", dict(centered=True, grad_avg="zeros")),
+                                 ("both", dict(momentum=0.5, momentum_buffer="zeros",
+                                               centered=True, grad_avg="zeros"))):
+                def build(extra=extra):
+                    kw = clean_inputs(name)
+                    kw.update({k: np.zeros(kw["param"].shape) if v == "zeros" else v
+                               for k, v in extra.items()})
+                    return same(kw, written=written | {"momentum_buffer", "grad_avg"})
+                add(f"{label}-accepted", build)
+            for label, extra, exc, arg in (
+                    ("centered-str", dict(centered="yes"), TypeError, "centered"),
+                    ("centered-int", dict(centered=1), TypeError, "centered"),
+                    ("momentum_buffer-missing", dict(momentum=0.9), ValueError,
+                     "momentum_buffer"),
+                    ("grad_avg-missing", dict(centered=True), ValueError, "grad_avg"),
+                    ("grad_avg-is-square_avg", dict(centered=True, grad_avg="square_avg"),
+                     ValueError, "grad_avg"),
+                    ("momentum_buffer-readonly", dict(momentum=0.9, momentum_buffer="ro"),
+                     ValueError, "momentum_buffer"),
+                    ("momentum_buffer-dtype", dict(momentum=0.9, momentum_buffer="f32"),
+                     TypeError, "momentum_buffer")):
+                def build(extra=extra, exc=exc, arg=arg):
+                    kw = clean_inputs(name)
+                    shape = kw["param"].shape
+                    made = {"square_avg": kw["square_avg"],
+                            "ro": _readonly(np.zeros(shape)),
+                            "f32": np.zeros(shape, np.float32)}
+                    kw.update({k: made.get(v, v) if isinstance(v, str) and k != "centered"
+                               else v for k, v in extra.items()})
+                    return Case(call, kw, raises(exc, named(arg)))
+                add(label, build)
         else:
             accepted += [("momentum-one", "momentum", 1.0), ("momentum-zero", "momentum", 0.0),
                          ("nesterov-false", "nesterov", False),
@@ -736,10 +783,24 @@ def mlp_cases(backend):
         "backend-unknown": (dict(backend="gpu"), ValueError, "backend", "'compiled'"),
         "seed-str": (dict(seed="abc"), TypeError, "seed"),
         "seed-negative": (dict(seed=-1), ValueError, "seed"),
+        "dropout-one": (dict(dropout=1.0), ValueError, "dropout"),
+        "dropout-negative": (dict(dropout=-0.1), ValueError, "dropout"),
+        "dropout-nan": (dict(dropout=math.nan), ValueError, "dropout"),
+        "dropout-str": (dict(dropout="0.5"), TypeError, "dropout"),
+        "dropout-bool": (dict(dropout=True), TypeError, "dropout"),
+        "dropout-count": (dict(dropout=[0.1, 0.2]), ValueError, "dropout"),
+        "dropout-item-str": (dict(dropout=["0.5"]), TypeError, "dropout"),
+        "dropout-dict": (dict(dropout={"p": 0.5}), TypeError, "dropout"),
     }
     for label, (kw, exc, arg, *words) in bad_ctor.items():
         add(f"init-{label}", lambda kw=kw, exc=exc, arg=arg, words=words: Case(
             ctor, {**base, **kw}, raises(exc, named(arg), *words)))
+    for label, value, expected in (("float", 0.5, (0.5,)), ("list", [0.25], (0.25,)),
+                                   ("ndarray", np.array([0.1]), (0.1,)), ("zero", 0, (0.0,)),
+                                   ("none", None, (0.0,))):
+        add(f"init-dropout-{label}", lambda value=value, expected=expected: Case(
+            ctor, dict(base, dropout=value),
+            Check(lambda net, expected=expected: _assert_same(net.dropout, expected, True))))
     add("init-sizes-ndarray", lambda: Case(
         ctor, dict(base, layer_sizes=np.array(SIZES)),
         Check(lambda net: _assert_same(net.layer_sizes, SIZES, True))))
@@ -943,8 +1004,9 @@ def mlp_cases(backend):
                                           ("str", "0.1", TypeError),
                                           ("none", None, TypeError),
                                           ("array", np.array([0.1]), TypeError)):
-                    if arg == "lr" and value is None:  # lr=None: the optimizer's default
-                        add(f"{tag}-lr-default", lambda kw=kw, ok=ok: ok({**kw(), "lr": None}))
+                    if arg in ("lr", "weight_decay") and value is None:  # the optimizer's default
+                        add(f"{tag}-{arg}-default", lambda kw=kw, ok=ok, arg=arg: ok(
+                            {**kw(), arg: None}))
                         continue
                     add(f"{tag}-{arg}-{label}",
                         lambda arg=arg, value=value, exc=exc, kw=kw, case=case: case(
@@ -957,7 +1019,7 @@ def mlp_cases(backend):
             add(f"{tag}-lr-numpy-scalar", lambda kw=kw, ok=ok: ok({**kw(), "lr": np.float64(0.05)}))
             # the optimizer options
             for label, value, exc, arg, *words in (
-                    ("optimizer-unknown", dict(optimizer="rmsprop"), ValueError, "optimizer",
+                    ("optimizer-unknown", dict(optimizer="adagrad"), ValueError, "optimizer",
                      "'adam'", "'sgd'"),
                     ("optimizer-none", dict(optimizer=None), ValueError, "optimizer", "'adam'"),
                     ("optimizer-upper", dict(optimizer="Adam"), ValueError, "optimizer"),
@@ -974,14 +1036,45 @@ def mlp_cases(backend):
                      "betas[0]"),
                     ("eps-zero", dict(optimizer="adam", eps=0.0), ValueError, "eps"),
                     ("eps-negative", dict(optimizer="adam", eps=-1e-8), ValueError, "eps"),
-                    ("eps-str", dict(optimizer="adam", eps="1e-8"), TypeError, "eps")):
+                    ("eps-str", dict(optimizer="adam", eps="1e-8"), TypeError, "eps"),
+                    ("alpha-negative", dict(optimizer="rmsprop", alpha=-0.1), ValueError,
+                     "alpha"),
+                    ("alpha-above-one", dict(optimizer="rmsprop", alpha=1.5), ValueError,
+                     "alpha"),
+                    ("alpha-nan", dict(optimizer="rmsprop", alpha=math.nan), ValueError,
+                     "alpha"),
+                    ("alpha-str", dict(optimizer="rmsprop", alpha="0.9"), TypeError, "alpha"),
+                    ("centered-str", dict(optimizer="rmsprop", centered="yes"), TypeError,
+                     "centered"),
+                    ("centered-none", dict(optimizer="rmsprop", centered=None), TypeError,
+                     "centered"),
+                    *((f"{clip}-{label}", {clip: value}, exc, clip)
+                      for clip in ("clip_grad_norm", "clip_grad_value")
+                      for label, value, exc in (("negative", -1.0, ValueError),
+                                                ("nan", math.nan, ValueError),
+                                                ("inf", math.inf, ValueError),
+                                                ("str", "1.0", TypeError),
+                                                ("bool", True, TypeError),
+                                                ("array", np.array([1.0]), TypeError)))):
                 add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, words=words, kw=kw,
                     case=case: case({**kw(), **value}, raises(exc, named(arg), *words)))
             for label, value in (("adam", dict(optimizer="adam")),
                                  ("adam-decay-weights", dict(optimizer="adam", decay="weights",
                                                              weight_decay=0.01)),
                                  ("sgd-decay-weights", dict(momentum=0.9, decay="weights",
-                                                            weight_decay=0.01))):
+                                                            weight_decay=0.01)),
+                                 ("adamw", dict(optimizer="adamw")),
+                                 ("adamw-decay-weights", dict(optimizer="adamw",
+                                                              decay="weights")),
+                                 ("rmsprop", dict(optimizer="rmsprop")),
+                                 ("rmsprop-all-options", dict(optimizer="rmsprop", momentum=0.9,
+                                                              centered=True, alpha=0.9,
+                                                              weight_decay=0.01)),
+                                 ("clip-norm", dict(clip_grad_norm=0.5)),
+                                 ("clip-norm-zero", dict(clip_grad_norm=0.0)),
+                                 ("clip-value", dict(optimizer="adam", clip_grad_value=0.1)),
+                                 ("clip-both", dict(clip_grad_norm=0.5, clip_grad_value=0.1,
+                                                    momentum=0.9))):
                 add(f"{tag}-{label}", lambda value=value, kw=kw, ok=ok: ok({**kw(), **value}))
             if method != "fit":
                 continue
@@ -998,7 +1091,7 @@ def mlp_cases(backend):
                      ValueError, "validation_data"),
                     ("callback-not-callable", dict(callback=3), TypeError, "callback"),
                     ("seed-str", dict(seed="abc"), TypeError, "seed"),
-                    ("schedule-unknown", dict(schedule="cosine"), ValueError, "schedule",
+                    ("schedule-unknown", dict(schedule="cyclic"), ValueError, "schedule",
                      "'constant'", "'invscaling'", "'adaptive'"),
                     ("schedule-none", dict(schedule=None), ValueError, "schedule"),
                     ("power_t-negative", dict(power_t=-0.5), ValueError, "power_t"),
@@ -1014,7 +1107,32 @@ def mlp_cases(backend):
                     ("early_stopping-no-validation", dict(early_stopping=True), ValueError,
                      "early_stopping"),
                     ("early_stopping-str", dict(early_stopping="yes"), TypeError,
-                     "early_stopping")):
+                     "early_stopping"),
+                    ("schedule_options-not-dict", dict(schedule="step",
+                                                       schedule_options=[("step_size", 1)]),
+                     TypeError, "schedule_options"),
+                    ("schedule_options-unknown", dict(schedule="step", schedule_options=dict(
+                        step_size=1, milestones=[1])), ValueError, "schedule_options",
+                     "'milestones'"),
+                    ("schedule_options-missing", dict(schedule="step"), ValueError,
+                     "schedule_options", "'step_size'"),
+                    ("schedule_options-for-constant", dict(schedule_options=dict(gamma=0.5)),
+                     ValueError, "schedule_options"),
+                    ("schedule_options-gamma-negative", dict(
+                        schedule="exponential", schedule_options=dict(gamma=-0.5)), ValueError,
+                     "schedule_options['gamma']"),
+                    ("schedule_options-step_size-float", dict(
+                        schedule="step", schedule_options=dict(step_size=1.5)), TypeError,
+                     "schedule_options['step_size']"),
+                    ("schedule_options-pct_start", dict(
+                        schedule="onecycle", schedule_options=dict(pct_start=2.0)), ValueError,
+                     "schedule_options['pct_start']"),
+                    ("schedule-callable-negative", dict(schedule=lambda epoch: -0.1),
+                     ValueError, "schedule"),
+                    ("schedule-callable-none", dict(schedule=lambda epoch: None), TypeError,
+                     "schedule"),
+                    ("schedule-callable-nan", dict(schedule=lambda epoch: math.nan),
+                     ValueError, "schedule")):
                 add(f"{tag}-{label}", lambda value=value, exc=exc, arg=arg, words=words, kw=kw,
                     case=case: case({**kw(), **value}, raises(exc, named(arg), *words)))
             add(f"{tag}-epochs-zero", lambda kw=kw, ok=ok: ok({**kw(), "epochs": 0}))
@@ -1023,6 +1141,17 @@ def mlp_cases(backend):
                                  ("early-stopping", dict(
                                      early_stopping=True, patience=1,
                                      validation_data=_data(loss, n=4, seed=2))),
+                                 ("schedule-step", dict(schedule="step",
+                                                        schedule_options=dict(step_size=1))),
+                                 ("schedule-exponential", dict(
+                                     schedule="exponential", schedule_options=dict(gamma=0.5))),
+                                 ("schedule-cosine-warmup", dict(
+                                     schedule="cosine", schedule_options=dict(warmup_epochs=1))),
+                                 ("schedule-onecycle", dict(schedule="onecycle")),
+                                 ("schedule-onecycle-adamw", dict(schedule="onecycle",
+                                                                  optimizer="adamw")),
+                                 ("schedule-callable", dict(schedule=lambda epoch: 0.1 / (
+                                     epoch + 1))),
                                  ("adam-sample-weight", dict(optimizer="adam",
                                                              sample_weight=np.arange(6) % 2 + 1))):
                 add(f"{tag}-{label}", lambda value=value, kw=kw, ok=ok: ok({**kw(), **value}))

@@ -406,6 +406,35 @@ def test_adam_matches_reference(weight_decay, dtype):
     assert_close(state["bp"][0], state["ref"][0], dtype, scale=10)
 
 
+def test_adamw_bitwise_equals_reference(dtype):
+    rng = np.random.default_rng(54)
+    p = rng.normal(size=(5, 4)).astype(dtype)
+    state = {k: (p.copy(), np.zeros_like(p), np.zeros_like(p)) for k in ("ref", "bp")}
+    for step in range(1, 31):
+        g = rng.normal(size=p.shape).astype(dtype)
+        for k, fn in (("ref", reference.adamw_update), ("bp", _kernels.adamw_update)):
+            q, m, v = state[k]
+            fn(q, g, lr=0.01, m=m, v=v, step=step, weight_decay=0.1)
+    for a, b in zip(state["bp"], state["ref"]):
+        np.testing.assert_array_equal(a, b)  # the same formula, rounded alike
+
+
+@pytest.mark.parametrize("momentum, centered", [(0.0, False), (0.9, False), (0.0, True),
+                                                (0.5, True)])
+def test_rmsprop_bitwise_equals_reference(momentum, centered, dtype):
+    rng = np.random.default_rng(55)
+    p = rng.normal(size=(5, 4)).astype(dtype)
+    state = {k: [p.copy()] + [np.zeros_like(p) for _ in range(3)] for k in ("ref", "bp")}
+    for _ in range(30):
+        g = rng.normal(size=p.shape).astype(dtype)
+        for k, fn in (("ref", reference.rmsprop_update), ("bp", _kernels.rmsprop_update)):
+            q, sq, buf, ga = state[k]
+            fn(q, g, lr=0.01, square_avg=sq, momentum=momentum, momentum_buffer=buf,
+               centered=centered, grad_avg=ga, weight_decay=0.01)
+    for a, b in zip(state["bp"], state["ref"]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sklearn_sgd_bitwise_equals_reference(nesterov, dtype):
     rng = np.random.default_rng(52)

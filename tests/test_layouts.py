@@ -25,8 +25,10 @@ from bpcore import MLP
 
 BACKENDS = {"compiled": bpcore, "reference": R}
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
-WRITTEN = ("out", "grad_x", "grad_w", "grad_b", "param", "velocity", "m", "v")
-STATE = ("param", "velocity", "m", "v")  # written in place and returned / kept
+WRITTEN = ("out", "grad_x", "grad_w", "grad_b", "param", "velocity", "m", "v", "square_avg",
+           "momentum_buffer", "grad_avg")
+# written in place and returned / kept
+STATE = ("param", "velocity", "m", "v", "square_avg", "momentum_buffer", "grad_avg")
 
 # name -> (array arguments and their shapes in symbols, fixed keyword arguments)
 SPECS = {
@@ -52,6 +54,10 @@ SPECS = {
                    dict(lr=0.1, momentum=0.9)),
     "adam_update": ({"param": "nm", "grad": "nm", "m": "nm", "v": "nm"},
                     dict(lr=0.01, step=3)),
+    "adamw_update": ({"param": "nm", "grad": "nm", "m": "nm", "v": "nm"},
+                     dict(lr=0.01, step=3)),
+    "rmsprop_update": ({"param": "nm", "grad": "nm", "square_avg": "nm", "momentum_buffer": "nm",
+                        "grad_avg": "nm"}, dict(lr=0.01, momentum=0.9, centered=True)),
     "sklearn_sgd_update": ({"param": "nm", "grad": "nm", "velocity": "nm"},
                            dict(lr=0.1, momentum=0.9)),
     "sklearn_adam_update": ({"param": "nm", "grad": "nm", "m": "nm", "v": "nm"},
@@ -81,8 +87,10 @@ def _clean(name, dtype, shape_kind, seed=0):
             value = rng.integers(0, dims["m"], size=shape)
         elif arg == "targets":
             value = rng.uniform(size=shape)
-        elif arg == "v":
-            value = rng.uniform(size=shape)
+        elif arg in ("v", "square_avg"):
+            value = rng.uniform(1.0, 2.0, size=shape)  # above grad_avg**2: a real sqrt
+        elif arg == "grad_avg":
+            value = rng.uniform(-0.5, 0.5, size=shape)
         elif arg in ("a",) and "backward" in name and name != "linear_backward":
             value = rng.uniform(0.05, 0.95, size=shape)  # a saved activation output
         else:

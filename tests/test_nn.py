@@ -233,21 +233,49 @@ def test_parameter_block_is_aligned_and_viewed():
     assert 42.0 in net.parameters
 
 
-def test_train_step_allocates_nothing_that_grows():
-    net = MLP([20, 16, 4], loss="cross_entropy", seed=0)
+@pytest.mark.parametrize("options, steps", [
+    (dict(momentum=0.9), 10_000),
+    (dict(optimizer="rmsprop", momentum=0.9, centered=True, clip_grad_norm=1.0), 3_000),
+    (dict(optimizer="adamw", clip_grad_value=0.1), 3_000),
+    (dict(momentum=0.9, dropout=0.5), 3_000)], ids=["sgd", "rmsprop", "adamw", "dropout"])
+def test_train_step_allocates_nothing_that_grows(options, steps):
+    options = dict(options)
+    net = MLP([20, 16, 4], loss="cross_entropy", seed=0, dropout=options.pop("dropout", None))
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 20)).astype(np.float32)
     y = rng.integers(0, 4, 8)
     for _ in range(100):
-        net.train_step(x, y, lr=0.01, momentum=0.9)
+        net.train_step(x, y, lr=0.01, **options)
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    for _ in range(10_000):
-        net.train_step(x, y, lr=0.01, momentum=0.9)
+    for _ in range(steps):
+        net.train_step(x, y, lr=0.01, **options)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert growth < 10_000  # bytes: tracemalloc's own bookkeeping, not per-step growth
+
+
+def test_a_scheduled_clipped_epoch_allocates_nothing_per_batch():
+    """2 000 batches with a per-batch rate and momentum table, clipping and dropout: one
+    call, no Python and no allocation per batch (what fit's onecycle epoch runs)."""
+    net = MLP([20, 16, 4], loss="cross_entropy", seed=0, dropout=0.2)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2_000, 20)).astype(np.float32)
+    y = rng.integers(0, 4, 2_000)
+    x, y = net.prepare_inputs(x, y)
+    order = rng.permutation(2_000).astype(np.int64)
+    for _ in range(2):
+        rule, state = net.update_rule("rmsprop", lr=1e-3, momentum=0.9, centered=True,
+                                      clip_grad_norm=1.0, clip_grad_value=0.5)
+        rule.set_schedule(np.linspace(1e-3, 1e-4, 2_000), np.linspace(0.95, 0.85, 2_000))
+        tracemalloc.start()
+        status, _, done = net.core.epoch(net.parameters, np.zeros_like(net.parameters), state,
+                                         x, y, None, order, 1, rule)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert (status, done) == (0, 2_000)
+    assert peak < 10_000  # bytes: the call's own objects (~3 kB), nothing per batch
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -516,7 +544,7 @@ def test_sample_weight_validation():
     with pytest.raises(ValueError, match="must not sum to 0"):
         net.loss_and_grads(x, y, sample_weight=np.zeros(len(x)))
     with pytest.raises(ValueError, match="`optimizer`"):
-        net.train_step(x, y, lr=0.1, optimizer="rmsprop")
+        net.train_step(x, y, lr=0.1, optimizer="adagrad")
     with pytest.raises(ValueError, match=r"`y` must lie in \[0, 1\]"):
         MLP([5, 3], loss="binary_cross_entropy", dtype="float64").fit(
             x, y * 5, epochs=1, batch_size=4, lr=0.1)
@@ -767,3 +795,187 @@ def test_metrics_accuracy_in_history_and_verbose_lines(capsys):
         net.fit(x, labels, metrics=("f1",))
     with pytest.raises(TypeError, match="`metrics`"):
         net.fit(x, labels, metrics="accuracy")
+
+
+# ---------------------------------------------------------------------------
+# AdamW, RMSprop, clipping and PyTorch's schedules: whole fits against torch
+# ---------------------------------------------------------------------------
+
+def _torch_fit(torch, net, x, y, epochs, batch_size, make_opt, make_sched=None,
+               per_batch=False, clip_norm=None, clip_value=None, dtype="float64"):
+    """The same fit in PyTorch (rows in order): parameters and the rate of every step."""
+    tdt = getattr(torch, dtype)
+    params = [torch.tensor(a.copy(), requires_grad=True) for a in net.weights + net.biases]
+    opt = make_opt(params)
+    sched = make_sched(torch.optim.lr_scheduler, opt) if make_sched else None
+    xt, yt = torch.tensor(x, dtype=tdt), torch.tensor(y, dtype=tdt)
+    rates = []
+    for _ in range(epochs):
+        for start in range(0, len(x), batch_size):
+            opt.zero_grad()
+            h = torch.tanh(xt[start:start + batch_size] @ params[0] + params[2])
+            out = h @ params[1] + params[3]
+            torch.nn.functional.mse_loss(out, yt[start:start + batch_size]).backward()
+            if clip_value is not None:
+                torch.nn.utils.clip_grad_value_(params, clip_value)
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None and per_batch:
+                sched.step()
+        if sched is not None and not per_batch:
+            sched.step()
+    return [p.detach().numpy() for p in params], rates
+
+
+# (fit's options, torch optimizer, torch scheduler, per batch)
+TORCH_FITS = {
+    "adamw-clip-norm-cosine-warmup": (
+        dict(optimizer="adamw", lr=0.01, clip_grad_norm=0.5, schedule="cosine",
+             schedule_options=dict(warmup_epochs=4, eta_min=1e-4)),
+        lambda T, p: T.optim.AdamW(p, lr=0.01, foreach=False),
+        lambda L, o: L.SequentialLR(o, [L.LinearLR(o, 1 / 3, total_iters=4),
+                                        L.CosineAnnealingLR(o, 20, 1e-4)], [4]), False),
+    "rmsprop-centered-momentum-clip-value-step": (
+        dict(optimizer="rmsprop", lr=0.005, momentum=0.5, centered=True, weight_decay=0.01,
+             clip_grad_value=0.05, schedule="step", schedule_options=dict(step_size=5)),
+        lambda T, p: T.optim.RMSprop(p, lr=0.005, momentum=0.5, centered=True,
+                                     weight_decay=0.01, foreach=False),
+        lambda L, o: L.StepLR(o, 5), False),
+    "sgd-nesterov-onecycle": (
+        dict(lr=0.05, momentum=0.9, nesterov=True, schedule="onecycle",
+             schedule_options=dict(max_lr=0.2)),
+        lambda T, p: T.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, foreach=False),
+        lambda L, o: L.OneCycleLR(o, 0.2, epochs=24, steps_per_epoch=5), True),
+    "adam-onecycle-beta1-clip-norm": (
+        dict(optimizer="adam", lr=0.01, schedule="onecycle", clip_grad_norm=1.0,
+             schedule_options=dict(pct_start=0.4, three_phase=True)),
+        lambda T, p: T.optim.Adam(p, lr=0.01, foreach=False),
+        lambda L, o: L.OneCycleLR(o, 0.01, epochs=24, steps_per_epoch=5, pct_start=0.4,
+                                  three_phase=True), True),
+    "rmsprop-onecycle-momentum-from-zero": (
+        dict(optimizer="rmsprop", lr=0.002, schedule="onecycle"),
+        lambda T, p: T.optim.RMSprop(p, lr=0.002, foreach=False),
+        lambda L, o: L.OneCycleLR(o, 0.002, epochs=24, steps_per_epoch=5), True),
+    "adamw-exponential": (
+        dict(optimizer="adamw", lr=0.01, weight_decay=0.1, betas=(0.8, 0.99),
+             schedule="exponential", schedule_options=dict(gamma=0.9)),
+        lambda T, p: T.optim.AdamW(p, lr=0.01, betas=(0.8, 0.99), weight_decay=0.1,
+                                   foreach=False),
+        lambda L, o: L.ExponentialLR(o, 0.9), False),
+    "sgd-callable": (
+        dict(lr=0.05, momentum=0.5, schedule=lambda epoch: 0.05 / (1 + epoch)),
+        lambda T, p: T.optim.SGD(p, lr=0.05, momentum=0.5, foreach=False),
+        lambda L, o: L.LambdaLR(o, lambda epoch: 1 / (1 + epoch)), False),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", sorted(TORCH_FITS))
+def test_fit_trajectory_equals_torch_optimizer_and_scheduler(case, backend):
+    """120 steps (24 epochs of 5 batches) against torch's optimizer + clipping + scheduler."""
+    torch = import_oracle("torch")
+    options, make_opt, make_sched, per_batch = TORCH_FITS[case]
+    x, y = _toy()
+    net = MLP([5, 6, 3], activation="tanh", dtype="float64", seed=3, backend=backend)
+    expected, rates = _torch_fit(torch, net, x, y, 24, 8, lambda p: make_opt(torch, p),
+                                 make_sched, per_batch, options.get("clip_grad_norm"),
+                                 options.get("clip_grad_value"))
+    hist = net.fit(x, y, epochs=24, batch_size=8, shuffle=False, **options)
+    # the rate of each epoch (per-batch schedules: of its first batch), as torch set it
+    assert hist["lr"] == pytest.approx(rates[::5], rel=1e-15, abs=0)
+    for mine, ref in zip(net.weights + net.biases, expected):
+        np.testing.assert_allclose(mine, ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["adamw-clip-norm-cosine-warmup",
+                                  "rmsprop-centered-momentum-clip-value-step",
+                                  "sgd-nesterov-onecycle"])
+def test_float32_fit_trajectory_follows_torch(case):
+    torch = import_oracle("torch")
+    options, make_opt, make_sched, per_batch = TORCH_FITS[case]
+    x, y = _toy()
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    net = MLP([5, 6, 3], activation="tanh", dtype="float32", seed=3)
+    expected, _ = _torch_fit(torch, net, x, y, 24, 8, lambda p: make_opt(torch, p),
+                             make_sched, per_batch, options.get("clip_grad_norm"),
+                             options.get("clip_grad_value"), dtype="float32")
+    net.fit(x, y, epochs=24, batch_size=8, shuffle=False, **options)
+    for mine, ref in zip(net.weights + net.biases, expected):
+        np.testing.assert_allclose(mine, ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("optimizer, options", [
+    ("adamw", dict(weight_decay=0.05)), ("rmsprop", dict(momentum=0.9, centered=True)),
+    ("sgd", dict(momentum=0.9, clip_grad_norm=0.3, clip_grad_value=0.1))])
+def test_train_steps_with_new_options_equal_fit_and_the_reference(optimizer, options):
+    x, y = _toy()
+    nets = _net_pair() + _net_pair()[:1]
+    for net in nets[:2]:
+        for _ in range(3):
+            for start in range(0, 40, 8):
+                net.train_step(x[start:start + 8], y[start:start + 8], lr=0.01,
+                               optimizer=optimizer, **options)
+    nets[2].fit(x, y, epochs=3, batch_size=8, lr=0.01, shuffle=False, optimizer=optimizer,
+                **options)
+    np.testing.assert_array_equal(nets[0].parameters, nets[2].parameters)
+    np.testing.assert_allclose(nets[0].parameters, nets[1].parameters, rtol=1e-12, atol=1e-14)
+
+
+def test_adamw_default_decay_is_pytorchs_and_reset_forgets_rmsprop_state():
+    x, y = _toy()
+    a, b = _net_pair()[0], _net_pair()[0]
+    a.train_step(x, y, optimizer="adamw")
+    b.train_step(x, y, optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+    a.train_step(x, y, optimizer="rmsprop", momentum=0.9)
+    a.reset_optimizer()
+    c = MLP.from_arrays(a.weights, a.biases, activation="tanh")
+    a.train_step(x, y, optimizer="rmsprop", momentum=0.9)
+    c.train_step(x, y, optimizer="rmsprop", momentum=0.9)
+    np.testing.assert_array_equal(a.parameters, c.parameters)
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+
+def test_dropout_fit_is_reproducible_agrees_across_backends_and_never_drops_in_predict():
+    x, y = _toy(n=64)
+    nets = [MLP([5, 16, 12, 3], activation="tanh", dtype="float64", seed=3, backend=b,
+                dropout=[0.5, 0.25]) for b in ("compiled", "reference", "compiled")]
+    for net in nets:
+        net.fit(x, y, epochs=4, batch_size=8, lr=0.05, seed=11)
+    np.testing.assert_array_equal(nets[0].parameters, nets[2].parameters)
+    np.testing.assert_allclose(nets[0].parameters, nets[1].parameters, rtol=1e-11, atol=1e-13)
+    other = MLP([5, 16, 12, 3], activation="tanh", dtype="float64", seed=3, dropout=0.5)
+    other.fit(x, y, epochs=4, batch_size=8, lr=0.05, seed=12)
+    assert not np.allclose(other.parameters, nets[0].parameters)
+    plain = MLP.from_arrays(nets[0].weights, nets[0].biases, activation="tanh")
+    np.testing.assert_array_equal(nets[0].predict(x), plain.predict(x))
+    assert nets[0].evaluate(x, y) == plain.evaluate(x, y)
+    assert nets[0].dropout == (0.5, 0.25) and other.dropout == (0.5, 0.5)
+
+
+def test_dropout_zero_is_no_dropout_bitwise():
+    x, y = _toy()
+    a = MLP([5, 6, 3], dtype="float64", seed=3, dropout=0.0)
+    b = MLP([5, 6, 3], dtype="float64", seed=3)
+    for net in (a, b):
+        net.fit(x, y, epochs=2, batch_size=8, lr=0.05, seed=0)
+        net.train_step(x, y, lr=0.05, momentum=0.9)
+    np.testing.assert_array_equal(a.parameters, b.parameters)
+
+
+def test_dropout_train_steps_draw_new_masks_and_train_step_fast_path_drops():
+    x, y = _toy()
+    net = MLP([5, 32, 3], dtype="float64", seed=3, dropout=0.5)
+    first = net.loss_and_grads(x, y)[1][0][0]
+    second = net.loss_and_grads(x, y)[1][0][0]
+    assert not np.allclose(first, second)  # a new step, new masks
+    twin = MLP([5, 32, 3], dtype="float64", seed=3, dropout=0.5, backend="reference")
+    for model in (net, twin):
+        model.core.dropout_step = 0
+        model.train_step(x, y, lr=0.05)  # the compiled fast path (plain SGD) drops too
+    np.testing.assert_allclose(net.parameters, twin.parameters, rtol=1e-12, atol=1e-14)

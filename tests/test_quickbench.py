@@ -42,6 +42,11 @@ def test_smoke_prints_the_headline_tables_beside_every_peer(capsys):
         values = [float(v) for v in re.findall(NUMBER, row)]
         assert len(values) == 7 and min(values[:5]) > 0 and min(values) >= 0, row
     assert len(training) == 3
+    options = _section(out, "Step options")
+    assert [row[:26].strip() for row in options] == [
+        label for label, _, _ in _quickbench.STEP_OPTIONS]
+    for row in options:
+        assert len(re.findall(NUMBER, row[26:])) == 2, row
     digits = next(line for line in out.splitlines() if line.startswith("Digits 64-64-10"))
     assert re.search(rf"epoch bpcore {NUMBER} ms, scikit-learn {NUMBER} ms", digits)
     assert re.search(rf"after 1 epochs bpcore {NUMBER}, scikit-learn {NUMBER}$", digits)

@@ -526,6 +526,12 @@ def _calls(R, dtype):
                                                   (z, a_sig), {}),
         "adam_update": (R.adam_update, (arr(5, 3), g),
                         dict(lr=0.1, m=arr(5, 3), v=arr(5, 3) ** 2, step=3, weight_decay=0.1)),
+        "adamw_update": (R.adamw_update, (arr(5, 3), g),
+                         dict(lr=0.1, m=arr(5, 3), v=arr(5, 3) ** 2, step=3)),
+        "rmsprop_update": (R.rmsprop_update, (arr(5, 3), g),
+                           dict(lr=0.1, square_avg=arr(5, 3) ** 2 + 1, momentum=0.9,
+                                momentum_buffer=arr(5, 3), centered=True,
+                                grad_avg=0.1 * arr(5, 3))),
         "sklearn_sgd_update": (R.sklearn_sgd_update, (arr(5, 3), g),
                                dict(lr=0.1, momentum=0.9, velocity=arr(5, 3))),
         "sklearn_adam_update": (R.sklearn_adam_update, (arr(5, 3), g),
@@ -541,7 +547,8 @@ def _calls(R, dtype):
 def test_inputs_not_modified(R, name, dtype):
     fn, args, kwargs = _calls(R, dtype)[name]
     # sgd_update writes param (args[0]) and velocity by contract; matmul with beta, out.
-    written = {"sgd_update": {0}, "adam_update": {0}, "sklearn_sgd_update": {0},
+    written = {"sgd_update": {0}, "adam_update": {0}, "adamw_update": {0},
+               "rmsprop_update": {0}, "sklearn_sgd_update": {0},
                "sklearn_adam_update": {0}}.get(name, set())
     saved = [a.copy() for a in args]
     fn(*args, **kwargs)
@@ -726,6 +733,46 @@ def test_adam_matches_torch_over_100_steps(R, torch, weight_decay):
     np.testing.assert_allclose(param, _np(tp), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("weight_decay", [None, 0.0, 0.05])
+def test_adamw_matches_torch_over_150_steps(R, torch, weight_decay):
+    rng = np.random.default_rng(47)
+    p0 = rng.normal(size=(6, 5))
+    grads = rng.normal(size=(150, 6, 5))
+    param, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    decay = {} if weight_decay is None else dict(weight_decay=weight_decay)  # default 0.01
+    opt = torch.optim.AdamW([tp], lr=0.01, betas=(0.8, 0.99), eps=1e-7, foreach=False,
+                            **decay)
+    for step, g in enumerate(grads, start=1):
+        R.adamw_update(param, g, lr=0.01, m=m, v=v, step=step, beta1=0.8, beta2=0.99,
+                       eps=1e-7, **decay)
+        tp.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(param, _np(tp), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("momentum, centered, weight_decay, alpha",
+                         [(0.0, False, 0.0, 0.99), (0.9, False, 0.01, 0.99),
+                          (0.0, True, 0.0, 0.9), (0.5, True, 0.1, 0.95)])
+def test_rmsprop_matches_torch_over_150_steps(R, torch, momentum, centered, weight_decay,
+                                              alpha):
+    rng = np.random.default_rng(48)
+    p0 = rng.normal(size=(6, 5))
+    grads = rng.normal(size=(150, 6, 5))
+    param, sq, buf, ga = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), np.zeros_like(p0)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    opt = torch.optim.RMSprop([tp], lr=0.01, alpha=alpha, momentum=momentum, centered=centered,
+                              weight_decay=weight_decay, foreach=False)
+    for g in grads:
+        R.rmsprop_update(param, g, lr=0.01, square_avg=sq, alpha=alpha, momentum=momentum,
+                         momentum_buffer=buf, centered=centered, grad_avg=ga,
+                         weight_decay=weight_decay)
+        tp.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(param, _np(tp), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sq, _np(opt.state[tp]["square_avg"]), rtol=1e-12)
+
+
 def _sk_optimizers():
     return pytest.importorskip("sklearn.neural_network._stochastic_optimizers")
 
@@ -787,3 +834,14 @@ def test_optimizers_validate_their_state(R):
         R.sklearn_sgd_update(p, g, lr=0.1, momentum=0.9, velocity=p)
     with pytest.raises(ValueError, match="`momentum` must be <= 1"):
         R.sklearn_sgd_update(p, g, lr=0.1, momentum=1.5, velocity=np.zeros(3))
+    with pytest.raises(ValueError, match="`momentum_buffer` is required"):
+        R.rmsprop_update(p, g, lr=0.1, square_avg=np.zeros(3), momentum=0.9)
+    with pytest.raises(ValueError, match="`grad_avg` is required"):
+        R.rmsprop_update(p, g, lr=0.1, square_avg=np.zeros(3), centered=True)
+    with pytest.raises(TypeError, match="`centered` must be a bool"):
+        R.rmsprop_update(p, g, lr=0.1, square_avg=np.zeros(3), centered="yes")
+    with pytest.raises(ValueError, match="`alpha` must be <= 1"):
+        R.rmsprop_update(p, g, lr=0.1, square_avg=np.zeros(3), alpha=1.5)
+    with pytest.raises(ValueError, match="`grad_avg` overlaps `square_avg`"):
+        sq = np.zeros(3)
+        R.rmsprop_update(p, g, lr=0.1, square_avg=sq, centered=True, grad_avg=sq)

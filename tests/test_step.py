@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import import_oracle
 
 from bpcore import _step, reference_core
 from bpcore.nn import _aligned_zeros
@@ -90,11 +91,17 @@ def _params(trainer, dtype, seed=1):
 RULES = [("sgd", dict(lr=0.05)), ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
          ("sgd", dict(lr=0.05, momentum=0.5, weight_decay=0.01, weights_only=True)),
          ("adam", dict(lr=1e-2, weight_decay=0.01)),
-         ("adam", dict(lr=1e-2, betas=(0.8, 0.99), weights_only=True, weight_decay=0.1))]
+         ("adam", dict(lr=1e-2, betas=(0.8, 0.99), weights_only=True, weight_decay=0.1)),
+         ("adamw", dict(lr=1e-2, weight_decay=0.05, clip_grad_norm=0.3)),
+         ("rmsprop", dict(lr=1e-2, weight_decay=0.01)),
+         ("rmsprop", dict(lr=1e-2, momentum=0.5, centered=True, alpha=0.9, weights_only=True,
+                          weight_decay=0.1, clip_grad_value=0.02)),
+         ("rmsprop", dict(lr=1e-2, centered=True)),
+         ("sgd", dict(lr=0.05, momentum=0.9, clip_grad_norm=0.1, clip_grad_value=0.05))]
 
 
 def _state(rule, n, dtype):
-    return tuple(_aligned_zeros(n, dtype) if i < rule.stateful else None for i in range(2))
+    return tuple(_aligned_zeros(n, dtype) if i < rule.stateful else None for i in range(3))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -125,7 +132,7 @@ def test_epoch_is_loss_and_grad_then_update_per_batch(core_name, loss, kind, set
         tr.update(p_steps, g, st_s, rule_s)
         expected_sum += batch_loss * (len(rows) if swb is None else swb.sum())
     np.testing.assert_array_equal(p_epoch, p_steps)
-    assert rule_e.step == rule_s.step == (5 if kind == "adam" else 0)
+    assert rule_e.step == rule_s.step == (5 if kind.startswith("adam") else 0)
     assert loss_sum == pytest.approx(expected_sum, rel=1e-14)
 
 
@@ -212,4 +219,196 @@ def test_state_blocks_are_checked():
     with pytest.raises(ValueError, match=r"`state\[0\]`"):
         tr.update(p, g, None, _step.UpdateRule("sgd", lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="`kind`"):
-        _step.UpdateRule("rmsprop", lr=0.1)
+        _step.UpdateRule("adagrad", lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_a_scheduled_rule_takes_each_updates_rate_and_momentum_from_its_table(core_name, kind):
+    """set_schedule's table = setting lr (and momentum / beta1) by hand before each update."""
+    core, dtype = CORES[core_name], np.float64
+    x, y = _problem("mse", dtype)
+    tr = _trainer(core, "mse", dtype)
+    lrs, moms = np.linspace(0.05, 0.01, 5), np.linspace(0.95, 0.85, 5)
+    p_table, p_hand = _params(tr, dtype), _params(tr, dtype)
+    g = _aligned_zeros(tr.n_params, dtype)
+    settings = dict(momentum=0.9) if kind != "adam" else {}
+    r_table = core.UpdateRule(kind, lr=1.0, **settings)
+    r_table.set_schedule(lrs, moms)
+    st_t = _state(r_table, tr.n_params, dtype)
+    tr.epoch(p_table, g, st_t, x, y, None, None, 5, r_table)
+    st_h = _state(r_table, tr.n_params, dtype)
+    for k, start in enumerate(range(0, len(x), 5)):
+        rule = core.UpdateRule(kind, lr=lrs[k], betas=(moms[k], 0.999), step=k,
+                               **dict(settings, momentum=moms[k]) if settings else {})
+        tr.loss_and_grad(p_hand, x[start:start + 5], y[start:start + 5], g)
+        tr.update(p_hand, g, st_h, rule)
+    np.testing.assert_array_equal(p_table, p_hand)
+    assert r_table.lr == lrs[-1]
+    tr.update(p_table, g, st_t, r_table)  # past the table: the last settings stay
+    assert r_table.lr == lrs[-1]
+
+
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_clipping_is_torchs_clip_grad_value_then_clip_grad_norm(core_name):
+    core, dtype = CORES[core_name], np.float64
+    tr = _trainer(core, "mse", dtype)
+    p = _params(tr, dtype)
+    g0 = np.random.default_rng(7).normal(size=tr.n_params)
+    for value, norm in ((None, 0.5), (0.1, None), (0.1, 0.2), (None, 1e6), (0.0, None)):
+        g = _aligned_zeros(tr.n_params, dtype)
+        g[...] = g0
+        q = p.copy()
+        tr.update(q, g, None, core.UpdateRule("sgd", lr=1.0, clip_grad_norm=norm,
+                                              clip_grad_value=value))
+        expected = g0.copy()
+        if value is not None:
+            expected = np.clip(expected, -value, value)
+        if norm is not None:
+            expected *= min(1.0, norm / (np.linalg.norm(expected) + 1e-6))
+        np.testing.assert_allclose(g, expected, rtol=1e-14, atol=0)  # clipped in place
+        np.testing.assert_allclose(q, p - expected, rtol=1e-14, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Dropout: the same counter-based masks in both twins, PyTorch's gradients
+# ---------------------------------------------------------------------------
+
+DROP_SIZES, DROP_ACTS, DROP_P = [5, 9, 8, 3], ["relu", "tanh", "identity"], (0.3, 0.5)
+
+
+def _drop_trainer(core, dtype, dropout=DROP_P, seed=1234, step=7):
+    tr = core.Trainer(DROP_SIZES, DROP_ACTS, "mse", "mean", dtype, dropout=dropout)
+    tr.dropout_seed, tr.dropout_step = seed, step
+    return tr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_gradients_equal_torch_with_the_same_mask(dtype):
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(13, 5)).astype(dtype), rng.normal(size=(13, 3)).astype(dtype)
+    tr = _drop_trainer(_step, dtype)
+    p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
+    status, loss = tr.loss_and_grad(p, x, y, g)
+    assert status == 0 and tr.dropout_step == 8
+    w_off, b_off = tr.offsets()
+    pairs = list(zip(DROP_SIZES[:-1], DROP_SIZES[1:]))
+    ws = [torch.tensor(p[o:o + a * b].reshape(a, b).copy(), requires_grad=True)
+          for (a, b), o in zip(pairs, w_off)]
+    bs = [torch.tensor(p[o:o + b].copy(), requires_grad=True) for (_, b), o in zip(pairs, b_off)]
+    h = torch.tensor(x)
+    for l, act in enumerate((torch.relu, torch.tanh, lambda t: t)):
+        h = act(h @ ws[l] + bs[l])
+        if l < 2:  # torch.nn.functional.dropout's result for this mask: x * mask / (1 - p)
+            mask = reference_core.dropout_keep(1234, 7, l, tuple(h.shape), DROP_P[l])
+            h = h * torch.tensor(mask.astype(dtype)) / (1 - DROP_P[l])
+    expected = torch.nn.functional.mse_loss(h, torch.tensor(y))
+    expected.backward()
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+    assert loss == pytest.approx(expected.item(), rel=tol["rtol"])
+    for (a, b), wo, bo, tw, tb in zip(pairs, w_off, b_off, ws, bs):
+        np.testing.assert_allclose(g[wo:wo + a * b].reshape(a, b), tw.grad.numpy(), **tol)
+        np.testing.assert_allclose(g[bo:bo + b], tb.grad.numpy(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_twins_draw_the_same_masks_and_advance_alike(dtype):
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(40, 5)).astype(dtype), rng.normal(size=(40, 3)).astype(dtype)
+    results = []
+    for core in (_step, reference_core):
+        tr = _drop_trainer(core, dtype)
+        p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
+        _, loss = tr.loss_and_grad(p, x, y, g)
+        grads = g.copy()
+        rule = core.UpdateRule("adam", lr=1e-2)
+        tr.epoch(p, g, _state(rule, tr.n_params, dtype), x, y, None, None, 8, rule)
+        results.append((loss, grads, p.copy(), tr.dropout_step))
+    (loss_c, g_c, p_c, step_c), (loss_r, g_r, p_r, step_r) = results
+    assert step_c == step_r == 7 + 1 + 5
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    assert loss_c == pytest.approx(loss_r, rel=tol["rtol"])
+    # one mask element drawn differently would move these by O(1)
+    np.testing.assert_allclose(g_c, g_r, **tol)
+    np.testing.assert_allclose(p_c, p_r, **tol)
+
+
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_dropout_epoch_is_its_steps_and_inference_drops_nothing(core_name):
+    core, dtype = CORES[core_name], np.float64
+    x, y = _problem("mse", dtype)
+    tr, plain = _drop_trainer(core, dtype), _drop_trainer(core, dtype, dropout=None)
+    p_epoch, p_steps = _params(tr, dtype), _params(tr, dtype)
+    g = _aligned_zeros(tr.n_params, dtype)
+    tr.epoch(p_epoch, g, None, x, y, None, None, 5, core.UpdateRule("sgd", lr=0.05))
+    tr.dropout_step = 7
+    for start in range(0, len(x), 5):
+        tr.loss_and_grad(p_steps, x[start:start + 5], y[start:start + 5], g)
+        tr.update(p_steps, g, None, core.UpdateRule("sgd", lr=0.05))
+    np.testing.assert_array_equal(p_epoch, p_steps)
+    out, out_plain = np.empty((len(x), 3)), np.empty((len(x), 3))
+    np.testing.assert_array_equal(tr.forward(p_epoch, x, out), plain.forward(p_epoch, x,
+                                                                             out_plain))
+    assert tr.evaluate(p_epoch, x, y) == plain.evaluate(p_epoch, x, y)
+    assert tr.dropout_step == 7 + 5  # inference draws no masks
+
+
+def test_dropout_masks_are_a_function_of_seed_step_layer_and_element_only():
+    keep = reference_core.dropout_keep
+    a = keep(1, 2, 0, (200, 50), 0.3)
+    np.testing.assert_array_equal(a, keep(1, 2, 0, (200, 50), 0.3))
+    for other in (keep(2, 2, 0, (200, 50), 0.3), keep(1, 3, 0, (200, 50), 0.3),
+                  keep(1, 2, 1, (200, 50), 0.3)):
+        assert 0.3 < np.mean(a != other) < 0.5  # independent masks: 2 p (1 - p) = 0.42
+    np.testing.assert_array_equal(keep(1, 2, 0, (10_000,), 0.3)[:50], a[0])  # by index only
+    assert abs(a.mean() - 0.7) < 0.01
+    assert keep(1, 2, 0, (100,), 0.0).all()
+    assert keep(2 ** 64 - 1, 2 ** 62, 7, (3, 3), 0.5).shape == (3, 3)  # wraps, no warning
+
+
+def test_dropout_does_not_depend_on_the_thread_count():
+    """Rows and widths above the GEMM's threading threshold: 1 and 2 threads, one result."""
+    import bpcore
+
+    dtype = np.float64
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(256, 64)), rng.normal(size=(256, 8))
+    results = []
+    for threads in (1, 2):
+        tr = _step.Trainer([64, 96, 80, 8], ["relu", "tanh", "identity"], "mse", "mean", dtype,
+                           dropout=(0.5, 0.2))
+        tr.dropout_seed = 99
+        p, g = _aligned_zeros(tr.n_params, dtype), _aligned_zeros(tr.n_params, dtype)
+        p[...] = np.random.default_rng(9).normal(scale=0.1, size=tr.n_params)
+        before = bpcore.get_num_threads()
+        bpcore.set_num_threads(threads)
+        try:
+            tr.loss_and_grad(p, x, y, g)
+        finally:
+            bpcore.set_num_threads(before)
+        results.append(g.copy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rmsprop"])
+@pytest.mark.parametrize("core_name", sorted(CORES))
+def test_a_momentum_table_that_turns_momentum_on_needs_the_velocity(core_name, kind):
+    """A rule at momentum 0 whose table sets momentum later reads and writes a velocity:
+    its state is required (it would otherwise be written through a NULL pointer)."""
+    core, dtype = CORES[core_name], np.float64
+    tr = _trainer(core, "mse", dtype)
+    p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
+    rule = core.UpdateRule(kind, lr=0.1)
+    before = rule.stateful
+    rule.set_schedule([0.1, 0.1], [0.0, 0.9])
+    assert rule.stateful == before + 1
+    if core is _step:
+        with pytest.raises(ValueError, match=r"`state\[%d\]`" % before):
+            tr.update(p, g, None if kind == "sgd" else (g.copy(), None), rule)
+    state = _state(rule, tr.n_params, dtype)
+    g[...] = 1.0
+    tr.update(p, g, state, rule)
+    assert not state[rule.stateful - 1].any()  # momentum 0: the velocity is not touched
+    tr.update(p, g, state, rule)
+    assert state[rule.stateful - 1].all()

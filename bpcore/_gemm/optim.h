@@ -112,12 +112,13 @@ BP_SK_SGD_DEFINE(bp_sk_sgd_f64, double)
 BP_SK_ADAM_DEFINE(bp_sk_adam_f32, float, sqrtf)
 BP_SK_ADAM_DEFINE(bp_sk_adam_f64, double, sqrt)
 
-/* torch.optim.Adam (single-tensor path), in place, step t >= 1:
- *   g = g + wd*p;  m = m + (1-b1)*(g - m);  s = b2*s + (1-b2)*g*g;
+/* torch.optim.Adam and torch.optim.AdamW (single-tensor path), in place, step t >= 1:
+ *   Adam:   g = g + wd*p                 AdamW:  p = p * (1 - lr*wd)   (decoupled decay)
+ *   m = m + (1-b1)*(g - m);  s = b2*s + (1-b2)*g*g;
  *   p = p - (lr / (1 - b1^t)) * m / (sqrt(s) / sqrt(1 - b2^t) + eps).
  * Agrees with PyTorch to rounding (its lerp and addcmul are not reproduced
  * bit for bit). */
-#define BP_ADAM_DEFINE(NAME, T, SQRT)                                              \
+#define BP_ADAM_DEFINE(NAME, T, SQRT, DECOUPLED)                                   \
     BP_NO_CONTRACT __attribute__((unused)) static void NAME(T *param, const T *grad, T *m, T *s,           \
                                     ptrdiff_t n, double lr, double b1, double b2,  \
                                     double eps, double weight_decay, long long t)  \
@@ -126,19 +127,66 @@ BP_SK_ADAM_DEFINE(bp_sk_adam_f64, double, sqrt)
         const double bc2_sqrt = sqrt(1.0 - pow(b2, (double)t));                    \
         const T step_size = (T)(lr / bc1), c1 = (T)(1.0 - b1), tb2 = (T)b2;        \
         const T c2 = (T)(1.0 - b2), tbc2 = (T)bc2_sqrt, teps = (T)eps;             \
-        const T wd = (T)weight_decay;                                              \
+        const T wd = (T)weight_decay, shrink = (T)(1.0 - lr * weight_decay);       \
         for (ptrdiff_t i = 0; i < n; i++) {                                        \
-            T g = grad[i];                                                         \
-            if (wd != 0) g = g + wd * param[i];                                    \
+            T g = grad[i], p = param[i];                                           \
+            if (wd != 0) {                                                         \
+                if (DECOUPLED) p = p * shrink;                                     \
+                else g = g + wd * p;                                               \
+            }                                                                      \
             const T mi = m[i] + c1 * (g - m[i]);                                   \
             const T si = tb2 * s[i] + c2 * g * g;                                  \
             m[i] = mi;                                                             \
             s[i] = si;                                                             \
-            param[i] = param[i] - step_size * (mi / (SQRT(si) / tbc2 + teps));     \
+            param[i] = p - step_size * (mi / (SQRT(si) / tbc2 + teps));            \
         }                                                                          \
     }
 
-BP_ADAM_DEFINE(bp_adam_f32, float, sqrtf)
-BP_ADAM_DEFINE(bp_adam_f64, double, sqrt)
+BP_ADAM_DEFINE(bp_adam_f32, float, sqrtf, 0)
+BP_ADAM_DEFINE(bp_adam_f64, double, sqrt, 0)
+BP_ADAM_DEFINE(bp_adamw_f32, float, sqrtf, 1)
+BP_ADAM_DEFINE(bp_adamw_f64, double, sqrt, 1)
+
+/* torch.optim.RMSprop (single-tensor path), in place:
+ *   g = g + wd*p;  s = alpha*s + (1-alpha)*g*g;
+ *   centered: ga = ga + (1-alpha)*(g - ga) (torch's lerp), avg = sqrt(s - ga*ga) + eps
+ *   else:     avg = sqrt(s) + eps
+ *   momentum: buf = mu*buf + g/avg, p = p - lr*buf;  else p = p - lr*(g/avg).
+ * ``grad_avg`` is read only when centered, ``buf`` only when momentum != 0.
+ * Agrees with PyTorch to rounding (its fused add / addcmul are not
+ * reproduced bit for bit). */
+#define BP_RMSPROP_DEFINE(NAME, T, SQRT)                                           \
+    BP_NO_CONTRACT __attribute__((unused)) static void NAME(T *param, const T *grad, T *square_avg,        \
+                                    T *buf, T *grad_avg, ptrdiff_t n, double lr,   \
+                                    double alpha, double eps, double weight_decay, \
+                                    double momentum, int centered)                 \
+    {                                                                              \
+        const T tl = (T)lr, ta = (T)alpha, c = (T)(1.0 - alpha), teps = (T)eps;    \
+        const T wd = (T)weight_decay, mu = (T)momentum;                            \
+        for (ptrdiff_t i = 0; i < n; i++) {                                        \
+            T g = grad[i];                                                         \
+            if (wd != 0) g = g + wd * param[i];                                    \
+            const T si = square_avg[i] * ta + c * g * g;                           \
+            square_avg[i] = si;                                                    \
+            T avg;                                                                 \
+            if (centered) {                                                        \
+                const T gi = grad_avg[i] + c * (g - grad_avg[i]);                  \
+                grad_avg[i] = gi;                                                  \
+                avg = SQRT(si - gi * gi) + teps;                                   \
+            } else {                                                               \
+                avg = SQRT(si) + teps;                                             \
+            }                                                                      \
+            if (mu != 0) {                                                         \
+                const T b = buf[i] * mu + g / avg;                                 \
+                buf[i] = b;                                                        \
+                param[i] = param[i] - tl * b;                                      \
+            } else {                                                               \
+                param[i] = param[i] - tl * (g / avg);                              \
+            }                                                                      \
+        }                                                                          \
+    }
+
+BP_RMSPROP_DEFINE(bp_rmsprop_f32, float, sqrtf)
+BP_RMSPROP_DEFINE(bp_rmsprop_f64, double, sqrt)
 
 #endif
