@@ -7,11 +7,26 @@ cdef enum:
     ACT_RELU = 1
     ACT_SIGMOID = 2
     ACT_TANH = 3
+    # 4 and 5 are _step's output activations (softmax, exp)
+    ACT_LEAKY_RELU = 6
+    ACT_ELU = 7
+    ACT_GELU = 8
+    ACT_GELU_TANH = 9
+    ACT_SILU = 10
+    ACT_SOFTPLUS = 11
 
-cdef void activation_forward(int op, const floating* z, floating* out,
-                             Py_ssize_t n) noexcept nogil
-cdef void activation_backward(int op, const floating* a, const floating* grad,
-                              floating* out, Py_ssize_t n) noexcept nogil
+
+cdef inline bint activation_needs_z(int op) noexcept nogil:
+    """The activation's derivative needs its input z (not writable from its output)."""
+    return op == ACT_GELU or op == ACT_GELU_TANH or op == ACT_SILU or op == ACT_SOFTPLUS
+
+
+# ``param``: the activation's parameters (leaky_relu: negative_slope; elu:
+# alpha; softplus: beta, threshold), NULL for those that take none.
+cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_t n,
+                             const double* param) noexcept nogil
+cdef void activation_backward(int op, const floating* saved, const floating* grad,
+                              floating* out, Py_ssize_t n, const double* param) noexcept nogil
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil
 cdef void column_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,

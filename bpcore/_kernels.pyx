@@ -22,7 +22,7 @@
 # offset comes from the shape (row i at i * n_cols), which is right for those
 # arrays too; the general path hands over views with canonical strides
 # (_validate.canonical), so a stride read further down would be right as well.
-from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
+from libc.math cimport INFINITY, exp, expm1, fabs, log, log1p, pow, sqrt
 
 import os
 
@@ -58,6 +58,8 @@ cdef extern from "vmath.h" nogil:
     void bp_sigmoid_f64(const double* x, double* out, Py_ssize_t n)
     void bp_tanh_f32(const float* x, float* out, Py_ssize_t n)
     void bp_tanh_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_erf_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_erf_f64(const double* x, double* out, Py_ssize_t n)
     int bp_vmath_select(int want_avx2)
     int bp_vmath_kernel()
     int BP_VMATH_AVX2_FMA
@@ -70,11 +72,146 @@ cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept 
         bp_exp_f64(x, out, n)
 
 
-cdef void activation_forward(int op, const floating* z, floating* out,
-                             Py_ssize_t n) noexcept nogil:
+# PyTorch's constants (ATen's GeluKernel), rounded once to double.
+cdef double SQRT1_2 = 0.70710678118654752440       # M_SQRT1_2
+cdef double GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5
+cdef double GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5
+cdef double GELU_TANH_KAPPA = 0.044715
+
+cdef enum:
+    # The activations built on a vector-math call work through stack chunks of
+    # this many elements: the call's result for z[j0:j0+CHUNK] is formed first,
+    # then combined with z element by element, so ``out`` may be ``z``.
+    CHUNK = 256
+
+
+cdef inline void _verf(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_erf_f32(x, out, n)
+    else:
+        bp_erf_f64(x, out, n)
+
+
+cdef inline void _vtanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_tanh_f32(x, out, n)
+    else:
+        bp_tanh_f64(x, out, n)
+
+
+cdef inline void _vsigmoid(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_sigmoid_f32(x, out, n)
+    else:
+        bp_sigmoid_f64(x, out, n)
+
+
+cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t n,
+                           const double* param) noexcept nogil:
+    """out := act(z) for the activations built on one vector-math call per chunk.
+
+    Each formula is PyTorch's (ATen's CPU kernels), in the same order of
+    operations, with bpcore's vectorised erf / tanh / sigmoid / exp.
+    """
+    cdef floating t[CHUNK]
+    cdef Py_ssize_t j0, j, w
+    cdef floating x, half = <floating>0.5, one = 1
+    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_TANH_BETA
+    cdef floating kappa = <floating>GELU_TANH_KAPPA
+    cdef floating beta = <floating>(param[0] if param != NULL else 1.0)
+    cdef floating threshold = <floating>(param[1] if param != NULL else 20.0)
+    for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
+        w = min(<Py_ssize_t>CHUNK, n - j0)
+        if op == ACT_GELU:
+            # gelu(x) = x * 0.5 * (1 + erf(x / sqrt(2)))
+            for j in range(w):
+                t[j] = z[j0 + j] * k_alpha
+            _verf(t, t, w)
+            for j in range(w):
+                out[j0 + j] = z[j0 + j] * half * (one + t[j])
+        elif op == ACT_GELU_TANH:
+            # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = k_beta * (x + kappa * (x * x * x))
+            _vtanh(t, t, w)
+            for j in range(w):
+                out[j0 + j] = half * z[j0 + j] * (one + t[j])
+        elif op == ACT_SILU:
+            # x * sigmoid(x): PyTorch writes x / (1 + exp(-x)), whose exp
+            # overflows below -88.7 (float32); the sigmoid of vmath.h does not.
+            _vsigmoid(z + j0, t, w)
+            for j in range(w):
+                out[j0 + j] = z[j0 + j] * t[j]
+        else:
+            # softplus: x where beta x > threshold (where log1p(exp(beta x)) / beta
+            # equals x to the dtype's precision), else log1p(exp(beta x)) / beta
+            for j in range(w):
+                t[j] = z[j0 + j] * beta
+            _vexp(t, t, w)
+            for j in range(w):
+                x = z[j0 + j]
+                out[j0 + j] = x if x * beta > threshold else <floating>(log1p(t[j]) / beta)
+
+
+cdef void _chunked_backward(int op, const floating* z, const floating* grad, floating* out,
+                            Py_ssize_t n, const double* param) noexcept nogil:
+    """out := grad * act'(z) for the activations whose derivative needs z (PyTorch's
+    formulas, as _chunked_forward)."""
+    cdef floating t[CHUNK]
+    cdef floating u[CHUNK]
+    cdef Py_ssize_t j0, j, w
+    cdef floating x, x_sq, left, right, half = <floating>0.5, one = 1
+    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_BETA
+    cdef floating kt_beta = <floating>GELU_TANH_BETA, kappa = <floating>GELU_TANH_KAPPA
+    cdef floating three = 3, minus_half = <floating>-0.5
+    cdef floating beta = <floating>(param[0] if param != NULL else 1.0)
+    cdef floating threshold = <floating>(param[1] if param != NULL else 20.0)
+    for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
+        w = min(<Py_ssize_t>CHUNK, n - j0)
+        if op == ACT_GELU:
+            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi)
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = x * k_alpha
+                u[j] = x * x * minus_half
+            _verf(t, t, w)
+            _vexp(u, u, w)
+            for j in range(w):
+                out[j0 + j] = grad[j0 + j] * (half * (one + t[j]) + z[j0 + j] * (k_beta * u[j]))
+        elif op == ACT_GELU_TANH:
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = kt_beta * (x + kappa * (x * x * x))
+            _vtanh(t, t, w)
+            for j in range(w):
+                x = z[j0 + j]
+                x_sq = x * x
+                left = half * x
+                right = one + t[j]
+                out[j0 + j] = grad[j0 + j] * (
+                    half * right
+                    + left * (one - t[j] * t[j]) * (kt_beta * (one + three * kappa * x_sq)))
+        elif op == ACT_SILU:
+            # sigmoid(x) (1 + x (1 - sigmoid(x)))
+            _vsigmoid(z + j0, t, w)
+            for j in range(w):
+                out[j0 + j] = grad[j0 + j] * t[j] * (one + z[j0 + j] * (one - t[j]))
+        else:
+            # softplus: e / (e + 1), e = exp(beta x); 1 where beta x > threshold
+            for j in range(w):
+                t[j] = z[j0 + j] * beta
+            _vexp(t, t, w)
+            for j in range(w):
+                out[j0 + j] = (grad[j0 + j] if z[j0 + j] * beta > threshold
+                               else grad[j0 + j] * t[j] / (t[j] + one))
+
+
+cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_t n,
+                             const double* param) noexcept nogil:
     """out[i] := act(z[i]) for the activation ``op``; ``out`` may be ``z``."""
     cdef Py_ssize_t i
-    cdef floating v
+    cdef floating v, c
     if op == ACT_SIGMOID:
         # NOTE: vmath.h computes e = exp(-|z|) <= 1, which never overflows, then
         # 1/(1+e) for z >= 0 and e/(1+e) below: finite for every finite z and
@@ -94,16 +231,36 @@ cdef void activation_forward(int op, const floating* z, floating* out,
             bp_tanh_f32(z, out, n)
         else:
             bp_tanh_f64(z, out, n)
+    elif op == ACT_LEAKY_RELU:
+        # PyTorch's: z > 0 ? z : z * slope (the slope in the dtype; NaN stays NaN)
+        c = <floating>param[0]
+        for i in range(n):
+            v = z[i]
+            out[i] = v if v > 0 else v * c
+    elif op == ACT_ELU:
+        # PyTorch's: z <= 0 ? expm1(z) * alpha : z.  NOTE: expm1, not exp - 1,
+        # keeps full relative accuracy near 0-.
+        c = <floating>param[0]
+        for i in range(n):
+            v = z[i]
+            out[i] = <floating>expm1(v) * c if v <= 0 else v
+    elif activation_needs_z(op):
+        _chunked_forward(op, z, out, n, param)
     else:
         for i in range(n):
             out[i] = z[i]
 
 
-cdef void activation_backward(int op, const floating* a, const floating* grad,
-                              floating* out, Py_ssize_t n) noexcept nogil:
-    """out[i] := grad[i] * act'(.) written with the saved output a[i]; ``out`` may alias."""
+cdef void activation_backward(int op, const floating* saved, const floating* grad,
+                              floating* out, Py_ssize_t n, const double* param) noexcept nogil:
+    """out[i] := grad[i] * act'(.) from what the forward saved; ``out`` may alias.
+
+    ``saved`` is the output a = act(z), or the input z for the activations
+    whose derivative needs it (activation_needs_z).
+    """
     cdef Py_ssize_t i
-    cdef floating v
+    cdef floating v, c
+    cdef const floating* a = saved
     if op == ACT_SIGMOID:
         for i in range(n):
             v = a[i]
@@ -118,6 +275,22 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
         for i in range(n):
             v = a[i]
             out[i] = grad[i] * (1 - v * v)
+    elif op == ACT_LEAKY_RELU:
+        # NOTE: with slope >= 0, a > 0 exactly where z > 0 (the kink gets the slope,
+        # as PyTorch's leaky_relu_backward).
+        c = <floating>param[0]
+        for i in range(n):
+            out[i] = grad[i] if a[i] > 0 else grad[i] * c
+    elif op == ACT_ELU:
+        # NOTE: from the output, as PyTorch's elu_backward with is_result (its
+        # in-place elu_): z <= 0 <=> a <= 0 for alpha >= 0, and
+        # alpha * exp(z) = a + alpha there.
+        c = <floating>param[0]
+        for i in range(n):
+            v = a[i]
+            out[i] = grad[i] * (v + c) if v <= 0 else grad[i]
+    elif activation_needs_z(op):
+        _chunked_backward(op, saved, grad, out, n, param)
     else:
         for i in range(n):
             out[i] = grad[i]
@@ -231,6 +404,26 @@ def _vmath_exp(x, *, out=None):
     return buf if out is None else out
 
 
+def _vmath_erf(x, *, out=None):
+    """``erf(x)`` elementwise with the vmath kernel (compiled); for tests.
+
+    Same argument policy as :func:`sigmoid_forward`.
+    """
+    x, buf = V.unary_args("x", x, out, contiguous=True)
+    cdef Py_ssize_t n = buf.size
+    if n == 0:
+        return buf if out is None else out
+    cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef bint f32 = buf.dtype.itemsize == 4
+    with nogil:
+        if f32:
+            bp_erf_f32(<const float*>xp, <float*>op, n)
+        else:
+            bp_erf_f64(<const double*>xp, <double*>op, n)
+    return buf if out is None else out
+
+
 cdef _init_vmath():
     # BPCORE_FORCE_PORTABLE (read once, at import) forces the portable kernels.
     _set_vmath_kernel("portable" if _env.force_portable() else "avx2_fma")
@@ -292,7 +485,10 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray like, int t):
     return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), cnp.PyArray_DIMS(like), t, 0)
 
 
-cdef object _forward(int op, str name, z, out):
+cdef object _forward(int op, str name, z, out, double p0=0.0, double p1=0.0):
+    cdef double param[2]
+    param[0] = p0
+    param[1] = p1
     cdef int t = _plain(z)
     cdef object buf = out
     if not (t >= 0 and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
@@ -305,19 +501,22 @@ cdef object _forward(int op, str name, z, out):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_forward(op, <const float*>zp, <float*>outp, n)
+            activation_forward(op, <const float*>zp, <float*>outp, n, param)
         else:
-            activation_forward(op, <const double*>zp, <double*>outp, n)
+            activation_forward(op, <const double*>zp, <double*>outp, n, param)
     return buf if out is None else out
 
 
-cdef object _backward(int op, a, grad, out):
+cdef object _backward(int op, a, grad, out, double p0=0.0, double p1=0.0, str saved="a"):
+    cdef double param[2]
+    param[0] = p0
+    param[1] = p1
     cdef int t = _plain(a)
     cdef object buf = out
     if not (t >= 0 and _plain(grad) == t
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>a, <cnp.ndarray>grad)
             and (out is None or _out_fits(out, <cnp.ndarray>a, t, a, grad))):
-        a, grad, buf = V.binary_args(a, grad, out, contiguous=True)
+        a, grad, buf = V.binary_args(a, grad, out, contiguous=True, saved=saved)
         t = _plain(a)
     if buf is None:
         buf = _empty_like(<cnp.ndarray>a, t)
@@ -327,9 +526,11 @@ cdef object _backward(int op, a, grad, out):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>a)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n)
+            activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n,
+                                param)
         else:
-            activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n)
+            activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n,
+                                param)
     return buf if out is None else out
 
 
@@ -395,6 +596,106 @@ def identity_backward(a, grad, *, out=None):
     See :func:`bpcore.reference.identity_backward`.
     """
     return _backward(ACT_IDENTITY, a, grad, out)
+
+
+def leaky_relu_forward(z, *, negative_slope=0.01, out=None):
+    """``z`` where ``z > 0``, else ``negative_slope * z`` (compiled).
+
+    See :func:`bpcore.reference.leaky_relu_forward`.
+    """
+    return _forward(ACT_LEAKY_RELU, "z", z, out, V.activation_param("negative_slope",
+                                                                   negative_slope))
+
+
+def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
+    """``grad`` where the saved output ``a > 0``, else ``negative_slope * grad`` (compiled).
+
+    See :func:`bpcore.reference.leaky_relu_backward`.
+    """
+    return _backward(ACT_LEAKY_RELU, a, grad, out,
+                     V.activation_param("negative_slope", negative_slope))
+
+
+def elu_forward(z, *, alpha=1.0, out=None):
+    """``z`` where ``z > 0``, else ``alpha * expm1(z)`` (compiled).
+
+    See :func:`bpcore.reference.elu_forward`.
+    """
+    return _forward(ACT_ELU, "z", z, out, V.activation_param("alpha", alpha))
+
+
+def elu_backward(a, grad, *, alpha=1.0, out=None):
+    """``grad`` where the saved output ``a > 0``, else ``grad * (a + alpha)`` (compiled).
+
+    See :func:`bpcore.reference.elu_backward`.
+    """
+    return _backward(ACT_ELU, a, grad, out, V.activation_param("alpha", alpha))
+
+
+def gelu_forward(z, *, out=None):
+    """Exact GELU ``z * 0.5 * (1 + erf(z / sqrt(2)))`` (compiled).
+
+    See :func:`bpcore.reference.gelu_forward`.
+    """
+    return _forward(ACT_GELU, "z", z, out)
+
+
+def gelu_backward(z, grad, *, out=None):
+    """Gradient through the exact GELU from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.gelu_backward`.
+    """
+    return _backward(ACT_GELU, z, grad, out, 0.0, 0.0, "z")
+
+
+def gelu_tanh_forward(z, *, out=None):
+    """GELU's tanh approximation (PyTorch's ``approximate="tanh"``) (compiled).
+
+    See :func:`bpcore.reference.gelu_tanh_forward`.
+    """
+    return _forward(ACT_GELU_TANH, "z", z, out)
+
+
+def gelu_tanh_backward(z, grad, *, out=None):
+    """Gradient through GELU's tanh approximation from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.gelu_tanh_backward`.
+    """
+    return _backward(ACT_GELU_TANH, z, grad, out, 0.0, 0.0, "z")
+
+
+def silu_forward(z, *, out=None):
+    """SiLU (swish) ``z * sigmoid(z)`` (compiled).
+
+    See :func:`bpcore.reference.silu_forward`.
+    """
+    return _forward(ACT_SILU, "z", z, out)
+
+
+def silu_backward(z, grad, *, out=None):
+    """Gradient through SiLU from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.silu_backward`.
+    """
+    return _backward(ACT_SILU, z, grad, out, 0.0, 0.0, "z")
+
+
+def softplus_forward(z, *, beta=1.0, threshold=20.0, out=None):
+    """``log1p(exp(beta * z)) / beta``, ``z`` itself where ``beta * z > threshold`` (compiled).
+
+    See :func:`bpcore.reference.softplus_forward`.
+    """
+    return _forward(ACT_SOFTPLUS, "z", z, out, V.activation_param("beta", beta),
+                    V.activation_param("threshold", threshold))
+
+
+def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
+    """Gradient through softplus from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.softplus_backward`.
+    """
+    return _backward(ACT_SOFTPLUS, z, grad, out, V.activation_param("beta", beta),
+                     V.activation_param("threshold", threshold), "z")
 
 
 def softmax_forward(z, *, out=None):

@@ -480,7 +480,7 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
             if act_out == ACT_SOFTMAX:
                 softmax_backward_rows(out, delta, delta, n, n_out)
             elif act_out != ACT_IDENTITY:
-                activation_backward(act_out, out, delta, delta, n * n_out)
+                activation_backward(act_out, out, delta, delta, n * n_out, NULL)
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE

@@ -456,15 +456,38 @@ def unary_args(name, z, out, ndim=None, contiguous=False):
     return z, out
 
 
-def binary_args(a, grad, out, contiguous=False):
-    """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``."""
-    dtype, (a, grad) = float_arrays(("a", a, None), ("grad", grad, None))
-    check_shape("grad", grad, a.shape, "to match the saved output `a`")
-    out = check_out(out, "out", a.shape, dtype, inputs=(("a", a), ("grad", grad)),
+def binary_args(a, grad, out, contiguous=False, saved="a"):
+    """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``.
+
+    ``saved`` names the first argument: "a" (the saved output) or "z" (the
+    pre-activation, for the activations whose derivative needs it).
+    """
+    dtype, (a, grad) = float_arrays((saved, a, None), ("grad", grad, None))
+    what = "the saved output" if saved == "a" else "the pre-activation"
+    check_shape("grad", grad, a.shape, f"to match {what} `{saved}`")
+    out = check_out(out, "out", a.shape, dtype, inputs=((saved, a), ("grad", grad)),
                     inplace_ok=True)
     if contiguous:
         a, grad = as_contiguous(a, grad)
     return a, grad, out
+
+
+# The activations' keyword parameters and their defaults (PyTorch's), and the
+# rule each value must follow.  NOTE: leaky_relu's slope and elu's alpha must
+# be >= 0 because their backward is written from the saved output (PyTorch's
+# in-place forms have the same rule); softplus's beta must be > 0.
+ACTIVATION_PARAMS = {
+    "leaky_relu": {"negative_slope": 0.01},
+    "elu": {"alpha": 1.0},
+    "softplus": {"beta": 1.0, "threshold": 20.0},
+}
+_ACTIVATION_PARAM_RULES = {"negative_slope": {"minimum": 0.0}, "alpha": {"minimum": 0.0},
+                           "beta": {"minimum": 0.0, "strict_min": True}, "threshold": {}}
+
+
+def activation_param(name, value):
+    """An activation's parameter ``name`` (see ACTIVATION_PARAMS) checked, as float."""
+    return check_real(name, value, **_ACTIVATION_PARAM_RULES[name])
 
 
 def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False):

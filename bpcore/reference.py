@@ -12,8 +12,12 @@ Functions that produce an array take ``out=None``: when None a new array is
 returned, otherwise the result is written into ``out`` (which must be a
 writeable C-contiguous array of the exact shape and dtype) and ``out`` is
 returned.  Backward functions of activations take the *saved output* ``a`` of
-the forward pass, not its input, as scikit-learn's ``_base.py`` does.  The
-dtype / shape policy is in ``bpcore._validate``.
+the forward pass, not its input, as scikit-learn's ``_base.py`` does, where the
+derivative can be written from the output (sigmoid, tanh, relu, identity,
+leaky_relu and elu); the others (gelu, gelu_tanh, silu, softplus) take the
+*pre-activation* ``z``.  The first argument's name says which: ``a`` or ``z``.
+Activation parameters are keyword arguments with PyTorch's defaults, passed
+to backward as to forward.  The dtype / shape policy is in ``bpcore._validate``.
 """
 import math
 
@@ -25,6 +29,9 @@ __all__ = [
     "matmul", "linear_forward", "linear_backward",
     "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
     "tanh_forward", "tanh_backward", "identity_forward", "identity_backward",
+    "leaky_relu_forward", "leaky_relu_backward", "elu_forward", "elu_backward",
+    "gelu_forward", "gelu_backward", "gelu_tanh_forward", "gelu_tanh_backward",
+    "silu_forward", "silu_backward", "softplus_forward", "softplus_backward",
     "softmax_forward",
     "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
@@ -286,6 +293,307 @@ def identity_backward(a, grad, *, out=None):
     """
     a, grad, buf = V.binary_args(a, grad, out)
     buf[...] = grad
+    return buf if out is None else out
+
+
+# The formulas below are PyTorch's (ATen's CPU kernels), in its order of
+# operations, so that float64 results agree to a few ulps.
+
+def leaky_relu_forward(z, *, negative_slope=0.01, out=None):
+    """Leaky ReLU: ``z`` where ``z > 0``, else ``negative_slope * z`` (NaN stays NaN).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    negative_slope : float
+        >= 0 (the backward is written from the output, which needs it).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    slope = V.activation_param("negative_slope", negative_slope)
+    z, buf = V.unary_args("z", z, out)
+    np.copyto(buf, np.where(z > 0, z, z * z.dtype.type(slope)))
+    return buf if out is None else out
+
+
+def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
+    """Gradient through a leaky ReLU from its saved output: ``grad`` where ``a > 0``, else
+    ``negative_slope * grad``.
+
+    NOTE: with a slope >= 0, ``a > 0`` exactly where ``z > 0``; at the kink the
+    slope is used, as PyTorch's ``leaky_relu_backward`` does.
+
+    Parameters
+    ----------
+    a : array_like
+        The leaky ReLU's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    negative_slope : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    slope = V.activation_param("negative_slope", negative_slope)
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.copyto(buf, np.where(a > 0, grad, grad * a.dtype.type(slope)))
+    return buf if out is None else out
+
+
+def elu_forward(z, *, alpha=1.0, out=None):
+    """ELU: ``z`` where ``z > 0``, else ``alpha * expm1(z)``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    alpha : float
+        >= 0 (the backward is written from the output, which needs it).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    alpha = V.activation_param("alpha", alpha)
+    z, buf = V.unary_args("z", z, out)
+    with np.errstate(over="ignore"):  # expm1 of the positive z is not used
+        neg = np.expm1(z) * z.dtype.type(alpha)
+    np.copyto(buf, np.where(z <= 0, neg, z))
+    return buf if out is None else out
+
+
+def elu_backward(a, grad, *, alpha=1.0, out=None):
+    """Gradient through ELU from its saved output: ``grad`` where ``a > 0``, else
+    ``grad * (a + alpha)`` (which is ``grad * alpha * exp(z)``).
+
+    NOTE: PyTorch's ``elu_backward`` with ``is_result=True`` (its in-place
+    ``elu_``) computes this; ``a + alpha`` loses relative accuracy where
+    ``a`` is close to ``-alpha`` (z below about -20), where the derivative is
+    below 1e-9 * alpha.
+
+    Parameters
+    ----------
+    a : array_like
+        ELU's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    alpha : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    alpha = V.activation_param("alpha", alpha)
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.copyto(buf, np.where(a <= 0, grad * (a + a.dtype.type(alpha)), grad))
+    return buf if out is None else out
+
+
+def _erf(x):
+    """erf elementwise, in float64 (math.erf), as an array of x's dtype."""
+    flat = np.asarray(x, np.float64).ravel()
+    return np.array([math.erf(v) for v in flat], np.float64).reshape(np.shape(x)).astype(
+        x.dtype, copy=False)
+
+
+_SQRT1_2 = 0.70710678118654752440        # M_SQRT1_2
+_GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5   # 1 / sqrt(2 pi)
+_GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5  # sqrt(2 / pi)
+_GELU_TANH_KAPPA = 0.044715
+
+
+def gelu_forward(z, *, out=None):
+    """Exact GELU ``z * 0.5 * (1 + erf(z / sqrt(2)))`` (``torch.nn.functional.gelu``).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    np.copyto(buf, z * t(0.5) * (t(1) + _erf(z * t(_SQRT1_2))))
+    return buf if out is None else out
+
+
+def gelu_backward(z, grad, *, out=None):
+    """Gradient through the exact GELU from its input:
+    ``grad * (Phi(z) + z * exp(-z**2 / 2) / sqrt(2 pi))``.
+
+    Parameters
+    ----------
+    z : array_like
+        GELU's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    cdf = t(0.5) * (t(1) + _erf(z * t(_SQRT1_2)))
+    with np.errstate(under="ignore"):
+        pdf = t(_GELU_BETA) * np.exp(z * z * t(-0.5))
+    np.copyto(buf, grad * (cdf + z * pdf))
+    return buf if out is None else out
+
+
+def _gelu_tanh_inner(z):
+    t = z.dtype.type
+    return np.tanh(t(_GELU_TANH_BETA) * (z + t(_GELU_TANH_KAPPA) * (z * z * z)))
+
+
+def gelu_tanh_forward(z, *, out=None):
+    """GELU's tanh approximation ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z**3)))``
+    (``torch.nn.functional.gelu(z, approximate="tanh")``).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    with np.errstate(over="ignore"):  # z**3 overflowing saturates the tanh, as in torch
+        np.copyto(buf, t(0.5) * z * (t(1) + _gelu_tanh_inner(z)))
+    return buf if out is None else out
+
+
+def gelu_tanh_backward(z, grad, *, out=None):
+    """Gradient through GELU's tanh approximation from its input ``z``.
+
+    Parameters
+    ----------
+    z : array_like
+        The input (pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    with np.errstate(over="ignore", invalid="ignore"):
+        th = _gelu_tanh_inner(z)
+        left_derivative = t(0.5) * (t(1) + th)
+        inner_derivative = t(_GELU_TANH_BETA) * (t(1) + t(3) * t(_GELU_TANH_KAPPA) * (z * z))
+        right_derivative = t(0.5) * z * (t(1) - th * th) * inner_derivative
+        np.copyto(buf, grad * (left_derivative + right_derivative))
+    return buf if out is None else out
+
+
+def silu_forward(z, *, out=None):
+    """SiLU (swish) ``z * sigmoid(z)``.
+
+    NOTE: PyTorch writes ``z / (1 + exp(-z))``, whose exp overflows for z
+    below -88.7 (float32) / -709.8 (float64) and gives -0 there; the sigmoid
+    here does not overflow, so those (subnormal) values are kept.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, buf = V.unary_args("z", z, out)
+    np.copyto(buf, z * sigmoid_forward(z))
+    return buf if out is None else out
+
+
+def silu_backward(z, grad, *, out=None):
+    """Gradient through SiLU from its input: ``grad * s * (1 + z * (1 - s))``, s = sigmoid(z).
+
+    Parameters
+    ----------
+    z : array_like
+        SiLU's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    s = sigmoid_forward(z)
+    np.copyto(buf, grad * s * (t(1) + z * (t(1) - s)))
+    return buf if out is None else out
+
+
+def softplus_forward(z, *, beta=1.0, threshold=20.0, out=None):
+    """Softplus ``log1p(exp(beta * z)) / beta``, and ``z`` itself where ``beta * z > threshold``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    beta : float
+        > 0.
+    threshold : float
+        Above it (in ``beta * z``) the function is taken as linear (PyTorch's rule).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    beta = V.activation_param("beta", beta)
+    threshold = V.activation_param("threshold", threshold)
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    bz = z * t(beta)
+    with np.errstate(over="ignore", under="ignore"):  # exp overflows only where not used
+        soft = (np.log1p(np.exp(bz).astype(np.float64)) / beta).astype(z.dtype)
+    np.copyto(buf, np.where(bz > t(threshold), z, soft))
+    return buf if out is None else out
+
+
+def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
+    """Gradient through softplus from its input: ``grad * e / (e + 1)``, e = exp(beta * z),
+    and ``grad`` where ``beta * z > threshold``.
+
+    Parameters
+    ----------
+    z : array_like
+        Softplus's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    beta, threshold : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    beta = V.activation_param("beta", beta)
+    threshold = V.activation_param("threshold", threshold)
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    bz = z * t(beta)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        e = np.exp(bz)
+        np.copyto(buf, np.where(bz > t(threshold), grad, grad * e / (e + t(1))))
     return buf if out is None else out
 
 
