@@ -58,6 +58,8 @@ from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_MUL_DRELU, BP_EPI_MUL_DSIGMOID, BP_EPI_MUL_DTANH,
                            bp_epilogue)
 from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
+                              ACT_LEAKY_RELU, ACT_ELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU,
+                              ACT_SOFTPLUS, activation_needs_z, activation_forward,
                               activation_backward, softmax_rows, column_sums,
                               mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce)
 
@@ -136,7 +138,10 @@ cdef enum:
     STATUS_INTERRUPTED = 101
 
 ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "sigmoid": ACT_SIGMOID,
-               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP}
+               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP,
+               # applied after the product (not by the GEMM's store), with parameters
+               "leaky_relu": ACT_LEAKY_RELU, "elu": ACT_ELU, "gelu": ACT_GELU,
+               "gelu_tanh": ACT_GELU_TANH, "silu": ACT_SILU, "softplus": ACT_SOFTPLUS}
 LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
           "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
           "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON,
@@ -148,6 +153,7 @@ INTERRUPTED = STATUS_INTERRUPTED
 cdef Py_ssize_t SIGNAL_CHECK_EVERY = 16
 
 from bpcore import _env
+from bpcore import _validate as V
 
 # NOTE: optim.h's kernel choice is per extension module (a static in the
 # header): the step chooses by the same switch as bpcore._kernels.
@@ -163,6 +169,7 @@ cdef struct Net:
     int n_layers
     const Py_ssize_t* sizes      # n_layers + 1 widths, input first
     const int* act               # activation of each layer's output
+    const double* act_param      # 2 per layer: the activation's parameters (see _act_params)
     const Py_ssize_t* w_off      # offset of W_l in the parameter block
     const Py_ssize_t* b_off      # offset of b_l
     # the loss rule
@@ -175,6 +182,8 @@ cdef struct Net:
     char** acts                  # acts[1..n_layers]: capacity x sizes[l] buffers
     char* delta0                 # two capacity x max width buffers, used in turn
     char* delta1
+    char** zs                    # zs[l]: capacity x sizes[l] pre-activations of layer l,
+                                 # only where activation_needs_z (else NULL)
 
 
 cdef struct Update:
@@ -210,6 +219,12 @@ cdef inline bp_epilogue _forward_epilogue(int act) noexcept nogil:
     return BP_EPI_BIAS
 
 
+cdef inline bint _fused(int act) noexcept nogil:
+    """The activation is applied by the GEMM's store (or is softmax / exp, applied after
+    the last layer); the others run as a pass of activation_forward / _backward."""
+    return act < ACT_LEAKY_RELU
+
+
 cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
     if act == ACT_RELU:
         return BP_EPI_MUL_DRELU
@@ -226,27 +241,41 @@ cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
 
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
                       Py_ssize_t n, floating** acts, bint logits) noexcept nogil:
-    """acts[l] := a_l for l = 1..n_layers from x (n rows).
+    """acts[l] := a_l for l = 1..n_layers from x (n rows), keeping no pre-activation.
 
     ``logits``: leave the output before its softmax or sigmoid (the losses
     that take logits apply them themselves, stably).
     """
+    return forward_rows_z(net, params, x, n, acts, NULL, logits)
+
+
+cdef int forward_rows_z(const Net* net, const floating* params, const floating* x,
+                        Py_ssize_t n, floating** acts, floating** zs,
+                        bint logits) noexcept nogil:
+    """forward_rows, and zs[l] := z_l for the layers whose backward needs it (zs: the
+    training workspace, or NULL: nothing kept, those activations applied in place)."""
     cdef int l, status, act
     cdef const floating* a_prev = x
     cdef Py_ssize_t n_in, n_out, i
     cdef floating* out
+    cdef floating* dst
     for l in range(net.n_layers):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
         act = net.act[l]
         if logits and l == net.n_layers - 1 and act == ACT_SIGMOID:
             act = ACT_IDENTITY
+        dst = acts[l + 1]
+        if not _fused(act) and zs != NULL and activation_needs_z(act):
+            dst = zs[l + 1]
         status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
-                      params + net.w_off[l], n_out, 1, <floating>0, acts[l + 1], n_out, 1,
+                      params + net.w_off[l], n_out, 1, <floating>0, dst, n_out, 1,
                       _forward_epilogue(act), params + net.b_off[l], NULL, 0,
                       _threads_for(n, n_out, n_in))
         if status != BP_OK:
             return status
+        if not _fused(act):
+            activation_forward(act, dst, acts[l + 1], n * n_out, net.act_param + 2 * l)
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
@@ -445,6 +474,13 @@ cdef double sk_output_delta(const Net* net, const floating* params, const floati
     return loss + (0.5 * net.alpha) * squares / sw_sum
 
 
+cdef inline const floating* _saved(const Net* net, int l, const floating* a) noexcept nogil:
+    """What layer l's activation backward reads: its output a, or its pre-activation z."""
+    if activation_needs_z(net.act[l - 1]):
+        return <const floating*>net.zs[l]
+    return a
+
+
 cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
                            const void* y, const floating* sw, Py_ssize_t n,
                            double* loss_out, double* sw_sum_out) noexcept nogil:
@@ -462,7 +498,7 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
     cdef floating* out
     cdef double loss, sw_sum = 0
     cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, _takes_logits(net))
+    status = forward_rows_z(net, params, x, n, acts, <floating**>net.zs, _takes_logits(net))
     if status != BP_OK:
         return status
     out = acts[L]
@@ -480,7 +516,8 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
             if act_out == ACT_SOFTMAX:
                 softmax_backward_rows(out, delta, delta, n, n_out)
             elif act_out != ACT_IDENTITY:
-                activation_backward(act_out, out, delta, delta, n * n_out, NULL)
+                activation_backward(act_out, _saved(net, L, out), delta, delta, n * n_out,
+                                    net.act_param + 2 * (L - 1))
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE
@@ -543,6 +580,9 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
                       _threads_for(n, n_in, n_out))
         if status != BP_OK:
             return status
+        if not _fused(net.act[l - 1]):
+            activation_backward(net.act[l - 1], _saved(net, l, acts[l]), delta_next,
+                                delta_next, n * n_in, net.act_param + 2 * (l - 1))
     status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
                   <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
                   _threads_for(n_in, n_out, n))
@@ -797,6 +837,18 @@ cdef class UpdateRule:
                 f" weight_decay={self.rule.weight_decay!r}, step={self.rule.step})")
 
 
+def _act_params(activations, params):
+    """The Net's act_param block: 2 doubles per layer, the activation's parameters in
+    bpcore._validate.ACTIVATION_PARAMS order, defaults where ``params`` (one dict per
+    layer, or None) does not say."""
+    block = np.zeros(2 * len(activations), np.float64)
+    for l, name in enumerate(activations):
+        given = params[l] if params is not None and params[l] is not None else {}
+        for k, (key, default) in enumerate(V.ACTIVATION_PARAMS.get(name, {}).items()):
+            block[2 * l + k] = given.get(key, default)
+    return block
+
+
 cdef inline void* _data(object arr):
     """The data pointer of an ndarray, NULL for None."""
     return cnp.PyArray_DATA(<cnp.ndarray>arr) if arr is not None else NULL
@@ -822,6 +874,10 @@ cdef class Trainer:
         float32 or float64.
     alpha : float
         scikit-learn's L2 penalty (its rules only); settable.
+    activation_params : sequence of dict or None, optional
+        One per layer (None entries allowed): the activation's parameters by
+        name (``{"negative_slope": 0.2}``), PyTorch's defaults where absent;
+        taken as given (the faces validate them).
 
     The core's interface (see the module's Design note) is :meth:`forward`,
     :meth:`evaluate`, :meth:`loss_and_grad`, :meth:`update` and
@@ -838,18 +894,21 @@ cdef class Trainer:
     cdef readonly Py_ssize_t capacity
     cdef int typenum
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
+    cdef object _act_params, _z_ptrs, _z_buffers
     cdef Py_ssize_t max_width
     cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
     cdef double _pending_sw_sum
     cdef readonly Py_ssize_t batches_done  # batches applied by the last epoch call
     cdef int _next_layer
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, *,
+                 activation_params=None):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
         self._acts = np.ascontiguousarray([ACTIVATIONS[a] for a in activations], dtype=np.intc)
         n_layers = len(self._sizes) - 1
+        self._act_params = _act_params(activations, activation_params)
         w_off = np.empty(n_layers, np.intp)
         b_off = np.empty(n_layers, np.intp)
         offset = 0
@@ -864,6 +923,7 @@ cdef class Trainer:
         self.net.n_layers = n_layers
         self.net.sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._sizes)
         self.net.act = <const int*>cnp.PyArray_DATA(self._acts)
+        self.net.act_param = <const double*>cnp.PyArray_DATA(self._act_params)
         self.net.w_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._w_off)
         self.net.b_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._b_off)
         self.net.loss = LOSSES[loss]
@@ -873,6 +933,8 @@ cdef class Trainer:
         self.net.alpha = alpha
         self._act_ptrs = np.zeros(n_layers + 1, np.uintp)
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
+        self._z_ptrs = np.zeros(n_layers + 1, np.uintp)
+        self.net.zs = <char**>cnp.PyArray_DATA(self._z_ptrs)
         self.capacity = 0
         self._buffers = None
 
@@ -902,6 +964,13 @@ cdef class Trainer:
         deltas = [np.empty(rows * self.max_width, self.dtype) for _ in range(2)]
         for l in range(1, self.net.n_layers + 1):
             ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
+        # NOTE: a pre-activation buffer only for the layers whose backward reads z
+        cdef cnp.uintp_t[::1] zptrs = self._z_ptrs
+        self._z_buffers = {}
+        for l in range(1, self.net.n_layers + 1):
+            if activation_needs_z(self.net.act[l - 1]):
+                self._z_buffers[l] = np.empty((rows, int(self._sizes[l])), self.dtype)
+                zptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>self._z_buffers[l])
         self.net.delta0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[0])
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
         y_gather = (np.empty(rows, np.int64) if self._labels()

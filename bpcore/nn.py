@@ -24,7 +24,8 @@ from . import reference as R
 
 __all__ = ["MLP"]
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu", "gelu_tanh",
+               "silu", "softplus")
 OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
 LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
 OPTIMIZERS = ("sgd", "adam")
@@ -56,10 +57,19 @@ class MLP:
     layer_sizes : sequence of int
         Widths, input first: ``(n_in, hidden_1, ..., n_out)``; at least two.
     activation : str or sequence of str
-        Hidden-layer activation(s): "relu", "sigmoid", "tanh", "identity"
-        (one name for all, or one per hidden layer).
+        Hidden-layer activation(s): "relu", "sigmoid", "tanh", "identity",
+        "leaky_relu", "elu", "gelu" (exact, erf-based), "gelu_tanh" (PyTorch's
+        ``approximate="tanh"``), "silu", "softplus" (one name for all, or one
+        per hidden layer); see :func:`bpcore.reference.gelu_forward` and its
+        neighbours for the formulas.
+    activation_options : dict, optional
+        The activations' parameters by name, PyTorch's defaults otherwise:
+        ``negative_slope`` (leaky_relu, 0.01, >= 0), ``alpha`` (elu, 1.0, >= 0),
+        ``beta`` (softplus, 1.0, > 0), ``threshold`` (softplus, 20.0).  Each
+        applies to every layer (hidden or output) whose activation takes it;
+        a name no layer's activation takes is a ``ValueError``.
     output_activation : str, optional
-        "identity", "sigmoid", "tanh", "relu" or "softmax".  Default:
+        One of the hidden activations, or "softmax".  Default:
         "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
         (which requires it).
     loss : {"mse", "cross_entropy", "binary_cross_entropy"}
@@ -88,7 +98,7 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled"):
+                 backend="compiled", activation_options=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -125,6 +135,9 @@ class MLP:
             raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype}")
         self.layer_sizes = sizes
         self.activations = hidden + [output_activation]
+        self.activation_options = _activation_options(activation_options, self.activations)
+        per_layer = [{k: v for k, v in self.activation_options.items()
+                      if k in V.ACTIVATION_PARAMS.get(act, {})} for act in self.activations]
         self.loss = loss
         self.reduction = reduction
         self.dtype = dtype
@@ -133,7 +146,8 @@ class MLP:
             from . import _step as core
         else:
             from . import reference_core as core
-        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype)
+        self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
+                                  activation_params=per_layer)
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
@@ -172,7 +186,7 @@ class MLP:
     def _initialize(self, init, rng):
         for w, act in zip(self.weights, self.activations):
             fan_in, fan_out = w.shape
-            scheme = ("he" if act == "relu" else "glorot") if init == "auto" else init
+            scheme = ("he" if act in ("relu", "leaky_relu") else "glorot") if init == "auto" else init
             if scheme == "normal":
                 w[...] = rng.standard_normal((fan_in, fan_out))
             else:
@@ -183,7 +197,8 @@ class MLP:
 
     @classmethod
     def from_arrays(cls, weights, biases, *, activation="relu", output_activation=None,
-                    loss="mse", reduction="mean", dtype=None, backend="compiled"):
+                    loss="mse", reduction="mean", dtype=None, backend="compiled",
+                    activation_options=None):
         """Build an MLP holding the given parameters.
 
         Parameters
@@ -194,7 +209,7 @@ class MLP:
             ``biases[l]`` of shape (n_{l+1},).
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
-        activation, output_activation, loss, reduction, backend
+        activation, output_activation, loss, reduction, backend, activation_options
             As for :class:`MLP`.
         """
         weights, biases = list(weights), list(biases)
@@ -213,7 +228,7 @@ class MLP:
             sizes.append(w.shape[1])
         net = cls(sizes, activation=activation, output_activation=output_activation, loss=loss,
                   reduction=reduction, dtype=dtype if dtype is not None else found,
-                  backend=backend)
+                  backend=backend, activation_options=activation_options)
         for dst, src in zip(net.weights + net.biases, ws + bs):
             dst[...] = src
         return net
@@ -830,9 +845,16 @@ class MLP:
     def save(self, path):
         """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`."""
         with self._lock:
+            # The activation options ride as extra entries (only when given), so
+            # files without them stay as they were.
+            names = sorted(self.activation_options)
+            extra = ({"activation_option_names": np.array(names, dtype=str),
+                      "activation_option_values": np.array(
+                          [self.activation_options[k] for k in names], np.float64)}
+                     if names else None)
             _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
                             loss=self.loss, reduction=self.reduction, dtype=self.dtype,
-                            params=self._params)
+                            params=self._params, extra=extra)
 
     @classmethod
     def load(cls, path, *, backend="compiled"):
@@ -849,10 +871,19 @@ class MLP:
         """
         entries = _modelfile.load(path)
         acts = entries["activations"]
+        extra = entries["extra"]
         try:
+            options = None
+            if "activation_option_names" in extra:
+                names = extra["activation_option_names"]
+                values = extra.get("activation_option_values")
+                if (names.ndim != 1 or names.dtype.kind != "U" or values is None
+                        or values.shape != names.shape or values.dtype.kind != "f"):
+                    raise ValueError("bad activation option entries")
+                options = {str(k): float(v) for k, v in zip(names, values)}
             net = cls(entries["layer_sizes"], activation=acts[:-1], output_activation=acts[-1],
                       loss=entries["loss"], reduction=entries["reduction"],
-                      dtype=entries["dtype"], backend=backend)
+                      dtype=entries["dtype"], backend=backend, activation_options=options)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
         net._params[...] = entries["params"]
@@ -893,6 +924,28 @@ class _Interruption:
         except KeyboardInterrupt:
             self.batches = self.core.batches_done
             raise
+
+
+def _activation_options(options, activations):
+    """``activation_options`` checked against the model's activations, as a dict of floats."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`activation_options` must be a dict such as "
+                        f"{{'negative_slope': 0.2}}; got {type(options).__name__}")
+    takes = {key for act in activations for key in V.ACTIVATION_PARAMS.get(act, {})}
+    checked = {}
+    for key, value in options.items():
+        if key not in takes:
+            raise ValueError(f"`activation_options` has {key!r}, which none of the "
+                             f"activations {activations} takes"
+                             + (f" (they take {', '.join(map(repr, sorted(takes)))})"
+                                if takes else ""))
+        try:
+            checked[str(key)] = V.activation_param(key, value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"`activation_options`: {exc}") from None
+    return checked
 
 
 def _default_lr(optimizer):

@@ -29,6 +29,8 @@ NONFINITE = 100
 INTERRUPTED = 101
 
 UPDATE_KINDS = ("sgd", "adam", "sklearn_sgd", "sklearn_adam")
+# The activations whose backward takes the pre-activation z (the others: the output a).
+NEEDS_Z = ("gelu", "gelu_tanh", "silu", "softplus")
 
 
 class UpdateRule:
@@ -73,11 +75,15 @@ class UpdateRule:
 class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, *,
+                 activation_params=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
         self.sizes = [int(s) for s in sizes]
         self.activations = list(activations)
+        # each layer's activation keywords (e.g. {"negative_slope": 0.2}); {} for defaults
+        self.activation_params = [dict(p) if p else {} for p in
+                                  (activation_params or [None] * len(self.activations))]
         self.loss = loss
         self.reduction = reduction
         self.dtype = np.dtype(dtype)
@@ -109,19 +115,31 @@ class Trainer:
 
     # -- forward and the loss rule ------------------------------------------
 
-    def _forward(self, params, x, logits):
+    def _forward(self, params, x, logits, zs=None):
+        """[x, a_1, ..., a_L]; with a list ``zs``, also z_l into zs[l] where the
+        activation's backward needs it (None elsewhere), as the compiled step keeps them."""
         weights, biases = self._views(params)
         acts = [x]
+        if zs is not None:
+            zs[:] = [None]
         for l, (w, b) in enumerate(zip(weights, biases)):
             z = R.linear_forward(acts[-1], w, b)
             act = self.activations[l]
+            if zs is not None:
+                zs.append(z if act in NEEDS_Z else None)
             if logits and l == len(weights) - 1 and act in ("softmax", "sigmoid"):
                 acts.append(z)  # the loss applies softmax / sigmoid itself
             elif act == "softmax":
                 acts.append(R.softmax_forward(z))
             else:
-                acts.append(getattr(R, f"{act}_forward")(z))
+                acts.append(getattr(R, f"{act}_forward")(z, **self.activation_params[l]))
         return acts
+
+    def _activation_backward(self, l, acts, zs, grad):
+        """grad times layer l's activation derivative (l = 1..L), from a_l or from z_l."""
+        act = self.activations[l - 1]
+        saved = zs[l] if act in NEEDS_Z else acts[l]
+        return getattr(R, f"{act}_backward")(saved, grad, **self.activation_params[l - 1])
 
     def forward(self, params, x, out):
         """out := the network's output for x (n, n_in) -> (n, n_out)."""
@@ -173,20 +191,23 @@ class Trainer:
             return self._loss_and_grad(params, x, y, grads, sample_weight)
 
     def _output_delta(self, params, x, y, sample_weight):
-        """(activations, loss, delta_L): the twin of _step.output_delta_rows (BP1)."""
-        acts = self._forward(params, x, self._takes_logits())
+        """((activations, pre-activations), loss, delta_L): the twin of
+        _step.output_delta_rows (BP1)."""
+        zs = []
+        acts = self._forward(params, x, self._takes_logits(), zs)
         out, act_out = acts[-1], self.activations[-1]
         loss, delta = self._output_loss(out, y, sample_weight)
         if not self._takes_logits():
             if act_out == "softmax":
                 delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
             else:
-                delta = getattr(R, f"{act_out}_backward")(out, delta)
-        return acts, loss, delta
+                delta = self._activation_backward(self.n_layers, acts, zs, delta)
+        return (acts, zs), loss, delta
 
-    def _backward_layer(self, params, grads, acts, delta, l):
+    def _backward_layer(self, params, grads, saved, delta, l):
         """Layer l's gradient into grads; returns delta_{l-1} (the twin of
-        _step.backward_layer_rows)."""
+        _step.backward_layer_rows).  ``saved``: (activations, pre-activations)."""
+        acts, zs = saved
         weights, _ = self._views(params)
         grad_w, grad_b = self._views(grads)
         # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
@@ -194,8 +215,8 @@ class Trainer:
                                          grad_w=grad_w[l], grad_b=grad_b[l])
         if l == 0:
             return None
-        # BP2: times the activation's derivative, from the saved output
-        return getattr(R, f"{self.activations[l - 1]}_backward")(acts[l], grad_x)
+        # BP2: times the activation's derivative, from the saved output (or z)
+        return self._activation_backward(l, acts, zs, grad_x)
 
     def _loss_and_grad(self, params, x, y, grads, sample_weight=None):
         acts, loss, delta = self._output_delta(params, x, y, sample_weight)
