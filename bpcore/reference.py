@@ -422,7 +422,8 @@ def gelu_forward(z, *, out=None):
     """
     z, buf = V.unary_args("z", z, out)
     t = z.dtype.type
-    np.copyto(buf, z * t(0.5) * (t(1) + _erf(z * t(_SQRT1_2))))
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        np.copyto(buf, z * t(0.5) * (t(1) + _erf(z * t(_SQRT1_2))))
     return buf if out is None else out
 
 
@@ -444,9 +445,9 @@ def gelu_backward(z, grad, *, out=None):
     z, grad, buf = V.binary_args(z, grad, out, saved="z")
     t = z.dtype.type
     cdf = t(0.5) * (t(1) + _erf(z * t(_SQRT1_2)))
-    with np.errstate(under="ignore"):
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):  # inf * 0: NaN
         pdf = t(_GELU_BETA) * np.exp(z * z * t(-0.5))
-    np.copyto(buf, grad * (cdf + z * pdf))
+        np.copyto(buf, grad * (cdf + z * pdf))
     return buf if out is None else out
 
 
@@ -470,7 +471,8 @@ def gelu_tanh_forward(z, *, out=None):
     """
     z, buf = V.unary_args("z", z, out)
     t = z.dtype.type
-    with np.errstate(over="ignore"):  # z**3 overflowing saturates the tanh, as in torch
+    # z**3 overflowing saturates the tanh, as in torch; -inf * 0 is NaN
+    with np.errstate(over="ignore", invalid="ignore"):
         np.copyto(buf, t(0.5) * z * (t(1) + _gelu_tanh_inner(z)))
     return buf if out is None else out
 
@@ -517,7 +519,8 @@ def silu_forward(z, *, out=None):
     out : ndarray
     """
     z, buf = V.unary_args("z", z, out)
-    np.copyto(buf, z * sigmoid_forward(z))
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        np.copyto(buf, z * sigmoid_forward(z))
     return buf if out is None else out
 
 
@@ -538,7 +541,8 @@ def silu_backward(z, grad, *, out=None):
     z, grad, buf = V.binary_args(z, grad, out, saved="z")
     t = z.dtype.type
     s = sigmoid_forward(z)
-    np.copyto(buf, grad * s * (t(1) + z * (t(1) - s)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.copyto(buf, grad * s * (t(1) + z * (t(1) - s)))
     return buf if out is None else out
 
 

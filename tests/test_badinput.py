@@ -50,9 +50,19 @@ class Spec(NamedTuple):
 
 _FWD = Spec({"z": "nm"}, {"out": "nm"}, ("z",), any_ndim=True)
 _BWD = Spec({"a": "nm", "grad": "nm"}, {"out": "nm"}, ("a", "grad"), any_ndim=True)
+# the backward of the activations whose derivative needs the pre-activation z
+_BWD_Z = Spec({"z": "nm", "grad": "nm"}, {"out": "nm"}, ("z", "grad"), any_ndim=True)
+FROM_OUTPUT = ("sigmoid", "relu", "tanh", "identity", "leaky_relu", "elu")
+FROM_Z = ("gelu", "gelu_tanh", "silu", "softplus")
+# The activations' parameters: a valid value, and the bad values beyond the bound.
+ACT_PARAMS = {"leaky_relu": {"negative_slope": (0.2, (("negative", -0.1),))},
+              "elu": {"alpha": (0.5, (("negative", -0.1),))},
+              "softplus": {"beta": (2.0, (("zero", 0.0), ("negative", -1.0))),
+                           "threshold": (-3.0, ())}}
 SPECS = {
-    **{f"{act}_forward": _FWD for act in ("sigmoid", "relu", "tanh", "identity")},
-    **{f"{act}_backward": _BWD for act in ("sigmoid", "relu", "tanh", "identity")},
+    **{f"{act}_forward": _FWD for act in FROM_OUTPUT + FROM_Z},
+    **{f"{act}_backward": _BWD for act in FROM_OUTPUT},
+    **{f"{act}_backward": _BWD_Z for act in FROM_Z},
     "softmax_forward": Spec({"z": "nc"}, {"out": "nc"}, ("z",)),
     "matmul": Spec({"a": "mk", "b": "kp"}, {"out": "mp"}),
     "linear_forward": Spec({"x": "ni", "w": "io", "b": "o"}, {"out": "no"}),
@@ -547,6 +557,18 @@ def function_cases(name, backend):
             return Case(call, kw, raises(ValueError, named("velocity"), "`grad`"))
         add("velocity-is-grad", build)
 
+    act = name.removesuffix("_forward").removesuffix("_backward")
+    for arg, (good, beyond) in ACT_PARAMS.get(act, {}).items():
+        for label, value, exc in (("nan", math.nan, ValueError), ("inf", math.inf, ValueError),
+                                  ("str", "0.1", TypeError), ("none", None, TypeError),
+                                  ("bool", True, TypeError), ("list", [0.1], TypeError),
+                                  *((lab, val, ValueError) for lab, val in beyond)):
+            add(f"param-{arg}-{label}", lambda arg=arg, value=value, exc=exc: Case(
+                call, dict(clean_inputs(name), **{arg: value}), raises(exc, named(arg))))
+        for label, value in (("given", good), ("int", 1), ("numpy_float32", np.float32(good))):
+            add(f"param-{arg}-{label}-accepted",
+                lambda arg=arg, value=value: same(dict(clean_inputs(name), **{arg: value})))
+
     if name in OPTIMIZERS and name != "sgd_update":
         for arg, beyond in HYPER_BOUNDS[name].items():
             for label, value, exc in (("negative", -0.1, ValueError),
@@ -714,6 +736,22 @@ def mlp_cases(backend):
         "sizes-int": (dict(layer_sizes=4), TypeError, "layer_sizes"),
         "sizes-none": (dict(layer_sizes=None), TypeError, "layer_sizes"),
         "activation-unknown": (dict(activation="swish"), ValueError, "activation", "'relu'"),
+        "activation-options-unused": (dict(activation="tanh", activation_options={"alpha": 1.0}),
+                                      ValueError, "activation_options", "'alpha'"),
+        "activation-options-unknown": (dict(activation="elu", activation_options={"slope": 1.0}),
+                                       ValueError, "activation_options", "'alpha'"),
+        "activation-options-not-dict": (dict(activation="elu", activation_options=[1.0]),
+                                        TypeError, "activation_options"),
+        "activation-options-negative": (dict(activation="leaky_relu",
+                                             activation_options={"negative_slope": -0.1}),
+                                        ValueError, "activation_options", "`negative_slope`"),
+        "activation-options-nan": (dict(activation="softplus", activation_options={"beta": math.nan}),
+                                   ValueError, "activation_options", "`beta`"),
+        "activation-options-str": (dict(activation="elu", activation_options={"alpha": "1"}),
+                                   TypeError, "activation_options", "`alpha`"),
+        "activation-options-output": (dict(activation="tanh", output_activation="softplus",
+                                           activation_options={"beta": 0.0}),
+                                      ValueError, "activation_options", "`beta`"),
         "activation-count": (dict(activation=["relu", "tanh"]), ValueError, "activation"),
         "activation-none": (dict(activation=None), (TypeError, ValueError), "activation"),
         "output-activation-unknown": (dict(output_activation="swish"), ValueError,

@@ -11,11 +11,23 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import import_oracle
+from conftest import assert_close, import_oracle
 
 import bpcore
 
 UNARY = ["sigmoid", "relu", "tanh", "identity"]
+# name -> (non-default parameters, torch's forward with them, backward takes z)
+NEW_ACTS = {
+    "leaky_relu": ({"negative_slope": 0.2},
+                   lambda F, t, p: F.leaky_relu(t, **p), False),
+    # NOTE: from the output, as torch's in-place elu_ (is_result=True): its autograd
+    # formula is the one bpcore computes, grad * (a + alpha).
+    "elu": ({"alpha": 0.7}, lambda F, t, p: F.elu(t * 1, **p, inplace=True), False),
+    "gelu": ({}, lambda F, t, p: F.gelu(t), True),
+    "gelu_tanh": ({}, lambda F, t, p: F.gelu(t, approximate="tanh"), True),
+    "silu": ({}, lambda F, t, p: F.silu(t), True),
+    "softplus": ({"beta": 1.5, "threshold": 8.0}, lambda F, t, p: F.softplus(t, **p), True),
+}
 MSE_REDUCTIONS = ["mean", "sum", "half_sum", "half_mean"]
 CE_REDUCTIONS = ["mean", "sum"]
 
@@ -534,6 +546,9 @@ def _calls(R, dtype):
     for name in UNARY:
         calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), {})
         calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (a_sig, g), {})
+    for name, (params, _, _) in NEW_ACTS.items():
+        calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), params)
+        calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (z, g), params)
     return calls
 
 
@@ -787,3 +802,87 @@ def test_optimizers_validate_their_state(R):
         R.sklearn_sgd_update(p, g, lr=0.1, momentum=0.9, velocity=p)
     with pytest.raises(ValueError, match="`momentum` must be <= 1"):
         R.sklearn_sgd_update(p, g, lr=0.1, momentum=1.5, velocity=np.zeros(3))
+
+
+# ---------------------------------------------------------------------------
+# The activations with parameters, and those whose backward takes z
+# ---------------------------------------------------------------------------
+
+def _new_act_inputs(dtype):
+    """Normal values, a dense range over every branch (incl. softplus's threshold), zeros."""
+    rng = np.random.default_rng(61)
+    z = np.concatenate([rng.normal(scale=3, size=2000), np.linspace(-12, 12, 2401),
+                        [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8]])
+    return z.astype(dtype), rng.normal(size=z.size).astype(dtype)
+
+
+def _assert_vs_torch(actual, expected, z, dtype, floor):
+    """rtol 1e-12 (float64) / 2e-6 (float32), plus ``floor`` * eps * max(|z|, 1) absolute:
+    the rounding left where a formula cancels in torch as here (1 + erf(z/sqrt(2)) for
+    z << 0, cdf + z pdf at gelu's minimum, a + alpha for elu near -alpha)."""
+    eps = np.finfo(dtype).eps
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    bound = rtol * np.abs(expected) + floor * eps * np.maximum(np.abs(z), 1)
+    bad = ~(np.abs(actual - expected) <= bound)
+    assert not bad.any(), (z[bad][:5], actual[bad][:5], expected[bad][:5])
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_vs_torch_forward_and_autograd(R, torch, name, dtype):
+    params, torch_fn, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(dtype)
+    zt = torch.tensor(z, requires_grad=True)
+    at = torch_fn(torch.nn.functional, zt, params)
+    at.backward(torch.tensor(g))
+    a = getattr(R, f"{name}_forward")(z, **params)
+    assert a.dtype == np.dtype(dtype)
+    _assert_vs_torch(a, _np(at), z, dtype, floor=2)
+    grad = getattr(R, f"{name}_backward")(z if takes_z else a, g, **params)
+    _assert_vs_torch(grad, zt.grad.numpy(), z, dtype, floor=4 * np.abs(g) + 1)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_defaults_are_torchs(R, torch, name):
+    _, torch_fn, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(np.float64)
+    default = {"leaky_relu": lambda F, t: F.leaky_relu(t),
+               "elu": lambda F, t: F.elu(t * 1, inplace=True),
+               "softplus": lambda F, t: F.softplus(t)}.get(name)
+    expected = (default or (lambda F, t: torch_fn(F, t, {})))(torch.nn.functional,
+                                                             torch.tensor(z))
+    _assert_vs_torch(getattr(R, f"{name}_forward")(z), _np(expected), z, np.float64, 2)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_backward_gradcheck(R, name):
+    params, _, takes_z = NEW_ACTS[name]
+    z = _away_from_kink((4, 6), np.float64, 62) * 2
+    z[0, :3] = [7.9, 8.1, -15.0]  # either side of softplus's threshold (beta z = 8)
+    z[0, :2] /= params.get("beta", 1.0)
+    weights = _normal((4, 6), np.float64, 63)
+    forward = lambda z: getattr(R, f"{name}_forward")(z, **params)  # noqa: E731
+    analytic = getattr(R, f"{name}_backward")(z if takes_z else forward(z), weights, **params)
+    assert bpcore.gradcheck(lambda z: np.sum(weights * forward(z)), [z], [analytic],
+                            eps=1e-7)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_compiled_equal_reference_with_parameters(name, dtype):
+    params, _, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(dtype)
+    out = [getattr(B, f"{name}_forward")(z, **params) for B in (bpcore, bpcore.reference)]
+    assert_close(out[0], out[1])
+    saved = z if takes_z else out[1]
+    back = [getattr(B, f"{name}_backward")(saved, g, **params) for B in (bpcore, bpcore.reference)]
+    assert_close(back[0], back[1], scale=float(np.abs(g).max()))
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_nan_and_in_place(R, name, dtype):
+    params, _, takes_z = NEW_ACTS[name]
+    z = np.array([[np.nan, 1.0, -2.0], [0.5, np.nan, 30.0]], dtype)
+    fwd = getattr(R, f"{name}_forward")
+    np.testing.assert_array_equal(np.isnan(fwd(z, **params)), np.isnan(z))
+    expected = fwd(z, **params)
+    assert fwd(z, out=z, **params) is z
+    np.testing.assert_array_equal(z, expected)
