@@ -1,4 +1,5 @@
 """Type stub for the fused training step (checked by mypy.stubtest)."""
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,8 @@ class Trainer:
     capacity: int
     batches_done: int
     def __init__(self, sizes: Any, activations: Any, loss: str, reduction: str,
-                 dtype: Any, alpha: float = 0.0) -> None: ...
+                 dtype: Any, alpha: float = 0.0, *,
+                 activation_params: Sequence[dict[str, float] | None] | None = None) -> None: ...
     @property
     def alpha(self) -> float: ...
     @alpha.setter

@@ -13,8 +13,10 @@ from ._step import Trainer, UpdateRule
 
 _Float = NDArray[np.floating[Any]]
 _Seed = int | np.random.Generator | None
-_Activation = Literal["identity", "relu", "sigmoid", "tanh"]
-_OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "softmax"]
+_Activation = Literal["identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu",
+                      "gelu_tanh", "silu", "softplus"]
+_OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu",
+                            "gelu_tanh", "silu", "softplus", "softmax"]
 _Loss = Literal["mse", "cross_entropy", "binary_cross_entropy"]
 _Reduction = Literal["mean", "sum", "half_sum", "half_mean"]
 _Backend = Literal["compiled", "reference"]
@@ -35,6 +37,7 @@ BACKENDS: Final[tuple[str, ...]]
 class MLP:
     layer_sizes: list[int]
     activations: list[str]
+    activation_options: dict[str, float]
     loss: str
     reduction: str
     dtype: np.dtype[Any]
@@ -47,13 +50,15 @@ class MLP:
                  output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
                  reduction: _Reduction = "mean", dtype: DTypeLike = "float32", seed: _Seed = None,
                  init: Literal["auto", "normal", "glorot", "he"] = "auto",
-                 backend: _Backend = "compiled") -> None: ...
+                 backend: _Backend = "compiled",
+                 activation_options: dict[str, float] | None = None) -> None: ...
     @classmethod
     def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
                     activation: _Activation | Sequence[_Activation] = "relu",
                     output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
                     reduction: _Reduction = "mean", dtype: DTypeLike | None = None,
-                    backend: _Backend = "compiled") -> Self: ...
+                    backend: _Backend = "compiled",
+                    activation_options: dict[str, float] | None = None) -> Self: ...
     @property
     def n_params(self) -> int: ...
     @property
