@@ -46,6 +46,24 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
 cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out,
                         Py_ssize_t n, double grad_scale) noexcept nogil
 
+# The pointwise regression losses beside MSE (PyTorch's l1_loss, huber_loss, smooth_l1_loss).
+cdef enum:
+    REG_MSE = 0
+    REG_L1 = 1
+    REG_HUBER = 2          # param: delta
+    REG_SMOOTH_L1 = 3      # param: beta (> 0; beta = 0 is REG_L1)
+
+cdef double regression_loss(int kind, const floating* pred, const floating* target,
+                            floating* grad_out, Py_ssize_t n, double param,
+                            double scale) noexcept nogil
+cdef double softmax_cross_entropy_weighted_rows(
+    const floating* logits, const long long* labels, const double* class_weight,
+    double smoothing, floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+    double grad_scale) noexcept nogil
+cdef double sigmoid_bce_pos_weight(const floating* z, const floating* t, const double* pw,
+                                   floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                   double grad_scale) noexcept nogil
+
 # Parameter updates with PyTorch's / scikit-learn's rounding (static C in optim.h:
 # each module that cimports these gets its own copy and selects it with
 # bp_optim_select at import).

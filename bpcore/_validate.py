@@ -490,12 +490,14 @@ def activation_param(name, value):
     return check_real(name, value, **_ACTIVATION_PARAM_RULES[name])
 
 
-def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False):
-    """Checked (pred, target, out) for the squared-error loss and its gradient.
+def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False,
+             reductions=REDUCTIONS_MSE):
+    """Checked (pred, target, out) for the squared-error loss (and, with ``reductions``
+    ("mean", "sum"), the other pointwise regression losses) and its gradient.
 
     ``out`` is checked (and allocated when None) only when ``want_out``.
     """
-    check_choice("reduction", reduction, REDUCTIONS_MSE)
+    check_choice("reduction", reduction, reductions)
     dtype, (pred, target) = float_arrays(("pred", pred, None), ("target", target, None))
     check_shape("target", target, pred.shape, "to match `pred`")
     if want_out:
@@ -520,6 +522,32 @@ def cross_entropy_args(logits, labels, reduction, out=None, want_out=False, cont
     if contiguous:
         (logits,) = as_contiguous(logits)
     return logits, labels, out
+
+
+# The pointwise regression losses' parameter (PyTorch's bounds: huber's delta > 0,
+# smooth_l1's beta >= 0, beta = 0 being the L1 loss).
+def regression_param(loss, value):
+    """``delta`` (huber) or ``beta`` (smooth_l1) checked, as float."""
+    if loss == "huber":
+        return check_real("delta", value, minimum=0.0, strict_min=True)
+    return check_real("beta", value, minimum=0.0)
+
+
+def loss_weights(name, weights, n):
+    """``class_weight`` / ``pos_weight``: None, or n finite values >= 0 as a float64 vector."""
+    if weights is None:
+        return None
+    _, (w,) = float_arrays((name, weights, 1))
+    check_shape(name, w, (n,), "(one per class / output)")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"`{name}` must be finite and >= 0")
+    return w
+
+
+def label_smoothing_arg(value):
+    """``label_smoothing`` in [0, 1] (PyTorch's bounds), as float."""
+    return check_real("label_smoothing", value, minimum=0.0, maximum=1.0)
 
 
 def param_buffer(name, arr, like=None):

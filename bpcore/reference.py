@@ -34,6 +34,8 @@ __all__ = [
     "silu_forward", "silu_backward", "softplus_forward", "softplus_backward",
     "softmax_forward",
     "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
+    "l1_loss", "l1_loss_backward", "huber_loss", "huber_loss_backward",
+    "smooth_l1_loss", "smooth_l1_loss_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
     "sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward",
     "sgd_update", "adam_update", "sklearn_sgd_update", "sklearn_adam_update",
@@ -701,6 +703,142 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     return loss, mse_loss_backward(pred, target, reduction=reduction, out=out)
 
 
+def _regression_terms(name, d, param):
+    """(elementwise loss in float64, d loss / d pred in d's dtype) of PyTorch's pointwise
+    losses on d = pred - target; smooth_l1 with beta = 0 is l1 (as in torch)."""
+    z = np.abs(d).astype(np.float64)
+    t = d.dtype.type
+    if name == "l1" or param == 0:
+        return z, np.sign(d)
+    if name == "huber":
+        loss = np.where(z < param, 0.5 * z * z, param * (z - 0.5 * param))
+        return loss, np.where(d <= -param, t(-param), np.where(d >= param, t(param), d))
+    loss = np.where(z < param, 0.5 * z * z / param, z - 0.5 * param)
+    with np.errstate(invalid="ignore"):
+        return loss, np.where(d <= -param, t(-1), np.where(d >= param, t(1), d / t(param)))
+
+
+def _regression_loss(name, pred, target, reduction, param, out=None, want_grad=False):
+    pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=want_grad,
+                                   reductions=V.REDUCTIONS_CE)
+    d = pred - target
+    loss, grad = _regression_terms(name, d, param)
+    if d.size == 0:
+        return (math.nan if reduction == "mean" else 0.0) if not want_grad else (
+            buf if out is None else out)
+    scale = 1.0 / d.size if reduction == "mean" else 1.0
+    if not want_grad:
+        return float(loss.sum()) * scale
+    np.copyto(buf, grad * pred.dtype.type(scale))
+    return buf if out is None else out
+
+
+def l1_loss(pred, target, *, reduction="mean"):
+    """Absolute-error loss (``torch.nn.functional.l1_loss``).
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+        "mean" divides by the number of elements (NaN when there are none).
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("l1", pred, target, reduction, 0.0)
+
+
+def l1_loss_backward(pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`l1_loss`: ``sign(pred - target) * c`` (0 where they are equal).
+
+    Parameters
+    ----------
+    pred, target, reduction
+        As for :func:`l1_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    return _regression_loss("l1", pred, target, reduction, 0.0, out, True)
+
+
+def huber_loss(pred, target, *, reduction="mean", delta=1.0):
+    """Huber loss (``torch.nn.functional.huber_loss``): with ``z = |pred - target|``,
+    ``z**2 / 2`` where ``z < delta``, else ``delta * (z - delta / 2)``.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+    delta : float
+        > 0.
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("huber", pred, target, reduction, V.regression_param("huber", delta))
+
+
+def huber_loss_backward(pred, target, *, reduction="mean", delta=1.0, out=None):
+    """Gradient of :func:`huber_loss`: ``clip(pred - target, -delta, delta) * c``.
+
+    Parameters
+    ----------
+    pred, target, reduction, delta
+        As for :func:`huber_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    return _regression_loss("huber", pred, target, reduction,
+                            V.regression_param("huber", delta), out, True)
+
+
+def smooth_l1_loss(pred, target, *, reduction="mean", beta=1.0):
+    """Smooth L1 loss (``torch.nn.functional.smooth_l1_loss``): with ``z = |pred - target|``,
+    ``z**2 / (2 beta)`` where ``z < beta``, else ``z - beta / 2``; ``beta = 0`` is the L1 loss.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+    beta : float
+        >= 0.
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("smooth_l1", pred, target, reduction,
+                            V.regression_param("smooth_l1", beta))
+
+
+def smooth_l1_loss_backward(pred, target, *, reduction="mean", beta=1.0, out=None):
+    """Gradient of :func:`smooth_l1_loss`: ``clip((pred - target) / beta, -1, 1) * c``.
+
+    Parameters
+    ----------
+    pred, target, reduction, beta
+        As for :func:`smooth_l1_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray
+    """
+    return _regression_loss("smooth_l1", pred, target, reduction,
+                            V.regression_param("smooth_l1", beta), out, True)
+
+
 def _log_softmax(logits):
     """Rows of ``logits - logsumexp(logits)``, stable for any finite logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -708,11 +846,33 @@ def _log_softmax(logits):
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+def _ce_weighting(logits, labels, reduction, class_weight, label_smoothing):
+    """(target distributions q (n, C) in float64 or None, the mean's divisor): PyTorch's
+    rule -- q = (1 - eps) w[y] onehot + (eps / C) w, divided for "mean" by sum_i w[y_i]
+    (the number of rows without weights)."""
+    n, n_classes = logits.shape
+    eps = V.label_smoothing_arg(label_smoothing)
+    w = V.loss_weights("class_weight", class_weight, n_classes)
+    if w is None and eps == 0:
+        return None, float(n)
+    weights = np.ones(n_classes) if w is None else w
+    q = np.zeros((n, n_classes))
+    q[np.arange(n), labels] = (1 - eps) * weights[labels]
+    q += (eps / n_classes) * weights
+    return q, float(weights[labels].sum())
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean", class_weight=None,
+                          label_smoothing=0.0):
     """Cross-entropy of the row-wise softmax of ``logits`` against class indices.
 
     ``loss_i = logsumexp(logits_i) - logits_i[labels_i]``, computed after
-    subtracting the row maximum so it is finite for logits up to +-1e30.
+    subtracting the row maximum so it is finite for logits up to +-1e30.  With
+    ``class_weight`` w and ``label_smoothing`` eps, as
+    ``torch.nn.functional.cross_entropy``:
+    ``loss_i = (1 - eps) w[y_i] (-log p_i[y_i]) + (eps / C) sum_c w_c (-log p_ic)``,
+    and "mean" divides the sum by ``sum_i w[y_i]`` (the summed weights of the
+    targets), not by the number of rows.
 
     Parameters
     ----------
@@ -720,6 +880,10 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     labels : array_like of int, shape (n_samples,)
         Class indices in [0, n_classes).
     reduction : {"mean", "sum"}
+    class_weight : array_like, shape (n_classes,), optional
+        Finite, >= 0.
+    label_smoothing : float
+        In [0, 1].
 
     Returns
     -------
@@ -728,22 +892,35 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     """
     logits, labels, _ = V.cross_entropy_args(logits, labels, reduction)
     n = logits.shape[0]
+    q, norm = _ce_weighting(logits, labels, reduction, class_weight, label_smoothing)
     if n == 0:
         return float("nan") if reduction == "mean" else 0.0
-    per_sample = -_log_softmax(logits)[np.arange(n), labels]
-    total = float(per_sample.sum())
-    return total / n if reduction == "mean" else total
+    log_p = _log_softmax(logits)
+    if q is None:
+        total = float(-log_p[np.arange(n), labels].sum())
+    else:
+        total = float(-(q * log_p).sum())
+    if reduction != "mean":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):  # all weights 0: 0 / 0, as torch
+        return float(np.float64(total) / norm)
 
 
-def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None):
-    """Gradient of :func:`softmax_cross_entropy`: ``(softmax(logits) - onehot) * c``.
+def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
+    """Gradient of :func:`softmax_cross_entropy`: ``(softmax(logits) - onehot) * c``;
+    with class weights or smoothing, ``(softmax(logits) * sum(q) - q) * c`` for the
+    target distributions q.
 
     Parameters
     ----------
     logits : array_like, shape (n_samples, n_classes)
     labels : array_like of int, shape (n_samples,)
     reduction : {"mean", "sum"}
-        ``c`` is ``1 / n_samples`` for "mean", 1 for "sum".
+        ``c`` is ``1 / n_samples`` (``1 / sum_i w[y_i]`` with class weights) for
+        "mean", 1 for "sum".
+    class_weight, label_smoothing
+        As for :func:`softmax_cross_entropy`.
     out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
 
     Returns
@@ -752,16 +929,24 @@ def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None
     """
     logits, labels, buf = V.cross_entropy_args(logits, labels, reduction, out, want_out=True)
     n = logits.shape[0]
+    q, norm = _ce_weighting(logits, labels, reduction, class_weight, label_smoothing)
     if n == 0:
         return buf if out is None else out
-    softmax_forward(logits, out=buf)
-    buf[np.arange(n), labels] -= 1
-    if reduction == "mean":
-        buf *= logits.dtype.type(1.0 / n)
+    if q is None:
+        softmax_forward(logits, out=buf)
+        buf[np.arange(n), labels] -= 1
+        if reduction == "mean":
+            buf *= logits.dtype.type(1.0 / n)
+        return buf if out is None else out
+    p = softmax_forward(logits).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = 1.0 / norm if reduction == "mean" else 1.0
+        np.copyto(buf, (p * q.sum(axis=1, keepdims=True) - q) * scale)
     return buf if out is None else out
 
 
-def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
+def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
     """:func:`softmax_cross_entropy` and its backward together.
 
     Parameters
@@ -769,6 +954,8 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
     logits : array_like, shape (n_samples, n_classes)
     labels : array_like of int, shape (n_samples,)
     reduction : {"mean", "sum"}
+    class_weight, label_smoothing
+        As for :func:`softmax_cross_entropy`.
     out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
 
     Returns
@@ -776,8 +963,10 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
     loss : float
     grad : ndarray, shape (n_samples, n_classes)
     """
-    loss = softmax_cross_entropy(logits, labels, reduction=reduction)
-    return loss, softmax_cross_entropy_backward(logits, labels, reduction=reduction, out=out)
+    options = dict(reduction=reduction, class_weight=class_weight,
+                   label_smoothing=label_smoothing)
+    loss = softmax_cross_entropy(logits, labels, **options)
+    return loss, softmax_cross_entropy_backward(logits, labels, **options, out=out)
 
 
 # ---------------------------------------------------------------------------
@@ -788,12 +977,15 @@ def _bce_scale(reduction, size):
     return 1.0 / size if reduction == "mean" else 1.0
 
 
-def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
+def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean", pos_weight=None):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits.
 
     ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-|z_i|))`` (PyTorch's
     ``binary_cross_entropy_with_logits``): no sigmoid is formed, so it is
     finite for |z| up to 1e30 and exact where the sigmoid would saturate.
+    With ``pos_weight`` p (one per output, the last axis), PyTorch's
+    ``(1 - t) z - (1 + (p - 1) t) log sigmoid(z)``; "mean" still divides by
+    the number of elements (as PyTorch).
 
     Parameters
     ----------
@@ -802,21 +994,32 @@ def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
         0/1 for binary and multi-label classification; soft targets allowed.
     reduction : {"mean", "sum"}
         "mean" divides by the number of elements (NaN when there are none).
+    pos_weight : array_like, shape (n_outputs,), optional
+        The weight of the positive targets of each output (``logits.shape[-1]``
+        of them); finite, >= 0.
 
     Returns
     -------
     loss : float
     """
     logits, targets, _ = V.bce_args(logits, targets, reduction)
+    pw = V.loss_weights("pos_weight", pos_weight, logits.shape[-1] if logits.ndim else 1)
     if logits.size == 0:
         return float("nan") if reduction == "mean" else 0.0
     with np.errstate(under="ignore"):
-        per = (np.maximum(logits, 0) - logits * targets) + np.log1p(np.exp(-np.abs(logits)))
+        if pw is None:
+            per = (np.maximum(logits, 0) - logits * targets) + np.log1p(np.exp(-np.abs(logits)))
+        else:
+            z, t = logits.astype(np.float64), targets.astype(np.float64)
+            log_sig = np.minimum(z, 0) - np.log1p(np.exp(-np.abs(z)))
+            per = (1 - t) * z - (1 + (pw - 1) * t) * log_sig
     return float(per.sum()) * _bce_scale(reduction, logits.size)
 
 
-def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", out=None):
-    """Gradient of :func:`sigmoid_binary_cross_entropy`: ``(sigmoid(logits) - targets) * c``.
+def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", pos_weight=None,
+                                          out=None):
+    """Gradient of :func:`sigmoid_binary_cross_entropy`: ``(sigmoid(logits) - targets) * c``;
+    with ``pos_weight`` p, ``((1 - t) - (1 + (p - 1) t) sigmoid(-z)) * c``.
 
     Parameters
     ----------
@@ -824,6 +1027,8 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
     targets : array_like, same shape, values in [0, 1]
     reduction : {"mean", "sum"}
         ``c`` is ``1 / logits.size`` for "mean", 1 for "sum".
+    pos_weight : array_like, shape (n_outputs,), optional
+        As for :func:`sigmoid_binary_cross_entropy`.
     out : ndarray, same shape, optional (may be ``logits`` or ``targets``)
 
     Returns
@@ -831,7 +1036,16 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
     out : ndarray
     """
     logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=True)
+    pw = V.loss_weights("pos_weight", pos_weight, logits.shape[-1] if logits.ndim else 1)
     if logits.size == 0:
+        return buf if out is None else out
+    if pw is not None:
+        z, t = logits.astype(np.float64), targets.astype(np.float64)
+        with np.errstate(under="ignore"):
+            e = np.exp(-np.abs(z))
+        s_neg = np.where(z >= 0, e / (1 + e), 1 / (1 + e))
+        np.copyto(buf, ((1 - t) - (1 + (pw - 1) * t) * s_neg) * _bce_scale(reduction,
+                                                                            logits.size))
         return buf if out is None else out
     t = targets.copy() if np.shares_memory(buf, targets) else targets
     sigmoid_forward(logits, out=buf)

@@ -59,6 +59,22 @@ ACT_PARAMS = {"leaky_relu": {"negative_slope": (0.2, (("negative", -0.1),))},
               "elu": {"alpha": (0.5, (("negative", -0.1),))},
               "softplus": {"beta": (2.0, (("zero", 0.0), ("negative", -1.0))),
                            "threshold": (-3.0, ())}}
+_CE = ("softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad")
+_BCE = ("sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward")
+# Every function's scalar parameters (as ACT_PARAMS), by function name.
+PARAMS = {
+    **{f"{act}_{way}": params for act, params in ACT_PARAMS.items()
+       for way in ("forward", "backward")},
+    **{f"huber_loss{s}": {"delta": (2.0, (("zero", 0.0), ("negative", -1.0)))}
+       for s in ("", "_backward")},
+    **{f"smooth_l1_loss{s}": {"beta": (0.5, (("negative", -1.0),))} for s in ("", "_backward")},
+    **{name: {"label_smoothing": (0.1, (("negative", -0.1), ("above_one", 1.5)))}
+       for name in _CE},
+}
+# The per-class / per-output weight vectors: (argument, the dimension they run over).
+WEIGHTS = {**{name: ("class_weight", "c") for name in _CE},
+           **{name: ("pos_weight", "m") for name in _BCE}}
+REGRESSION = ("l1_loss", "huber_loss", "smooth_l1_loss")
 SPECS = {
     **{f"{act}_forward": _FWD for act in FROM_OUTPUT + FROM_Z},
     **{f"{act}_backward": _BWD for act in FROM_OUTPUT},
@@ -73,6 +89,9 @@ SPECS = {
                               ("pred", "target"), any_ndim=True),
     "mse_loss_and_grad": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
                               ("pred", "target"), any_ndim=True),
+    **{name: Spec({"pred": "nm", "target": "nm"}, {}, any_ndim=True) for name in REGRESSION},
+    **{f"{name}_backward": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
+                                ("pred", "target"), any_ndim=True) for name in REGRESSION},
     "softmax_cross_entropy": Spec({"logits": "nc", "labels": "n"}, {}),
     "softmax_cross_entropy_backward": Spec({"logits": "nc", "labels": "n"}, {"out": "nc"},
                                            ("logits",)),
@@ -308,6 +327,7 @@ def function_cases(name, backend):
         add(f"empty-{sym}", lambda sym=sym: same(clean_inputs(name, **{sym: 0})))
     for red, value in ({"mse_loss": [("mean", math.nan), ("sum", 0.0), ("half_mean", math.nan),
                                      ("half_sum", 0.0)],
+                        **{loss: [("mean", math.nan), ("sum", 0.0)] for loss in REGRESSION},
                         "softmax_cross_entropy": [("mean", math.nan), ("sum", 0.0)],
                         "sigmoid_binary_cross_entropy": [("mean", math.nan), ("sum", 0.0)]}
                        .get(name, [])):
@@ -493,7 +513,7 @@ def function_cases(name, backend):
                 return Case(call, kw, raises(ValueError, named("labels"), "[2]"))
             add(f"labels-{kind}", build)
     if "reduction" in getattr(BACKENDS[backend], name).__doc__ or name.startswith(
-            ("mse", "softmax_cross", "sigmoid_binary")):
+            ("mse", "softmax_cross", "sigmoid_binary", "l1", "huber", "smooth_l1")):
         for bad_red in ("median", None, "MEAN"):
             add(f"reduction-{bad_red}",
                 lambda bad_red=bad_red: Case(call, dict(clean_inputs(name), reduction=bad_red),
@@ -557,8 +577,7 @@ def function_cases(name, backend):
             return Case(call, kw, raises(ValueError, named("velocity"), "`grad`"))
         add("velocity-is-grad", build)
 
-    act = name.removesuffix("_forward").removesuffix("_backward")
-    for arg, (good, beyond) in ACT_PARAMS.get(act, {}).items():
+    for arg, (good, beyond) in PARAMS.get(name, {}).items():
         for label, value, exc in (("nan", math.nan, ValueError), ("inf", math.inf, ValueError),
                                   ("str", "0.1", TypeError), ("none", None, TypeError),
                                   ("bool", True, TypeError), ("list", [0.1], TypeError),
@@ -568,6 +587,25 @@ def function_cases(name, backend):
         for label, value in (("given", good), ("int", 1), ("numpy_float32", np.float32(good))):
             add(f"param-{arg}-{label}-accepted",
                 lambda arg=arg, value=value: same(dict(clean_inputs(name), **{arg: value})))
+
+    if name in WEIGHTS:
+        arg, dim = WEIGHTS[name]
+        size = DIMS[dim]
+        for label, make, exc in (
+                ("length", lambda: np.ones(size + 1), ValueError),
+                ("ndim2", lambda: np.ones((1, size)), ValueError),
+                ("negative", lambda: -np.ones(size), ValueError),
+                ("nan", lambda: np.full(size, np.nan), ValueError),
+                ("inf", lambda: np.full(size, np.inf), ValueError),
+                ("str", lambda: np.array(["1"] * size), TypeError),
+                ("scalar", lambda: 2.0, ValueError)):
+            add(f"weights-{arg}-{label}", lambda make=make, exc=exc, arg=arg: Case(
+                call, dict(clean_inputs(name), **{arg: make()}), raises(exc, named(arg))))
+        for label, make in (("float32", lambda: np.linspace(0.5, 2, size, dtype=np.float32)),
+                            ("list", lambda: [1.5] * size), ("zeros_and_ints", lambda: np.arange(
+                                size)), ("strided", lambda: np.linspace(0.5, 2, 2 * size)[::2])):
+            add(f"weights-{arg}-{label}-accepted", lambda make=make, arg=arg: same(
+                dict(clean_inputs(name), **{arg: make()})))
 
     if name in OPTIMIZERS and name != "sgd_update":
         for arg, beyond in HYPER_BOUNDS[name].items():

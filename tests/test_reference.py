@@ -546,6 +546,10 @@ def _calls(R, dtype):
     for name in UNARY:
         calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), {})
         calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (a_sig, g), {})
+    for loss, params in (("l1_loss", {}), ("huber_loss", {"delta": 0.5}),
+                         ("smooth_l1_loss", {"beta": 0.5})):
+        calls[loss] = (getattr(R, loss), (z, g), params)
+        calls[f"{loss}_backward"] = (getattr(R, f"{loss}_backward"), (z, g), params)
     for name, (params, _, _) in NEW_ACTS.items():
         calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), params)
         calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (z, g), params)
