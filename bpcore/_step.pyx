@@ -61,7 +61,9 @@ from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
                               ACT_LEAKY_RELU, ACT_ELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU,
                               ACT_SOFTPLUS, activation_needs_z, activation_forward,
                               activation_backward, softmax_rows, column_sums,
-                              mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce)
+                              mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce,
+                              REG_MSE, REG_L1, REG_HUBER, REG_SMOOTH_L1, regression_loss,
+                              softmax_cross_entropy_weighted_rows, sigmoid_bce_pos_weight)
 
 cnp.import_array()
 
@@ -124,6 +126,10 @@ cdef enum:
     LOSS_SK_POISSON = 5
     # sigmoid + binary cross-entropy from the logits, float targets (n, n_out) in [0, 1]
     LOSS_BCE = 6
+    # PyTorch's pointwise regression losses beside MSE (float targets (n, n_out))
+    LOSS_L1 = 7
+    LOSS_HUBER = 8
+    LOSS_SMOOTH_L1 = 9
 
 cdef enum:
     # update rules: PyTorch's optimizers and scikit-learn's
@@ -145,7 +151,8 @@ ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "sigmoid": ACT_SIGMOI
 LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
           "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
           "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON,
-          "binary_cross_entropy": LOSS_BCE}
+          "binary_cross_entropy": LOSS_BCE, "l1": LOSS_L1, "huber": LOSS_HUBER,
+          "smooth_l1": LOSS_SMOOTH_L1}
 NONFINITE = STATUS_NONFINITE
 INTERRUPTED = STATUS_INTERRUPTED
 
@@ -176,6 +183,11 @@ cdef struct Net:
     int loss                     # LOSS_*
     bint sklearn                 # scikit-learn's conventions (the LOSS_SK_* losses)
     double mse_factor            # 1 ("mean", "sum") or 0.5 ("half_*")
+    int pointwise                # the float-target losses' kernel: REG_MSE, REG_L1, ...
+    double loss_param            # huber's delta, smooth_l1's beta
+    const double* class_weight   # cross-entropy: n_out class weights, or NULL
+    double label_smoothing       # cross-entropy: eps in [0, 1]
+    const double* pos_weight     # binary cross-entropy: n_out positive weights, or NULL
     bint mean                    # the loss divides by the sample (element) count
     double alpha                 # scikit-learn's L2 penalty (sklearn rule only)
     # the workspace
@@ -353,6 +365,8 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
             for i in range(n):
                 norm += sw[i] / wmax
     if net.loss == LOSS_CROSS_ENTROPY:
+        if net.class_weight != NULL or net.label_smoothing != 0:
+            return _weighted_ce_rows(net, out, <const long long*>y, sw, n, delta, wmax)
         if sw == NULL:
             scale = 1.0 / n if net.mean else 1.0
             return scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n,
@@ -367,22 +381,63 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
     if net.loss == LOSS_BCE:
         if sw == NULL:
             scale = 1.0 / count if net.mean else 1.0
-            return scale * sigmoid_bce(out, target, delta, count, scale)
+            return scale * _bce_rows(net, out, target, delta, n, n_out, scale)
         for i in range(n):
             scale = _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean else sw[i]
-            total += scale * sigmoid_bce(out + i * n_out, target + i * n_out,
-                                         delta + i * n_out if delta != NULL else NULL,
-                                         n_out, scale)
+            total += scale * _bce_rows(net, out + i * n_out, target + i * n_out,
+                                       delta + i * n_out if delta != NULL else NULL,
+                                       1, n_out, scale)
         return total
+    # MSE and the other pointwise losses (regression_loss is mse_forward_backward for MSE)
     if sw == NULL:
         scale = net.mse_factor / count if net.mean else net.mse_factor
-        return mse_forward_backward(out, target, delta, count, scale)
+        return regression_loss(net.pointwise, out, target, delta, count, net.loss_param, scale)
     for i in range(n):
         scale = (net.mse_factor * _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean
                  else net.mse_factor * sw[i])
-        total += mse_forward_backward(out + i * n_out, target + i * n_out,
-                                      delta + i * n_out if delta != NULL else NULL,
-                                      n_out, scale)
+        total += regression_loss(net.pointwise, out + i * n_out, target + i * n_out,
+                                 delta + i * n_out if delta != NULL else NULL,
+                                 n_out, net.loss_param, scale)
+    return total
+
+
+cdef inline double _bce_rows(const Net* net, const floating* z, const floating* t,
+                             floating* delta, Py_ssize_t rows, Py_ssize_t n_out,
+                             double scale) noexcept nogil:
+    """The binary cross-entropy's kernel: with the Net's pos_weight, or without."""
+    if net.pos_weight != NULL:
+        return sigmoid_bce_pos_weight(z, t, net.pos_weight, delta, rows, n_out, scale)
+    return sigmoid_bce(z, t, delta, rows * n_out, scale)
+
+
+cdef double _weighted_ce_rows(const Net* net, const floating* out, const long long* y,
+                              const floating* sw, Py_ssize_t n, floating* delta,
+                              double wmax) noexcept nogil:
+    """PyTorch's cross-entropy with class weights / label smoothing on n rows (see
+    softmax_cross_entropy_weighted_rows); "mean" divides by sum_i u_i w[y_i], u_i the
+    row weights (1 without), so row weights act as repeated rows as elsewhere.
+
+    NOTE: a batch whose targets all weigh 0 gives loss 0 and delta 0 (not torch's
+    0/0), as the row weights' rule does.
+    """
+    cdef Py_ssize_t n_out = net.sizes[net.n_layers], i
+    cdef double norm = 1, u, total = 0, scale
+    if net.mean:
+        norm = 0
+        for i in range(n):
+            u = _unit_weight(sw, i, wmax) if sw != NULL else 1.0
+            norm += u * (net.class_weight[y[i]] if net.class_weight != NULL else 1.0)
+        if norm == 0:
+            norm = 1
+    if sw == NULL:
+        return softmax_cross_entropy_weighted_rows(out, y, net.class_weight,
+                                                   net.label_smoothing, delta, n, n_out,
+                                                   1.0 / norm) / norm
+    for i in range(n):
+        scale = (_unit_weight(sw, i, wmax) if net.mean else sw[i]) / norm
+        total += scale * softmax_cross_entropy_weighted_rows(
+            out + i * n_out, y + i, net.class_weight, net.label_smoothing,
+            delta + i * n_out if delta != NULL else NULL, 1, n_out, scale)
     return total
 
 
@@ -865,8 +920,8 @@ cdef class Trainer:
         One per layer (the last is the output activation; "exp" is
         scikit-learn's Poisson link).
     loss : str
-        PyTorch's rules "mse", "cross_entropy" (int64 labels),
-        "binary_cross_entropy"; or scikit-learn's "sk_squared_error",
+        PyTorch's rules "mse", "l1", "huber", "smooth_l1", "cross_entropy"
+        (int64 labels), "binary_cross_entropy"; or scikit-learn's "sk_squared_error",
         "sk_log_loss", "sk_binary_log_loss", "sk_poisson" (float targets).
     reduction : str
         "mean", "sum", "half_sum", "half_mean" (PyTorch's rules).
@@ -878,6 +933,11 @@ cdef class Trainer:
         One per layer (None entries allowed): the activation's parameters by
         name (``{"negative_slope": 0.2}``), PyTorch's defaults where absent;
         taken as given (the faces validate them).
+    loss_params : dict, optional
+        The loss rule's options, taken as given: ``delta`` ("huber"),
+        ``beta`` ("smooth_l1"), ``class_weight`` (n_out,) and
+        ``label_smoothing`` ("cross_entropy"), ``pos_weight`` (n_out,)
+        ("binary_cross_entropy").
 
     The core's interface (see the module's Design note) is :meth:`forward`,
     :meth:`evaluate`, :meth:`loss_and_grad`, :meth:`update` and
@@ -894,7 +954,7 @@ cdef class Trainer:
     cdef readonly Py_ssize_t capacity
     cdef int typenum
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
-    cdef object _act_params, _z_ptrs, _z_buffers
+    cdef object _act_params, _z_ptrs, _z_buffers, _loss_arrays
     cdef Py_ssize_t max_width
     cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
     cdef double _pending_sw_sum
@@ -902,7 +962,7 @@ cdef class Trainer:
     cdef int _next_layer
 
     def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, *,
-                 activation_params=None):
+                 activation_params=None, loss_params=None):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
@@ -931,12 +991,33 @@ cdef class Trainer:
         self.net.mse_factor = 0.5 if reduction.startswith("half") else 1.0
         self.net.mean = reduction.endswith("mean")
         self.net.alpha = alpha
+        self._set_loss_params(loss, loss_params or {})
         self._act_ptrs = np.zeros(n_layers + 1, np.uintp)
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
         self._z_ptrs = np.zeros(n_layers + 1, np.uintp)
         self.net.zs = <char**>cnp.PyArray_DATA(self._z_ptrs)
         self.capacity = 0
         self._buffers = None
+
+    cdef void _set_loss_params(self, str loss, dict params) except *:
+        """The loss rule's options (taken as given): delta / beta, class_weight,
+        label_smoothing, pos_weight; the arrays are kept alive here."""
+        param = float(params.get("delta", params.get("beta", 1.0)))
+        self.net.pointwise = {"l1": REG_L1, "huber": REG_HUBER}.get(loss, REG_MSE)
+        if loss == "smooth_l1":
+            # PyTorch: smooth_l1_loss with beta = 0 is l1_loss
+            self.net.pointwise = REG_SMOOTH_L1 if param != 0 else REG_L1
+        self.net.loss_param = param
+        self.net.label_smoothing = float(params.get("label_smoothing", 0.0))
+        self._loss_arrays = {k: np.ascontiguousarray(params[k], np.float64)
+                             for k in ("class_weight", "pos_weight") if params.get(k) is not None}
+        self.net.class_weight = NULL
+        self.net.pos_weight = NULL
+        if "class_weight" in self._loss_arrays:
+            self.net.class_weight = <const double*>cnp.PyArray_DATA(
+                self._loss_arrays["class_weight"])
+        if "pos_weight" in self._loss_arrays:
+            self.net.pos_weight = <const double*>cnp.PyArray_DATA(self._loss_arrays["pos_weight"])
 
     @property
     def alpha(self):

@@ -27,7 +27,13 @@ __all__ = ["MLP"]
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu", "gelu_tanh",
                "silu", "softplus")
 OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy", "l1", "huber", "smooth_l1")
+# The regression losses (float targets, R^2 score); the others classify.
+REGRESSION_LOSSES = ("mse", "l1", "huber", "smooth_l1")
+# Each loss's options (MLP's loss_options) and PyTorch's defaults.
+LOSS_OPTIONS = {"huber": {"delta": 1.0}, "smooth_l1": {"beta": 1.0},
+                "cross_entropy": {"class_weight": None, "label_smoothing": 0.0},
+                "binary_cross_entropy": {"pos_weight": None}}
 OPTIMIZERS = ("sgd", "adam")
 DECAYS = ("all", "weights")
 SCHEDULES = ("constant", "invscaling", "adaptive")
@@ -72,14 +78,22 @@ class MLP:
         One of the hidden activations, or "softmax".  Default:
         "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
         (which requires it).
-    loss : {"mse", "cross_entropy", "binary_cross_entropy"}
+    loss : {"mse", "cross_entropy", "binary_cross_entropy", "l1", "huber", "smooth_l1"}
         Squared error against float targets (n, n_out); softmax cross-entropy
         against integer class labels (n,); or sigmoid binary cross-entropy
         (computed from the logits) against targets (n, n_out) in [0, 1], for
-        binary and multi-label outputs.
+        binary and multi-label outputs; or PyTorch's absolute-error, Huber and
+        smooth L1 losses against float targets.
     reduction : str
         "mean", "sum", "half_sum", "half_mean" for MSE; "mean", "sum" for
-        cross-entropy (see :func:`bpcore.reference.mse_loss`).
+        the others (see :func:`bpcore.reference.mse_loss`).
+    loss_options : dict, optional
+        The loss's options, as the functional forms take them (PyTorch's
+        defaults otherwise): ``delta`` (huber, > 0), ``beta`` (smooth_l1,
+        >= 0), ``class_weight`` (cross_entropy, n_out values >= 0; the mean
+        then divides by the summed weights of the targets) and
+        ``label_smoothing`` (cross_entropy, in [0, 1]), ``pos_weight``
+        (binary_cross_entropy, n_out values >= 0).
     dtype : {"float32", "float64"}
     seed : int or numpy.random.Generator, optional
         Seeds the initial weights (identical for both backends).
@@ -98,7 +112,7 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled", activation_options=None):
+                 backend="compiled", activation_options=None, loss_options=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -146,8 +160,10 @@ class MLP:
             from . import _step as core
         else:
             from . import reference_core as core
+        self.loss_options = _loss_options(loss_options, loss, sizes[-1])
         self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
-                                  activation_params=per_layer)
+                                  activation_params=per_layer,
+                                  loss_params=self._loss_params())
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
@@ -172,6 +188,11 @@ class MLP:
         if bad:
             raise ValueError(f"`layer_sizes` must all be >= 1; got {sizes}")
         return sizes
+
+    def _loss_params(self):
+        """loss_options as the core takes them: floats, and float64 arrays."""
+        return {k: (np.array(v, np.float64) if isinstance(v, tuple) else v)
+                for k, v in self.loss_options.items()}
 
     def _views(self):
         w_off, b_off = self._core.offsets()
@@ -198,7 +219,7 @@ class MLP:
     @classmethod
     def from_arrays(cls, weights, biases, *, activation="relu", output_activation=None,
                     loss="mse", reduction="mean", dtype=None, backend="compiled",
-                    activation_options=None):
+                    activation_options=None, loss_options=None):
         """Build an MLP holding the given parameters.
 
         Parameters
@@ -209,7 +230,7 @@ class MLP:
             ``biases[l]`` of shape (n_{l+1},).
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
-        activation, output_activation, loss, reduction, backend, activation_options
+        activation, output_activation, loss, reduction, backend, activation_options, loss_options
             As for :class:`MLP`.
         """
         weights, biases = list(weights), list(biases)
@@ -228,7 +249,8 @@ class MLP:
             sizes.append(w.shape[1])
         net = cls(sizes, activation=activation, output_activation=output_activation, loss=loss,
                   reduction=reduction, dtype=dtype if dtype is not None else found,
-                  backend=backend, activation_options=activation_options)
+                  backend=backend, activation_options=activation_options,
+                  loss_options=loss_options)
         for dst, src in zip(net.weights + net.biases, ws + bs):
             dst[...] = src
         return net
@@ -791,9 +813,10 @@ class MLP:
                             f"got {metrics!r}")
         for name in metrics:
             V.check_choice("metrics", name, ("accuracy",))
-            if self.loss == "mse":
-                raise ValueError("`metrics`=('accuracy',) needs a classification loss "
-                                 "('cross_entropy' or 'binary_cross_entropy'); got loss='mse'")
+            if self.loss in REGRESSION_LOSSES:
+                raise ValueError(f"`metrics`=('accuracy',) needs a classification loss "
+                                 f"('cross_entropy' or 'binary_cross_entropy'); got "
+                                 f"loss={self.loss!r}")
         return tuple(metrics)
 
     def _accuracy(self, x, y, sample_weight=None):
@@ -821,14 +844,14 @@ class MLP:
         float
             ``loss="cross_entropy"``: the fraction of rows whose arg-max output
             is the label; ``"binary_cross_entropy"``: the fraction of rows with
-            every output on the right side of 0.5; ``"mse"``: the coefficient
+            every output on the right side of 0.5; the regression losses: the coefficient
             of determination 1 - SS_res / SS_tot, averaged over the outputs
             (``sklearn.metrics.r2_score``'s "uniform_average"; an output with
             constant targets scores 1 if predicted exactly, else 0).
         """
         x, y = self.prepare_inputs(x, y)
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
-        if self.loss != "mse":
+        if self.loss not in REGRESSION_LOSSES:
             return self._accuracy(x, y, sample_weight)
         pred = self._output(x).astype(np.float64)
         target = y.astype(np.float64)
@@ -851,7 +874,9 @@ class MLP:
             extra = ({"activation_option_names": np.array(names, dtype=str),
                       "activation_option_values": np.array(
                           [self.activation_options[k] for k in names], np.float64)}
-                     if names else None)
+                     if names else {})
+            extra.update({f"loss_option_{k}": np.asarray(v, np.float64)
+                          for k, v in self.loss_options.items()})
             _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
                             loss=self.loss, reduction=self.reduction, dtype=self.dtype,
                             params=self._params, extra=extra)
@@ -881,9 +906,12 @@ class MLP:
                         or values.shape != names.shape or values.dtype.kind != "f"):
                     raise ValueError("bad activation option entries")
                 options = {str(k): float(v) for k, v in zip(names, values)}
+            loss_options = {k[len("loss_option_"):]: (v.tolist() if v.ndim else float(v))
+                            for k, v in extra.items() if k.startswith("loss_option_")}
             net = cls(entries["layer_sizes"], activation=acts[:-1], output_activation=acts[-1],
                       loss=entries["loss"], reduction=entries["reduction"],
-                      dtype=entries["dtype"], backend=backend, activation_options=options)
+                      dtype=entries["dtype"], backend=backend, activation_options=options,
+                      loss_options=loss_options or None)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
         net._params[...] = entries["params"]
@@ -945,6 +973,31 @@ def _activation_options(options, activations):
             checked[str(key)] = V.activation_param(key, value)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"`activation_options`: {exc}") from None
+    return checked
+
+
+def _loss_options(options, loss, n_out):
+    """``loss_options`` checked against ``loss``: floats, and tuples of n_out floats."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`loss_options` must be a dict such as {{'delta': 2.0}}; got "
+                        f"{type(options).__name__}")
+    takes = LOSS_OPTIONS.get(loss, {})
+    checked = {}
+    for key, value in options.items():
+        if key not in takes:
+            raise ValueError(f"`loss_options` has {key!r}, which loss={loss!r} does not take"
+                             + (f" (it takes {', '.join(map(repr, takes))})" if takes else ""))
+        try:
+            if key in ("delta", "beta"):
+                checked[key] = V.regression_param(loss, value)
+            elif key == "label_smoothing":
+                checked[key] = V.label_smoothing_arg(value)
+            elif value is not None:
+                checked[key] = tuple(float(v) for v in V.loss_weights(key, value, n_out))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"`loss_options`: {exc}") from None
     return checked
 
 

@@ -16,6 +16,7 @@ compiled twins in ``bpcore/_step.pyx`` (a test compares them with
 ``bpcore.MLP(..., backend="reference")`` runs a model on this twin.
 scikit-learn's loss rules ("sk_*") exist only in the compiled core.
 """
+import functools
 import math
 
 import numpy as np
@@ -76,7 +77,7 @@ class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
     def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, *,
-                 activation_params=None):
+                 activation_params=None, loss_params=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
         self.sizes = [int(s) for s in sizes]
@@ -86,6 +87,7 @@ class Trainer:
                                   (activation_params or [None] * len(self.activations))]
         self.loss = loss
         self.reduction = reduction
+        self.loss_params = {k: v for k, v in (loss_params or {}).items() if v is not None}
         self.dtype = np.dtype(dtype)
         self.alpha = alpha
         self.w_off, self.b_off = [], []
@@ -155,12 +157,16 @@ class Trainer:
 
     def _output_loss(self, out, y, sample_weight, want_grad=True):
         """(loss, d loss / d output) on a batch; the twin of _step.output_loss_rows."""
-        loss_fn = {"cross_entropy": R.softmax_cross_entropy,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy}.get(self.loss,
-                                                                               R.mse_loss)
-        grad_fn = {"cross_entropy": R.softmax_cross_entropy_backward,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy_backward}.get(
-                       self.loss, R.mse_loss_backward)
+        name = {"cross_entropy": "softmax_cross_entropy", "mse": "mse_loss",
+                "binary_cross_entropy": "sigmoid_binary_cross_entropy"}.get(self.loss,
+                                                                            f"{self.loss}_loss")
+        options = self.loss_params
+        loss_fn = functools.partial(getattr(R, name), **options)
+        grad_fn = functools.partial(getattr(R, f"{name}_backward"), **options)
+        if sample_weight is None and self.loss == "cross_entropy" and options:
+            # NOTE: as rows of weight 1, so that targets all of class weight 0 give loss 0
+            # (the core's rule for a batch that weighs nothing), not torch's 0/0
+            sample_weight = np.ones(out.shape[0])
         if sample_weight is None:
             return (loss_fn(out, y, reduction=self.reduction),
                     grad_fn(out, y, reduction=self.reduction) if want_grad else None)
@@ -173,6 +179,11 @@ class Trainer:
         if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
             weights = weights / weights.max()
             norm = float(weights.sum())
+        if mean and self.loss == "cross_entropy" and (
+                "class_weight" in options or options.get("label_smoothing", 0)):
+            # PyTorch's weighted mean: by the summed weights of the targets (as _step)
+            target_w = options["class_weight"][y] if "class_weight" in options else 1.0
+            norm = float(np.sum(weights * target_w)) or 1.0
         per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
         loss, grad = 0.0, np.empty_like(out)
         for i in range(out.shape[0]):
