@@ -46,7 +46,8 @@ class Trainer:
     batches_done: int
     def __init__(self, sizes: Any, activations: Any, loss: str, reduction: str,
                  dtype: Any, alpha: float = 0.0, *,
-                 activation_params: Sequence[dict[str, float] | None] | None = None) -> None: ...
+                 activation_params: Sequence[dict[str, float] | None] | None = None,
+                 loss_params: dict[str, Any] | None = None) -> None: ...
     @property
     def alpha(self) -> float: ...
     @alpha.setter

@@ -4,8 +4,10 @@
 # epoch loop, in compiled code, driven by two small descriptions:
 #
 #   the loss rule    (struct Net, fixed per Trainer): PyTorch's losses and
-#                    reductions ("mse", "cross_entropy" on logits,
-#                    "binary_cross_entropy" on logits; optional row weights),
+#                    reductions ("mse", "l1", "huber", "smooth_l1",
+#                    "cross_entropy" on logits with class weights and label
+#                    smoothing, "binary_cross_entropy" on logits with
+#                    pos_weight; optional row weights),
 #                    or scikit-learn's ("sk_*": delta = (out - y) * w, the
 #                    gradient (a.T @ delta + alpha * W) / sum(w), the L2 term
 #                    in the reported loss, scikit-learn's rounding order);
@@ -28,11 +30,16 @@
 #
 # One call is one nogil stretch that allocates nothing:
 #   forward   z_l = a_{l-1} @ W_l + b_l and a_l = act(z_l), bias and activation
-#             applied by the GEMM's store (epilogue);
+#             applied by the GEMM's store (epilogue) for identity / relu /
+#             sigmoid / tanh; the activations with parameters (leaky_relu,
+#             elu, softplus) and gelu / gelu_tanh / silu run as one pass after
+#             the product, and the training workspace keeps z_l only for the
+#             layers whose derivative needs it (gelu, gelu_tanh, silu, softplus);
 #   loss      value and d loss / d output in one pass (softmax + cross-entropy
 #             fused; MSE through the output activation's derivative);
 #   backward  delta_{l-1} = (delta_l @ W_l.T) * act'(a_{l-1}), the derivative
-#             applied by the GEMM's store, W_l.T read through strides; no
+#             applied by the GEMM's store (or, for the others, one pass from
+#             a_{l-1} or the kept z_{l-1}), W_l.T read through strides; no
 #             product for the first layer's input;
 #   update    one pass of the update rule over the whole flat block;
 #   epoch     batches in order or gathered by a permutation, signal handlers

@@ -790,6 +790,30 @@ def mlp_cases(backend):
         "activation-options-output": (dict(activation="tanh", output_activation="softplus",
                                            activation_options={"beta": 0.0}),
                                       ValueError, "activation_options", "`beta`"),
+        "loss-options-unknown": (dict(loss="huber", loss_options={"beta": 1.0}), ValueError,
+                                 "loss_options", "'delta'"),
+        "loss-options-none-taken": (dict(loss="mse", loss_options={"delta": 1.0}), ValueError,
+                                    "loss_options"),
+        "loss-options-not-dict": (dict(loss="huber", loss_options=2.0), TypeError,
+                                  "loss_options"),
+        "loss-options-delta-zero": (dict(loss="huber", loss_options={"delta": 0.0}), ValueError,
+                                    "loss_options", "`delta`"),
+        "loss-options-beta-negative": (dict(loss="smooth_l1", loss_options={"beta": -1.0}),
+                                       ValueError, "loss_options", "`beta`"),
+        "loss-options-beta-str": (dict(loss="smooth_l1", loss_options={"beta": "1"}),
+                                  TypeError, "loss_options", "`beta`"),
+        "loss-options-smoothing": (dict(loss="cross_entropy", loss_options={
+            "label_smoothing": 1.5}), ValueError, "loss_options", "`label_smoothing`"),
+        "loss-options-class-weight-length": (dict(loss="cross_entropy", loss_options={
+            "class_weight": [1.0, 2.0]}), ValueError, "loss_options", "`class_weight`"),
+        "loss-options-class-weight-negative": (dict(loss="cross_entropy", loss_options={
+            "class_weight": [1.0, -2.0, 1.0]}), ValueError, "loss_options", "`class_weight`"),
+        "loss-options-pos-weight-nan": (dict(loss="binary_cross_entropy", loss_options={
+            "pos_weight": [1.0, np.nan, 1.0]}), ValueError, "loss_options", "`pos_weight`"),
+        "loss-options-pos-weight-str": (dict(loss="binary_cross_entropy", loss_options={
+            "pos_weight": ["a", "b", "c"]}), TypeError, "loss_options", "`pos_weight`"),
+        "reduction-l1-half": (dict(loss="l1", reduction="half_mean"), ValueError, "reduction",
+                              "'sum'"),
         "activation-count": (dict(activation=["relu", "tanh"]), ValueError, "activation"),
         "activation-none": (dict(activation=None), (TypeError, ValueError), "activation"),
         "output-activation-unknown": (dict(output_activation="swish"), ValueError,

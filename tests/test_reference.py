@@ -890,3 +890,126 @@ def test_new_activations_nan_and_in_place(R, name, dtype):
     expected = fwd(z, **params)
     assert fwd(z, out=z, **params) is z
     np.testing.assert_array_equal(z, expected)
+
+
+# ---------------------------------------------------------------------------
+# The regression losses and the weighted cross-entropies, against PyTorch
+# ---------------------------------------------------------------------------
+
+# name -> (its parameters, torch's function taking them)
+REGRESSION = {
+    "l1_loss": ({}, lambda F, p, t, r: F.l1_loss(p, t, reduction=r)),
+    "huber_loss": ({"delta": 0.7}, lambda F, p, t, r: F.huber_loss(p, t, reduction=r,
+                                                                   delta=0.7)),
+    "smooth_l1_loss": ({"beta": 0.4}, lambda F, p, t, r: F.smooth_l1_loss(p, t, reduction=r,
+                                                                          beta=0.4)),
+    "smooth_l1_loss-beta0": ({"beta": 0.0}, lambda F, p, t, r: F.smooth_l1_loss(
+        p, t, reduction=r, beta=0.0)),
+}
+
+
+def _regression_inputs(dtype):
+    """Normal values, exact ties (d = 0) and differences on both sides of every kink."""
+    rng = np.random.default_rng(71)
+    pred = rng.normal(scale=2, size=(40, 5))
+    target = rng.normal(size=(40, 5))
+    target[0] = pred[0]                       # d = 0: sign 0, the quadratic branch
+    target[1] = pred[1] - np.array([0.7, -0.7, 0.4, -0.4, 1e-9])  # at delta / beta
+    return pred.astype(dtype), target.astype(dtype)
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+@pytest.mark.parametrize("case", REGRESSION)
+def test_regression_losses_vs_torch(R, torch, case, reduction, dtype):
+    params, torch_fn = REGRESSION[case]
+    name = case.split("-")[0]
+    pred, target = _regression_inputs(dtype)
+    pt = torch.tensor(pred, requires_grad=True)
+    expected = torch_fn(torch.nn.functional, pt, torch.tensor(target), reduction)
+    expected.backward()
+    assert_torch(getattr(R, name)(pred, target, reduction=reduction, **params),
+                 expected.item(), dtype, scale=40)
+    assert_torch(getattr(R, f"{name}_backward")(pred, target, reduction=reduction, **params),
+                 pt.grad, dtype)
+
+
+@pytest.mark.parametrize("case", REGRESSION)
+def test_regression_losses_gradcheck(R, case):
+    params, _ = REGRESSION[case]
+    name = case.split("-")[0]
+    pred, target = _regression_inputs(np.float64)
+    pred, target = pred[2:], target[2:]  # away from the kinks
+    analytic = getattr(R, f"{name}_backward")(pred, target, **params)
+    assert bpcore.gradcheck(lambda p: getattr(R, name)(p, target, **params), [pred],
+                            [analytic])
+
+
+def test_regression_losses_empty(R):
+    for name in ("l1_loss", "huber_loss", "smooth_l1_loss"):
+        assert np.isnan(getattr(R, name)(np.zeros((0, 3)), np.zeros((0, 3))))
+        assert getattr(R, name)(np.zeros((0, 3)), np.zeros((0, 3)), reduction="sum") == 0.0
+
+
+CE_OPTIONS = [{"class_weight": [0.5, 2.0, 0.0, 1.5]}, {"label_smoothing": 0.2},
+              {"class_weight": [0.5, 2.0, 0.1, 1.5], "label_smoothing": 0.35},
+              {"label_smoothing": 1.0}]
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+@pytest.mark.parametrize("options", CE_OPTIONS, ids=["weight", "smoothing", "both", "eps1"])
+def test_weighted_cross_entropy_vs_torch(R, torch, options, reduction, dtype):
+    logits = _normal((30, 4), dtype, 72, scale=3.0)
+    labels = _labels(30, 4, 73)
+    kw = dict(options)
+    t_kw = {"label_smoothing": kw.get("label_smoothing", 0.0)}
+    if "class_weight" in kw:
+        t_kw["weight"] = torch.tensor(np.array(kw["class_weight"], dtype))
+    zt = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(zt, torch.tensor(labels), reduction=reduction,
+                                                 **t_kw)
+    expected.backward()
+    loss = R.softmax_cross_entropy(logits, labels, reduction=reduction, **kw)
+    assert_torch(loss, expected.item(), dtype, scale=30)
+    grad = R.softmax_cross_entropy_backward(logits, labels, reduction=reduction, **kw)
+    # NOTE: p * sum(q) - q cancels where p ~ q: an absolute floor of a few eps
+    np.testing.assert_allclose(grad, _np(zt.grad), rtol=TORCH_TOL[np.dtype(dtype)]["rtol"],
+                               atol=16 * np.finfo(dtype).eps)
+    both = R.softmax_cross_entropy_and_grad(logits, labels, reduction=reduction, **kw)
+    assert both[0] == loss
+    np.testing.assert_array_equal(both[1], grad)
+
+
+def test_weighted_cross_entropy_gradcheck_and_zero_weights(R):
+    logits, labels = _normal((6, 4), np.float64, 74, scale=2.0), _labels(6, 4, 75)
+    kw = {"class_weight": [0.5, 2.0, 0.3, 1.5], "label_smoothing": 0.25}
+    analytic = R.softmax_cross_entropy_backward(logits, labels, **kw)
+    assert bpcore.gradcheck(lambda z: R.softmax_cross_entropy(z, labels, **kw), [logits],
+                            [analytic])
+    # every target weighing 0: the mean is 0 / 0, NaN, as in torch
+    assert np.isnan(R.softmax_cross_entropy(logits, np.zeros(6, np.int64),
+                                            class_weight=[0.0, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+def test_pos_weight_bce_vs_torch(R, torch, reduction, dtype):
+    logits = _normal((25, 3), dtype, 76, scale=4.0)
+    targets = np.random.default_rng(77).uniform(size=(25, 3)).astype(dtype)
+    pos_weight = np.array([0.3, 1.0, 4.0], dtype)
+    zt = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        zt, torch.tensor(targets), reduction=reduction, pos_weight=torch.tensor(pos_weight))
+    expected.backward()
+    assert_torch(R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction,
+                                                pos_weight=pos_weight),
+                 expected.item(), dtype, scale=25)
+    grad = R.sigmoid_binary_cross_entropy_backward(logits, targets, reduction=reduction,
+                                                   pos_weight=pos_weight)
+    np.testing.assert_allclose(grad, _np(zt.grad), rtol=TORCH_TOL[np.dtype(dtype)]["rtol"],
+                               atol=16 * np.finfo(dtype).eps)
+    # pos_weight of ones is the plain loss; 1e30 logits stay finite
+    plain = R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction)
+    assert R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction,
+                                          pos_weight=np.ones(3)) == pytest.approx(plain,
+                                                                                  rel=1e-6)
+    huge = (np.sign(logits) * 1e30).astype(dtype)
+    assert np.isfinite(R.sigmoid_binary_cross_entropy(huge, targets, pos_weight=pos_weight))
