@@ -47,6 +47,10 @@ from bpcore import _env
 
 import numpy as np
 from numpy import ndarray
+cimport numpy as cnp
+from bpcore._policy cimport final_array, plain_array
+
+cnp.import_array()
 
 from bpcore._validate import check_out, check_real, check_shape, float_arrays, check_int
 
@@ -529,18 +533,6 @@ cdef object _empty = np.empty
 cdef int _RO = PyBUF_STRIDES | PyBUF_FORMAT
 
 
-cdef inline int _kind(const Py_buffer *v) noexcept:
-    """4 for a native float32 buffer, 8 for float64, 0 otherwise."""
-    cdef const char *f = v.format
-    if f == NULL or f[0] == 0 or f[1] != 0:
-        return 0
-    if f[0] == b'f' and v.itemsize == 4:
-        return 4
-    if f[0] == b'd' and v.itemsize == 8:
-        return 8
-    return 0
-
-
 cdef inline bint _elementwise(const Py_buffer *v) noexcept:
     """Pointer and strides are whole elements (so element strides are exact)."""
     cdef Py_ssize_t s = v.itemsize
@@ -674,29 +666,30 @@ cdef inline bint _apart(const Py_buffer *x, const Py_buffer *y) noexcept:
 
 cdef object _fast(object a, object b, bint ta, bint tb, object alpha, object beta,
                   object out):
-    """``matmul`` for the common call (two native float ndarrays, matching shapes, finite
-    float alpha/beta, ``out`` None -- then beta 0 -- or a C-contiguous, writeable,
-    aligned ndarray of the right shape and dtype lying apart from both operands): a few
-    C checks instead of the full policy.  None when any check fails -- the full path
-    then raises or converts."""
+    """``matmul`` for the common call: a few C checks instead of the full policy.
+
+    The operands in final form but for contiguity and ``out`` in final form
+    (bpcore/_policy.pxd: the input policy's one test), one dtype, matching
+    shapes, finite float alpha/beta, ``out`` None -- then beta 0 -- or a
+    writeable array of the right shape with canonical strides lying apart
+    from both operands.  None when any check fails -- the full path then
+    raises or converts."""
     cdef Py_buffer va, vb, vc
     cdef Py_ssize_t m, n, k, kb
-    cdef int kind
+    cdef int kind = final_array(a, False)
     if (type(alpha) is not float or not isfinite(<double>alpha)
             or type(beta) is not float or not isfinite(<double>beta)
-            or type(a) is not ndarray or type(b) is not ndarray
+            or kind < 0 or final_array(b, False) != kind
             or (out is None and <double>beta != 0.0)
-            or (out is not None and type(out) is not ndarray)):
-        return None
+            or (out is not None and (plain_array(out) != kind or not _writeable(out)))):
+        return None  # e.g. a read-only `out`: the full path says so, naming `out`
     if PyObject_GetBuffer(a, &va, _RO) != 0:
         return None
     try:
         if PyObject_GetBuffer(b, &vb, _RO) != 0:
             return None
         try:
-            kind = _kind(&va)
-            if (kind == 0 or kind != _kind(&vb) or va.ndim != 2 or vb.ndim != 2
-                    or not _elementwise(&va) or not _elementwise(&vb)):
+            if va.ndim != 2 or vb.ndim != 2:
                 return None
             m = va.shape[1] if ta else va.shape[0]
             k = va.shape[0] if ta else va.shape[1]
@@ -705,14 +698,13 @@ cdef object _fast(object a, object b, bint ta, bint tb, object alpha, object bet
             if k != kb:
                 return None
             if out is None:
-                out = _empty((m, n), _F32 if kind == 4 else _F64)
+                out = _empty((m, n), _F32 if kind == cnp.NPY_FLOAT else _F64)
                 PyObject_GetBuffer(out, &vc, PyBUF_STRIDES | PyBUF_WRITABLE)
             else:
-                if not _writeable(out):
-                    return None  # read-only: the full path says so, naming `out`
                 PyObject_GetBuffer(out, &vc, _RO | PyBUF_WRITABLE)
-                if (_kind(&vc) != kind or vc.ndim != 2 or vc.shape[0] != m
-                        or vc.shape[1] != n or not _elementwise(&vc)
+                # NOTE: canonical strides too (C-contiguity allows any stride on a
+                # size-1 dimension); the full path gives such an `out` a plain view.
+                if (vc.ndim != 2 or vc.shape[0] != m or vc.shape[1] != n
                         or vc.strides[1] != vc.itemsize or vc.strides[0] != n * vc.itemsize
                         or not _apart(&vc, &va) or not _apart(&vc, &vb)):
                     PyBuffer_Release(&vc)

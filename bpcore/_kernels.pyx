@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from bpcore._policy cimport plain_array as _plain
+from bpcore._policy cimport final_array, plain_array as _plain
 
 cnp.import_array()
 
@@ -442,9 +442,9 @@ _init_vmath()
 # general path, which converts or raises with the policy's messages.
 # ---------------------------------------------------------------------------
 
-def _is_plain(arr):
+def _is_plain(arr, contiguous=True):
     """Whether ``arr`` is in final form (bpcore/_policy.pxd), which the fast paths take as is."""
-    return _plain(arr) >= 0
+    return final_array(arr, contiguous) >= 0
 
 
 cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:

@@ -54,7 +54,11 @@
 from cython cimport floating
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport INFINITY, exp, isfinite, log, pow, sqrt
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
+
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
 
 import numpy as np
 cimport numpy as cnp
@@ -814,6 +818,123 @@ cdef int train_epoch_rows(const Net* net, Update* rule, floating* params, floati
 
 
 # ---------------------------------------------------------------------------
+# One call into the core: what a Trainer method asks, and the one dtype dispatch
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    # what run_call does (one per Trainer method that enters the core)
+    OP_FORWARD = 0        # acts := forward (buffers of this call: thread-safe)
+    OP_EVALUATE = 1       # loss := forward + the loss rule's value (no gradient)
+    OP_LOSS_GRAD = 2      # grads, loss := loss_and_grad_rows
+    OP_UPDATE = 3         # params := apply_update
+    OP_STEP = 4           # OP_LOSS_GRAD, then OP_UPDATE when it succeeded
+    OP_EPOCH = 5          # train_epoch_rows
+    OP_BEGIN = 6          # output_delta_rows (the step cut at layer boundaries)
+    OP_BACKWARD = 7       # backward_layer_rows for one layer
+
+
+cdef struct Call:
+    # The arguments of one call, as untyped pointers: the Trainer method fills
+    # what its op reads (checked shapes and dtypes), run_call types them once.
+    int op
+    void* params
+    void* grads
+    void* s1                     # optimizer state (velocity or m), or NULL
+    void* s2                     # optimizer state (v), or NULL
+    const void* x
+    const void* y                # float targets, or int64 labels
+    const void* sw               # row weights, or NULL
+    const long long* order       # the epoch's row order, or NULL
+    Py_ssize_t n                 # rows of x
+    Py_ssize_t n_params
+    Py_ssize_t batch_size
+    Py_ssize_t y_row_bytes
+    void* out                    # OP_FORWARD: the caller's (n, n_out) result
+    void* x_batch                # OP_EPOCH's gather buffers
+    void* y_batch
+    void* sw_batch
+    Update* rule
+    int layer                    # OP_BACKWARD
+    double sw_sum                # OP_BEGIN's out, OP_BACKWARD's in
+    double loss                  # out
+    Py_ssize_t done              # OP_EPOCH's out: batches applied
+    Pending pending              # OP_EPOCH's out: a signal handler's exception
+
+
+cdef int _forward_private(const Net* net, Call* c, const floating* params,
+                          bint logits) noexcept nogil:
+    """Forward into buffers of this call only (malloc: no Python object, thread-safe)."""
+    cdef int L = net.n_layers, l, status
+    # NOTE: one block for the pointer table and the layers' outputs (the
+    # caller's `out` is the last one for OP_FORWARD), each at 64 bytes.
+    cdef size_t table = ((L + 1) * sizeof(void*) + 63) & ~(<size_t>63)
+    cdef size_t size = table
+    cdef int last = L - 1 if c.op == OP_FORWARD else L
+    for l in range(1, last + 1):
+        size += (c.n * net.sizes[l] * sizeof(floating) + 63) & ~(<size_t>63)
+    cdef char* block = <char*>aligned_alloc(64, size)
+    if block == NULL:
+        return BP_ENOMEM
+    cdef floating** acts = <floating**>block
+    cdef char* p = block + table
+    for l in range(1, last + 1):
+        acts[l] = <floating*>p
+        p += ((c.n * net.sizes[l] * sizeof(floating) + 63) & ~(<size_t>63))
+    if c.op == OP_FORWARD:
+        acts[L] = <floating*>c.out
+    status = forward_rows(net, params, <const floating*>c.x, c.n, acts, logits)
+    if status == BP_OK and c.op == OP_EVALUATE:
+        if net.sklearn:
+            c.loss = sk_data_loss(net.loss, acts[L], <const floating*>c.y, <const floating*>NULL,
+                                  c.n, net.sizes[L], c.n)
+        else:
+            c.loss = output_loss_rows(net, acts[L], c.y, <const floating*>NULL, c.n,
+                                      <floating*>NULL)
+    free(block)
+    return status
+
+
+cdef int _run_typed(const Net* net, Call* c, floating* params) noexcept nogil:
+    """Do c.op with every pointer typed as ``floating`` (the Trainer's dtype)."""
+    cdef floating* grads = <floating*>c.grads
+    cdef int status
+    if c.op == OP_FORWARD:
+        return _forward_private(net, c, params, False)
+    if c.op == OP_EVALUATE:
+        return _forward_private(net, c, params, _takes_logits(net))
+    if c.op == OP_UPDATE:
+        apply_update(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2, c.n_params)
+        return BP_OK
+    if c.op == OP_LOSS_GRAD or c.op == OP_STEP:
+        status = loss_and_grad_rows(net, params, <const floating*>c.x, c.y,
+                                    <const floating*>c.sw, c.n, grads, &c.loss)
+        if status == BP_OK and c.op == OP_STEP:
+            apply_update(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2,
+                         c.n_params)
+        return status
+    if c.op == OP_EPOCH:
+        return train_epoch_rows(net, c.rule, params, grads, <floating*>c.s1, <floating*>c.s2,
+                                c.n_params, <const floating*>c.x, c.y, <const floating*>c.sw,
+                                c.order, c.n, c.batch_size, <floating*>c.x_batch, c.y_batch,
+                                <floating*>c.sw_batch, c.y_row_bytes, &c.loss, &c.done,
+                                &c.pending)
+    if c.op == OP_BEGIN:
+        return output_delta_rows(net, params, <const floating*>c.x, c.y, <const floating*>c.sw,
+                                 c.n, &c.loss, &c.sw_sum)
+    if c.op == OP_BACKWARD:
+        return backward_layer_rows(net, params, <const floating*>c.x, c.n, grads, c.layer,
+                                   c.sw_sum)
+    return -1  # an op this function does not know: _raise_for calls it an internal error
+
+
+cdef int run_call(const Net* net, int typenum, Call* c) noexcept nogil:
+    """The core's one float32/float64 dispatch: every Trainer method enters here."""
+    if typenum == cnp.NPY_FLOAT:
+        return _run_typed(net, c, <float*>c.params)
+    return _run_typed(net, c, <double*>c.params)
+
+
+# ---------------------------------------------------------------------------
 # The Python face of the core: UpdateRule and Trainer
 # ---------------------------------------------------------------------------
 
@@ -1130,83 +1251,78 @@ cdef class Trainer:
             raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
                              f"shape ({n},)")
 
-    cdef object _private_acts(self, Py_ssize_t n, object out):
-        """Activation buffers for one call (thread-safe forward): (pointer array, buffers)."""
-        buffers = [None] + [np.empty((n, int(self._sizes[l])), self.dtype)
-                            for l in range(1, self.net.n_layers)]
-        buffers.append(out if out is not None else
-                       np.empty((n, int(self._sizes[self.net.n_layers])), self.dtype))
-        ptrs = np.zeros(self.net.n_layers + 1, np.uintp)
-        for l in range(1, self.net.n_layers + 1):
-            ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>buffers[l])
-        return ptrs, buffers
+    cdef void _open(self, Call* c, int op, object params, object grads=None,
+                    bint with_grads=False) except *:
+        """c := a new call of ``op`` on the checked ``params`` (and ``grads``)."""
+        memset(c, 0, sizeof(Call))
+        c.op = op
+        c.n_params = self.n_params
+        self._check_block(params, "params")
+        c.params = _data(params)
+        if with_grads:
+            self._check_block(grads, "grads")
+            c.grads = _data(grads)
+
+    cdef void _with_rule(self, Call* c, UpdateRule rule, object state) except *:
+        """c's update rule and its checked state blocks."""
+        s1, s2 = self._check_state(rule, state)
+        c.s1 = _data(s1)
+        c.s2 = _data(s2)
+        c.rule = &rule.rule
+
+    cdef Py_ssize_t _with_rows(self, Call* c, object x, object y, object sample_weight=None,
+                               bint need_y=True) except -1:
+        """c's checked rows (x, y, row weights); returns their count."""
+        self._check_rows(x, y, need_y)
+        c.n = x.shape[0]
+        self._check_weights(sample_weight, c.n)
+        c.x = _data(x)
+        c.y = _data(y)
+        c.sw = _data(sample_weight)
+        return c.n
+
+    cdef int _enter(self, Call* c) except -1:
+        """Run ``c`` in the core without the GIL; raise for the failing statuses.
+
+        Returns the status that is no error (0, NONFINITE, INTERRUPTED), so
+        the methods' one path into the compiled code is this function.
+        """
+        cdef int status
+        with nogil:
+            status = run_call(&self.net, self.typenum, c)
+        _raise_for(status)
+        return status
 
     # -- the interface ----------------------------------------------------------
 
     def forward(self, params, x, out):
         """out := the network's output for x (n, n_in) -> (n, n_out); thread-safe.
 
-        Buffers private to this call, so many threads may run it at once.
+        The hidden layers' outputs live in a block of this call only (no
+        Python object is allocated), so many threads may run it at once.
         """
-        self._check_block(params, "params")
-        self._check_rows(x, None, False)
-        cdef Py_ssize_t n = x.shape[0]
-        if out.shape != (n, self._sizes[self.net.n_layers]) or out.dtype != self.dtype:
-            raise ValueError("`out` has the wrong shape or dtype")
+        cdef Call c
+        self._open(&c, OP_FORWARD, params)
+        cdef Py_ssize_t n = self._with_rows(&c, x, None, None, False)
+        if (not isinstance(out, np.ndarray) or out.shape != (n, self._sizes[self.net.n_layers])
+                or out.dtype != self.dtype or not out.flags.c_contiguous
+                or not out.flags.aligned or not out.flags.writeable):
+            raise ValueError("`out` must be a writeable, C-contiguous, aligned array of the "
+                             "output's shape and dtype")
         if n == 0:
             return out
-        ptrs, buffers = self._private_acts(n, out)
-        cdef void* pp = _data(params)
-        cdef void* xp = _data(x)
-        cdef void** acts = <void**>_data(ptrs)
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = forward_rows(&self.net, <const float*>pp, <const float*>xp, n,
-                                      <float**>acts, False)
-            else:
-                status = forward_rows(&self.net, <const double*>pp, <const double*>xp, n,
-                                      <double**>acts, False)
-        _raise_for(status)
+        c.out = _data(out)
+        self._enter(&c)
         return out
 
     def evaluate(self, params, x, y):
         """The loss on (x, y), no gradient (scikit-learn's rule: its data term); thread-safe."""
-        self._check_block(params, "params")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        if n == 0:
+        cdef Call c
+        self._open(&c, OP_EVALUATE, params)
+        if self._with_rows(&c, x, y) == 0:
             return float("nan") if self.net.mean else 0.0
-        ptrs, buffers = self._private_acts(n, None)
-        cdef Py_ssize_t n_out = self._sizes[self.net.n_layers]
-        cdef void* pp = _data(params)
-        cdef void* xp = _data(x)
-        cdef void* yp = _data(y)
-        cdef void** acts = <void**>_data(ptrs)
-        cdef int status = BP_OK
-        cdef double loss = 0
-        cdef bint logits = _takes_logits(&self.net)
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = forward_rows(&self.net, <const float*>pp, <const float*>xp, n,
-                                      <float**>acts, logits)
-                if status == BP_OK and self.net.sklearn:
-                    loss = sk_data_loss(self.net.loss, <const float*>acts[self.net.n_layers],
-                                        <const float*>yp, <const float*>NULL, n, n_out, n)
-                elif status == BP_OK:
-                    loss = output_loss_rows(&self.net, <const float*>acts[self.net.n_layers],
-                                            yp, <const float*>NULL, n, <float*>NULL)
-            else:
-                status = forward_rows(&self.net, <const double*>pp, <const double*>xp, n,
-                                      <double**>acts, logits)
-                if status == BP_OK and self.net.sklearn:
-                    loss = sk_data_loss(self.net.loss, <const double*>acts[self.net.n_layers],
-                                        <const double*>yp, <const double*>NULL, n, n_out, n)
-                elif status == BP_OK:
-                    loss = output_loss_rows(&self.net, <const double*>acts[self.net.n_layers],
-                                            yp, <const double*>NULL, n, <double*>NULL)
-        _raise_for(status)
-        return loss
+        self._enter(&c)
+        return c.loss
 
     def loss_and_grad(self, params, x, y, grads, sample_weight=None):
         """grads[:n_params] := d loss / d params on the batch (x, y); returns (status, loss).
@@ -1216,30 +1332,13 @@ cdef class Trainer:
         Status 0, or NONFINITE (the loss or a gradient is not finite; grads
         are then unspecified).
         """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        self._check_weights(sample_weight, n)
+        cdef Call c
+        self._open(&c, OP_LOSS_GRAD, params, grads, True)
+        cdef Py_ssize_t n = self._with_rows(&c, x, y, sample_weight)
         if n == 0 and self.net.sklearn:
             raise ValueError("`x` must have at least one row")
         self._reserve(n)
-        cdef void* pp = _data(params)
-        cdef void* gp = _data(grads)
-        cdef void* xp = _data(x)
-        cdef void* yp = _data(y)
-        cdef void* swp = _data(sample_weight)
-        cdef double loss = 0
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
-                                            <const float*>swp, n, <float*>gp, &loss)
-            else:
-                status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
-                                            yp, <const double*>swp, n, <double*>gp, &loss)
-        _raise_for(status)
-        return status, loss
+        return self._enter(&c), c.loss
 
     def update(self, params, grads, state, UpdateRule rule):
         """params := one step of ``rule`` over the flat block; ``rule.step`` advances (Adam).
@@ -1248,21 +1347,10 @@ cdef class Trainer:
         always) and unused, or Adam's first and second moments; None entries
         where the rule keeps no state.
         """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        s1, s2 = self._check_state(rule, state)
-        cdef void* pp = _data(params)
-        cdef void* gp = _data(grads)
-        cdef void* s1p = _data(s1)
-        cdef void* s2p = _data(s2)
-        cdef Py_ssize_t n = self.n_params
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                apply_update(&self.net, &rule.rule, <float*>pp, <const float*>gp, <float*>s1p,
-                             <float*>s2p, n)
-            else:
-                apply_update(&self.net, &rule.rule, <double*>pp, <const double*>gp,
-                             <double*>s1p, <double*>s2p, n)
+        cdef Call c
+        self._open(&c, OP_UPDATE, params, grads, True)
+        self._with_rule(&c, rule, state)
+        self._enter(&c)
 
     def epoch(self, params, grads, state, x, y, sample_weight, order, Py_ssize_t batch_size,
               UpdateRule rule):
@@ -1275,54 +1363,31 @@ cdef class Trainer:
         signal handler during the epoch propagates unchanged, with the
         parameters of the batches applied before it (``batches_done``).
         """
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        s1, s2 = self._check_state(rule, state)
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
-        self._check_weights(sample_weight, n)
+        cdef Call c
+        self._open(&c, OP_EPOCH, params, grads, True)
+        self._with_rule(&c, rule, state)
+        cdef Py_ssize_t n = self._with_rows(&c, x, y, sample_weight)
         if batch_size < 1:
             raise ValueError("`batch_size` must be >= 1")
         self._check_order(order, n)
         self._reserve(min(batch_size, max(n, 1)))
         buffers, _, y_batch, sw_batch = self._buffers
+        c.order = <const long long*>_data(order)
+        c.batch_size = batch_size
         # NOTE: the row size from the shape, never y.strides[0]: NumPy calls a
         # one-row array C-contiguous whatever its row stride (even 0).
-        cdef Py_ssize_t y_row_bytes = (sizeof(long long) if self._labels()
-                                       else self._sizes[self.net.n_layers] * y.itemsize)
-        cdef void* pp = _data(params)
-        cdef void* gp = _data(grads)
-        cdef void* s1p = _data(s1)
-        cdef void* s2p = _data(s2)
-        cdef void* xp = _data(x)
-        cdef void* yp = _data(y)
-        cdef void* swp = _data(sample_weight)
-        cdef const long long* op = <const long long*>_data(order)
-        cdef void* xbp = _data(buffers[0])
-        cdef void* ybp = _data(y_batch)
-        cdef void* swbp = _data(sw_batch)
-        cdef double loss_sum = 0
-        cdef Py_ssize_t done = 0
-        cdef Py_ssize_t n_params = self.n_params
+        c.y_row_bytes = (sizeof(long long) if self._labels()
+                         else self._sizes[self.net.n_layers] * y.itemsize)
+        c.x_batch = _data(buffers[0])
+        c.y_batch = _data(y_batch)
+        c.sw_batch = _data(sw_batch)
         cdef int status
-        cdef Pending pending
-        memset(&pending, 0, sizeof(pending))
         with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = train_epoch_rows(
-                    &self.net, &rule.rule, <float*>pp, <float*>gp, <float*>s1p, <float*>s2p,
-                    n_params, <const float*>xp, yp, <const float*>swp, op, n, batch_size,
-                    <float*>xbp, ybp, <float*>swbp, y_row_bytes, &loss_sum, &done, &pending)
-            else:
-                status = train_epoch_rows(
-                    &self.net, &rule.rule, <double*>pp, <double*>gp, <double*>s1p,
-                    <double*>s2p, n_params, <const double*>xp, yp, <const double*>swp, op, n,
-                    batch_size, <double*>xbp, ybp, <double*>swbp, y_row_bytes, &loss_sum,
-                    &done, &pending)
-        self.batches_done = done
-        reraise_pending(&pending)
+            status = run_call(&self.net, self.typenum, &c)
+        self.batches_done = c.done
+        reraise_pending(&c.pending)
         _raise_for(status)
-        return status, loss_sum, done
+        return status, c.loss, c.done
 
     def train_step_fast(self, params, grads, velocity, x, y, lr, momentum, weight_decay,
                         nesterov):
@@ -1379,29 +1444,18 @@ cdef class Trainer:
         rule.weight_decay = wd
         rule.nesterov = nesterov
         rule.weights_only = False
-        cdef void* pp = cnp.PyArray_DATA(<cnp.ndarray>params)
-        cdef void* gp = cnp.PyArray_DATA(<cnp.ndarray>grads)
-        cdef void* vp = cnp.PyArray_DATA(<cnp.ndarray>velocity) if mu != 0 else NULL
-        cdef void* xp = cnp.PyArray_DATA(xa)
-        cdef void* yp = cnp.PyArray_DATA(ya)
-        cdef double loss = 0
-        cdef int status
-        cdef Py_ssize_t n_params = self.n_params
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = loss_and_grad_rows(&self.net, <const float*>pp, <const float*>xp, yp,
-                                            <const float*>NULL, n, <float*>gp, &loss)
-                if status == BP_OK:
-                    apply_update(&self.net, &rule, <float*>pp, <const float*>gp, <float*>vp,
-                                 <float*>NULL, n_params)
-            else:
-                status = loss_and_grad_rows(&self.net, <const double*>pp, <const double*>xp,
-                                            yp, <const double*>NULL, n, <double*>gp, &loss)
-                if status == BP_OK:
-                    apply_update(&self.net, &rule, <double*>pp, <const double*>gp,
-                                 <double*>vp, <double*>NULL, n_params)
-        _raise_for(status)
-        return status, loss
+        cdef Call c
+        memset(&c, 0, sizeof(c))
+        c.op = OP_STEP
+        c.params = cnp.PyArray_DATA(<cnp.ndarray>params)
+        c.grads = cnp.PyArray_DATA(<cnp.ndarray>grads)
+        c.s1 = cnp.PyArray_DATA(<cnp.ndarray>velocity) if mu != 0 else NULL
+        c.x = cnp.PyArray_DATA(xa)
+        c.y = cnp.PyArray_DATA(ya)
+        c.n = n
+        c.n_params = self.n_params
+        c.rule = &rule
+        return self._enter(&c), c.loss
 
     # -- the step cut at layer boundaries (bpcore.distributed's overlap) --------
 
@@ -1412,54 +1466,31 @@ cdef class Trainer:
         to 0 on the same x and params: together they equal ``loss_and_grad``
         bitwise.
         """
-        self._check_block(params, "params")
-        self._check_rows(x, y)
-        cdef Py_ssize_t n = x.shape[0]
+        cdef Call c
+        self._open(&c, OP_BEGIN, params)
+        cdef Py_ssize_t n = self._with_rows(&c, x, y)
         if n < 1:
             raise ValueError("`x` must have at least 1 row")
         self._reserve(n)
-        cdef void* pp = _data(params)
-        cdef void* xp = _data(x)
-        cdef void* yp = _data(y)
-        cdef double loss = 0, sw_sum = 0
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = output_delta_rows(&self.net, <const float*>pp, <const float*>xp, yp,
-                                           <const float*>NULL, n, &loss, &sw_sum)
-            else:
-                status = output_delta_rows(&self.net, <const double*>pp, <const double*>xp, yp,
-                                           <const double*>NULL, n, &loss, &sw_sum)
-        _raise_for(status)
+        cdef int status = self._enter(&c)
         self._pending_rows = n if status == BP_OK else 0
-        self._pending_sw_sum = sw_sum
+        self._pending_sw_sum = c.sw_sum
         self._next_layer = self.net.n_layers - 1
-        return status, loss
+        return status, c.loss
 
     def backward_layer(self, params, x, grads, int layer):
         """grads' W_layer and b_layer := their gradient; returns the status (0 or non-finite)."""
-        self._check_block(params, "params")
-        self._check_block(grads, "grads")
-        self._check_rows(x, None, need_y=False)
-        if self._pending_rows == 0 or x.shape[0] != self._pending_rows:
+        cdef Call c
+        self._open(&c, OP_BACKWARD, params, grads, True)
+        cdef Py_ssize_t n = self._with_rows(&c, x, None, None, False)
+        if self._pending_rows == 0 or n != self._pending_rows:
             raise ValueError("backward_layer must follow loss_and_grad_begin on the same `x`")
         if layer != self._next_layer:
             raise ValueError(f"backward_layer must run layers from the last down; expected "
                              f"layer {self._next_layer}, got {layer}")
-        cdef void* pp = _data(params)
-        cdef void* gp = _data(grads)
-        cdef void* xp = _data(x)
-        cdef Py_ssize_t n = self._pending_rows
-        cdef double sw_sum = self._pending_sw_sum
-        cdef int status
-        with nogil:
-            if self.typenum == cnp.NPY_FLOAT:
-                status = backward_layer_rows(&self.net, <const float*>pp, <const float*>xp, n,
-                                             <float*>gp, layer, sw_sum)
-            else:
-                status = backward_layer_rows(&self.net, <const double*>pp, <const double*>xp, n,
-                                             <double*>gp, layer, sw_sum)
-        _raise_for(status)
+        c.sw_sum = self._pending_sw_sum
+        c.layer = layer
+        cdef int status = self._enter(&c)
         self._next_layer = layer - 1
         if status != BP_OK or layer == 0:
             self._pending_rows = 0

@@ -42,16 +42,17 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def is_final(arr):
+def is_final(arr, contiguous=True):
     """``arr`` is in final form: what compiled code takes as is, with no conversion.
 
     An exact ndarray (no subclass), float32 or float64 in native byte order,
-    C-contiguous and aligned.  The compiled fast paths test exactly this in C
+    C-contiguous (``contiguous=False``: any strides, as matmul's operands)
+    and aligned.  The compiled fast paths test exactly this in C
     (``bpcore/_policy.pxd``; tests/test_validate.py checks that the two agree);
     everything else goes through this module's checks and conversions.
     """
     return (type(arr) is np.ndarray and arr.dtype in FLOAT_DTYPES and arr.dtype.isnative
-            and arr.flags.c_contiguous and arr.flags.aligned)
+            and (arr.flags.c_contiguous or not contiguous) and arr.flags.aligned)
 
 
 def _describe(value):

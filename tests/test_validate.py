@@ -694,11 +694,14 @@ def test_non_native_byte_order(backend):
 @pytest.mark.parametrize("kind", ["contiguous"] + [k for k in LAYOUT_KINDS if k != "contiguous"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
 @pytest.mark.parametrize("shape", [(3, 4), (1, 5), (5, 1), (7,), ()])
-def test_the_fast_paths_final_form_is_the_policys(kind, dtype, shape, tmp_path):
-    """bpcore/_policy.pxd (the compiled fast paths' test) and _validate.is_final agree."""
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_the_fast_paths_final_form_is_the_policys(kind, dtype, shape, contiguous, tmp_path):
+    """bpcore/_policy.pxd (the compiled fast paths' test) and _validate.is_final agree
+    (``contiguous=False``: matmul's operands, read through their strides)."""
     from bpcore import _kernels
     from bpcore import _validate as V
 
     arr = layout(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), kind, tmp_path)
-    assert _kernels._is_plain(arr) == V.is_final(arr), (kind, arr.dtype, arr.strides)
+    assert (_kernels._is_plain(arr, contiguous)
+            == V.is_final(arr, contiguous)), (kind, arr.dtype, arr.strides)
 
