@@ -21,12 +21,20 @@ cdef inline bint activation_needs_z(int op) noexcept nogil:
     return op == ACT_GELU or op == ACT_GELU_TANH or op == ACT_SILU or op == ACT_SOFTPLUS
 
 
-# ``param``: the activation's parameters (leaky_relu: negative_slope; elu:
-# alpha; softplus: beta, threshold), NULL for those that take none.
-cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_t n,
-                             const double* param) noexcept nogil
-cdef void activation_backward(int op, const floating* saved, const floating* grad,
-                              floating* out, Py_ssize_t n, const double* param) noexcept nogil
+# The activations with PyTorch's default parameters (the C-level API of the
+# README's "Using bpcore from C or Cython"; its signatures stay as they are).
+cdef void activation_forward(int op, const floating* z, floating* out,
+                             Py_ssize_t n) noexcept nogil
+cdef void activation_backward(int op, const floating* a, const floating* grad,
+                              floating* out, Py_ssize_t n) noexcept nogil
+# The same with the activation's parameters ``param`` (leaky_relu: negative_slope;
+# elu: alpha; softplus: beta, threshold), or NULL for PyTorch's defaults.
+# ``saved`` is the output a, or the input z where activation_needs_z(op).
+cdef void activation_forward_params(int op, const floating* z, floating* out, Py_ssize_t n,
+                                    const double* param) noexcept nogil
+cdef void activation_backward_params(int op, const floating* saved, const floating* grad,
+                                     floating* out, Py_ssize_t n,
+                                     const double* param) noexcept nogil
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil
 cdef void column_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,

@@ -118,8 +118,8 @@ cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t 
     cdef floating x, half = <floating>0.5, one = 1
     cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_TANH_BETA
     cdef floating kappa = <floating>GELU_TANH_KAPPA
-    cdef floating beta = <floating>(param[0] if param != NULL else 1.0)
-    cdef floating threshold = <floating>(param[1] if param != NULL else 20.0)
+    cdef floating beta = <floating>_param(param, 0, 1.0)
+    cdef floating threshold = <floating>_param(param, 1, 20.0)
     for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
         w = min(<Py_ssize_t>CHUNK, n - j0)
         if op == ACT_GELU:
@@ -165,8 +165,8 @@ cdef void _chunked_backward(int op, const floating* z, const floating* grad, flo
     cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_BETA
     cdef floating kt_beta = <floating>GELU_TANH_BETA, kappa = <floating>GELU_TANH_KAPPA
     cdef floating three = 3, minus_half = <floating>-0.5
-    cdef floating beta = <floating>(param[0] if param != NULL else 1.0)
-    cdef floating threshold = <floating>(param[1] if param != NULL else 20.0)
+    cdef floating beta = <floating>_param(param, 0, 1.0)
+    cdef floating threshold = <floating>_param(param, 1, 20.0)
     for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
         w = min(<Py_ssize_t>CHUNK, n - j0)
         if op == ACT_GELU:
@@ -207,8 +207,25 @@ cdef void _chunked_backward(int op, const floating* z, const floating* grad, flo
                                else grad[j0 + j] * t[j] / (t[j] + one))
 
 
-cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_t n,
-                             const double* param) noexcept nogil:
+cdef void activation_forward(int op, const floating* z, floating* out,
+                             Py_ssize_t n) noexcept nogil:
+    """out[i] := act(z[i]) for the activation ``op`` (default parameters); ``out`` may be ``z``."""
+    activation_forward_params(op, z, out, n, NULL)
+
+
+cdef void activation_backward(int op, const floating* a, const floating* grad,
+                              floating* out, Py_ssize_t n) noexcept nogil:
+    """activation_backward_params with the default parameters."""
+    activation_backward_params(op, a, grad, out, n, NULL)
+
+
+cdef inline double _param(const double* param, int k, double default) noexcept nogil:
+    """param[k], or PyTorch's default where the caller passed no parameters."""
+    return param[k] if param != NULL else default
+
+
+cdef void activation_forward_params(int op, const floating* z, floating* out, Py_ssize_t n,
+                                    const double* param) noexcept nogil:
     """out[i] := act(z[i]) for the activation ``op``; ``out`` may be ``z``."""
     cdef Py_ssize_t i
     cdef floating v, c
@@ -233,14 +250,14 @@ cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_
             bp_tanh_f64(z, out, n)
     elif op == ACT_LEAKY_RELU:
         # PyTorch's: z > 0 ? z : z * slope (the slope in the dtype; NaN stays NaN)
-        c = <floating>param[0]
+        c = <floating>_param(param, 0, 0.01)
         for i in range(n):
             v = z[i]
             out[i] = v if v > 0 else v * c
     elif op == ACT_ELU:
         # PyTorch's: z <= 0 ? expm1(z) * alpha : z.  NOTE: expm1, not exp - 1,
         # keeps full relative accuracy near 0-.
-        c = <floating>param[0]
+        c = <floating>_param(param, 0, 1.0)
         for i in range(n):
             v = z[i]
             out[i] = <floating>expm1(v) * c if v <= 0 else v
@@ -251,8 +268,9 @@ cdef void activation_forward(int op, const floating* z, floating* out, Py_ssize_
             out[i] = z[i]
 
 
-cdef void activation_backward(int op, const floating* saved, const floating* grad,
-                              floating* out, Py_ssize_t n, const double* param) noexcept nogil:
+cdef void activation_backward_params(int op, const floating* saved, const floating* grad,
+                                     floating* out, Py_ssize_t n,
+                                     const double* param) noexcept nogil:
     """out[i] := grad[i] * act'(.) from what the forward saved; ``out`` may alias.
 
     ``saved`` is the output a = act(z), or the input z for the activations
@@ -278,14 +296,14 @@ cdef void activation_backward(int op, const floating* saved, const floating* gra
     elif op == ACT_LEAKY_RELU:
         # NOTE: with slope >= 0, a > 0 exactly where z > 0 (the kink gets the slope,
         # as PyTorch's leaky_relu_backward).
-        c = <floating>param[0]
+        c = <floating>_param(param, 0, 0.01)
         for i in range(n):
             out[i] = grad[i] if a[i] > 0 else grad[i] * c
     elif op == ACT_ELU:
         # NOTE: from the output, as PyTorch's elu_backward with is_result (its
         # in-place elu_): z <= 0 <=> a <= 0 for alpha >= 0, and
         # alpha * exp(z) = a + alpha there.
-        c = <floating>param[0]
+        c = <floating>_param(param, 0, 1.0)
         for i in range(n):
             v = a[i]
             out[i] = grad[i] * (v + c) if v <= 0 else grad[i]
@@ -501,9 +519,9 @@ cdef object _forward(int op, str name, z, out, double p0=0.0, double p1=0.0):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_forward(op, <const float*>zp, <float*>outp, n, param)
+            activation_forward_params(op, <const float*>zp, <float*>outp, n, param)
         else:
-            activation_forward(op, <const double*>zp, <double*>outp, n, param)
+            activation_forward_params(op, <const double*>zp, <double*>outp, n, param)
     return buf if out is None else out
 
 
@@ -526,11 +544,11 @@ cdef object _backward(int op, a, grad, out, double p0=0.0, double p1=0.0, str sa
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>a)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n,
-                                param)
+            activation_backward_params(op, <const float*>ap, <const float*>gp, <float*>outp, n,
+                                       param)
         else:
-            activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n,
-                                param)
+            activation_backward_params(op, <const double*>ap, <const double*>gp,
+                                       <double*>outp, n, param)
     return buf if out is None else out
 
 

@@ -70,8 +70,8 @@ from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            bp_epilogue)
 from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
                               ACT_LEAKY_RELU, ACT_ELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU,
-                              ACT_SOFTPLUS, activation_needs_z, activation_forward,
-                              activation_backward, softmax_rows, column_sums,
+                              ACT_SOFTPLUS, activation_needs_z, activation_forward_params,
+                              activation_backward_params, softmax_rows, column_sums,
                               mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce,
                               REG_MSE, REG_L1, REG_HUBER, REG_SMOOTH_L1, regression_loss,
                               softmax_cross_entropy_weighted_rows, sigmoid_bce_pos_weight)
@@ -244,7 +244,8 @@ cdef inline bp_epilogue _forward_epilogue(int act) noexcept nogil:
 
 cdef inline bint _fused(int act) noexcept nogil:
     """The activation is applied by the GEMM's store (or is softmax / exp, applied after
-    the last layer); the others run as a pass of activation_forward / _backward."""
+    the last layer); the others run as one pass of activation_forward_params (and
+    activation_backward_params)."""
     return act < ACT_LEAKY_RELU
 
 
@@ -298,7 +299,7 @@ cdef int forward_rows_z(const Net* net, const floating* params, const floating* 
         if status != BP_OK:
             return status
         if not _fused(act):
-            activation_forward(act, dst, acts[l + 1], n * n_out, net.act_param + 2 * l)
+            activation_forward_params(act, dst, acts[l + 1], n * n_out, net.act_param + 2 * l)
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
@@ -582,8 +583,8 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
             if act_out == ACT_SOFTMAX:
                 softmax_backward_rows(out, delta, delta, n, n_out)
             elif act_out != ACT_IDENTITY:
-                activation_backward(act_out, _saved(net, L, out), delta, delta, n * n_out,
-                                    net.act_param + 2 * (L - 1))
+                activation_backward_params(act_out, _saved(net, L, out), delta, delta,
+                                           n * n_out, net.act_param + 2 * (L - 1))
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE
@@ -647,8 +648,8 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
         if status != BP_OK:
             return status
         if not _fused(net.act[l - 1]):
-            activation_backward(net.act[l - 1], _saved(net, l, acts[l]), delta_next,
-                                delta_next, n * n_in, net.act_param + 2 * (l - 1))
+            activation_backward_params(net.act[l - 1], _saved(net, l, acts[l]), delta_next,
+                                       delta_next, n * n_in, net.act_param + 2 * (l - 1))
     status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
                   <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
                   _threads_for(n_in, n_out, n))
