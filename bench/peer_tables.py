@@ -428,3 +428,66 @@ def threads_table(*, rounds=5, min_time=0.2, file=None, **job_args):
           f"serial {times['serial'] * 1e3:.1f} ms, two threads {times['threaded'] * 1e3:.1f} ms, "
           f"threaded / serial = {ratio:.2f} (target <= 0.60)", file=file)
     return {**times, "ratio": ratio}
+
+
+# (batch, sizes, dtype): the seed net of ``python -m bpcore demo`` and two of issue 18's
+INTERLEAVE_NETS = [(64, (64, 64, 10), np.float64), (256, (784, 256, 10), np.float32),
+                   (1024, (784, 512, 10), np.float32)]
+
+
+def interleave_table(*, nets=INTERLEAVE_NETS, steps=60, rounds=5, blas_threads=None,
+                     file=None):
+    """``MLP.train_step`` at 1 and 2 bpcore threads, alone and with NumPy BLAS calls between.
+
+    A real training loop calls NumPy between steps (the demo runs the NumPy
+    reference in the same process), and OpenBLAS's threads keep spinning for a
+    while after each call, holding the other core.  Each step is timed on its
+    own (the NumPy call between steps is not counted); the table prints the
+    median over ``rounds`` of the mean step time.  ``blas_threads``: NumPy's
+    BLAS thread count (None: its own default, as in a user's process).
+    Returns ``{(net, mode, threads): seconds}``.
+    """
+    import contextlib
+
+    import bpcore
+    from bpcore import MLP
+
+    threadpoolctl = import_peer("threadpoolctl")
+    rng = np.random.default_rng(0)
+    blas_a = rng.standard_normal((256, 256))
+    results = {}
+    print(f"\nTraining step with NumPy BLAS calls between steps ({os.cpu_count()} CPUs; "
+          f"NumPy BLAS threads: {blas_threads or 'default'}); us per step, median of "
+          f"{rounds} rounds of {steps} steps", file=file)
+    print(f"{'net':22} {'between steps':24} {'1 thread':>9} {'2 threads':>10} {'2/1':>6}",
+          file=file)
+    limits = (threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas")
+              if threadpoolctl is not None and blas_threads else contextlib.nullcontext())
+    before = bpcore.get_num_threads()
+    with limits:
+        for batch, sizes, dtype in nets:
+            x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+            y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
+            net = MLP(list(sizes), dtype=dtype, seed=0)
+            name = f"{batch}-{'-'.join(map(str, sizes))} {np.dtype(dtype).name}"
+            for mode, between in (("nothing", None),
+                                  ("np.dot 256x256 f64", lambda: blas_a @ blas_a)):
+                per = {}
+                for _ in range(rounds):
+                    for threads in (1, 2):  # interleaved, so drift hits both
+                        bpcore.set_num_threads(threads)
+                        net.train_step(x, y, lr=1e-6)
+                        total = 0.0
+                        for _ in range(steps):
+                            if between is not None:
+                                between()
+                            start = time.perf_counter()
+                            net.train_step(x, y, lr=1e-6)
+                            total += time.perf_counter() - start
+                        per.setdefault(threads, []).append(total / steps)
+                t1, t2 = (statistics.median(per[t]) for t in (1, 2))
+                results[(name, mode, 1)], results[(name, mode, 2)] = t1, t2
+                print(f"{name:22} {mode:24} {t1 * 1e6:9.1f} {t2 * 1e6:10.1f} {t2 / t1:6.2f}",
+                      file=file)
+    bpcore.set_num_threads(before)
+    return results

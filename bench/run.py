@@ -27,7 +27,7 @@ import peer_tables
 
 # name -> default thread counts (None: the table fixes its own)
 TABLES = {"peak": (1, 2), "gemm": (1, 2), "kernels": (1,), "linear": (1,), "training": (1,),
-          "digits": (1,), "threads": None, "sklearn": (1, 2), "distributed": None}
+          "digits": (1,), "threads": None, "interleave": None, "sklearn": (1, 2), "distributed": None}
 # table -> the peer it cannot run without
 NEEDS = {"digits": "scikit-learn", "sklearn": "scikit-learn", "distributed": "mpi4py"}
 
@@ -85,6 +85,7 @@ def main(argv=None):
         "training": training,
         "digits": lambda t: _quickbench.digits_table(threads=t),
         "threads": lambda t: peer_tables.threads_table(),
+        "interleave": lambda t: peer_tables.interleave_table(),
         "sklearn": lambda t: peer_tables.sklearn_table(threads=t),
         "distributed": lambda t: peer_tables.distributed_table(),
     }

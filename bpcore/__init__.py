@@ -35,11 +35,14 @@ def cpu_features():
     Returns
     -------
     dict
-        ``{"avx2": bool, "fma": bool, "kernel": str, "openmp": bool, ...,
+        ``{"avx2": bool, "fma": bool, "avx512f": bool, "avx512_bf16": bool,
+        "kernel": str, "bf16": str, "openmp": bool, ...,
         "kernels": {"gemm": str, "vector_math": str, "optimizer": str}}``:
-        each kernel name is ``"avx2_fma"`` or ``"portable"``
-        (``BPCORE_FORCE_PORTABLE=1`` makes every family portable).
-        ``"kernel"`` is the GEMM's, as before.
+        the GEMM's kernel is ``"avx512"``, ``"avx2_fma"`` or ``"portable"``
+        (``BPCORE_FORCE_KERNEL`` forces one), the others ``"avx2_fma"`` or
+        ``"portable"`` (``BPCORE_FORCE_PORTABLE=1`` makes every family portable).
+        ``"kernel"`` is the GEMM's, as before; ``"bf16"`` the path of
+        ``matmul(..., compute_dtype="bfloat16")``: ``"emulated"`` in this version.
     """
     from . import _step
 

@@ -59,3 +59,13 @@ cdef int gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
                   bp_epilogue epi, const double *bias,
                   const double *aux, Py_ssize_t ldaux,
                   int num_threads) noexcept nogil
+
+# C := epi(alpha * bf16(op(A)) @ bf16(op(B)) + beta * C): float32 operands rounded to
+# bfloat16 (nearest, ties to even), float32 accumulation; otherwise as gemm_f32.
+cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                   const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                   const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                   float beta, float *c, Py_ssize_t rsc, Py_ssize_t csc,
+                   bp_epilogue epi, const float *bias,
+                   const float *aux, Py_ssize_t ldaux,
+                   int num_threads) noexcept nogil

@@ -15,7 +15,8 @@ Design:
       jr  (_macro_kernel)  NR columns                  one B~ sliver (KC x NR) -> L1
       ir  (_macro_kernel)  MR rows                     micro-kernel: MR x NR tile in registers
 
-  The micro-kernels (6x16 float32, 6x8 float64; AVX2+FMA or portable) and the
+  The micro-kernels (8x48 float32 / 8x24 float64 with AVX-512F; 6x16 / 6x8
+  with AVX2+FMA or portable), their block sizes (``kernels.h``) and the
   epilogue are small C in ``bpcore/_gemm/*.h``.  A micro-kernel reads A through
   strides, so A is packed only when that pays: an A with a unit stride feeding
   a narrow C (the MLP shapes) is read in place, and a row-major A is "packed"
@@ -25,23 +26,30 @@ Design:
   below ``SMALL_MNK`` skip blocking altogether.
 * The epilogue (bias, activation, or the activation derivative from a saved
   matrix ``aux``) runs on each tile right after its last K block is stored.
-* Threads (OpenMP, if built with it: ``BPCORE_OPENMP``) split the rows of C
-  (the ic loop) into contiguous, MR-aligned parts, each part with its own A~
-  buffer, and share the packing of B~.  K is never split, and every element
-  of C is computed by the same operations in the same order whatever tile
-  holds it, so results are bitwise identical run to run AND independent of
-  the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
-  A process forked after this one started its OpenMP threads runs every
-  product on one thread (``forksafe.h``): libgomp's pool does not survive fork.
-* Kernels are chosen once at import (``__builtin_cpu_supports``);
-  ``BPCORE_FORCE_PORTABLE=1`` forces the portable ones, and ``_set_kernel``
-  switches in-process for tests.  The FPU state is never touched (no
+* Threads (if built with them: ``BPCORE_OPENMP``) are the GEMM's own pool
+  (``pool.h``), not an OpenMP team: each (jc, pc) step is one job of chunks
+  -- B~ slivers to pack, then MR-aligned blocks of rows of C, about three per
+  thread -- claimed from an atomic counter by whichever thread is awake.  A
+  thread that gets no core (NumPy's BLAS threads spinning after a call, other
+  processes) claims nothing and delays nothing, so two threads are never
+  slower than one by more than a wake-up call (the OpenMP version was up to
+  800x slower on a loaded machine).  K is never split, and every element of
+  C is computed by the same operations in the same order whatever thread or
+  tile holds it, so results are bitwise identical run to run AND independent
+  of the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
+  A process forked after this one started its threads runs every product on
+  one thread (``forksafe.h``): the pool's threads do not survive fork.
+* Kernels are chosen once at import (``__builtin_cpu_supports``): AVX-512F,
+  else AVX2+FMA, else portable; ``BPCORE_FORCE_KERNEL=avx512|avx2|portable``
+  forces one, ``BPCORE_FORCE_PORTABLE=1`` the portable ones (``_env.py``), and
+  ``_set_kernel`` switches in-process for tests.  The FPU state is never touched (no
   flush-to-zero; the build never uses -ffast-math).
 * Packing buffers are 64-byte aligned and reused across calls (one spare kept
   in an atomic slot, see ``workspace.h``).  A failed allocation returns
   ``BP_ENOMEM``, which ``matmul`` raises as ``MemoryError``.
 """
 import os
+import warnings
 
 from bpcore import _env
 
@@ -52,37 +60,57 @@ from bpcore._policy cimport final_array, plain_array
 
 cnp.import_array()
 
-from bpcore._validate import check_out, check_real, check_shape, float_arrays, check_int
+from bpcore._validate import (check_choice, check_compute_dtype, check_int, check_out, check_real, check_shape,
+                              float_arrays)
 
 from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_STRIDES, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
-from cython.parallel cimport parallel, prange
 from libc.math cimport isfinite
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
-cdef extern from "microkernel.h" nogil:
-    enum:
-        BP_MR
-        BP_NR_F32
-        BP_NR_F64
-        BP_HAVE_AVX2_KERNELS
+cdef extern from "kernels.h" nogil:
     ctypedef void (*bp_ukr_f32_fn)(ptrdiff_t k, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
                                    const float *b, const float *alpha, const float *beta,
                                    float *c, ptrdiff_t rsc, int mr, int nr) noexcept
     ctypedef void (*bp_ukr_f64_fn)(ptrdiff_t k, const double *a, ptrdiff_t rsa, ptrdiff_t csa,
                                    const double *b, const double *alpha, const double *beta,
                                    double *c, ptrdiff_t rsc, int mr, int nr) noexcept
-    void bp_ukr_f32_portable(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                             const float *, const float *, float *, ptrdiff_t, int, int)
-    void bp_ukr_f64_portable(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                             const double *, const double *, double *, ptrdiff_t, int, int)
-    void bp_ukr_f32_avx2(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const float *,
-                         const float *, const float *, float *, ptrdiff_t, int, int)
-    void bp_ukr_f64_avx2(ptrdiff_t, const double *, ptrdiff_t, ptrdiff_t, const double *,
-                         const double *, const double *, double *, ptrdiff_t, int, int)
+    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
+                                       float *dst) noexcept
+    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
+                                       double *dst) noexcept
+    ctypedef struct bp_blocks:
+        int mr, nr, kc, mc, nc
+    ctypedef struct bp_kernel:
+        const char *name
+        bp_ukr_f32_fn ukr_f32
+        bp_pack_bt_f32_fn pack_bt_f32
+        bp_blocks f32
+        bp_ukr_f64_fn ukr_f64
+        bp_pack_bt_f64_fn pack_bt_f64
+        bp_blocks f64
+    enum:
+        BP_TILE_MAX
+        BP_KERNEL_PORTABLE
+        BP_KERNEL_AVX2
+        BP_KERNEL_AVX512
+        BP_KERNEL_AVX512_EMULATED
+        BP_KERNEL_COUNT
+    const bp_kernel bp_kernels[]
+    int bp_kernel_runs(int which)
     int bp_cpu_avx2()
     int bp_cpu_fma()
+    int bp_cpu_avx512f()
+    int bp_cpu_avx512bf16()
+    void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, int mr_tile, float *dst)
+    void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, int mr_tile, double *dst)
+    void bp_pack_b_rows_f32(ptrdiff_t kc, const float *b, ptrdiff_t rsb, int nr_tile,
+                            float *dst)
+    void bp_pack_b_rows_f64(ptrdiff_t kc, const double *b, ptrdiff_t rsb, int nr_tile,
+                            double *dst)
 
 cdef extern from "epilogue.h" nogil:
     void bp_epilogue_f32(int kind, ptrdiff_t mr, ptrdiff_t nr, float *c, ptrdiff_t rsc,
@@ -90,19 +118,24 @@ cdef extern from "epilogue.h" nogil:
     void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
 
-cdef extern from "pack.h" nogil:
-    ctypedef void (*bp_pack_bt_f32_fn)(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
-                                       float *dst) noexcept
-    ctypedef void (*bp_pack_bt_f64_fn)(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
-                                       double *dst) noexcept
-    void bp_pack_bt_f32_portable(ptrdiff_t, int, const float *, ptrdiff_t, float *)
-    void bp_pack_bt_f64_portable(ptrdiff_t, int, const double *, ptrdiff_t, double *)
-    void bp_pack_bt_f32_avx2(ptrdiff_t, int, const float *, ptrdiff_t, float *)
-    void bp_pack_bt_f64_avx2(ptrdiff_t, int, const double *, ptrdiff_t, double *)
-
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
     void bp_ws_release(void *buf)
+    void *bp_ws_acquire_bf16(size_t nbytes)
+    void bp_ws_release_bf16(void *buf)
+
+cdef extern from "bf16.h" nogil:
+    void bp_round_bf16_copy(ptrdiff_t outer, ptrdiff_t inner, const float *src,
+                            ptrdiff_t s_outer, ptrdiff_t s_inner, float *dst)
+
+cdef extern from "pool.h" nogil:
+    ctypedef void (*bp_task_fn)(void *arg, int chunk, int worker) noexcept
+    int bp_pool_acquire(int nthreads)
+    void bp_pool_release()
+    void bp_pool_run(bp_task_fn fn, void *arg, int nchunks, int nthreads)
+    void bp_pool_wait_count(int *count, int target)
+    void bp_pool_count(int *count)
+    void bp_pool_hold(int on)
 
 cdef extern from "forksafe.h" nogil:
     int bp_forksafe_init()
@@ -111,24 +144,14 @@ cdef extern from "forksafe.h" nogil:
 
 
 # --------------------------------------------------------------------------
-# Block sizes (elements).  KC x NR of B~ stays in L1 (16 KiB of 32-48 KiB);
-# MC x KC of A~ in L2 (144 KiB of 512 KiB-1 MiB); KC x NC of B~ in L3.
+# Thresholds.  The register tiles and the block sizes (MR/NR, KC/MC/NC) are per
+# kernel, with the cache each block targets: the table in _gemm/kernels.h.
 # --------------------------------------------------------------------------
-cdef enum:
-    MR = BP_MR              # register tile rows (both dtypes)
-    NR32 = BP_NR_F32        # register tile columns, float32
-    NR64 = BP_NR_F64        # register tile columns, float64
-    KC32 = 256              # inner-dimension block: B~ sliver 256*16*4 B = 16 KiB (L1)
-    KC64 = 256              # 256*8*8 B = 16 KiB (L1)
-    MC32 = 144              # A~ block 144*256*4 B = 144 KiB (L2); multiple of MR
-    MC64 = 72               # 72*256*8 B = 144 KiB (L2)
-    NC32 = 4080             # B~ panel 256*4080*4 B = 4 MiB (L3); multiple of NR
-    NC64 = 4080             # 8 MiB (L3)
-
 # Below this m*n*k a plain loop beats packing (2x2x2 is about call overhead).
 cdef Py_ssize_t SMALL_MNK = 512
-# Below this m*n*k one thread is faster than starting a parallel region.
-cdef Py_ssize_t PARALLEL_MNK = 96 * 96 * 96
+# Below this m*n*k one thread is faster: a job costs the caller a wake-up call
+# (~2-5 us) when the workers sleep, against ~65 us of float32 work at this size.
+cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
 # Read A in place (no packing) when it has a unit stride (row-major A, or A.T of
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
@@ -140,13 +163,16 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # --------------------------------------------------------------------------
 # Runtime state: kernels chosen at import, thread count.
 # --------------------------------------------------------------------------
-cdef bp_ukr_f32_fn _ukr_f32 = bp_ukr_f32_portable
-cdef bp_ukr_f64_fn _ukr_f64 = bp_ukr_f64_portable
-cdef bp_pack_bt_f32_fn _pack_bt_f32 = bp_pack_bt_f32_portable
-cdef bp_pack_bt_f64_fn _pack_bt_f64 = bp_pack_bt_f64_portable
-cdef str _kernel_name = "portable"
+# NOTE: a pointer into the constant table; gemm() reads it once per call, so a
+# _set_kernel in another thread never mixes two kernels' tiles in one product.
+cdef const bp_kernel *_kern = &bp_kernels[<int>BP_KERNEL_PORTABLE]
 cdef int _num_threads = 1
 _OPENMP = bool(BPCORE_OPENMP)
+# name -> row of the kernel table, best first (the import-time choice tries them in order)
+_KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
+            "portable": BP_KERNEL_PORTABLE, "avx512_emulated": BP_KERNEL_AVX512_EMULATED}
+# BPCORE_FORCE_KERNEL's values -> kernel names
+_FORCE_NAMES = {"avx512": "avx512", "avx2": "avx2_fma", "portable": "portable"}
 
 
 def cpu_features():
@@ -155,27 +181,52 @@ def cpu_features():
     Returns
     -------
     dict
-        ``{"avx2": bool, "fma": bool, "kernel": "avx2_fma" | "portable",
-        "openmp": bool}``.
+        ``{"avx2": bool, "fma": bool, "avx512f": bool, "avx512_bf16": bool,
+        "kernel": "avx512" | "avx2_fma" | "portable", "bf16": "emulated",
+        "openmp": bool}`` (``"avx512_emulated"`` only after ``_set_kernel`` in a
+        test).  ``"bf16"``: the path of ``compute_dtype="bfloat16"`` products --
+        ``"emulated"`` (rounded float32 operands through the float32 kernel) on
+        every CPU in this version, also where ``avx512_bf16`` is True.
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
-            "kernel": _kernel_name, "openmp": _OPENMP}
+            "avx512f": bool(bp_cpu_avx512f()), "avx512_bf16": bool(bp_cpu_avx512bf16()),
+            "kernel": _kern.name.decode(), "bf16": "emulated", "openmp": _OPENMP}
+
+
+def _runnable_kernels():
+    """The kernels this build and CPU can run, best first (tests run each one)."""
+    return [name for name, which in _KERNELS.items() if bp_kernel_runs(which)]
+
+
+def _kernel_blocks(name):
+    """``{"float32": {...}, "float64": {...}}``: the tile and block sizes of a kernel."""
+    check_choice("name", name, tuple(_KERNELS))
+    cdef const bp_kernel *k = &bp_kernels[<int>_KERNELS[name]]
+    return {"float32": k.f32, "float64": k.f64}
 
 
 def _set_kernel(name):
-    """Select the micro-kernels: ``"avx2_fma"`` or ``"portable"`` (for tests)."""
-    global _ukr_f32, _ukr_f64, _pack_bt_f32, _pack_bt_f64, _kernel_name
-    if name == "portable":
-        _ukr_f32, _ukr_f64 = bp_ukr_f32_portable, bp_ukr_f64_portable
-        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_portable, bp_pack_bt_f64_portable
-    elif name == "avx2_fma":
-        if not (BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
-            raise RuntimeError("this CPU (or build) has no AVX2+FMA; use 'portable'")
-        _ukr_f32, _ukr_f64 = bp_ukr_f32_avx2, bp_ukr_f64_avx2
-        _pack_bt_f32, _pack_bt_f64 = bp_pack_bt_f32_avx2, bp_pack_bt_f64_avx2
-    else:
-        raise ValueError(f"`name` must be 'avx2_fma' or 'portable'; got {name!r}")
-    _kernel_name = name
+    """Select the micro-kernels by name (a key of ``_KERNELS``; for tests)."""
+    global _kern
+    check_choice("name", name, tuple(_KERNELS))
+    if not bp_kernel_runs(_KERNELS[name]):
+        raise RuntimeError(f"this CPU (or build) cannot run the {name!r} kernel; "
+                           f"it runs {', '.join(map(repr, _runnable_kernels()))}")
+    _kern = &bp_kernels[<int>_KERNELS[name]]
+
+
+def _choose_kernel():
+    """The import-time choice: BPCORE_FORCE_PORTABLE, else BPCORE_FORCE_KERNEL, else the best."""
+    runnable = _runnable_kernels()
+    if _env.force_portable():
+        return "portable"
+    forced = _env.force_kernel()
+    if forced is not None:
+        if _FORCE_NAMES[forced] in runnable:
+            return _FORCE_NAMES[forced]
+        warnings.warn(f"BPCORE_FORCE_KERNEL={forced}: this CPU (or build) cannot run it; "
+                      f"using {runnable[0]!r}", RuntimeWarning, stacklevel=2)
+    return runnable[0]
 
 
 def set_num_threads(n):
@@ -185,9 +236,11 @@ def set_num_threads(n):
     ----------
     n : int
         1 <= n <= 2**31 - 1.  Kept but not used (products run on one thread) in a build
-        without OpenMP, and in a process forked (``os.fork``, multiprocessing's
-        ``fork``) after it or an ancestor ran a product on several threads:
-        GNU OpenMP's threads do not survive fork.  ``get_num_threads`` tells.
+        without threads (``BPCORE_NO_OPENMP=1``), and in a process forked (``os.fork``,
+        multiprocessing's ``fork``) after it or an ancestor ran a product on several
+        threads: the worker threads do not survive fork.  ``get_num_threads`` tells.
+        A product runs on fewer threads when it is small, or when another Python
+        thread's product holds the workers (it then runs on its caller's thread).
     """
     global _num_threads
     # The count is a C int: a bigger one is a ValueError naming `n`, not an OverflowError.
@@ -203,13 +256,15 @@ def get_num_threads():
         The ``set_num_threads`` setting, or 1 where it is not used (no OpenMP,
         or a fork child of a threaded process).
     """
-    # NOTE: the fork-child rule is forced by libgomp: its thread pool cannot be
-    # restarted after fork (forksafe.h), so honouring set_num_threads there
-    # would hang the first threaded product.  Other code that ran OpenMP
-    # regions in the parent through the SAME libgomp (not a wheel's bundled
-    # copy) is not seen here: a fork child of that would hang in bpcore's first
-    # threaded product as in that code's own (README, "Processes").
+    # NOTE: the fork-child rule: fork copies only the calling thread, so the
+    # pool's workers are gone in the child and its job state may be mid-job
+    # (forksafe.h); the child runs serially rather than rebuild it.
     return _num_threads if _OPENMP and bp_threads_allowed() else 1
+
+
+def _hold_workers(on):
+    """Tests: the pool's workers skip every job (as if the OS gave them no core)."""
+    bp_pool_hold(1 if on else 0)
 
 
 def _default_threads():
@@ -224,62 +279,33 @@ def _default_threads():
 
 _num_threads = _default_threads()
 bp_forksafe_init()      # on failure it turns threads off (get_num_threads() == 1)
-if (not _env.force_portable()
-        and BP_HAVE_AVX2_KERNELS and bp_cpu_avx2() and bp_cpu_fma()):
-    _set_kernel("avx2_fma")
-else:
-    _set_kernel("portable")
+_set_kernel(_choose_kernel())
 
 
 # --------------------------------------------------------------------------
-# Packing.  A~: MR-tall slivers, sliver s holds rows s*MR.., element (i, p) at
-#   [s*MR*kc + p*MR + i]; a short last sliver is not padded (the micro-kernel
-#   never reads rows past mr).  B~: NR-wide slivers, element (p, j) of sliver s
-#   at [s*NR*kc + p*NR + j], zero-padded to NR columns.
+# Packing.  A~ (pack.h's bp_pack_a_*): MR-tall slivers.  B~: NR-wide slivers,
+#   element (p, j) of sliver s at [s*NR*kc + p*NR + j], zero-padded to NR columns.
 # --------------------------------------------------------------------------
-cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const floating *a, Py_ssize_t rsa,
-                  Py_ssize_t csa, floating *dst) noexcept nogil:
-    cdef Py_ssize_t t, s, i, p, mr
-    cdef const floating *src
-    for t in range((mc + MR - 1) // MR):
-        s = t * MR
-        mr = min(<Py_ssize_t>MR, mc - s)
-        src = a + s * rsa
-        if mr == MR and rsa == 1:       # A transposed: MR contiguous values per p
-            for p in range(kc):
-                for i in range(MR):
-                    dst[p * MR + i] = src[p * csa + i]
-        elif mr == MR:
-            for p in range(kc):
-                for i in range(MR):
-                    dst[p * MR + i] = src[i * rsa + p * csa]
-        else:
-            for p in range(kc):
-                for i in range(mr):
-                    dst[p * MR + i] = src[i * rsa + p * csa]
-        dst += MR * kc
-
-
-cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssize_t rsb,
-                         Py_ssize_t csb, floating *dst) noexcept nogil:
+cdef void _pack_b_sliver(const bp_kernel *K, Py_ssize_t kc, Py_ssize_t nr, const floating *b,
+                         Py_ssize_t rsb, Py_ssize_t csb, floating *dst) noexcept nogil:
     cdef Py_ssize_t p, j
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t NR = K.f32.nr if floating is float else K.f64.nr
     if rsb == 1 and csb != 1:   # columns contiguous (B transposed): a transpose, in C
         if floating is float:
-            _pack_bt_f32(kc, <int>nr, b, csb, dst)
+            K.pack_bt_f32(kc, <int>nr, b, csb, dst)
         else:
-            _pack_bt_f64(kc, <int>nr, b, csb, dst)
+            K.pack_bt_f64(kc, <int>nr, b, csb, dst)
         return
-    if nr < NR:
-        memset(dst, 0, kc * NR * sizeof(floating))
-    if csb == 1 and nr == NR:       # rows of B contiguous: copy NR-long runs
+    if csb == 1 and nr == NR:   # rows of B contiguous: copy NR-long runs
+        if floating is float:
+            bp_pack_b_rows_f32(kc, b, rsb, <int>NR, dst)
+        else:
+            bp_pack_b_rows_f64(kc, b, rsb, <int>NR, dst)
+        return
+    memset(dst, 0, kc * NR * sizeof(floating))
+    if csb == 1:
         for p in range(kc):
-            for j in range(NR32 if floating is float else NR64):
-                dst[p * NR + j] = b[p * rsb + j]
-    elif csb == 1:
-        for p in range(kc):
-            for j in range(nr):
-                dst[p * NR + j] = b[p * rsb + j]
+            memcpy(dst + p * NR, b + p * rsb, nr * sizeof(floating))
     else:
         for p in range(kc):
             for j in range(nr):
@@ -289,13 +315,13 @@ cdef void _pack_b_sliver(Py_ssize_t kc, Py_ssize_t nr, const floating *b, Py_ssi
 # --------------------------------------------------------------------------
 # The loops.
 # --------------------------------------------------------------------------
-cdef inline void _ukr(Py_ssize_t k, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      const floating *b, floating alpha, floating beta,
+cdef inline void _ukr(const bp_kernel *K, Py_ssize_t k, const floating *a, Py_ssize_t rsa,
+                      Py_ssize_t csa, const floating *b, floating alpha, floating beta,
                       floating *c, Py_ssize_t rsc, int mr, int nr) noexcept nogil:
     if floating is float:
-        _ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+        K.ukr_f32(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
     else:
-        _ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
+        K.ukr_f64(k, a, rsa, csa, b, &alpha, &beta, c, rsc, mr, nr)
 
 
 cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,
@@ -307,31 +333,32 @@ cdef inline void _epilogue(int epi, Py_ssize_t mr, Py_ssize_t nr, floating *c,
         bp_epilogue_f64(epi, mr, nr, c, rsc, csc, bias, aux, ldaux)
 
 
-cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, floating alpha,
-                        const floating *a, Py_ssize_t rsa, Py_ssize_t csa, bint a_packed,
-                        const floating *bpk, floating beta,
+cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc,
+                        floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                        bint a_packed, const floating *bpk, floating beta,
                         floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                         int epi, const floating *bias, const floating *aux,
                         Py_ssize_t ldaux) noexcept nogil:
     """The jr and ir loops: C[0:mc, 0:nc] := alpha*A~ B~ + beta*C, then epi (if epi)."""
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
+    cdef Py_ssize_t MR = K.f32.mr if floating is float else K.f64.mr
+    cdef Py_ssize_t NR = K.f32.nr if floating is float else K.f64.nr
     cdef Py_ssize_t tj, ti, jr, ir, i, j
     cdef int mr, nr
     cdef const floating *ap
     cdef floating *cp
-    cdef floating tile[MR * NR32]     # for a C with non-unit column stride
+    cdef floating tile[BP_TILE_MAX]     # for a C with non-unit column stride
     for tj in range((nc + NR - 1) // NR):
         jr = tj * NR
         nr = <int>min(NR, nc - jr)
         for ti in range((mc + MR - 1) // MR):
             ir = ti * MR
-            mr = <int>min(<Py_ssize_t>MR, mc - ir)
+            mr = <int>min(MR, mc - ir)
             ap = a + (ir * kc if a_packed else ir * rsa)
             cp = c + ir * rsc + jr * csc
             if csc == 1:
-                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, beta, cp, rsc, mr, nr)
+                _ukr(K, kc, ap, rsa, csa, bpk + jr * kc, alpha, beta, cp, rsc, mr, nr)
             else:
-                _ukr(kc, ap, rsa, csa, bpk + jr * kc, alpha, 0, tile, NR, mr, nr)
+                _ukr(K, kc, ap, rsa, csa, bpk + jr * kc, alpha, 0, tile, NR, mr, nr)
                 for i in range(mr):
                     for j in range(nr):
                         if beta == 0:
@@ -344,14 +371,15 @@ cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, floating al
                           aux + ir * ldaux + jr if aux != NULL else NULL, ldaux)
 
 
-cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc,
-                      floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
-                      bint pack_a, floating *apk, const floating *bpk, floating beta,
-                      floating *c, Py_ssize_t rsc, Py_ssize_t csc,
+cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc,
+                      Py_ssize_t kc, floating alpha, const floating *a, Py_ssize_t rsa,
+                      Py_ssize_t csa, bint pack_a, floating *apk, const floating *bpk,
+                      floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                       int epi, const floating *bias, const floating *aux,
                       Py_ssize_t ldaux) noexcept nogil:
     """The ic loop over rows [i0, i1): pack an MC x KC block of A (or not), run jr/ir."""
-    cdef Py_ssize_t MC = MC32 if floating is float else MC64
+    cdef Py_ssize_t MC = K.f32.mc if floating is float else K.f64.mc
+    cdef int MR = K.f32.mr if floating is float else K.f64.mr
     cdef Py_ssize_t t, ic, mc, i
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
@@ -359,89 +387,135 @@ cdef void _row_blocks(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc, Py_ssize_t kc
         if pack_a and csa == 1:
             for i in range(mc):
                 memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
-            _macro_kernel(mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
+            _macro_kernel(K, mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
         elif pack_a:
-            _pack_a(mc, kc, a + ic * rsa, rsa, csa, apk)
-            _macro_kernel(mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
+            if floating is float:
+                bp_pack_a_f32(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            else:
+                bp_pack_a_f64(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            _macro_kernel(K, mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
         else:
-            _macro_kernel(mc, nc, kc, alpha, a + ic * rsa, rsa, csa, False, bpk, beta,
+            _macro_kernel(K, mc, nc, kc, alpha, a + ic * rsa, rsa, csa, False, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
 
 
-cdef int _gemm_blocked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
-                       const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+# One (jc, pc) step of the loops as a job of independent chunks (pool.h): chunks
+# [0, nslivers) pack the B~ slivers, the rest each compute rows_per_chunk rows of C
+# (after waiting for the packing).  Run by the pool's threads, or in order by the caller.
+ctypedef struct _Job:
+    const bp_kernel *K
+    Py_ssize_t m, nc, kc, rows_per_chunk, nslivers
+    double alpha, beta
+    const void *a
+    Py_ssize_t rsa, csa
+    bint pack_a
+    void *apk               # A~ buffers, one per thread: worker w's at apk + w * a_elems
+    Py_ssize_t a_elems
+    const void *b
+    Py_ssize_t rsb, csb
+    void *bpk
+    void *c
+    Py_ssize_t rsc, csc
+    int epi
+    const void *bias
+    const void *aux
+    Py_ssize_t ldaux
+    int packed              # B~ slivers packed so far (atomic)
+
+
+cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *kind) noexcept nogil:
+    """Chunk ``chunk`` of ``job`` (``kind`` only selects the dtype)."""
+    cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
+    cdef Py_ssize_t s, i0
+    cdef const floating *aux = <const floating *>job.aux
+    if chunk < job.nslivers:
+        s = chunk
+        _pack_b_sliver(job.K, job.kc, min(NR, job.nc - s * NR),
+                       <const floating *>job.b + s * NR * job.csb, job.rsb, job.csb,
+                       <floating *>job.bpk + s * NR * job.kc)
+        bp_pool_count(&job.packed)
+        return
+    bp_pool_wait_count(&job.packed, <int>job.nslivers)
+    i0 = (chunk - job.nslivers) * job.rows_per_chunk
+    _row_blocks(job.K, i0, min(job.m, i0 + job.rows_per_chunk), job.nc, job.kc,
+                <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
+                <floating *>job.apk + worker * job.a_elems, <const floating *>job.bpk,
+                <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
+                <const floating *>job.bias, aux, job.ldaux)
+
+
+cdef void _job_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
+    _job_chunk(<_Job *>job, chunk, worker, <const float *>NULL)
+
+
+cdef void _job_chunk_f64(void *job, int chunk, int worker) noexcept nogil:
+    _job_chunk(<_Job *>job, chunk, worker, <const double *>NULL)
+
+
+cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
                        const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
                        floating beta, floating *c, Py_ssize_t rsc, Py_ssize_t csc,
                        int epi, const floating *bias, const floating *aux,
                        Py_ssize_t ldaux, int nthreads) noexcept nogil:
-    """The jc and pc loops; the rows of C are split into ``nparts`` thread parts."""
-    cdef Py_ssize_t NR = NR32 if floating is float else NR64
-    cdef Py_ssize_t KC = KC32 if floating is float else KC64
-    cdef Py_ssize_t MC = MC32 if floating is float else MC64
-    cdef Py_ssize_t NC = NC32 if floating is float else NC64
+    """The jc and pc loops, each step one job; up to ``nthreads`` threads share its rows."""
+    cdef bp_blocks bl = K.f32 if floating is float else K.f64
+    cdef Py_ssize_t MR = bl.mr, NR = bl.nr, KC = bl.kc, MC = bl.mc, NC = bl.nc
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
-    cdef bint pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     cdef Py_ssize_t mtiles = (m + MR - 1) // MR
-    cdef Py_ssize_t nparts = max(1, min(<Py_ssize_t>nthreads, mtiles))
-    cdef Py_ssize_t part_rows = (mtiles + nparts - 1) // nparts * MR
-    cdef Py_ssize_t a_elems = min(MC, part_rows) * kc_max if pack_a else 0
-    cdef floating *ws = <floating *>bp_ws_acquire(
-        (kc_max * nc_max + nparts * a_elems) * sizeof(floating))
-    cdef floating *bpk = ws
-    cdef Py_ssize_t tjc, tpc, jc, pc, nc, kc, s, part
-    cdef Py_ssize_t njc = (n + NC - 1) // NC, npc = (k + KC - 1) // KC
-    cdef floating beta_pc
-    cdef int epi_pc
+    cdef int threads = 1
+    cdef Py_ssize_t nrow_chunks
+    cdef Py_ssize_t tjc, tpc, jc, pc
+    cdef _Job job
+    cdef floating *ws
+    cdef bp_task_fn task = _job_chunk_f32 if floating is float else _job_chunk_f64
+    if nthreads > 1 and mtiles > 1:
+        bp_note_pool_start()    # before any worker exists (forksafe.h)
+        threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, mtiles))
+    # NOTE: about 3 row chunks per thread, so a thread that gets less of a core
+    # (another process, a BLAS thread still spinning) leaves its share to the others.
+    # Alone: one chunk (the loops as before, an A~ block reused across the whole jr loop).
+    job.rows_per_chunk = m if threads == 1 else min(
+        MC, ((mtiles + 3 * threads - 1) // (3 * threads)) * MR)
+    nrow_chunks = (m + job.rows_per_chunk - 1) // job.rows_per_chunk
+    job.pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
+    job.a_elems = min(MC, job.rows_per_chunk) * kc_max if job.pack_a else 0
+    ws = <floating *>bp_ws_acquire((kc_max * nc_max + threads * job.a_elems) * sizeof(floating))
     if ws == NULL:
+        if threads > 1:
+            bp_pool_release()
         return BP_ENOMEM
-    if nparts == 1:
-        for tjc in range(njc):
-            jc = tjc * NC
-            nc = min(NC, n - jc)
-            for tpc in range(npc):
-                pc = tpc * KC
-                kc = min(KC, k - pc)
-                for s in range((nc + NR - 1) // NR):
-                    _pack_b_sliver(kc, min(NR, nc - s * NR), b + pc * rsb + (jc + s * NR) * csb,
-                                   rsb, csb, bpk + s * NR * kc)
-                _row_blocks(0, m, nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
-                            ws + kc_max * nc_max, bpk,
-                            beta if pc == 0 else 1, c + jc * csc, rsc, csc,
-                            epi if pc + kc == k else BP_EPI_NONE,
-                            bias + jc if bias != NULL else NULL,
-                            aux + jc if aux != NULL else NULL, ldaux)
-    else:
-        # Cython copies the block's private variables out after it: give them values.
-        tjc = tpc = jc = pc = nc = kc = 0
-        beta_pc = beta
-        epi_pc = epi
-        bp_note_pool_start()
-        with parallel(num_threads=nparts):
-            for tjc in range(njc):
-                jc = tjc * NC
-                nc = min(NC, n - jc)
-                for tpc in range(npc):
-                    pc = tpc * KC
-                    kc = min(KC, k - pc)
-                    beta_pc = beta if pc == 0 else 1
-                    epi_pc = epi if pc + kc == k else BP_EPI_NONE
-                    for s in prange(0, (nc + NR - 1) // NR, schedule="static"):
-                        _pack_b_sliver(kc, min(NR, nc - s * NR),
-                                       b + pc * rsb + (jc + s * NR) * csb,
-                                       rsb, csb, bpk + s * NR * kc)
-                    for part in prange(nparts, schedule="static", chunksize=1):
-                        _row_blocks(part * part_rows, min(m, (part + 1) * part_rows),
-                                    nc, kc, alpha, a + pc * csa, rsa, csa, pack_a,
-                                    ws + kc_max * nc_max + part * a_elems, bpk,
-                                    beta_pc, c + jc * csc, rsc, csc, epi_pc,
-                                    bias + jc if bias != NULL else NULL,
-                                    aux + jc if aux != NULL else NULL, ldaux)
+    job.K, job.m, job.rsa, job.csa, job.rsb, job.csb = K, m, rsa, csa, rsb, csb
+    job.alpha, job.bpk, job.apk = alpha, ws, ws + kc_max * nc_max
+    job.rsc, job.csc, job.ldaux = rsc, csc, ldaux
+    for tjc in range((n + NC - 1) // NC):
+        jc = tjc * NC
+        job.nc = min(NC, n - jc)
+        job.nslivers = (job.nc + NR - 1) // NR
+        job.c = c + jc * csc
+        job.bias = bias + jc if bias != NULL else NULL
+        job.aux = aux + jc if aux != NULL else NULL
+        for tpc in range((k + KC - 1) // KC):
+            pc = tpc * KC
+            job.kc = min(KC, k - pc)
+            job.a = a + pc * csa
+            job.b = b + pc * rsb + jc * csb
+            job.beta = beta if pc == 0 else 1
+            job.epi = epi if pc + job.kc == k else BP_EPI_NONE
+            job.packed = 0
+            if threads > 1:
+                bp_pool_run(task, &job, <int>(job.nslivers + nrow_chunks), threads)
+            else:
+                for s in range(job.nslivers + nrow_chunks):
+                    task(&job, <int>s, 0)
+    if threads > 1:
+        bp_pool_release()
     bp_ws_release(ws)
     return BP_OK
 
@@ -489,7 +563,7 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # A fork child of a threaded process must never enter a parallel region.
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
-    return _gemm_blocked(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+    return _gemm_blocked(_kern, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
 
 
@@ -517,6 +591,50 @@ cdef int gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
                 epi, bias, aux, ldaux, num_threads)
 
 
+cdef void _round_operand(Py_ssize_t rows, Py_ssize_t cols, const float *x, Py_ssize_t rs,
+                         Py_ssize_t cs, float *dst, Py_ssize_t *drs,
+                         Py_ssize_t *dcs) noexcept nogil:
+    """A rounded, contiguous copy of the rows x cols operand x; its strides in drs/dcs.
+    Stored column by column when x is (a transpose, unit row stride), so the GEMM
+    reads it as it would have read x."""
+    if rs == 1 and cs != 1:
+        bp_round_bf16_copy(cols, rows, x, cs, rs, dst)
+        drs[0], dcs[0] = 1, rows
+    else:
+        bp_round_bf16_copy(rows, cols, x, rs, cs, dst)
+        drs[0], dcs[0] = cols, 1
+
+
+cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                   const float *a, Py_ssize_t rsa, Py_ssize_t csa,
+                   const float *b, Py_ssize_t rsb, Py_ssize_t csb,
+                   float beta, float *c, Py_ssize_t rsc, Py_ssize_t csc,
+                   bp_epilogue epi, const float *bias,
+                   const float *aux, Py_ssize_t ldaux,
+                   int num_threads) noexcept nogil:
+    """``gemm_f32`` on op(A) and op(B) rounded to bfloat16 (bf16.h), float32 accumulation.
+
+    NOTE: the emulated path on every CPU for now: rounded float32 copies of both
+    operands (O(mk + kn) extra work and memory), then the float32 GEMM."""
+    cdef float *ra
+    cdef float *rb
+    cdef Py_ssize_t ars, acs, brs, bcs
+    cdef int status
+    if m <= 0 or n <= 0 or k <= 0:
+        return gemm_f32(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+                        epi, bias, aux, ldaux, num_threads)
+    ra = <float *>bp_ws_acquire_bf16((m * k + k * n) * sizeof(float))
+    if ra == NULL:
+        return BP_ENOMEM
+    rb = ra + m * k
+    _round_operand(m, k, a, rsa, csa, ra, &ars, &acs)
+    _round_operand(k, n, b, rsb, csb, rb, &brs, &bcs)
+    status = gemm_f32(m, n, k, alpha, ra, ars, acs, rb, brs, bcs, beta, c, rsc, csc,
+                      epi, bias, aux, ldaux, num_threads)
+    bp_ws_release_bf16(ra)
+    return status
+
+
 # --------------------------------------------------------------------------
 # Python face.
 # --------------------------------------------------------------------------
@@ -541,7 +659,7 @@ cdef inline bint _elementwise(const Py_buffer *v) noexcept:
 
 cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
                   double beta, Py_buffer *vc, int epi, Py_buffer *vbias,
-                  Py_buffer *vaux) except -1:
+                  Py_buffer *vaux, bint bf16=False) except -1:
     """One call of ``gemm`` on acquired buffers (shapes already checked)."""
     cdef Py_ssize_t s = va.itemsize
     cdef Py_ssize_t m = va.shape[1] if ta else va.shape[0]
@@ -558,7 +676,13 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
         rsa, csa = csa, rsa
     if tb:
         rsb, csb = csb, rsb
-    if m * n * k < NOGIL_MNK:
+    if bf16:
+        with nogil:
+            status = gemm_bf16(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
+                               <const float *>vb.buf, rsb, csb, <float>beta,
+                               <float *>vc.buf, rsc, csc, <bp_epilogue>epi,
+                               <const float *>bias, <const float *>aux, ldaux, 0)
+    elif m * n * k < NOGIL_MNK:
         if s == 4:
             status = gemm_f32(m, n, k, <float>alpha, <const float *>va.buf, rsa, csa,
                               <const float *>vb.buf, rsb, csb, <float>beta,
@@ -589,7 +713,8 @@ cdef int _compute(Py_buffer *va, Py_buffer *vb, bint ta, bint tb, double alpha,
 
 
 cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta,
-                 object out, int epi=BP_EPI_NONE, object bias=None, object aux=None):
+                 object out, int epi=BP_EPI_NONE, object bias=None, object aux=None,
+                 bint bf16=False):
     """Acquire buffers of validated arrays, allocate ``out`` if None, compute."""
     cdef Py_buffer va, vb, vc, vbias, vaux
     cdef Py_buffer *pbias = NULL
@@ -621,7 +746,7 @@ cdef object _run(object a, object b, bint ta, bint tb, double alpha, double beta
                 if aux is not None:
                     PyObject_GetBuffer(aux, &vaux, PyBUF_STRIDES)
                     paux = &vaux
-                _compute(&va, &vb, ta, tb, alpha, beta, &vc, epi, pbias, paux)
+                _compute(&va, &vb, ta, tb, alpha, beta, &vc, epi, pbias, paux, bf16)
             finally:
                 if pbias != NULL:
                     PyBuffer_Release(pbias)
@@ -740,7 +865,8 @@ def _check_operands(a, b, trans_a, trans_b, alpha, beta, out):
     return a, b, ta, tb, alpha, beta, out
 
 
-def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
+           compute_dtype=None):
     """``alpha * op(a) @ op(b) + beta * out``, with op(x) = x.T if trans_x.
 
     Parameters
@@ -756,6 +882,10 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     out : ndarray, shape (m, n), optional
         C-contiguous, writeable, of the operands' dtype, not overlapping them.
         Required when ``beta != 0``.
+    compute_dtype : None or "bfloat16"
+        "bfloat16" (float32 operands only): multiply op(a) and op(b) rounded to
+        bfloat16 (nearest, ties to even; ``bpcore.reference.round_bfloat16``),
+        accumulating in float32.  ``cpu_features()["bf16"]`` tells the path.
 
     Returns
     -------
@@ -763,16 +893,18 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
         ``out`` if given, else a new array.
     """
     cdef object result
-    result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
-    if result is not None:
-        return result
+    if compute_dtype is None:
+        result = _fast(a, b, trans_a, trans_b, alpha, beta, out)
+        if result is not None:
+            return result
     # NOTE: the GEMM takes any element strides, so a and b are passed as they
     # are (a stride of a size-1 dimension is never multiplied by a non-zero
     # index; a stride 0 reads one row or column again).  `buf` is `out` or a
     # plain, canonically strided view of it (a subclass, a size-1 dimension
     # with an odd stride); the caller's `out` is what comes back.
     a, b, ta, tb, alpha, beta, buf = _check_operands(a, b, trans_a, trans_b, alpha, beta, out)
-    result = _run(a, b, ta, tb, alpha, beta, buf)
+    bf16 = check_compute_dtype(compute_dtype, a.dtype) == "bfloat16"
+    result = _run(a, b, ta, tb, alpha, beta, buf, BP_EPI_NONE, None, None, bf16)
     return result if out is None else out
 
 

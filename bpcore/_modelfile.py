@@ -1,7 +1,7 @@
 """bpcore's model file: one ``.npz`` archive, written atomically, read without pickle.
 
 Contents (every entry a plain NumPy array; strings are unicode arrays, so
-``np.load(..., allow_pickle=False)`` reads them):
+``np.load(..., allow_pickle=False)`` reads them)::
 
     format        "bpcore-mlp"
     version       1

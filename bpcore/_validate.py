@@ -348,6 +348,22 @@ def check_int(name, value, *, minimum=None, maximum=INT_MAX):
     return value
 
 
+COMPUTE_DTYPES = ("bfloat16",)
+
+
+def check_compute_dtype(compute_dtype, dtype):
+    """``compute_dtype`` of a product: None (the operands' own dtype) or "bfloat16"
+    (operands rounded to bfloat16, float32 accumulation: float32 operands only).
+    Returns it as a plain str or None."""
+    if compute_dtype is None:
+        return None
+    compute_dtype = check_choice("compute_dtype", compute_dtype, COMPUTE_DTYPES)
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"`compute_dtype`={compute_dtype!r} needs float32 operands (the "
+                         f"products accumulate in float32); got {np.dtype(dtype).name}")
+    return compute_dtype
+
+
 def check_choice(name, value, choices):
     """``value`` must be one of ``choices`` (a str, ``np.str_`` included); the message
     lists them.  Returns it as a plain str."""

@@ -89,6 +89,10 @@ def under_mpi_launcher():
     Looks only at the environment the common launchers set (MPICH/Hydra's
     ``PMI_SIZE``, Open MPI's ``OMPI_COMM_WORLD_SIZE``, Slurm's PMI), so a
     plain ``python`` run never has to initialize MPI to find out.
+
+    Returns
+    -------
+    bool
     """
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
         if name in os.environ:
@@ -177,7 +181,7 @@ def open_array(path, key=None):
 
     Returns
     -------
-    numpy.memmap or ndarray
+    numpy.memmap or ndarray, the shape stored in the file
         A memmap, except for a member of a *compressed* ``.npz``
         (``np.savez_compressed``), which cannot be mapped and is read whole.
     """
@@ -940,13 +944,15 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
         epoch_loop = (size == 1 and accumulate_steps == 1 and not overlap
                       and _EPOCH_LOOP_AT_ONE_RANK)
         bar = Progress(epochs - first_epoch, bool(progress) and rank == 0)
+        grads = np.zeros(net.n_params, net.dtype) if epoch_loop else None  # one per fit
         try:
             for epoch in range(first_epoch, epochs):
                 order = rng.permutation(x.shape[0]).astype(np.int64) if shuffle else None
                 loss_sum = 0.0
                 stepper.comm_seconds = 0.0
                 if epoch_loop:
-                    loss_sum = _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch)
+                    loss_sum = _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch,
+                                               grads)
                 else:
                     for step in range(steps):
                         batch_loss, _ = stepper.step(
@@ -995,12 +1001,14 @@ def _bcast_velocity(comm, net, present):
     comm.Bcast(net.velocity, root=0)
 
 
-def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch):
-    """One epoch on a single rank through the compiled loop; returns the loss sum."""
+def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch, grads):
+    """One epoch on a single rank through the compiled loop; returns the loss sum.
+
+    ``grads`` is the fit's gradient block (n_params,), reused by every epoch.
+    """
     lr, momentum, weight_decay, nesterov = hyper
     rule, state = net.update_rule("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
                                   nesterov=nesterov)
-    grads = np.zeros(net.n_params, net.dtype)
     status, loss_sum, done = net.core.epoch(net.parameters, grads, state, x, y, None, order,
                                             batch_size, rule)
     if status == _NONFINITE:

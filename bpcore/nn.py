@@ -228,10 +228,17 @@ class MLP:
             ``weights[l]`` of shape (n_l, n_{l+1}).
         biases : sequence of array_like
             ``biases[l]`` of shape (n_{l+1},).
+        activation, output_activation, loss, reduction, activation_options, loss_options
+            As for :class:`MLP`.
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
-        activation, output_activation, loss, reduction, backend, activation_options, loss_options
+        backend : {"compiled", "reference"}
             As for :class:`MLP`.
+
+        Returns
+        -------
+        MLP
+            A new model; its parameters are copies of ``weights`` and ``biases``.
         """
         weights, biases = list(weights), list(biases)
         if not weights or len(weights) != len(biases):
@@ -328,7 +335,7 @@ class MLP:
         Returns
         -------
         x : ndarray, shape (n_samples, n_in)
-        y : ndarray or None
+        y : ndarray, shape (n_samples, n_out) or (n_samples,), or None
             Float targets (n_samples, n_out) or int64 labels (n_samples,).
         """
         if y is None and need_y:
@@ -407,7 +414,20 @@ class MLP:
     @staticmethod
     def check_sgd(lr, momentum, weight_decay, nesterov):
         """(lr, momentum, weight_decay, nesterov) checked (``ValueError``/``TypeError``
-        naming the argument) and as floats and a bool."""
+        naming the argument) and as floats and a bool.
+
+        Parameters
+        ----------
+        lr, momentum, weight_decay : float
+            >= 0 each.
+        nesterov : bool
+            True requires ``momentum`` > 0.
+
+        Returns
+        -------
+        tuple of (float, float, float, bool)
+            The four settings, checked.
+        """
         lr = V.check_real("lr", lr, minimum=0.0)
         momentum = V.check_real("momentum", momentum, minimum=0.0)
         weight_decay = V.check_real("weight_decay", weight_decay, minimum=0.0)
@@ -532,6 +552,25 @@ class MLP:
         model.  Returns ``(rule, (s1, s2))`` for :attr:`core`'s ``update`` and
         ``epoch``; after Adam steps, Adam's step count is ``rule.step``
         (``apply_update`` and ``fit`` record it in the model themselves).
+
+        Parameters
+        ----------
+        optimizer : {"sgd", "adam"}
+        lr, momentum, weight_decay : float
+            As :meth:`train_step`, checked already.
+        nesterov : bool
+        beta1, beta2, eps : float
+            Adam's.
+        weights_only : bool
+            Weight decay on the weights only, not the biases.
+
+        Returns
+        -------
+        rule : UpdateRule
+            The core's update rule.
+        state : tuple of (ndarray or None, ndarray or None)
+            The state blocks (shape (n_params,), like :attr:`parameters`):
+            ``(velocity or None, None)`` for SGD, ``(m, v)`` for Adam.
         """
         if optimizer == "adam":
             m, v, step = self._adam_state()
@@ -866,7 +905,14 @@ class MLP:
     # -- files --------------------------------------------------------------
 
     def save(self, path):
-        """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`."""
+        """Write the model to ``path`` (``.npz``) atomically; see :mod:`bpcore._modelfile`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced atomically if it exists; a symbolic link
+            is followed).
+        """
         with self._lock:
             # The activation options ride as extra entries (only when given), so
             # files without them stay as they were.

@@ -46,7 +46,32 @@ __all__ = [
 # Dense products
 # ---------------------------------------------------------------------------
 
-def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+def round_bfloat16(x):
+    """``x`` (float32) rounded to the nearest bfloat16, ties to even, as float32 values.
+
+    bfloat16 keeps float32's sign, exponent and top 7 fraction bits, so the
+    rounding is integer arithmetic on the bit pattern: add half of the dropped
+    16 bits (minus one unless the kept last bit is odd, for ties to even) and
+    clear them.  A carry rounds up into the exponent, and past the largest
+    bfloat16 to infinity, as round-to-nearest must.  NaN stays NaN (quiet).
+
+    Parameters
+    ----------
+    x : ndarray of float32, any shape
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``x``
+    """
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))))
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    bits = np.where(nan, u | np.uint32(0x00400000), rounded) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32).reshape(np.shape(x))
+
+
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
+           compute_dtype=None):
     """General matrix product ``out := alpha * op(a) @ op(b) + beta * out``.
 
     Parameters
@@ -60,6 +85,10 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
         ignored (NaN there does not propagate), as in BLAS.
     out : ndarray, shape (m, n), optional
         Required when ``beta != 0``.
+    compute_dtype : None or "bfloat16"
+        "bfloat16" (float32 operands only): the product of ``round_bfloat16(op(a))``
+        and ``round_bfloat16(op(b))``, accumulated in float32 (each product of two
+        bfloat16 values is exact in float32); alpha, beta and ``out`` stay float32.
 
     Returns
     -------
@@ -67,6 +96,8 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     """
     a, b, alpha, beta, buf, _ = V.matmul_args(a, b, trans_a, trans_b, alpha, beta, out)
     dtype = buf.dtype
+    if V.check_compute_dtype(compute_dtype, dtype) == "bfloat16":
+        a, b = round_bfloat16(a), round_bfloat16(b)
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
     product = op_a @ op_b
@@ -167,7 +198,7 @@ def sigmoid_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The sigmoid's output from the forward pass.
     grad : array_like, same shape as ``a``
         Gradient of the loss with respect to ``a``.
@@ -175,7 +206,7 @@ def sigmoid_backward(a, grad, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
         Gradient of the loss with respect to the sigmoid's input.
     """
     a, grad, buf = V.binary_args(a, grad, out)
@@ -193,7 +224,7 @@ def relu_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     np.maximum(z, 0, out=buf)
@@ -209,14 +240,14 @@ def relu_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The ReLU's output from the forward pass.
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional (may be ``grad`` or ``a``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     mask = a > 0  # taken before writing: `out` may be `a` itself
@@ -236,7 +267,7 @@ def tanh_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     np.tanh(z, out=buf)
@@ -248,14 +279,14 @@ def tanh_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The tanh's output from the forward pass.
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional (may be ``grad`` or ``a``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     np.multiply(grad, 1 - a * a, out=buf)
@@ -272,7 +303,7 @@ def identity_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     buf[...] = z
@@ -284,14 +315,14 @@ def identity_backward(a, grad, *, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The identity's output (unused; kept so every activation has one signature).
     grad : array_like, same shape as ``a``
     out : ndarray, same shape, optional
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     a, grad, buf = V.binary_args(a, grad, out)
     buf[...] = grad
@@ -675,7 +706,7 @@ def mse_loss_backward(pred, target, *, reduction="mean", out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``pred``
     """
     pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=True)
     np.subtract(pred, target, out=buf)
@@ -696,7 +727,7 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     Returns
     -------
     loss : float
-    grad : ndarray
+    grad : ndarray, same shape as ``pred``
         ``out``, holding the gradient with respect to ``pred``.
     """
     loss = mse_loss(pred, target, reduction=reduction)
@@ -980,9 +1011,9 @@ def _bce_scale(reduction, size):
 def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean", pos_weight=None):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits.
 
-    ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-|z_i|))`` (PyTorch's
+    ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-abs(z_i)))`` (PyTorch's
     ``binary_cross_entropy_with_logits``): no sigmoid is formed, so it is
-    finite for |z| up to 1e30 and exact where the sigmoid would saturate.
+    finite for ``abs(z)`` up to 1e30 and exact where the sigmoid would saturate.
     With ``pos_weight`` p (one per output, the last axis), PyTorch's
     ``(1 - t) z - (1 + (p - 1) t) log sigmoid(z)``; "mean" still divides by
     the number of elements (as PyTorch).
@@ -1033,7 +1064,7 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``logits``
     """
     logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=True)
     pw = V.loss_weights("pos_weight", pos_weight, logits.shape[-1] if logits.ndim else 1)
@@ -1112,7 +1143,9 @@ def _beta(name, value):
 
 def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0):
-    """One Adam step, in place, as ``torch.optim.Adam`` (amsgrad off, L2 weight decay)::
+    """One Adam step, in place, as ``torch.optim.Adam`` (amsgrad off, L2 weight decay).
+
+    ::
 
         g = grad + weight_decay * param
         m = m + (1 - beta1) * (g - m)               (torch's lerp)
@@ -1161,7 +1194,9 @@ def adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8
 
 
 def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
-    """One step of scikit-learn's MLP ``SGDOptimizer``, in place::
+    """One step of scikit-learn's MLP ``SGDOptimizer``, in place.
+
+    ::
 
         velocity = momentum * velocity - lr * grad
         param += momentum * velocity - lr * grad  if nesterov else  velocity
@@ -1181,6 +1216,7 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
     Returns
     -------
     param : ndarray
+        The same array, updated.
     """
     p, grad, (vel,), (lr, momentum), _ = V.optimizer_args(
         param, grad, [("velocity", velocity)],
@@ -1194,7 +1230,9 @@ def sklearn_sgd_update(param, grad, *, lr, momentum, velocity, nesterov=True):
 
 
 def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, eps=1e-8):
-    """One step of scikit-learn's MLP ``AdamOptimizer``, in place::
+    """One step of scikit-learn's MLP ``AdamOptimizer``, in place.
+
+    ::
 
         m = beta1 * m + (1 - beta1) * grad
         v = beta2 * v + (1 - beta2) * grad**2
@@ -1221,6 +1259,7 @@ def sklearn_adam_update(param, grad, *, lr, m, v, step, beta1=0.9, beta2=0.999, 
     Returns
     -------
     param : ndarray
+        The same array, updated.
     """
     p, grad, (m, v), (lr, eps), step = V.optimizer_args(
         param, grad, [("m", m), ("v", v)], [("lr", lr, 0.0, None), ("eps", eps, 0.0, None)],

@@ -463,20 +463,25 @@ class MLPClassifier(_BpcoreMLP, _SkMLPClassifier):
 
     Parameters
     ----------
-    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
-    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
-    warm_start, momentum, nesterovs_momentum, early_stopping,
-    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate
         As :class:`sklearn.neural_network.MLPClassifier` (same names, defaults
-        and meaning).
+        and meaning); so are the parameters below up to ``max_fun``.
+    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose
+        As scikit-learn's.
+    warm_start, momentum, nesterovs_momentum, early_stopping
+        As scikit-learn's.
+    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+        As scikit-learn's.
     n_threads : int, optional
         Threads for bpcore's matrix products during ``fit`` and ``predict``
         (default: bpcore's setting, see :func:`bpcore.set_num_threads`).
 
     Attributes
     ----------
-    classes_, loss_, best_loss_, loss_curve_, validation_scores_,
-    best_validation_score_, t_, coefs_, intercepts_, n_features_in_,
+    classes_, loss_, best_loss_, loss_curve_, validation_scores_
+        As scikit-learn's.
+    best_validation_score_, t_, coefs_, intercepts_, n_features_in_
+        As scikit-learn's.
     feature_names_in_, n_iter_, n_layers_, n_outputs_, out_activation_
         As scikit-learn's.
     """
@@ -509,19 +514,24 @@ class MLPRegressor(_BpcoreMLP, _SkMLPRegressor):
     Parameters
     ----------
     loss : {"squared_error", "poisson"}
-    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
-    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
-    warm_start, momentum, nesterovs_momentum, early_stopping,
-    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate
         As :class:`sklearn.neural_network.MLPRegressor` (same names, defaults
-        and meaning).
+        and meaning); so are the parameters below up to ``max_fun``.
+    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose
+        As scikit-learn's.
+    warm_start, momentum, nesterovs_momentum, early_stopping
+        As scikit-learn's.
+    validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+        As scikit-learn's.
     n_threads : int, optional
         Threads for bpcore's matrix products during ``fit`` and ``predict``.
 
     Attributes
     ----------
-    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_,
-    t_, coefs_, intercepts_, n_features_in_, feature_names_in_, n_iter_,
+    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_
+        As scikit-learn's.
+    t_, coefs_, intercepts_, n_features_in_, feature_names_in_, n_iter_
+        As scikit-learn's.
     n_layers_, n_outputs_, out_activation_
         As scikit-learn's.
     """

@@ -38,5 +38,23 @@ def test_force_portable_off_reaches_no_family(value):
     features = bpcore.cpu_features()
     if not (features["avx2"] and features["fma"]):
         pytest.skip("this CPU has no AVX2+FMA: every family is portable anyway")
-    assert _kernels_under(value) == {"gemm": "avx2_fma", "vector_math": "avx2_fma",
-                                     "optimizer": "avx2_fma"}
+    kernels = _kernels_under(value)
+    assert kernels.pop("gemm") == ("avx512" if features["avx512f"] else "avx2_fma")
+    assert kernels == {"vector_math": "avx2_fma", "optimizer": "avx2_fma"}
+
+
+@pytest.mark.parametrize("value, want", [(None, None), ("", None), (" ", None),
+                                         ("avx512", "avx512"), ("AVX2", "avx2"),
+                                         (" portable ", "portable")])
+def test_force_kernel_values(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("BPCORE_FORCE_KERNEL", raising=False)
+    else:
+        monkeypatch.setenv("BPCORE_FORCE_KERNEL", value)
+    assert _env.force_kernel() == want
+
+
+def test_force_kernel_bad_value_names_the_switch(monkeypatch):
+    monkeypatch.setenv("BPCORE_FORCE_KERNEL", "sse9")
+    with pytest.raises(ValueError, match="`BPCORE_FORCE_KERNEL` must be one of.*'sse9'"):
+        _env.force_kernel()

@@ -4,10 +4,11 @@ import sys
 import textwrap
 
 import numpy as np
-from conftest import layout, run_python, sigmoid as _sigmoid
+from conftest import import_oracle, layout, run_python, sigmoid as _sigmoid
 import pytest
 
 from bpcore import _gemm
+from bpcore import reference as R
 from bpcore._gemm import matmul
 
 DTYPES = (np.float32, np.float64)
@@ -15,14 +16,12 @@ DTYPES = (np.float32, np.float64)
 EPS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-15}
 
 
-def _kernels():
-    names = ["portable"]
-    if _gemm.cpu_features()["avx2"] and _gemm.cpu_features()["fma"]:
-        names.insert(0, "avx2_fma")
-    return names
+# Every kernel this CPU runs; "avx512_emulated" (the AVX-512 tile over scalar C) runs
+# everywhere, so the 8 x 48 / 8 x 24 tile's edges and blocking are tested on any CPU.
+KERNELS = _gemm._runnable_kernels()
 
 
-@pytest.fixture(params=_kernels())
+@pytest.fixture(params=KERNELS)
 def kernel(request):
     before = _gemm.cpu_features()["kernel"]
     _gemm._set_kernel(request.param)
@@ -384,6 +383,28 @@ def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
     np.testing.assert_array_equal(matmul(a, b), one)
 
 
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+def test_threaded_product_never_waits_for_an_absent_worker():
+    """A worker that gets no core claims no chunk and delays nothing: the caller does
+    the whole job (an OpenMP team's barrier waited for every thread; on a loaded
+    machine that made 2 threads up to 800x slower than 1).  Bitwise the same."""
+    out = _run_fresh("""
+        import numpy as np
+        from bpcore import _gemm
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
+        _gemm.set_num_threads(1)
+        one = _gemm.matmul(a, b)
+        _gemm.set_num_threads(2)
+        _gemm.matmul(a, b)                  # the worker exists now
+        _gemm._hold_workers(True)
+        held = [_gemm.matmul(a, b) for _ in range(20)]
+        _gemm._hold_workers(False)
+        print(all((h == one).all() for h in held), (_gemm.matmul(a, b) == one).all())
+    """, timeout=60)
+    assert out == "True True"
+
+
 def test_thread_setting_round_trips(threads):
     threads(1)
     assert _gemm.get_num_threads() == 1
@@ -394,12 +415,101 @@ def test_thread_setting_round_trips(threads):
 
 def test_cpu_features():
     f = _gemm.cpu_features()
-    assert set(f) >= {"avx2", "fma", "kernel"}
-    assert f["kernel"] in ("avx2_fma", "portable")
+    assert set(f) >= {"avx2", "fma", "avx512f", "kernel"}
+    assert f["kernel"] in ("avx512", "avx2_fma", "portable")
+    # the import-time choice is the best kernel this CPU runs
+    assert _gemm._runnable_kernels()[0] == f["kernel"] or _env_forced()
+
+
+def _env_forced():
+    import os
+    return any(os.environ.get(v) for v in ("BPCORE_FORCE_PORTABLE", "BPCORE_FORCE_KERNEL"))
+
+
+@pytest.mark.parametrize("name", ["avx512", "avx2_fma", "portable", "avx512_emulated"])
+def test_kernel_table_is_consistent(name):
+    for dtype, blocks in _gemm._kernel_blocks(name).items():
+        assert blocks["mc"] % blocks["mr"] == 0 and blocks["nc"] % blocks["nr"] == 0, dtype
+        assert blocks["mr"] * blocks["nr"] <= 8 * 48
+        # the B~ sliver fits a 32 KiB L1 with room for the A sliver
+        assert blocks["kc"] * blocks["nr"] * np.dtype(dtype).itemsize <= 24 * 1024
+
+
+# m, n crossing every tile height (6, 8) and width (8, 16, 24, 32, 48) edge; k crossing KC=128
+TILE_EDGES = [(m, n, k) for m, n, k in zip(
+    (1, 5, 6, 7, 8, 9, 13, 16, 17, 25),
+    (47, 1, 17, 24, 9, 33, 49, 8, 25, 97),
+    (129, 3, 128, 257, 64, 130, 1, 200, 127, 129))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tile_edges(kernel, dtype):
+    """Every partial tile (rows past mr, masked columns, 1-3 vectors per row) with
+    alpha, beta and NaN in an ignored C, in each kernel."""
+    rng = np.random.default_rng(21)
+    for m, n, k in TILE_EDGES:
+        for trans_a, trans_b in ((False, False), (True, True)):
+            a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+            out = rand(rng, (m, n), dtype)
+            want = reference(a, b, trans_a, trans_b, -0.5, 2.0, out)
+            got = matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=-0.5, beta=2.0,
+                         out=out.copy())
+            assert_close(got, a.T if trans_a else a, b, want, -0.5, 2.0, out, trans_b=trans_b)
+            nan = np.full((m, n), np.nan, dtype)
+            got = matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=nan)
+            assert_close(got, a.T if trans_a else a, b, reference(a, b, trans_a, trans_b),
+                         trans_b=trans_b)
 
 
 def _run_fresh(code, **env):
     return run_python(code, **env)
+
+
+_FORCED = """
+    import numpy as np
+    from bpcore import _gemm, cpu_features
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((70, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 50)).astype(np.float32)
+    np.save(OUT, _gemm.matmul(a, b))
+    print(cpu_features()["kernels"]["gemm"])
+"""
+
+
+@pytest.mark.parametrize("value, name", [(v, n) for v, n in (
+    ("avx512", "avx512"), ("avx2", "avx2_fma"), ("AVX2", "avx2_fma"), ("portable", "portable"))
+    if n in KERNELS])
+def test_force_kernel_env(tmp_path, value, name):
+    """BPCORE_FORCE_KERNEL picks the kernel at import: the same bits as _set_kernel here."""
+    path = str(tmp_path / "c.npy")
+    out = _run_fresh(_FORCED.replace("OUT", repr(path)), BPCORE_FORCE_KERNEL=value)
+    assert out == name
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((70, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 50)).astype(np.float32)
+    before = _gemm.cpu_features()["kernel"]
+    _gemm._set_kernel(name)
+    try:
+        np.testing.assert_array_equal(np.load(path), matmul(a, b))
+    finally:
+        _gemm._set_kernel(before)
+
+
+def test_force_kernel_env_edge_cases():
+    # BPCORE_FORCE_PORTABLE wins; a bad value names the switch
+    assert _run_fresh("import bpcore; print(bpcore.cpu_features()['kernels']['gemm'])",
+                      BPCORE_FORCE_PORTABLE="1", BPCORE_FORCE_KERNEL="avx2") == "portable"
+    with pytest.raises(AssertionError, match="`BPCORE_FORCE_KERNEL` must be one of"):
+        _run_fresh("import bpcore", BPCORE_FORCE_KERNEL="sse9")
+    if "avx512" not in KERNELS:  # a kernel this CPU cannot run: a warning, then the best one
+        out = _run_fresh("""
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                import bpcore
+            print(bpcore.cpu_features()["kernel"], caught[0].category.__name__)
+        """, BPCORE_FORCE_KERNEL="avx512")
+        assert out == f"{KERNELS[0]} RuntimeWarning"
 
 
 def test_force_portable_env():
@@ -422,3 +532,94 @@ def test_import_leaves_denormals_alone():
         print(np.float32(1e-45) * np.float32(1) != 0, np.float64(5e-324) * 1.0 != 0)
     """)
     assert out == "True True"
+
+
+# ---------------------------------------------------------------------------
+# compute_dtype="bfloat16": operands rounded to bfloat16, float32 accumulation
+# ---------------------------------------------------------------------------
+# ties to even both ways, a carry into the exponent, overflow to inf, subnormals, NaN
+BF16_SPECIAL = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20,
+                         2 - 2 ** -9, -(1 + 3 * 2 ** -8), 3.3895314e38, 3.3961776e38, 3.4e38,
+                         -3.4e38, 1e-40, -1e-45, 1.1754944e-38, 0.0, -0.0, np.inf, -np.inf,
+                         np.nan], np.float32)
+
+
+def _bits(x):
+    return np.where(np.isnan(x), np.float32(np.nan), x).view(np.uint32)
+
+
+def test_round_bfloat16_matches_torch():
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(31)
+    x = np.concatenate([BF16_SPECIAL, rng.standard_normal(4000).astype(np.float32) * 1e3,
+                        rng.integers(0, 2 ** 32, 4000, dtype=np.uint32).view(np.float32)])
+    want = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    got = R.round_bfloat16(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    assert (got.view(np.uint32) & 0xFFFF == 0).all()
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+def test_bf16_rounds_each_operand(backend):
+    """x @ [[1]] with compute_dtype="bfloat16" is round_bfloat16(x), bit for bit (but
+    the sign of zero: a sum starts at +0, so -0 comes out +0, as in any GEMM)."""
+    x = BF16_SPECIAL.reshape(-1, 1)
+    want = R.round_bfloat16(x) + np.float32(0)
+    got = backend.matmul(x, np.ones((1, 1), np.float32), compute_dtype="bfloat16")
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    got = backend.matmul(np.ones((1, 1), np.float32), x.T, compute_dtype="bfloat16")
+    np.testing.assert_array_equal(_bits(got), _bits(want.T))
+
+
+BF16_SHAPES = [(1, 1, 1), (7, 17, 3), (37, 53, 29), (64, 100, 300), (130, 47, 257)]
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+@pytest.mark.parametrize("m,n,k", BF16_SHAPES)
+def test_bf16_matmul_is_the_float32_product_of_rounded_operands(kernel, backend, m, n, k):
+    rng = np.random.default_rng(m + 7 * n + 31 * k)
+    for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+        a, b = operands(rng, m, n, k, np.float32, trans_a, trans_b)
+        out = rand(rng, (m, n), np.float32)
+        ra, rb = R.round_bfloat16(a), R.round_bfloat16(b)
+        want = reference(ra, rb, trans_a, trans_b, 1.5, -0.5, out)   # exact products, f64 sums
+        got = backend.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=-0.5,
+                             out=out.copy(), compute_dtype="bfloat16")
+        assert got.dtype == np.float32
+        assert_close(got, ra.T if trans_a else ra, rb, want, 1.5, -0.5, out, trans_b=trans_b)
+        # and not the float32 product (the rounding is really applied)
+        if k >= 29:
+            assert not np.allclose(got, reference(a, b, trans_a, trans_b, 1.5, -0.5, out),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_twins_agree_and_match_torch():
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(33)
+    for m, n, k in BF16_SHAPES:
+        a, b = operands(rng, m, n, k, np.float32)
+        got = _gemm.matmul(a, b, compute_dtype="bfloat16")
+        twin = R.matmul(a, b, compute_dtype="bfloat16")
+        bound = (k + 4) * 1e-6 * (np.abs(R.round_bfloat16(a)) @ np.abs(R.round_bfloat16(b)))
+        assert (np.abs(got - twin) <= 2 * bound).all()
+        # PyTorch's bf16 matmul on the same rounded operands returns bfloat16: one
+        # rounding of the float32 sum, so within half a bfloat16 ulp (2**-8 relative)
+        ta = torch.from_numpy(a).to(torch.bfloat16)
+        tb = torch.from_numpy(b).to(torch.bfloat16)
+        ref = (ta @ tb).to(torch.float32).numpy()
+        assert (np.abs(got - ref) <= 2 ** -8 * np.abs(ref) + 2 * bound).all()
+
+
+@pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
+def test_bf16_bad_arguments(backend):
+    a32 = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="`compute_dtype` must be one of 'bfloat16'"):
+        backend.matmul(a32, a32, compute_dtype="float16")
+    with pytest.raises(ValueError, match="`compute_dtype`='bfloat16' needs float32"):
+        backend.matmul(np.ones((2, 2)), np.ones((2, 2)), compute_dtype="bfloat16")
+    assert backend.matmul(a32, a32, compute_dtype=None).dtype == np.float32
+
+
+def test_bf16_path_is_reported():
+    assert _gemm.cpu_features()["bf16"] in ("emulated", "avx512_bf16")

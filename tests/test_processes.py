@@ -19,7 +19,8 @@ Every scenario runs in a fresh interpreter (``conftest.run_python``), and
 every child in it is waited for at most ``CHILD_TIMEOUT`` seconds and then
 killed, so a deadlock fails the test instead of freezing the run.  (Before the
 fix in ``bpcore/_gemm/forksafe.h`` the ``fork`` cases hung in the child's first
-threaded product: libgomp's thread pool does not survive fork.)
+threaded product: a thread pool does not survive fork -- libgomp's then, the
+GEMM's own ``bpcore/_gemm/pool.h`` now, under the same rule.)
 """
 import json
 

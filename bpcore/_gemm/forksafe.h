@@ -1,5 +1,10 @@
-/* forksafe.h -- is it safe for this process to start OpenMP threads?
+/* forksafe.h -- is it safe for this process to use the GEMM's worker threads?
  * (included by _gemm.pyx only).
+ *
+ * The threads are now the GEMM's own pool (pool.h), which has the same
+ * problem as the libgomp team it replaced (below): fork() copies only the
+ * calling thread, so a child would find worker bookkeeping for threads that do
+ * not exist, possibly mid-job.  The rule is kept as it was:
  *
  * GNU libgomp keeps its worker threads in a pool after a parallel region and
  * reuses them for the next one.  fork() copies only the calling thread, but the

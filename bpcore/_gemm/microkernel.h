@@ -18,11 +18,13 @@
  * Every element of C is produced by the same operations wherever it sits in
  * a tile (edge or not), so a result does not depend on how M and N are split.
  *
- * Two implementations with one contract, chosen at import by _gemm.pyx:
- *   *_avx2   AVX2 + FMA intrinsics, compiled for that ISA per function
- *            (target attribute) so the module itself stays portable;
+ * Three implementations with one contract, chosen at import by _gemm.pyx
+ * (kernels.h holds each one's tile and block sizes):
+ *   *_avx512  AVX-512F intrinsics, 8 x 48 / 8 x 24 (microkernel_avx512.h);
+ *   *_avx2   AVX2 + FMA intrinsics, 6 x 16 / 6 x 8, compiled for that ISA per
+ *            function (target attribute) so the module itself stays portable;
  *   *_portable  GCC vector extensions of 16 bytes (SSE2 on x86-64, NEON on
- *            arm64, scalar code elsewhere).
+ *            arm64, scalar code elsewhere), 6 x 16 / 6 x 8.
  */
 #ifndef BP_MICROKERNEL_H
 #define BP_MICROKERNEL_H
@@ -263,6 +265,13 @@ static int bp_cpu_fma(void) { return 0; }
 #define bp_ukr_f32_avx2 bp_ukr_f32_portable
 #define bp_ukr_f64_avx2 bp_ukr_f64_portable
 #endif
+
+/* The 512-bit tiles (and their emulated twins, on every platform). */
+#include "microkernel_avx512.h"
+
+/* The largest tile of any kernel, in elements (a scratch tile of this size
+ * serves every kernel: 8 x 48 floats, 8 x 24 doubles, 6 x 16, 6 x 8). */
+#define BP_TILE_MAX (BP_MR_Z * BP_NR_Z_F32)
 
 #undef BP_ROW
 #endif

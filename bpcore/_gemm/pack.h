@@ -1,11 +1,13 @@
-/* pack.h -- packing a B~ sliver from a B stored column by column (included by
- * _gemm.pyx only; the other layouts are packed by plain loops in _gemm.pyx).
+/* pack.h -- packing a B~ sliver from a B stored column by column, and A~
+ * (included by _gemm.pyx only; the other B layouts are packed by plain loops
+ * in _gemm.pyx).
  *
  * When op(B) = X.T with X row-major (the dY @ W.T of a backward pass), each
  * column of op(B) is contiguous and a B~ row (NR values across columns) is a
  * gather.  Packing is then a transpose: element by element it costs a store
  * per value, a fifth of the whole product for 64x1000x100.  The AVX2 versions
- * transpose 8x8 (float) / 4x4 (double) blocks in registers instead.
+ * transpose 8x8 (float) / 4x4 (double) blocks in registers instead, for the
+ * 16/8-wide slivers of the 256-bit tiles and the 48/24-wide ones of the 512-bit tiles.
  *
  *     dst[p*NR + j] = b[j*csb + p]   for 0 <= p < kc, 0 <= j < nr;  0 for nr <= j < NR
  */
@@ -31,19 +33,18 @@ static void NAME(ptrdiff_t kc, int nr, const T *b, ptrdiff_t csb, T *dst)       
 
 BP_DEFINE_PACK_BT_PORTABLE(bp_pack_bt_f32_portable, float, BP_NR_F32)
 BP_DEFINE_PACK_BT_PORTABLE(bp_pack_bt_f64_portable, double, BP_NR_F64)
+BP_DEFINE_PACK_BT_PORTABLE(bp_pack_bt_f32_portable48, float, BP_NR_Z_F32)
+BP_DEFINE_PACK_BT_PORTABLE(bp_pack_bt_f64_portable24, double, BP_NR_Z_F64)
 
 #if BP_HAVE_AVX2_KERNELS
 
-static BP_AVX2 void bp_pack_bt_f32_avx2(ptrdiff_t kc, int nr, const float *b, ptrdiff_t csb,
-                                        float *dst)
+/* A full sliver of NR columns (a multiple of 8), by 8 x 8 register transposes. */
+BP_INLINE_AVX2 void bp_pack_bt_f32_avx2_full(ptrdiff_t kc, const float *b, ptrdiff_t csb,
+                                             float *dst, const int NR)
 {
-    if (nr < BP_NR_F32) {                  /* the one narrow sliver of a panel */
-        bp_pack_bt_f32_portable(kc, nr, b, csb, dst);
-        return;
-    }
     ptrdiff_t p = 0;
     for (; p + 8 <= kc; p += 8) {
-        for (int j0 = 0; j0 < BP_NR_F32; j0 += 8) {
+        for (int j0 = 0; j0 < NR; j0 += 8) {
             const float *s = b + j0 * csb + p;
             const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + csb),
                          r2 = _mm256_loadu_ps(s + 2 * csb), r3 = _mm256_loadu_ps(s + 3 * csb),
@@ -58,52 +59,132 @@ static BP_AVX2 void bp_pack_bt_f32_avx2(ptrdiff_t kc, int nr, const float *b, pt
                          u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
                          u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
                          u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *d = dst + p * BP_NR_F32 + j0;
-            _mm256_store_ps(d + 0 * BP_NR_F32, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_store_ps(d + 1 * BP_NR_F32, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_store_ps(d + 2 * BP_NR_F32, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_store_ps(d + 3 * BP_NR_F32, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_store_ps(d + 4 * BP_NR_F32, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_store_ps(d + 5 * BP_NR_F32, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_store_ps(d + 6 * BP_NR_F32, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_store_ps(d + 7 * BP_NR_F32, _mm256_permute2f128_ps(u3, u7, 0x31));
+            float *d = dst + p * NR + j0;
+            _mm256_store_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_store_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_store_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_store_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_store_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_store_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_store_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_store_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
         }
     }
     for (; p < kc; ++p)
-        for (int j = 0; j < BP_NR_F32; ++j)
-            dst[p * BP_NR_F32 + j] = b[j * csb + p];
+        for (int j = 0; j < NR; ++j)
+            dst[p * NR + j] = b[j * csb + p];
 }
 
-static BP_AVX2 void bp_pack_bt_f64_avx2(ptrdiff_t kc, int nr, const double *b, ptrdiff_t csb,
-                                        double *dst)
+/* A full sliver of NR columns (a multiple of 4), by 4 x 4 register transposes. */
+BP_INLINE_AVX2 void bp_pack_bt_f64_avx2_full(ptrdiff_t kc, const double *b, ptrdiff_t csb,
+                                             double *dst, const int NR)
 {
-    if (nr < BP_NR_F64) {
-        bp_pack_bt_f64_portable(kc, nr, b, csb, dst);
-        return;
-    }
     ptrdiff_t p = 0;
     for (; p + 4 <= kc; p += 4) {
-        for (int j0 = 0; j0 < BP_NR_F64; j0 += 4) {
+        for (int j0 = 0; j0 < NR; j0 += 4) {
             const double *s = b + j0 * csb + p;
             const __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + csb),
                           r2 = _mm256_loadu_pd(s + 2 * csb), r3 = _mm256_loadu_pd(s + 3 * csb);
             const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1),
                           t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-            double *d = dst + p * BP_NR_F64 + j0;
-            _mm256_store_pd(d + 0 * BP_NR_F64, _mm256_permute2f128_pd(t0, t2, 0x20));
-            _mm256_store_pd(d + 1 * BP_NR_F64, _mm256_permute2f128_pd(t1, t3, 0x20));
-            _mm256_store_pd(d + 2 * BP_NR_F64, _mm256_permute2f128_pd(t0, t2, 0x31));
-            _mm256_store_pd(d + 3 * BP_NR_F64, _mm256_permute2f128_pd(t1, t3, 0x31));
+            double *d = dst + p * NR + j0;
+            _mm256_store_pd(d + 0 * NR, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_store_pd(d + 1 * NR, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_store_pd(d + 2 * NR, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_store_pd(d + 3 * NR, _mm256_permute2f128_pd(t1, t3, 0x31));
         }
     }
     for (; p < kc; ++p)
-        for (int j = 0; j < BP_NR_F64; ++j)
-            dst[p * BP_NR_F64 + j] = b[j * csb + p];
+        for (int j = 0; j < NR; ++j)
+            dst[p * NR + j] = b[j * csb + p];
 }
+
+/* Whole slivers by register transposes; the one narrow sliver of a panel, element
+ * by element.  The 512-bit kernel's 48/24-wide slivers use AVX2 too (every
+ * AVX-512F CPU has it). */
+#define BP_DEFINE_PACK_BT_AVX2(NAME, T, NR, NARROW, FULL)                             \
+static BP_AVX2 void NAME(ptrdiff_t kc, int nr, const T *b, ptrdiff_t csb, T *dst)     \
+{                                                                                     \
+    if (nr < NR) NARROW(kc, nr, b, csb, dst);                                         \
+    else         FULL(kc, b, csb, dst, NR);                                           \
+}
+
+BP_DEFINE_PACK_BT_AVX2(bp_pack_bt_f32_avx2, float, BP_NR_F32, bp_pack_bt_f32_portable,
+                       bp_pack_bt_f32_avx2_full)
+BP_DEFINE_PACK_BT_AVX2(bp_pack_bt_f32_avx2_48, float, BP_NR_Z_F32, bp_pack_bt_f32_portable48,
+                       bp_pack_bt_f32_avx2_full)
+BP_DEFINE_PACK_BT_AVX2(bp_pack_bt_f64_avx2, double, BP_NR_F64, bp_pack_bt_f64_portable,
+                       bp_pack_bt_f64_avx2_full)
+BP_DEFINE_PACK_BT_AVX2(bp_pack_bt_f64_avx2_24, double, BP_NR_Z_F64, bp_pack_bt_f64_portable24,
+                       bp_pack_bt_f64_avx2_full)
 
 #else
 #define bp_pack_bt_f32_avx2 bp_pack_bt_f32_portable
 #define bp_pack_bt_f64_avx2 bp_pack_bt_f64_portable
+#define bp_pack_bt_f32_avx2_48 bp_pack_bt_f32_portable48
+#define bp_pack_bt_f64_avx2_24 bp_pack_bt_f64_portable24
 #endif
+
+/* ------------------------------------------------------------------------ */
+/* A~: MR-tall slivers; sliver s holds rows s*MR.., element (i, p) at        */
+/* dst[s*MR*kc + p*MR + i].  A short last sliver is not padded (the micro-   */
+/* kernel never reads rows past mr).  MR is a compile-time constant in each  */
+/* instantiation, so the row loop unrolls (6 or 8, per kernel).              */
+/* ------------------------------------------------------------------------ */
+#define BP_DEFINE_PACK_A(NAME, T)                                                     \
+static inline __attribute__((always_inline)) void NAME##_mr(                         \
+        ptrdiff_t mc, ptrdiff_t kc, const T *a, ptrdiff_t rsa, ptrdiff_t csa, T *dst,  \
+        const int MR)                                                                 \
+{                                                                                     \
+    for (ptrdiff_t s = 0; s < mc; s += MR, dst += MR * kc) {                          \
+        const T *src = a + s * rsa;                                                   \
+        const ptrdiff_t mr = mc - s < MR ? mc - s : MR;                               \
+        if (mr == MR && rsa == 1) {   /* A transposed: MR contiguous values per p */  \
+            for (ptrdiff_t p = 0; p < kc; ++p)                                        \
+                for (int i = 0; i < MR; ++i) dst[p * MR + i] = src[p * csa + i];      \
+        } else if (mr == MR) {                                                        \
+            for (ptrdiff_t p = 0; p < kc; ++p)                                        \
+                for (int i = 0; i < MR; ++i) dst[p * MR + i] = src[i * rsa + p * csa]; \
+        } else {                                                                      \
+            for (ptrdiff_t p = 0; p < kc; ++p)                                        \
+                for (ptrdiff_t i = 0; i < mr; ++i) dst[p * MR + i] = src[i * rsa + p * csa]; \
+        }                                                                             \
+    }                                                                                 \
+}                                                                                     \
+static void NAME(ptrdiff_t mc, ptrdiff_t kc, const T *a, ptrdiff_t rsa, ptrdiff_t csa,   \
+                 int mr_tile, T *dst)                                                 \
+{                                                                                     \
+    if (mr_tile == BP_MR_Z) NAME##_mr(mc, kc, a, rsa, csa, dst, BP_MR_Z);              \
+    else                    NAME##_mr(mc, kc, a, rsa, csa, dst, BP_MR);                \
+}
+
+BP_DEFINE_PACK_A(bp_pack_a_f32, float)
+BP_DEFINE_PACK_A(bp_pack_a_f64, double)
+
+/* A full B~ sliver from a B with contiguous rows: dst[p*NR + j] = b[p*rsb + j].
+ * NR is a constant in each case, so each row is a fixed-size vector copy (a
+ * memcpy call of a variable size per row would cost more than the copy). */
+#define BP_DEFINE_PACK_B_ROWS(NAME, T)                                                \
+static inline __attribute__((always_inline)) void NAME##_nr(                         \
+        ptrdiff_t kc, const T *b, ptrdiff_t rsb, T *dst, const int NR)                \
+{                                                                                     \
+    for (ptrdiff_t p = 0; p < kc; ++p)                                                \
+        for (int j = 0; j < NR; ++j) dst[p * NR + j] = b[p * rsb + j];                \
+}                                                                                     \
+static void NAME(ptrdiff_t kc, const T *b, ptrdiff_t rsb, int nr_tile, T *dst)        \
+{                                                                                     \
+    switch (nr_tile) {                                                                \
+    case 8:  NAME##_nr(kc, b, rsb, dst, 8); break;                                    \
+    case 16: NAME##_nr(kc, b, rsb, dst, 16); break;                                   \
+    case 24: NAME##_nr(kc, b, rsb, dst, 24); break;                                   \
+    case 48: NAME##_nr(kc, b, rsb, dst, 48); break;                                   \
+    default:                                                                          \
+        for (ptrdiff_t p = 0; p < kc; ++p)                                            \
+            memcpy(dst + p * nr_tile, b + p * rsb, (size_t)nr_tile * sizeof(T));      \
+    }                                                                                 \
+}
+
+BP_DEFINE_PACK_B_ROWS(bp_pack_b_rows_f32, float)
+BP_DEFINE_PACK_B_ROWS(bp_pack_b_rows_f64, double)
 
 #endif
