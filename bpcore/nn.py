@@ -68,12 +68,6 @@ class MLP:
         ``approximate="tanh"``), "silu", "softplus" (one name for all, or one
         per hidden layer); see :func:`bpcore.reference.gelu_forward` and its
         neighbours for the formulas.
-    activation_options : dict, optional
-        The activations' parameters by name, PyTorch's defaults otherwise:
-        ``negative_slope`` (leaky_relu, 0.01, >= 0), ``alpha`` (elu, 1.0, >= 0),
-        ``beta`` (softplus, 1.0, > 0), ``threshold`` (softplus, 20.0).  Each
-        applies to every layer (hidden or output) whose activation takes it;
-        a name no layer's activation takes is a ``ValueError``.
     output_activation : str, optional
         One of the hidden activations, or "softmax".  Default:
         "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
@@ -87,13 +81,6 @@ class MLP:
     reduction : str
         "mean", "sum", "half_sum", "half_mean" for MSE; "mean", "sum" for
         the others (see :func:`bpcore.reference.mse_loss`).
-    loss_options : dict, optional
-        The loss's options, as the functional forms take them (PyTorch's
-        defaults otherwise): ``delta`` (huber, > 0), ``beta`` (smooth_l1,
-        >= 0), ``class_weight`` (cross_entropy, n_out values >= 0; the mean
-        then divides by the summed weights of the targets) and
-        ``label_smoothing`` (cross_entropy, in [0, 1]), ``pos_weight``
-        (binary_cross_entropy, n_out values >= 0).
     dtype : {"float32", "float64"}
     seed : int or numpy.random.Generator, optional
         Seeds the initial weights (identical for both backends).
@@ -102,6 +89,19 @@ class MLP:
         U(+-sqrt(6 / (fan_in + fan_out))); "he": U(+-sqrt(6 / fan_in));
         "auto": "he" for ReLU layers, "glorot" otherwise.  Biases start at 0.
     backend : {"compiled", "reference"}
+    activation_options : dict, optional
+        The activations' parameters by name, PyTorch's defaults otherwise:
+        ``negative_slope`` (leaky_relu, 0.01, >= 0), ``alpha`` (elu, 1.0, >= 0),
+        ``beta`` (softplus, 1.0, > 0), ``threshold`` (softplus, 20.0).  Each
+        applies to every layer (hidden or output) whose activation takes it;
+        a name no layer's activation takes is a ``ValueError``.
+    loss_options : dict, optional
+        The loss's options, as the functional forms take them (PyTorch's
+        defaults otherwise): ``delta`` (huber, > 0), ``beta`` (smooth_l1,
+        >= 0), ``class_weight`` (cross_entropy, n_out values >= 0; the mean
+        then divides by the summed weights of the targets) and
+        ``label_smoothing`` (cross_entropy, in [0, 1]), ``pos_weight``
+        (binary_cross_entropy, n_out values >= 0).
 
     Notes
     -----
@@ -228,11 +228,13 @@ class MLP:
             ``weights[l]`` of shape (n_l, n_{l+1}).
         biases : sequence of array_like
             ``biases[l]`` of shape (n_{l+1},).
-        activation, output_activation, loss, reduction, activation_options, loss_options
+        activation, output_activation, loss, reduction
             As for :class:`MLP`.
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
         backend : {"compiled", "reference"}
+            As for :class:`MLP`.
+        activation_options, loss_options
             As for :class:`MLP`.
 
         Returns

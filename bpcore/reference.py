@@ -344,7 +344,7 @@ def leaky_relu_forward(z, *, negative_slope=0.01, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     slope = V.activation_param("negative_slope", negative_slope)
     z, buf = V.unary_args("z", z, out)
@@ -361,7 +361,7 @@ def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         The leaky ReLU's output from the forward pass.
     grad : array_like, same shape as ``a``
     negative_slope : float
@@ -370,7 +370,7 @@ def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     slope = V.activation_param("negative_slope", negative_slope)
     a, grad, buf = V.binary_args(a, grad, out)
@@ -390,7 +390,7 @@ def elu_forward(z, *, alpha=1.0, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     alpha = V.activation_param("alpha", alpha)
     z, buf = V.unary_args("z", z, out)
@@ -411,7 +411,7 @@ def elu_backward(a, grad, *, alpha=1.0, out=None):
 
     Parameters
     ----------
-    a : array_like
+    a : array_like, any shape
         ELU's output from the forward pass.
     grad : array_like, same shape as ``a``
     alpha : float
@@ -420,7 +420,7 @@ def elu_backward(a, grad, *, alpha=1.0, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``a``
     """
     alpha = V.activation_param("alpha", alpha)
     a, grad, buf = V.binary_args(a, grad, out)
@@ -451,7 +451,7 @@ def gelu_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     t = z.dtype.type
@@ -466,14 +466,14 @@ def gelu_backward(z, grad, *, out=None):
 
     Parameters
     ----------
-    z : array_like
+    z : array_like, any shape
         GELU's input (the pre-activation) from the forward pass.
     grad : array_like, same shape as ``z``
     out : ndarray, same shape, optional (may be ``grad`` or ``z``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, grad, buf = V.binary_args(z, grad, out, saved="z")
     t = z.dtype.type
@@ -500,7 +500,7 @@ def gelu_tanh_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     t = z.dtype.type
@@ -515,14 +515,14 @@ def gelu_tanh_backward(z, grad, *, out=None):
 
     Parameters
     ----------
-    z : array_like
+    z : array_like, any shape
         The input (pre-activation) from the forward pass.
     grad : array_like, same shape as ``z``
     out : ndarray, same shape, optional (may be ``grad`` or ``z``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, grad, buf = V.binary_args(z, grad, out, saved="z")
     t = z.dtype.type
@@ -549,7 +549,7 @@ def silu_forward(z, *, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, buf = V.unary_args("z", z, out)
     with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
@@ -562,14 +562,14 @@ def silu_backward(z, grad, *, out=None):
 
     Parameters
     ----------
-    z : array_like
+    z : array_like, any shape
         SiLU's input (the pre-activation) from the forward pass.
     grad : array_like, same shape as ``z``
     out : ndarray, same shape, optional (may be ``grad`` or ``z``)
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     z, grad, buf = V.binary_args(z, grad, out, saved="z")
     t = z.dtype.type
@@ -593,7 +593,7 @@ def softplus_forward(z, *, beta=1.0, threshold=20.0, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     beta = V.activation_param("beta", beta)
     threshold = V.activation_param("threshold", threshold)
@@ -612,7 +612,7 @@ def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
 
     Parameters
     ----------
-    z : array_like
+    z : array_like, any shape
         Softplus's input (the pre-activation) from the forward pass.
     grad : array_like, same shape as ``z``
     beta, threshold : float
@@ -621,7 +621,7 @@ def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``z``
     """
     beta = V.activation_param("beta", beta)
     threshold = V.activation_param("threshold", threshold)
@@ -792,7 +792,7 @@ def l1_loss_backward(pred, target, *, reduction="mean", out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``pred``
     """
     return _regression_loss("l1", pred, target, reduction, 0.0, out, True)
 
@@ -827,7 +827,7 @@ def huber_loss_backward(pred, target, *, reduction="mean", delta=1.0, out=None):
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``pred``
     """
     return _regression_loss("huber", pred, target, reduction,
                             V.regression_param("huber", delta), out, True)
@@ -864,7 +864,7 @@ def smooth_l1_loss_backward(pred, target, *, reduction="mean", beta=1.0, out=Non
 
     Returns
     -------
-    out : ndarray
+    out : ndarray, same shape as ``pred``
     """
     return _regression_loss("smooth_l1", pred, target, reduction,
                             V.regression_param("smooth_l1", beta), out, True)
