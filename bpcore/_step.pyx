@@ -1038,6 +1038,19 @@ cdef inline void* _data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr) if arr is not None else NULL
 
 
+cdef inline bint _c_array(object arr, int typenum, int ndim) noexcept:
+    """``arr`` is an ndarray (a subclass too) of ``typenum`` in native byte order,
+    C-contiguous, aligned, with ``ndim`` dimensions (-1: any): what the kernels may read
+    without going out of bounds.  C-API macros, no Python attribute lookups (a
+    one-row predict's checks cost 1.2 us through ``.flags`` and ``.dtype``)."""
+    if not cnp.PyArray_Check(arr):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    return (cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a), typenum)
+            and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_ISALIGNED(a) and (ndim < 0 or cnp.PyArray_NDIM(a) == ndim))
+
+
 cdef class Trainer:
     """Shapes, activations, the loss rule and the workspace of one model.
 
@@ -1194,9 +1207,8 @@ cdef class Trainer:
         return self.net.loss == LOSS_CROSS_ENTROPY
 
     cdef void _check_block(self, object block, str name) except *:
-        if (not isinstance(block, np.ndarray) or block.dtype != self.dtype
-                or not block.flags.c_contiguous or not block.flags.aligned
-                or block.size < self.n_params):
+        if (not _c_array(block, self.typenum, -1)
+                or cnp.PyArray_SIZE(<cnp.ndarray>block) < self.n_params):
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
 
@@ -1223,9 +1235,8 @@ cdef class Trainer:
 
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         # NOTE: aligned too -- the kernels read rows with aligned vector loads.
-        if (not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 2
-                or not x.flags.c_contiguous or not x.flags.aligned
-                or x.shape[1] != self._sizes[0]):
+        if (not _c_array(x, self.typenum, 2)
+                or cnp.PyArray_DIM(<cnp.ndarray>x, 1) != self.net.sizes[0]):
             raise ValueError(f"`x` must be a C-contiguous, aligned {self.dtype} array of shape "
                              f"(n, {self._sizes[0]})")
         if y is None:
@@ -1233,22 +1244,20 @@ cdef class Trainer:
                 raise ValueError("`y` is required")
             return
         if self._labels():
-            if (not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1
-                    or not y.flags.c_contiguous or not y.flags.aligned
-                    or y.shape[0] != x.shape[0]):
+            if (not _c_array(y, cnp.NPY_INT64, 1)
+                    or cnp.PyArray_DIM(<cnp.ndarray>y, 0) != cnp.PyArray_DIM(<cnp.ndarray>x, 0)):
                 raise ValueError("`y` must be C-contiguous int64 labels of shape (n,)")
-        elif (not isinstance(y, np.ndarray) or y.dtype != self.dtype or y.ndim != 2
-                or not y.flags.c_contiguous or not y.flags.aligned
-                or y.shape != (x.shape[0], self._sizes[self.net.n_layers])):
+        elif (not _c_array(y, self.typenum, 2)
+                or cnp.PyArray_DIM(<cnp.ndarray>y, 0) != cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+                or cnp.PyArray_DIM(<cnp.ndarray>y, 1) != self.net.sizes[self.net.n_layers]):
             raise ValueError(f"`y` must be a C-contiguous {self.dtype} array of shape "
                              f"(n, {self._sizes[self.net.n_layers]})")
 
     cdef void _check_weights(self, object sample_weight, Py_ssize_t n) except *:
         if sample_weight is None:
             return
-        if (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != self.dtype
-                or sample_weight.shape != (n,) or not sample_weight.flags.c_contiguous
-                or not sample_weight.flags.aligned):
+        if (not _c_array(sample_weight, self.typenum, 1)
+                or cnp.PyArray_DIM(<cnp.ndarray>sample_weight, 0) != n):
             raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
                              f"shape ({n},)")
 
@@ -1305,9 +1314,9 @@ cdef class Trainer:
         cdef Call c
         self._open(&c, OP_FORWARD, params)
         cdef Py_ssize_t n = self._with_rows(&c, x, None, None, False)
-        if (not isinstance(out, np.ndarray) or out.shape != (n, self._sizes[self.net.n_layers])
-                or out.dtype != self.dtype or not out.flags.c_contiguous
-                or not out.flags.aligned or not out.flags.writeable):
+        if (not _c_array(out, self.typenum, 2) or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != n
+                or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != self.net.sizes[self.net.n_layers]
+                or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
             raise ValueError("`out` must be a writeable, C-contiguous, aligned array of the "
                              "output's shape and dtype")
         if n == 0:

@@ -441,20 +441,53 @@ class MLP:
 
     # -- inference ------------------------------------------------------------
 
-    def predict(self, x):
+    def predict(self, x, out=None):
         """The network's output.
 
         Parameters
         ----------
         x : array_like, shape (n_samples, n_in)
+        out : ndarray, shape (n_samples, n_out), optional
+            A buffer to write the result to and return (the model's dtype,
+            C-contiguous, writeable, not overlapping ``x``), so that serving
+            row after row allocates nothing; anything else is a ``ValueError``
+            naming ``out``.
 
         Returns
         -------
         ndarray, shape (n_samples, n_out)
-            Class probabilities for ``loss="cross_entropy"``.
+            Class probabilities for ``loss="cross_entropy"`` (sigmoid
+            probabilities for ``"binary_cross_entropy"``); ``out`` when given.
         """
+        # NOTE: the fast path, for a service predicting row after row: an exact
+        # ndarray x (and out) goes straight to the core, whose C-level checks take
+        # what is already in final form (the model's dtype, C-contiguous, aligned,
+        # the right shape; out writeable) and refuse the rest with a ValueError --
+        # then the general path below converts, or explains naming the argument.
+        # No Python object is made on the way (``.flags`` would make one): two
+        # distinct arrays that own their data (base None) cannot overlap.  (The
+        # NumPy twin checks nothing: it takes the general path.)
+        n_out = self.layer_sizes[-1]
+        if type(x) is np.ndarray and self.backend == "compiled":
+            if out is None:
+                if x.ndim == 2 and x.dtype == self.dtype:
+                    try:
+                        return self._core.forward(
+                            self._params, x, np.empty((x.shape[0], n_out), self.dtype))
+                    except ValueError:
+                        pass
+            elif (type(out) is np.ndarray and out is not x and out.base is None
+                    and x.base is None):
+                try:
+                    return self._core.forward(self._params, x, out)
+                except ValueError:
+                    pass
         x, _ = self.prepare_inputs(x, min_rows=0, need_y=False)
-        return self._output(x)
+        if out is None:
+            return self._output(x)
+        buf = V.check_out(out, "out", (x.shape[0], n_out), self.dtype, inputs=[("x", x)])
+        self._core.forward(self._params, x, buf)
+        return out
 
     def _output(self, x):
         """The network's output for converted ``x`` (n, n_in), in a new (n, n_out) array."""
@@ -964,6 +997,57 @@ class MLP:
             raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
         net._params[...] = entries["params"]
         return net
+
+    # -- deployment: thin faces of bpcore.export -------------------------------
+
+    def to_onnx(self, path=None, *, opset=None):
+        """The model as an ``onnx.ModelProto`` computing :meth:`predict` (needs onnx).
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Also write it there.
+        opset : int, optional
+            See :func:`bpcore.export.to_onnx`.
+
+        Returns
+        -------
+        onnx.ModelProto
+            Input ``"x"`` (batch, n_in), output ``"y"`` (batch, n_out).
+        """
+        from . import export
+        return export.to_onnx(self, path, opset=opset)
+
+    def to_torch(self):
+        """The model as a ``torch.nn.Sequential`` with the same weights (needs torch).
+
+        Returns
+        -------
+        torch.nn.Sequential
+            See :func:`bpcore.export.to_torch`.
+        """
+        from . import export
+        return export.to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module, *, loss=None, backend="compiled"):
+        """A model with the layers and weights of a ``torch.nn.Sequential`` (needs torch).
+
+        Parameters
+        ----------
+        module : torch.nn.Sequential
+            ``nn.Linear`` layers and activation modules; see
+            :func:`bpcore.export.from_torch`.
+        loss : str, optional
+            Default: "cross_entropy" after a softmax, else "mse".
+        backend : {"compiled", "reference"}
+
+        Returns
+        -------
+        MLP
+        """
+        from . import export
+        return export.from_torch(module, loss=loss, backend=backend, cls=cls)
 
     def __repr__(self):
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "

@@ -48,6 +48,7 @@ else propagates.
 scikit-learn (and scipy, one of its dependencies) is imported here only.
 """
 import contextlib
+import sys
 import warnings
 from numbers import Integral
 
@@ -123,6 +124,19 @@ def _zeros_block(n, dtype, align=64):
     return raw[offset:offset + n]
 
 
+def _skl2onnx_hook():
+    """Register the estimators with skl2onnx if it is imported (see bpcore.export).
+
+    NOTE: Python has no hook that runs when another module is imported, so the
+    registration happens at the points a model comes into being -- this module's
+    import, the end of a fit, unpickling -- whenever skl2onnx is imported by
+    then; ``bpcore.export.register_skl2onnx()`` covers any other order.
+    """
+    if "skl2onnx" in sys.modules:
+        from .export import register_if_skl2onnx_imported
+        register_if_skl2onnx_imported()
+
+
 @contextlib.contextmanager
 def _threads(n_threads):
     """Run the block with bpcore's GEMM at ``n_threads`` (None: leave the setting alone).
@@ -182,6 +196,10 @@ class _BpcoreMLP:
         state.pop("_bp_cache", None)
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _skl2onnx_hook()
+
     # -- scikit-learn's hooks, replaced --------------------------------------
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
@@ -198,7 +216,9 @@ class _BpcoreMLP:
                     f"has {len(self.coefs_) - 1}: warm_start and partial_fit continue the "
                     "fitted layers; fit with warm_start=False to start a new network")
         with _threads(self.n_threads):
-            return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+            fitted = super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+        _skl2onnx_hook()
+        return fitted
 
     def _forward_pass_fast(self, X, check_input=True):
         if check_input:
@@ -556,3 +576,6 @@ class MLPRegressor(_BpcoreMLP, _SkMLPRegressor):
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
             max_fun=max_fun)
         self.n_threads = n_threads
+
+
+_skl2onnx_hook()
