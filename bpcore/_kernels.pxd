@@ -7,11 +7,34 @@ cdef enum:
     ACT_RELU = 1
     ACT_SIGMOID = 2
     ACT_TANH = 3
+    # 4 and 5 are _step's output activations (softmax, exp)
+    ACT_LEAKY_RELU = 6
+    ACT_ELU = 7
+    ACT_GELU = 8
+    ACT_GELU_TANH = 9
+    ACT_SILU = 10
+    ACT_SOFTPLUS = 11
 
+
+cdef inline bint activation_needs_z(int op) noexcept nogil:
+    """The activation's derivative needs its input z (not writable from its output)."""
+    return op == ACT_GELU or op == ACT_GELU_TANH or op == ACT_SILU or op == ACT_SOFTPLUS
+
+
+# The activations with PyTorch's default parameters (the C-level API of the
+# README's "Using bpcore from C or Cython"; its signatures stay as they are).
 cdef void activation_forward(int op, const floating* z, floating* out,
                              Py_ssize_t n) noexcept nogil
 cdef void activation_backward(int op, const floating* a, const floating* grad,
                               floating* out, Py_ssize_t n) noexcept nogil
+# The same with the activation's parameters ``param`` (leaky_relu: negative_slope;
+# elu: alpha; softplus: beta, threshold), or NULL for PyTorch's defaults.
+# ``saved`` is the output a, or the input z where activation_needs_z(op).
+cdef void activation_forward_params(int op, const floating* z, floating* out, Py_ssize_t n,
+                                    const double* param) noexcept nogil
+cdef void activation_backward_params(int op, const floating* saved, const floating* grad,
+                                     floating* out, Py_ssize_t n,
+                                     const double* param) noexcept nogil
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t n_rows,
                        Py_ssize_t n_cols) noexcept nogil
 cdef void column_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
@@ -30,6 +53,24 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
                                        Py_ssize_t n_cols, double grad_scale) noexcept nogil
 cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out,
                         Py_ssize_t n, double grad_scale) noexcept nogil
+
+# The pointwise regression losses beside MSE (PyTorch's l1_loss, huber_loss, smooth_l1_loss).
+cdef enum:
+    REG_MSE = 0
+    REG_L1 = 1
+    REG_HUBER = 2          # param: delta
+    REG_SMOOTH_L1 = 3      # param: beta (> 0; beta = 0 is REG_L1)
+
+cdef double regression_loss(int kind, const floating* pred, const floating* target,
+                            floating* grad_out, Py_ssize_t n, double param,
+                            double scale) noexcept nogil
+cdef double softmax_cross_entropy_weighted_rows(
+    const floating* logits, const long long* labels, const double* class_weight,
+    double smoothing, floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+    double grad_scale) noexcept nogil
+cdef double sigmoid_bce_pos_weight(const floating* z, const floating* t, const double* pw,
+                                   floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                   double grad_scale) noexcept nogil
 
 # Parameter updates with PyTorch's / scikit-learn's rounding (static C in optim.h:
 # each module that cimports these gets its own copy and selects it with

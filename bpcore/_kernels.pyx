@@ -22,7 +22,7 @@
 # offset comes from the shape (row i at i * n_cols), which is right for those
 # arrays too; the general path hands over views with canonical strides
 # (_validate.canonical), so a stride read further down would be right as well.
-from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
+from libc.math cimport INFINITY, exp, expm1, fabs, log, log1p, pow, sqrt
 
 import os
 
@@ -58,6 +58,8 @@ cdef extern from "vmath.h" nogil:
     void bp_sigmoid_f64(const double* x, double* out, Py_ssize_t n)
     void bp_tanh_f32(const float* x, float* out, Py_ssize_t n)
     void bp_tanh_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_erf_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_erf_f64(const double* x, double* out, Py_ssize_t n)
     int bp_vmath_select(int want_avx2)
     int bp_vmath_kernel()
     int BP_VMATH_AVX2_FMA
@@ -70,11 +72,163 @@ cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept 
         bp_exp_f64(x, out, n)
 
 
+# PyTorch's constants (ATen's GeluKernel), rounded once to double.
+cdef double SQRT1_2 = 0.70710678118654752440       # M_SQRT1_2
+cdef double GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5
+cdef double GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5
+cdef double GELU_TANH_KAPPA = 0.044715
+
+cdef enum:
+    # The activations built on a vector-math call work through stack chunks of
+    # this many elements: the call's result for z[j0:j0+CHUNK] is formed first,
+    # then combined with z element by element, so ``out`` may be ``z``.
+    CHUNK = 256
+
+
+cdef inline void _verf(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_erf_f32(x, out, n)
+    else:
+        bp_erf_f64(x, out, n)
+
+
+cdef inline void _vtanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_tanh_f32(x, out, n)
+    else:
+        bp_tanh_f64(x, out, n)
+
+
+cdef inline void _vsigmoid(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_sigmoid_f32(x, out, n)
+    else:
+        bp_sigmoid_f64(x, out, n)
+
+
+cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t n,
+                           const double* param) noexcept nogil:
+    """out := act(z) for the activations built on one vector-math call per chunk.
+
+    Each formula is PyTorch's (ATen's CPU kernels), in the same order of
+    operations, with bpcore's vectorised erf / tanh / sigmoid / exp.
+    """
+    cdef floating t[CHUNK]
+    cdef Py_ssize_t j0, j, w
+    cdef floating x, half = <floating>0.5, one = 1
+    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_TANH_BETA
+    cdef floating kappa = <floating>GELU_TANH_KAPPA
+    cdef floating beta = <floating>_param(param, 0, 1.0)
+    cdef floating threshold = <floating>_param(param, 1, 20.0)
+    for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
+        w = min(<Py_ssize_t>CHUNK, n - j0)
+        if op == ACT_GELU:
+            # gelu(x) = x * 0.5 * (1 + erf(x / sqrt(2)))
+            for j in range(w):
+                t[j] = z[j0 + j] * k_alpha
+            _verf(t, t, w)
+            for j in range(w):
+                out[j0 + j] = z[j0 + j] * half * (one + t[j])
+        elif op == ACT_GELU_TANH:
+            # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = k_beta * (x + kappa * (x * x * x))
+            _vtanh(t, t, w)
+            for j in range(w):
+                out[j0 + j] = half * z[j0 + j] * (one + t[j])
+        elif op == ACT_SILU:
+            # x * sigmoid(x): PyTorch writes x / (1 + exp(-x)), whose exp
+            # overflows below -88.7 (float32); the sigmoid of vmath.h does not.
+            _vsigmoid(z + j0, t, w)
+            for j in range(w):
+                out[j0 + j] = z[j0 + j] * t[j]
+        else:
+            # softplus: x where beta x > threshold (where log1p(exp(beta x)) / beta
+            # equals x to the dtype's precision), else log1p(exp(beta x)) / beta
+            for j in range(w):
+                t[j] = z[j0 + j] * beta
+            _vexp(t, t, w)
+            for j in range(w):
+                x = z[j0 + j]
+                out[j0 + j] = x if x * beta > threshold else <floating>(log1p(t[j]) / beta)
+
+
+cdef void _chunked_backward(int op, const floating* z, const floating* grad, floating* out,
+                            Py_ssize_t n, const double* param) noexcept nogil:
+    """out := grad * act'(z) for the activations whose derivative needs z (PyTorch's
+    formulas, as _chunked_forward)."""
+    cdef floating t[CHUNK]
+    cdef floating u[CHUNK]
+    cdef Py_ssize_t j0, j, w
+    cdef floating x, x_sq, left, right, half = <floating>0.5, one = 1
+    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_BETA
+    cdef floating kt_beta = <floating>GELU_TANH_BETA, kappa = <floating>GELU_TANH_KAPPA
+    cdef floating three = 3, minus_half = <floating>-0.5
+    cdef floating beta = <floating>_param(param, 0, 1.0)
+    cdef floating threshold = <floating>_param(param, 1, 20.0)
+    for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
+        w = min(<Py_ssize_t>CHUNK, n - j0)
+        if op == ACT_GELU:
+            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi)
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = x * k_alpha
+                u[j] = x * x * minus_half
+            _verf(t, t, w)
+            _vexp(u, u, w)
+            for j in range(w):
+                out[j0 + j] = grad[j0 + j] * (half * (one + t[j]) + z[j0 + j] * (k_beta * u[j]))
+        elif op == ACT_GELU_TANH:
+            for j in range(w):
+                x = z[j0 + j]
+                t[j] = kt_beta * (x + kappa * (x * x * x))
+            _vtanh(t, t, w)
+            for j in range(w):
+                x = z[j0 + j]
+                x_sq = x * x
+                left = half * x
+                right = one + t[j]
+                out[j0 + j] = grad[j0 + j] * (
+                    half * right
+                    + left * (one - t[j] * t[j]) * (kt_beta * (one + three * kappa * x_sq)))
+        elif op == ACT_SILU:
+            # sigmoid(x) (1 + x (1 - sigmoid(x)))
+            _vsigmoid(z + j0, t, w)
+            for j in range(w):
+                out[j0 + j] = grad[j0 + j] * t[j] * (one + z[j0 + j] * (one - t[j]))
+        else:
+            # softplus: e / (e + 1), e = exp(beta x); 1 where beta x > threshold
+            for j in range(w):
+                t[j] = z[j0 + j] * beta
+            _vexp(t, t, w)
+            for j in range(w):
+                out[j0 + j] = (grad[j0 + j] if z[j0 + j] * beta > threshold
+                               else grad[j0 + j] * t[j] / (t[j] + one))
+
+
 cdef void activation_forward(int op, const floating* z, floating* out,
                              Py_ssize_t n) noexcept nogil:
+    """out[i] := act(z[i]) for the activation ``op`` (default parameters); ``out`` may be ``z``."""
+    activation_forward_params(op, z, out, n, NULL)
+
+
+cdef void activation_backward(int op, const floating* a, const floating* grad,
+                              floating* out, Py_ssize_t n) noexcept nogil:
+    """activation_backward_params with the default parameters."""
+    activation_backward_params(op, a, grad, out, n, NULL)
+
+
+cdef inline double _param(const double* param, int k, double default) noexcept nogil:
+    """param[k], or PyTorch's default where the caller passed no parameters."""
+    return param[k] if param != NULL else default
+
+
+cdef void activation_forward_params(int op, const floating* z, floating* out, Py_ssize_t n,
+                                    const double* param) noexcept nogil:
     """out[i] := act(z[i]) for the activation ``op``; ``out`` may be ``z``."""
     cdef Py_ssize_t i
-    cdef floating v
+    cdef floating v, c
     if op == ACT_SIGMOID:
         # NOTE: vmath.h computes e = exp(-|z|) <= 1, which never overflows, then
         # 1/(1+e) for z >= 0 and e/(1+e) below: finite for every finite z and
@@ -94,16 +248,37 @@ cdef void activation_forward(int op, const floating* z, floating* out,
             bp_tanh_f32(z, out, n)
         else:
             bp_tanh_f64(z, out, n)
+    elif op == ACT_LEAKY_RELU:
+        # PyTorch's: z > 0 ? z : z * slope (the slope in the dtype; NaN stays NaN)
+        c = <floating>_param(param, 0, 0.01)
+        for i in range(n):
+            v = z[i]
+            out[i] = v if v > 0 else v * c
+    elif op == ACT_ELU:
+        # PyTorch's: z <= 0 ? expm1(z) * alpha : z.  NOTE: expm1, not exp - 1,
+        # keeps full relative accuracy near 0-.
+        c = <floating>_param(param, 0, 1.0)
+        for i in range(n):
+            v = z[i]
+            out[i] = <floating>expm1(v) * c if v <= 0 else v
+    elif activation_needs_z(op):
+        _chunked_forward(op, z, out, n, param)
     else:
         for i in range(n):
             out[i] = z[i]
 
 
-cdef void activation_backward(int op, const floating* a, const floating* grad,
-                              floating* out, Py_ssize_t n) noexcept nogil:
-    """out[i] := grad[i] * act'(.) written with the saved output a[i]; ``out`` may alias."""
+cdef void activation_backward_params(int op, const floating* saved, const floating* grad,
+                                     floating* out, Py_ssize_t n,
+                                     const double* param) noexcept nogil:
+    """out[i] := grad[i] * act'(.) from what the forward saved; ``out`` may alias.
+
+    ``saved`` is the output a = act(z), or the input z for the activations
+    whose derivative needs it (activation_needs_z).
+    """
     cdef Py_ssize_t i
-    cdef floating v
+    cdef floating v, c
+    cdef const floating* a = saved
     if op == ACT_SIGMOID:
         for i in range(n):
             v = a[i]
@@ -118,6 +293,22 @@ cdef void activation_backward(int op, const floating* a, const floating* grad,
         for i in range(n):
             v = a[i]
             out[i] = grad[i] * (1 - v * v)
+    elif op == ACT_LEAKY_RELU:
+        # NOTE: with slope >= 0, a > 0 exactly where z > 0 (the kink gets the slope,
+        # as PyTorch's leaky_relu_backward).
+        c = <floating>_param(param, 0, 0.01)
+        for i in range(n):
+            out[i] = grad[i] if a[i] > 0 else grad[i] * c
+    elif op == ACT_ELU:
+        # NOTE: from the output, as PyTorch's elu_backward with is_result (its
+        # in-place elu_): z <= 0 <=> a <= 0 for alpha >= 0, and
+        # alpha * exp(z) = a + alpha there.
+        c = <floating>_param(param, 0, 1.0)
+        for i in range(n):
+            v = a[i]
+            out[i] = grad[i] * (v + c) if v <= 0 else grad[i]
+    elif activation_needs_z(op):
+        _chunked_backward(op, saved, grad, out, n, param)
     else:
         for i in range(n):
             out[i] = grad[i]
@@ -231,6 +422,26 @@ def _vmath_exp(x, *, out=None):
     return buf if out is None else out
 
 
+def _vmath_erf(x, *, out=None):
+    """``erf(x)`` elementwise with the vmath kernel (compiled); for tests.
+
+    Same argument policy as :func:`sigmoid_forward`.
+    """
+    x, buf = V.unary_args("x", x, out, contiguous=True)
+    cdef Py_ssize_t n = buf.size
+    if n == 0:
+        return buf if out is None else out
+    cdef void* xp = cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef bint f32 = buf.dtype.itemsize == 4
+    with nogil:
+        if f32:
+            bp_erf_f32(<const float*>xp, <float*>op, n)
+        else:
+            bp_erf_f64(<const double*>xp, <double*>op, n)
+    return buf if out is None else out
+
+
 cdef _init_vmath():
     # BPCORE_FORCE_PORTABLE (read once, at import) forces the portable kernels.
     _set_vmath_kernel("portable" if _env.force_portable() else "avx2_fma")
@@ -292,7 +503,10 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray like, int t):
     return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), cnp.PyArray_DIMS(like), t, 0)
 
 
-cdef object _forward(int op, str name, z, out):
+cdef object _forward(int op, str name, z, out, double p0=0.0, double p1=0.0):
+    cdef double param[2]
+    param[0] = p0
+    param[1] = p1
     cdef int t = _plain(z)
     cdef object buf = out
     if not (t >= 0 and (out is None or _out_fits(out, <cnp.ndarray>z, t, z, None))):
@@ -305,19 +519,22 @@ cdef object _forward(int op, str name, z, out):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_forward(op, <const float*>zp, <float*>outp, n)
+            activation_forward_params(op, <const float*>zp, <float*>outp, n, param)
         else:
-            activation_forward(op, <const double*>zp, <double*>outp, n)
+            activation_forward_params(op, <const double*>zp, <double*>outp, n, param)
     return buf if out is None else out
 
 
-cdef object _backward(int op, a, grad, out):
+cdef object _backward(int op, a, grad, out, double p0=0.0, double p1=0.0, str saved="a"):
+    cdef double param[2]
+    param[0] = p0
+    param[1] = p1
     cdef int t = _plain(a)
     cdef object buf = out
     if not (t >= 0 and _plain(grad) == t
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>a, <cnp.ndarray>grad)
             and (out is None or _out_fits(out, <cnp.ndarray>a, t, a, grad))):
-        a, grad, buf = V.binary_args(a, grad, out, contiguous=True)
+        a, grad, buf = V.binary_args(a, grad, out, contiguous=True, saved=saved)
         t = _plain(a)
     if buf is None:
         buf = _empty_like(<cnp.ndarray>a, t)
@@ -327,9 +544,11 @@ cdef object _backward(int op, a, grad, out):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>a)
     with nogil:
         if t == cnp.NPY_FLOAT:
-            activation_backward(op, <const float*>ap, <const float*>gp, <float*>outp, n)
+            activation_backward_params(op, <const float*>ap, <const float*>gp, <float*>outp, n,
+                                       param)
         else:
-            activation_backward(op, <const double*>ap, <const double*>gp, <double*>outp, n)
+            activation_backward_params(op, <const double*>ap, <const double*>gp,
+                                       <double*>outp, n, param)
     return buf if out is None else out
 
 
@@ -397,6 +616,106 @@ def identity_backward(a, grad, *, out=None):
     return _backward(ACT_IDENTITY, a, grad, out)
 
 
+def leaky_relu_forward(z, *, negative_slope=0.01, out=None):
+    """``z`` where ``z > 0``, else ``negative_slope * z`` (compiled).
+
+    See :func:`bpcore.reference.leaky_relu_forward`.
+    """
+    return _forward(ACT_LEAKY_RELU, "z", z, out, V.activation_param("negative_slope",
+                                                                   negative_slope))
+
+
+def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
+    """``grad`` where the saved output ``a > 0``, else ``negative_slope * grad`` (compiled).
+
+    See :func:`bpcore.reference.leaky_relu_backward`.
+    """
+    return _backward(ACT_LEAKY_RELU, a, grad, out,
+                     V.activation_param("negative_slope", negative_slope))
+
+
+def elu_forward(z, *, alpha=1.0, out=None):
+    """``z`` where ``z > 0``, else ``alpha * expm1(z)`` (compiled).
+
+    See :func:`bpcore.reference.elu_forward`.
+    """
+    return _forward(ACT_ELU, "z", z, out, V.activation_param("alpha", alpha))
+
+
+def elu_backward(a, grad, *, alpha=1.0, out=None):
+    """``grad`` where the saved output ``a > 0``, else ``grad * (a + alpha)`` (compiled).
+
+    See :func:`bpcore.reference.elu_backward`.
+    """
+    return _backward(ACT_ELU, a, grad, out, V.activation_param("alpha", alpha))
+
+
+def gelu_forward(z, *, out=None):
+    """Exact GELU ``z * 0.5 * (1 + erf(z / sqrt(2)))`` (compiled).
+
+    See :func:`bpcore.reference.gelu_forward`.
+    """
+    return _forward(ACT_GELU, "z", z, out)
+
+
+def gelu_backward(z, grad, *, out=None):
+    """Gradient through the exact GELU from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.gelu_backward`.
+    """
+    return _backward(ACT_GELU, z, grad, out, 0.0, 0.0, "z")
+
+
+def gelu_tanh_forward(z, *, out=None):
+    """GELU's tanh approximation (PyTorch's ``approximate="tanh"``) (compiled).
+
+    See :func:`bpcore.reference.gelu_tanh_forward`.
+    """
+    return _forward(ACT_GELU_TANH, "z", z, out)
+
+
+def gelu_tanh_backward(z, grad, *, out=None):
+    """Gradient through GELU's tanh approximation from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.gelu_tanh_backward`.
+    """
+    return _backward(ACT_GELU_TANH, z, grad, out, 0.0, 0.0, "z")
+
+
+def silu_forward(z, *, out=None):
+    """SiLU (swish) ``z * sigmoid(z)`` (compiled).
+
+    See :func:`bpcore.reference.silu_forward`.
+    """
+    return _forward(ACT_SILU, "z", z, out)
+
+
+def silu_backward(z, grad, *, out=None):
+    """Gradient through SiLU from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.silu_backward`.
+    """
+    return _backward(ACT_SILU, z, grad, out, 0.0, 0.0, "z")
+
+
+def softplus_forward(z, *, beta=1.0, threshold=20.0, out=None):
+    """``log1p(exp(beta * z)) / beta``, ``z`` itself where ``beta * z > threshold`` (compiled).
+
+    See :func:`bpcore.reference.softplus_forward`.
+    """
+    return _forward(ACT_SOFTPLUS, "z", z, out, V.activation_param("beta", beta),
+                    V.activation_param("threshold", threshold))
+
+
+def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
+    """Gradient through softplus from its input ``z`` (compiled).
+
+    See :func:`bpcore.reference.softplus_backward`.
+    """
+    return _backward(ACT_SOFTPLUS, z, grad, out, V.activation_param("beta", beta),
+                     V.activation_param("threshold", threshold), "z")
+
+
 def softmax_forward(z, *, out=None):
     """Row-wise, max-subtracted softmax of a 2-D array (compiled).
 
@@ -440,6 +759,27 @@ cdef double mse_forward_backward(const floating* pred, const floating* target,
         return bp_mse_f64(pred, target, grad_out, n, scale)
 
 
+cdef inline double _shifted_exp_sum(const floating* zi, floating m, floating* gi,
+                                    Py_ssize_t n_cols) noexcept nogil:
+    """sum_j exp(zi[j] - m); the terms into gi[0:n_cols] (gi NULL: in stack-sized chunks,
+    nothing written)."""
+    cdef floating chunk[256]
+    cdef Py_ssize_t j, j0, width
+    cdef double s = 0
+    if gi != NULL:
+        for j in range(n_cols):
+            gi[j] = zi[j] - m
+        _vexp(gi, gi, n_cols)
+        return _row_sum(gi, n_cols)
+    for j0 in range(0, n_cols, 256):
+        width = min(256, n_cols - j0)
+        for j in range(width):
+            chunk[j] = zi[j0 + j] - m
+        _vexp(chunk, chunk, width)
+        s += _row_sum(chunk, width)
+    return s
+
+
 cdef double softmax_cross_entropy_rows(const floating* logits, const long long* labels,
                                        floating* grad_out, Py_ssize_t n_rows,
                                        Py_ssize_t n_cols, double grad_scale) noexcept nogil:
@@ -448,11 +788,10 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
     ``grad_out`` may be NULL (loss only) or alias ``logits``.  Labels were
     checked in Python to lie in [0, n_cols).
     """
-    cdef Py_ssize_t i, j, j0, width
+    cdef Py_ssize_t i, j
     cdef const floating* zi
-    cdef floating* gi
+    cdef floating* gi = NULL
     cdef floating m, zl
-    cdef floating chunk[256]
     cdef double total = 0, s, inv
     for i in range(n_rows):
         zi = logits + i * n_cols
@@ -462,43 +801,79 @@ cdef double softmax_cross_entropy_rows(const floating* logits, const long long* 
         zl = zi[labels[i]]
         if grad_out != NULL:
             gi = grad_out + i * n_cols
-            for j in range(n_cols):
-                gi[j] = zi[j] - m
-            _vexp(gi, gi, n_cols)
-            s = _row_sum(gi, n_cols)
+        s = _shifted_exp_sum(zi, m, gi, n_cols)
+        if grad_out != NULL:
             inv = grad_scale / s
             for j in range(n_cols):
                 gi[j] = <floating>(gi[j] * inv)
             gi[labels[i]] -= <floating>grad_scale
-        else:
-            # Loss only: exp() in stack-sized chunks, nothing written.
-            s = 0
-            for j0 in range(0, n_cols, 256):
-                width = min(256, n_cols - j0)
-                for j in range(width):
-                    chunk[j] = zi[j0 + j] - m
-                _vexp(chunk, chunk, width)
-                s += _row_sum(chunk, width)
         total += (<double>m - zl) + log(s)
     return total
 
 
-cdef object _mse(pred, target, reduction, out, bint want_grad):
+cdef double softmax_cross_entropy_weighted_rows(
+        const floating* logits, const long long* labels, const double* class_weight,
+        double smoothing, floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+        double grad_scale) noexcept nogil:
+    """PyTorch's cross-entropy with class weights w (NULL: 1) and label smoothing eps:
+    sum over rows of (1 - eps) w[y_i] (lse_i - z_i[y_i]) + (eps / C) sum_c w_c (lse_i - z_ic);
+    grad_out := its gradient times grad_scale,
+    (p_ic ((1 - eps) w[y_i] + (eps / C) sum_c w_c) - (1 - eps) w[y_i] [c = y_i] - (eps / C) w_c).
+
+    (torch.nn.functional.cross_entropy's label_smoothing term with weights: the
+    smoothing part is weighted by w_c, and its "mean" divides both parts by
+    sum_i w[y_i], which the caller does.)  ``grad_out`` may be NULL.
+    """
+    cdef Py_ssize_t i, j
+    cdef const floating* zi
+    cdef floating* gi = NULL
+    cdef floating m
+    cdef double total = 0, s, log_s, wy, wsum = 0, wz, keep = 1 - smoothing
+    cdef double share = smoothing / n_cols, coef
+    for j in range(n_cols):
+        wsum += class_weight[j] if class_weight != NULL else 1.0
+    for i in range(n_rows):
+        zi = logits + i * n_cols
+        m = _row_max(zi, n_cols)
+        wy = class_weight[labels[i]] if class_weight != NULL else 1.0
+        # sum_c w_c (m - z_ic), the smoothing term's part that needs no exp
+        wz = 0
+        for j in range(n_cols):
+            wz += (class_weight[j] if class_weight != NULL else 1.0) * (<double>m - zi[j])
+        if grad_out != NULL:
+            gi = grad_out + i * n_cols
+        s = _shifted_exp_sum(zi, m, gi, n_cols)
+        if grad_out != NULL:
+            coef = (keep * wy + share * wsum) * grad_scale / s
+            for j in range(n_cols):
+                gi[j] = <floating>(gi[j] * coef - share * grad_scale
+                                   * (class_weight[j] if class_weight != NULL else 1.0))
+            gi[labels[i]] -= <floating>(keep * wy * grad_scale)
+        log_s = log(s)
+        total += keep * wy * ((<double>m - zi[labels[i]]) + log_s) + share * (wz + wsum * log_s)
+    return total
+
+
+cdef object _pointwise(int kind, pred, target, reduction, double param, out,
+                       bint want_grad):
+    """(loss, gradient buffer) of a pointwise loss: MSE (REG_MSE) or regression_loss's."""
+    scales = _MSE_SCALE if kind == REG_MSE else _REGRESSION_SCALE
     cdef int t = _plain(pred)
     cdef object buf = out
     if not (t >= 0 and _plain(target) == t and type(reduction) is str
-            and reduction in _MSE_SCALE
+            and reduction in scales
             and cnp.PyArray_SAMESHAPE(<cnp.ndarray>pred, <cnp.ndarray>target)
             and (not want_grad or out is None
                  or _out_fits(out, <cnp.ndarray>pred, t, pred, target))):
-        pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=want_grad,
-                                       contiguous=True)
+        pred, target, buf = V.mse_args(
+            pred, target, reduction, out, want_out=want_grad, contiguous=True,
+            reductions=V.REDUCTIONS_MSE if kind == REG_MSE else V.REDUCTIONS_CE)
         t = _plain(pred)
     if want_grad and buf is None:
         buf = _empty_like(<cnp.ndarray>pred, t)
     result = buf if out is None else out
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>pred)
-    cdef double scale = _MSE_SCALE[reduction]
+    cdef double scale = scales[reduction]
     if reduction == "mean" or reduction == "half_mean":
         if n == 0:
             return float("nan"), result
@@ -509,15 +884,20 @@ cdef object _mse(pred, target, reduction, out, bint want_grad):
     cdef double loss
     with nogil:
         if t == cnp.NPY_FLOAT:
-            loss = mse_forward_backward(<const float*>pp, <const float*>tp, <float*>outp,
-                                        n, scale)
+            loss = regression_loss(kind, <const float*>pp, <const float*>tp, <float*>outp, n,
+                                   param, scale)
         else:
-            loss = mse_forward_backward(<const double*>pp, <const double*>tp, <double*>outp,
-                                        n, scale)
+            loss = regression_loss(kind, <const double*>pp, <const double*>tp, <double*>outp,
+                                   n, param, scale)
     return loss, result
 
 
+cdef object _mse(pred, target, reduction, out, bint want_grad):
+    return _pointwise(REG_MSE, pred, target, reduction, 0.0, out, want_grad)
+
+
 _MSE_SCALE = {"mean": 1.0, "sum": 1.0, "half_sum": 0.5, "half_mean": 0.5}
+_REGRESSION_SCALE = {"mean": 1.0, "sum": 1.0}
 
 
 def mse_loss(pred, target, *, reduction="mean"):
@@ -544,6 +924,100 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     return _mse(pred, target, reduction, out, True)
 
 
+cdef double regression_loss(int kind, const floating* pred, const floating* target,
+                            floating* grad_out, Py_ssize_t n, double param,
+                            double scale) noexcept nogil:
+    """scale * sum_i loss(d_i), d = pred - target; grad_out[i] := scale * loss'(d_i).
+
+    REG_MSE is mse_forward_backward (d^2; its gradient 2 d).  PyTorch's formulas and branch points: L1 |d| (gradient sign(d), 0 at 0);
+    Huber z < delta ? z^2 / 2 : delta (z - delta / 2), z = |d|; smooth L1
+    z < beta ? z^2 / (2 beta) : z - beta / 2.  ``grad_out`` may be NULL or alias
+    ``pred`` / ``target``.  The sum runs in double.
+    """
+    cdef Py_ssize_t i
+    cdef floating d
+    cdef double total = 0, z, g
+    if kind == REG_MSE:
+        return mse_forward_backward(pred, target, grad_out, n, scale)
+    for i in range(n):
+        d = pred[i] - target[i]
+        z = fabs(<double>d)
+        if kind == REG_L1:
+            total += z
+            g = (d > 0) - (d < 0) if d == d else d
+        elif kind == REG_HUBER:
+            total += 0.5 * z * z if z < param else param * (z - 0.5 * param)
+            g = -param if d <= -param else (param if d >= param else d)
+        else:
+            total += 0.5 * z * z / param if z < param else z - 0.5 * param
+            g = -1.0 if d <= -param else (1.0 if d >= param else d / param)
+        if grad_out != NULL:
+            grad_out[i] = <floating>(scale * g)
+    return scale * total
+
+
+_REGRESSION = {"l1": REG_L1, "huber": REG_HUBER, "smooth_l1": REG_SMOOTH_L1}
+
+
+cdef object _regression(str name, pred, target, reduction, double param, out, bint want_grad):
+    cdef int kind = _REGRESSION[name]
+    if kind == REG_SMOOTH_L1 and param == 0:
+        kind = REG_L1  # PyTorch: smooth_l1_loss with beta = 0 is l1_loss
+    return _pointwise(kind, pred, target, reduction, param, out, want_grad)
+
+
+def l1_loss(pred, target, *, reduction="mean"):
+    """Mean (or sum) absolute error (compiled).
+
+    See :func:`bpcore.reference.l1_loss`.
+    """
+    return _regression("l1", pred, target, reduction, 0.0, None, False)[0]
+
+
+def l1_loss_backward(pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`l1_loss` with respect to ``pred`` (compiled).
+
+    See :func:`bpcore.reference.l1_loss_backward`.
+    """
+    return _regression("l1", pred, target, reduction, 0.0, out, True)[1]
+
+
+def huber_loss(pred, target, *, reduction="mean", delta=1.0):
+    """Huber loss (compiled).
+
+    See :func:`bpcore.reference.huber_loss`.
+    """
+    return _regression("huber", pred, target, reduction, V.regression_param("huber", delta),
+                       None, False)[0]
+
+
+def huber_loss_backward(pred, target, *, reduction="mean", delta=1.0, out=None):
+    """Gradient of :func:`huber_loss` with respect to ``pred`` (compiled).
+
+    See :func:`bpcore.reference.huber_loss_backward`.
+    """
+    return _regression("huber", pred, target, reduction, V.regression_param("huber", delta),
+                       out, True)[1]
+
+
+def smooth_l1_loss(pred, target, *, reduction="mean", beta=1.0):
+    """Smooth L1 loss (compiled).
+
+    See :func:`bpcore.reference.smooth_l1_loss`.
+    """
+    return _regression("smooth_l1", pred, target, reduction,
+                       V.regression_param("smooth_l1", beta), None, False)[0]
+
+
+def smooth_l1_loss_backward(pred, target, *, reduction="mean", beta=1.0, out=None):
+    """Gradient of :func:`smooth_l1_loss` with respect to ``pred`` (compiled).
+
+    See :func:`bpcore.reference.smooth_l1_loss_backward`.
+    """
+    return _regression("smooth_l1", pred, target, reduction,
+                       V.regression_param("smooth_l1", beta), out, True)[1]
+
+
 cdef inline bint _labels_fit(object labels, Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept:
     """``labels`` is a C-contiguous int64 vector of n_rows entries, all in [0, n_cols)."""
     if not cnp.PyArray_CheckExact(labels):
@@ -561,7 +1035,49 @@ cdef inline bint _labels_fit(object labels, Py_ssize_t n_rows, Py_ssize_t n_cols
     return True
 
 
-cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
+cdef object _weighted_cross_entropy(logits, labels, reduction, out, bint want_grad,
+                                    class_weight, double smoothing):
+    """The cross-entropy with class weights and / or label smoothing (general path)."""
+    logits, labels, buf = V.cross_entropy_args(logits, labels, reduction, out,
+                                               want_out=want_grad, contiguous=True)
+    cdef Py_ssize_t n_rows = logits.shape[0], n_cols = logits.shape[1]
+    weights = V.loss_weights("class_weight", class_weight, n_cols)
+    if want_grad and buf is None:
+        buf = np.empty_like(logits)
+    result = buf if out is None else out
+    if n_rows == 0:
+        return (float("nan") if reduction == "mean" else 0.0), result
+    cdef double norm = 1.0
+    if reduction == "mean":
+        # PyTorch's weighted mean: divided by the summed weights of the targets
+        norm = float(weights[labels].sum()) if weights is not None else float(n_rows)
+    cdef double scale = 1.0 / norm if norm != 0 else float("nan")  # 0 / 0, as torch
+    cdef const double* wp = <const double*>cnp.PyArray_DATA(weights) if weights is not None \
+        else NULL
+    cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
+    cdef const long long* lp = <const long long*>cnp.PyArray_DATA(<cnp.ndarray>labels)
+    cdef void* outp = cnp.PyArray_DATA(<cnp.ndarray>buf) if want_grad else NULL
+    cdef double total
+    cdef bint f32 = logits.dtype == np.float32
+    with nogil:
+        if f32:
+            total = softmax_cross_entropy_weighted_rows(<const float*>zp, lp, wp, smoothing,
+                                                        <float*>outp, n_rows, n_cols, scale)
+        else:
+            total = softmax_cross_entropy_weighted_rows(<const double*>zp, lp, wp, smoothing,
+                                                        <double*>outp, n_rows, n_cols, scale)
+    return total * scale, result
+
+
+cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad,
+                           class_weight=None, label_smoothing=0.0):
+    # NOTE: the plain call (no weights, no smoothing) keeps its fast path and kernel.
+    if class_weight is not None or not (type(label_smoothing) is float
+                                        and label_smoothing == 0.0):
+        smoothing = V.label_smoothing_arg(label_smoothing)
+        if class_weight is not None or smoothing != 0:
+            return _weighted_cross_entropy(logits, labels, reduction, out, want_grad,
+                                           class_weight, smoothing)
     cdef int t = _plain(logits)
     cdef object buf = out
     if not (t >= 0 and type(reduction) is str and (reduction == "mean" or reduction == "sum")
@@ -595,28 +1111,33 @@ cdef object _cross_entropy(logits, labels, reduction, out, bint want_grad):
     return (total * grad_scale), result
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+def softmax_cross_entropy(logits, labels, *, reduction="mean", class_weight=None,
+                          label_smoothing=0.0):
     """Cross-entropy of the row-wise softmax of ``logits`` against class indices (compiled).
 
     See :func:`bpcore.reference.softmax_cross_entropy`.
     """
-    return _cross_entropy(logits, labels, reduction, None, False)[0]
+    return _cross_entropy(logits, labels, reduction, None, False, class_weight,
+                          label_smoothing)[0]
 
 
-def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None):
+def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
     """Gradient of :func:`softmax_cross_entropy` with respect to ``logits`` (compiled).
 
     See :func:`bpcore.reference.softmax_cross_entropy_backward`.
     """
-    return _cross_entropy(logits, labels, reduction, out, True)[1]
+    return _cross_entropy(logits, labels, reduction, out, True, class_weight,
+                          label_smoothing)[1]
 
 
-def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
+def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
     """Softmax cross-entropy and its gradient in one pass (compiled).
 
     See :func:`bpcore.reference.softmax_cross_entropy_and_grad`.
     """
-    return _cross_entropy(logits, labels, reduction, out, True)
+    return _cross_entropy(logits, labels, reduction, out, True, class_weight, label_smoothing)
 
 
 # ---------------------------------------------------------------------------
@@ -877,9 +1398,38 @@ cdef double sigmoid_bce(const floating* z, const floating* t, floating* grad_out
     return total
 
 
-def _bce(logits, targets, reduction, out, bint want_grad):
+cdef double sigmoid_bce_pos_weight(const floating* z, const floating* t, const double* pw,
+                                   floating* grad_out, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                   double grad_scale) noexcept nogil:
+    """PyTorch's BCE with logits and pos_weight p (one per column):
+    sum (1 - t) z - (1 + (p - 1) t) log sigmoid(z); grad_out := ((1 - t) - (1 + (p - 1) t)
+    sigmoid(-z)) * grad_scale.  ``grad_out`` may be NULL, ``z`` or ``t``.
+    """
+    cdef Py_ssize_t i, j, k
+    cdef double total = 0, zi, ti, e, lw, log_sig, s_neg
+    for i in range(n_rows):
+        for j in range(n_cols):
+            k = i * n_cols + j
+            zi = z[k]
+            ti = t[k]
+            # NOTE: e = exp(-|z|) <= 1 never overflows (as sigmoid_bce);
+            # log sigmoid(z) = min(z, 0) - log1p(e), sigmoid(-z) from e without cancellation.
+            e = exp(-fabs(zi))
+            lw = 1 + (pw[j] - 1) * ti
+            log_sig = min(zi, 0.0) - log1p(e)
+            total += (1 - ti) * zi - lw * log_sig
+            if grad_out != NULL:
+                s_neg = e / (1 + e) if zi >= 0 else 1 / (1 + e)
+                grad_out[k] = <floating>(((1 - ti) - lw * s_neg) * grad_scale)
+    return total
+
+
+def _bce(logits, targets, reduction, out, bint want_grad, pos_weight=None):
     logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=want_grad,
                                       contiguous=True)
+    # NOTE: no [-1]: the build turns wraparound off, for Python sequences too
+    cdef Py_ssize_t n_cols = logits.shape[logits.ndim - 1] if logits.ndim else 1
+    weights = V.loss_weights("pos_weight", pos_weight, n_cols)
     result = buf if out is None else out
     cdef Py_ssize_t n = logits.size
     if n == 0:
@@ -888,30 +1438,39 @@ def _bce(logits, targets, reduction, out, bint want_grad):
     cdef void* zp = cnp.PyArray_DATA(<cnp.ndarray>logits)
     cdef void* tp = cnp.PyArray_DATA(<cnp.ndarray>targets)
     cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>buf) if want_grad else NULL
+    cdef const double* wp = <const double*>cnp.PyArray_DATA(weights) if weights is not None \
+        else NULL
     cdef double total
     cdef bint f32 = logits.dtype == np.float32
     with nogil:
-        if f32:
+        if wp != NULL and f32:
+            total = sigmoid_bce_pos_weight(<const float*>zp, <const float*>tp, wp, <float*>op,
+                                           n // n_cols, n_cols, scale)
+        elif wp != NULL:
+            total = sigmoid_bce_pos_weight(<const double*>zp, <const double*>tp, wp,
+                                           <double*>op, n // n_cols, n_cols, scale)
+        elif f32:
             total = sigmoid_bce(<const float*>zp, <const float*>tp, <float*>op, n, scale)
         else:
             total = sigmoid_bce(<const double*>zp, <const double*>tp, <double*>op, n, scale)
     return total * scale, result
 
 
-def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
+def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean", pos_weight=None):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits (compiled).
 
     See :func:`bpcore.reference.sigmoid_binary_cross_entropy`.
     """
-    return _bce(logits, targets, reduction, None, False)[0]
+    return _bce(logits, targets, reduction, None, False, pos_weight)[0]
 
 
-def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", out=None):
+def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", pos_weight=None,
+                                          out=None):
     """Gradient of ``sigmoid_binary_cross_entropy`` (compiled).
 
     See :func:`bpcore.reference.sigmoid_binary_cross_entropy_backward`.
     """
-    return _bce(logits, targets, reduction, out, True)[1]
+    return _bce(logits, targets, reduction, out, True, pos_weight)[1]
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Type stub for the fused training step (checked by mypy.stubtest)."""
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,9 @@ class Trainer:
     capacity: int
     batches_done: int
     def __init__(self, sizes: Any, activations: Any, loss: str, reduction: str,
-                 dtype: Any, alpha: float = 0.0, dropout: Any = None) -> None: ...
+                 dtype: Any, alpha: float = 0.0, dropout: Any = None, *,
+                 activation_params: Sequence[dict[str, float] | None] | None = None,
+                 loss_params: dict[str, Any] | None = None) -> None: ...
     @property
     def dropout(self) -> tuple[float, ...]: ...
     @property

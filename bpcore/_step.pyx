@@ -4,8 +4,10 @@
 # epoch loop, in compiled code, driven by two small descriptions:
 #
 #   the loss rule    (struct Net, fixed per Trainer): PyTorch's losses and
-#                    reductions ("mse", "cross_entropy" on logits,
-#                    "binary_cross_entropy" on logits; optional row weights),
+#                    reductions ("mse", "l1", "huber", "smooth_l1",
+#                    "cross_entropy" on logits with class weights and label
+#                    smoothing, "binary_cross_entropy" on logits with
+#                    pos_weight; optional row weights),
 #                    or scikit-learn's ("sk_*": delta = (out - y) * w, the
 #                    gradient (a.T @ delta + alpha * W) / sum(w), the L2 term
 #                    in the reported loss, scikit-learn's rounding order);
@@ -28,11 +30,16 @@
 #
 # One call is one nogil stretch that allocates nothing:
 #   forward   z_l = a_{l-1} @ W_l + b_l and a_l = act(z_l), bias and activation
-#             applied by the GEMM's store (epilogue);
+#             applied by the GEMM's store (epilogue) for identity / relu /
+#             sigmoid / tanh; the activations with parameters (leaky_relu,
+#             elu, softplus) and gelu / gelu_tanh / silu run as one pass after
+#             the product, and the training workspace keeps z_l only for the
+#             layers whose derivative needs it (gelu, gelu_tanh, silu, softplus);
 #   loss      value and d loss / d output in one pass (softmax + cross-entropy
 #             fused; MSE through the output activation's derivative);
 #   backward  delta_{l-1} = (delta_l @ W_l.T) * act'(a_{l-1}), the derivative
-#             applied by the GEMM's store, W_l.T read through strides; no
+#             applied by the GEMM's store (or, for the others, one pass from
+#             a_{l-1} or the kept z_{l-1}), W_l.T read through strides; no
 #             product for the first layer's input;
 #   update    one pass of the update rule over the whole flat block;
 #   epoch     batches in order or gathered by a permutation, signal handlers
@@ -62,8 +69,12 @@ from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_MUL_DRELU, BP_EPI_MUL_DSIGMOID, BP_EPI_MUL_DTANH,
                            bp_epilogue)
 from bpcore._kernels cimport (ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_TANH,
-                              activation_backward, softmax_rows, column_sums,
-                              mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce)
+                              ACT_LEAKY_RELU, ACT_ELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU,
+                              ACT_SOFTPLUS, activation_needs_z, activation_forward_params,
+                              activation_backward_params, softmax_rows, column_sums,
+                              mse_forward_backward, softmax_cross_entropy_rows, sigmoid_bce,
+                              REG_MSE, REG_L1, REG_HUBER, REG_SMOOTH_L1, regression_loss,
+                              softmax_cross_entropy_weighted_rows, sigmoid_bce_pos_weight)
 
 cnp.import_array()
 
@@ -127,6 +138,10 @@ cdef enum:
     LOSS_SK_POISSON = 5
     # sigmoid + binary cross-entropy from the logits, float targets (n, n_out) in [0, 1]
     LOSS_BCE = 6
+    # PyTorch's pointwise regression losses beside MSE (float targets (n, n_out))
+    LOSS_L1 = 7
+    LOSS_HUBER = 8
+    LOSS_SMOOTH_L1 = 9
 
 cdef enum:
     # update rules: PyTorch's optimizers and scikit-learn's
@@ -143,11 +158,15 @@ cdef enum:
     STATUS_INTERRUPTED = 101
 
 ACTIVATIONS = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "sigmoid": ACT_SIGMOID,
-               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP}
+               "tanh": ACT_TANH, "softmax": ACT_SOFTMAX, "exp": ACT_EXP,
+               # applied after the product (not by the GEMM's store), with parameters
+               "leaky_relu": ACT_LEAKY_RELU, "elu": ACT_ELU, "gelu": ACT_GELU,
+               "gelu_tanh": ACT_GELU_TANH, "silu": ACT_SILU, "softplus": ACT_SOFTPLUS}
 LOSSES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
           "sk_squared_error": LOSS_SK_SQUARED, "sk_log_loss": LOSS_SK_LOG,
           "sk_binary_log_loss": LOSS_SK_BINARY_LOG, "sk_poisson": LOSS_SK_POISSON,
-          "binary_cross_entropy": LOSS_BCE}
+          "binary_cross_entropy": LOSS_BCE, "l1": LOSS_L1, "huber": LOSS_HUBER,
+          "smooth_l1": LOSS_SMOOTH_L1}
 NONFINITE = STATUS_NONFINITE
 INTERRUPTED = STATUS_INTERRUPTED
 
@@ -171,12 +190,18 @@ cdef struct Net:
     int n_layers
     const Py_ssize_t* sizes      # n_layers + 1 widths, input first
     const int* act               # activation of each layer's output
+    const double* act_param      # 2 per layer: the activation's parameters (see _act_params)
     const Py_ssize_t* w_off      # offset of W_l in the parameter block
     const Py_ssize_t* b_off      # offset of b_l
     # the loss rule
     int loss                     # LOSS_*
     bint sklearn                 # scikit-learn's conventions (the LOSS_SK_* losses)
     double mse_factor            # 1 ("mean", "sum") or 0.5 ("half_*")
+    int pointwise                # the float-target losses' kernel: REG_MSE, REG_L1, ...
+    double loss_param            # huber's delta, smooth_l1's beta
+    const double* class_weight   # cross-entropy: n_out class weights, or NULL
+    double label_smoothing       # cross-entropy: eps in [0, 1]
+    const double* pos_weight     # binary cross-entropy: n_out positive weights, or NULL
     bint mean                    # the loss divides by the sample (element) count
     double alpha                 # scikit-learn's L2 penalty (sklearn rule only)
     # the workspace
@@ -184,6 +209,8 @@ cdef struct Net:
     char* delta0                 # two capacity x max width buffers, used in turn
     char* delta1
     Dropout* drop                # the training steps' dropout, or NULL (none)
+    char** zs                    # zs[l]: capacity x sizes[l] pre-activations of layer l,
+                                 # only where activation_needs_z (else NULL)
 
 
 cdef struct Dropout:
@@ -244,6 +271,13 @@ cdef inline bp_epilogue _forward_epilogue(int act) noexcept nogil:
     if act == ACT_TANH:
         return BP_EPI_BIAS_TANH
     return BP_EPI_BIAS
+
+
+cdef inline bint _fused(int act) noexcept nogil:
+    """The activation is applied by the GEMM's store (or is softmax / exp, applied after
+    the last layer); the others run as one pass of activation_forward_params (and
+    activation_backward_params)."""
+    return act < ACT_LEAKY_RELU
 
 
 cdef inline bp_epilogue _backward_epilogue(int act) noexcept nogil:
@@ -311,18 +345,32 @@ cdef void dropout_rows(const Dropout* drop, int layer, const floating* src, floa
 cdef int forward_rows(const Net* net, const floating* params, const floating* x,
                       Py_ssize_t n, floating** acts, bint logits,
                       const Dropout* drop) noexcept nogil:
-    """acts[l] := a_l for l = 1..n_layers from x (n rows).
+    """acts[l] := a_l for l = 1..n_layers from x (n rows), keeping no pre-activation.
 
     ``logits``: leave the output before its softmax or sigmoid (the losses
     that take logits apply them themselves, stably).  ``drop``: the training
     step's dropout (NULL: none, as in inference); a hidden layer with p > 0
     writes its output to drop.pre and its masked output to acts.
     """
+    return forward_rows_z(net, params, x, n, acts, NULL, logits, drop)
+
+
+cdef int forward_rows_z(const Net* net, const floating* params, const floating* x,
+                        Py_ssize_t n, floating** acts, floating** zs,
+                        bint logits, const Dropout* drop) noexcept nogil:
+    """forward_rows, and zs[l] := z_l for the layers whose backward needs it (zs: the
+    training workspace, or NULL: nothing kept, those activations applied in place).
+
+    With dropout on layer l, its activation goes to drop.pre[l+1] (what backward
+    takes the derivative at) and the masked, scaled values to acts[l+1].
+    """
     cdef bint dropped
+    cdef floating* a_out
     cdef int l, status, act
     cdef const floating* a_prev = x
     cdef Py_ssize_t n_in, n_out, i
     cdef floating* out
+    cdef floating* dst
     for l in range(net.n_layers):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -330,15 +378,20 @@ cdef int forward_rows(const Net* net, const floating* params, const floating* x,
         if logits and l == net.n_layers - 1 and act == ACT_SIGMOID:
             act = ACT_IDENTITY
         dropped = drop != NULL and l < net.n_layers - 1 and drop.p[l] > 0
-        out = <floating*>drop.pre[l + 1] if dropped else acts[l + 1]
+        a_out = <floating*>drop.pre[l + 1] if dropped else acts[l + 1]
+        dst = a_out
+        if not _fused(act) and zs != NULL and activation_needs_z(act):
+            dst = zs[l + 1]
         status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
-                      params + net.w_off[l], n_out, 1, <floating>0, out, n_out, 1,
+                      params + net.w_off[l], n_out, 1, <floating>0, dst, n_out, 1,
                       _forward_epilogue(act), params + net.b_off[l], NULL, 0,
                       _threads_for(n, n_out, n_in))
         if status != BP_OK:
             return status
+        if not _fused(act):
+            activation_forward_params(act, dst, a_out, n * n_out, net.act_param + 2 * l)
         if dropped:
-            dropout_rows(drop, l, out, acts[l + 1], n * n_out)
+            dropout_rows(drop, l, a_out, acts[l + 1], n * n_out)
         a_prev = acts[l + 1]
     if net.act[net.n_layers - 1] == ACT_SOFTMAX and not logits:
         softmax_rows(acts[net.n_layers], acts[net.n_layers], n, net.sizes[net.n_layers])
@@ -416,6 +469,8 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
             for i in range(n):
                 norm += sw[i] / wmax
     if net.loss == LOSS_CROSS_ENTROPY:
+        if net.class_weight != NULL or net.label_smoothing != 0:
+            return _weighted_ce_rows(net, out, <const long long*>y, sw, n, delta, wmax)
         if sw == NULL:
             scale = 1.0 / n if net.mean else 1.0
             return scale * softmax_cross_entropy_rows(out, <const long long*>y, delta, n,
@@ -430,22 +485,63 @@ cdef double output_loss_rows(const Net* net, const floating* out, const void* y,
     if net.loss == LOSS_BCE:
         if sw == NULL:
             scale = 1.0 / count if net.mean else 1.0
-            return scale * sigmoid_bce(out, target, delta, count, scale)
+            return scale * _bce_rows(net, out, target, delta, n, n_out, scale)
         for i in range(n):
             scale = _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean else sw[i]
-            total += scale * sigmoid_bce(out + i * n_out, target + i * n_out,
-                                         delta + i * n_out if delta != NULL else NULL,
-                                         n_out, scale)
+            total += scale * _bce_rows(net, out + i * n_out, target + i * n_out,
+                                       delta + i * n_out if delta != NULL else NULL,
+                                       1, n_out, scale)
         return total
+    # MSE and the other pointwise losses (regression_loss is mse_forward_backward for MSE)
     if sw == NULL:
         scale = net.mse_factor / count if net.mean else net.mse_factor
-        return mse_forward_backward(out, target, delta, count, scale)
+        return regression_loss(net.pointwise, out, target, delta, count, net.loss_param, scale)
     for i in range(n):
         scale = (net.mse_factor * _unit_weight(sw, i, wmax) / (norm * n_out) if net.mean
                  else net.mse_factor * sw[i])
-        total += mse_forward_backward(out + i * n_out, target + i * n_out,
-                                      delta + i * n_out if delta != NULL else NULL,
-                                      n_out, scale)
+        total += regression_loss(net.pointwise, out + i * n_out, target + i * n_out,
+                                 delta + i * n_out if delta != NULL else NULL,
+                                 n_out, net.loss_param, scale)
+    return total
+
+
+cdef inline double _bce_rows(const Net* net, const floating* z, const floating* t,
+                             floating* delta, Py_ssize_t rows, Py_ssize_t n_out,
+                             double scale) noexcept nogil:
+    """The binary cross-entropy's kernel: with the Net's pos_weight, or without."""
+    if net.pos_weight != NULL:
+        return sigmoid_bce_pos_weight(z, t, net.pos_weight, delta, rows, n_out, scale)
+    return sigmoid_bce(z, t, delta, rows * n_out, scale)
+
+
+cdef double _weighted_ce_rows(const Net* net, const floating* out, const long long* y,
+                              const floating* sw, Py_ssize_t n, floating* delta,
+                              double wmax) noexcept nogil:
+    """PyTorch's cross-entropy with class weights / label smoothing on n rows (see
+    softmax_cross_entropy_weighted_rows); "mean" divides by sum_i u_i w[y_i], u_i the
+    row weights (1 without), so row weights act as repeated rows as elsewhere.
+
+    NOTE: a batch whose targets all weigh 0 gives loss 0 and delta 0 (not torch's
+    0/0), as the row weights' rule does.
+    """
+    cdef Py_ssize_t n_out = net.sizes[net.n_layers], i
+    cdef double norm = 1, u, total = 0, scale
+    if net.mean:
+        norm = 0
+        for i in range(n):
+            u = _unit_weight(sw, i, wmax) if sw != NULL else 1.0
+            norm += u * (net.class_weight[y[i]] if net.class_weight != NULL else 1.0)
+        if norm == 0:
+            norm = 1
+    if sw == NULL:
+        return softmax_cross_entropy_weighted_rows(out, y, net.class_weight,
+                                                   net.label_smoothing, delta, n, n_out,
+                                                   1.0 / norm) / norm
+    for i in range(n):
+        scale = (_unit_weight(sw, i, wmax) if net.mean else sw[i]) / norm
+        total += scale * softmax_cross_entropy_weighted_rows(
+            out + i * n_out, y + i, net.class_weight, net.label_smoothing,
+            delta + i * n_out if delta != NULL else NULL, 1, n_out, scale)
     return total
 
 
@@ -537,6 +633,13 @@ cdef double sk_output_delta(const Net* net, const floating* params, const floati
     return loss + (0.5 * net.alpha) * squares / sw_sum
 
 
+cdef inline const floating* _saved(const Net* net, int l, const floating* a) noexcept nogil:
+    """What layer l's activation backward reads: its output a, or its pre-activation z."""
+    if activation_needs_z(net.act[l - 1]):
+        return <const floating*>net.zs[l]
+    return a
+
+
 cdef int output_delta_rows(const Net* net, const floating* params, const floating* x,
                            const void* y, const floating* sw, Py_ssize_t n,
                            double* loss_out, double* sw_sum_out) noexcept nogil:
@@ -554,7 +657,8 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
     cdef floating* out
     cdef double loss, sw_sum = 0
     cdef int act_out = net.act[L - 1]
-    status = forward_rows(net, params, x, n, acts, _takes_logits(net), net.drop)
+    status = forward_rows_z(net, params, x, n, acts, <floating**>net.zs, _takes_logits(net),
+                            net.drop)
     if status != BP_OK:
         return status
     out = acts[L]
@@ -572,7 +676,8 @@ cdef int output_delta_rows(const Net* net, const floating* params, const floatin
             if act_out == ACT_SOFTMAX:
                 softmax_backward_rows(out, delta, delta, n, n_out)
             elif act_out != ACT_IDENTITY:
-                activation_backward(act_out, out, delta, delta, n * n_out)
+                activation_backward_params(act_out, _saved(net, L, out), delta, delta,
+                                           n * n_out, net.act_param + 2 * (L - 1))
     loss_out[0] = loss
     if not isfinite(loss):
         return STATUS_NONFINITE
@@ -640,6 +745,10 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
                       _threads_for(n, n_in, n_out))
         if status != BP_OK:
             return status
+        if not _fused(net.act[l - 1]):
+            activation_backward_params(
+                net.act[l - 1], _saved(net, l, <floating*>net.drop.pre[l] if dropped else acts[l]),
+                delta_next, delta_next, n * n_in, net.act_param + 2 * (l - 1))
         if dropped:
             dropout_rows(net.drop, l - 1, delta_next, delta_next, n * n_in)
     elif net.drop != NULL:
@@ -1133,6 +1242,18 @@ cdef class UpdateRule:
                 f" weight_decay={self.rule.weight_decay!r}, step={self.rule.step})")
 
 
+def _act_params(activations, params):
+    """The Net's act_param block: 2 doubles per layer, the activation's parameters in
+    bpcore._validate.ACTIVATION_PARAMS order, defaults where ``params`` (one dict per
+    layer, or None) does not say."""
+    block = np.zeros(2 * len(activations), np.float64)
+    for l, name in enumerate(activations):
+        given = params[l] if params is not None and params[l] is not None else {}
+        for k, (key, default) in enumerate(V.ACTIVATION_PARAMS.get(name, {}).items()):
+            block[2 * l + k] = given.get(key, default)
+    return block
+
+
 cdef inline void* _data(object arr):
     """The data pointer of an ndarray, NULL for None."""
     return cnp.PyArray_DATA(<cnp.ndarray>arr) if arr is not None else NULL
@@ -1162,8 +1283,8 @@ cdef class Trainer:
         One per layer (the last is the output activation; "exp" is
         scikit-learn's Poisson link).
     loss : str
-        PyTorch's rules "mse", "cross_entropy" (int64 labels),
-        "binary_cross_entropy"; or scikit-learn's "sk_squared_error",
+        PyTorch's rules "mse", "l1", "huber", "smooth_l1", "cross_entropy"
+        (int64 labels), "binary_cross_entropy"; or scikit-learn's "sk_squared_error",
         "sk_log_loss", "sk_binary_log_loss", "sk_poisson" (float targets).
     reduction : str
         "mean", "sum", "half_sum", "half_mean" (PyTorch's rules).
@@ -1171,6 +1292,15 @@ cdef class Trainer:
         float32 or float64.
     alpha : float
         scikit-learn's L2 penalty (its rules only); settable.
+    activation_params : sequence of dict or None, optional
+        One per layer (None entries allowed): the activation's parameters by
+        name (``{"negative_slope": 0.2}``), PyTorch's defaults where absent;
+        taken as given (the faces validate them).
+    loss_params : dict, optional
+        The loss rule's options, taken as given: ``delta`` ("huber"),
+        ``beta`` ("smooth_l1"), ``class_weight`` (n_out,) and
+        ``label_smoothing`` ("cross_entropy"), ``pos_weight`` (n_out,)
+        ("binary_cross_entropy").
 
     The core's interface (see the module's Design note) is :meth:`forward`,
     :meth:`evaluate`, :meth:`loss_and_grad`, :meth:`update` and
@@ -1187,6 +1317,7 @@ cdef class Trainer:
     cdef readonly Py_ssize_t capacity
     cdef int typenum
     cdef object _sizes, _acts, _w_off, _b_off, _buffers, _act_ptrs
+    cdef object _act_params, _z_ptrs, _z_buffers, _loss_arrays
     cdef Py_ssize_t max_width
     cdef Py_ssize_t _pending_rows      # rows of the step cut by loss_and_grad_begin (0: none)
     cdef double _pending_sw_sum
@@ -1195,12 +1326,14 @@ cdef class Trainer:
     cdef Dropout drop                  # net.drop points here when a hidden layer drops
     cdef object _drop_p, _pre_ptrs
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None, *,
+                 activation_params=None, loss_params=None):
         self.dtype = np.dtype(dtype)
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
         self._acts = np.ascontiguousarray([ACTIVATIONS[a] for a in activations], dtype=np.intc)
         n_layers = len(self._sizes) - 1
+        self._act_params = _act_params(activations, activation_params)
         w_off = np.empty(n_layers, np.intp)
         b_off = np.empty(n_layers, np.intp)
         offset = 0
@@ -1215,6 +1348,7 @@ cdef class Trainer:
         self.net.n_layers = n_layers
         self.net.sizes = <const Py_ssize_t*>cnp.PyArray_DATA(self._sizes)
         self.net.act = <const int*>cnp.PyArray_DATA(self._acts)
+        self.net.act_param = <const double*>cnp.PyArray_DATA(self._act_params)
         self.net.w_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._w_off)
         self.net.b_off = <const Py_ssize_t*>cnp.PyArray_DATA(self._b_off)
         self.net.loss = LOSSES[loss]
@@ -1222,8 +1356,11 @@ cdef class Trainer:
         self.net.mse_factor = 0.5 if reduction.startswith("half") else 1.0
         self.net.mean = reduction.endswith("mean")
         self.net.alpha = alpha
+        self._set_loss_params(loss, loss_params or {})
         self._act_ptrs = np.zeros(n_layers + 1, np.uintp)
         self.net.acts = <char**>cnp.PyArray_DATA(self._act_ptrs)
+        self._z_ptrs = np.zeros(n_layers + 1, np.uintp)
+        self.net.zs = <char**>cnp.PyArray_DATA(self._z_ptrs)
         self.capacity = 0
         self._buffers = None
         self._init_dropout(dropout)
@@ -1265,6 +1402,26 @@ cdef class Trainer:
     def dropout_step(self, long long value):
         self.drop.step = value
 
+    cdef void _set_loss_params(self, str loss, dict params) except *:
+        """The loss rule's options (taken as given): delta / beta, class_weight,
+        label_smoothing, pos_weight; the arrays are kept alive here."""
+        param = float(params.get("delta", params.get("beta", 1.0)))
+        self.net.pointwise = {"l1": REG_L1, "huber": REG_HUBER}.get(loss, REG_MSE)
+        if loss == "smooth_l1":
+            # PyTorch: smooth_l1_loss with beta = 0 is l1_loss
+            self.net.pointwise = REG_SMOOTH_L1 if param != 0 else REG_L1
+        self.net.loss_param = param
+        self.net.label_smoothing = float(params.get("label_smoothing", 0.0))
+        self._loss_arrays = {k: np.ascontiguousarray(params[k], np.float64)
+                             for k in ("class_weight", "pos_weight") if params.get(k) is not None}
+        self.net.class_weight = NULL
+        self.net.pos_weight = NULL
+        if "class_weight" in self._loss_arrays:
+            self.net.class_weight = <const double*>cnp.PyArray_DATA(
+                self._loss_arrays["class_weight"])
+        if "pos_weight" in self._loss_arrays:
+            self.net.pos_weight = <const double*>cnp.PyArray_DATA(self._loss_arrays["pos_weight"])
+
     @property
     def alpha(self):
         """scikit-learn's L2 penalty (its loss rules only)."""
@@ -1297,6 +1454,13 @@ cdef class Trainer:
         for l in range(1, self.net.n_layers):
             if pre[l - 1] is not None:
                 pre_ptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>pre[l - 1])
+        # NOTE: a pre-activation buffer only for the layers whose backward reads z
+        cdef cnp.uintp_t[::1] zptrs = self._z_ptrs
+        self._z_buffers = {}
+        for l in range(1, self.net.n_layers + 1):
+            if activation_needs_z(self.net.act[l - 1]):
+                self._z_buffers[l] = np.empty((rows, int(self._sizes[l])), self.dtype)
+                zptrs[l] = <cnp.uintp_t>cnp.PyArray_DATA(<cnp.ndarray>self._z_buffers[l])
         self.net.delta0 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[0])
         self.net.delta1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>deltas[1])
         y_gather = (np.empty(rows, np.int64) if self._labels()

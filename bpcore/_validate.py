@@ -473,23 +473,48 @@ def unary_args(name, z, out, ndim=None, contiguous=False):
     return z, out
 
 
-def binary_args(a, grad, out, contiguous=False):
-    """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``."""
-    dtype, (a, grad) = float_arrays(("a", a, None), ("grad", grad, None))
-    check_shape("grad", grad, a.shape, "to match the saved output `a`")
-    out = check_out(out, "out", a.shape, dtype, inputs=(("a", a), ("grad", grad)),
+def binary_args(a, grad, out, contiguous=False, saved="a"):
+    """Checked (a, grad, out) for an ``<op>_backward``; ``out`` may be ``a`` or ``grad``.
+
+    ``saved`` names the first argument: "a" (the saved output) or "z" (the
+    pre-activation, for the activations whose derivative needs it).
+    """
+    dtype, (a, grad) = float_arrays((saved, a, None), ("grad", grad, None))
+    what = "the saved output" if saved == "a" else "the pre-activation"
+    check_shape("grad", grad, a.shape, f"to match {what} `{saved}`")
+    out = check_out(out, "out", a.shape, dtype, inputs=((saved, a), ("grad", grad)),
                     inplace_ok=True)
     if contiguous:
         a, grad = as_contiguous(a, grad)
     return a, grad, out
 
 
-def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False):
-    """Checked (pred, target, out) for the squared-error loss and its gradient.
+# The activations' keyword parameters and their defaults (PyTorch's), and the
+# rule each value must follow.  NOTE: leaky_relu's slope and elu's alpha must
+# be >= 0 because their backward is written from the saved output (PyTorch's
+# in-place forms have the same rule); softplus's beta must be > 0.
+ACTIVATION_PARAMS = {
+    "leaky_relu": {"negative_slope": 0.01},
+    "elu": {"alpha": 1.0},
+    "softplus": {"beta": 1.0, "threshold": 20.0},
+}
+_ACTIVATION_PARAM_RULES = {"negative_slope": {"minimum": 0.0}, "alpha": {"minimum": 0.0},
+                           "beta": {"minimum": 0.0, "strict_min": True}, "threshold": {}}
+
+
+def activation_param(name, value):
+    """An activation's parameter ``name`` (see ACTIVATION_PARAMS) checked, as float."""
+    return check_real(name, value, **_ACTIVATION_PARAM_RULES[name])
+
+
+def mse_args(pred, target, reduction, out=None, want_out=False, contiguous=False,
+             reductions=REDUCTIONS_MSE):
+    """Checked (pred, target, out) for the squared-error loss (and, with ``reductions``
+    ("mean", "sum"), the other pointwise regression losses) and its gradient.
 
     ``out`` is checked (and allocated when None) only when ``want_out``.
     """
-    check_choice("reduction", reduction, REDUCTIONS_MSE)
+    check_choice("reduction", reduction, reductions)
     dtype, (pred, target) = float_arrays(("pred", pred, None), ("target", target, None))
     check_shape("target", target, pred.shape, "to match `pred`")
     if want_out:
@@ -514,6 +539,32 @@ def cross_entropy_args(logits, labels, reduction, out=None, want_out=False, cont
     if contiguous:
         (logits,) = as_contiguous(logits)
     return logits, labels, out
+
+
+# The pointwise regression losses' parameter (PyTorch's bounds: huber's delta > 0,
+# smooth_l1's beta >= 0, beta = 0 being the L1 loss).
+def regression_param(loss, value):
+    """``delta`` (huber) or ``beta`` (smooth_l1) checked, as float."""
+    if loss == "huber":
+        return check_real("delta", value, minimum=0.0, strict_min=True)
+    return check_real("beta", value, minimum=0.0)
+
+
+def loss_weights(name, weights, n):
+    """``class_weight`` / ``pos_weight``: None, or n finite values >= 0 as a float64 vector."""
+    if weights is None:
+        return None
+    _, (w,) = float_arrays((name, weights, 1))
+    check_shape(name, w, (n,), "(one per class / output)")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"`{name}` must be finite and >= 0")
+    return w
+
+
+def label_smoothing_arg(value):
+    """``label_smoothing`` in [0, 1] (PyTorch's bounds), as float."""
+    return check_real("label_smoothing", value, minimum=0.0, maximum=1.0)
 
 
 def param_buffer(name, arr, like=None):

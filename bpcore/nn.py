@@ -26,9 +26,16 @@ from . import schedules as S
 
 __all__ = ["MLP"]
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu", "gelu_tanh",
+               "silu", "softplus")
 OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy", "l1", "huber", "smooth_l1")
+# The regression losses (float targets, R^2 score); the others classify.
+REGRESSION_LOSSES = ("mse", "l1", "huber", "smooth_l1")
+# Each loss's options (MLP's loss_options) and PyTorch's defaults.
+LOSS_OPTIONS = {"huber": {"delta": 1.0}, "smooth_l1": {"beta": 1.0},
+                "cross_entropy": {"class_weight": None, "label_smoothing": 0.0},
+                "binary_cross_entropy": {"pos_weight": None}}
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DECAYS = ("all", "weights")
 SCHEDULES = ("constant", "invscaling", "adaptive") + S.SCHEDULES
@@ -58,20 +65,24 @@ class MLP:
     layer_sizes : sequence of int
         Widths, input first: ``(n_in, hidden_1, ..., n_out)``; at least two.
     activation : str or sequence of str
-        Hidden-layer activation(s): "relu", "sigmoid", "tanh", "identity"
-        (one name for all, or one per hidden layer).
+        Hidden-layer activation(s): "relu", "sigmoid", "tanh", "identity",
+        "leaky_relu", "elu", "gelu" (exact, erf-based), "gelu_tanh" (PyTorch's
+        ``approximate="tanh"``), "silu", "softplus" (one name for all, or one
+        per hidden layer); see :func:`bpcore.reference.gelu_forward` and its
+        neighbours for the formulas.
     output_activation : str, optional
-        "identity", "sigmoid", "tanh", "relu" or "softmax".  Default:
+        One of the hidden activations, or "softmax".  Default:
         "identity" for ``loss="mse"``, "softmax" for ``loss="cross_entropy"``
         (which requires it).
-    loss : {"mse", "cross_entropy", "binary_cross_entropy"}
+    loss : {"mse", "cross_entropy", "binary_cross_entropy", "l1", "huber", "smooth_l1"}
         Squared error against float targets (n, n_out); softmax cross-entropy
         against integer class labels (n,); or sigmoid binary cross-entropy
         (computed from the logits) against targets (n, n_out) in [0, 1], for
-        binary and multi-label outputs.
+        binary and multi-label outputs; or PyTorch's absolute-error, Huber and
+        smooth L1 losses against float targets.
     reduction : str
         "mean", "sum", "half_sum", "half_mean" for MSE; "mean", "sum" for
-        cross-entropy (see :func:`bpcore.reference.mse_loss`).
+        the others (see :func:`bpcore.reference.mse_loss`).
     dtype : {"float32", "float64"}
     seed : int or numpy.random.Generator, optional
         Seeds the initial weights (identical for both backends).
@@ -89,6 +100,19 @@ class MLP:
         :func:`bpcore.reference_core.dropout_keep`): the same seed trains
         bitwise alike on either backend and any thread count.  The seed is
         drawn from ``seed`` here and from ``fit``'s ``seed`` at each fit.
+    activation_options : dict, optional
+        The activations' parameters by name, PyTorch's defaults otherwise:
+        ``negative_slope`` (leaky_relu, 0.01, >= 0), ``alpha`` (elu, 1.0, >= 0),
+        ``beta`` (softplus, 1.0, > 0), ``threshold`` (softplus, 20.0).  Each
+        applies to every layer (hidden or output) whose activation takes it;
+        a name no layer's activation takes is a ``ValueError``.
+    loss_options : dict, optional
+        The loss's options, as the functional forms take them (PyTorch's
+        defaults otherwise): ``delta`` (huber, > 0), ``beta`` (smooth_l1,
+        >= 0), ``class_weight`` (cross_entropy, n_out values >= 0; the mean
+        then divides by the summed weights of the targets) and
+        ``label_smoothing`` (cross_entropy, in [0, 1]), ``pos_weight``
+        (binary_cross_entropy, n_out values >= 0).
 
     Notes
     -----
@@ -99,7 +123,7 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled", dropout=None):
+                 backend="compiled", dropout=None, activation_options=None, loss_options=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -136,6 +160,9 @@ class MLP:
             raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype}")
         self.layer_sizes = sizes
         self.activations = hidden + [output_activation]
+        self.activation_options = _activation_options(activation_options, self.activations)
+        per_layer = [{k: v for k, v in self.activation_options.items()
+                      if k in V.ACTIVATION_PARAMS.get(act, {})} for act in self.activations]
         self.loss = loss
         self.reduction = reduction
         self.dtype = dtype
@@ -145,8 +172,10 @@ class MLP:
         else:
             from . import reference_core as core
         self.dropout = _check_dropout(dropout, n_layers - 1)
+        self.loss_options = _loss_options(loss_options, loss, sizes[-1])
         self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
-                                  dropout=self.dropout)
+                                  dropout=self.dropout, activation_params=per_layer,
+                                  loss_params=self._loss_params())
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
@@ -176,6 +205,11 @@ class MLP:
             raise ValueError(f"`layer_sizes` must all be >= 1; got {sizes}")
         return sizes
 
+    def _loss_params(self):
+        """loss_options as the core takes them: floats, and float64 arrays."""
+        return {k: (np.array(v, np.float64) if isinstance(v, tuple) else v)
+                for k, v in self.loss_options.items()}
+
     def _views(self):
         w_off, b_off = self._core.offsets()
         pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
@@ -189,7 +223,7 @@ class MLP:
     def _initialize(self, init, rng):
         for w, act in zip(self.weights, self.activations):
             fan_in, fan_out = w.shape
-            scheme = ("he" if act == "relu" else "glorot") if init == "auto" else init
+            scheme = ("he" if act in ("relu", "leaky_relu") else "glorot") if init == "auto" else init
             if scheme == "normal":
                 w[...] = rng.standard_normal((fan_in, fan_out))
             else:
@@ -200,7 +234,8 @@ class MLP:
 
     @classmethod
     def from_arrays(cls, weights, biases, *, activation="relu", output_activation=None,
-                    loss="mse", reduction="mean", dtype=None, backend="compiled"):
+                    loss="mse", reduction="mean", dtype=None, backend="compiled",
+                    activation_options=None, loss_options=None):
         """Build an MLP holding the given parameters.
 
         Parameters
@@ -214,6 +249,8 @@ class MLP:
         dtype : {"float32", "float64"}, optional
             Default: the weights' float dtype, else float64.
         backend : {"compiled", "reference"}
+            As for :class:`MLP`.
+        activation_options, loss_options
             As for :class:`MLP`.
 
         Returns
@@ -237,7 +274,8 @@ class MLP:
             sizes.append(w.shape[1])
         net = cls(sizes, activation=activation, output_activation=output_activation, loss=loss,
                   reduction=reduction, dtype=dtype if dtype is not None else found,
-                  backend=backend)
+                  backend=backend, activation_options=activation_options,
+                  loss_options=loss_options)
         for dst, src in zip(net.weights + net.biases, ws + bs):
             dst[...] = src
         return net
@@ -971,9 +1009,10 @@ class MLP:
                             f"got {metrics!r}")
         for name in metrics:
             V.check_choice("metrics", name, ("accuracy",))
-            if self.loss == "mse":
-                raise ValueError("`metrics`=('accuracy',) needs a classification loss "
-                                 "('cross_entropy' or 'binary_cross_entropy'); got loss='mse'")
+            if self.loss in REGRESSION_LOSSES:
+                raise ValueError(f"`metrics`=('accuracy',) needs a classification loss "
+                                 f"('cross_entropy' or 'binary_cross_entropy'); got "
+                                 f"loss={self.loss!r}")
         return tuple(metrics)
 
     def _accuracy(self, x, y, sample_weight=None):
@@ -1001,14 +1040,14 @@ class MLP:
         float
             ``loss="cross_entropy"``: the fraction of rows whose arg-max output
             is the label; ``"binary_cross_entropy"``: the fraction of rows with
-            every output on the right side of 0.5; ``"mse"``: the coefficient
+            every output on the right side of 0.5; the regression losses: the coefficient
             of determination 1 - SS_res / SS_tot, averaged over the outputs
             (``sklearn.metrics.r2_score``'s "uniform_average"; an output with
             constant targets scores 1 if predicted exactly, else 0).
         """
         x, y = self.prepare_inputs(x, y)
         sample_weight = self._sample_weight(sample_weight, x.shape[0])
-        if self.loss != "mse":
+        if self.loss not in REGRESSION_LOSSES:
             return self._accuracy(x, y, sample_weight)
         pred = self._output(x).astype(np.float64)
         target = y.astype(np.float64)
@@ -1032,9 +1071,18 @@ class MLP:
             is followed).
         """
         with self._lock:
+            # The activation options ride as extra entries (only when given), so
+            # files without them stay as they were.
+            names = sorted(self.activation_options)
+            extra = ({"activation_option_names": np.array(names, dtype=str),
+                      "activation_option_values": np.array(
+                          [self.activation_options[k] for k in names], np.float64)}
+                     if names else {})
+            extra.update({f"loss_option_{k}": np.asarray(v, np.float64)
+                          for k, v in self.loss_options.items()})
             _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
                             loss=self.loss, reduction=self.reduction, dtype=self.dtype,
-                            params=self._params)
+                            params=self._params, extra=extra)
 
     @classmethod
     def load(cls, path, *, backend="compiled"):
@@ -1051,10 +1099,22 @@ class MLP:
         """
         entries = _modelfile.load(path)
         acts = entries["activations"]
+        extra = entries["extra"]
         try:
+            options = None
+            if "activation_option_names" in extra:
+                names = extra["activation_option_names"]
+                values = extra.get("activation_option_values")
+                if (names.ndim != 1 or names.dtype.kind != "U" or values is None
+                        or values.shape != names.shape or values.dtype.kind != "f"):
+                    raise ValueError("bad activation option entries")
+                options = {str(k): float(v) for k, v in zip(names, values)}
+            loss_options = {k[len("loss_option_"):]: (v.tolist() if v.ndim else float(v))
+                            for k, v in extra.items() if k.startswith("loss_option_")}
             net = cls(entries["layer_sizes"], activation=acts[:-1], output_activation=acts[-1],
                       loss=entries["loss"], reduction=entries["reduction"],
-                      dtype=entries["dtype"], backend=backend)
+                      dtype=entries["dtype"], backend=backend, activation_options=options,
+                      loss_options=loss_options or None)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
         net._params[...] = entries["params"]
@@ -1167,6 +1227,51 @@ def _check_dropout(dropout, n_hidden):
         raise ValueError(f"`dropout` must be < 1 (1 would drop every unit); got "
                          f"{list(probabilities)}")
     return probabilities
+def _activation_options(options, activations):
+    """``activation_options`` checked against the model's activations, as a dict of floats."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`activation_options` must be a dict such as "
+                        f"{{'negative_slope': 0.2}}; got {type(options).__name__}")
+    takes = {key for act in activations for key in V.ACTIVATION_PARAMS.get(act, {})}
+    checked = {}
+    for key, value in options.items():
+        if key not in takes:
+            raise ValueError(f"`activation_options` has {key!r}, which none of the "
+                             f"activations {activations} takes"
+                             + (f" (they take {', '.join(map(repr, sorted(takes)))})"
+                                if takes else ""))
+        try:
+            checked[str(key)] = V.activation_param(key, value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"`activation_options`: {exc}") from None
+    return checked
+
+
+def _loss_options(options, loss, n_out):
+    """``loss_options`` checked against ``loss``: floats, and tuples of n_out floats."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`loss_options` must be a dict such as {{'delta': 2.0}}; got "
+                        f"{type(options).__name__}")
+    takes = LOSS_OPTIONS.get(loss, {})
+    checked = {}
+    for key, value in options.items():
+        if key not in takes:
+            raise ValueError(f"`loss_options` has {key!r}, which loss={loss!r} does not take"
+                             + (f" (it takes {', '.join(map(repr, takes))})" if takes else ""))
+        try:
+            if key in ("delta", "beta"):
+                checked[key] = V.regression_param(loss, value)
+            elif key == "label_smoothing":
+                checked[key] = V.label_smoothing_arg(value)
+            elif value is not None:
+                checked[key] = tuple(float(v) for v in V.loss_weights(key, value, n_out))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"`loss_options`: {exc}") from None
+    return checked
 
 
 def _default_lr(optimizer):

@@ -13,9 +13,11 @@ from ._step import Trainer, UpdateRule
 
 _Float = NDArray[np.floating[Any]]
 _Seed = int | np.random.Generator | None
-_Activation = Literal["identity", "relu", "sigmoid", "tanh"]
-_OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "softmax"]
-_Loss = Literal["mse", "cross_entropy", "binary_cross_entropy"]
+_Activation = Literal["identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu",
+                      "gelu_tanh", "silu", "softplus"]
+_OutputActivation = Literal["identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu",
+                            "gelu_tanh", "silu", "softplus", "softmax"]
+_Loss = Literal["mse", "cross_entropy", "binary_cross_entropy", "l1", "huber", "smooth_l1"]
 _Reduction = Literal["mean", "sum", "half_sum", "half_mean"]
 _Backend = Literal["compiled", "reference"]
 _Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
@@ -28,6 +30,8 @@ __all__ = ["MLP"]
 ACTIVATIONS: Final[tuple[str, ...]]
 OUTPUT_ACTIVATIONS: Final[tuple[str, ...]]
 LOSSES: Final[tuple[str, ...]]
+REGRESSION_LOSSES: Final[tuple[str, ...]]
+LOSS_OPTIONS: Final[dict[str, dict[str, Any]]]
 OPTIMIZERS: Final[tuple[str, ...]]
 DECAYS: Final[tuple[str, ...]]
 SCHEDULES: Final[tuple[str, ...]]
@@ -37,6 +41,8 @@ BACKENDS: Final[tuple[str, ...]]
 class MLP:
     layer_sizes: list[int]
     activations: list[str]
+    activation_options: dict[str, float]
+    loss_options: dict[str, Any]
     loss: str
     reduction: str
     dtype: np.dtype[Any]
@@ -51,13 +57,17 @@ class MLP:
                  reduction: _Reduction = "mean", dtype: DTypeLike = "float32", seed: _Seed = None,
                  init: Literal["auto", "normal", "glorot", "he"] = "auto",
                  backend: _Backend = "compiled",
-                 dropout: float | Sequence[float] | None = None) -> None: ...
+                 dropout: float | Sequence[float] | None = None,
+                 activation_options: dict[str, float] | None = None,
+                 loss_options: dict[str, Any] | None = None) -> None: ...
     @classmethod
     def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
                     activation: _Activation | Sequence[_Activation] = "relu",
                     output_activation: _OutputActivation | None = None, loss: _Loss = "mse",
                     reduction: _Reduction = "mean", dtype: DTypeLike | None = None,
-                    backend: _Backend = "compiled") -> Self: ...
+                    backend: _Backend = "compiled",
+                    activation_options: dict[str, float] | None = None,
+                    loss_options: dict[str, Any] | None = None) -> Self: ...
     @property
     def n_params(self) -> int: ...
     @property

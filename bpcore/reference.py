@@ -12,8 +12,12 @@ Functions that produce an array take ``out=None``: when None a new array is
 returned, otherwise the result is written into ``out`` (which must be a
 writeable C-contiguous array of the exact shape and dtype) and ``out`` is
 returned.  Backward functions of activations take the *saved output* ``a`` of
-the forward pass, not its input, as scikit-learn's ``_base.py`` does.  The
-dtype / shape policy is in ``bpcore._validate``.
+the forward pass, not its input, as scikit-learn's ``_base.py`` does, where the
+derivative can be written from the output (sigmoid, tanh, relu, identity,
+leaky_relu and elu); the others (gelu, gelu_tanh, silu, softplus) take the
+*pre-activation* ``z``.  The first argument's name says which: ``a`` or ``z``.
+Activation parameters are keyword arguments with PyTorch's defaults, passed
+to backward as to forward.  The dtype / shape policy is in ``bpcore._validate``.
 """
 import math
 
@@ -25,8 +29,13 @@ __all__ = [
     "matmul", "linear_forward", "linear_backward",
     "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
     "tanh_forward", "tanh_backward", "identity_forward", "identity_backward",
+    "leaky_relu_forward", "leaky_relu_backward", "elu_forward", "elu_backward",
+    "gelu_forward", "gelu_backward", "gelu_tanh_forward", "gelu_tanh_backward",
+    "silu_forward", "silu_backward", "softplus_forward", "softplus_backward",
     "softmax_forward",
     "mse_loss", "mse_loss_backward", "mse_loss_and_grad",
+    "l1_loss", "l1_loss_backward", "huber_loss", "huber_loss_backward",
+    "smooth_l1_loss", "smooth_l1_loss_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad",
     "sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward",
     "sgd_update", "adam_update", "adamw_update", "rmsprop_update",
@@ -321,6 +330,311 @@ def identity_backward(a, grad, *, out=None):
     return buf if out is None else out
 
 
+# The formulas below are PyTorch's (ATen's CPU kernels), in its order of
+# operations, so that float64 results agree to a few ulps.
+
+def leaky_relu_forward(z, *, negative_slope=0.01, out=None):
+    """Leaky ReLU: ``z`` where ``z > 0``, else ``negative_slope * z`` (NaN stays NaN).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    negative_slope : float
+        >= 0 (the backward is written from the output, which needs it).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    slope = V.activation_param("negative_slope", negative_slope)
+    z, buf = V.unary_args("z", z, out)
+    np.copyto(buf, np.where(z > 0, z, z * z.dtype.type(slope)))
+    return buf if out is None else out
+
+
+def leaky_relu_backward(a, grad, *, negative_slope=0.01, out=None):
+    """Gradient through a leaky ReLU from its saved output: ``grad`` where ``a > 0``, else
+    ``negative_slope * grad``.
+
+    NOTE: with a slope >= 0, ``a > 0`` exactly where ``z > 0``; at the kink the
+    slope is used, as PyTorch's ``leaky_relu_backward`` does.
+
+    Parameters
+    ----------
+    a : array_like, any shape
+        The leaky ReLU's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    negative_slope : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``a``
+    """
+    slope = V.activation_param("negative_slope", negative_slope)
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.copyto(buf, np.where(a > 0, grad, grad * a.dtype.type(slope)))
+    return buf if out is None else out
+
+
+def elu_forward(z, *, alpha=1.0, out=None):
+    """ELU: ``z`` where ``z > 0``, else ``alpha * expm1(z)``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    alpha : float
+        >= 0 (the backward is written from the output, which needs it).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    alpha = V.activation_param("alpha", alpha)
+    z, buf = V.unary_args("z", z, out)
+    with np.errstate(over="ignore"):  # expm1 of the positive z is not used
+        neg = np.expm1(z) * z.dtype.type(alpha)
+    np.copyto(buf, np.where(z <= 0, neg, z))
+    return buf if out is None else out
+
+
+def elu_backward(a, grad, *, alpha=1.0, out=None):
+    """Gradient through ELU from its saved output: ``grad`` where ``a > 0``, else
+    ``grad * (a + alpha)`` (which is ``grad * alpha * exp(z)``).
+
+    NOTE: PyTorch's ``elu_backward`` with ``is_result=True`` (its in-place
+    ``elu_``) computes this; ``a + alpha`` loses relative accuracy where
+    ``a`` is close to ``-alpha`` (z below about -20), where the derivative is
+    below 1e-9 * alpha.
+
+    Parameters
+    ----------
+    a : array_like, any shape
+        ELU's output from the forward pass.
+    grad : array_like, same shape as ``a``
+    alpha : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``a``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``a``
+    """
+    alpha = V.activation_param("alpha", alpha)
+    a, grad, buf = V.binary_args(a, grad, out)
+    np.copyto(buf, np.where(a <= 0, grad * (a + a.dtype.type(alpha)), grad))
+    return buf if out is None else out
+
+
+def _erf(x):
+    """erf elementwise, in float64 (math.erf), as an array of x's dtype."""
+    flat = np.asarray(x, np.float64).ravel()
+    return np.array([math.erf(v) for v in flat], np.float64).reshape(np.shape(x)).astype(
+        x.dtype, copy=False)
+
+
+_SQRT1_2 = 0.70710678118654752440        # M_SQRT1_2
+_GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5   # 1 / sqrt(2 pi)
+_GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5  # sqrt(2 / pi)
+_GELU_TANH_KAPPA = 0.044715
+
+
+def gelu_forward(z, *, out=None):
+    """Exact GELU ``z * 0.5 * (1 + erf(z / sqrt(2)))`` (``torch.nn.functional.gelu``).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        np.copyto(buf, z * t(0.5) * (t(1) + _erf(z * t(_SQRT1_2))))
+    return buf if out is None else out
+
+
+def gelu_backward(z, grad, *, out=None):
+    """Gradient through the exact GELU from its input:
+    ``grad * (Phi(z) + z * exp(-z**2 / 2) / sqrt(2 pi))``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+        GELU's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    cdf = t(0.5) * (t(1) + _erf(z * t(_SQRT1_2)))
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):  # inf * 0: NaN
+        pdf = t(_GELU_BETA) * np.exp(z * z * t(-0.5))
+        np.copyto(buf, grad * (cdf + z * pdf))
+    return buf if out is None else out
+
+
+def _gelu_tanh_inner(z):
+    t = z.dtype.type
+    return np.tanh(t(_GELU_TANH_BETA) * (z + t(_GELU_TANH_KAPPA) * (z * z * z)))
+
+
+def gelu_tanh_forward(z, *, out=None):
+    """GELU's tanh approximation ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z**3)))``
+    (``torch.nn.functional.gelu(z, approximate="tanh")``).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    # z**3 overflowing saturates the tanh, as in torch; -inf * 0 is NaN
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(buf, t(0.5) * z * (t(1) + _gelu_tanh_inner(z)))
+    return buf if out is None else out
+
+
+def gelu_tanh_backward(z, grad, *, out=None):
+    """Gradient through GELU's tanh approximation from its input ``z``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+        The input (pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    with np.errstate(over="ignore", invalid="ignore"):
+        th = _gelu_tanh_inner(z)
+        left_derivative = t(0.5) * (t(1) + th)
+        inner_derivative = t(_GELU_TANH_BETA) * (t(1) + t(3) * t(_GELU_TANH_KAPPA) * (z * z))
+        right_derivative = t(0.5) * z * (t(1) - th * th) * inner_derivative
+        np.copyto(buf, grad * (left_derivative + right_derivative))
+    return buf if out is None else out
+
+
+def silu_forward(z, *, out=None):
+    """SiLU (swish) ``z * sigmoid(z)``.
+
+    NOTE: PyTorch writes ``z / (1 + exp(-z))``, whose exp overflows for z
+    below -88.7 (float32) / -709.8 (float64) and gives -0 there; the sigmoid
+    here does not overflow, so those (subnormal) values are kept.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, buf = V.unary_args("z", z, out)
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        np.copyto(buf, z * sigmoid_forward(z))
+    return buf if out is None else out
+
+
+def silu_backward(z, grad, *, out=None):
+    """Gradient through SiLU from its input: ``grad * s * (1 + z * (1 - s))``, s = sigmoid(z).
+
+    Parameters
+    ----------
+    z : array_like, any shape
+        SiLU's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    s = sigmoid_forward(z)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.copyto(buf, grad * s * (t(1) + z * (t(1) - s)))
+    return buf if out is None else out
+
+
+def softplus_forward(z, *, beta=1.0, threshold=20.0, out=None):
+    """Softplus ``log1p(exp(beta * z)) / beta``, and ``z`` itself where ``beta * z > threshold``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+    beta : float
+        > 0.
+    threshold : float
+        Above it (in ``beta * z``) the function is taken as linear (PyTorch's rule).
+    out : ndarray, same shape as ``z``, optional (may be ``z`` itself)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    beta = V.activation_param("beta", beta)
+    threshold = V.activation_param("threshold", threshold)
+    z, buf = V.unary_args("z", z, out)
+    t = z.dtype.type
+    bz = z * t(beta)
+    with np.errstate(over="ignore", under="ignore"):  # exp overflows only where not used
+        soft = (np.log1p(np.exp(bz).astype(np.float64)) / beta).astype(z.dtype)
+    np.copyto(buf, np.where(bz > t(threshold), z, soft))
+    return buf if out is None else out
+
+
+def softplus_backward(z, grad, *, beta=1.0, threshold=20.0, out=None):
+    """Gradient through softplus from its input: ``grad * e / (e + 1)``, e = exp(beta * z),
+    and ``grad`` where ``beta * z > threshold``.
+
+    Parameters
+    ----------
+    z : array_like, any shape
+        Softplus's input (the pre-activation) from the forward pass.
+    grad : array_like, same shape as ``z``
+    beta, threshold : float
+        As in the forward.
+    out : ndarray, same shape, optional (may be ``grad`` or ``z``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``z``
+    """
+    beta = V.activation_param("beta", beta)
+    threshold = V.activation_param("threshold", threshold)
+    z, grad, buf = V.binary_args(z, grad, out, saved="z")
+    t = z.dtype.type
+    bz = z * t(beta)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        e = np.exp(bz)
+        np.copyto(buf, np.where(bz > t(threshold), grad, grad * e / (e + t(1))))
+    return buf if out is None else out
+
+
 def softmax_forward(z, *, out=None):
     """Row-wise softmax ``exp(z - max) / sum(exp(z - max))``.
 
@@ -421,6 +735,142 @@ def mse_loss_and_grad(pred, target, *, reduction="mean", out=None):
     return loss, mse_loss_backward(pred, target, reduction=reduction, out=out)
 
 
+def _regression_terms(name, d, param):
+    """(elementwise loss in float64, d loss / d pred in d's dtype) of PyTorch's pointwise
+    losses on d = pred - target; smooth_l1 with beta = 0 is l1 (as in torch)."""
+    z = np.abs(d).astype(np.float64)
+    t = d.dtype.type
+    if name == "l1" or param == 0:
+        return z, np.sign(d)
+    if name == "huber":
+        loss = np.where(z < param, 0.5 * z * z, param * (z - 0.5 * param))
+        return loss, np.where(d <= -param, t(-param), np.where(d >= param, t(param), d))
+    loss = np.where(z < param, 0.5 * z * z / param, z - 0.5 * param)
+    with np.errstate(invalid="ignore"):
+        return loss, np.where(d <= -param, t(-1), np.where(d >= param, t(1), d / t(param)))
+
+
+def _regression_loss(name, pred, target, reduction, param, out=None, want_grad=False):
+    pred, target, buf = V.mse_args(pred, target, reduction, out, want_out=want_grad,
+                                   reductions=V.REDUCTIONS_CE)
+    d = pred - target
+    loss, grad = _regression_terms(name, d, param)
+    if d.size == 0:
+        return (math.nan if reduction == "mean" else 0.0) if not want_grad else (
+            buf if out is None else out)
+    scale = 1.0 / d.size if reduction == "mean" else 1.0
+    if not want_grad:
+        return float(loss.sum()) * scale
+    np.copyto(buf, grad * pred.dtype.type(scale))
+    return buf if out is None else out
+
+
+def l1_loss(pred, target, *, reduction="mean"):
+    """Absolute-error loss (``torch.nn.functional.l1_loss``).
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+        "mean" divides by the number of elements (NaN when there are none).
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("l1", pred, target, reduction, 0.0)
+
+
+def l1_loss_backward(pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`l1_loss`: ``sign(pred - target) * c`` (0 where they are equal).
+
+    Parameters
+    ----------
+    pred, target, reduction
+        As for :func:`l1_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``pred``
+    """
+    return _regression_loss("l1", pred, target, reduction, 0.0, out, True)
+
+
+def huber_loss(pred, target, *, reduction="mean", delta=1.0):
+    """Huber loss (``torch.nn.functional.huber_loss``): with ``z = |pred - target|``,
+    ``z**2 / 2`` where ``z < delta``, else ``delta * (z - delta / 2)``.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+    delta : float
+        > 0.
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("huber", pred, target, reduction, V.regression_param("huber", delta))
+
+
+def huber_loss_backward(pred, target, *, reduction="mean", delta=1.0, out=None):
+    """Gradient of :func:`huber_loss`: ``clip(pred - target, -delta, delta) * c``.
+
+    Parameters
+    ----------
+    pred, target, reduction, delta
+        As for :func:`huber_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``pred``
+    """
+    return _regression_loss("huber", pred, target, reduction,
+                            V.regression_param("huber", delta), out, True)
+
+
+def smooth_l1_loss(pred, target, *, reduction="mean", beta=1.0):
+    """Smooth L1 loss (``torch.nn.functional.smooth_l1_loss``): with ``z = |pred - target|``,
+    ``z**2 / (2 beta)`` where ``z < beta``, else ``z - beta / 2``; ``beta = 0`` is the L1 loss.
+
+    Parameters
+    ----------
+    pred : array_like, any shape
+    target : array_like, same shape as ``pred``
+    reduction : {"mean", "sum"}
+    beta : float
+        >= 0.
+
+    Returns
+    -------
+    loss : float
+    """
+    return _regression_loss("smooth_l1", pred, target, reduction,
+                            V.regression_param("smooth_l1", beta))
+
+
+def smooth_l1_loss_backward(pred, target, *, reduction="mean", beta=1.0, out=None):
+    """Gradient of :func:`smooth_l1_loss`: ``clip((pred - target) / beta, -1, 1) * c``.
+
+    Parameters
+    ----------
+    pred, target, reduction, beta
+        As for :func:`smooth_l1_loss`; ``c`` is ``1 / pred.size`` for "mean", 1 for "sum".
+    out : ndarray, same shape as ``pred``, optional (may be ``pred`` or ``target``)
+
+    Returns
+    -------
+    out : ndarray, same shape as ``pred``
+    """
+    return _regression_loss("smooth_l1", pred, target, reduction,
+                            V.regression_param("smooth_l1", beta), out, True)
+
+
 def _log_softmax(logits):
     """Rows of ``logits - logsumexp(logits)``, stable for any finite logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -428,11 +878,33 @@ def _log_softmax(logits):
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, labels, *, reduction="mean"):
+def _ce_weighting(logits, labels, reduction, class_weight, label_smoothing):
+    """(target distributions q (n, C) in float64 or None, the mean's divisor): PyTorch's
+    rule -- q = (1 - eps) w[y] onehot + (eps / C) w, divided for "mean" by sum_i w[y_i]
+    (the number of rows without weights)."""
+    n, n_classes = logits.shape
+    eps = V.label_smoothing_arg(label_smoothing)
+    w = V.loss_weights("class_weight", class_weight, n_classes)
+    if w is None and eps == 0:
+        return None, float(n)
+    weights = np.ones(n_classes) if w is None else w
+    q = np.zeros((n, n_classes))
+    q[np.arange(n), labels] = (1 - eps) * weights[labels]
+    q += (eps / n_classes) * weights
+    return q, float(weights[labels].sum())
+
+
+def softmax_cross_entropy(logits, labels, *, reduction="mean", class_weight=None,
+                          label_smoothing=0.0):
     """Cross-entropy of the row-wise softmax of ``logits`` against class indices.
 
     ``loss_i = logsumexp(logits_i) - logits_i[labels_i]``, computed after
-    subtracting the row maximum so it is finite for logits up to +-1e30.
+    subtracting the row maximum so it is finite for logits up to +-1e30.  With
+    ``class_weight`` w and ``label_smoothing`` eps, as
+    ``torch.nn.functional.cross_entropy``:
+    ``loss_i = (1 - eps) w[y_i] (-log p_i[y_i]) + (eps / C) sum_c w_c (-log p_ic)``,
+    and "mean" divides the sum by ``sum_i w[y_i]`` (the summed weights of the
+    targets), not by the number of rows.
 
     Parameters
     ----------
@@ -440,6 +912,10 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     labels : array_like of int, shape (n_samples,)
         Class indices in [0, n_classes).
     reduction : {"mean", "sum"}
+    class_weight : array_like, shape (n_classes,), optional
+        Finite, >= 0.
+    label_smoothing : float
+        In [0, 1].
 
     Returns
     -------
@@ -448,22 +924,35 @@ def softmax_cross_entropy(logits, labels, *, reduction="mean"):
     """
     logits, labels, _ = V.cross_entropy_args(logits, labels, reduction)
     n = logits.shape[0]
+    q, norm = _ce_weighting(logits, labels, reduction, class_weight, label_smoothing)
     if n == 0:
         return float("nan") if reduction == "mean" else 0.0
-    per_sample = -_log_softmax(logits)[np.arange(n), labels]
-    total = float(per_sample.sum())
-    return total / n if reduction == "mean" else total
+    log_p = _log_softmax(logits)
+    if q is None:
+        total = float(-log_p[np.arange(n), labels].sum())
+    else:
+        total = float(-(q * log_p).sum())
+    if reduction != "mean":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):  # all weights 0: 0 / 0, as torch
+        return float(np.float64(total) / norm)
 
 
-def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None):
-    """Gradient of :func:`softmax_cross_entropy`: ``(softmax(logits) - onehot) * c``.
+def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
+    """Gradient of :func:`softmax_cross_entropy`: ``(softmax(logits) - onehot) * c``;
+    with class weights or smoothing, ``(softmax(logits) * sum(q) - q) * c`` for the
+    target distributions q.
 
     Parameters
     ----------
     logits : array_like, shape (n_samples, n_classes)
     labels : array_like of int, shape (n_samples,)
     reduction : {"mean", "sum"}
-        ``c`` is ``1 / n_samples`` for "mean", 1 for "sum".
+        ``c`` is ``1 / n_samples`` (``1 / sum_i w[y_i]`` with class weights) for
+        "mean", 1 for "sum".
+    class_weight, label_smoothing
+        As for :func:`softmax_cross_entropy`.
     out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
 
     Returns
@@ -472,16 +961,24 @@ def softmax_cross_entropy_backward(logits, labels, *, reduction="mean", out=None
     """
     logits, labels, buf = V.cross_entropy_args(logits, labels, reduction, out, want_out=True)
     n = logits.shape[0]
+    q, norm = _ce_weighting(logits, labels, reduction, class_weight, label_smoothing)
     if n == 0:
         return buf if out is None else out
-    softmax_forward(logits, out=buf)
-    buf[np.arange(n), labels] -= 1
-    if reduction == "mean":
-        buf *= logits.dtype.type(1.0 / n)
+    if q is None:
+        softmax_forward(logits, out=buf)
+        buf[np.arange(n), labels] -= 1
+        if reduction == "mean":
+            buf *= logits.dtype.type(1.0 / n)
+        return buf if out is None else out
+    p = softmax_forward(logits).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = 1.0 / norm if reduction == "mean" else 1.0
+        np.copyto(buf, (p * q.sum(axis=1, keepdims=True) - q) * scale)
     return buf if out is None else out
 
 
-def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None):
+def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", class_weight=None,
+                                   label_smoothing=0.0, out=None):
     """:func:`softmax_cross_entropy` and its backward together.
 
     Parameters
@@ -489,6 +986,8 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
     logits : array_like, shape (n_samples, n_classes)
     labels : array_like of int, shape (n_samples,)
     reduction : {"mean", "sum"}
+    class_weight, label_smoothing
+        As for :func:`softmax_cross_entropy`.
     out : ndarray, shape (n_samples, n_classes), optional (may be ``logits`` itself)
 
     Returns
@@ -496,8 +995,10 @@ def softmax_cross_entropy_and_grad(logits, labels, *, reduction="mean", out=None
     loss : float
     grad : ndarray, shape (n_samples, n_classes)
     """
-    loss = softmax_cross_entropy(logits, labels, reduction=reduction)
-    return loss, softmax_cross_entropy_backward(logits, labels, reduction=reduction, out=out)
+    options = dict(reduction=reduction, class_weight=class_weight,
+                   label_smoothing=label_smoothing)
+    loss = softmax_cross_entropy(logits, labels, **options)
+    return loss, softmax_cross_entropy_backward(logits, labels, **options, out=out)
 
 
 # ---------------------------------------------------------------------------
@@ -508,12 +1009,15 @@ def _bce_scale(reduction, size):
     return 1.0 / size if reduction == "mean" else 1.0
 
 
-def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
+def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean", pos_weight=None):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``targets``, from the logits.
 
     ``loss_i = max(z_i, 0) - z_i * t_i + log1p(exp(-abs(z_i)))`` (PyTorch's
     ``binary_cross_entropy_with_logits``): no sigmoid is formed, so it is
     finite for ``abs(z)`` up to 1e30 and exact where the sigmoid would saturate.
+    With ``pos_weight`` p (one per output, the last axis), PyTorch's
+    ``(1 - t) z - (1 + (p - 1) t) log sigmoid(z)``; "mean" still divides by
+    the number of elements (as PyTorch).
 
     Parameters
     ----------
@@ -522,21 +1026,32 @@ def sigmoid_binary_cross_entropy(logits, targets, *, reduction="mean"):
         0/1 for binary and multi-label classification; soft targets allowed.
     reduction : {"mean", "sum"}
         "mean" divides by the number of elements (NaN when there are none).
+    pos_weight : array_like, shape (n_outputs,), optional
+        The weight of the positive targets of each output (``logits.shape[-1]``
+        of them); finite, >= 0.
 
     Returns
     -------
     loss : float
     """
     logits, targets, _ = V.bce_args(logits, targets, reduction)
+    pw = V.loss_weights("pos_weight", pos_weight, logits.shape[-1] if logits.ndim else 1)
     if logits.size == 0:
         return float("nan") if reduction == "mean" else 0.0
     with np.errstate(under="ignore"):
-        per = (np.maximum(logits, 0) - logits * targets) + np.log1p(np.exp(-np.abs(logits)))
+        if pw is None:
+            per = (np.maximum(logits, 0) - logits * targets) + np.log1p(np.exp(-np.abs(logits)))
+        else:
+            z, t = logits.astype(np.float64), targets.astype(np.float64)
+            log_sig = np.minimum(z, 0) - np.log1p(np.exp(-np.abs(z)))
+            per = (1 - t) * z - (1 + (pw - 1) * t) * log_sig
     return float(per.sum()) * _bce_scale(reduction, logits.size)
 
 
-def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", out=None):
-    """Gradient of :func:`sigmoid_binary_cross_entropy`: ``(sigmoid(logits) - targets) * c``.
+def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", pos_weight=None,
+                                          out=None):
+    """Gradient of :func:`sigmoid_binary_cross_entropy`: ``(sigmoid(logits) - targets) * c``;
+    with ``pos_weight`` p, ``((1 - t) - (1 + (p - 1) t) sigmoid(-z)) * c``.
 
     Parameters
     ----------
@@ -544,6 +1059,8 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
     targets : array_like, same shape, values in [0, 1]
     reduction : {"mean", "sum"}
         ``c`` is ``1 / logits.size`` for "mean", 1 for "sum".
+    pos_weight : array_like, shape (n_outputs,), optional
+        As for :func:`sigmoid_binary_cross_entropy`.
     out : ndarray, same shape, optional (may be ``logits`` or ``targets``)
 
     Returns
@@ -551,7 +1068,16 @@ def sigmoid_binary_cross_entropy_backward(logits, targets, *, reduction="mean", 
     out : ndarray, same shape as ``logits``
     """
     logits, targets, buf = V.bce_args(logits, targets, reduction, out, want_out=True)
+    pw = V.loss_weights("pos_weight", pos_weight, logits.shape[-1] if logits.ndim else 1)
     if logits.size == 0:
+        return buf if out is None else out
+    if pw is not None:
+        z, t = logits.astype(np.float64), targets.astype(np.float64)
+        with np.errstate(under="ignore"):
+            e = np.exp(-np.abs(z))
+        s_neg = np.where(z >= 0, e / (1 + e), 1 / (1 + e))
+        np.copyto(buf, ((1 - t) - (1 + (pw - 1) * t) * s_neg) * _bce_scale(reduction,
+                                                                            logits.size))
         return buf if out is None else out
     t = targets.copy() if np.shares_memory(buf, targets) else targets
     sigmoid_forward(logits, out=buf)

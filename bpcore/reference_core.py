@@ -16,6 +16,7 @@ compiled twins in ``bpcore/_step.pyx`` (a test compares them with
 ``bpcore.MLP(..., backend="reference")`` runs a model on this twin.
 scikit-learn's loss rules ("sk_*") exist only in the compiled core.
 """
+import functools
 import math
 
 import numpy as np
@@ -64,6 +65,8 @@ def dropout_keep(seed, step, layer, shape, p):
 
 
 UPDATE_KINDS = ("sgd", "adam", "adamw", "rmsprop", "sklearn_sgd", "sklearn_adam")
+# The activations whose backward takes the pre-activation z (the others: the output a).
+NEEDS_Z = ("gelu", "gelu_tanh", "silu", "softplus")
 
 
 class UpdateRule:
@@ -149,13 +152,18 @@ class UpdateRule:
 class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
-    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None):
+    def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None, *,
+                 activation_params=None, loss_params=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
         self.sizes = [int(s) for s in sizes]
         self.activations = list(activations)
+        # each layer's activation keywords (e.g. {"negative_slope": 0.2}); {} for defaults
+        self.activation_params = [dict(p) if p else {} for p in
+                                  (activation_params or [None] * len(self.activations))]
         self.loss = loss
         self.reduction = reduction
+        self.loss_params = {k: v for k, v in (loss_params or {}).items() if v is not None}
         self.dtype = np.dtype(dtype)
         self.alpha = alpha
         self.w_off, self.b_off = [], []
@@ -194,19 +202,25 @@ class Trainer:
 
     # -- forward and the loss rule ------------------------------------------
 
-    def _forward(self, params, x, logits, training=False):
-        """[x, a_1, ..., a_L]; ``training``: hidden outputs masked by dropout (inverted)."""
+    def _forward(self, params, x, logits, zs=None, training=False):
+        """[x, a_1, ..., a_L]; with a list ``zs``, also z_l into zs[l] where the
+        activation's backward needs it (None elsewhere), as the compiled step keeps them;
+        ``training``: hidden outputs masked by dropout (inverted)."""
         weights, biases = self._views(params)
         acts = [x]
+        if zs is not None:
+            zs[:] = [None]
         for l, (w, b) in enumerate(zip(weights, biases)):
             z = R.linear_forward(acts[-1], w, b)
             act = self.activations[l]
+            if zs is not None:
+                zs.append(z if act in NEEDS_Z else None)
             if logits and l == len(weights) - 1 and act in ("softmax", "sigmoid"):
                 acts.append(z)  # the loss applies softmax / sigmoid itself
             elif act == "softmax":
                 acts.append(R.softmax_forward(z))
             else:
-                acts.append(getattr(R, f"{act}_forward")(z))
+                acts.append(getattr(R, f"{act}_forward")(z, **self.activation_params[l]))
             if training and l < len(weights) - 1 and self.dropout[l] > 0:
                 self._pre[l + 1] = acts[-1]
                 acts[-1] = self._dropped(acts[-1], l)
@@ -217,6 +231,13 @@ class Trainer:
         keep = dropout_keep(self.dropout_seed, self.dropout_step, l, a.shape, self.dropout[l])
         return np.where(keep, a * a.dtype.type(1.0 / (1.0 - self.dropout[l])),
                         a.dtype.type(0))
+
+    def _activation_backward(self, l, a, z, grad):
+        """grad times layer l's activation derivative (l = 1..L), from its output a or
+        its pre-activation z (as the activation's backward takes it)."""
+        act = self.activations[l - 1]
+        saved = z if act in NEEDS_Z else a
+        return getattr(R, f"{act}_backward")(saved, grad, **self.activation_params[l - 1])
 
     def forward(self, params, x, out):
         """out := the network's output for x (n, n_in) -> (n, n_out)."""
@@ -232,12 +253,16 @@ class Trainer:
 
     def _output_loss(self, out, y, sample_weight, want_grad=True):
         """(loss, d loss / d output) on a batch; the twin of _step.output_loss_rows."""
-        loss_fn = {"cross_entropy": R.softmax_cross_entropy,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy}.get(self.loss,
-                                                                               R.mse_loss)
-        grad_fn = {"cross_entropy": R.softmax_cross_entropy_backward,
-                   "binary_cross_entropy": R.sigmoid_binary_cross_entropy_backward}.get(
-                       self.loss, R.mse_loss_backward)
+        name = {"cross_entropy": "softmax_cross_entropy", "mse": "mse_loss",
+                "binary_cross_entropy": "sigmoid_binary_cross_entropy"}.get(self.loss,
+                                                                            f"{self.loss}_loss")
+        options = self.loss_params
+        loss_fn = functools.partial(getattr(R, name), **options)
+        grad_fn = functools.partial(getattr(R, f"{name}_backward"), **options)
+        if sample_weight is None and self.loss == "cross_entropy" and options:
+            # NOTE: as rows of weight 1, so that targets all of class weight 0 give loss 0
+            # (the core's rule for a batch that weighs nothing), not torch's 0/0
+            sample_weight = np.ones(out.shape[0])
         if sample_weight is None:
             return (loss_fn(out, y, reduction=self.reduction),
                     grad_fn(out, y, reduction=self.reduction) if want_grad else None)
@@ -250,6 +275,11 @@ class Trainer:
         if not math.isfinite(norm):  # NOTE: huge weights; the mean is scale-free (as _step)
             weights = weights / weights.max()
             norm = float(weights.sum())
+        if mean and self.loss == "cross_entropy" and (
+                "class_weight" in options or options.get("label_smoothing", 0)):
+            # PyTorch's weighted mean: by the summed weights of the targets (as _step)
+            target_w = options["class_weight"][y] if "class_weight" in options else 1.0
+            norm = float(np.sum(weights * target_w)) or 1.0
         per_element = self.loss != "cross_entropy" and mean  # MSE, BCE average over outputs
         loss, grad = 0.0, np.empty_like(out)
         for i in range(out.shape[0]):
@@ -268,20 +298,23 @@ class Trainer:
             return self._loss_and_grad(params, x, y, grads, sample_weight)
 
     def _output_delta(self, params, x, y, sample_weight):
-        """(activations, loss, delta_L): the twin of _step.output_delta_rows (BP1)."""
-        acts = self._forward(params, x, self._takes_logits(), training=True)
+        """((activations, pre-activations), loss, delta_L): the twin of
+        _step.output_delta_rows (BP1)."""
+        zs = []
+        acts = self._forward(params, x, self._takes_logits(), zs, training=True)
         out, act_out = acts[-1], self.activations[-1]
         loss, delta = self._output_loss(out, y, sample_weight)
         if not self._takes_logits():
             if act_out == "softmax":
                 delta = out * (delta - (delta * out).sum(axis=1, keepdims=True))
             else:
-                delta = getattr(R, f"{act_out}_backward")(out, delta)
-        return acts, loss, delta
+                delta = self._activation_backward(self.n_layers, out, zs[-1], delta)
+        return (acts, zs), loss, delta
 
-    def _backward_layer(self, params, grads, acts, delta, l):
+    def _backward_layer(self, params, grads, saved, delta, l):
         """Layer l's gradient into grads; returns delta_{l-1} (the twin of
-        _step.backward_layer_rows)."""
+        _step.backward_layer_rows).  ``saved``: (activations, pre-activations)."""
+        acts, zs = saved
         weights, _ = self._views(params)
         grad_w, grad_b = self._views(grads)
         # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
@@ -291,10 +324,10 @@ class Trainer:
             self.dropout_step += any(p > 0 for p in self.dropout)  # the step's masks are used
             return None
         # BP2: times the activation's derivative, from the saved output (before its mask,
-        # then the mask: PyTorch's order is the mask first, equal to rounding)
+        # then the mask: PyTorch's order is the mask first, equal to rounding) or z
         dropped = self.dropout[l - 1] > 0
-        delta = getattr(R, f"{self.activations[l - 1]}_backward")(
-            self._pre[l] if dropped else acts[l], grad_x)
+        delta = self._activation_backward(l, self._pre[l] if dropped else acts[l], zs[l],
+                                          grad_x)
         return self._dropped(delta, l - 1) if dropped else delta
 
     def _loss_and_grad(self, params, x, y, grads, sample_weight=None):

@@ -50,9 +50,35 @@ class Spec(NamedTuple):
 
 _FWD = Spec({"z": "nm"}, {"out": "nm"}, ("z",), any_ndim=True)
 _BWD = Spec({"a": "nm", "grad": "nm"}, {"out": "nm"}, ("a", "grad"), any_ndim=True)
+# the backward of the activations whose derivative needs the pre-activation z
+_BWD_Z = Spec({"z": "nm", "grad": "nm"}, {"out": "nm"}, ("z", "grad"), any_ndim=True)
+FROM_OUTPUT = ("sigmoid", "relu", "tanh", "identity", "leaky_relu", "elu")
+FROM_Z = ("gelu", "gelu_tanh", "silu", "softplus")
+# The activations' parameters: a valid value, and the bad values beyond the bound.
+ACT_PARAMS = {"leaky_relu": {"negative_slope": (0.2, (("negative", -0.1),))},
+              "elu": {"alpha": (0.5, (("negative", -0.1),))},
+              "softplus": {"beta": (2.0, (("zero", 0.0), ("negative", -1.0))),
+                           "threshold": (-3.0, ())}}
+_CE = ("softmax_cross_entropy", "softmax_cross_entropy_backward", "softmax_cross_entropy_and_grad")
+_BCE = ("sigmoid_binary_cross_entropy", "sigmoid_binary_cross_entropy_backward")
+# Every function's scalar parameters (as ACT_PARAMS), by function name.
+PARAMS = {
+    **{f"{act}_{way}": params for act, params in ACT_PARAMS.items()
+       for way in ("forward", "backward")},
+    **{f"huber_loss{s}": {"delta": (2.0, (("zero", 0.0), ("negative", -1.0)))}
+       for s in ("", "_backward")},
+    **{f"smooth_l1_loss{s}": {"beta": (0.5, (("negative", -1.0),))} for s in ("", "_backward")},
+    **{name: {"label_smoothing": (0.1, (("negative", -0.1), ("above_one", 1.5)))}
+       for name in _CE},
+}
+# The per-class / per-output weight vectors: (argument, the dimension they run over).
+WEIGHTS = {**{name: ("class_weight", "c") for name in _CE},
+           **{name: ("pos_weight", "m") for name in _BCE}}
+REGRESSION = ("l1_loss", "huber_loss", "smooth_l1_loss")
 SPECS = {
-    **{f"{act}_forward": _FWD for act in ("sigmoid", "relu", "tanh", "identity")},
-    **{f"{act}_backward": _BWD for act in ("sigmoid", "relu", "tanh", "identity")},
+    **{f"{act}_forward": _FWD for act in FROM_OUTPUT + FROM_Z},
+    **{f"{act}_backward": _BWD for act in FROM_OUTPUT},
+    **{f"{act}_backward": _BWD_Z for act in FROM_Z},
     "softmax_forward": Spec({"z": "nc"}, {"out": "nc"}, ("z",)),
     "matmul": Spec({"a": "mk", "b": "kp"}, {"out": "mp"}),
     "linear_forward": Spec({"x": "ni", "w": "io", "b": "o"}, {"out": "no"}),
@@ -63,6 +89,9 @@ SPECS = {
                               ("pred", "target"), any_ndim=True),
     "mse_loss_and_grad": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
                               ("pred", "target"), any_ndim=True),
+    **{name: Spec({"pred": "nm", "target": "nm"}, {}, any_ndim=True) for name in REGRESSION},
+    **{f"{name}_backward": Spec({"pred": "nm", "target": "nm"}, {"out": "nm"},
+                                ("pred", "target"), any_ndim=True) for name in REGRESSION},
     "softmax_cross_entropy": Spec({"logits": "nc", "labels": "n"}, {}),
     "softmax_cross_entropy_backward": Spec({"logits": "nc", "labels": "n"}, {"out": "nc"},
                                            ("logits",)),
@@ -309,6 +338,7 @@ def function_cases(name, backend):
         add(f"empty-{sym}", lambda sym=sym: same(clean_inputs(name, **{sym: 0})))
     for red, value in ({"mse_loss": [("mean", math.nan), ("sum", 0.0), ("half_mean", math.nan),
                                      ("half_sum", 0.0)],
+                        **{loss: [("mean", math.nan), ("sum", 0.0)] for loss in REGRESSION},
                         "softmax_cross_entropy": [("mean", math.nan), ("sum", 0.0)],
                         "sigmoid_binary_cross_entropy": [("mean", math.nan), ("sum", 0.0)]}
                        .get(name, [])):
@@ -494,7 +524,7 @@ def function_cases(name, backend):
                 return Case(call, kw, raises(ValueError, named("labels"), "[2]"))
             add(f"labels-{kind}", build)
     if "reduction" in getattr(BACKENDS[backend], name).__doc__ or name.startswith(
-            ("mse", "softmax_cross", "sigmoid_binary")):
+            ("mse", "softmax_cross", "sigmoid_binary", "l1", "huber", "smooth_l1")):
         for bad_red in ("median", None, "MEAN"):
             add(f"reduction-{bad_red}",
                 lambda bad_red=bad_red: Case(call, dict(clean_inputs(name), reduction=bad_red),
@@ -557,6 +587,36 @@ def function_cases(name, backend):
             kw.update(momentum=0.9, velocity=kw["grad"])
             return Case(call, kw, raises(ValueError, named("velocity"), "`grad`"))
         add("velocity-is-grad", build)
+
+    for arg, (good, beyond) in PARAMS.get(name, {}).items():
+        for label, value, exc in (("nan", math.nan, ValueError), ("inf", math.inf, ValueError),
+                                  ("str", "0.1", TypeError), ("none", None, TypeError),
+                                  ("bool", True, TypeError), ("list", [0.1], TypeError),
+                                  *((lab, val, ValueError) for lab, val in beyond)):
+            add(f"param-{arg}-{label}", lambda arg=arg, value=value, exc=exc: Case(
+                call, dict(clean_inputs(name), **{arg: value}), raises(exc, named(arg))))
+        for label, value in (("given", good), ("int", 1), ("numpy_float32", np.float32(good))):
+            add(f"param-{arg}-{label}-accepted",
+                lambda arg=arg, value=value: same(dict(clean_inputs(name), **{arg: value})))
+
+    if name in WEIGHTS:
+        arg, dim = WEIGHTS[name]
+        size = DIMS[dim]
+        for label, make, exc in (
+                ("length", lambda: np.ones(size + 1), ValueError),
+                ("ndim2", lambda: np.ones((1, size)), ValueError),
+                ("negative", lambda: -np.ones(size), ValueError),
+                ("nan", lambda: np.full(size, np.nan), ValueError),
+                ("inf", lambda: np.full(size, np.inf), ValueError),
+                ("str", lambda: np.array(["1"] * size), TypeError),
+                ("scalar", lambda: 2.0, ValueError)):
+            add(f"weights-{arg}-{label}", lambda make=make, exc=exc, arg=arg: Case(
+                call, dict(clean_inputs(name), **{arg: make()}), raises(exc, named(arg))))
+        for label, make in (("float32", lambda: np.linspace(0.5, 2, size, dtype=np.float32)),
+                            ("list", lambda: [1.5] * size), ("zeros_and_ints", lambda: np.arange(
+                                size)), ("strided", lambda: np.linspace(0.5, 2, 2 * size)[::2])):
+            add(f"weights-{arg}-{label}-accepted", lambda make=make, arg=arg: same(
+                dict(clean_inputs(name), **{arg: make()})))
 
     if name in OPTIMIZERS and name != "sgd_update":
         for arg, beyond in HYPER_BOUNDS[name].items():
@@ -761,6 +821,46 @@ def mlp_cases(backend):
         "sizes-int": (dict(layer_sizes=4), TypeError, "layer_sizes"),
         "sizes-none": (dict(layer_sizes=None), TypeError, "layer_sizes"),
         "activation-unknown": (dict(activation="swish"), ValueError, "activation", "'relu'"),
+        "activation-options-unused": (dict(activation="tanh", activation_options={"alpha": 1.0}),
+                                      ValueError, "activation_options", "'alpha'"),
+        "activation-options-unknown": (dict(activation="elu", activation_options={"slope": 1.0}),
+                                       ValueError, "activation_options", "'alpha'"),
+        "activation-options-not-dict": (dict(activation="elu", activation_options=[1.0]),
+                                        TypeError, "activation_options"),
+        "activation-options-negative": (dict(activation="leaky_relu",
+                                             activation_options={"negative_slope": -0.1}),
+                                        ValueError, "activation_options", "`negative_slope`"),
+        "activation-options-nan": (dict(activation="softplus", activation_options={"beta": math.nan}),
+                                   ValueError, "activation_options", "`beta`"),
+        "activation-options-str": (dict(activation="elu", activation_options={"alpha": "1"}),
+                                   TypeError, "activation_options", "`alpha`"),
+        "activation-options-output": (dict(activation="tanh", output_activation="softplus",
+                                           activation_options={"beta": 0.0}),
+                                      ValueError, "activation_options", "`beta`"),
+        "loss-options-unknown": (dict(loss="huber", loss_options={"beta": 1.0}), ValueError,
+                                 "loss_options", "'delta'"),
+        "loss-options-none-taken": (dict(loss="mse", loss_options={"delta": 1.0}), ValueError,
+                                    "loss_options"),
+        "loss-options-not-dict": (dict(loss="huber", loss_options=2.0), TypeError,
+                                  "loss_options"),
+        "loss-options-delta-zero": (dict(loss="huber", loss_options={"delta": 0.0}), ValueError,
+                                    "loss_options", "`delta`"),
+        "loss-options-beta-negative": (dict(loss="smooth_l1", loss_options={"beta": -1.0}),
+                                       ValueError, "loss_options", "`beta`"),
+        "loss-options-beta-str": (dict(loss="smooth_l1", loss_options={"beta": "1"}),
+                                  TypeError, "loss_options", "`beta`"),
+        "loss-options-smoothing": (dict(loss="cross_entropy", loss_options={
+            "label_smoothing": 1.5}), ValueError, "loss_options", "`label_smoothing`"),
+        "loss-options-class-weight-length": (dict(loss="cross_entropy", loss_options={
+            "class_weight": [1.0, 2.0]}), ValueError, "loss_options", "`class_weight`"),
+        "loss-options-class-weight-negative": (dict(loss="cross_entropy", loss_options={
+            "class_weight": [1.0, -2.0, 1.0]}), ValueError, "loss_options", "`class_weight`"),
+        "loss-options-pos-weight-nan": (dict(loss="binary_cross_entropy", loss_options={
+            "pos_weight": [1.0, np.nan, 1.0]}), ValueError, "loss_options", "`pos_weight`"),
+        "loss-options-pos-weight-str": (dict(loss="binary_cross_entropy", loss_options={
+            "pos_weight": ["a", "b", "c"]}), TypeError, "loss_options", "`pos_weight`"),
+        "reduction-l1-half": (dict(loss="l1", reduction="half_mean"), ValueError, "reduction",
+                              "'sum'"),
         "activation-count": (dict(activation=["relu", "tanh"]), ValueError, "activation"),
         "activation-none": (dict(activation=None), (TypeError, ValueError), "activation"),
         "output-activation-unknown": (dict(output_activation="swish"), ValueError,

@@ -14,8 +14,12 @@ from conftest import DTYPES, assert_close, layout as _layout
 import bpcore
 from bpcore import _kernels, reference
 
-UNARY = ["sigmoid_forward", "relu_forward", "tanh_forward", "identity_forward"]
-BINARY = ["sigmoid_backward", "relu_backward", "tanh_backward", "identity_backward"]
+# the activations with PyTorch's parameters (defaults; other values in test_reference.py)
+NEW_ACTS = ["leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "softplus"]
+UNARY = (["sigmoid_forward", "relu_forward", "tanh_forward", "identity_forward"]
+         + [f"{a}_forward" for a in NEW_ACTS])
+BINARY = (["sigmoid_backward", "relu_backward", "tanh_backward", "identity_backward"]
+          + [f"{a}_backward" for a in NEW_ACTS])
 SHAPES = [(0, 3), (1, 1), (3, 5), (17, 33), (64, 100)]
 LAYOUTS = ["contiguous", "strided", "fortran", "negative", "readonly"]
 

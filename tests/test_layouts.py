@@ -36,6 +36,17 @@ SPECS = {
        for a in ("sigmoid", "relu", "tanh", "identity")},
     **{f"{a}_backward": ({"a": "nm", "grad": "nm", "out": "nm"}, {})
        for a in ("sigmoid", "relu", "tanh", "identity")},
+    **{f"{a}_forward": ({"z": "nm", "out": "nm"}, p)
+       for a, p in (("leaky_relu", {"negative_slope": 0.2}), ("elu", {"alpha": 0.7}),
+                    ("gelu", {}), ("gelu_tanh", {}), ("silu", {}),
+                    ("softplus", {"beta": 2.0}))},
+    **{f"{a}_backward": ({"a": "nm", "grad": "nm", "out": "nm"}, p)
+       for a, p in (("leaky_relu", {"negative_slope": 0.2}), ("elu", {"alpha": 0.7}))},
+    **{f"{a}_backward": ({"z": "nm", "grad": "nm", "out": "nm"}, p)
+       for a, p in (("gelu", {}), ("gelu_tanh", {}), ("silu", {}), ("softplus", {"beta": 2.0}))},
+    **{f"{loss}{s}": ({"pred": "nm", "target": "nm", **({"out": "nm"} if s else {})}, p)
+       for loss, p in (("l1_loss", {}), ("huber_loss", {"delta": 0.5}),
+                       ("smooth_l1_loss", {"beta": 0.5})) for s in ("", "_backward")},
     "softmax_forward": ({"z": "nm", "out": "nm"}, {}),
     "matmul": ({"a": "nk", "b": "km", "out": "nm"}, {}),
     "linear_forward": ({"x": "nk", "w": "km", "b": "m", "out": "nm"}, {}),

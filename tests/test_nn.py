@@ -379,7 +379,7 @@ def test_momentum_buffer_persists_and_resets():
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(layer_sizes=[3]), ValueError, "layer_sizes"),
     (dict(layer_sizes=[3, 0, 2]), ValueError, "layer_sizes"),
-    (dict(layer_sizes=[3, 2], activation="gelu"), ValueError, "'relu'"),
+    (dict(layer_sizes=[3, 2], activation="swish"), ValueError, "'relu'"),
     (dict(layer_sizes=[3, 2], loss="hinge"), ValueError, "'mse', 'cross_entropy'"),
     (dict(layer_sizes=[3, 2], loss="cross_entropy", output_activation="sigmoid"),
      ValueError, "output_activation"),
@@ -979,3 +979,254 @@ def test_dropout_train_steps_draw_new_masks_and_train_step_fast_path_drops():
         model.core.dropout_step = 0
         model.train_step(x, y, lr=0.05)  # the compiled fast path (plain SGD) drops too
     np.testing.assert_allclose(net.parameters, twin.parameters, rtol=1e-12, atol=1e-14)
+# The activations with parameters and those whose backward reads z, in the core
+# ---------------------------------------------------------------------------
+
+# name -> (MLP's activation_options, torch's function with them); elu's torch form is the
+# in-place one, whose autograd writes the derivative from the output as bpcore does.
+NEW_ACTS = {
+    "leaky_relu": ({"negative_slope": 0.2}, lambda F, t: F.leaky_relu(t, 0.2)),
+    "elu": ({"alpha": 0.7}, lambda F, t: F.elu(t * 1, 0.7, inplace=True)),
+    "gelu": ({}, lambda F, t: F.gelu(t)),
+    "gelu_tanh": ({}, lambda F, t: F.gelu(t, approximate="tanh")),
+    "silu": ({}, lambda F, t: F.silu(t)),
+    "softplus": ({"beta": 2.0, "threshold": 1.5}, lambda F, t: F.softplus(t, 2.0, 1.5)),
+}
+
+
+def _torch_forward(torch, net, params, x, act):
+    """The network in torch: the hidden and output layers with ``act``."""
+    h = torch.tensor(x)
+    n = len(net.weights)
+    for w, b in zip(params[:n], params[n:]):
+        h = NEW_ACTS[act][1](torch.nn.functional, h @ w + b)
+    return h
+
+
+def _new_act_net(act, dtype="float64", backend="compiled", seed=5):
+    net = MLP([5, 7, 6, 3], activation=act, output_activation=act,
+              activation_options=NEW_ACTS[act][0] or None, dtype=dtype, seed=seed,
+              backend=backend)
+    for b in net.biases:  # non-zero biases: both sides of the kinks and thresholds
+        b[...] = np.random.default_rng(seed).normal(size=b.shape) * 0.5
+    return net
+
+
+def _assert_params_equal_torch(nets, params):
+    """Each model's parameters equal the torch tensors ``params`` (weights, then biases)."""
+    for net in nets:
+        for mine, ref in zip(net.weights + net.biases, params):
+            np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("act", NEW_ACTS)
+def test_new_activations_loss_and_grads_match_torch(act, dtype):
+    torch = import_oracle("torch")
+    net = _new_act_net(act, dtype)
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(9, 5)).astype(dtype), rng.normal(size=(9, 3)).astype(dtype)
+    value, (gw, gb) = net.loss_and_grads(x, y)
+    params = [torch.tensor(p, requires_grad=True) for p in net.weights + net.biases]
+    t_loss = torch.nn.functional.mse_loss(_torch_forward(torch, net, params, x, act),
+                                          torch.tensor(y))
+    t_loss.backward()
+    rtol, atol = (1e-4, 1e-5) if dtype == "float32" else (1e-12, 1e-14)
+    assert value == pytest.approx(t_loss.item(), rel=rtol, abs=atol)
+    for ours, theirs in zip(gw + gb, params):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=rtol * 10, atol=atol)
+
+
+@pytest.mark.parametrize("act", NEW_ACTS)
+def test_new_activations_train_like_torch_and_the_reference(act):
+    # The same init, 25 steps of SGD with momentum: bpcore, its NumPy twin, torch.
+    torch = import_oracle("torch")
+    nets = [_new_act_net(act, backend=b) for b in BACKENDS]
+    params = [torch.tensor(p.copy(), requires_grad=True)
+              for p in nets[0].weights + nets[0].biases]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, foreach=False)
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        x, y = rng.normal(size=(8, 5)), rng.normal(size=(8, 3))
+        for net in nets:
+            net.train_step(x, y, lr=0.05, momentum=0.9)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(_torch_forward(torch, nets[0], params, x, act),
+                                     torch.tensor(y)).backward()
+        opt.step()
+    _assert_params_equal_torch(nets, params)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("act", NEW_ACTS)
+def test_new_activations_pass_gradcheck(act, backend):
+    net = _new_act_net(act, backend=backend)
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
+    _, (gw, gb) = net.loss_and_grads(x, y)
+    bpcore.gradcheck(lambda *p: net.evaluate(x, y), net.weights + net.biases, gw + gb,
+                     eps=1e-6, rtol=1e-5, atol=1e-8)
+
+
+def test_activation_options_reach_every_layer_that_takes_them():
+    x = np.random.default_rng(9).normal(size=(4, 3))
+    net = MLP([3, 4, 2], activation="leaky_relu", output_activation="elu",
+              activation_options={"negative_slope": 0.3, "alpha": 0.5}, dtype="float64",
+              seed=0)
+    h = bpcore.leaky_relu_forward(x @ net.weights[0] + net.biases[0], negative_slope=0.3)
+    expected = bpcore.elu_forward(h @ net.weights[1] + net.biases[1], alpha=0.5)
+    np.testing.assert_allclose(net.predict(x), expected, rtol=1e-14)
+    default = MLP([3, 4, 2], activation="leaky_relu", output_activation="elu", dtype="float64",
+                  seed=0)
+    assert not np.allclose(default.predict(x), expected)
+    assert net.activation_options == {"negative_slope": 0.3, "alpha": 0.5}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_activation_options_survive_save_load_and_from_arrays(tmp_path, backend):
+    net = MLP([3, 4, 2], activation="softplus", activation_options={"beta": 3.0},
+              dtype="float64", seed=0, backend=backend)
+    x = np.random.default_rng(10).normal(size=(5, 3))
+    net.save(tmp_path / "m.npz")
+    back = MLP.load(tmp_path / "m.npz", backend=backend)
+    assert back.activation_options == {"beta": 3.0}
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+    twin = MLP.from_arrays(net.weights, net.biases, activation="softplus",
+                           activation_options={"beta": 3.0}, backend=backend)
+    np.testing.assert_array_equal(twin.predict(x), net.predict(x))
+
+
+@pytest.mark.parametrize("act", ["gelu", "elu"])
+def test_new_activations_train_without_allocating(act):
+    # gelu keeps each layer's z in the workspace, elu none: neither allocates per step.
+    net = MLP([20, 16, 12, 4], activation=act, activation_options=NEW_ACTS[act][0] or None,
+              seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 20)).astype(np.float32)
+    y = rng.normal(size=(8, 4)).astype(np.float32)
+    xs, ys = np.repeat(x, 8, axis=0), np.repeat(y, 8, axis=0)
+    for _ in range(100):
+        net.train_step(x, y, lr=1e-3, momentum=0.9)
+    net.fit(xs, ys, epochs=1, batch_size=8, lr=1e-3)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(2_000):
+        net.train_step(x, y, lr=1e-3, momentum=0.9)
+    for _ in range(20):
+        net.fit(xs, ys, epochs=1, batch_size=8, lr=1e-3, shuffle=False)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 10_000  # bytes: tracemalloc's own bookkeeping, not per-step growth
+
+
+# ---------------------------------------------------------------------------
+# The losses beside MSE and the weighted cross-entropies, in the core
+# ---------------------------------------------------------------------------
+
+_CLASS_W = [0.5, 2.0, 1.25]
+# (loss, loss_options, torch's loss on (output, target))
+NEW_LOSSES = {
+    "l1": ({}, lambda F, h, t: F.l1_loss(h, t)),
+    "huber": ({"delta": 0.5}, lambda F, h, t: F.huber_loss(h, t, delta=0.5)),
+    "smooth_l1": ({"beta": 0.3}, lambda F, h, t: F.smooth_l1_loss(h, t, beta=0.3)),
+    "cross_entropy": ({"class_weight": _CLASS_W, "label_smoothing": 0.1},
+                      lambda F, h, t: F.cross_entropy(h, t, weight=h.new_tensor(_CLASS_W),
+                                                      label_smoothing=0.1)),
+    "binary_cross_entropy": ({"pos_weight": [0.5, 2.0, 3.0]},
+                             lambda F, h, t: F.binary_cross_entropy_with_logits(
+                                 h, t, pos_weight=h.new_tensor([0.5, 2.0, 3.0]))),
+}
+
+
+def _loss_data(loss, n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5))
+    if loss == "cross_entropy":
+        return x, rng.integers(0, 3, n)
+    if loss == "binary_cross_entropy":
+        return x, rng.uniform(size=(n, 3))
+    return x, 2 * rng.normal(size=(n, 3))
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES)
+def test_new_losses_train_like_torch_and_the_reference(loss):
+    # The same init, 25 SGD steps with momentum: bpcore, its NumPy twin and torch.
+    torch = import_oracle("torch")
+    options, torch_loss = NEW_LOSSES[loss]
+    nets = [MLP([5, 6, 3], activation="tanh", loss=loss, loss_options=options,
+                dtype="float64", seed=11, backend=b) for b in BACKENDS]
+    params = [torch.tensor(p.copy(), requires_grad=True)
+              for p in nets[0].weights + nets[0].biases]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=False)
+    for step in range(25):
+        x, y = _loss_data(loss, 8, step)
+        losses = [net.train_step(x, y, lr=0.1, momentum=0.9) for net in nets]
+        opt.zero_grad()
+        h = torch.tanh(torch.tensor(x) @ params[0] + params[2]) @ params[1] + params[3]
+        expected = torch_loss(torch.nn.functional, h, torch.tensor(y))
+        expected.backward()
+        opt.step()
+        assert losses[0] == pytest.approx(expected.item(), rel=1e-12)
+        assert losses[1] == pytest.approx(expected.item(), rel=1e-12)
+    _assert_params_equal_torch(nets, params)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", NEW_LOSSES)
+def test_new_losses_sample_weights_repeat_rows_and_pass_gradcheck(loss, backend):
+    # Integer row weights equal repeated rows -- with class weights too: the mean then
+    # divides by sum_i w_i class_weight[y_i].
+    options, _ = NEW_LOSSES[loss]
+    net = MLP([5, 6, 3], activation="tanh", loss=loss, loss_options=options, dtype="float64",
+              seed=12, backend=backend)
+    x, y = _loss_data(loss, 7, 13)
+    w = np.array([1, 0, 3, 2, 1, 1, 2])
+    weighted = net.loss_and_grads(x, y, sample_weight=w)
+    repeated = net.loss_and_grads(np.repeat(x, w, axis=0), np.repeat(y, w, axis=0))
+    assert weighted[0] == pytest.approx(repeated[0], rel=1e-12)
+    for a, b in zip(weighted[1][0] + weighted[1][1], repeated[1][0] + repeated[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    _, (gw, gb) = net.loss_and_grads(x[2:], y[2:])
+    bpcore.gradcheck(lambda *p: net.evaluate(x[2:], y[2:]), net.weights + net.biases, gw + gb,
+                     eps=1e-6, rtol=1e-5, atol=1e-8)
+
+
+def test_regression_losses_score_r2_and_refuse_accuracy():
+    x, y = _loss_data("huber", 30, 14)
+    for loss in ("l1", "huber", "smooth_l1"):
+        net = MLP([5, 3], loss=loss, dtype="float64", seed=0)
+        mse = MLP.from_arrays(net.weights, net.biases, output_activation="identity")
+        assert net.score(x, y) == pytest.approx(mse.score(x, y), rel=1e-12)
+        with pytest.raises(ValueError, match="`metrics`"):
+            net.fit(x, y, epochs=1, metrics=("accuracy",))
+
+
+def test_loss_options_survive_save_load(tmp_path):
+    net = MLP([5, 4, 3], loss="cross_entropy", dtype="float64", seed=0,
+              loss_options={"class_weight": _CLASS_W, "label_smoothing": 0.2})
+    net.save(tmp_path / "m.npz")
+    back = MLP.load(tmp_path / "m.npz")
+    assert back.loss_options == net.loss_options == {"class_weight": tuple(_CLASS_W),
+                                                      "label_smoothing": 0.2}
+    x, y = _loss_data("cross_entropy", 9, 15)
+    assert back.evaluate(x, y) == net.evaluate(x, y)
+
+
+@pytest.mark.parametrize("loss", ["huber", "cross_entropy", "binary_cross_entropy"])
+def test_new_loss_options_train_without_allocating(loss):
+    options, _ = NEW_LOSSES[loss]
+    net = MLP([5, 16, 3], activation="gelu", loss=loss, loss_options=options, seed=0)
+    x, y = _loss_data(loss, 8, 16)
+    x = x.astype(np.float32)
+    y = y if loss == "cross_entropy" else y.astype(np.float32)
+    for _ in range(100):
+        net.train_step(x, y, lr=1e-3)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(2_000):
+        net.train_step(x, y, lr=1e-3)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 10_000  # bytes: tracemalloc's own bookkeeping, not per-step growth

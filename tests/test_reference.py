@@ -11,11 +11,23 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import import_oracle
+from conftest import assert_close, import_oracle
 
 import bpcore
 
 UNARY = ["sigmoid", "relu", "tanh", "identity"]
+# name -> (non-default parameters, torch's forward with them, backward takes z)
+NEW_ACTS = {
+    "leaky_relu": ({"negative_slope": 0.2},
+                   lambda F, t, p: F.leaky_relu(t, **p), False),
+    # NOTE: from the output, as torch's in-place elu_ (is_result=True): its autograd
+    # formula is the one bpcore computes, grad * (a + alpha).
+    "elu": ({"alpha": 0.7}, lambda F, t, p: F.elu(t * 1, **p, inplace=True), False),
+    "gelu": ({}, lambda F, t, p: F.gelu(t), True),
+    "gelu_tanh": ({}, lambda F, t, p: F.gelu(t, approximate="tanh"), True),
+    "silu": ({}, lambda F, t, p: F.silu(t), True),
+    "softplus": ({"beta": 1.5, "threshold": 8.0}, lambda F, t, p: F.softplus(t, **p), True),
+}
 MSE_REDUCTIONS = ["mean", "sum", "half_sum", "half_mean"]
 CE_REDUCTIONS = ["mean", "sum"]
 
@@ -540,6 +552,13 @@ def _calls(R, dtype):
     for name in UNARY:
         calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), {})
         calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (a_sig, g), {})
+    for loss, params in (("l1_loss", {}), ("huber_loss", {"delta": 0.5}),
+                         ("smooth_l1_loss", {"beta": 0.5})):
+        calls[loss] = (getattr(R, loss), (z, g), params)
+        calls[f"{loss}_backward"] = (getattr(R, f"{loss}_backward"), (z, g), params)
+    for name, (params, _, _) in NEW_ACTS.items():
+        calls[f"{name}_forward"] = (getattr(R, f"{name}_forward"), (z,), params)
+        calls[f"{name}_backward"] = (getattr(R, f"{name}_backward"), (z, g), params)
     return calls
 
 
@@ -845,3 +864,210 @@ def test_optimizers_validate_their_state(R):
     with pytest.raises(ValueError, match="`grad_avg` overlaps `square_avg`"):
         sq = np.zeros(3)
         R.rmsprop_update(p, g, lr=0.1, square_avg=sq, centered=True, grad_avg=sq)
+
+
+# ---------------------------------------------------------------------------
+# The activations with parameters, and those whose backward takes z
+# ---------------------------------------------------------------------------
+
+def _new_act_inputs(dtype):
+    """Normal values, a dense range over every branch (incl. softplus's threshold), zeros."""
+    rng = np.random.default_rng(61)
+    z = np.concatenate([rng.normal(scale=3, size=2000), np.linspace(-12, 12, 2401),
+                        [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8]])
+    return z.astype(dtype), rng.normal(size=z.size).astype(dtype)
+
+
+def _assert_vs_torch(actual, expected, z, dtype, floor):
+    """rtol 1e-12 (float64) / 2e-6 (float32), plus ``floor`` * eps * max(|z|, 1) absolute:
+    the rounding left where a formula cancels in torch as here (1 + erf(z/sqrt(2)) for
+    z << 0, cdf + z pdf at gelu's minimum, a + alpha for elu near -alpha)."""
+    eps = np.finfo(dtype).eps
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    bound = rtol * np.abs(expected) + floor * eps * np.maximum(np.abs(z), 1)
+    bad = ~(np.abs(actual - expected) <= bound)
+    assert not bad.any(), (z[bad][:5], actual[bad][:5], expected[bad][:5])
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_vs_torch_forward_and_autograd(R, torch, name, dtype):
+    params, torch_fn, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(dtype)
+    zt = torch.tensor(z, requires_grad=True)
+    at = torch_fn(torch.nn.functional, zt, params)
+    at.backward(torch.tensor(g))
+    a = getattr(R, f"{name}_forward")(z, **params)
+    assert a.dtype == np.dtype(dtype)
+    _assert_vs_torch(a, _np(at), z, dtype, floor=2)
+    grad = getattr(R, f"{name}_backward")(z if takes_z else a, g, **params)
+    _assert_vs_torch(grad, zt.grad.numpy(), z, dtype, floor=4 * np.abs(g) + 1)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_defaults_are_torchs(R, torch, name):
+    _, torch_fn, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(np.float64)
+    default = {"leaky_relu": lambda F, t: F.leaky_relu(t),
+               "elu": lambda F, t: F.elu(t * 1, inplace=True),
+               "softplus": lambda F, t: F.softplus(t)}.get(name)
+    expected = (default or (lambda F, t: torch_fn(F, t, {})))(torch.nn.functional,
+                                                             torch.tensor(z))
+    _assert_vs_torch(getattr(R, f"{name}_forward")(z), _np(expected), z, np.float64, 2)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_backward_gradcheck(R, name):
+    params, _, takes_z = NEW_ACTS[name]
+    z = _away_from_kink((4, 6), np.float64, 62) * 2
+    z[0, :3] = [7.9, 8.1, -15.0]  # either side of softplus's threshold (beta z = 8)
+    z[0, :2] /= params.get("beta", 1.0)
+    weights = _normal((4, 6), np.float64, 63)
+    forward = lambda z: getattr(R, f"{name}_forward")(z, **params)  # noqa: E731
+    analytic = getattr(R, f"{name}_backward")(z if takes_z else forward(z), weights, **params)
+    assert bpcore.gradcheck(lambda z: np.sum(weights * forward(z)), [z], [analytic],
+                            eps=1e-7)
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_compiled_equal_reference_with_parameters(name, dtype):
+    params, _, takes_z = NEW_ACTS[name]
+    z, g = _new_act_inputs(dtype)
+    out = [getattr(B, f"{name}_forward")(z, **params) for B in (bpcore, bpcore.reference)]
+    assert_close(out[0], out[1])
+    saved = z if takes_z else out[1]
+    back = [getattr(B, f"{name}_backward")(saved, g, **params) for B in (bpcore, bpcore.reference)]
+    assert_close(back[0], back[1], scale=float(np.abs(g).max()))
+
+
+@pytest.mark.parametrize("name", NEW_ACTS)
+def test_new_activations_nan_and_in_place(R, name, dtype):
+    params, _, takes_z = NEW_ACTS[name]
+    z = np.array([[np.nan, 1.0, -2.0], [0.5, np.nan, 30.0]], dtype)
+    fwd = getattr(R, f"{name}_forward")
+    np.testing.assert_array_equal(np.isnan(fwd(z, **params)), np.isnan(z))
+    expected = fwd(z, **params)
+    assert fwd(z, out=z, **params) is z
+    np.testing.assert_array_equal(z, expected)
+
+
+# ---------------------------------------------------------------------------
+# The regression losses and the weighted cross-entropies, against PyTorch
+# ---------------------------------------------------------------------------
+
+# name -> (its parameters, torch's function taking them)
+REGRESSION = {
+    "l1_loss": ({}, lambda F, p, t, r: F.l1_loss(p, t, reduction=r)),
+    "huber_loss": ({"delta": 0.7}, lambda F, p, t, r: F.huber_loss(p, t, reduction=r,
+                                                                   delta=0.7)),
+    "smooth_l1_loss": ({"beta": 0.4}, lambda F, p, t, r: F.smooth_l1_loss(p, t, reduction=r,
+                                                                          beta=0.4)),
+    "smooth_l1_loss-beta0": ({"beta": 0.0}, lambda F, p, t, r: F.smooth_l1_loss(
+        p, t, reduction=r, beta=0.0)),
+}
+
+
+def _regression_inputs(dtype):
+    """Normal values, exact ties (d = 0) and differences on both sides of every kink."""
+    rng = np.random.default_rng(71)
+    pred = rng.normal(scale=2, size=(40, 5))
+    target = rng.normal(size=(40, 5))
+    target[0] = pred[0]                       # d = 0: sign 0, the quadratic branch
+    target[1] = pred[1] - np.array([0.7, -0.7, 0.4, -0.4, 1e-9])  # at delta / beta
+    return pred.astype(dtype), target.astype(dtype)
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+@pytest.mark.parametrize("case", REGRESSION)
+def test_regression_losses_vs_torch(R, torch, case, reduction, dtype):
+    params, torch_fn = REGRESSION[case]
+    name = case.split("-")[0]
+    pred, target = _regression_inputs(dtype)
+    pt = torch.tensor(pred, requires_grad=True)
+    expected = torch_fn(torch.nn.functional, pt, torch.tensor(target), reduction)
+    expected.backward()
+    assert_torch(getattr(R, name)(pred, target, reduction=reduction, **params),
+                 expected.item(), dtype, scale=40)
+    assert_torch(getattr(R, f"{name}_backward")(pred, target, reduction=reduction, **params),
+                 pt.grad, dtype)
+
+
+@pytest.mark.parametrize("case", REGRESSION)
+def test_regression_losses_gradcheck(R, case):
+    params, _ = REGRESSION[case]
+    name = case.split("-")[0]
+    pred, target = _regression_inputs(np.float64)
+    pred, target = pred[2:], target[2:]  # away from the kinks
+    analytic = getattr(R, f"{name}_backward")(pred, target, **params)
+    assert bpcore.gradcheck(lambda p: getattr(R, name)(p, target, **params), [pred],
+                            [analytic])
+
+
+def test_regression_losses_empty(R):
+    for name in ("l1_loss", "huber_loss", "smooth_l1_loss"):
+        assert np.isnan(getattr(R, name)(np.zeros((0, 3)), np.zeros((0, 3))))
+        assert getattr(R, name)(np.zeros((0, 3)), np.zeros((0, 3)), reduction="sum") == 0.0
+
+
+CE_OPTIONS = [{"class_weight": [0.5, 2.0, 0.0, 1.5]}, {"label_smoothing": 0.2},
+              {"class_weight": [0.5, 2.0, 0.1, 1.5], "label_smoothing": 0.35},
+              {"label_smoothing": 1.0}]
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+@pytest.mark.parametrize("options", CE_OPTIONS, ids=["weight", "smoothing", "both", "eps1"])
+def test_weighted_cross_entropy_vs_torch(R, torch, options, reduction, dtype):
+    logits = _normal((30, 4), dtype, 72, scale=3.0)
+    labels = _labels(30, 4, 73)
+    kw = dict(options)
+    t_kw = {"label_smoothing": kw.get("label_smoothing", 0.0)}
+    if "class_weight" in kw:
+        t_kw["weight"] = torch.tensor(np.array(kw["class_weight"], dtype))
+    zt = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(zt, torch.tensor(labels), reduction=reduction,
+                                                 **t_kw)
+    expected.backward()
+    loss = R.softmax_cross_entropy(logits, labels, reduction=reduction, **kw)
+    assert_torch(loss, expected.item(), dtype, scale=30)
+    grad = R.softmax_cross_entropy_backward(logits, labels, reduction=reduction, **kw)
+    # NOTE: p * sum(q) - q cancels where p ~ q: an absolute floor of a few eps
+    np.testing.assert_allclose(grad, _np(zt.grad), rtol=TORCH_TOL[np.dtype(dtype)]["rtol"],
+                               atol=16 * np.finfo(dtype).eps)
+    both = R.softmax_cross_entropy_and_grad(logits, labels, reduction=reduction, **kw)
+    assert both[0] == loss
+    np.testing.assert_array_equal(both[1], grad)
+
+
+def test_weighted_cross_entropy_gradcheck_and_zero_weights(R):
+    logits, labels = _normal((6, 4), np.float64, 74, scale=2.0), _labels(6, 4, 75)
+    kw = {"class_weight": [0.5, 2.0, 0.3, 1.5], "label_smoothing": 0.25}
+    analytic = R.softmax_cross_entropy_backward(logits, labels, **kw)
+    assert bpcore.gradcheck(lambda z: R.softmax_cross_entropy(z, labels, **kw), [logits],
+                            [analytic])
+    # every target weighing 0: the mean is 0 / 0, NaN, as in torch
+    assert np.isnan(R.softmax_cross_entropy(logits, np.zeros(6, np.int64),
+                                            class_weight=[0.0, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("reduction", CE_REDUCTIONS)
+def test_pos_weight_bce_vs_torch(R, torch, reduction, dtype):
+    logits = _normal((25, 3), dtype, 76, scale=4.0)
+    targets = np.random.default_rng(77).uniform(size=(25, 3)).astype(dtype)
+    pos_weight = np.array([0.3, 1.0, 4.0], dtype)
+    zt = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        zt, torch.tensor(targets), reduction=reduction, pos_weight=torch.tensor(pos_weight))
+    expected.backward()
+    assert_torch(R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction,
+                                                pos_weight=pos_weight),
+                 expected.item(), dtype, scale=25)
+    grad = R.sigmoid_binary_cross_entropy_backward(logits, targets, reduction=reduction,
+                                                   pos_weight=pos_weight)
+    np.testing.assert_allclose(grad, _np(zt.grad), rtol=TORCH_TOL[np.dtype(dtype)]["rtol"],
+                               atol=16 * np.finfo(dtype).eps)
+    # pos_weight of ones is the plain loss; 1e30 logits stay finite
+    plain = R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction)
+    assert R.sigmoid_binary_cross_entropy(logits, targets, reduction=reduction,
+                                          pos_weight=np.ones(3)) == pytest.approx(plain,
+                                                                                  rel=1e-6)
+    huge = (np.sign(logits) * 1e30).astype(dtype)
+    assert np.isfinite(R.sigmoid_binary_cross_entropy(huge, targets, pos_weight=pos_weight))

@@ -1,10 +1,11 @@
-"""bpcore/_gemm/vmath.h through bpcore._kernels: exp, sigmoid and tanh.
+"""bpcore/_gemm/vmath.h through bpcore._kernels: exp, sigmoid, tanh and erf.
 
 Accuracy in ulps against a long-double reference (x87 80-bit: 11 more bits
 than float64) on dense grids and random points, for both dtypes and both
 builds of the kernels (AVX2+FMA and portable); special values; every tail
 length; in place; no flush-to-zero; agreement with bpcore.reference.
 """
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,9 @@ MAX_ULP = {
     ("exp", np.float32): 1.5, ("exp", np.float64): 1.5,
     ("sigmoid", np.float32): 4.0, ("sigmoid", np.float64): 2.0,
     ("tanh", np.float32): 4.0, ("tanh", np.float64): 2.0,
+    # erf against math.erf (itself within 1 ulp, so float64's bound includes its error);
+    # measured 1.0 (float64) and 1.32 (float32, portable) on the grid below.
+    ("erf", np.float32): 1.5, ("erf", np.float64): 1.5,
 }
 
 
@@ -58,7 +62,13 @@ def exact_tanh(x):
     return np.tanh(x.astype(LD))
 
 
+def exact_erf(x):
+    return np.array([math.erf(v) for v in x.astype(np.float64).ravel()],
+                    np.float64).reshape(x.shape).astype(LD)
+
+
 FUNCS = {
+    "erf": (_kernels._vmath_erf, exact_erf),
     "exp": (_kernels._vmath_exp, exact_exp),
     "sigmoid": (_kernels.sigmoid_forward, exact_sigmoid),
     "tanh": (_kernels.tanh_forward, exact_tanh),
@@ -94,6 +104,15 @@ def grid(name, dtype):
     elif name == "sigmoid":
         parts = [np.linspace(-100, 100, 400_001), rng.uniform(-20, 20, 100_000),
                  rng.normal(scale=3, size=100_000)]
+    elif name == "erf":
+        # Dense over every branch and its edges (|x| = 1, 2, 3.5, 4, 6), the tails
+        # where erf rounds to +-1, near 0 and subnormal inputs.
+        tiny = np.finfo(dtype).smallest_subnormal
+        edges = [np.linspace(e - 1e-3, e + 1e-3, 2001) for e in (1.0, 2.0, 3.5, 4.0, 6.0)]
+        parts = [np.linspace(-7, 7, 140_001), rng.uniform(-1.2, 1.2, 50_000),
+                 rng.uniform(-1e-3, 1e-3, 5_000), *edges, *[-e for e in edges],
+                 tiny * np.arange(1, 200), -tiny * np.arange(1, 200),
+                 np.geomspace(1e-300 if not f32 else 1e-38, 1e-5, 2000)]
     else:
         parts = [np.linspace(-20, 20, 200_001), rng.uniform(-1.5, 1.5, 200_000),
                  rng.uniform(-0.7, 0.7, 100_000), rng.uniform(-1e-3, 1e-3, 20_000)]
@@ -105,7 +124,7 @@ def grid(name, dtype):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh", "erf"])
 def test_ulp_error_on_grid(kernel, name, dtype):
     err, at = max_ulp(name, grid(name, dtype))
     print(f"{kernel} {np.dtype(dtype).name} {name}: max {err:.3f} ulp at {at!r}")
@@ -167,10 +186,13 @@ def test_special_values(kernel, dtype):
     assert not np.signbit(t[3]) and np.signbit(t[4])  # tanh(-0) = -0
     assert np.signbit(_kernels.tanh_forward(np.array([-np.nan], dtype))[0]) == \
         np.signbit(np.array([-np.nan], dtype)[0])
+    r = _kernels._vmath_erf(np.concatenate([x, np.array([1e30, -1e30], dtype)]))
+    np.testing.assert_array_equal(r, [np.nan, 1, -1, 0, 0, 1, -1])  # saturated: exactly +-1
+    assert not np.signbit(r[3]) and np.signbit(r[4])  # erf(-0) = -0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh", "erf"])
 def test_tails_match_the_vector_path(kernel, name, dtype):
     # Every length 0..17 and every offset: an element's result must not depend
     # on whether it went through the full-vector loop or the padded tail.
@@ -187,7 +209,7 @@ def test_tails_match_the_vector_path(kernel, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh"])
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "tanh", "erf"])
 def test_in_place(kernel, name, dtype):
     fn = FUNCS[name][0]
     x = np.random.default_rng(3).normal(scale=5, size=(7, 13)).astype(dtype)

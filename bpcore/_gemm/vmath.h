@@ -1,4 +1,4 @@
-/* vmath.h -- exp, sigmoid and tanh over arrays, vectorised, float32 and float64.
+/* vmath.h -- exp, sigmoid, tanh and erf over arrays, vectorised, float32 and float64.
  *
  * gcc does not vectorise calls to libm's exp/tanh (not without -ffast-math,
  * which bpcore never uses: it turns flush-to-zero on for the whole process),
@@ -239,6 +239,113 @@ BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
 }
 
 /* ------------------------------------------------------------------------ */
+/* erf                                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* erf(x) = sign(x) * (|x| < 1 ? |x| + |x| P(x^2) : 1 - exp(-x^2) C(|x|)), where
+ * C = erfcx = exp(x^2) erfc(x) is a polynomial per interval in u = |x| - mid
+ * (coefficients picked lane by lane by compare-and-select, so one Horner
+ * pass serves every lane).  The error of C and of exp(-x^2) (including the
+ * rounding of x^2) counts only times erfc(x) <= 0.16, so the large branch is
+ * within ~1 ulp; past 6 (float64) / 4 (float32) erf rounds to +-1, and |x|
+ * is clamped there (inf -> +-1; NaN propagates: every clamp keeps it).
+ * Coefficients: python bpcore/_gemm/vmath_coeffs.py erf.  The ulp bounds are
+ * measured against math.erf in tests/test_vmath.py. */
+/* erf(x) / x - 1 on |x| < 1, in s = x^2: degree 11, highest power first */
+static const double BP_ERF_P_D[12] = {
+    -0x1.ac9585a44fe29p-31, 0x1.d76af6ca49787p-27, -0x1.5c131500d3f88p-23,
+    0x1.b981d78881a5dp-20, -0x1.f4ca838adb73bp-17, 0x1.f9a2be4f731a1p-14,
+    -0x1.c02db0665e53dp-11, 0x1.565bccfa44156p-8, -0x1.b82ce31203772p-6, 0x1.ce2f21a040f66p-4,
+    -0x1.812746b0379c1p-2, 0x1.06eba8214db68p-3};
+/* erfcx(x) = exp(x^2) erfc(x) on [1, 2), [2, ...) ..., in u = x - mid: degree 14 */
+static const double BP_ERF_C_D[3][15] = {
+    /* [1, 2) */
+    {0x1.819707b18baa5p-23, -0x1.5818fa3c2a0d8p-21, 0x1.14cff905c6c52p-19,
+     -0x1.d2f0c117c2611p-18, 0x1.7f9d3bddcd27cp-16, -0x1.30c470595520dp-14,
+     0x1.d45090b3f934fp-13, -0x1.5b0ab45af7dfbp-11, 0x1.ee705e882dd0ep-10,
+     -0x1.513ed7737c5d3p-8, 0x1.b65944f34010bp-7, -0x1.0dc51d29337d3p-5, 0x1.37ea271bc54f2p-4,
+     -0x1.4f1988444cb5ap-3, 0x1.494daffa2ad68p-2},
+    /* [2, 3.5) */
+    {0x1.f0b0f255c1e44p-30, -0x1.1348a04ecf887p-27, 0x1.0ac74c6b40472p-25,
+     -0x1.1b4fac0d6715ep-23, 0x1.28600c98247f5p-21, -0x1.2dad92022ae33p-19,
+     0x1.2bfb397e8c391p-17, -0x1.23128bd4c335ap-15, 0x1.131bb1a0c51aap-13,
+     -0x1.f99e427ebce1ep-12, 0x1.c2c72fd6bd2c2p-10, -0x1.84e9ab306cc06p-8,
+     0x1.43b98bac839bdp-6, -0x1.030578133026fp-4, 0x1.8c9eb68ff27d7p-3},
+    /* [3.5, 6) */
+    {0x1.ae8149cb260fdp-38, -0x1.436c766a789f0p-35, 0x1.9196726ff38a0p-33,
+     -0x1.2564f2d3e8f68p-30, 0x1.ad288ad21ac90p-28, -0x1.31e78ebcfb6d6p-25,
+     0x1.ae1ebd351c650p-23, -0x1.2a61a22d3974bp-20, 0x1.9818c319aa2fbp-18,
+     -0x1.12f17620fc690p-15, 0x1.6cc10c134810fp-13, -0x1.dc1af87f3d056p-11,
+     0x1.317c144f8c376p-8, -0x1.81149bc4a27e3p-6, 0x1.dc603a3e77e9bp-4},
+};
+static const double BP_ERF_MID_D[3] = {1.5, 2.75, 4.75};
+/* erf(x) / x - 1 on |x| < 1, in s = x^2: degree 6, highest power first */
+static const float BP_ERF_P_F[7] = {
+    0x1.4a5690869d13fp-14f, -0x1.a45087f1a200ap-11f, 0x1.541270c79ca2cp-8f,
+    -0x1.b7faba961c85ap-6f, 0x1.ce2d10ed44e09p-4f, -0x1.81273e7a02443p-2f,
+    0x1.06eba7f673903p-3f};
+/* erfcx(x) = exp(x^2) erfc(x) on [1, 2), [2, ...) ..., in u = x - mid: degree 7 */
+static const float BP_ERF_C_F[2][8] = {
+    /* [1, 2) */
+    {-0x1.6ebbdc741aa01p-11f, 0x1.06622ae4cfb8cp-9f, -0x1.50db5fc6e174fp-8f,
+     0x1.b5bff946d8afep-7f, -0x1.0dc5bcf3cbd41p-5f, 0x1.37eb1d7063c1fp-4f,
+     -0x1.4f1987f458257p-3f, 0x1.494daf7ee7706p-2f},
+    /* [2, 4) */
+    {-0x1.8cc95d6381fb9p-16f, 0x1.8d2cc17d485bbp-14f, -0x1.52160731bacd5p-12f,
+     0x1.3ebe3c99c34dfp-10f, -0x1.259624a95f7edp-8f, 0x1.0445eb77f6649p-6f,
+     -0x1.bd6adf0be48c8p-5f, 0x1.6e9821c5a9657p-3f},
+};
+static const float BP_ERF_MID_F[2] = {1.5f, 3.0f};
+
+BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
+{
+    const bp_vd x = *v;
+    const bp_vl sign = (bp_vl)x & BP_SIGN_D;
+    const bp_vd ax = (bp_vd)((bp_vl)x & ~BP_SIGN_D);
+    const bp_vd s = ax * ax;
+    bp_vd p = BP_SPLAT_D(BP_ERF_P_D[0]);
+    for (int k = 1; k < 12; ++k)
+        p = p * s + BP_ERF_P_D[k];
+    const bp_vd small = ax * p + ax;
+    const bp_vd cx = bp_sel_d(ax > 6.0, BP_SPLAT_D(6.0), ax);
+    const bp_vl in1 = (bp_vl)(cx >= 2.0), in2 = (bp_vl)(cx >= 3.5);
+/* lane by lane: a on [1, 2), b on [2, 3.5), c from 3.5 */
+#define BP_ERF_PICK_D(a, b, c) \
+    bp_sel_d(in2, BP_SPLAT_D(c), bp_sel_d(in1, BP_SPLAT_D(b), BP_SPLAT_D(a)))
+    const bp_vd u = cx - BP_ERF_PICK_D(BP_ERF_MID_D[0], BP_ERF_MID_D[1], BP_ERF_MID_D[2]);
+    bp_vd c = BP_ERF_PICK_D(BP_ERF_C_D[0][0], BP_ERF_C_D[1][0], BP_ERF_C_D[2][0]);
+    for (int k = 1; k < 15; ++k)
+        c = c * u + BP_ERF_PICK_D(BP_ERF_C_D[0][k], BP_ERF_C_D[1][k], BP_ERF_C_D[2][k]);
+#undef BP_ERF_PICK_D
+    bp_vd e = -(cx * cx);
+    bp_vexp_d(&e, has_fma);
+    const bp_vd large = 1.0 - e * c;
+    *v = (bp_vd)((bp_vl)bp_sel_d(ax < 1.0, small, large) | sign);
+}
+
+BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
+{
+    const bp_vf x = *v;
+    const bp_vi sign = (bp_vi)x & BP_SIGN_F;
+    const bp_vf ax = (bp_vf)((bp_vi)x & ~BP_SIGN_F);
+    const bp_vf s = ax * ax;
+    bp_vf p = BP_SPLAT_F(BP_ERF_P_F[0]);
+    for (int k = 1; k < 7; ++k)
+        p = p * s + BP_ERF_P_F[k];
+    const bp_vf small = ax * p + ax;
+    const bp_vf cx = bp_sel_f(ax > 4.0f, BP_SPLAT_F(4.0f), ax);
+    const bp_vi in1 = (bp_vi)(cx >= 2.0f);
+    const bp_vf u = cx - bp_sel_f(in1, BP_SPLAT_F(BP_ERF_MID_F[1]), BP_SPLAT_F(BP_ERF_MID_F[0]));
+    bp_vf c = bp_sel_f(in1, BP_SPLAT_F(BP_ERF_C_F[1][0]), BP_SPLAT_F(BP_ERF_C_F[0][0]));
+    for (int k = 1; k < 8; ++k)
+        c = c * u + bp_sel_f(in1, BP_SPLAT_F(BP_ERF_C_F[1][k]), BP_SPLAT_F(BP_ERF_C_F[0][k]));
+    bp_vf e = -(cx * cx);
+    bp_vexp_f(&e, has_fma);
+    const bp_vf large = 1.0f - e * c;
+    *v = (bp_vf)((bp_vi)bp_sel_f(ax < 1.0f, small, large) | sign);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Array loops, one per function and target                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -273,7 +380,9 @@ BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
     BP_VMATH_LOOP(bp_sigmoid_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vsigmoid_f, HAS_FMA, ATTR)   \
     BP_VMATH_LOOP(bp_sigmoid_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vsigmoid_d, HAS_FMA, ATTR)  \
     BP_VMATH_LOOP(bp_tanh_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vtanh_f, HAS_FMA, ATTR)         \
-    BP_VMATH_LOOP(bp_tanh_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vtanh_d, HAS_FMA, ATTR)
+    BP_VMATH_LOOP(bp_tanh_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vtanh_d, HAS_FMA, ATTR)         \
+    BP_VMATH_LOOP(bp_erf_f32_##SUFFIX, float, bp_vf, BP_WF, bp_verf_f, HAS_FMA, ATTR)           \
+    BP_VMATH_LOOP(bp_erf_f64_##SUFFIX, double, bp_vd, BP_WD, bp_verf_d, HAS_FMA, ATTR)
 
 /* fp-contract=off: the portable build must not fuse even under -march=native,
  * where its exact-product code (Dekker) relies on separate roundings. */
@@ -342,5 +451,9 @@ BP_VMATH_DISPATCH(bp_sigmoid_f64, double)
 BP_VMATH_DISPATCH(bp_tanh_f32, float)
 /* out[i] := tanh(x[i]) */
 BP_VMATH_DISPATCH(bp_tanh_f64, double)
+/* out[i] := erf(x[i]) */
+BP_VMATH_DISPATCH(bp_erf_f32, float)
+/* out[i] := erf(x[i]) */
+BP_VMATH_DISPATCH(bp_erf_f64, double)
 
 #endif /* BPCORE_VMATH_H */

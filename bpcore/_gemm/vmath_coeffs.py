@@ -37,8 +37,52 @@ def show(name, f, interval, degree, scale):
         print(f"    c{k} = {mp.nstr(c, 20)}  ({float(c).hex()})")
 
 
+# ---------------------------------------------------------------------------
+# erf (bp_verf_d / bp_verf_f), printed as C Horner coefficients:
+#
+# * |x| < 1:   erf(x) = x + x P(s), s = x^2, P(s) = erf(x) / x - 1 fitted on [0, 1]
+#   (x exact, the polynomial's rounding only on a term <= 0.16 x);
+# * |x| >= 1:  erf(x) = 1 - exp(-x^2) C(x), C = erfcx = exp(x^2) erfc(x) fitted
+#   per interval [a, b) in u = x - (a + b) / 2 (centred: no cancellation
+#   between large power-basis terms).  The error of C counts only times
+#   erfc(x) <= 0.16, which is why modest degrees give ~1 ulp of erf.
+#
+# Usage: python bpcore/_gemm/vmath_coeffs.py erf
+# ---------------------------------------------------------------------------
+
+def p_erf(s):
+    if s < mp.mpf("1e-30"):
+        return 2 / mp.sqrt(mp.pi) - 1
+    x = mp.sqrt(s)
+    return mp.erf(x) / x - 1
+
+
+def erfcx(x):
+    return mp.erfc(x) * mp.exp(x * x)
+
+
+def show_erf():
+    for label, degree, intervals in (("f64", 11, [(1, 2), (2, 3.5), (3.5, 6)]),
+                                     ("f32", 6, [(1, 2), (2, 4)])):
+        coeffs, err = mp.chebyfit(p_erf, [0, 1], degree + 1, error=True)
+        print(f"erf {label} P(s) on [0, 1], degree {degree}: max abs error {mp.nstr(err, 3)}")
+        print("    " + ", ".join(float(c).hex() for c in coeffs))  # highest power first
+        for a, b in intervals:
+            a, b = mp.mpf(a), mp.mpf(b)
+            mid, half = (a + b) / 2, (b - a) / 2
+            deg = 14 if label == "f64" else 7
+            coeffs, err = mp.chebyfit(lambda u: erfcx(u + mid), [-half, half], deg + 1,
+                                      error=True)
+            print(f"erf {label} C(x) on [{a}, {b}), u = x - {mid}, degree {deg}: abs error "
+                  f"{mp.nstr(err, 3)}, x erfc(a): {mp.nstr(err * mp.erfc(a), 3)}")
+            print("    " + ", ".join(float(c).hex() for c in coeffs))
+
+
 if __name__ == "__main__":
     import sys
+    if sys.argv[1:] == ["erf"]:
+        show_erf()
+        sys.exit()
     T64 = mp.mpf(sys.argv[1]) if len(sys.argv) > 1 else mp.mpf("0.625")
     T32 = mp.mpf(sys.argv[2]) if len(sys.argv) > 2 else mp.mpf("0.625")
     show("exp f64 Q", q_exp, [-H, H], 9, H * H)
