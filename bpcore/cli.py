@@ -860,8 +860,10 @@ def main(argv=None):
                    help="default: classification for integer or string targets, regression "
                         "for floats")
     p.add_argument("--hidden", type=_hidden, default="64", help="hidden widths, comma-separated")
-    p.add_argument("--activation", default="relu",
-                   choices=["relu", "sigmoid", "tanh", "identity"], help="hidden activation")
+    from bpcore.nn import ACTIVATIONS  # the MLP's own list: every activation it trains
+
+    p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS),
+                   help="hidden activation (PyTorch's default parameters)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the data")
     p.add_argument("--batch-size", type=int, default=32, help="rows per step")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate")

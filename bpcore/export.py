@@ -41,9 +41,17 @@ INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 BATCH_DIM = "batch"
 
-# Constants of the parametrised activations: PyTorch's defaults.
-LEAKY_SLOPE = 0.01
-ELU_ALPHA = 1.0
+# Constants of the parametrised activations: PyTorch's defaults (a model's
+# activation_options override them; see _options).
+LEAKY_SLOPE = V.ACTIVATION_PARAMS["leaky_relu"]["negative_slope"]
+ELU_ALPHA = V.ACTIVATION_PARAMS["elu"]["alpha"]
+
+
+def _options(net, act):
+    """Layer activation ``act``'s parameters in ``net``: its activation_options over
+    PyTorch's defaults (an empty dict for the activations without parameters)."""
+    defaults = V.ACTIVATION_PARAMS.get(act, {})
+    return {k: float(net.activation_options.get(k, v)) for k, v in defaults.items()}
 
 
 def _require(module, install):
@@ -110,37 +118,54 @@ def _gelu(g, z, approximate):
     return g.op("Mul", g.op("Mul", z, g.scalar(0.5)), g.op("Add", s, g.scalar(1.0)))
 
 
-def _softplus(g, z):
+def _softplus(g, z, o):
     # NOTE: onnxruntime's CPU provider has no float64 Softplus (nor LeakyRelu, Elu,
     # Erf); float64 graphs spell those rows with elementary operators.  This form,
-    # max(z, 0) + log(1 + exp(-|z|)), never overflows.
-    if not g.float64:
+    # max(z, 0) + log(1 + exp(-|z|)), never overflows.  ONNX's Softplus has neither
+    # beta nor PyTorch's threshold: other values than the defaults are spelled
+    # out too, z itself where beta * z > threshold as torch does.
+    beta, threshold = o.get("beta", 1.0), o.get("threshold", 20.0)
+    if not g.float64 and beta == 1.0 and threshold == 20.0:
         return g.op("Softplus", z)
-    tail = g.op("Log", g.op("Add", g.scalar(1.0), g.op("Exp", g.op("Neg", g.op("Abs", z)))))
-    return g.op("Add", g.op("Relu", z), tail)
+    bz = z if beta == 1.0 else g.op("Mul", z, g.scalar(beta))
+    tail = g.op("Log", g.op("Add", g.scalar(1.0), g.op("Exp", g.op("Neg", g.op("Abs", bz)))))
+    soft = g.op("Add", g.op("Relu", bz), tail)
+    if beta != 1.0:
+        soft = g.op("Div", soft, g.scalar(beta))
+    if beta == 1.0 and threshold == 20.0:
+        return soft
+    return g.op("Where", g.op("Greater", bz, g.scalar(threshold)), z, soft)
 
 
-def _elu(g, z):
+def _elu(g, z, o):
+    alpha = o.get("alpha", ELU_ALPHA)
     if not g.float64:
-        return g.op("Elu", z, alpha=ELU_ALPHA)
+        return g.op("Elu", z, alpha=alpha)
     negative = g.op("Mul", g.op("Sub", g.op("Exp", g.op("Min", z, g.scalar(0.0))),
-                                g.scalar(1.0)), g.scalar(ELU_ALPHA))
+                                g.scalar(1.0)), g.scalar(alpha))
     return g.op("Where", g.op("Greater", z, g.scalar(0.0)), z, negative)
 
 
-# The activation -> ONNX table: builder(graph, z) -> the name of the activation's output.
+def _leaky_relu(g, z, o):
+    slope = o.get("negative_slope", LEAKY_SLOPE)
+    if not g.float64:
+        return g.op("LeakyRelu", z, alpha=slope)
+    return g.op("Where", g.op("Greater", z, g.scalar(0.0)), z, g.op("Mul", z, g.scalar(slope)))
+
+
+# The activation -> ONNX table: builder(graph, z, options) -> the name of the
+# activation's output; options: the layer's parameters (_options), {} for defaults.
 _ONNX_ACTIVATIONS = {
-    "identity": lambda g, z: z,
-    "relu": lambda g, z: g.op("Relu", z),
-    "sigmoid": lambda g, z: g.op("Sigmoid", z),
-    "tanh": lambda g, z: g.op("Tanh", z),
-    "softmax": lambda g, z: g.op("Softmax", z, axis=-1),
-    "leaky_relu": lambda g, z: (g.op("Max", z, g.op("Mul", z, g.scalar(LEAKY_SLOPE)))
-                                if g.float64 else g.op("LeakyRelu", z, alpha=LEAKY_SLOPE)),
+    "identity": lambda g, z, o: z,
+    "relu": lambda g, z, o: g.op("Relu", z),
+    "sigmoid": lambda g, z, o: g.op("Sigmoid", z),
+    "tanh": lambda g, z, o: g.op("Tanh", z),
+    "softmax": lambda g, z, o: g.op("Softmax", z, axis=-1),
+    "leaky_relu": _leaky_relu,
     "elu": _elu,
-    "gelu": lambda g, z: _gelu(g, z, "none"),
-    "gelu_tanh": lambda g, z: _gelu(g, z, "tanh"),
-    "silu": lambda g, z: g.op("Mul", z, g.op("Sigmoid", z)),
+    "gelu": lambda g, z, o: _gelu(g, z, "none"),
+    "gelu_tanh": lambda g, z, o: _gelu(g, z, "tanh"),
+    "silu": lambda g, z, o: g.op("Mul", z, g.op("Sigmoid", z)),
     "softplus": _softplus,
 }
 
@@ -189,7 +214,7 @@ def to_onnx(net, path=None, *, opset=None):
     h = INPUT_NAME
     for l, (w, b, act) in enumerate(zip(net.weights, net.biases, net.activations)):
         z = g.op("Gemm", h, g.tensor(f"W_{l}", w), g.tensor(f"b_{l}", b))
-        h = _ONNX_ACTIVATIONS[act](g, z)
+        h = _ONNX_ACTIVATIONS[act](g, z, _options(net, act))
     g.op("Identity", h)
     g.nodes[-1].output[0] = OUTPUT_NAME
     helper = onnx.helper
@@ -217,28 +242,31 @@ def to_onnx(net, path=None, *, opset=None):
 # ---------------------------------------------------------------------------
 
 # The activation -> torch.nn table: (module class, {attribute: accepted values}); the
-# first accepted value is what to_torch builds.
+# first accepted value is what to_torch builds.  The parameters of
+# V.ACTIVATION_PARAMS (negative_slope, alpha, beta, threshold) are attributes of the
+# same name on the module, and the model's activation_options on the bpcore side.
 _TORCH_ACTIVATIONS = {
     "identity": ("Identity", {}),
     "relu": ("ReLU", {}),
     "sigmoid": ("Sigmoid", {}),
     "tanh": ("Tanh", {}),
     "softmax": ("Softmax", {"dim": (-1, 1)}),
-    "leaky_relu": ("LeakyReLU", {"negative_slope": (LEAKY_SLOPE,)}),
-    "elu": ("ELU", {"alpha": (ELU_ALPHA,)}),
+    "leaky_relu": ("LeakyReLU", {}),
+    "elu": ("ELU", {}),
     "gelu": ("GELU", {"approximate": ("none",)}),
     "gelu_tanh": ("GELU", {"approximate": ("tanh",)}),
     "silu": ("SiLU", {}),
-    "softplus": ("Softplus", {"beta": (1.0,), "threshold": (20.0,)}),
+    "softplus": ("Softplus", {}),
 }
 
 
 def _torch_activation(module, nn):
-    """The bpcore name of an activation module, or None."""
+    """(bpcore name, its parameters read off the module) of an activation module, or None."""
     for name, (cls, attrs) in _TORCH_ACTIVATIONS.items():
         if type(module) is getattr(nn, cls) and all(
                 getattr(module, k) in v for k, v in attrs.items()):
-            return name
+            return name, {k: float(getattr(module, k))
+                          for k in V.ACTIVATION_PARAMS.get(name, {})}
     return None
 
 
@@ -285,7 +313,7 @@ def from_torch(module, *, loss=None, backend="compiled", cls=None):
     modules = list(module)
     if not modules:
         raise ValueError("`module` is an empty nn.Sequential")
-    weights, biases, acts, dtype = [], [], [], None
+    weights, biases, acts, dtype, options = [], [], [], None, {}
     for i, m in enumerate(modules):
         if type(m) is nn.Linear:
             w = m.weight.detach().cpu()
@@ -304,7 +332,8 @@ def from_torch(module, *, loss=None, backend="compiled", cls=None):
                           else np.zeros(m.out_features, w.numpy().dtype))
             acts.append("identity")
             continue
-        name = _torch_activation(m, nn)
+        found = _torch_activation(m, nn)
+        name, params = found if found is not None else (None, {})
         last = i == len(modules) - 1
         allowed = OUTPUT_ACTIVATIONS if last else ACTIVATIONS
         if name is None or name not in allowed:
@@ -316,6 +345,13 @@ def from_torch(module, *, loss=None, backend="compiled", cls=None):
         if i == 0 or type(modules[i - 1]) is not nn.Linear:
             raise ValueError(f"{_describe_module(i, m)} must follow an nn.Linear (one "
                              f"activation per layer)")
+        for key, value in params.items():
+            # NOTE: MLP's activation_options hold one value per parameter name for
+            # the whole model, so two modules must agree on it.
+            if options.setdefault(key, value) != value:
+                raise ValueError(f"{_describe_module(i, m)} has {key}={value}, but an earlier "
+                                 f"module has {key}={options[key]}; a bpcore model takes one "
+                                 f"{key} for all its layers")
         acts[-1] = name
     if loss is None:
         loss = "cross_entropy" if acts[-1] == "softmax" else "mse"
@@ -324,7 +360,7 @@ def from_torch(module, *, loss=None, backend="compiled", cls=None):
         raise TypeError(f"`cls` must be bpcore.MLP or a subclass; got {build!r}")
     return build.from_arrays(weights, biases, activation=acts[:-1], output_activation=acts[-1],
                              loss=loss, dtype=str(dtype).replace("torch.", ""),
-                             backend=backend)
+                             backend=backend, activation_options=options or None)
 
 
 def _supported_modules(nn, names):
@@ -366,7 +402,8 @@ def to_torch(net):
         layers.append(linear)
         if act != "identity":
             cls, attrs = _TORCH_ACTIVATIONS[act]
-            layers.append(getattr(nn, cls)(**{k: v[0] for k, v in attrs.items()}))
+            layers.append(getattr(nn, cls)(**{k: v[0] for k, v in attrs.items()},
+                                           **_options(net, act)))
     return nn.Sequential(*layers)
 
 

@@ -388,3 +388,17 @@ def test_integer_labels_beyond_64_bits_are_a_user_error(tmp_path, capsys):
            if not line.startswith("task:")]
     assert len(err) == 1 and "error: column 1: " in err[0] and "beyond 64 bits" in err[0], err
 
+
+
+@pytest.mark.parametrize("activation", ["gelu", "leaky_relu", "softplus"])
+def test_train_takes_every_activation_the_model_has(tmp_path, capsys, activation):
+    from bpcore.nn import ACTIVATIONS
+
+    assert activation in ACTIVATIONS
+    data = tmp_path / "animals.csv"
+    _labelled_csv(data)
+    model = _train(tmp_path, data, "--standardize", "--activation", activation)
+    assert bpcore.MLP.load(model).activations[0] == activation
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(model), str(data)]) == 0
+    assert "accuracy" in capsys.readouterr().out

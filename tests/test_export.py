@@ -92,7 +92,7 @@ def test_each_onnx_row_computes_its_torch_module(dtype, opset):
     z = np.linspace(-30, 30, 241).astype(dtype).reshape(1, -1)
     for name, build in export._ONNX_ACTIVATIONS.items():
         g = export._Graph(onnx, dtype, opset)
-        out = build(g, export.INPUT_NAME)
+        out = build(g, export.INPUT_NAME, {})
         g.op("Identity", out)
         g.nodes[-1].output[0] = export.OUTPUT_NAME
         elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
@@ -235,6 +235,30 @@ def test_torch_round_trips_bitwise(output, loss, dtype):
         assert_rel(got, net.predict(x), dtype)
 
 
+# Non-default parameters of every parametrised activation (MLP's activation_options).
+OPTIONS = {"leaky_relu": {"negative_slope": 0.3}, "elu": {"alpha": 0.5},
+           "softplus": {"beta": 2.0, "threshold": 3.0}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", sorted(OPTIONS))
+def test_activation_options_reach_onnx_and_torch(act, dtype):
+    torch = import_oracle("torch")
+    net = MLP([5, 7, 6, 3], activation=act, activation_options=OPTIONS[act], dtype=dtype,
+              seed=2)
+    x = inputs(net, 9) * 3  # past softplus's threshold too
+    want = net.predict(x)
+    assert_rel(run_onnx(net.to_onnx(), x), want, dtype)
+    module = net.to_torch()
+    with torch.inference_mode():
+        assert_rel(module(torch.from_numpy(x)).numpy(), want, dtype)
+    back = MLP.from_torch(module)
+    assert back.activation_options == OPTIONS[act]
+    np.testing.assert_array_equal(back.predict(x), want)
+    default = MLP([5, 7, 6, 3], activation=act, dtype=dtype, seed=2)
+    assert not np.allclose(default.predict(x), want)  # the options matter on these inputs
+
+
 def test_from_torch_reads_a_torch_built_model():
     torch = import_oracle("torch")
     nn = torch.nn
@@ -277,8 +301,10 @@ def test_from_torch_names_the_first_unsupported_module():
         (nn.Sequential(nn.Conv1d(1, 1, 1), nn.Linear(3, 2)), r"`module`\[0\] .*Conv1d"),
         (nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 2)),
          r"`module`\[1\] .*Softmax\) is not supported as a hidden activation"),
-        (nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 2)),
-         r"`module`\[1\] .*LeakyReLU"),
+        (nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 4), nn.LeakyReLU(0.3),
+                       nn.Linear(4, 2)),
+         r"`module`\[3\] .*LeakyReLU\) has negative_slope=0.3.*earlier module has "
+         r"negative_slope=0.2"),
         (nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=0)), r"`module`\[1\] .*Softmax"),
         (nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.ReLU(), nn.Linear(4, 2)),
          r"`module`\[2\] .*ReLU\) must follow an nn.Linear"),

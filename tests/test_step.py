@@ -277,6 +277,16 @@ def test_clipping_is_torchs_clip_grad_value_then_clip_grad_norm(core_name):
 DROP_SIZES, DROP_ACTS, DROP_P = [5, 9, 8, 3], ["relu", "tanh", "identity"], (0.3, 0.5)
 
 
+def _torch_layers(torch, tr, p):
+    """(pairs, w_off, b_off, weights, biases): the flat block's layers as torch leaves."""
+    w_off, b_off = tr.offsets()
+    pairs = list(zip(DROP_SIZES[:-1], DROP_SIZES[1:]))
+    ws = [torch.tensor(p[o:o + a * b].reshape(a, b).copy(), requires_grad=True)
+          for (a, b), o in zip(pairs, w_off)]
+    bs = [torch.tensor(p[o:o + b].copy(), requires_grad=True) for (_, b), o in zip(pairs, b_off)]
+    return pairs, w_off, b_off, ws, bs
+
+
 def _drop_trainer(core, dtype, dropout=DROP_P, seed=1234, step=7):
     tr = core.Trainer(DROP_SIZES, DROP_ACTS, "mse", "mean", dtype, dropout=dropout)
     tr.dropout_seed, tr.dropout_step = seed, step
@@ -292,11 +302,7 @@ def test_dropout_gradients_equal_torch_with_the_same_mask(dtype):
     p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
     status, loss = tr.loss_and_grad(p, x, y, g)
     assert status == 0 and tr.dropout_step == 8
-    w_off, b_off = tr.offsets()
-    pairs = list(zip(DROP_SIZES[:-1], DROP_SIZES[1:]))
-    ws = [torch.tensor(p[o:o + a * b].reshape(a, b).copy(), requires_grad=True)
-          for (a, b), o in zip(pairs, w_off)]
-    bs = [torch.tensor(p[o:o + b].copy(), requires_grad=True) for (_, b), o in zip(pairs, b_off)]
+    pairs, w_off, b_off, ws, bs = _torch_layers(torch, tr, p)
     h = torch.tensor(x)
     for l, act in enumerate((torch.relu, torch.tanh, lambda t: t)):
         h = act(h @ ws[l] + bs[l])
@@ -310,6 +316,45 @@ def test_dropout_gradients_equal_torch_with_the_same_mask(dtype):
     for (a, b), wo, bo, tw, tb in zip(pairs, w_off, b_off, ws, bs):
         np.testing.assert_allclose(g[wo:wo + a * b].reshape(a, b), tw.grad.numpy(), **tol)
         np.testing.assert_allclose(g[bo:bo + b], tb.grad.numpy(), **tol)
+
+
+# The activations whose backward reads z (and two that read the output) under dropout:
+# the derivative is taken at z, or at the output before its mask, then the mask.
+_TORCH_ACTS = {"gelu": lambda F, t: F.gelu(t), "silu": lambda F, t: F.silu(t),
+               "gelu_tanh": lambda F, t: F.gelu(t, approximate="tanh"),
+               "softplus": lambda F, t: F.softplus(t), "elu": lambda F, t: F.elu(t),
+               "leaky_relu": lambda F, t: F.leaky_relu(t)}
+
+
+@pytest.mark.parametrize("act", sorted(_TORCH_ACTS))
+def test_dropout_with_every_new_activation_in_both_twins_equals_torch(act):
+    torch = import_oracle("torch")
+    dtype = np.float64
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(11, 5)), rng.normal(size=(11, 3))
+    acts = [act, act, "identity"]
+    grads = {}
+    for core in (_step, reference_core):
+        tr = core.Trainer(DROP_SIZES, acts, "mse", "mean", dtype, dropout=DROP_P)
+        tr.dropout_seed, tr.dropout_step = 99, 3
+        p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
+        status, loss = tr.loss_and_grad(p, x, y, g)
+        assert status == 0
+        grads[core.__name__] = (loss, g.copy())
+    pairs, w_off, b_off, ws, bs = _torch_layers(torch, tr, p)
+    h = torch.tensor(x)
+    for l in range(3):
+        h = h @ ws[l] + bs[l]
+        if l < 2:
+            h = _TORCH_ACTS[act](torch.nn.functional, h)
+            mask = reference_core.dropout_keep(99, 3, l, tuple(h.shape), DROP_P[l])
+            h = h * torch.tensor(mask.astype(dtype)) / (1 - DROP_P[l])
+    expected = torch.nn.functional.mse_loss(h, torch.tensor(y))
+    expected.backward()
+    want = np.concatenate([t.grad.numpy().ravel() for pair in zip(ws, bs) for t in pair])
+    for name, (loss, g) in grads.items():
+        assert loss == pytest.approx(expected.item(), rel=1e-12), name
+        np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-13, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
