@@ -897,6 +897,8 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
             seed = V.check_int("seed", seed, minimum=0, maximum=None)  # as MLP.fit
         config = {
             "layer_sizes": net.layer_sizes, "activations": net.activations, "loss": net.loss,
+            "activation_options": net.activation_options, "loss_options": net.loss_options,
+            "dropout": net.dropout,
             "reduction": net.reduction, "dtype": net.dtype.name, "epochs": epochs,
             "batch_size": batch_size, "hyper": hyper, "shuffle": bool(shuffle),
             "accumulate_steps": accumulate_steps, "overlap": bool(overlap),
@@ -934,6 +936,12 @@ def _fit(ranks, net, x, y, *, epochs, batch_size, lr, momentum, weight_decay, ne
             # Every rank starts from rank 0's model and optimizer state.
             _bcast_velocity(comm, net, comm.bcast(net.velocity is not None, root=0))
         comm.Bcast(net.parameters, root=0)
+        if any(net.dropout):
+            # NOTE: rank 0's dropout key, moved by the rank: every rank draws masks of
+            # its own (the same key would drop the same units of each rank's batch),
+            # reproducibly; one rank keeps the model's key.
+            base = comm.bcast(net.core.dropout_seed, root=0)
+            net.core.dropout_seed = (base + rank * _DROPOUT_STRIDE) % (1 << 64)
         history["comm_seconds"] = []
         # NOTE: one rank with nothing to accumulate or overlap has nothing to
         # reduce: the compiled epoch loop of MLP.fit runs it (one nogil call per
@@ -999,6 +1007,10 @@ def _bcast_velocity(comm, net, present):
     if net.velocity is None:
         net.velocity = np.zeros(net.n_params, net.dtype)
     comm.Bcast(net.velocity, root=0)
+
+
+# splitmix64's increment: consecutive ranks' dropout keys far apart
+_DROPOUT_STRIDE = 0x9E3779B97F4A7C15
 
 
 def _one_rank_epoch(net, x, y, order, batch_size, hyper, epoch, grads):

@@ -764,3 +764,28 @@ def test_missing_mpi4py_gives_the_install_hint():
     assert "pip install 'bpcore[mpi]'" in last and "No module named 'mpi4py'" in last
     assert "During handling" not in res.stderr  # one error, not a chain
 
+
+
+@needs_mpiexec
+def test_dropout_ranks_draw_their_own_masks_and_must_agree_on_the_model():
+    code = PRELUDE + """
+from bpcore import reference_core
+rng = np.random.default_rng(rank)
+x, y = rng.normal(size=(16, 4)), rng.normal(size=(16, 2))
+net = MLP([4, 8, 2], activation="gelu", dropout=0.5, dtype="float64", seed=3)
+D.fit(net, x, y, epochs=2, batch_size=4, lr=0.05, shuffle=False)
+seeds = comm.allgather(net.core.dropout_seed)
+params = comm.allgather(net.parameters.copy())
+print(f"rank {rank}: distinct {len(set(seeds)) == size}, "
+      f"same params {all(np.array_equal(p, params[0]) for p in params)}", flush=True)
+other = MLP([4, 8, 2], activation="gelu", dropout=0.5 if rank == 0 else 0.25,
+            dtype="float64", seed=3)
+try:
+    D.fit(other, x, y, epochs=1, batch_size=4, lr=0.05)
+except ValueError as exc:
+    print(f"rank {rank}: {exc}", flush=True)
+"""
+    with tempfile.TemporaryDirectory() as cwd:
+        res = run_mpi(2, code, cwd, timeout=60)
+    assert res.stdout.count("distinct True, same params True") == 2, res.stdout
+    assert res.stdout.count("ranks disagree on `dropout`") == 2, res.stdout
