@@ -271,6 +271,63 @@ def options_table(*, sizes=(1000, 100, 10), batch=64, batches=16, threads=1, rou
     return {label: t / batches for label, t in times.items()}
 
 
+# PyTorch's functional form of each activation the activations table shows
+_TORCH_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "leaky_relu": "leaky_relu", "elu": "elu",
+                      "gelu": "gelu", "gelu_tanh": "gelu", "silu": "silu",
+                      "softplus": "softplus"}
+
+
+def activations_table(*, shape=(256, 1024), threads=1, rounds=7, min_time=0.05, file=None):
+    """Each activation's forward + backward: bpcore, its NumPy reference, PyTorch.
+
+    float32 arrays of ``shape``; backward from what forward saved (the output,
+    or z for gelu, gelu_tanh, silu and softplus); PyTorch's forward + autograd
+    backward.  Returns {name: {who: seconds}}.
+    """
+    import bpcore
+    from bpcore import reference, reference_core
+
+    torch = import_peer("torch")
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    out = np.empty_like(z)
+    grad = np.empty_like(z)
+    results = {}
+    for name in _TORCH_ACTIVATIONS:
+        contenders = {}
+        for who, mod in (("bpcore", bpcore), ("reference", reference)):
+            fwd, bwd = getattr(mod, f"{name}_forward"), getattr(mod, f"{name}_backward")
+            kw = dict(out=out) if mod is bpcore else {}
+            bkw = dict(out=grad) if mod is bpcore else {}
+
+            def run(fwd=fwd, bwd=bwd, kw=kw, bkw=bkw):
+                a = fwd(z, **kw)
+                bwd(z if name in reference_core.NEEDS_Z else a, g, **bkw)
+            contenders[who] = run
+        if torch is not None:
+            F = torch.nn.functional
+            fn = getattr(F, _TORCH_ACTIVATIONS[name], None) or getattr(torch, name)
+            extra = {"approximate": "tanh"} if name == "gelu_tanh" else {}
+            zt, gt = torch.from_numpy(z), torch.from_numpy(g)
+
+            def run_torch(fn=fn, extra=extra):
+                leaf = zt.detach().requires_grad_()
+                fn(leaf, **extra).backward(gt)
+            contenders["torch"] = run_torch
+        with limit_threads(threads):
+            results[name] = time_calls(contenders, rounds=rounds, min_time=min_time)
+    who = ["bpcore", "reference"] + (["torch"] if torch is not None else [])
+    print(f"\nActivations, forward + backward on {shape[0]}x{shape[1]} float32, {threads} "
+          f"thread(s): us, and x = the peer's time / bpcore's", file=file)
+    print(f"{'activation':12}" + "".join(f"{w:>20}" for w in who), file=file)
+    for name, times in results.items():
+        cells = [f"{times['bpcore'] * 1e6:20.1f}"] + [
+            f"{times[w] * 1e6:11.1f} ({times[w] / times['bpcore']:5.1f}x)" for w in who[1:]]
+        print(f"{name:12}" + "".join(cells), file=file)
+    return results
+
+
 def digits_table(*, threads=1, epochs=30, file=None):
     """One ``MLP.fit`` epoch vs one scikit-learn ``MLPClassifier(solver="sgd")`` epoch on digits.
 
@@ -380,6 +437,8 @@ def quick(*, threads=1, smoke=False, file=None):
                    rounds=rounds, min_time=min_time, peak=peak, file=file)
     options_table(sizes=(50, 20, 10) if smoke else (1000, 100, 10), threads=threads,
                   rounds=rounds, min_time=min_time, file=file)
+    activations_table(shape=(8, 64) if smoke else (256, 1024), threads=threads, rounds=rounds,
+                      min_time=min_time, file=file)
     if found["scikit-learn"] is None:
         print("\n(digits table skipped: needs scikit-learn)", file=file)
     else:
