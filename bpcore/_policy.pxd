@@ -10,6 +10,9 @@
 # Python statement, and tests/test_validate.py checks that the two agree on
 # every layout of tests/conftest.layout.
 #
+# The core (bpcore._step.Trainer) takes blocks its faces have already converted;
+# it checks only that its kernels cannot read out of bounds (c_array below).
+#
 # matmul's operands are the one place where strides are read (the GEMM takes
 # any element strides): there the same test holds without C-contiguity
 # (``final_array(arr, False)``; ``is_final(arr, contiguous=False)``).
@@ -39,3 +42,18 @@ cdef inline int final_array(object arr, bint contiguous) noexcept:
 cdef inline int plain_array(object arr) noexcept:
     """``final_array(arr, True)``: what every fast path but matmul's operands takes."""
     return final_array(arr, True)
+
+
+cdef inline bint c_array(object arr, int typenum, int ndim) noexcept:
+    """``arr`` is an ndarray (a subclass too) of ``typenum`` in native byte order,
+    C-contiguous, aligned, with ``ndim`` dimensions (-1: any): the training core's
+    contract (bpcore._step.Trainer's checks: what its kernels may read without going
+    out of bounds, after the faces converted with bpcore._validate).  C-API macros,
+    no Python attribute lookups (a one-row predict's checks cost 1.2 us through
+    ``.flags`` and ``.dtype``)."""
+    if not cnp.PyArray_Check(arr):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    return (cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a), typenum)
+            and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_ISALIGNED(a) and (ndim < 0 or cnp.PyArray_NDIM(a) == ndim))

@@ -62,7 +62,7 @@ cdef extern from "<stdlib.h>" nogil:
 
 import numpy as np
 cimport numpy as cnp
-from bpcore._policy cimport plain_array
+from bpcore._policy cimport c_array, plain_array
 
 from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_BIAS_RELU, BP_EPI_BIAS_SIGMOID, BP_EPI_BIAS_TANH,
@@ -1259,19 +1259,6 @@ cdef inline void* _data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr) if arr is not None else NULL
 
 
-cdef inline bint _c_array(object arr, int typenum, int ndim) noexcept:
-    """``arr`` is an ndarray (a subclass too) of ``typenum`` in native byte order,
-    C-contiguous, aligned, with ``ndim`` dimensions (-1: any): what the kernels may read
-    without going out of bounds.  C-API macros, no Python attribute lookups (a
-    one-row predict's checks cost 1.2 us through ``.flags`` and ``.dtype``)."""
-    if not cnp.PyArray_Check(arr):
-        return False
-    cdef cnp.ndarray a = <cnp.ndarray>arr
-    return (cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a), typenum)
-            and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_IS_C_CONTIGUOUS(a)
-            and cnp.PyArray_ISALIGNED(a) and (ndim < 0 or cnp.PyArray_NDIM(a) == ndim))
-
-
 cdef class Trainer:
     """Shapes, activations, the loss rule and the workspace of one model.
 
@@ -1474,7 +1461,7 @@ cdef class Trainer:
         return self.net.loss == LOSS_CROSS_ENTROPY
 
     cdef void _check_block(self, object block, str name) except *:
-        if (not _c_array(block, self.typenum, -1)
+        if (not c_array(block, self.typenum, -1)
                 or cnp.PyArray_SIZE(<cnp.ndarray>block) < self.n_params):
             raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} block of at least "
                              f"{self.n_params} values")
@@ -1507,7 +1494,7 @@ cdef class Trainer:
 
     cdef void _check_rows(self, object x, object y, bint need_y=True) except *:
         # NOTE: aligned too -- the kernels read rows with aligned vector loads.
-        if (not _c_array(x, self.typenum, 2)
+        if (not c_array(x, self.typenum, 2)
                 or cnp.PyArray_DIM(<cnp.ndarray>x, 1) != self.net.sizes[0]):
             raise ValueError(f"`x` must be a C-contiguous, aligned {self.dtype} array of shape "
                              f"(n, {self._sizes[0]})")
@@ -1516,10 +1503,10 @@ cdef class Trainer:
                 raise ValueError("`y` is required")
             return
         if self._labels():
-            if (not _c_array(y, cnp.NPY_INT64, 1)
+            if (not c_array(y, cnp.NPY_INT64, 1)
                     or cnp.PyArray_DIM(<cnp.ndarray>y, 0) != cnp.PyArray_DIM(<cnp.ndarray>x, 0)):
                 raise ValueError("`y` must be C-contiguous int64 labels of shape (n,)")
-        elif (not _c_array(y, self.typenum, 2)
+        elif (not c_array(y, self.typenum, 2)
                 or cnp.PyArray_DIM(<cnp.ndarray>y, 0) != cnp.PyArray_DIM(<cnp.ndarray>x, 0)
                 or cnp.PyArray_DIM(<cnp.ndarray>y, 1) != self.net.sizes[self.net.n_layers]):
             raise ValueError(f"`y` must be a C-contiguous {self.dtype} array of shape "
@@ -1528,7 +1515,7 @@ cdef class Trainer:
     cdef void _check_weights(self, object sample_weight, Py_ssize_t n) except *:
         if sample_weight is None:
             return
-        if (not _c_array(sample_weight, self.typenum, 1)
+        if (not c_array(sample_weight, self.typenum, 1)
                 or cnp.PyArray_DIM(<cnp.ndarray>sample_weight, 0) != n):
             raise ValueError(f"`sample_weight` must be a C-contiguous {self.dtype} array of "
                              f"shape ({n},)")
@@ -1587,7 +1574,7 @@ cdef class Trainer:
         cdef Call c
         self._open(&c, OP_FORWARD, params)
         cdef Py_ssize_t n = self._with_rows(&c, x, None, None, False)
-        if (not _c_array(out, self.typenum, 2) or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != n
+        if (not c_array(out, self.typenum, 2) or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != n
                 or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != self.net.sizes[self.net.n_layers]
                 or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
             raise ValueError("`out` must be a writeable, C-contiguous, aligned array of the "
