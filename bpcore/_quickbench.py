@@ -301,13 +301,13 @@ def activations_table(*, shape=(256, 1024), threads=1, rounds=7, min_time=0.05, 
             kw = dict(out=out) if mod is bpcore else {}
             bkw = dict(out=grad) if mod is bpcore else {}
 
-            def run(fwd=fwd, bwd=bwd, kw=kw, bkw=bkw):
+            def run(fwd=fwd, bwd=bwd, kw=kw, bkw=bkw, takes_z=name in reference_core.NEEDS_Z):
                 a = fwd(z, **kw)
-                bwd(z if name in reference_core.NEEDS_Z else a, g, **bkw)
+                bwd(z if takes_z else a, g, **bkw)
             contenders[who] = run
         if torch is not None:
             F = torch.nn.functional
-            fn = getattr(F, _TORCH_ACTIVATIONS[name], None) or getattr(torch, name)
+            fn = getattr(F, _TORCH_ACTIVATIONS[name])
             extra = {"approximate": "tanh"} if name == "gelu_tanh" else {}
             zt, gt = torch.from_numpy(z), torch.from_numpy(g)
 
