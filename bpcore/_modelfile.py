@@ -12,7 +12,12 @@ Contents (every entry a plain NumPy array; strings are unicode arrays, so
     dtype         "float32" | "float64"
     params        the flat parameter block (W_0, b_0, W_1, b_1, ...)
     extra/<name>  optional arrays a caller adds (optimizer state, RNG state, epoch,
-                  the CLI's preprocessing)
+                  the CLI's preprocessing; MLP.save's activation and loss options,
+                  ``dropout`` and ``compute_dtype`` when set)
+
+NOTE: a setting added after version 1 rides as an optional extra entry, absent
+meaning its old default, so old files load unchanged and the version stays 1;
+the version moves only when a reader of version 1 would misread a new file.
 
 Writing goes to a temporary file in the directory of the target, flushed and
 fsynced, then renamed over the target: a crash leaves the old file or the new

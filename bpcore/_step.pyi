@@ -49,13 +49,15 @@ _State = tuple[_Float | None, _Float | None] | tuple[_Float | None, _Float | Non
 @disjoint_base
 class Trainer:
     dtype: np.dtype[Any]
+    compute_dtype: str | None
     n_params: int
     capacity: int
     batches_done: int
     def __init__(self, sizes: Any, activations: Any, loss: str, reduction: str,
                  dtype: Any, alpha: float = 0.0, dropout: Any = None, *,
                  activation_params: Sequence[dict[str, float] | None] | None = None,
-                 loss_params: dict[str, Any] | None = None) -> None: ...
+                 loss_params: dict[str, Any] | None = None,
+                 compute_dtype: str | None = None) -> None: ...
     @property
     def dropout(self) -> tuple[float, ...]: ...
     @property

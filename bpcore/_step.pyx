@@ -46,6 +46,14 @@
 #             polled between batches (their exception kept and re-raised
 #             unchanged after the nogil stretch).
 #
+# Mixed precision (compute_dtype "bfloat16", float32 Trainers only): the three
+# products above -- z_l = a_{l-1} W_l, delta_l W_l^T and a_{l-1}^T delta_l --
+# take bfloat16-rounded operands and accumulate in float32 (gemm_bf16, one
+# switch in _product), as torch.autocast("cpu", dtype=torch.bfloat16) runs a
+# Linear; parameters, gradients, optimizer state, bias, activations, the loss
+# and the update stay float32.  Unlike autocast, a product's float32 result is
+# not rounded to bfloat16 before its epilogue.
+#
 # NOTE: non-finite values are caught before the update: a non-finite loss
 # stops the step before backward, and each layer's gradient is scanned
 # (exponent bits, vectorised) before the optimizer touches the parameters.
@@ -64,7 +72,7 @@ import numpy as np
 cimport numpy as cnp
 from bpcore._policy cimport c_array, plain_array
 
-from bpcore._gemm cimport (gemm, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
+from bpcore._gemm cimport (gemm, gemm_bf16, BP_OK, BP_ENOMEM, BP_EPI_NONE, BP_EPI_BIAS,
                            BP_EPI_BIAS_RELU, BP_EPI_BIAS_SIGMOID, BP_EPI_BIAS_TANH,
                            BP_EPI_MUL_DRELU, BP_EPI_MUL_DSIGMOID, BP_EPI_MUL_DTANH,
                            bp_epilogue)
@@ -204,6 +212,7 @@ cdef struct Net:
     const double* pos_weight     # binary cross-entropy: n_out positive weights, or NULL
     bint mean                    # the loss divides by the sample (element) count
     double alpha                 # scikit-learn's L2 penalty (sklearn rule only)
+    bint bf16                    # compute_dtype "bfloat16": every product through gemm_bf16
     # the workspace
     char** acts                  # acts[1..n_layers]: capacity x sizes[l] buffers
     char* delta0                 # two capacity x max width buffers, used in turn
@@ -261,6 +270,27 @@ cdef Py_ssize_t SMALL_PRODUCT = 1 << 20
 cdef inline int _threads_for(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The GEMM's num_threads argument: 1 for a small product, else 0 (the module's setting)."""
     return 1 if m * n * k < SMALL_PRODUCT else 0
+
+
+cdef inline int _product(const Net* net, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         const floating* a, Py_ssize_t rsa, Py_ssize_t csa,
+                         const floating* b, Py_ssize_t rsb, Py_ssize_t csb,
+                         floating* c, Py_ssize_t rsc, bp_epilogue epi, const floating* bias,
+                         const floating* aux, Py_ssize_t ldaux) noexcept nogil:
+    """c := epi(op(a) @ op(b)): the core's three products (forward, delta @ W.T, a.T @ delta).
+
+    Under compute_dtype "bfloat16" (float32 only: the Trainer refuses it with
+    float64) both operands are rounded to bfloat16 and the products accumulate
+    in float32 (bpcore._gemm.gemm_bf16), as torch.autocast does for a Linear;
+    the epilogue (bias, activation, derivative) and everything outside the
+    products stay float32.
+    """
+    if floating is float:
+        if net.bf16:
+            return gemm_bf16(m, n, k, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1, epi,
+                             bias, aux, ldaux, _threads_for(m, n, k))
+    return gemm(m, n, k, <floating>1, a, rsa, csa, b, rsb, csb, <floating>0, c, rsc, 1, epi,
+                bias, aux, ldaux, _threads_for(m, n, k))
 
 
 cdef inline bp_epilogue _forward_epilogue(int act) noexcept nogil:
@@ -382,10 +412,9 @@ cdef int forward_rows_z(const Net* net, const floating* params, const floating* 
         dst = a_out
         if not _fused(act) and zs != NULL and activation_needs_z(act):
             dst = zs[l + 1]
-        status = gemm(n, n_out, n_in, <floating>1, a_prev, n_in, 1,
-                      params + net.w_off[l], n_out, 1, <floating>0, dst, n_out, 1,
-                      _forward_epilogue(act), params + net.b_off[l], NULL, 0,
-                      _threads_for(n, n_out, n_in))
+        status = _product(net, n, n_out, n_in, a_prev, n_in, 1, params + net.w_off[l],
+                          n_out, 1, dst, n_out, _forward_epilogue(act),
+                          params + net.b_off[l], <const floating*>NULL, 0)
         if status != BP_OK:
             return status
         if not _fused(act):
@@ -738,11 +767,9 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
     cdef const floating* w = params + net.w_off[l]
     cdef floating alpha_t = <floating>net.alpha, sw_t = <floating>sw_sum
     if l > 0:
-        status = gemm(n, n_in, n_out, <floating>1, delta, n_out, 1,
-                      w, 1, n_out, <floating>0, delta_next, n_in, 1,
-                      _backward_epilogue(net.act[l - 1]), NULL,
-                      <floating*>net.drop.pre[l] if dropped else acts[l], n_in,
-                      _threads_for(n, n_in, n_out))
+        status = _product(net, n, n_in, n_out, delta, n_out, 1, w, 1, n_out, delta_next,
+                          n_in, _backward_epilogue(net.act[l - 1]), <const floating*>NULL,
+                          <floating*>net.drop.pre[l] if dropped else acts[l], n_in)
         if status != BP_OK:
             return status
         if not _fused(net.act[l - 1]):
@@ -753,9 +780,8 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
             dropout_rows(net.drop, l - 1, delta_next, delta_next, n * n_in)
     elif net.drop != NULL:
         net.drop.step += 1
-    status = gemm(n_in, n_out, n, <floating>1, a_prev, 1, n_in, delta, n_out, 1,
-                  <floating>0, gw, n_out, 1, BP_EPI_NONE, NULL, NULL, 0,
-                  _threads_for(n_in, n_out, n))
+    status = _product(net, n_in, n_out, n, a_prev, 1, n_in, delta, n_out, 1, gw, n_out,
+                      BP_EPI_NONE, <const floating*>NULL, <const floating*>NULL, 0)
     if status != BP_OK:
         return status
     column_sums(delta, n, n_out, gb)
@@ -1288,6 +1314,10 @@ cdef class Trainer:
         ``beta`` ("smooth_l1"), ``class_weight`` (n_out,) and
         ``label_smoothing`` ("cross_entropy"), ``pos_weight`` (n_out,)
         ("binary_cross_entropy").
+    compute_dtype : None or "bfloat16"
+        "bfloat16" (float32 only; a ``ValueError`` naming it otherwise): every
+        product of forward and backward from bfloat16-rounded operands with
+        float32 accumulation (see the module's Design note); None: in ``dtype``.
 
     The core's interface (see the module's Design note) is :meth:`forward`,
     :meth:`evaluate`, :meth:`loss_and_grad`, :meth:`update` and
@@ -1300,6 +1330,7 @@ cdef class Trainer:
     """
     cdef Net net
     cdef readonly object dtype
+    cdef readonly object compute_dtype  # None or "bfloat16" (the products' operands)
     cdef readonly Py_ssize_t n_params
     cdef readonly Py_ssize_t capacity
     cdef int typenum
@@ -1314,8 +1345,10 @@ cdef class Trainer:
     cdef object _drop_p, _pre_ptrs
 
     def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None, *,
-                 activation_params=None, loss_params=None):
+                 activation_params=None, loss_params=None, compute_dtype=None):
         self.dtype = np.dtype(dtype)
+        self.compute_dtype = V.check_compute_dtype(compute_dtype, self.dtype)
+        self.net.bf16 = self.compute_dtype == "bfloat16"
         self.typenum = cnp.NPY_FLOAT if self.dtype == np.float32 else cnp.NPY_DOUBLE
         self._sizes = np.ascontiguousarray(sizes, dtype=np.intp)
         self._acts = np.ascontiguousarray([ACTIVATIONS[a] for a in activations], dtype=np.intc)
@@ -1486,9 +1519,9 @@ cdef class Trainer:
         """``order`` is None or a permutation-like int64 index vector over n rows."""
         if order is None:
             return
-        if (not isinstance(order, np.ndarray) or order.dtype != np.int64
-                or order.shape != (n,) or not order.flags.c_contiguous):
-            raise ValueError("`order` must be C-contiguous int64 of shape (n,)")
+        # NOTE: aligned too -- the epoch reads it as long long*.
+        if not c_array(order, cnp.NPY_INT64, 1) or cnp.PyArray_DIM(<cnp.ndarray>order, 0) != n:
+            raise ValueError("`order` must be a C-contiguous, aligned int64 array of shape (n,)")
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError("`order` holds an index out of range")
 
@@ -1687,13 +1720,12 @@ cdef class Trainer:
         cdef const long long* labels
         cdef cnp.ndarray ya
         if self._labels():
-            # int64 labels: the same test but for the type (labels are no float data)
-            if (not cnp.PyArray_CheckExact(y) or cnp.PyArray_TYPE(<cnp.ndarray>y) != cnp.NPY_INT64
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
-                    or not cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>y)):
+            # int64 labels (no float data, so not plain_array's test): the core's
+            # contract, on an exact ndarray as the other fast-path arguments
+            if not (cnp.PyArray_CheckExact(y) and c_array(y, cnp.NPY_INT64, 1)):
                 return None
             ya = <cnp.ndarray>y
-            if cnp.PyArray_NDIM(ya) != 1 or cnp.PyArray_DIM(ya, 0) != n:
+            if cnp.PyArray_DIM(ya, 0) != n:
                 return None
             labels = <const long long*>cnp.PyArray_DATA(ya)
             for i in range(n):

@@ -113,6 +113,14 @@ class MLP:
         then divides by the summed weights of the targets) and
         ``label_smoothing`` (cross_entropy, in [0, 1]), ``pos_weight``
         (binary_cross_entropy, n_out values >= 0).
+    compute_dtype : {None, "bfloat16"}
+        Mixed precision, as ``torch.autocast("cpu", dtype=torch.bfloat16)``
+        runs ``nn.Linear`` layers: "bfloat16" (``dtype="float32"`` only)
+        computes every product of the forward and backward passes (``predict``
+        included) from bfloat16-rounded operands with float32 accumulation,
+        while the parameters, gradients, optimizer state, activations and
+        loss stay float32.  Unlike autocast, a product's result is kept in
+        float32 (not rounded to bfloat16).  None: everything in ``dtype``.
 
     Notes
     -----
@@ -123,7 +131,8 @@ class MLP:
 
     def __init__(self, layer_sizes, *, activation="relu", output_activation=None, loss="mse",
                  reduction="mean", dtype="float32", seed=None, init="auto",
-                 backend="compiled", dropout=None, activation_options=None, loss_options=None):
+                 backend="compiled", dropout=None, activation_options=None, loss_options=None,
+                 compute_dtype=None):
         sizes = self._check_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         loss = V.check_choice("loss", loss, LOSSES)
@@ -158,6 +167,7 @@ class MLP:
             raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype!r}") from None
         if dtype not in V.FLOAT_DTYPES:
             raise TypeError(f"`dtype` must be 'float32' or 'float64'; got {dtype}")
+        self.compute_dtype = V.check_compute_dtype(compute_dtype, dtype)
         self.layer_sizes = sizes
         self.activations = hidden + [output_activation]
         self.activation_options = _activation_options(activation_options, self.activations)
@@ -175,7 +185,8 @@ class MLP:
         self.loss_options = _loss_options(loss_options, loss, sizes[-1])
         self._core = core.Trainer(sizes, self.activations, loss, reduction, dtype,
                                   dropout=self.dropout, activation_params=per_layer,
-                                  loss_params=self._loss_params())
+                                  loss_params=self._loss_params(),
+                                  compute_dtype=self.compute_dtype)
         self._rule = core.UpdateRule
         self._params = _aligned_zeros(self._core.n_params, dtype)
         self._grads = _aligned_zeros(self._core.n_params, dtype)
@@ -235,7 +246,7 @@ class MLP:
     @classmethod
     def from_arrays(cls, weights, biases, *, activation="relu", output_activation=None,
                     loss="mse", reduction="mean", dtype=None, backend="compiled",
-                    activation_options=None, loss_options=None):
+                    activation_options=None, loss_options=None, compute_dtype=None):
         """Build an MLP holding the given parameters.
 
         Parameters
@@ -250,7 +261,7 @@ class MLP:
             Default: the weights' float dtype, else float64.
         backend : {"compiled", "reference"}
             As for :class:`MLP`.
-        activation_options, loss_options
+        activation_options, loss_options, compute_dtype
             As for :class:`MLP`.
 
         Returns
@@ -275,7 +286,7 @@ class MLP:
         net = cls(sizes, activation=activation, output_activation=output_activation, loss=loss,
                   reduction=reduction, dtype=dtype if dtype is not None else found,
                   backend=backend, activation_options=activation_options,
-                  loss_options=loss_options)
+                  loss_options=loss_options, compute_dtype=compute_dtype)
         for dst, src in zip(net.weights + net.biases, ws + bs):
             dst[...] = src
         return net
@@ -1080,6 +1091,10 @@ class MLP:
                      if names else {})
             extra.update({f"loss_option_{k}": np.asarray(v, np.float64)
                           for k, v in self.loss_options.items()})
+            if any(self.dropout):
+                extra["dropout"] = np.array(self.dropout, np.float64)
+            if self.compute_dtype is not None:
+                extra["compute_dtype"] = np.array(self.compute_dtype)
             _modelfile.save(path, layer_sizes=self.layer_sizes, activations=self.activations,
                             loss=self.loss, reduction=self.reduction, dtype=self.dtype,
                             params=self._params, extra=extra)
@@ -1111,10 +1126,23 @@ class MLP:
                 options = {str(k): float(v) for k, v in zip(names, values)}
             loss_options = {k[len("loss_option_"):]: (v.tolist() if v.ndim else float(v))
                             for k, v in extra.items() if k.startswith("loss_option_")}
+            # NOTE: files before dropout / compute_dtype were saved have neither
+            # entry (and a model without them writes none): no dropout, float32 products.
+            dropout = extra.get("dropout")
+            if dropout is not None:
+                if dropout.ndim != 1 or dropout.dtype.kind != "f":
+                    raise ValueError("bad dropout entry")
+                dropout = dropout.tolist()
+            compute_dtype = extra.get("compute_dtype")
+            if compute_dtype is not None:
+                if compute_dtype.ndim != 0 or compute_dtype.dtype.kind != "U":
+                    raise ValueError("bad compute_dtype entry")
+                compute_dtype = str(compute_dtype)
             net = cls(entries["layer_sizes"], activation=acts[:-1], output_activation=acts[-1],
                       loss=entries["loss"], reduction=entries["reduction"],
                       dtype=entries["dtype"], backend=backend, activation_options=options,
-                      loss_options=loss_options or None)
+                      loss_options=loss_options or None, dropout=dropout,
+                      compute_dtype=compute_dtype)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path!r} describes an invalid model: {exc}") from None
         net._params[...] = entries["params"]
@@ -1124,6 +1152,10 @@ class MLP:
 
     def to_onnx(self, path=None, *, opset=None):
         """The model as an ``onnx.ModelProto`` computing :meth:`predict` (needs onnx).
+
+        A ``compute_dtype="bfloat16"`` model is exported as float32: the graph
+        computes its products in float32 from the float32 parameters, so its
+        outputs differ from :meth:`predict`'s by the bfloat16 rounding.
 
         Parameters
         ----------
@@ -1142,6 +1174,10 @@ class MLP:
 
     def to_torch(self):
         """The model as a ``torch.nn.Sequential`` with the same weights (needs torch).
+
+        A ``compute_dtype="bfloat16"`` model becomes a float32 module (run it
+        under ``torch.autocast("cpu", dtype=torch.bfloat16)`` for mixed
+        precision; autocast also rounds each Linear's output to bfloat16).
 
         Returns
         -------
@@ -1174,7 +1210,8 @@ class MLP:
     def __repr__(self):
         return (f"MLP({self.layer_sizes}, activations={self.activations}, loss={self.loss!r}, "
                 f"reduction={self.reduction!r}, dtype={self.dtype.name!r}, "
-                f"backend={self.backend!r})")
+                + (f"compute_dtype={self.compute_dtype!r}, " if self.compute_dtype else "")
+                + f"backend={self.backend!r})")
 
 
 class _Interruption:

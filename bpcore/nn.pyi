@@ -50,6 +50,7 @@ class MLP:
     weights: list[_Float]       # views into the parameter block
     biases: list[_Float]
     dropout: tuple[float, ...]  # one probability per hidden layer
+    compute_dtype: Literal["bfloat16"] | None
 
     def __init__(self, layer_sizes: Sequence[int], *,
                  activation: _Activation | Sequence[_Activation] = "relu",
@@ -59,7 +60,8 @@ class MLP:
                  backend: _Backend = "compiled",
                  dropout: float | Sequence[float] | None = None,
                  activation_options: dict[str, float] | None = None,
-                 loss_options: dict[str, Any] | None = None) -> None: ...
+                 loss_options: dict[str, Any] | None = None,
+                 compute_dtype: Literal["bfloat16"] | None = None) -> None: ...
     @classmethod
     def from_arrays(cls, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], *,
                     activation: _Activation | Sequence[_Activation] = "relu",
@@ -67,7 +69,8 @@ class MLP:
                     reduction: _Reduction = "mean", dtype: DTypeLike | None = None,
                     backend: _Backend = "compiled",
                     activation_options: dict[str, float] | None = None,
-                    loss_options: dict[str, Any] | None = None) -> Self: ...
+                    loss_options: dict[str, Any] | None = None,
+                    compute_dtype: Literal["bfloat16"] | None = None) -> Self: ...
     @property
     def n_params(self) -> int: ...
     @property

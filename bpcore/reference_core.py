@@ -13,6 +13,11 @@ compiled twins in ``bpcore/_step.pyx`` (a test compares them with
 * ``epoch``: mini-batches in order or by a permutation, each a
   ``loss_and_grad`` and an ``update``.
 
+``compute_dtype="bfloat16"`` rounds both operands of every product (forward
+``a @ W``, backward ``delta @ W.T`` and ``a.T @ delta``) with
+:func:`bpcore.reference.round_bfloat16` first, the products in float32, as the
+compiled core's ``gemm_bf16``; everything else stays float32.
+
 ``bpcore.MLP(..., backend="reference")`` runs a model on this twin.
 scikit-learn's loss rules ("sk_*") exist only in the compiled core.
 """
@@ -153,9 +158,11 @@ class Trainer:
     """The NumPy twin of ``bpcore._step.Trainer`` (same methods, same flat blocks)."""
 
     def __init__(self, sizes, activations, loss, reduction, dtype, alpha=0.0, dropout=None, *,
-                 activation_params=None, loss_params=None):
+                 activation_params=None, loss_params=None, compute_dtype=None):
         if loss.startswith("sk_"):
             raise ValueError(f"the reference core has no scikit-learn loss rule ({loss!r})")
+        # None or "bfloat16": the products' operands (see the module docstring)
+        self.compute_dtype = V.check_compute_dtype(compute_dtype, dtype)
         self.sizes = [int(s) for s in sizes]
         self.activations = list(activations)
         # each layer's activation keywords (e.g. {"negative_slope": 0.2}); {} for defaults
@@ -197,6 +204,10 @@ class Trainer:
         return ([block[w:w + n_in * n_out].reshape(n_in, n_out) for n_in, n_out, w, _ in pairs],
                 [block[b:b + n_out] for n_out, b in zip(self.sizes[1:], self.b_off)])
 
+    def _operand(self, a):
+        """``a`` as a product takes it: rounded to bfloat16 under compute_dtype "bfloat16"."""
+        return R.round_bfloat16(a) if self.compute_dtype == "bfloat16" else a
+
     def _takes_logits(self):
         return self.loss in ("cross_entropy", "binary_cross_entropy")
 
@@ -211,7 +222,7 @@ class Trainer:
         if zs is not None:
             zs[:] = [None]
         for l, (w, b) in enumerate(zip(weights, biases)):
-            z = R.linear_forward(acts[-1], w, b)
+            z = R.linear_forward(self._operand(acts[-1]), self._operand(w), b)
             act = self.activations[l]
             if zs is not None:
                 zs.append(z if act in NEEDS_Z else None)
@@ -318,8 +329,11 @@ class Trainer:
         weights, _ = self._views(params)
         grad_w, grad_b = self._views(grads)
         # BP3 / BP4 (grad_b, grad_w) and BP2's product delta_l @ W_l.T
-        grad_x, _, _ = R.linear_backward(acts[l], weights[l], delta, need_grad_x=l > 0,
+        grad_x, _, _ = R.linear_backward(self._operand(acts[l]), self._operand(weights[l]),
+                                         self._operand(delta), need_grad_x=l > 0,
                                          grad_w=grad_w[l], grad_b=grad_b[l])
+        if self.compute_dtype is not None:
+            np.sum(delta, axis=0, out=grad_b[l])  # BP4 is no product: the float32 delta
         if l == 0:
             self.dropout_step += any(p > 0 for p in self.dropout)  # the step's masks are used
             return None
