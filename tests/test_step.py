@@ -457,3 +457,255 @@ def test_a_momentum_table_that_turns_momentum_on_needs_the_velocity(core_name, k
     assert not state[rule.stateful - 1].any()  # momentum 0: the velocity is not touched
     tr.update(p, g, state, rule)
     assert state[rule.stateful - 1].all()
+
+
+# ---------------------------------------------------------------------------
+# Mixed precision: compute_dtype="bfloat16" (every product from bf16 operands)
+# ---------------------------------------------------------------------------
+#
+# How close the twins must be.  Each product rounds both operands to bfloat16
+# (8 significant bits), so every term a_i * b_i is exact in float32 (16 bits);
+# the two cores then differ only in the ORDER of the float32 sums, which bounds
+# one product's difference by 2 (k - 1) u sum_i |a_i b_i| (u = 2^-24; checked
+# elementwise on a single product below).  Downstream, such a difference of a
+# few float32 ulps can move an activation across a bfloat16 rounding boundary:
+# the next product then sees a neighbouring bfloat16 (2^-8 relative) for that
+# element -- rarely (the chance is about k 2^-16 per element), but not never,
+# and whether it happens depends on NumPy's BLAS.  So a whole network's results
+# are compared as: every element within LOOSE of the array's largest value, and
+# at least 90% within TIGHT (2^-16: 256 float32 ulps at that scale, far above
+# the summation-order differences of these small products, far below the
+# ~2^-9 by which bfloat16 products differ from float32 ones -- the last test of
+# this section checks that float32 products fail it).
+BF16_TIGHT = 2.0 ** -16
+BF16_LOOSE = 2.0 ** -7
+U32 = 2.0 ** -24
+# Every hidden activation of the core (relu..tanh fused in the GEMM's store, the others
+# after the product; gelu, gelu_tanh, silu, softplus keep z for backward).
+CORE_ACTS = ["identity", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu", "gelu_tanh",
+             "silu", "softplus"]
+
+
+def _bf16(a):
+    from bpcore.reference import round_bfloat16
+    return round_bfloat16(np.asarray(a, np.float32)).astype(np.float64)
+
+
+def bf16_mismatch(actual, expected):
+    """The fraction of elements further than BF16_TIGHT from ``expected`` (relative to
+    its largest magnitude), after asserting all are within BF16_LOOSE."""
+    actual = np.asarray(actual, np.float64).ravel()
+    expected = np.asarray(expected, np.float64).ravel()
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    err = np.abs(actual - expected) / scale
+    assert err.max() <= BF16_LOOSE, f"max relative difference {err.max():.3g}"
+    return float(np.mean(err > BF16_TIGHT))
+
+
+def assert_bf16_close(actual, expected):
+    assert bf16_mismatch(actual, expected) <= 0.1
+
+
+def _bf16_trainer(core, acts=("tanh", "relu", "identity"), loss="mse", dropout=None,
+                  sizes=(5, 7, 4, 3)):
+    tr = core.Trainer(list(sizes), list(acts), loss, "mean", np.float32, dropout=dropout,
+                      compute_dtype="bfloat16")
+    tr.dropout_seed, tr.dropout_step = 77, 2
+    return tr
+
+
+def test_bf16_product_is_within_the_summation_order_bound():
+    """One layer: out = bf16(x) @ bf16(W) + b; the twins differ by at most
+    2 (k-1) u |bf16(x)| @ |bf16(W)| plus the bias add's rounding, elementwise."""
+    rng = np.random.default_rng(11)
+    n, k, m = 64, 300, 17
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    outs = []
+    for core in (_step, reference_core):
+        tr = core.Trainer([k, m], ["identity"], "mse", "mean", np.float32,
+                          compute_dtype="bfloat16")
+        p = _params(tr, np.float32, seed=12)
+        outs.append(tr.forward(p, x, np.empty((n, m), np.float32)).astype(np.float64))
+    w, b = p[:k * m].reshape(k, m), p[k * m:]
+    bound = (2 * (k - 1) * U32 * (np.abs(_bf16(x)) @ np.abs(_bf16(w)))
+             + 2 * U32 * np.abs(outs[1]) + 1e-30)
+    assert (np.abs(outs[0] - outs[1]) <= bound).all()
+    exact = _bf16(x) @ _bf16(w) + b.astype(np.float64)  # float64: exact products, tiny error
+    assert (np.abs(outs[0] - exact) <= bound).all()
+    # and no float32 product: those differ from bf16's by far more than the bound
+    plain = x.astype(np.float64) @ w.astype(np.float64) + b
+    assert np.mean(np.abs(plain - exact) > bound) > 0.5
+
+
+@pytest.mark.parametrize("act", CORE_ACTS)
+def test_bf16_compiled_core_matches_its_twin_for_every_activation(act):
+    """forward, loss_and_grad (with dropout on the hidden layers: the derivative at the
+    kept z or the output before its mask), the same masks and steps in both."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 5)).astype(np.float32), rng.normal(size=(40, 3)).astype(
+        np.float32)
+    results = []
+    for core in (_step, reference_core):
+        tr = _bf16_trainer(core, (act, act, "identity"), dropout=(0.25, 0.4))
+        p, g = _params(tr, np.float32), _aligned_zeros(tr.n_params, np.float32)
+        out = tr.forward(p, x, np.empty((40, 3), np.float32)).copy()
+        status, loss = tr.loss_and_grad(p, x, y, g)
+        assert status == 0 and tr.dropout_step == 3
+        results.append((out, loss, g.copy()))
+    (out_c, loss_c, g_c), (out_r, loss_r, g_r) = results
+    assert_bf16_close(out_c, out_r)
+    assert loss_c == pytest.approx(loss_r, rel=2.0 ** -12)
+    assert_bf16_close(g_c, g_r)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
+def test_bf16_step_epoch_and_evaluate_match_the_twin(loss):
+    x, y = _problem(loss, np.float32, n=48)
+    act_out = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}.get(loss,
+                                                                               "identity")
+    results = []
+    for core in (_step, reference_core):
+        tr = _bf16_trainer(core, ("gelu", "sigmoid", act_out), loss)
+        # one step: loss_and_grad then update (the compiled fast path for SGD, too)
+        p, g = _params(tr, np.float32), _aligned_zeros(tr.n_params, np.float32)
+        velocity = _aligned_zeros(tr.n_params, np.float32)
+        if core is _step:
+            status, _ = tr.train_step_fast(p, g, velocity, x, y, 0.1, 0.9, 0.0, False)
+        else:
+            status, _ = tr.loss_and_grad(p, x, y, g)
+            tr.update(p, g, (velocity, None), core.UpdateRule("sgd", lr=0.1, momentum=0.9))
+        assert status == 0
+        stepped = p.copy()
+        # two epochs of Adam in shuffled batches
+        p = _params(tr, np.float32)
+        rule = core.UpdateRule("adam", lr=1e-2)
+        state = _state(rule, tr.n_params, np.float32)
+        for epoch in range(2):
+            order = np.random.default_rng(epoch).permutation(len(x)).astype(np.int64)
+            status, loss_sum, done = tr.epoch(p, g, state, x, y, None, order, 8, rule)
+            assert status == 0 and done == 6
+        results.append((stepped, p.copy(), loss_sum, tr.evaluate(p, x, y)))
+    (s_c, p_c, sum_c, ev_c), (s_r, p_r, sum_r, ev_r) = results
+    init = _params(tr, np.float32)
+    assert_bf16_close(s_c - init, s_r - init)  # the update itself, not the parameters
+    assert_bf16_close(p_c - init, p_r - init)
+    assert sum_c == pytest.approx(sum_r, rel=2.0 ** -10)
+    assert ev_c == pytest.approx(ev_r, rel=2.0 ** -10)
+
+
+def test_bf16_float32_products_fail_the_tight_check():
+    """The tolerance can tell: the float32 core's gradients are not within BF16_TIGHT
+    of the bfloat16 twin's on most elements."""
+    x, y = _problem("mse", np.float32, n=40)
+    grads = []
+    for core, compute in ((_step, None), (reference_core, "bfloat16")):
+        tr = core.Trainer([5, 7, 4, 3], ["tanh", "relu", "identity"], "mse", "mean",
+                          np.float32, compute_dtype=compute)
+        p, g = _params(tr, np.float32), _aligned_zeros(tr.n_params, np.float32)
+        tr.loss_and_grad(p, x, y, g)
+        grads.append(g)
+    assert bf16_mismatch(*grads) > 0.5
+
+
+def test_bf16_is_float32_only_and_named():
+    for core in (_step, reference_core):
+        assert _bf16_trainer(core).compute_dtype == "bfloat16"
+        assert core.Trainer([2, 1], ["identity"], "mse", "mean", np.float32).compute_dtype \
+            is None
+        for dtype, bad in ((np.float64, "bfloat16"), (np.float32, "float16"),
+                           (np.float32, 16)):
+            with pytest.raises(ValueError, match="`compute_dtype`"):
+                core.Trainer([2, 1], ["identity"], "mse", "mean", dtype, compute_dtype=bad)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch: an oracle of bpcore's semantics, and how far autocast is
+# ---------------------------------------------------------------------------
+
+def _torch_bf16_linear(torch):
+    """A Linear whose three products take bf16-rounded float32 operands and compute in
+    float32 (torch.matmul), bias and gradients float32: bpcore's documented semantics."""
+    r = lambda t: t.to(torch.bfloat16).to(torch.float32)  # noqa: E731 (nearest, ties to even)
+
+    class Linear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, w, b):
+            ctx.save_for_backward(a, w)
+            return torch.matmul(r(a), r(w)) + b
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, w = ctx.saved_tensors
+            return (torch.matmul(r(grad), r(w).T), torch.matmul(r(a).T, r(grad)),
+                    grad.sum(0))
+
+    return Linear.apply
+
+
+def test_bf16_gradients_equal_a_torch_oracle_and_autocast_is_near():
+    torch = import_oracle("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(21)
+    sizes = [64, 48, 32, 10]
+    x = rng.normal(size=(96, 64)).astype(np.float32)
+    labels = rng.integers(0, 10, 96).astype(np.int64)
+    tr = _step.Trainer(sizes, ["relu", "gelu", "softmax"], "cross_entropy", "mean",
+                       np.float32, compute_dtype="bfloat16")
+    p = _aligned_zeros(tr.n_params, np.float32)
+    p[...] = rng.normal(scale=0.15, size=tr.n_params)
+    g = _aligned_zeros(tr.n_params, np.float32)
+    status, loss = tr.loss_and_grad(p, x, labels, g)
+    assert status == 0
+    w_off, b_off = tr.offsets()
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+
+    def leaves():
+        ws = [torch.tensor(p[o:o + a * b].reshape(a, b).copy(), requires_grad=True)
+              for (a, b), o in zip(pairs, w_off)]
+        bs = [torch.tensor(p[o:o + b].copy(), requires_grad=True)
+              for (_, b), o in zip(pairs, b_off)]
+        return ws, bs
+
+    def run(linear, autocast):
+        ws, bs = leaves()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            h = torch.tensor(x)
+            for l, act in enumerate((F.relu, F.gelu, None)):
+                h = linear(h, ws[l], bs[l])
+                h = act(h) if act else h
+            out = F.cross_entropy(h.float(), torch.tensor(labels))
+        out.backward()
+        return out.item(), np.concatenate([t.grad.float().numpy().ravel()
+                                           for pair in zip(ws, bs) for t in pair])
+
+    oracle_loss, oracle = run(_torch_bf16_linear(torch), False)
+    assert loss == pytest.approx(oracle_loss, rel=2.0 ** -12)
+    assert_bf16_close(g, oracle)
+    # torch.autocast: F.linear on bf16 inputs and weights, but its OUTPUT is bf16 too (and
+    # the gradients flowing back are bf16), so it is further from bpcore than the oracle
+    # (3e-7 of the largest gradient here): 3% (float32 products: 1.1%; autocast from
+    # float32 products: 3%), the loss 2e-5 relative.
+    auto_loss, auto = run(lambda a, w, b: F.linear(a, w.T, b), True)
+    scale = np.abs(oracle).max()
+    assert np.abs(auto - oracle).max() / scale < 2.0 ** -4
+    assert auto_loss == pytest.approx(oracle_loss, rel=2.0 ** -7)
+
+
+# ---------------------------------------------------------------------------
+# The row order's checks
+# ---------------------------------------------------------------------------
+
+def test_epoch_refuses_a_misaligned_int64_order():
+    tr = _trainer(_step, "mse", np.float64)
+    x, y = _problem("mse", np.float64, n=8)
+    p, g = _params(tr, np.float64), _aligned_zeros(tr.n_params, np.float64)
+    raw = np.zeros(8 * 8 + 1, np.uint8)
+    start = 1 if raw.ctypes.data % 8 == 0 else 0
+    order = raw[start:start + 64].view(np.int64)
+    order[...] = np.arange(8)
+    assert not order.flags.aligned
+    rule = _step.UpdateRule("sgd", lr=0.1)
+    for bad in (order, np.arange(8, dtype=np.int32), np.arange(16)[::2], np.arange(7)):
+        with pytest.raises(ValueError, match="`order`"):
+            tr.epoch(p, g, None, x, y, None, bad, 4, rule)
+    tr.epoch(p, g, None, x, y, None, order.copy(), 4, rule)  # aligned: taken
