@@ -1230,3 +1230,85 @@ def test_new_loss_options_train_without_allocating(loss):
     tracemalloc.stop()
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert growth < 10_000  # bytes: tracemalloc's own bookkeeping, not per-step growth
+
+
+# ---------------------------------------------------------------------------
+# Mixed precision (compute_dtype="bfloat16") and what a saved model keeps
+# ---------------------------------------------------------------------------
+
+def _digits_split():
+    datasets = import_oracle("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    return x, digits.target, order[:1437], order[1437:]
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_bfloat16_compute_trains_digits_within_half_a_point_of_float32(backend):
+    x, y, train, test = _digits_split()
+    acc = {}
+    for cd in (None, "bfloat16"):
+        net = MLP([64, 64, 10], loss="cross_entropy", seed=0, compute_dtype=cd, backend=backend)
+        net.fit(x[train], y[train], epochs=15, batch_size=32, lr=0.1, momentum=0.9, seed=1)
+        acc[cd] = (net.predict(x[test]).argmax(axis=1) == y[test]).mean()
+        assert net.compute_dtype == cd
+    assert acc[None] >= 0.95
+    assert abs(acc["bfloat16"] - acc[None]) <= 0.005 + 1e-12, acc
+
+
+def test_bfloat16_compute_trains_a_784_256_256_10_task_as_float32_does():
+    # A synthetic 10-class task: Gaussian clusters about 10 random centres in 784 dimensions.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 10, size=1200)
+    centres = 0.08 * rng.normal(size=(10, 784))
+    x = (centres[y] + rng.normal(size=(1200, 784))).astype(np.float32)
+    acc = {}
+    for cd in (None, "bfloat16"):
+        net = MLP([784, 256, 256, 10], loss="cross_entropy", seed=0, compute_dtype=cd)
+        net.fit(x[:1000], y[:1000], epochs=4, batch_size=50, lr=0.05, momentum=0.9, seed=1)
+        acc[cd] = (net.predict(x[1000:]).argmax(axis=1) == y[1000:]).mean()
+    assert acc[None] > 0.3     # it learns (chance is 0.1)
+    assert abs(acc["bfloat16"] - acc[None]) <= 0.005 + 1e-12, acc
+
+
+def test_bfloat16_loss_and_grads_are_within_bfloat16_tolerance_of_float32():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 40)).astype(np.float32)
+    y = rng.normal(size=(32, 3)).astype(np.float32)
+    nets = [MLP([40, 30, 3], activation="tanh", seed=2, compute_dtype=cd)
+            for cd in (None, "bfloat16")]
+    (l32, g32), (l16, g16) = [n.loss_and_grads(x, y) for n in nets]
+    g32, g16 = [np.concatenate([np.ravel(a) for part in g for a in part]) for g in (g32, g16)]
+    assert l16 == pytest.approx(l32, rel=2e-2)
+    # bfloat16 keeps 8 significant bits: a few 2^-8 relative, never float32's 2^-24
+    assert np.abs(g16 - g32).max() <= 3e-2 * np.abs(g32).max()
+    assert not np.array_equal(g16, g32)  # the products did change
+
+
+@pytest.mark.parametrize("bad, exc", [("float16", ValueError), ("bf16", ValueError),
+                                      (16, ValueError)])
+def test_bad_compute_dtype_names_the_argument(bad, exc):
+    with pytest.raises(exc, match="compute_dtype"):
+        MLP([3, 2], compute_dtype=bad)
+
+
+def test_bfloat16_compute_needs_float32():
+    with pytest.raises((ValueError, TypeError), match="compute_dtype"):
+        MLP([3, 2], dtype="float64", compute_dtype="bfloat16")
+
+
+def test_save_keeps_dropout_and_compute_dtype(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 6)).astype(np.float32)
+    net = MLP([6, 5, 4, 2], dropout=[0.25, 0.5], compute_dtype="bfloat16", seed=0)
+    path = tmp_path / "m.npz"
+    net.save(path)
+    again = MLP.load(path)
+    assert again.dropout == net.dropout and again.compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(again.predict(x), net.predict(x))
+    # and a plain model writes neither, loading as no dropout, float32 products
+    plain = MLP([6, 5, 2], seed=0)
+    plain.save(tmp_path / "p.npz")
+    back = MLP.load(tmp_path / "p.npz")
+    assert back.compute_dtype is None and not any(back.dropout)
