@@ -273,6 +273,56 @@ def test_sigmoid_epilogue_is_stable(dtype):
     assert got[0, 0] == 1 and got[0, 1] == 0 and got[2, 0] == 0.5
 
 
+# NOTE: a k = 1 product of ones with one row b stores every b[0, j] exactly (no
+# sum; -0.0 comes out as +0.0, the accumulator's zero plus -0.0), so the
+# epilogue's inputs are the plain product's, bit for bit; m * n * k above the
+# plain loop's size (SMALL_MNK) takes the blocked path, the (4, 3) shape the plain loop.
+SPECIALS = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, -1.5, 2.5, 1e-40, -1e-40, 3e38, -3e38]
+
+
+def _exact_product(dtype, m, row):
+    a = np.ones((m, 1), dtype)
+    b = np.asarray(row, dtype)[None, :]
+    z = _gemm._matmul_epilogue(a, b, "none")
+    np.testing.assert_array_equal(z, np.repeat(b, m, axis=0))
+    return a, b, z
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,reps", [(64, 8), (4, 1)])
+def test_relu_epilogues_keep_each_special_value(kernel, dtype, m, reps):
+    with np.errstate(all="ignore"):
+        row = np.tile(np.asarray(SPECIALS, dtype), reps)[: max(3, 12 * reps)]
+        a, b, z = _exact_product(dtype, m, row)
+        got = _gemm._matmul_epilogue(a, b, "bias_relu", bias=np.zeros(row.size, dtype))
+        want = np.where(z < 0, dtype(0), z)     # NaN stays; negatives become +0.0
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"),
+                                      want.view(f"u{want.itemsize}"))
+        aux = np.random.default_rng(3).choice(np.asarray([-1.0, 0.0, -0.0, 1.0, np.nan], dtype),
+                                              z.shape)
+        got = _gemm._matmul_epilogue(a, b, "mul_drelu", aux=aux)
+        want = z * (aux > 0).astype(dtype)      # inf * 0 is NaN, -1.5 * 0 is -0.0
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue,standalone", [("bias_sigmoid", "sigmoid_forward"),
+                                                 ("bias_tanh", "tanh_forward")])
+def test_vector_epilogues_equal_the_standalone_kernels(kernel, dtype, epilogue, standalone):
+    # The fused forward's activation is the one sigmoid_forward / tanh_forward
+    # compute (vmath.h), bit for bit, whatever the tile edges.
+    import bpcore
+
+    rng = np.random.default_rng(5)
+    for m, n in [(64, 100), (7, 53), (3, 5)]:
+        row = np.concatenate([rng.uniform(-30, 30, n - 3), [0.0, -0.0, 90.0]]).astype(dtype)
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        a, b, z = _exact_product(dtype, m, row)
+        got = _gemm._matmul_epilogue(a, b, epilogue, bias=bias)
+        want = getattr(bpcore, standalone)(z + bias)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_epilogue_errors():
     a = np.ones((3, 4))
     b = np.ones((4, 5))
