@@ -405,11 +405,12 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
 
 
 # One (jc, pc) step of the loops as a job of independent chunks (pool.h): chunks
-# [0, nslivers) pack the B~ slivers, the rest each compute rows_per_chunk rows of C
+# [0, nslivers) pack the B~ slivers, the rest each compute a run of whole MR-row
+# tiles of C: chunk c of nrow_chunks the tiles [c*mtiles/nrow_chunks, (c+1)*mtiles/nrow_chunks)
 # (after waiting for the packing).  Run by the pool's threads, or in order by the caller.
 ctypedef struct _Job:
     const bp_kernel *K
-    Py_ssize_t m, nc, kc, rows_per_chunk, nslivers
+    Py_ssize_t m, nc, kc, mtiles, mr, nrow_chunks, nslivers
     double alpha, beta
     const void *a
     Py_ssize_t rsa, csa
@@ -441,8 +442,10 @@ cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *ki
         bp_pool_count(&job.packed)
         return
     bp_pool_wait_count(&job.packed, <int>job.nslivers)
-    i0 = (chunk - job.nslivers) * job.rows_per_chunk
-    _row_blocks(job.K, i0, min(job.m, i0 + job.rows_per_chunk), job.nc, job.kc,
+    s = chunk - job.nslivers
+    i0 = s * job.mtiles // job.nrow_chunks * job.mr
+    _row_blocks(job.K, i0, min(job.m, (s + 1) * job.mtiles // job.nrow_chunks * job.mr),
+                job.nc, job.kc,
                 <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
                 <floating *>job.apk + worker * job.a_elems, <const floating *>job.bpk,
                 <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
@@ -478,14 +481,18 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     if nthreads > 1 and mtiles > 1:
         bp_note_pool_start()    # before any worker exists (forksafe.h)
         threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, mtiles))
-    # NOTE: about 3 row chunks per thread, so a thread that gets less of a core
-    # (another process, a BLAS thread still spinning) leaves its share to the others.
-    # Alone: one chunk (the loops as before, an A~ block reused across the whole jr loop).
-    job.rows_per_chunk = m if threads == 1 else min(
-        MC, ((mtiles + 3 * threads - 1) // (3 * threads)) * MR)
-    nrow_chunks = (m + job.rows_per_chunk - 1) // job.rows_per_chunk
+    # NOTE: at least 3 row chunks per thread, so a thread that gets less of a core
+    # (another process, a BLAS thread still spinning) leaves its share to the others;
+    # a multiple of the thread count, of whole tiles differing by at most one tile, so
+    # that threads that do get a core finish together.  (Chunks capped at MC rows
+    # left 1024 rows as 7 x 144 + 16: one thread did 4 chunks, the other 3.1 -- 89%
+    # of two cores.)  Alone: one chunk (an A~ block reused across the whole jr loop).
+    nrow_chunks = 1 if threads == 1 else min(
+        mtiles, threads * max(3, (mtiles + threads * (MC // MR) - 1) // (threads * (MC // MR))))
+    job.mtiles, job.mr, job.nrow_chunks = mtiles, MR, nrow_chunks
     job.pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
-    job.a_elems = min(MC, job.rows_per_chunk) * kc_max if job.pack_a else 0
+    job.a_elems = min(MC, (mtiles + nrow_chunks - 1) // nrow_chunks * MR) * kc_max \
+        if job.pack_a else 0
     ws = <floating *>bp_ws_acquire((kc_max * nc_max + threads * job.a_elems) * sizeof(floating))
     if ws == NULL:
         if threads > 1:

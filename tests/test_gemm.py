@@ -417,7 +417,10 @@ def test_bitwise_reproducible(dtype):
 
 @pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without OpenMP")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n,k", [(517, 300, 600), (64, 1000, 300), (1000, 100, 64)])
+# (13, ...): fewer row tiles than 3 chunks per thread; (1031, ...): chunks of more than
+# MC rows, m not a multiple of the tile
+@pytest.mark.parametrize("m,n,k", [(517, 300, 600), (64, 1000, 300), (1000, 100, 64),
+                                   (13, 400, 500), (1031, 64, 40)])
 def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
     rng = np.random.default_rng(9)
     a, b = operands(rng, m, n, k, dtype)
