@@ -78,6 +78,31 @@ double name(long iters) {                                                   \
 long name##_flops_per_iter(void) { return 2L * CHAINS * (long)(VBYTES / sizeof(T)); }
 LOOP(fma_float32, float)
 LOOP(fma_float64, double)
+
+/* bfloat16 dot products (vdpbf16ps: 16 float32 lanes, each += two bf16 products,
+ * so 64 FLOPs an instruction), where the compiler targets AVX512_BF16. */
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+int bf16_available(void) { return 1; }
+double fma_bfloat16(long iters) {
+    __m512 acc[CHAINS];
+    for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
+    /* products of 2^-20 and 1: accumulators grow by ~1e-6 per step, bounded */
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3580), b = (__m512bh)_mm512_set1_epi16(0x3f80);
+    for (long i = 0; i < iters; i++) {
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+    }
+    double s = 0;
+    for (int j = 0; j < CHAINS; j++) s += _mm512_reduce_add_ps(acc[j]);
+    return s;
+}
+long fma_bfloat16_flops_per_iter(void) { return 64L * CHAINS; }
+#else
+int bf16_available(void) { return 0; }
+double fma_bfloat16(long iters) { (void)iters; return 0; }
+long fma_bfloat16_flops_per_iter(void) { return 0; }
+#endif
 """
 
 
@@ -101,7 +126,8 @@ def build_fma_loop():
             dll = ctypes.CDLL(lib)
         except (OSError, subprocess.SubprocessError):
             return None
-    for dtype in ("float32", "float64"):
+    dll.bf16_available.restype = ctypes.c_int
+    for dtype in ("float32", "float64", "bfloat16"):
         getattr(dll, f"fma_{dtype}").restype = ctypes.c_double
         getattr(dll, f"fma_{dtype}").argtypes = [ctypes.c_long]
         getattr(dll, f"fma_{dtype}_flops_per_iter").restype = ctypes.c_long
@@ -160,6 +186,13 @@ def peak_table(*, threads=(1, 2), n=1024, rounds=5, file=None):
                 peak = rates[t][dtype]
                 print(f"{dtype:8} {peak:12.1f} {100 * r['bpcore'] / peak:9.1f} "
                       f"{100 * r['numpy'] / peak:8.1f}", file=file)
+            if dll.bf16_available():
+                rates[t]["bfloat16"] = fma_peak(dll, "bfloat16", t)
+                print(f"{'bfloat16':8} {rates[t]['bfloat16']:12.1f}  (vdpbf16ps dot loop)",
+                      file=file)
+            else:
+                print("bfloat16: no AVX512_BF16 on this CPU, no bf16 dot loop (bpcore's "
+                      "compute_dtype='bfloat16' runs emulated: float32 arithmetic)", file=file)
         if dll is None:
             rates[t] = {d: max(r.values()) for d, r in gemm.items()}
     return rates, what

@@ -491,3 +491,158 @@ def interleave_table(*, nets=INTERLEAVE_NETS, steps=60, rounds=5, blas_threads=N
                       file=file)
     bpcore.set_num_threads(before)
     return results
+
+
+# ---------------------------------------------------------------------------
+# One training step beside every peer: the performance issue's table
+# ---------------------------------------------------------------------------
+# (batch, layer sizes): issue 18's networks (ReLU hidden, sum-of-squares, SGD)
+STEP_NETS = [(64, (1000, 100, 10)), (256, (784, 256, 10)), (1024, (784, 512, 10)),
+             (512, (784, 512, 512, 10))]
+# column -> what it times
+STEP_COLUMNS = {
+    "bpcore f32": "MLP.train_step, float32",
+    "bpcore f64": "MLP.train_step, float64",
+    "bpcore bf16": "MLP(compute_dtype='bfloat16').train_step: bf16-rounded products, "
+                   "float32 accumulation and parameters",
+    "numpy f32": "the same MLP on the NumPy reference backend",
+    "torch f32": "nn.Sequential + optim.SGD",
+    "torch bf16": "the same under torch.autocast('cpu', dtype=torch.bfloat16)",
+    "jax f32": "jax.jit of value_and_grad + the SGD update, block_until_ready",
+}
+
+
+def _jax_step(jax, sizes, x, y, lr):
+    """A zero-argument callable: one jitted JAX SGD step of the same ReLU/MSE network."""
+    jnp = jax.numpy
+    rng = np.random.default_rng(0)
+    params = [(jnp.asarray(rng.standard_normal((a, b)).astype(x.dtype) * 0.05),
+               jnp.zeros(b, x.dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def loss(params, x, y):
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        return 0.5 * jnp.sum((h - y) ** 2)
+
+    @jax.jit
+    def step(params, x, y):
+        g = jax.grad(loss)(params, x, y)
+        return jax.tree_util.tree_map(lambda p, d: p - lr * d, params, g)
+
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    state = {"params": params}
+
+    def run():
+        state["params"] = step(state["params"], xj, yj)
+        jax.block_until_ready(state["params"])
+    return run
+
+
+def _torch_autocast_step(torch, sizes, x, y, lr):
+    """One PyTorch SGD step with the forward under bfloat16 autocast (CPU)."""
+    from bpcore._quickbench import torch_mlp_step
+
+    plain = torch_mlp_step(torch, sizes, x.dtype, x, y, lr)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain()
+    return step
+
+
+def steps_worker(threads, rounds, min_time):
+    """Child of :func:`steps_table`: pinned to ``threads`` CPUs, prints JSON rows."""
+    import bpcore
+    from bpcore import MLP
+    from bpcore._quickbench import step_flops, torch_mlp_step
+
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    torch, jax = import_peer("torch"), import_peer("jax")
+    if jax is not None:
+        jax.config.update("jax_platforms", "cpu")
+    rows = []
+    with limit_threads(threads):
+        for batch, sizes in STEP_NETS:
+            rng = np.random.default_rng(0)
+            data = {d: (rng.standard_normal((batch, sizes[0])).astype(d),
+                        rng.standard_normal((batch, sizes[-1])).astype(d))
+                    for d in (np.float32, np.float64)}
+            x32, y32 = data[np.float32]
+            x64, y64 = data[np.float64]
+            lr = 1e-6
+            nets = {"bpcore f32": MLP(list(sizes), dtype="float32", seed=0),
+                    "bpcore f64": MLP(list(sizes), dtype="float64", seed=0),
+                    "bpcore bf16": MLP(list(sizes), dtype="float32", compute_dtype="bfloat16",
+                                       seed=0),
+                    "numpy f32": MLP(list(sizes), dtype="float32", seed=0, backend="reference")}
+            calls = {name: (lambda n=net, x=(x64 if "f64" in name else x32),
+                            y=(y64 if "f64" in name else y32): n.train_step(x, y, lr=lr))
+                     for name, net in nets.items()}
+            if torch is not None:
+                calls["torch f32"] = torch_mlp_step(torch, sizes, np.float32, x32, y32, lr)
+                calls["torch bf16"] = _torch_autocast_step(torch, sizes, x32, y32, lr)
+            if jax is not None:
+                calls["jax f32"] = _jax_step(jax, sizes, x32, y32, lr)
+            times = time_calls(calls, rounds=rounds, min_time=min_time)
+            rows.append({"net": f"{batch}-{'-'.join(map(str, sizes))}", "times": times,
+                         "flops": step_flops(list(sizes), batch), "cpus": cpus,
+                         "bf16": bpcore.cpu_features()["bf16"]})
+    print(json.dumps(rows))
+
+
+def steps_table(*, threads=(1, 2), peaks=None, rounds=5, min_time=0.1, file=None):
+    """One SGD step of issue 18's networks: bpcore f32/f64/bf16 beside NumPy, PyTorch
+    (f32 and bf16 autocast) and JAX jit, at each thread count, with % of the peak.
+
+    Each thread count runs in a child process pinned to that many CPUs (so
+    JAX's and PyTorch's pools see only those), contenders interleaved round
+    by round, medians.  ``peaks``: ``{threads: {dtype: GFLOP/s}}`` from the
+    peak table; bpcore's f32 and bf16 columns are shares of the float32 peak
+    (of the bf16 dot peak where the CPU has one), f64 of the float64 one.
+    Returns ``{threads: rows}``.
+    """
+    import subprocess
+    import sys
+
+    from bpcore._quickbench import same_bpcore_env
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = {}
+    for t in threads:
+        env = dict(same_bpcore_env(), OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t),
+                   XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                   + f" --xla_cpu_multi_thread_eigen={'true' if t > 1 else 'false'}"
+                   + f" intra_op_parallelism_threads={t}")
+        res = subprocess.run([sys.executable, os.path.join(here, "worker.py"), "steps", str(t),
+                              str(rounds), str(min_time)], env=env, capture_output=True,
+                             text=True, timeout=1800)
+        if res.returncode != 0:
+            raise RuntimeError(f"steps worker failed: {res.stderr[-2000:]}")
+        rows = json.loads(res.stdout.strip().splitlines()[-1])
+        out[t] = rows
+        names = [c for c in STEP_COLUMNS if c in rows[0]["times"]]
+        peak = (peaks or {}).get(t, {})
+        print(f"\nOne SGD step (ReLU hidden, sum-of-squares), {t} thread(s), pinned to CPUs "
+              f"{rows[0]['cpus']}; us per step, median of {rounds} interleaved rounds; "
+              f"(x) = other / bpcore f32; % = share of the measured peak "
+              f"(bf16 path: {rows[0]['bf16']})", file=file)
+        for c in names:
+            print(f"  {c:12} {STEP_COLUMNS[c]}", file=file)
+        print(f"{'net':20}" + "".join(f" {c:>18}" for c in names), file=file)
+        for r in rows:
+            tm, line = r["times"], f"{r['net']:20}"
+            for c in names:
+                cell = f"{tm[c] * 1e6:.0f}"
+                if c != "bpcore f32":
+                    cell += f" (x{tm[c] / tm['bpcore f32']:.2f})"
+                dt = "float64" if "f64" in c else ("bfloat16" if "bf16" in c and
+                                                   "bfloat16" in peak else "float32")
+                if c.startswith("bpcore") and dt in peak:
+                    cell += f" {100 * r['flops'] / tm[c] / 1e9 / peak[dt]:.0f}%"
+                line += f" {cell:>18}"
+            print(line, file=file)
+    return out

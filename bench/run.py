@@ -12,6 +12,14 @@ table's ``% peak`` column is bpcore's share of ``--peak-gflops`` (float32,
 float64), by default of the peak table's measured arithmetic peak: a
 register-only FMA loop compiled with the C compiler at bench time, or the
 large-GEMM rate when no compiler is found.
+
+The ``steps`` table is the performance issue's: one SGD step of four
+networks, bpcore float32 / float64 / bfloat16-compute beside the NumPy
+reference, PyTorch (float32, and bfloat16 autocast) and JAX jit, each thread
+count in a child process pinned to that many CPUs, with bpcore's % of the
+peak table's float32 / float64 / bf16-dot peak.  PyTorch and JAX are
+bench-only peers (``pip install torch==2.13.0 jax jaxlib``); a missing one
+leaves its column out.
 """
 import argparse
 import sys
@@ -26,7 +34,8 @@ import harness
 import peer_tables
 
 # name -> default thread counts (None: the table fixes its own)
-TABLES = {"peak": (1, 2), "gemm": (1, 2), "kernels": (1,), "linear": (1,), "training": (1,),
+TABLES = {"peak": (1, 2), "steps": (1, 2), "gemm": (1, 2), "kernels": (1,), "linear": (1,),
+          "training": (1,),
           "digits": (1,), "threads": None, "interleave": None, "sklearn": (1, 2), "distributed": None}
 # table -> the peer it cannot run without
 NEEDS = {"digits": "scikit-learn", "sklearn": "scikit-learn", "distributed": "mpi4py"}
@@ -64,8 +73,9 @@ def main(argv=None):
           f"{', '.join(n for n, ok in peers.items() if not ok) or 'none'}")
     peaks, what = {}, ""
     peak_threads = set(threads("peak")) if "peak" in names else set()
-    if "training" in names and args.peak_gflops is None:  # its % column needs the peak
-        peak_threads |= set(threads("training"))
+    for name in ("training", "steps"):  # their % columns need the peak
+        if name in names and args.peak_gflops is None:
+            peak_threads |= set(threads(name))
     if peak_threads:
         peaks, what = harness.peak_table(threads=sorted(peak_threads))
 
@@ -78,7 +88,16 @@ def main(argv=None):
         _quickbench.training_table(threads=t, peak=peak, peak_label=label)
 
     dtypes = (np.float32, np.float64)
+    def steps(t):
+        if args.peak_gflops is not None:
+            f32, f64 = (args.peak_gflops * 2)[:2]
+            peak = {t: {"float32": f32, "float64": f64}}
+        else:
+            peak = {t: peaks[t]}
+        peer_tables.steps_table(threads=[t], peaks=peak)
+
     tables = {
+        "steps": steps,
         "gemm": lambda t: gemm_table.print_table([t]),
         "kernels": lambda t: [peer_tables.kernel_table(dtype=d, threads=t) for d in dtypes],
         "linear": lambda t: [peer_tables.linear_table(dtype=d, threads=t) for d in dtypes],

@@ -1,5 +1,6 @@
 """A child process of the harness: ``python bench/worker.py distributed SPEC`` or
-``python bench/worker.py rss CASE WHO THREADS``.
+``python bench/worker.py rss CASE WHO THREADS`` or ``python bench/worker.py steps
+THREADS ROUNDS MIN_TIME``.
 
 Started by :func:`harness.run_worker` (under mpiexec for the data-parallel
 table) with the parent's ``sys.path``, so it imports the same bpcore; its
@@ -13,8 +14,11 @@ if __name__ == "__main__":
     kind, *args = sys.argv[1:]
     if kind == "distributed":
         peer_tables.distributed_worker(*args)
+    elif kind == "steps":
+        threads, rounds, min_time = args
+        peer_tables.steps_worker(int(threads), int(rounds), float(min_time))
     elif kind == "rss":
         name, who, threads = args
         peer_tables.rss_worker(name, who, int(threads))
     else:
-        sys.exit(f"unknown worker {kind!r}: expected distributed or rss")
+        sys.exit(f"unknown worker {kind!r}: expected distributed, steps or rss")
