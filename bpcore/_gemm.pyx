@@ -136,6 +136,8 @@ cdef extern from "pool.h" nogil:
     void bp_pool_wait_count(int *count, int target)
     void bp_pool_count(int *count)
     void bp_pool_hold(int on)
+    void bp_pool_reset_backoff()
+    long long bp_pool_starved_products()
 
 cdef extern from "forksafe.h" nogil:
     int bp_forksafe_init()
@@ -245,6 +247,7 @@ def set_num_threads(n):
     global _num_threads
     # The count is a C int: a bigger one is a ValueError naming `n`, not an OverflowError.
     _num_threads = check_int("n", n, minimum=1, maximum=2 ** 31 - 1)
+    bp_pool_reset_backoff()     # a new setting starts without pool.h's back-off
 
 
 def get_num_threads():
@@ -265,6 +268,11 @@ def get_num_threads():
 def _hold_workers(on):
     """Tests: the pool's workers skip every job (as if the OS gave them no core)."""
     bp_pool_hold(1 if on else 0)
+
+
+def _starved_products():
+    """Tests: how many threaded products found their workers starved (pool.h's back-off)."""
+    return bp_pool_starved_products()
 
 
 def _default_threads():

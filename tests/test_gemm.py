@@ -458,6 +458,39 @@ def test_threaded_product_never_waits_for_an_absent_worker():
     assert out == "True True"
 
 
+def test_starved_workers_make_the_caller_back_off():
+    """Workers that get no core (held) make each job's caller do every chunk: the
+    pool notes the product as starved and runs the next ones alone for a while (no
+    wake-up, no chance of waiting for a descheduled worker); set_num_threads
+    starts afresh.  Bitwise the same results throughout."""
+    out = _run_fresh("""
+        import numpy as np
+        from bpcore import _gemm
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_normal((600, 400)), rng.standard_normal((400, 600))
+        _gemm.set_num_threads(1)
+        one = _gemm.matmul(a, b)
+        _gemm.set_num_threads(2)
+        _gemm.matmul(a, b)                  # the worker exists now
+        _gemm._hold_workers(True)
+        before = _gemm._starved_products()
+        held = [_gemm.matmul(a, b) for _ in range(10)]
+        starved = _gemm._starved_products() - before
+        _gemm.set_num_threads(2)            # forget the back-off: the next product tries again
+        mark = _gemm._starved_products()
+        held.append(_gemm.matmul(a, b))
+        retried = _gemm._starved_products() - mark
+        _gemm._hold_workers(False)
+        print(all((h == one).all() for h in held), starved, retried,
+              (_gemm.matmul(a, b) == one).all())
+    """, timeout=60)
+    same, starved, retried, after = out.split()
+    assert same == "True" and after == "True"
+    # the first held product is starved; the back-off (>= 2 ms, doubling) spares most others
+    assert 1 <= int(starved) < 20
+    assert int(retried) >= 1
+
+
 def test_thread_setting_round_trips(threads):
     threads(1)
     assert _gemm.get_num_threads() == 1

@@ -19,6 +19,16 @@
  *     BLAS) could use; a sleeping worker costs the caller one wake-up call
  *     per job, never a wait.
  *
+ *   - a caller that found its workers starved -- over the jobs of one product
+ *     (acquire to release) of at least BP_POOL_STARVED_MIN_NS, the workers ran
+ *     under a quarter of the chunks, or the caller waited for chunks in flight
+ *     longer than a third of the time --
+ *     runs its next jobs alone for a back-off that doubles while it stays so
+ *     (BP_POOL_SOLO_MIN_NS .. BP_POOL_SOLO_MAX_NS) and is forgotten after one
+ *     good job.  Another process or a spinning BLAS thread on the other core
+ *     then costs one slow job per back-off, not every job: 2 threads are not
+ *     slower than 1 on a busy machine.
+ *
  * Which thread runs a chunk never changes what the chunk computes, so results
  * do not depend on the thread count or on the schedule (_gemm.pyx's chunks
  * are whole rows of C).  One job at a time: a caller that finds the pool busy
@@ -47,6 +57,9 @@ typedef void (*bp_task_fn)(void *arg, int chunk, int worker);
 #define BP_POOL_MAX_WORKERS 255     /* besides the caller                        */
 #define BP_POOL_SPIN_NS 20000       /* a worker's spin after a job, before sleeping */
 #define BP_POOL_WAIT_SPINS 4096     /* the caller's pause loop before it yields    */
+#define BP_POOL_STARVED_MIN_NS 50000    /* shorter products say little of the workers */
+#define BP_POOL_SOLO_MIN_NS 2000000     /* the first back-off after a starved product */
+#define BP_POOL_SOLO_MAX_NS 256000000   /* the longest                               */
 
 static struct {
     pthread_mutex_t busy;           /* held by the one caller running a job       */
@@ -61,9 +74,16 @@ static struct {
     int nthreads;                   /* workers with id < nthreads take part       */
     unsigned long long claim;       /* generation << 32 | next chunk              */
     int done;
+    int by_workers;                 /* of done, the chunks the workers ran          */
     int hold;                       /* tests: workers skip every job, as if they got no core */
+    /* the back-off (atomic accesses only): before solo_until, jobs run alone */
+    long long solo_until, backoff;
+    long long starved_products;     /* how many products found the workers starved (tests) */
+    /* since bp_pool_acquire: the jobs' time, the caller's waits for chunks in flight,
+     * chunks, and chunks the workers ran (the caller's alone: it holds `busy`) */
+    long long held_ns, tail_ns, held_chunks, held_by_workers;
 } bp_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-             0, 0, 0, 0, 0, 0, 0, 0, 0};
+             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
 
 static inline void bp_pool_pause(void)
 {
@@ -93,6 +113,8 @@ static void bp_pool_work(unsigned long long w, int worker)
         if (__atomic_compare_exchange_n(&bp_pool.claim, &w, w + 1, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             fn(arg, (int)(w & 0xffffffffULL), worker);
+            if (worker != 0)
+                __atomic_fetch_add(&bp_pool.by_workers, 1, __ATOMIC_RELAXED);
             __atomic_fetch_add(&bp_pool.done, 1, __ATOMIC_RELEASE);
             w = __atomic_load_n(&bp_pool.claim, __ATOMIC_ACQUIRE);
         }   /* else w now holds the current word: retry, or leave if it moved on */
@@ -133,7 +155,12 @@ static void *bp_pool_worker(void *p)
  * when another caller has it or no worker could be started. */
 static int bp_pool_acquire(int nthreads)
 {
-    if (nthreads < 2 || pthread_mutex_trylock(&bp_pool.busy) != 0)
+    if (nthreads < 2)
+        return 1;
+    const long long until = __atomic_load_n(&bp_pool.solo_until, __ATOMIC_RELAXED);
+    if (until != 0 && bp_pool_now_ns() < until)
+        return 1;               /* backing off: the workers were starved lately */
+    if (pthread_mutex_trylock(&bp_pool.busy) != 0)
         return 1;
     if (nthreads - 1 > BP_POOL_MAX_WORKERS)
         nthreads = BP_POOL_MAX_WORKERS + 1;
@@ -161,6 +188,7 @@ static int bp_pool_acquire(int nthreads)
         pthread_mutex_unlock(&bp_pool.busy);
         return 1;
     }
+    bp_pool.held_ns = bp_pool.tail_ns = bp_pool.held_chunks = bp_pool.held_by_workers = 0;
     return nthreads < bp_pool.nworkers + 1 ? nthreads : bp_pool.nworkers + 1;
 }
 
@@ -169,8 +197,11 @@ static void bp_pool_hold(int on)
     __atomic_store_n(&bp_pool.hold, on, __ATOMIC_RELAXED);
 }
 
+static void bp_pool_judge(void);
+
 static void bp_pool_release(void)
 {
+    bp_pool_judge();
     pthread_mutex_unlock(&bp_pool.busy);
 }
 
@@ -182,6 +213,8 @@ static void bp_pool_run(bp_task_fn fn, void *arg, int nchunks, int nthreads)
     __atomic_store_n(&bp_pool.nchunks, nchunks, __ATOMIC_RELAXED);
     __atomic_store_n(&bp_pool.nthreads, nthreads, __ATOMIC_RELAXED);
     __atomic_store_n(&bp_pool.done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&bp_pool.by_workers, 0, __ATOMIC_RELAXED);
+    const long long t0 = bp_pool_now_ns();
     const unsigned long long w =
         ((__atomic_load_n(&bp_pool.claim, __ATOMIC_RELAXED) >> 32) + 1) << 32;
     __atomic_store_n(&bp_pool.claim, w, __ATOMIC_RELEASE);
@@ -190,6 +223,7 @@ static void bp_pool_run(bp_task_fn fn, void *arg, int nchunks, int nthreads)
         pthread_cond_broadcast(&bp_pool.wake);
     pthread_mutex_unlock(&bp_pool.lock);
     bp_pool_work(w, 0);
+    const long long t1 = bp_pool_now_ns();
     /* only chunks in flight remain: wait for them, yielding in case their thread
      * shares this core */
     for (unsigned i = 1; __atomic_load_n(&bp_pool.done, __ATOMIC_ACQUIRE) < nchunks; ++i) {
@@ -197,6 +231,45 @@ static void bp_pool_run(bp_task_fn fn, void *arg, int nchunks, int nthreads)
         if (i % BP_POOL_WAIT_SPINS == 0)
             sched_yield();
     }
+    const long long t2 = bp_pool_now_ns();
+    /* the caller alone writes these (it holds `busy`) */
+    bp_pool.held_ns += t2 - t0;
+    bp_pool.tail_ns += t2 - t1;
+    bp_pool.held_chunks += nchunks;
+    bp_pool.held_by_workers += __atomic_load_n(&bp_pool.by_workers, __ATOMIC_RELAXED);
+}
+
+/* The back-off's verdict on the jobs since bp_pool_acquire (one product). */
+static void bp_pool_judge(void)
+{
+    if (bp_pool.held_ns < BP_POOL_STARVED_MIN_NS)
+        return;
+    /* NOTE: the caller writes the back-off alone (it holds `busy`); other callers
+     * only read solo_until. */
+    if (4 * bp_pool.held_by_workers < bp_pool.held_chunks
+            || 3 * bp_pool.tail_ns > bp_pool.held_ns) {
+        long long b = bp_pool.backoff ? 2 * bp_pool.backoff : BP_POOL_SOLO_MIN_NS;
+        if (b > BP_POOL_SOLO_MAX_NS)
+            b = BP_POOL_SOLO_MAX_NS;
+        bp_pool.backoff = b;
+        __atomic_store_n(&bp_pool.solo_until, bp_pool_now_ns() + b, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&bp_pool.starved_products, 1, __ATOMIC_RELAXED);
+    } else {
+        bp_pool.backoff = 0;
+    }
+}
+
+/* Forget the back-off (tests, and set_num_threads: a new setting starts afresh). */
+static void bp_pool_reset_backoff(void)
+{
+    bp_pool.backoff = 0;
+    __atomic_store_n(&bp_pool.solo_until, 0, __ATOMIC_RELAXED);
+}
+
+/* Products that found the workers starved, so far. */
+static long long bp_pool_starved_products(void)
+{
+    return __atomic_load_n(&bp_pool.starved_products, __ATOMIC_RELAXED);
 }
 
 /* For chunks that depend on earlier chunks of the same job (the B~ packing before
