@@ -440,29 +440,10 @@ def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
 def test_threaded_product_never_waits_for_an_absent_worker():
     """A worker that gets no core claims no chunk and delays nothing: the caller does
     the whole job (an OpenMP team's barrier waited for every thread; on a loaded
-    machine that made 2 threads up to 800x slower than 1).  Bitwise the same."""
-    out = _run_fresh("""
-        import numpy as np
-        from bpcore import _gemm
-        rng = np.random.default_rng(3)
-        a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
-        _gemm.set_num_threads(1)
-        one = _gemm.matmul(a, b)
-        _gemm.set_num_threads(2)
-        _gemm.matmul(a, b)                  # the worker exists now
-        _gemm._hold_workers(True)
-        held = [_gemm.matmul(a, b) for _ in range(20)]
-        _gemm._hold_workers(False)
-        print(all((h == one).all() for h in held), (_gemm.matmul(a, b) == one).all())
-    """, timeout=60)
-    assert out == "True True"
-
-
-def test_starved_workers_make_the_caller_back_off():
-    """Workers that get no core (held) make each job's caller do every chunk: the
-    pool notes the product as starved and runs the next ones alone for a while (no
-    wake-up, no chance of waiting for a descheduled worker); set_num_threads
-    starts afresh.  Bitwise the same results throughout."""
+    machine that made 2 threads up to 800x slower than 1).  The pool notes such a
+    product as starved and runs the next ones alone for a while (no wake-up, no
+    chance of waiting for a descheduled worker); set_num_threads starts afresh.
+    Bitwise the same results throughout."""
     out = _run_fresh("""
         import numpy as np
         from bpcore import _gemm
@@ -487,7 +468,7 @@ def test_starved_workers_make_the_caller_back_off():
     same, starved, retried, after = out.split()
     assert same == "True" and after == "True"
     # the first held product is starved; the back-off (>= 2 ms, doubling) spares most others
-    assert 1 <= int(starved) < 20
+    assert 1 <= int(starved) < 10
     assert int(retried) >= 1
 
 
