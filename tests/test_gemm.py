@@ -448,14 +448,14 @@ def test_threaded_product_never_waits_for_an_absent_worker():
         import numpy as np
         from bpcore import _gemm
         rng = np.random.default_rng(3)
-        a, b = rng.standard_normal((600, 400)), rng.standard_normal((400, 600))
+        a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 300))
         _gemm.set_num_threads(1)
         one = _gemm.matmul(a, b)
         _gemm.set_num_threads(2)
         _gemm.matmul(a, b)                  # the worker exists now
         _gemm._hold_workers(True)
         before = _gemm._starved_products()
-        held = [_gemm.matmul(a, b) for _ in range(10)]
+        held = [_gemm.matmul(a, b) for _ in range(20)]
         starved = _gemm._starved_products() - before
         _gemm.set_num_threads(2)            # forget the back-off: the next product tries again
         mark = _gemm._starved_products()
@@ -467,8 +467,8 @@ def test_threaded_product_never_waits_for_an_absent_worker():
     """, timeout=60)
     same, starved, retried, after = out.split()
     assert same == "True" and after == "True"
-    # the first held product is starved; the back-off (>= 2 ms, doubling) spares most others
-    assert 1 <= int(starved) < 10
+    # the first held product is starved; the back-off (>= 2 ms, doubling) spares others
+    assert 1 <= int(starved) < 20
     assert int(retried) >= 1
 
 
