@@ -82,6 +82,17 @@ cdef extern from "kernels.h" nogil:
                                        double *dst) noexcept
     ctypedef struct bp_blocks:
         int mr, nr, kc, mc, nc
+    ctypedef void (*bp_small_f32_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb,
+                                     float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
+                                     const float *b, ptrdiff_t rsb, float beta, float *c,
+                                     ptrdiff_t rsc, int epi, const float *bias,
+                                     const float *aux, ptrdiff_t ldaux) noexcept
+    ctypedef void (*bp_small_f64_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb,
+                                     double alpha, const double *a, ptrdiff_t rsa,
+                                     ptrdiff_t csa, const double *b, ptrdiff_t rsb,
+                                     double beta, double *c, ptrdiff_t rsc, int epi,
+                                     const double *bias, const double *aux,
+                                     ptrdiff_t ldaux) noexcept
     ctypedef struct bp_kernel:
         const char *name
         bp_ukr_f32_fn ukr_f32
@@ -90,6 +101,8 @@ cdef extern from "kernels.h" nogil:
         bp_ukr_f64_fn ukr_f64
         bp_pack_bt_f64_fn pack_bt_f64
         bp_blocks f64
+        bp_small_f32_fn small_f32
+        bp_small_f64_fn small_f64
     enum:
         BP_TILE_MAX
         BP_KERNEL_PORTABLE
@@ -103,6 +116,8 @@ cdef extern from "kernels.h" nogil:
     int bp_cpu_fma()
     int bp_cpu_avx512f()
     int bp_cpu_avx512bf16()
+    void bp_small_note()
+    long bp_small_calls()
     void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
                        ptrdiff_t csa, int mr_tile, float *dst)
     void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
@@ -158,6 +173,15 @@ cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
 cdef Py_ssize_t NOPACK_A_MAX_N = 256
+# The small path (small.h: A and B read in place, nothing packed) for a C of at
+# most this many rows -- one block of the small path's tile rows -- when B's rows
+# and C's rows are contiguous.  Packing B~ costs a pass over B (k*n loads and
+# stores) and the 6-row tile computes 6 rows for each row stored; in place, one
+# block of rows streams B once.  Beyond it each block of rows streams B again
+# (from L3 for a 784 x 256 layer), and the packed path wins: measured float32
+# with 1 thread, small/blocked us, 784x256: m=1 27/113, m=4 95/106, m=8 178/179,
+# m=12 261/178; 64x64: m=1 1.2/3.0, m=4 2.4/2.9, m=8 4.2/4.5, m=12 5.7/4.6.
+cdef Py_ssize_t SMALL_M_MAX = 6
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 
@@ -169,6 +193,13 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # _set_kernel in another thread never mixes two kernels' tiles in one product.
 cdef const bp_kernel *_kern = &bp_kernels[<int>BP_KERNEL_PORTABLE]
 cdef int _num_threads = 1
+# Which path gemm() takes (tests force one; see _set_path).
+cdef enum:
+    _PATH_AUTO = 0       # tiny loop, small path or blocked, by the thresholds
+    _PATH_SMALL = 1      # the small path wherever its layouts allow it, else blocked
+    _PATH_BLOCKED = 2    # always the blocked path (the tiny loop only for k == 0)
+cdef int _path = _PATH_AUTO
+_PATHS = {"auto": _PATH_AUTO, "small": _PATH_SMALL, "blocked": _PATH_BLOCKED}
 _OPENMP = bool(BPCORE_OPENMP)
 # name -> row of the kernel table, best first (the import-time choice tries them in order)
 _KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
@@ -215,6 +246,19 @@ def _set_kernel(name):
         raise RuntimeError(f"this CPU (or build) cannot run the {name!r} kernel; "
                            f"it runs {', '.join(map(repr, _runnable_kernels()))}")
     _kern = &bp_kernels[<int>_KERNELS[name]]
+
+
+def _set_path(name):
+    """Force the GEMM's path for tests: "auto" (the thresholds), "small" (the in-place
+    small-product path wherever B and C have unit column strides), "blocked" (packing)."""
+    global _path
+    check_choice("name", name, tuple(_PATHS))
+    _path = _PATHS[name]
+
+
+def _small_calls():
+    """How many products took the small path so far in this process (for tests)."""
+    return bp_small_calls()
 
 
 def _choose_kernel():
@@ -568,9 +612,21 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         return BP_EINVAL
     if BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL:
         return BP_EINVAL
+    cdef const bp_kernel *K = _kern
+    cdef int path = _path
     if m <= 0 or n <= 0:
         return BP_OK
-    if k <= 0 or m * n * k <= SMALL_MNK:
+    if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
+            and (path == _PATH_SMALL or (m <= SMALL_M_MAX and m * n * k > SMALL_MNK))):
+        bp_small_note()
+        if floating is float:
+            K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        <int>epi, bias, aux, ldaux)
+        else:
+            K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        <int>epi, bias, aux, ldaux)
+        return BP_OK
+    if k <= 0 or (path == _PATH_AUTO and m * n * k <= SMALL_MNK):
         _gemm_small(m, n, max(k, 0), alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         if epi != BP_EPI_NONE:
             _epilogue(epi, m, n, c, rsc, csc, bias, aux, ldaux)
@@ -578,7 +634,7 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # A fork child of a threaded process must never enter a parallel region.
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
-    return _gemm_blocked(_kern, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+    return _gemm_blocked(K, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
 
 
