@@ -24,6 +24,11 @@ Design:
   transposes.  Edge tiles are computed at
   their true width (masked stores, half-width tile for narrow edges); problems
   below ``SMALL_MNK`` skip blocking altogether.
+* Products with few rows of C (a prediction on one row, a small batch) take
+  the small path instead (``small.h``): no packing, A and B read in place by
+  tiles of their own shapes that compute every element with the chosen
+  kernel's operations in the kernel's order, so its results are bitwise those
+  of the blocked path (``_set_path`` forces either one, for tests).
 * The epilogue (bias, activation, or the activation derivative from a saved
   matrix ``aux``) runs on each tile right after its last K block is stored.
 * Threads (if built with them: ``BPCORE_OPENMP``) are the GEMM's own pool
@@ -173,15 +178,21 @@ cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
 cdef Py_ssize_t NOPACK_A_MAX_N = 256
-# The small path (small.h: A and B read in place, nothing packed) for a C of at
-# most this many rows -- one block of the small path's tile rows -- when B's rows
-# and C's rows are contiguous.  Packing B~ costs a pass over B (k*n loads and
-# stores) and the 6-row tile computes 6 rows for each row stored; in place, one
-# block of rows streams B once.  Beyond it each block of rows streams B again
-# (from L3 for a 784 x 256 layer), and the packed path wins: measured float32
-# with 1 thread, small/blocked us, 784x256: m=1 27/113, m=4 95/106, m=8 178/179,
-# m=12 261/178; 64x64: m=1 1.2/3.0, m=4 2.4/2.9, m=8 4.2/4.5, m=12 5.7/4.6.
-cdef Py_ssize_t SMALL_M_MAX = 6
+# The small path (small.h: A and B read in place, nothing packed), taken when
+# B's rows and C's rows are contiguous and C has few rows.  Packing B~ costs a
+# pass over B (k*n loads and stores) that only m rows reuse, and the 6-row tile
+# computes 6 rows for each one stored; in place, each block of up to 6 rows
+# streams B itself.  Measured with 1 thread, interleaved medians, small/blocked
+# time: m <= 8 wins everywhere (x0.47-0.87); beyond, each block of rows reads B
+# again -- fine from L2 (784x256 float32, 800 KB: x0.84 at m = 32, x0.96 at 64;
+# 64x64: x0.83-0.95 to m = 128), not from L3 (784x256 float64, 1.6 MB: x1.07 at
+# m = 32); and a narrow C (masked loads of B's last vector every k step) loses
+# past 16 rows (64x10 float32: x1.14 at m = 32).
+cdef Py_ssize_t SMALL_M_MAX = 8                 # always, up to this many rows
+cdef Py_ssize_t SMALL_M_L2 = 64                 # ... and up to this many when
+cdef Py_ssize_t SMALL_B_L2_BYTES = 1 << 20      #   B fits in L2 (512 KiB-1 MiB)
+cdef Py_ssize_t SMALL_NARROW_N = 64             #   and C is this wide, or
+cdef Py_ssize_t SMALL_M_NARROW = 16             #   has at most this many rows
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 
@@ -597,6 +608,13 @@ cdef void _gemm_small(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 c[i * rsc + j * csc] = alpha * acc + beta * c[i * rsc + j * csc]
 
 
+cdef inline bint _small_pays(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             Py_ssize_t itemsize) noexcept nogil:
+    """The thresholds above: the small path is faster for this (m, n, k)."""
+    return m <= SMALL_M_MAX or (m <= SMALL_M_L2 and k * n * itemsize <= SMALL_B_L2_BYTES
+                                and (n >= SMALL_NARROW_N or m <= SMALL_M_NARROW))
+
+
 cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
               const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
               const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
@@ -617,7 +635,8 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     if m <= 0 or n <= 0:
         return BP_OK
     if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
-            and (path == _PATH_SMALL or (m <= SMALL_M_MAX and m * n * k > SMALL_MNK))):
+            and (path == _PATH_SMALL or (m * n * k > SMALL_MNK and _small_pays(m, n, k,
+                                                                     sizeof(floating))))):
         bp_small_note()
         if floating is float:
             K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,

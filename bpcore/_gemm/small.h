@@ -27,8 +27,10 @@
  *   names the small-path function of its arithmetic (FMA or multiply-add),
  *   and _gemm.pyx passes that kernel's KC.
  * * When.  _gemm.pyx takes this path when B and C have unit column strides
- *   and C has at most SMALL_M_MAX rows (_gemm.pyx says why that many): one
- *   block of tile rows, so B is streamed once, as packing it would read it.  A transposed B (columns contiguous) would need a
+ *   and C has few rows (SMALL_M_MAX and the thresholds after it, measured):
+ *   each block of up to BP_SMALL_RMAX rows streams B once, so up to 8 rows
+ *   B is read about as often as packing it would read it, and more rows pay
+ *   while B stays in L2.  A transposed B (columns contiguous) would need a
  *   gather per B row: the blocked path packs it by register transposes.
  * * One thread, the caller's: the products it takes are a few microseconds.
  *
