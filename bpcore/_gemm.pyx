@@ -24,6 +24,11 @@ Design:
   transposes.  Edge tiles are computed at
   their true width (masked stores, half-width tile for narrow edges); problems
   below ``SMALL_MNK`` skip blocking altogether.
+* Products with few rows of C (a prediction on one row, a small batch) take
+  the small path instead (``small.h``): no packing, A and B read in place by
+  tiles of their own shapes that compute every element with the chosen
+  kernel's operations in the kernel's order, so its results are bitwise those
+  of the blocked path (``_set_path`` forces either one, for tests).
 * The epilogue (bias, activation, or the activation derivative from a saved
   matrix ``aux``) runs on each tile right after its last K block is stored.
 * Threads (if built with them: ``BPCORE_OPENMP``) are the GEMM's own pool
@@ -82,6 +87,17 @@ cdef extern from "kernels.h" nogil:
                                        double *dst) noexcept
     ctypedef struct bp_blocks:
         int mr, nr, kc, mc, nc
+    ctypedef void (*bp_small_f32_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb,
+                                     float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
+                                     const float *b, ptrdiff_t rsb, float beta, float *c,
+                                     ptrdiff_t rsc, int epi, const float *bias,
+                                     const float *aux, ptrdiff_t ldaux) noexcept
+    ctypedef void (*bp_small_f64_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb,
+                                     double alpha, const double *a, ptrdiff_t rsa,
+                                     ptrdiff_t csa, const double *b, ptrdiff_t rsb,
+                                     double beta, double *c, ptrdiff_t rsc, int epi,
+                                     const double *bias, const double *aux,
+                                     ptrdiff_t ldaux) noexcept
     ctypedef struct bp_kernel:
         const char *name
         bp_ukr_f32_fn ukr_f32
@@ -90,6 +106,8 @@ cdef extern from "kernels.h" nogil:
         bp_ukr_f64_fn ukr_f64
         bp_pack_bt_f64_fn pack_bt_f64
         bp_blocks f64
+        bp_small_f32_fn small_f32
+        bp_small_f64_fn small_f64
     enum:
         BP_TILE_MAX
         BP_KERNEL_PORTABLE
@@ -103,6 +121,8 @@ cdef extern from "kernels.h" nogil:
     int bp_cpu_fma()
     int bp_cpu_avx512f()
     int bp_cpu_avx512bf16()
+    void bp_small_note()
+    long bp_small_calls()
     void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
                        ptrdiff_t csa, int mr_tile, float *dst)
     void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
@@ -158,6 +178,21 @@ cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
 cdef Py_ssize_t NOPACK_A_MAX_N = 256
+# The small path (small.h: A and B read in place, nothing packed), taken when
+# B's rows and C's rows are contiguous and C has few rows.  Packing B~ costs a
+# pass over B (k*n loads and stores) that only m rows reuse, and the 6-row tile
+# computes 6 rows for each one stored; in place, each block of up to 6 rows
+# streams B itself.  Measured with 1 thread, interleaved medians, small/blocked
+# time: m <= 8 wins everywhere (x0.47-0.87); beyond, each block of rows reads B
+# again -- fine from L2 (784x256 float32, 800 KB: x0.84 at m = 32, x0.96 at 64;
+# 64x64: x0.83-0.95 to m = 128), not from L3 (784x256 float64, 1.6 MB: x1.07 at
+# m = 32); and a narrow C (masked loads of B's last vector every k step) loses
+# past 16 rows (64x10 float32: x1.14 at m = 32).
+cdef Py_ssize_t SMALL_M_MAX = 8                 # always, up to this many rows
+cdef Py_ssize_t SMALL_M_L2 = 64                 # ... and up to this many when
+cdef Py_ssize_t SMALL_B_L2_BYTES = 1 << 20      #   B fits in L2 (512 KiB-1 MiB)
+cdef Py_ssize_t SMALL_NARROW_N = 64             #   and C is this wide, or
+cdef Py_ssize_t SMALL_M_NARROW = 16             #   has at most this many rows
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 
@@ -169,6 +204,13 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # _set_kernel in another thread never mixes two kernels' tiles in one product.
 cdef const bp_kernel *_kern = &bp_kernels[<int>BP_KERNEL_PORTABLE]
 cdef int _num_threads = 1
+# Which path gemm() takes (tests force one; see _set_path).
+cdef enum:
+    _PATH_AUTO = 0       # tiny loop, small path or blocked, by the thresholds
+    _PATH_SMALL = 1      # the small path wherever its layouts allow it, else blocked
+    _PATH_BLOCKED = 2    # always the blocked path (the tiny loop only for k == 0)
+cdef int _path = _PATH_AUTO
+_PATHS = {"auto": _PATH_AUTO, "small": _PATH_SMALL, "blocked": _PATH_BLOCKED}
 _OPENMP = bool(BPCORE_OPENMP)
 # name -> row of the kernel table, best first (the import-time choice tries them in order)
 _KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
@@ -215,6 +257,19 @@ def _set_kernel(name):
         raise RuntimeError(f"this CPU (or build) cannot run the {name!r} kernel; "
                            f"it runs {', '.join(map(repr, _runnable_kernels()))}")
     _kern = &bp_kernels[<int>_KERNELS[name]]
+
+
+def _set_path(name):
+    """Force the GEMM's path for tests: "auto" (the thresholds), "small" (the in-place
+    small-product path wherever B and C have unit column strides), "blocked" (packing)."""
+    global _path
+    check_choice("name", name, tuple(_PATHS))
+    _path = _PATHS[name]
+
+
+def _small_calls():
+    """How many products took the small path so far in this process (for tests)."""
+    return bp_small_calls()
 
 
 def _choose_kernel():
@@ -553,6 +608,13 @@ cdef void _gemm_small(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 c[i * rsc + j * csc] = alpha * acc + beta * c[i * rsc + j * csc]
 
 
+cdef inline bint _small_pays(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             Py_ssize_t itemsize) noexcept nogil:
+    """The thresholds above: the small path is faster for this (m, n, k)."""
+    return m <= SMALL_M_MAX or (m <= SMALL_M_L2 and k * n * itemsize <= SMALL_B_L2_BYTES
+                                and (n >= SMALL_NARROW_N or m <= SMALL_M_NARROW))
+
+
 cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
               const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
               const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
@@ -568,9 +630,22 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         return BP_EINVAL
     if BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL:
         return BP_EINVAL
+    cdef const bp_kernel *K = _kern
+    cdef int path = _path
     if m <= 0 or n <= 0:
         return BP_OK
-    if k <= 0 or m * n * k <= SMALL_MNK:
+    if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
+            and (path == _PATH_SMALL or (m * n * k > SMALL_MNK and _small_pays(m, n, k,
+                                                                     sizeof(floating))))):
+        bp_small_note()
+        if floating is float:
+            K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        <int>epi, bias, aux, ldaux)
+        else:
+            K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        <int>epi, bias, aux, ldaux)
+        return BP_OK
+    if k <= 0 or (path == _PATH_AUTO and m * n * k <= SMALL_MNK):
         _gemm_small(m, n, max(k, 0), alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         if epi != BP_EPI_NONE:
             _epilogue(epi, m, n, c, rsc, csc, bias, aux, ldaux)
@@ -578,7 +653,7 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # A fork child of a threaded process must never enter a parallel region.
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
-    return _gemm_blocked(_kern, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
+    return _gemm_blocked(K, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
 
 

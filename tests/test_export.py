@@ -468,6 +468,11 @@ def test_predict_refuses_a_bad_out_naming_it():
     x = inputs(square, 2)
     with pytest.raises(ValueError, match="`out` overlaps the input `x`"):
         square.predict(x, out=x)
+    # the core's own C check, which predict's fast path relies on
+    with pytest.raises(ValueError, match="`out` must not overlap `x`"):
+        square.core.forward(square.parameters, x, x)
+    with pytest.raises(ValueError, match="`out` must not overlap `x`"):
+        net.core.forward(net.parameters, block, block.reshape(-1)[:12].reshape(3, 4))
 
 
 def _peak_bytes(call):

@@ -690,3 +690,135 @@ def test_bf16_bad_arguments(backend):
 
 def test_bf16_path_is_reported():
     assert _gemm.cpu_features()["bf16"] in ("emulated", "avx512_bf16")
+
+
+# ---------------------------------------------------------------------------
+# The small path (small.h): A and B read in place, bitwise equal to the blocked path
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def gemm_path():
+    """_gemm._set_path, restored to "auto" after the test."""
+    yield _gemm._set_path
+    _gemm._set_path("auto")
+
+
+def _on_paths(compute, gemm_path, small_expected=True):
+    """compute() on the small path and on the blocked path; checks that the small
+    path ran exactly when expected (once per gemm call) and never when blocked."""
+    results = {}
+    for name in ("small", "blocked"):
+        gemm_path(name)
+        before = _gemm._small_calls()
+        results[name] = compute()
+        took = _gemm._small_calls() - before
+        if name == "blocked":
+            assert took == 0
+        else:
+            assert (took > 0) == small_expected, f"small path taken {took} times"
+    return results["small"], results["blocked"]
+
+
+def _b_views(b, rng):
+    """B with contiguous rows, as the small path reads it: plain, rows of a wider
+    array every other row, rows in reverse order (negative row stride)."""
+    k, n = b.shape
+    wide = rand(rng, (2 * k, n + 5), b.dtype)
+    wide[::2, 3:3 + n] = b
+    yield "contiguous", b
+    yield "row_strided", wide[::2, 3:3 + n]
+    yield "reversed_rows", b[::-1].copy()[::-1]
+
+
+# m = 1 .. past one block of tile rows; n across 1-, 2-, 3-, 8-vector tiles and their
+# masked edges; k past KC (256; 128 in the AVX-512 kernels) so C accumulates in blocks.
+SMALL_SHAPES = [(1, 1, 1), (1, 10, 64), (1, 64, 64), (1, 65, 300), (1, 200, 257),
+                (2, 33, 7), (3, 25, 129), (4, 17, 5), (5, 49, 100), (6, 16, 1),
+                (6, 100, 520), (7, 9, 3), (13, 31, 40), (32, 256, 130)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", SMALL_SHAPES)
+def test_small_path_equals_blocked_bitwise(kernel, gemm_path, dtype, m, n, k):
+    rng = np.random.default_rng(m * 7919 + n * 31 + k)
+    for trans_a in (False, True):
+        a0, b0 = operands(rng, m, n, k, dtype, trans_a)
+        c0 = rand(rng, (m, n), dtype)
+        for name_a, a in _layouts(a0):
+            for name_b, b in _b_views(b0, rng):
+                for alpha, beta in ((1.0, 0.0), (-0.7, 1.5)):
+                    def compute():
+                        out = c0.copy() if beta else np.full((m, n), np.nan, dtype)
+                        return matmul(a, b, trans_a=trans_a, alpha=alpha, beta=beta, out=out)
+                    small, blocked = _on_paths(compute, gemm_path)
+                    assert small.tobytes() == blocked.tobytes(), (name_a, name_b, alpha, beta)
+                    assert_close(small, a.T if trans_a else a, b,
+                                 reference(a, b, trans_a, False, alpha, beta, c0),
+                                 alpha, beta, c0 if beta else None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
+@pytest.mark.parametrize("m,n,k,beta", [(1, 10, 64, 0.0), (3, 70, 300, 0.5), (6, 17, 9, 1.0)])
+def test_small_path_epilogues_bitwise(kernel, gemm_path, dtype, epilogue, m, n, k, beta):
+    rng = np.random.default_rng(23)
+    a, b = operands(rng, m, n, k, dtype)
+    bias = rand(rng, n, dtype)
+    aux = rng.uniform(-1, 1, (m, n)).astype(dtype)
+    c0 = rand(rng, (m, n), dtype)
+
+    def compute():
+        return _gemm._matmul_epilogue(a, b, epilogue, bias=bias, aux=aux, alpha=0.7,
+                                      beta=beta, out=c0.copy() if beta else None)
+    small, blocked = _on_paths(compute, gemm_path)
+    assert small.tobytes() == blocked.tobytes()
+    z = reference(a, b, False, False, 0.7, beta, c0)
+    want = EPILOGUE_REFERENCE[epilogue](z, bias.astype(np.float64), aux.astype(np.float64))
+    tol = EPS[np.dtype(dtype)] * 8 * (k * np.abs(a).max() * np.abs(b).max() + 2
+                                      + np.abs(bias).max())
+    np.testing.assert_allclose(small, want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_path_leaves_other_layouts_to_the_blocked_path(kernel, gemm_path, dtype):
+    """A transposed B (columns contiguous) or a B / C with a non-unit column stride
+    is packed: the small path is not taken, and the result is still right."""
+    rng = np.random.default_rng(29)
+    m, n, k = 3, 20, 40
+    a, bt = operands(rng, m, n, k, dtype, trans_b=True)
+    small, blocked = _on_paths(lambda: matmul(a, bt, trans_b=True), gemm_path, False)
+    assert small.tobytes() == blocked.tobytes()
+    assert_close(small, a, bt, reference(a, bt, False, True), trans_b=True)
+    b = rand(rng, (k, 2 * n), dtype)[:, ::2]
+    small, blocked = _on_paths(lambda: matmul(a, b), gemm_path, False)
+    assert small.tobytes() == blocked.tobytes()
+    b = np.ascontiguousarray(b)
+
+    def strided_out():
+        out = np.zeros((m, 3 * n), dtype)[:, ::3]
+        return _gemm._matmul_strided_out(a, b, out).copy()
+    small, blocked = _on_paths(strided_out, gemm_path, False)
+    assert small.tobytes() == blocked.tobytes()
+    assert_close(small, a, b, reference(a, b))
+
+
+def test_small_path_is_chosen_for_few_rows(gemm_path):
+    """By the thresholds: one row takes it, a tall product packs."""
+    rng = np.random.default_rng(31)
+    gemm_path("auto")
+    for m, expected in ((1, True), (200, False)):
+        a, b = operands(rng, m, 64, 64, np.float32)
+        before = _gemm._small_calls()
+        matmul(a, b)
+        assert (_gemm._small_calls() > before) == expected, m
+    with pytest.raises(ValueError, match="name"):
+        _gemm._set_path("sometimes")
+
+
+def test_small_path_predict_matches_blocked(gemm_path):
+    """A whole forward pass (the compiled core's calls of gemm): the same bits."""
+    import bpcore
+    net = bpcore.MLP([64, 64, 10], activation="tanh", loss="cross_entropy",
+                     dtype="float32", seed=3)
+    x = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
+    small, blocked = _on_paths(lambda: net.predict(x), gemm_path)
+    assert small.tobytes() == blocked.tobytes()

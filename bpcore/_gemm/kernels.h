@@ -20,6 +20,7 @@
 
 #include "microkernel.h"
 #include "pack.h"
+#include "small.h"
 
 typedef struct bp_blocks {
     int mr, nr;          /* register tile                                   */
@@ -34,6 +35,9 @@ typedef struct bp_kernel {
     bp_ukr_f64_fn ukr_f64;
     bp_pack_bt_f64_fn pack_bt_f64;
     bp_blocks f64;
+    /* the small-product path with this kernel's arithmetic (small.h), run with its KC */
+    bp_small_f32_fn small_f32;
+    bp_small_f64_fn small_f64;
 } bp_kernel;
 
 enum {
@@ -57,15 +61,19 @@ enum {
 
 static const bp_kernel bp_kernels[BP_KERNEL_COUNT] = {
     {"portable", bp_ukr_f32_portable, bp_pack_bt_f32_portable, BP_BLOCKS_256_F32,
-                 bp_ukr_f64_portable, bp_pack_bt_f64_portable, BP_BLOCKS_256_F64},
+                 bp_ukr_f64_portable, bp_pack_bt_f64_portable, BP_BLOCKS_256_F64,
+                 bp_small_f32_portable, bp_small_f64_portable},
     {"avx2_fma", bp_ukr_f32_avx2, bp_pack_bt_f32_avx2, BP_BLOCKS_256_F32,
-                 bp_ukr_f64_avx2, bp_pack_bt_f64_avx2, BP_BLOCKS_256_F64},
+                 bp_ukr_f64_avx2, bp_pack_bt_f64_avx2, BP_BLOCKS_256_F64,
+                 bp_small_f32_avx2, bp_small_f64_avx2},
     {"avx512", bp_ukr_f32_avx512, bp_pack_bt_f32_avx2_48, BP_BLOCKS_512_F32,
-               bp_ukr_f64_avx512, bp_pack_bt_f64_avx2_24, BP_BLOCKS_512_F64},
+               bp_ukr_f64_avx512, bp_pack_bt_f64_avx2_24, BP_BLOCKS_512_F64,
+               bp_small_f32_avx2, bp_small_f64_avx2},
     {"avx512_emulated", bp_ukr_f32_avx512_emulated, bp_pack_bt_f32_portable48,
                         BP_BLOCKS_512_F32,
                         bp_ukr_f64_avx512_emulated, bp_pack_bt_f64_portable24,
-                        BP_BLOCKS_512_F64},
+                        BP_BLOCKS_512_F64,
+                        bp_small_f32_fma_c, bp_small_f64_fma_c},
 };
 
 /* 1 if this build and this CPU can run kernel `which`. */
