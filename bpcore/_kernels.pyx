@@ -56,6 +56,10 @@ cdef extern from "pointwise.h" nogil:
                              Py_ssize_t n, float scale, float thr)
     void bp_select_above_f64(const double* key, const double* x, const double* a, double* out,
                              Py_ssize_t n, double scale, double thr)
+    void bp_select_at_most_f32(const float* key, const float* x, const float* a, float* out,
+                               Py_ssize_t n, float scale, float thr)
+    void bp_select_at_most_f64(const double* key, const double* x, const double* a,
+                               double* out, Py_ssize_t n, double scale, double thr)
 
 cdef extern from "vmath.h" nogil:
     # Vectorised exp / sigmoid / tanh over arrays (out may equal x); the
@@ -128,6 +132,16 @@ cdef inline void _select_above(const floating* key, const floating* x, const flo
         bp_select_above_f64(key, x, a, out, n, scale, thr)
 
 
+cdef inline void _select_at_most(const floating* key, const floating* x, const floating* a,
+                                 floating* out, Py_ssize_t n, floating scale,
+                                 floating thr) noexcept nogil:
+    """out[i] := x[i] if key[i] * scale <= thr else a[i], branch-free (pointwise.h)."""
+    if floating is float:
+        bp_select_at_most_f32(key, x, a, out, n, scale, thr)
+    else:
+        bp_select_at_most_f64(key, x, a, out, n, scale, thr)
+
+
 cdef inline void _vtanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
     if floating is float:
         bp_tanh_f32(x, out, n)
@@ -186,7 +200,7 @@ cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t 
             _vexpm1(z + j0, t, w)
             for j in range(w):
                 t[j] = t[j] * alpha
-            _select_above(z + j0, z + j0, t, out + j0, w, one, zero)
+            _select_at_most(z + j0, t, z + j0, out + j0, w, one, zero)
         else:
             # softplus: x where beta x > threshold (where log1p(exp(beta x)) / beta
             # equals x to the dtype's precision), else log1p(exp(beta x)) / beta
@@ -318,8 +332,9 @@ cdef void activation_backward_params(int op, const floating* saved, const floati
     ``saved`` is the output a = act(z), or the input z for the activations
     whose derivative needs it (activation_needs_z).
     """
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, i0, w
     cdef floating v, c
+    cdef floating t[CHUNK]
     cdef const floating* a = saved
     if op == ACT_SIGMOID:
         for i in range(n):
@@ -345,10 +360,14 @@ cdef void activation_backward_params(int op, const floating* saved, const floati
         # NOTE: from the output, as PyTorch's elu_backward with is_result (its
         # in-place elu_): z <= 0 <=> a <= 0 for alpha >= 0, and
         # alpha * exp(z) = a + alpha there.
+        # (In chunks with a branch-free select: the branch mispredicted on
+        # every other sign.)
         c = <floating>_param(param, 0, 1.0)
-        for i in range(n):
-            v = a[i]
-            out[i] = grad[i] * (v + c) if v <= 0 else grad[i]
+        for i0 in range(0, n, 256):  # CHUNK
+            w = min(<Py_ssize_t>CHUNK, n - i0)
+            for i in range(w):
+                t[i] = grad[i0 + i] * (a[i0 + i] + c)
+            _select_at_most(a + i0, t, grad + i0, out + i0, w, <floating>1, <floating>0)
     elif activation_needs_z(op):
         _chunked_backward(op, saved, grad, out, n, param)
     else:
