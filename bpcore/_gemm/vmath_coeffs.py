@@ -64,14 +64,14 @@ def erfcx(x):
 
 def show_erf():
     for label, degree, intervals in (("f64", 11, [(1, 2), (2, 3.5), (3.5, 6)]),
-                                     ("f32", 6, [(1, 2), (2, 4)])):
+                                     ("f32", 6, [(1, 4)])):
         coeffs, err = mp.chebyfit(p_erf, [0, 1], degree + 1, error=True)
         print(f"erf {label} P(s) on [0, 1], degree {degree}: max abs error {mp.nstr(err, 3)}")
         print("    " + ", ".join(float(c).hex() for c in coeffs))  # highest power first
         for a, b in intervals:
             a, b = mp.mpf(a), mp.mpf(b)
             mid, half = (a + b) / 2, (b - a) / 2
-            deg = 14 if label == "f64" else 7
+            deg = 14 if label == "f64" else 11
             coeffs, err = mp.chebyfit(lambda u: erfcx(u + mid), [-half, half], deg + 1,
                                       error=True)
             print(f"erf {label} C(x) on [{a}, {b}), u = x - {mid}, degree {deg}: abs error "
