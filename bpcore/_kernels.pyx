@@ -76,6 +76,8 @@ cdef extern from "vmath.h" nogil:
     void bp_expm1_f64(const double* x, double* out, Py_ssize_t n)
     void bp_log1p_f32(const float* x, float* out, Py_ssize_t n)
     void bp_log1p_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_gelu_grad_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_gelu_grad_f64(const double* x, double* out, Py_ssize_t n)
     int bp_vmath_select(int want_avx2)
     int bp_vmath_kernel()
     int BP_VMATH_AVX2_FMA
@@ -88,9 +90,9 @@ cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept 
         bp_exp_f64(x, out, n)
 
 
-# PyTorch's constants (ATen's GeluKernel), rounded once to double.
+# PyTorch's constants (ATen's GeluKernel), rounded once to double (the exact gelu's
+# derivative has its own copy in vmath.h, BP_SQRT1_2 and BP_GELU_BETA).
 cdef double SQRT1_2 = 0.70710678118654752440       # M_SQRT1_2
-cdef double GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5
 cdef double GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5
 cdef double GELU_TANH_KAPPA = 0.044715
 
@@ -219,26 +221,23 @@ cdef void _chunked_backward(int op, const floating* z, const floating* grad, flo
     """out := grad * act'(z) for the activations whose derivative needs z (PyTorch's
     formulas, as _chunked_forward)."""
     cdef floating t[CHUNK]
-    cdef floating u[CHUNK]
     cdef Py_ssize_t j0, j, w
     cdef floating x, x_sq, left, right, half = <floating>0.5, one = 1
-    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_BETA
     cdef floating kt_beta = <floating>GELU_TANH_BETA, kappa = <floating>GELU_TANH_KAPPA
-    cdef floating three = 3, minus_half = <floating>-0.5
+    cdef floating three = 3
     cdef floating beta = <floating>_param(param, 0, 1.0)
     cdef floating threshold = <floating>_param(param, 1, 20.0)
     for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
         w = min(<Py_ssize_t>CHUNK, n - j0)
         if op == ACT_GELU:
-            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi)
+            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi),
+            # in vmath.h, whose erf computes the exp once for both
+            if floating is float:
+                bp_gelu_grad_f32(z + j0, t, w)
+            else:
+                bp_gelu_grad_f64(z + j0, t, w)
             for j in range(w):
-                x = z[j0 + j]
-                t[j] = x * k_alpha
-                u[j] = x * x * minus_half
-            _verf(t, t, w)
-            _vexp(u, u, w)
-            for j in range(w):
-                out[j0 + j] = grad[j0 + j] * (half * (one + t[j]) + z[j0 + j] * (k_beta * u[j]))
+                out[j0 + j] = grad[j0 + j] * t[j]
         elif op == ACT_GELU_TANH:
             for j in range(w):
                 x = z[j0 + j]

@@ -1,4 +1,4 @@
-/* vmath.h -- exp, sigmoid, tanh, erf, expm1 and log1p over arrays, vectorised, float32 and float64.
+/* vmath.h -- exp, sigmoid, tanh, erf, expm1, log1p (and gelu's derivative) over arrays, vectorised, float32 and float64.
  *
  * gcc does not vectorise calls to libm's exp/tanh (not without -ffast-math,
  * which bpcore never uses: it turns flush-to-zero on for the whole process),
@@ -257,6 +257,12 @@ BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
 /* erf                                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* PyTorch's (ATen's GeluKernel) constants, rounded once to double (as _kernels.pyx) */
+#define BP_SQRT1_2_D 0.70710678118654752440
+#define BP_SQRT1_2_F ((float)BP_SQRT1_2_D)
+#define BP_GELU_BETA_D (1.12837916709551257390 * 0.70710678118654752440 * 0.5)
+#define BP_GELU_BETA_F ((float)BP_GELU_BETA_D)
+
 /* erf(x) = sign(x) * (|x| < 1 ? |x| + |x| P(x^2) : 1 - exp(-x^2) C(|x|)), where
  * C = erfcx = exp(x^2) erfc(x) is a polynomial per interval in u = |x| - mid
  * (coefficients picked lane by lane by compare-and-select, so one Horner
@@ -308,7 +314,8 @@ static const float BP_ERF_C_F[12] = {
     -0x1.807be20b101bbp-11f, 0x1.4339378ff5e8ep-9f, -0x1.06326e32bafe7p-7f,
     0x1.989663307dba0p-6f, -0x1.3086d78924485p-4f, 0x1.afbb3e625d7c4p-3f};
 
-BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
+/* erf(x) into *v, and exp(-x^2) (unclamped, for gelu's derivative) into *ex */
+BP_VINLINE void bp_verf_ex_d(bp_vd *v, bp_vd *ex, const int has_fma)
 {
     const bp_vd x = *v;
     const bp_vl sign = (bp_vl)x & BP_SIGN_D;
@@ -328,13 +335,33 @@ BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
     for (int k = 1; k < 15; ++k)
         c = c * u + BP_ERF_PICK_D(BP_ERF_C_D[0][k], BP_ERF_C_D[1][k], BP_ERF_C_D[2][k]);
 #undef BP_ERF_PICK_D
-    bp_vd e = -(cx * cx);
+    /* exp(-x^2) of the unclamped |x|: past the clamp e c is below half an
+     * ulp of 1 either way, so erf is the same +-1 */
+    bp_vd e = -(ax * ax);
     bp_vexp_d(&e, has_fma);
+    *ex = e;
     const bp_vd large = 1.0 - e * c;
     *v = (bp_vd)((bp_vl)bp_sel_d(ax < 1.0, small, large) | sign);
 }
 
-BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
+BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
+{
+    bp_vd ex;
+    bp_verf_ex_d(v, &ex, has_fma);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt2)) / 2 + x GELU_BETA exp(-x^2 / 2),
+ * with PyTorch's constants and the one exp that erf computes anyway. */
+BP_VINLINE void bp_vgelu_grad_d(bp_vd *v, const int has_fma)
+{
+    const bp_vd x = *v;
+    bp_vd t = x * BP_SQRT1_2_D, e;
+    bp_verf_ex_d(&t, &e, has_fma);
+    *v = 0.5 * (1.0 + t) + x * (BP_GELU_BETA_D * e);
+}
+
+/* erf(x) into *v, and exp(-x^2) (unclamped, for gelu's derivative) into *ex */
+BP_VINLINE void bp_verf_ex_f(bp_vf *v, bp_vf *ex, const int has_fma)
 {
     const bp_vf x = *v;
     const bp_vi sign = (bp_vi)x & BP_SIGN_F;
@@ -349,10 +376,29 @@ BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
     bp_vf c = BP_SPLAT_F(BP_ERF_C_F[0]);
     for (int k = 1; k < 12; ++k)
         c = c * u + BP_ERF_C_F[k];
-    bp_vf e = -(cx * cx);
+    /* exp(-x^2) of the unclamped |x|: past the clamp e c is below half an
+     * ulp of 1 either way, so erf is the same +-1 */
+    bp_vf e = -(ax * ax);
     bp_vexp_f(&e, has_fma);
+    *ex = e;
     const bp_vf large = 1.0f - e * c;
     *v = (bp_vf)((bp_vi)bp_sel_f(ax < 1.0f, small, large) | sign);
+}
+
+BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
+{
+    bp_vf ex;
+    bp_verf_ex_f(v, &ex, has_fma);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt2)) / 2 + x GELU_BETA exp(-x^2 / 2),
+ * with PyTorch's constants and the one exp that erf computes anyway. */
+BP_VINLINE void bp_vgelu_grad_f(bp_vf *v, const int has_fma)
+{
+    const bp_vf x = *v;
+    bp_vf t = x * BP_SQRT1_2_F, e;
+    bp_verf_ex_f(&t, &e, has_fma);
+    *v = 0.5f * (1.0f + t) + x * (BP_GELU_BETA_F * e);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -554,7 +600,9 @@ BP_VINLINE void bp_vlog1p_f(bp_vf *v, const int has_fma)
     BP_VMATH_LOOP(bp_expm1_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vexpm1_f, HAS_FMA, ATTR)       \
     BP_VMATH_LOOP(bp_expm1_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vexpm1_d, HAS_FMA, ATTR)      \
     BP_VMATH_LOOP(bp_log1p_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vlog1p_f, HAS_FMA, ATTR)       \
-    BP_VMATH_LOOP(bp_log1p_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vlog1p_d, HAS_FMA, ATTR)
+    BP_VMATH_LOOP(bp_log1p_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vlog1p_d, HAS_FMA, ATTR)      \
+    BP_VMATH_LOOP(bp_gelu_grad_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vgelu_grad_f, HAS_FMA, ATTR) \
+    BP_VMATH_LOOP(bp_gelu_grad_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vgelu_grad_d, HAS_FMA, ATTR)
 
 /* fp-contract=off: the portable build must not fuse even under -march=native,
  * where its exact-product code (Dekker) relies on separate roundings. */
@@ -635,5 +683,9 @@ BP_VMATH_DISPATCH(bp_expm1_f64, double)
 BP_VMATH_DISPATCH(bp_log1p_f32, float)
 /* out[i] := log(1 + x[i]) */
 BP_VMATH_DISPATCH(bp_log1p_f64, double)
+/* out[i] := gelu'(x[i]) = Phi(x[i]) + x[i] phi(x[i]) */
+BP_VMATH_DISPATCH(bp_gelu_grad_f32, float)
+/* out[i] := gelu'(x[i]) = Phi(x[i]) + x[i] phi(x[i]) */
+BP_VMATH_DISPATCH(bp_gelu_grad_f64, double)
 
 #endif /* BPCORE_VMATH_H */
