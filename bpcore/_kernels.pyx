@@ -22,7 +22,7 @@
 # offset comes from the shape (row i at i * n_cols), which is right for those
 # arrays too; the general path hands over views with canonical strides
 # (_validate.canonical), so a stride read further down would be right as well.
-from libc.math cimport INFINITY, exp, expm1, fabs, log, log1p, pow, sqrt
+from libc.math cimport INFINITY, exp, fabs, log, log1p, pow, sqrt
 
 import os
 
@@ -52,6 +52,14 @@ cdef extern from "reduce.h" nogil:
 cdef extern from "pointwise.h" nogil:
     void bp_leaky_relu_f32(const float* z, float* out, Py_ssize_t n, float c)
     void bp_leaky_relu_f64(const double* z, double* out, Py_ssize_t n, double c)
+    void bp_select_above_f32(const float* key, const float* x, const float* a, float* out,
+                             Py_ssize_t n, float scale, float thr)
+    void bp_select_above_f64(const double* key, const double* x, const double* a, double* out,
+                             Py_ssize_t n, double scale, double thr)
+    void bp_select_at_most_f32(const float* key, const float* x, const float* a, float* out,
+                               Py_ssize_t n, float scale, float thr)
+    void bp_select_at_most_f64(const double* key, const double* x, const double* a,
+                               double* out, Py_ssize_t n, double scale, double thr)
 
 cdef extern from "vmath.h" nogil:
     # Vectorised exp / sigmoid / tanh over arrays (out may equal x); the
@@ -64,6 +72,12 @@ cdef extern from "vmath.h" nogil:
     void bp_tanh_f64(const double* x, double* out, Py_ssize_t n)
     void bp_erf_f32(const float* x, float* out, Py_ssize_t n)
     void bp_erf_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_expm1_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_expm1_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_log1p_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_log1p_f64(const double* x, double* out, Py_ssize_t n)
+    void bp_gelu_grad_f32(const float* x, float* out, Py_ssize_t n)
+    void bp_gelu_grad_f64(const double* x, double* out, Py_ssize_t n)
     int bp_vmath_select(int want_avx2)
     int bp_vmath_kernel()
     int BP_VMATH_AVX2_FMA
@@ -76,9 +90,9 @@ cdef inline void _vexp(const floating* x, floating* out, Py_ssize_t n) noexcept 
         bp_exp_f64(x, out, n)
 
 
-# PyTorch's constants (ATen's GeluKernel), rounded once to double.
+# PyTorch's constants (ATen's GeluKernel), rounded once to double (the exact gelu's
+# derivative has its own copy in vmath.h, BP_SQRT1_2 and BP_GELU_BETA).
 cdef double SQRT1_2 = 0.70710678118654752440       # M_SQRT1_2
-cdef double GELU_BETA = 1.12837916709551257390 * 0.70710678118654752440 * 0.5
 cdef double GELU_TANH_BETA = 1.41421356237309504880 * 1.12837916709551257390 * 0.5
 cdef double GELU_TANH_KAPPA = 0.044715
 
@@ -94,6 +108,40 @@ cdef inline void _verf(const floating* x, floating* out, Py_ssize_t n) noexcept 
         bp_erf_f32(x, out, n)
     else:
         bp_erf_f64(x, out, n)
+
+
+cdef inline void _vexpm1(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_expm1_f32(x, out, n)
+    else:
+        bp_expm1_f64(x, out, n)
+
+
+cdef inline void _vlog1p(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        bp_log1p_f32(x, out, n)
+    else:
+        bp_log1p_f64(x, out, n)
+
+
+cdef inline void _select_above(const floating* key, const floating* x, const floating* a,
+                               floating* out, Py_ssize_t n, floating scale,
+                               floating thr) noexcept nogil:
+    """out[i] := x[i] if key[i] * scale > thr else a[i], branch-free (pointwise.h)."""
+    if floating is float:
+        bp_select_above_f32(key, x, a, out, n, scale, thr)
+    else:
+        bp_select_above_f64(key, x, a, out, n, scale, thr)
+
+
+cdef inline void _select_at_most(const floating* key, const floating* x, const floating* a,
+                                 floating* out, Py_ssize_t n, floating scale,
+                                 floating thr) noexcept nogil:
+    """out[i] := x[i] if key[i] * scale <= thr else a[i], branch-free (pointwise.h)."""
+    if floating is float:
+        bp_select_at_most_f32(key, x, a, out, n, scale, thr)
+    else:
+        bp_select_at_most_f64(key, x, a, out, n, scale, thr)
 
 
 cdef inline void _vtanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
@@ -124,6 +172,7 @@ cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t 
     cdef floating kappa = <floating>GELU_TANH_KAPPA
     cdef floating beta = <floating>_param(param, 0, 1.0)
     cdef floating threshold = <floating>_param(param, 1, 20.0)
+    cdef floating alpha = <floating>_param(param, 0, 1.0), zero = 0
     for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
         w = min(<Py_ssize_t>CHUNK, n - j0)
         if op == ACT_GELU:
@@ -147,15 +196,24 @@ cdef void _chunked_forward(int op, const floating* z, floating* out, Py_ssize_t 
             _vsigmoid(z + j0, t, w)
             for j in range(w):
                 out[j0 + j] = z[j0 + j] * t[j]
+        elif op == ACT_ELU:
+            # PyTorch's: z <= 0 ? expm1(z) * alpha : z.  NOTE: expm1, not exp - 1,
+            # keeps full relative accuracy near 0-.
+            _vexpm1(z + j0, t, w)
+            for j in range(w):
+                t[j] = t[j] * alpha
+            _select_at_most(z + j0, t, z + j0, out + j0, w, one, zero)
         else:
             # softplus: x where beta x > threshold (where log1p(exp(beta x)) / beta
             # equals x to the dtype's precision), else log1p(exp(beta x)) / beta
+            # (inf above ~88 / beta in float32, never selected)
             for j in range(w):
                 t[j] = z[j0 + j] * beta
             _vexp(t, t, w)
+            _vlog1p(t, t, w)
             for j in range(w):
-                x = z[j0 + j]
-                out[j0 + j] = x if x * beta > threshold else <floating>(log1p(t[j]) / beta)
+                t[j] = t[j] / beta
+            _select_above(z + j0, z + j0, t, out + j0, w, beta, threshold)
 
 
 cdef void _chunked_backward(int op, const floating* z, const floating* grad, floating* out,
@@ -163,26 +221,23 @@ cdef void _chunked_backward(int op, const floating* z, const floating* grad, flo
     """out := grad * act'(z) for the activations whose derivative needs z (PyTorch's
     formulas, as _chunked_forward)."""
     cdef floating t[CHUNK]
-    cdef floating u[CHUNK]
     cdef Py_ssize_t j0, j, w
     cdef floating x, x_sq, left, right, half = <floating>0.5, one = 1
-    cdef floating k_alpha = <floating>SQRT1_2, k_beta = <floating>GELU_BETA
     cdef floating kt_beta = <floating>GELU_TANH_BETA, kappa = <floating>GELU_TANH_KAPPA
-    cdef floating three = 3, minus_half = <floating>-0.5
+    cdef floating three = 3
     cdef floating beta = <floating>_param(param, 0, 1.0)
     cdef floating threshold = <floating>_param(param, 1, 20.0)
     for j0 in range(0, n, 256):  # CHUNK (range's step must be a literal)
         w = min(<Py_ssize_t>CHUNK, n - j0)
         if op == ACT_GELU:
-            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi)
+            # cdf + x * pdf: 0.5 (1 + erf(x / sqrt(2))) + x exp(-x^2 / 2) / sqrt(2 pi),
+            # in vmath.h, whose erf computes the exp once for both
+            if floating is float:
+                bp_gelu_grad_f32(z + j0, t, w)
+            else:
+                bp_gelu_grad_f64(z + j0, t, w)
             for j in range(w):
-                x = z[j0 + j]
-                t[j] = x * k_alpha
-                u[j] = x * x * minus_half
-            _verf(t, t, w)
-            _vexp(u, u, w)
-            for j in range(w):
-                out[j0 + j] = grad[j0 + j] * (half * (one + t[j]) + z[j0 + j] * (k_beta * u[j]))
+                out[j0 + j] = grad[j0 + j] * t[j]
         elif op == ACT_GELU_TANH:
             for j in range(w):
                 x = z[j0 + j]
@@ -207,8 +262,8 @@ cdef void _chunked_backward(int op, const floating* z, const floating* grad, flo
                 t[j] = z[j0 + j] * beta
             _vexp(t, t, w)
             for j in range(w):
-                out[j0 + j] = (grad[j0 + j] if z[j0 + j] * beta > threshold
-                               else grad[j0 + j] * t[j] / (t[j] + one))
+                t[j] = grad[j0 + j] * t[j] / (t[j] + one)
+            _select_above(z + j0, grad + j0, t, out + j0, w, beta, threshold)
 
 
 cdef void activation_forward(int op, const floating* z, floating* out,
@@ -261,14 +316,7 @@ cdef void activation_forward_params(int op, const floating* z, floating* out, Py
             bp_leaky_relu_f32(z, out, n, c)
         else:
             bp_leaky_relu_f64(z, out, n, c)
-    elif op == ACT_ELU:
-        # PyTorch's: z <= 0 ? expm1(z) * alpha : z.  NOTE: expm1, not exp - 1,
-        # keeps full relative accuracy near 0-.
-        c = <floating>_param(param, 0, 1.0)
-        for i in range(n):
-            v = z[i]
-            out[i] = <floating>expm1(v) * c if v <= 0 else v
-    elif activation_needs_z(op):
+    elif activation_needs_z(op) or op == ACT_ELU:
         _chunked_forward(op, z, out, n, param)
     else:
         for i in range(n):
@@ -283,8 +331,9 @@ cdef void activation_backward_params(int op, const floating* saved, const floati
     ``saved`` is the output a = act(z), or the input z for the activations
     whose derivative needs it (activation_needs_z).
     """
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, i0, w
     cdef floating v, c
+    cdef floating t[CHUNK]
     cdef const floating* a = saved
     if op == ACT_SIGMOID:
         for i in range(n):
@@ -310,10 +359,14 @@ cdef void activation_backward_params(int op, const floating* saved, const floati
         # NOTE: from the output, as PyTorch's elu_backward with is_result (its
         # in-place elu_): z <= 0 <=> a <= 0 for alpha >= 0, and
         # alpha * exp(z) = a + alpha there.
+        # (In chunks with a branch-free select: the branch mispredicted on
+        # every other sign.)
         c = <floating>_param(param, 0, 1.0)
-        for i in range(n):
-            v = a[i]
-            out[i] = grad[i] * (v + c) if v <= 0 else grad[i]
+        for i0 in range(0, n, 256):  # CHUNK
+            w = min(<Py_ssize_t>CHUNK, n - i0)
+            for i in range(w):
+                t[i] = grad[i0 + i] * (a[i0 + i] + c)
+            _select_at_most(a + i0, t, grad + i0, out + i0, w, <floating>1, <floating>0)
     elif activation_needs_z(op):
         _chunked_backward(op, saved, grad, out, n, param)
     else:
@@ -429,11 +482,15 @@ def _vmath_exp(x, *, out=None):
     return buf if out is None else out
 
 
-def _vmath_erf(x, *, out=None):
-    """``erf(x)`` elementwise with the vmath kernel (compiled); for tests.
+cdef enum:
+    # The vmath functions _vmath_unary can run (for the tests' wrappers below)
+    VM_ERF = 0
+    VM_EXPM1 = 1
+    VM_LOG1P = 2
 
-    Same argument policy as :func:`sigmoid_forward`.
-    """
+
+cdef _vmath_unary(int fn, x, out):
+    """``fn(x)`` elementwise with the vmath kernel (argument policy of :func:`sigmoid_forward`)."""
     x, buf = V.unary_args("x", x, out, contiguous=True)
     cdef Py_ssize_t n = buf.size
     if n == 0:
@@ -442,11 +499,37 @@ def _vmath_erf(x, *, out=None):
     cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef bint f32 = buf.dtype.itemsize == 4
     with nogil:
-        if f32:
+        if fn == VM_ERF and f32:
             bp_erf_f32(<const float*>xp, <float*>op, n)
-        else:
+        elif fn == VM_ERF:
             bp_erf_f64(<const double*>xp, <double*>op, n)
+        elif fn == VM_EXPM1 and f32:
+            bp_expm1_f32(<const float*>xp, <float*>op, n)
+        elif fn == VM_EXPM1:
+            bp_expm1_f64(<const double*>xp, <double*>op, n)
+        elif f32:
+            bp_log1p_f32(<const float*>xp, <float*>op, n)
+        else:
+            bp_log1p_f64(<const double*>xp, <double*>op, n)
     return buf if out is None else out
+
+
+def _vmath_erf(x, *, out=None):
+    """``erf(x)`` elementwise with the vmath kernel (compiled); for tests.
+
+    Same argument policy as :func:`sigmoid_forward`.
+    """
+    return _vmath_unary(VM_ERF, x, out)
+
+
+def _vmath_expm1(x, *, out=None):
+    """``exp(x) - 1`` elementwise with the vmath kernel (compiled); for tests."""
+    return _vmath_unary(VM_EXPM1, x, out)
+
+
+def _vmath_log1p(x, *, out=None):
+    """``log(1 + x)`` elementwise with the vmath kernel (compiled); for tests."""
+    return _vmath_unary(VM_LOG1P, x, out)
 
 
 cdef _init_vmath():

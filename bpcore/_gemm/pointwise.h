@@ -47,4 +47,26 @@ static inline void bp_leaky_relu_f64(const double *z, double *out, ptrdiff_t n, 
     }
 }
 
+/* out[i] := key[i] * scale CMP thr ? x[i] : a[i], a select on the bits (the
+ * same mask trick): softplus's linear region (>) above its threshold, elu's
+ * z <= 0 (<=; a NaN key takes a[i], as PyTorch's compare does).  key[i], x[i]
+ * and a[i] are read before out[i] is written: out may be any of them. */
+#define BP_SELECT(NAME, T, UT, CMP)                                                        \
+    static inline void NAME(const T *key, const T *x, const T *a, T *out, ptrdiff_t n,    \
+                            T scale, T thr)                                                \
+    {                                                                                      \
+        for (ptrdiff_t i = 0; i < n; ++i) {                                                \
+            const UT m = -(UT)(key[i] * scale CMP thr);                                    \
+            UT xb, ab;                                                                     \
+            memcpy(&xb, x + i, sizeof xb);                                                 \
+            memcpy(&ab, a + i, sizeof ab);                                                 \
+            const UT bits = (m & xb) | (~m & ab);                                          \
+            memcpy(out + i, &bits, sizeof bits);                                           \
+        }                                                                                  \
+    }
+BP_SELECT(bp_select_above_f32, float, uint32_t, >)
+BP_SELECT(bp_select_above_f64, double, uint64_t, >)
+BP_SELECT(bp_select_at_most_f32, float, uint32_t, <=)
+BP_SELECT(bp_select_at_most_f64, double, uint64_t, <=)
+
 #endif

@@ -1,4 +1,4 @@
-/* vmath.h -- exp, sigmoid, tanh and erf over arrays, vectorised, float32 and float64.
+/* vmath.h -- exp, sigmoid, tanh, erf, expm1, log1p (and gelu's derivative) over arrays, vectorised, float32 and float64.
  *
  * gcc does not vectorise calls to libm's exp/tanh (not without -ffast-math,
  * which bpcore never uses: it turns flush-to-zero on for the whole process),
@@ -31,6 +31,7 @@
 #define BPCORE_VMATH_H
 
 #include <Python.h> /* Py_ssize_t */
+#include <math.h> /* INFINITY, NAN */
 #include <stdint.h>
 #include <string.h>
 
@@ -81,6 +82,21 @@ typedef uint32_t bp_vui __attribute__((vector_size(32)));
 #define BP_LN2_LO_D 0x1.a39ef35793c76p-33
 #define BP_SHIFT_D 0x1.8p52 /* x + SHIFT rounds x to an integer, kept in the low bits */
 
+/* Q(r) = (e^r - 1 - r) / r^2, degree 9, |r| <= ln2/2 (exp and expm1) */
+BP_VINLINE void bp_vexp_q_d(const bp_vd *rp, bp_vd *qp)
+{
+    const bp_vd r = *rp;
+    bp_vd q = 0x1.af389ecfc4b9cp-26 * r + 0x1.28917c89a43a7p-22;
+    q = q * r + 0x1.71de0db2f6b19p-19;
+    q = q * r + 0x1.a019b9149a41cp-16;
+    q = q * r + 0x1.a01a01a7c2efep-13;
+    q = q * r + 0x1.6c16c17889ef1p-10;
+    q = q * r + 0x1.11111111109b5p-7;
+    q = q * r + 0x1.5555555553d68p-5;
+    q = q * r + 0x1.5555555555556p-3;
+    *qp = q * r + 0x1.0000000000001p-1;
+}
+
 /* e^x, lane by lane: 1-ulp class for every x; inf -> inf, -inf -> 0, NaN -> NaN. */
 BP_VINLINE void bp_vexp_d(bp_vd *v, const int has_fma)
 {
@@ -94,16 +110,8 @@ BP_VINLINE void bp_vexp_d(bp_vd *v, const int has_fma)
     const bp_vd nd = kd - BP_SHIFT_D;
     bp_vd r = x - nd * BP_LN2_HI_D; /* exact */
     r = r - nd * BP_LN2_LO_D;
-    /* Q(r) = (e^r - 1 - r) / r^2, degree 9, |r| <= ln2/2 */
-    bp_vd q = 0x1.af389ecfc4b9cp-26 * r + 0x1.28917c89a43a7p-22;
-    q = q * r + 0x1.71de0db2f6b19p-19;
-    q = q * r + 0x1.a019b9149a41cp-16;
-    q = q * r + 0x1.a01a01a7c2efep-13;
-    q = q * r + 0x1.6c16c17889ef1p-10;
-    q = q * r + 0x1.11111111109b5p-7;
-    q = q * r + 0x1.5555555553d68p-5;
-    q = q * r + 0x1.5555555555556p-3;
-    q = q * r + 0x1.0000000000001p-1;
+    bp_vd q;
+    bp_vexp_q_d(&r, &q);
     const bp_vd p = r * (r * q + 1.0) + 1.0;
     /* 2^n = 2^n1 * 2^n2 with n1 = round(n / 2): each factor is a normal
      * number even when 2^n is not (or overflows). */
@@ -119,6 +127,16 @@ BP_VINLINE void bp_vexp_d(bp_vd *v, const int has_fma)
 #define BP_LN2_LO_F -0x1.bd0106p-13f
 #define BP_SHIFT_F 0x1.8p23f
 
+/* Q(r), degree 4 */
+BP_VINLINE void bp_vexp_q_f(const bp_vf *rp, bp_vf *qp)
+{
+    const bp_vf r = *rp;
+    bp_vf q = 0x1.6d10fc65baf1cp-10f * r + 0x1.120b616c43f75p-7f;
+    q = q * r + 0x1.55551933893e6p-5f;
+    q = q * r + 0x1.5554dd04e58bep-3f;
+    *qp = q * r + 0x1.0p-1f;
+}
+
 BP_VINLINE void bp_vexp_f(bp_vf *v, const int has_fma)
 {
     (void)has_fma;
@@ -130,11 +148,8 @@ BP_VINLINE void bp_vexp_f(bp_vf *v, const int has_fma)
     const bp_vf nd = kd - BP_SHIFT_F;
     bp_vf r = x - nd * BP_LN2_HI_F;
     r = r - nd * BP_LN2_LO_F;
-    /* Q(r), degree 4 */
-    bp_vf q = 0x1.6d10fc65baf1cp-10f * r + 0x1.120b616c43f75p-7f;
-    q = q * r + 0x1.55551933893e6p-5f;
-    q = q * r + 0x1.5554dd04e58bep-3f;
-    q = q * r + 0x1.0p-1f;
+    bp_vf q;
+    bp_vexp_q_f(&r, &q);
     const bp_vf p = r * (r * q + 1.0f) + 1.0f;
     const bp_vf k1 = nd * 0.5f + BP_SHIFT_F;
     const bp_vui s1 = ((bp_vui)k1 + 127) << 23;
@@ -242,6 +257,12 @@ BP_VINLINE void bp_vtanh_f(bp_vf *v, const int has_fma)
 /* erf                                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* PyTorch's (ATen's GeluKernel) constants, rounded once to double (as _kernels.pyx) */
+#define BP_SQRT1_2_D 0.70710678118654752440
+#define BP_SQRT1_2_F ((float)BP_SQRT1_2_D)
+#define BP_GELU_BETA_D (1.12837916709551257390 * 0.70710678118654752440 * 0.5)
+#define BP_GELU_BETA_F ((float)BP_GELU_BETA_D)
+
 /* erf(x) = sign(x) * (|x| < 1 ? |x| + |x| P(x^2) : 1 - exp(-x^2) C(|x|)), where
  * C = erfcx = exp(x^2) erfc(x) is a polynomial per interval in u = |x| - mid
  * (coefficients picked lane by lane by compare-and-select, so one Horner
@@ -284,20 +305,17 @@ static const float BP_ERF_P_F[7] = {
     0x1.4a5690869d13fp-14f, -0x1.a45087f1a200ap-11f, 0x1.541270c79ca2cp-8f,
     -0x1.b7faba961c85ap-6f, 0x1.ce2d10ed44e09p-4f, -0x1.81273e7a02443p-2f,
     0x1.06eba7f673903p-3f};
-/* erfcx(x) = exp(x^2) erfc(x) on [1, 2), [2, ...) ..., in u = x - mid: degree 7 */
-static const float BP_ERF_C_F[2][8] = {
-    /* [1, 2) */
-    {-0x1.6ebbdc741aa01p-11f, 0x1.06622ae4cfb8cp-9f, -0x1.50db5fc6e174fp-8f,
-     0x1.b5bff946d8afep-7f, -0x1.0dc5bcf3cbd41p-5f, 0x1.37eb1d7063c1fp-4f,
-     -0x1.4f1987f458257p-3f, 0x1.494daf7ee7706p-2f},
-    /* [2, 4) */
-    {-0x1.8cc95d6381fb9p-16f, 0x1.8d2cc17d485bbp-14f, -0x1.52160731bacd5p-12f,
-     0x1.3ebe3c99c34dfp-10f, -0x1.259624a95f7edp-8f, 0x1.0445eb77f6649p-6f,
-     -0x1.bd6adf0be48c8p-5f, 0x1.6e9821c5a9657p-3f},
-};
-static const float BP_ERF_MID_F[2] = {1.5f, 3.0f};
+/* erfcx(x) = exp(x^2) erfc(x) on [1, 4), in u = x - 2.5: degree 11 -- one
+ * interval (no per-lane coefficient selects: those cost more than the four
+ * extra terms); abs error 9.6e-9, times exp(-x^2) <= 0.37 */
+static const float BP_ERF_C_F[12] = {
+    -0x1.bab8163ba729bp-22f, 0x1.c03e4eef141b0p-20f, -0x1.01567aad5305bp-18f,
+    0x1.e1ffae98fbeb5p-17f, -0x1.f1ac69f8fce85p-15f, 0x1.be96e99ffac35p-13f,
+    -0x1.807be20b101bbp-11f, 0x1.4339378ff5e8ep-9f, -0x1.06326e32bafe7p-7f,
+    0x1.989663307dba0p-6f, -0x1.3086d78924485p-4f, 0x1.afbb3e625d7c4p-3f};
 
-BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
+/* erf(x) into *v, and exp(-x^2) (unclamped, for gelu's derivative) into *ex */
+BP_VINLINE void bp_verf_ex_d(bp_vd *v, bp_vd *ex, const int has_fma)
 {
     const bp_vd x = *v;
     const bp_vl sign = (bp_vl)x & BP_SIGN_D;
@@ -317,13 +335,33 @@ BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
     for (int k = 1; k < 15; ++k)
         c = c * u + BP_ERF_PICK_D(BP_ERF_C_D[0][k], BP_ERF_C_D[1][k], BP_ERF_C_D[2][k]);
 #undef BP_ERF_PICK_D
-    bp_vd e = -(cx * cx);
+    /* exp(-x^2) of the unclamped |x|: past the clamp e c is below half an
+     * ulp of 1 either way, so erf is the same +-1 */
+    bp_vd e = -(ax * ax);
     bp_vexp_d(&e, has_fma);
+    *ex = e;
     const bp_vd large = 1.0 - e * c;
     *v = (bp_vd)((bp_vl)bp_sel_d(ax < 1.0, small, large) | sign);
 }
 
-BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
+BP_VINLINE void bp_verf_d(bp_vd *v, const int has_fma)
+{
+    bp_vd ex;
+    bp_verf_ex_d(v, &ex, has_fma);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt2)) / 2 + x GELU_BETA exp(-x^2 / 2),
+ * with PyTorch's constants and the one exp that erf computes anyway. */
+BP_VINLINE void bp_vgelu_grad_d(bp_vd *v, const int has_fma)
+{
+    const bp_vd x = *v;
+    bp_vd t = x * BP_SQRT1_2_D, e;
+    bp_verf_ex_d(&t, &e, has_fma);
+    *v = 0.5 * (1.0 + t) + x * (BP_GELU_BETA_D * e);
+}
+
+/* erf(x) into *v, and exp(-x^2) (unclamped, for gelu's derivative) into *ex */
+BP_VINLINE void bp_verf_ex_f(bp_vf *v, bp_vf *ex, const int has_fma)
 {
     const bp_vf x = *v;
     const bp_vi sign = (bp_vi)x & BP_SIGN_F;
@@ -334,15 +372,191 @@ BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
         p = p * s + BP_ERF_P_F[k];
     const bp_vf small = ax * p + ax;
     const bp_vf cx = bp_sel_f(ax > 4.0f, BP_SPLAT_F(4.0f), ax);
-    const bp_vi in1 = (bp_vi)(cx >= 2.0f);
-    const bp_vf u = cx - bp_sel_f(in1, BP_SPLAT_F(BP_ERF_MID_F[1]), BP_SPLAT_F(BP_ERF_MID_F[0]));
-    bp_vf c = bp_sel_f(in1, BP_SPLAT_F(BP_ERF_C_F[1][0]), BP_SPLAT_F(BP_ERF_C_F[0][0]));
-    for (int k = 1; k < 8; ++k)
-        c = c * u + bp_sel_f(in1, BP_SPLAT_F(BP_ERF_C_F[1][k]), BP_SPLAT_F(BP_ERF_C_F[0][k]));
-    bp_vf e = -(cx * cx);
+    const bp_vf u = cx - 2.5f;
+    bp_vf c = BP_SPLAT_F(BP_ERF_C_F[0]);
+    for (int k = 1; k < 12; ++k)
+        c = c * u + BP_ERF_C_F[k];
+    /* exp(-x^2) of the unclamped |x|: past the clamp e c is below half an
+     * ulp of 1 either way, so erf is the same +-1 */
+    bp_vf e = -(ax * ax);
     bp_vexp_f(&e, has_fma);
+    *ex = e;
     const bp_vf large = 1.0f - e * c;
     *v = (bp_vf)((bp_vi)bp_sel_f(ax < 1.0f, small, large) | sign);
+}
+
+BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
+{
+    bp_vf ex;
+    bp_verf_ex_f(v, &ex, has_fma);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x) = (1 + erf(x / sqrt2)) / 2 + x GELU_BETA exp(-x^2 / 2),
+ * with PyTorch's constants and the one exp that erf computes anyway. */
+BP_VINLINE void bp_vgelu_grad_f(bp_vf *v, const int has_fma)
+{
+    const bp_vf x = *v;
+    bp_vf t = x * BP_SQRT1_2_F, e;
+    bp_verf_ex_f(&t, &e, has_fma);
+    *v = 0.5f * (1.0f + t) + x * (BP_GELU_BETA_F * e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* expm1 and log1p                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* e^x - 1 with full relative accuracy near 0 (elu).  The reduction of exp,
+ * x = n ln2 + r, and e^r - 1 = r + r^2 Q(r) with exp's Q; then
+ *   e^x - 1 = (a + c r + c r^2 Q(r)) * d,
+ *   n >= 0:  a = 1 - 2^-n, c = 1,   d = 2^n  (as 2^n1 2^n2: +inf past 88.7 / 709.8),
+ *   n < 0:   a = 2^n - 1,  c = 2^n, d = 1,
+ * where a and the products by c are exact (n small; for large n, a = 1
+ * within 2^-n), a + c r is carried as hi + lo (Fast2Sum: |a| >= 1/2 >
+ * |c r| unless a = 0) and r as r + r_lo (the reduction's rounding, worth
+ * 0.7 ulp at n = 1 otherwise), so the roundings that count are the small
+ * term's and the last sum's.  For |x| < ln2/2, n = 0, a = 0, r = x exactly: no
+ * cancellation near 0.  Below -18 (float32) / -40 (float64) e^x - 1 rounds
+ * to -1 and x is clamped there; |x| below 2^-25 / 2^-54 returns x (exact:
+ * -0, subnormals).  NaN propagates. */
+BP_VINLINE void bp_vexpm1_d(bp_vd *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vd x0 = *v;
+    bp_vd x = bp_sel_d(x0 < -40.0, BP_SPLAT_D(-40.0), x0);
+    x = bp_sel_d(x > 710.0, BP_SPLAT_D(710.0), x);
+    const bp_vd kd = x * BP_LOG2E_D + BP_SHIFT_D;
+    const bp_vd nd = kd - BP_SHIFT_D;
+    const bp_vd r1 = x - nd * BP_LN2_HI_D; /* exact */
+    const bp_vd r = r1 - nd * BP_LN2_LO_D;
+    const bp_vd r_lo = (r1 - r) - nd * BP_LN2_LO_D; /* the rounding error of r */
+    bp_vd q;
+    bp_vexp_q_d(&r, &q);
+    const bp_vl n = (bp_vl)kd - (bp_vl)BP_SPLAT_D(BP_SHIFT_D); /* in [-58, 1025] */
+    const bp_vl neg = (bp_vl)(n < 0);
+    /* 2^-n for 0 <= n <= 60 (past 60, 1 - 2^-n rounds to 1 anyway); 2^n for n < 0 */
+    const bp_vl big = (bp_vl)(n > 60);
+    const bp_vl nt = (big & 60) | (~big & n);
+    const bp_vd t = (bp_vd)((1023 - nt) << 52);
+    const bp_vd s = (bp_vd)((n + 1023) << 52);
+    const bp_vd a = bp_sel_d(neg, s - 1.0, 1.0 - t);
+    const bp_vd c = bp_sel_d(neg, s, BP_SPLAT_D(1.0));
+    const bp_vd b = c * r;
+    const bp_vd hi = a + b;
+    const bp_vd lo = b - (hi - a);
+    const bp_vd sum = hi + ((lo + c * r_lo) + c * (r * (r * q)));
+    const bp_vd k1 = nd * 0.5 + BP_SHIFT_D;
+    const bp_vul s1 = ((bp_vul)k1 + 1023) << 52;
+    const bp_vul s2 = ((bp_vul)kd - (bp_vul)k1 + 1023) << 52;
+    const bp_vd res = bp_sel_d(neg, sum, (sum * (bp_vd)s1) * (bp_vd)s2);
+    const bp_vd ax = (bp_vd)((bp_vl)x0 & ~BP_SIGN_D);
+    *v = bp_sel_d(ax < 0x1p-54, x0, res);
+}
+
+BP_VINLINE void bp_vexpm1_f(bp_vf *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vf x0 = *v;
+    bp_vf x = bp_sel_f(x0 < -18.0f, BP_SPLAT_F(-18.0f), x0);
+    x = bp_sel_f(x > 89.0f, BP_SPLAT_F(89.0f), x);
+    const bp_vf kd = x * BP_LOG2E_F + BP_SHIFT_F;
+    const bp_vf nd = kd - BP_SHIFT_F;
+    const bp_vf r1 = x - nd * BP_LN2_HI_F; /* exact */
+    const bp_vf r = r1 - nd * BP_LN2_LO_F;
+    const bp_vf r_lo = (r1 - r) - nd * BP_LN2_LO_F; /* the rounding error of r */
+    /* Q of degree 5, not exp's 4: at n = 1 the result is about e^r - 1/2,
+     * 0.2 at r = -ln2/2, where exp's Q would cost 0.8 ulp */
+    bp_vf q = 0x1.a124e3f154d32p-13f * r + 0x1.6d431504c53d3p-10f;
+    q = q * r + 0x1.1110e0f726534p-7f;
+    q = q * r + 0x1.5554e9114ecf9p-5f;
+    q = q * r + 0x1.5555555a78232p-3f;
+    q = q * r + 0x1.0000000b8f62bp-1f;
+    const bp_vi n = (bp_vi)kd - (bp_vi)BP_SPLAT_F(BP_SHIFT_F); /* in [-26, 129] */
+    const bp_vi neg = (bp_vi)(n < 0);
+    const bp_vi big = (bp_vi)(n > 30);
+    const bp_vi nt = (big & 30) | (~big & n);
+    const bp_vf t = (bp_vf)((127 - nt) << 23);
+    const bp_vf s = (bp_vf)((n + 127) << 23);
+    const bp_vf a = bp_sel_f(neg, s - 1.0f, 1.0f - t);
+    const bp_vf c = bp_sel_f(neg, s, BP_SPLAT_F(1.0f));
+    const bp_vf b = c * r;
+    const bp_vf hi = a + b;
+    const bp_vf lo = b - (hi - a);
+    const bp_vf sum = hi + ((lo + c * r_lo) + c * (r * (r * q)));
+    const bp_vf k1 = nd * 0.5f + BP_SHIFT_F;
+    const bp_vui s1 = ((bp_vui)k1 + 127) << 23;
+    const bp_vui s2 = ((bp_vui)kd - (bp_vui)k1 + 127) << 23;
+    const bp_vf res = bp_sel_f(neg, sum, (sum * (bp_vf)s1) * (bp_vf)s2);
+    const bp_vf ax = (bp_vf)((bp_vi)x0 & ~BP_SIGN_F);
+    *v = bp_sel_f(ax < 0x1p-25f, x0, res);
+}
+
+/* log(1 + x) with full relative accuracy near 0 (softplus).  u = 1 + x
+ * rounded, and its rounding error e (Fast2Sum, exact: the larger of 1 and x
+ * first); u = 2^k m with m in [sqrt(1/2), sqrt(2)), f = m - 1 exact, then
+ *   log(1 + x) = k ln2 + log(1 + f) + e / u   (e / u: log(1 + e/u) to first order)
+ *   log(1 + f) = f - (f^2/2 - s (f^2/2 + R)),  s = f / (2 + f),
+ * R = 2 atanh(s) - 2s = s^2 P(s^2), |s| <= 0.172 (P: vmath_coeffs.py log1p);
+ * the leading f is exact and the bracket is below f / 5, so the polynomial's
+ * and the quotient's errors count a fifth or less.  Near 0 (k = 0) f + e is x
+ * exactly.  Special values by select: |x| below 2^-25 / 2^-54 -> x (exact:
+ * -0, subnormals), -1 -> -inf, below -1 -> NaN, +inf -> +inf, NaN -> NaN. */
+static const double BP_LOG1P_P_D[7] = {
+    0x1.2b584aae78a57p-3, 0x1.39fe606542ddep-3, 0x1.7462b4ab2ef6bp-3, 0x1.c71c62e5800a1p-3,
+    0x1.2492492df148dp-2, 0x1.99999999952e2p-2, 0x1.5555555555558p-1};
+static const float BP_LOG1P_P_F[3] = {0x1.2ee610023bfcfp-2f, 0x1.997c305d84f6dp-2f,
+                                      0x1.55555b7f8de11p-1f};
+
+BP_VINLINE void bp_vlog1p_d(bp_vd *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vd x = *v;
+    const bp_vd u = 1.0 + x;
+    const bp_vd e = bp_sel_d(x > 1.0, 1.0 - (u - x), x - (u - 1.0));
+    const bp_vl iu = (bp_vl)u - 0x3fe6a09e667f3bcdLL; /* bits of sqrt(1/2) */
+    const bp_vl k = iu >> 52;
+    const bp_vd m = (bp_vd)((iu & 0x000fffffffffffffLL) + 0x3fe6a09e667f3bcdLL);
+    const bp_vd kf = (bp_vd)(k + (bp_vl)BP_SPLAT_D(BP_SHIFT_D)) - BP_SHIFT_D; /* (double)k */
+    const bp_vd f = m - 1.0;
+    const bp_vd hfsq = 0.5 * f * f;
+    const bp_vd s = f / (2.0 + f);
+    const bp_vd z = s * s;
+    bp_vd p = BP_SPLAT_D(BP_LOG1P_P_D[0]);
+    for (int j = 1; j < 7; ++j)
+        p = p * z + BP_LOG1P_P_D[j];
+    const bp_vd big_r = z * p;
+    bp_vd res = kf * BP_LN2_HI_D -
+                ((hfsq - (s * (hfsq + big_r) + (kf * BP_LN2_LO_D + e / u))) - f);
+    const bp_vd ax = (bp_vd)((bp_vl)x & ~BP_SIGN_D);
+    res = bp_sel_d(ax < 0x1p-54, x, res);
+    res = bp_sel_d(x == -1.0, BP_SPLAT_D(-INFINITY), res);
+    res = bp_sel_d(x < -1.0, BP_SPLAT_D(NAN), res);
+    res = bp_sel_d(x == INFINITY, x, res);
+    *v = bp_sel_d(x != x, x, res);
+}
+
+BP_VINLINE void bp_vlog1p_f(bp_vf *v, const int has_fma)
+{
+    (void)has_fma;
+    const bp_vf x = *v;
+    const bp_vf u = 1.0f + x;
+    const bp_vf e = bp_sel_f(x > 1.0f, 1.0f - (u - x), x - (u - 1.0f));
+    const bp_vi iu = (bp_vi)u - 0x3f3504f3;
+    const bp_vi k = iu >> 23;
+    const bp_vf m = (bp_vf)((iu & 0x007fffff) + 0x3f3504f3);
+    const bp_vf kf = (bp_vf)(k + (bp_vi)BP_SPLAT_F(BP_SHIFT_F)) - BP_SHIFT_F;
+    const bp_vf f = m - 1.0f;
+    const bp_vf hfsq = 0.5f * f * f;
+    const bp_vf s = f / (2.0f + f);
+    const bp_vf z = s * s;
+    const bp_vf big_r = z * ((BP_LOG1P_P_F[0] * z + BP_LOG1P_P_F[1]) * z + BP_LOG1P_P_F[2]);
+    bp_vf res = kf * BP_LN2_HI_F -
+                ((hfsq - (s * (hfsq + big_r) + (kf * BP_LN2_LO_F + e / u))) - f);
+    const bp_vf ax = (bp_vf)((bp_vi)x & ~BP_SIGN_F);
+    res = bp_sel_f(ax < 0x1p-25f, x, res);
+    res = bp_sel_f(x == -1.0f, BP_SPLAT_F(-INFINITY), res);
+    res = bp_sel_f(x < -1.0f, BP_SPLAT_F(NAN), res);
+    res = bp_sel_f(x == INFINITY, x, res);
+    *v = bp_sel_f(x != x, x, res);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -382,7 +596,13 @@ BP_VINLINE void bp_verf_f(bp_vf *v, const int has_fma)
     BP_VMATH_LOOP(bp_tanh_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vtanh_f, HAS_FMA, ATTR)         \
     BP_VMATH_LOOP(bp_tanh_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vtanh_d, HAS_FMA, ATTR)         \
     BP_VMATH_LOOP(bp_erf_f32_##SUFFIX, float, bp_vf, BP_WF, bp_verf_f, HAS_FMA, ATTR)           \
-    BP_VMATH_LOOP(bp_erf_f64_##SUFFIX, double, bp_vd, BP_WD, bp_verf_d, HAS_FMA, ATTR)
+    BP_VMATH_LOOP(bp_erf_f64_##SUFFIX, double, bp_vd, BP_WD, bp_verf_d, HAS_FMA, ATTR)          \
+    BP_VMATH_LOOP(bp_expm1_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vexpm1_f, HAS_FMA, ATTR)       \
+    BP_VMATH_LOOP(bp_expm1_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vexpm1_d, HAS_FMA, ATTR)      \
+    BP_VMATH_LOOP(bp_log1p_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vlog1p_f, HAS_FMA, ATTR)       \
+    BP_VMATH_LOOP(bp_log1p_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vlog1p_d, HAS_FMA, ATTR)      \
+    BP_VMATH_LOOP(bp_gelu_grad_f32_##SUFFIX, float, bp_vf, BP_WF, bp_vgelu_grad_f, HAS_FMA, ATTR) \
+    BP_VMATH_LOOP(bp_gelu_grad_f64_##SUFFIX, double, bp_vd, BP_WD, bp_vgelu_grad_d, HAS_FMA, ATTR)
 
 /* fp-contract=off: the portable build must not fuse even under -march=native,
  * where its exact-product code (Dekker) relies on separate roundings. */
@@ -455,5 +675,17 @@ BP_VMATH_DISPATCH(bp_tanh_f64, double)
 BP_VMATH_DISPATCH(bp_erf_f32, float)
 /* out[i] := erf(x[i]) */
 BP_VMATH_DISPATCH(bp_erf_f64, double)
+/* out[i] := exp(x[i]) - 1 */
+BP_VMATH_DISPATCH(bp_expm1_f32, float)
+/* out[i] := exp(x[i]) - 1 */
+BP_VMATH_DISPATCH(bp_expm1_f64, double)
+/* out[i] := log(1 + x[i]) */
+BP_VMATH_DISPATCH(bp_log1p_f32, float)
+/* out[i] := log(1 + x[i]) */
+BP_VMATH_DISPATCH(bp_log1p_f64, double)
+/* out[i] := gelu'(x[i]) = Phi(x[i]) + x[i] phi(x[i]) */
+BP_VMATH_DISPATCH(bp_gelu_grad_f32, float)
+/* out[i] := gelu'(x[i]) = Phi(x[i]) + x[i] phi(x[i]) */
+BP_VMATH_DISPATCH(bp_gelu_grad_f64, double)
 
 #endif /* BPCORE_VMATH_H */
