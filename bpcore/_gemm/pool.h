@@ -21,8 +21,8 @@
  *
  *   - a caller that found its workers starved -- over the jobs of one product
  *     (acquire to release) of at least BP_POOL_STARVED_MIN_NS, the workers ran
- *     under a quarter of the chunks, or the caller waited for chunks in flight
- *     longer than a third of the time --
+ *     under an eighth of the chunks, or the caller waited for chunks in flight
+ *     longer than half the time --
  *     runs its next jobs alone for a back-off that doubles while it stays so
  *     (BP_POOL_SOLO_MIN_NS .. BP_POOL_SOLO_MAX_NS) and is forgotten after one
  *     good job.  Another process or a spinning BLAS thread on the other core
@@ -246,8 +246,11 @@ static void bp_pool_judge(void)
         return;
     /* NOTE: the caller writes the back-off alone (it holds `busy`); other callers
      * only read solo_until. */
-    if (4 * bp_pool.held_by_workers < bp_pool.held_chunks
-            || 3 * bp_pool.tail_ns > bp_pool.held_ns) {
+    /* NOTE: healthy, the caller's wait is at most one chunk in flight: with 3 chunks
+     * a thread, up to a third of the time (a third was the first bound tried: it
+     * flagged 6 of 30 healthy 256-784-256-10 steps and took their 2-thread gain) */
+    if (8 * bp_pool.held_by_workers < bp_pool.held_chunks
+            || 2 * bp_pool.tail_ns > bp_pool.held_ns) {
         long long b = bp_pool.backoff ? 2 * bp_pool.backoff : BP_POOL_SOLO_MIN_NS;
         if (b > BP_POOL_SOLO_MAX_NS)
             b = BP_POOL_SOLO_MAX_NS;
