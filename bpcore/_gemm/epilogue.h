@@ -50,19 +50,12 @@
 static inline void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
                                    const T *bias)                               \
 {                                                                               \
-    if (csc == 1) {                                                             \
-        for (ptrdiff_t j = 0; j < nr; ++j) {                                    \
-            const T z = ci[j] + bias[j];                                        \
-            U bits;                                                             \
-            memcpy(&bits, &z, sizeof bits);                                     \
-            bits &= ~(U)(-(U)(z < 0));                                          \
-            memcpy(ci + j, &bits, sizeof bits);                                 \
-        }                                                                       \
-    } else {                                                                    \
-        for (ptrdiff_t j = 0; j < nr; ++j) {                                    \
-            const T z = ci[j * csc] + bias[j];                                  \
-            ci[j * csc] = z < 0 ? (T)0 : z;                                     \
-        }                                                                       \
+    for (ptrdiff_t j = 0; j < nr; ++j) {                                        \
+        const T z = ci[j * csc] + bias[j];                                      \
+        U bits;                                                                 \
+        memcpy(&bits, &z, sizeof bits);                                         \
+        bits &= ~(U)(-(U)(z < 0));                                              \
+        memcpy(ci + j * csc, &bits, sizeof bits);                               \
     }                                                                           \
 }                                                                               \
 static inline void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
@@ -102,7 +95,10 @@ static void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     
             for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] += bias[j];          \
             break;                                                              \
         case BP_EPI_BIAS_RELU:                                                  \
-            NAME##_relu_row(nr, ci, csc, bias);                                 \
+            if (csc == 1)                                                       \
+                NAME##_relu_row(nr, ci, 1, bias);                               \
+            else                                                                \
+                NAME##_relu_row(nr, ci, csc, bias);                             \
             break;                                                              \
         case BP_EPI_BIAS_SIGMOID:                                               \
             NAME##_vector_row(VSIGMOID, nr, ci, csc, bias);                     \
