@@ -50,6 +50,15 @@
 
 #define BP_SMALL_RMAX 6
 
+/* Rows of B the 4-6-row tiles prefetch ahead (into L1).  Such a tile walks down
+ * a 16-float column panel of B, one 64-byte line per k step at B's row stride
+ * (1 KiB for a 256-wide layer), so a 4 KiB page holds only 4 of its lines and
+ * the hardware prefetchers, which stop at page boundaries, fall behind; the
+ * first block of rows reads B from L3 (~100 cycles), 12 k steps of 12 FMAs
+ * ahead.  Measured on Zen 1, 784-256-256-10 predict on 32 rows: ~3% faster
+ * (interleaved medians).  A prefetch never faults, past B's end included. */
+#define BP_SMALL_PF_ROWS 12
+
 typedef void (*bp_small_f32_fn)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb,
                                 float alpha, const float *a, ptrdiff_t rsa, ptrdiff_t csa,
                                 const float *b, ptrdiff_t rsb, float beta, float *c,
@@ -217,6 +226,7 @@ BP_INLINE_AVX2 void NAME(const int R, const int NV, const int full, ptrdiff_t kc
     BP_SMALL_ROW_DECL(VT, 4) BP_SMALL_ROW_DECL(VT, 5)                                   \
     VT x, b0, b1, b2, b3, b4, b5, b6, b7;                                               \
     for (ptrdiff_t p = 0; p < kc; ++p, a += csa, b += rsb) {                            \
+        if (NV <= 2) _mm_prefetch((const char *)(b + BP_SMALL_PF_ROWS * rsb), _MM_HINT_T0); \
         BP_SMALL_LOAD_B(OP, 0) BP_SMALL_LOAD_B(OP, 1) BP_SMALL_LOAD_B(OP, 2)            \
         BP_SMALL_LOAD_B(OP, 3) BP_SMALL_LOAD_B(OP, 4) BP_SMALL_LOAD_B(OP, 5)            \
         BP_SMALL_LOAD_B(OP, 6) BP_SMALL_LOAD_B(OP, 7)                                   \
