@@ -465,6 +465,12 @@ def _write_checkpoint(ranks, net, path, epoch, history, rng):
                 extra["val_loss_history"] = np.array(history["val_loss"], dtype=np.float64)
             if net.velocity is not None:
                 extra["velocity"] = net.velocity
+            if any(net.dropout):
+                # The masks' key (rank 0's: each rank's is derived from it at the
+                # start of fit) and the step they have reached, so that a resumed
+                # run draws the masks the uninterrupted one would have.
+                extra["dropout_key"] = np.uint64(net.core.dropout_seed)
+                extra["dropout_step"] = np.int64(net.core.dropout_step)
             _modelfile.save(path, layer_sizes=net.layer_sizes, activations=net.activations,
                             loss=net.loss, reduction=net.reduction, dtype=net.dtype,
                             params=net.parameters, extra=extra)
@@ -535,6 +541,14 @@ def _load_checkpoint(path, net, n_ranks, validation):
                          f"({net.n_params},) like the parameters; got {velocity.dtype} "
                          f"{velocity.shape}")
     payload["velocity"] = velocity is not None
+    payload["dropout"] = None
+    if "dropout_key" in extra or "dropout_step" in extra:
+        for name in ("dropout_key", "dropout_step"):
+            value = extra.get(name)
+            if value is None or value.shape != () or value.dtype.kind not in "iu" or value < 0:
+                raise ValueError(f"{path!r}: extra/dropout_key and extra/dropout_step must "
+                                 f"both be integers >= 0; got extra/{name} = {value!r}")
+        payload["dropout"] = (int(extra["dropout_key"]) % (1 << 64), int(extra["dropout_step"]))
     return payload, entries["params"], velocity
 
 
@@ -573,6 +587,13 @@ def _read_checkpoint(ranks, net, path, rng, validation):
         net.parameters[...] = params
         if velocity is not None:
             net.velocity = velocity
+    # NOTE: a checkpoint without the dropout state (written by a model without
+    # dropout) leaves the model's own key and step: the run goes on, not bitwise.
+    if payload["dropout"] is not None and any(net.dropout):
+        key, step = payload["dropout"]
+        if rank == 0:
+            net.core.dropout_seed = key  # fit derives every rank's key from rank 0's
+        net.core.dropout_step = step
     _bcast_velocity(comm, net, payload["velocity"])
     history = {"loss": payload["loss"]}
     if payload["val_loss"] is not None:
@@ -814,7 +835,9 @@ def fit(net, x, y, *, comm=None, epochs, batch_size, lr, momentum=0.0, weight_de
     resume : str or os.PathLike, optional
         A checkpoint to continue from (written with the same rank count):
         training picks up after its epoch and reproduces the uninterrupted
-        run bitwise, given the same arguments.
+        run bitwise, given the same arguments (the checkpoint holds the
+        model, the optimizer state, every rank's shuffling generator and,
+        with dropout, the masks' key and step).
     accumulate_steps : int
         Micro-batches each rank sums before the one reduction of a step
         (>= 1): k times fewer reductions, k times larger global batch.

@@ -82,7 +82,8 @@ def problem(case):
     else:
         y = rng.standard_normal((case["n"], 4))
     net = MLP([7, 9, 6, 4], activation="tanh", loss=case["loss"],
-              reduction=case["reduction"], dtype="float64", seed=case["init_seed"])
+              reduction=case["reduction"], dtype="float64", seed=case["init_seed"],
+              dropout=case.get("dropout", 0.0))
     return net, x, y
 """
 exec(PROBLEM)  # problem(): the same data and model here and in the jobs
@@ -370,8 +371,9 @@ def test_fault_on_one_rank_raises_on_every_rank_at_that_step(mode):
 
 
 CHECKPOINT_JOB = PRELUDE + """
-mode = sys.argv[1]
-case = dict(loss="cross_entropy", reduction="mean", n=50, data_seed=6, init_seed=7)
+mode, drop = sys.argv[1], float(sys.argv[2])
+case = dict(loss="cross_entropy", reduction="mean", n=50, data_seed=6, init_seed=7,
+            dropout=drop)
 net, x, y = problem(case)
 rows = D.shard(len(x), comm)
 settings = dict(epochs=5, batch_size=4, lr=0.1, momentum=0.9, seed=11,
@@ -384,8 +386,10 @@ elif mode == "interrupted":
     hist = D.fit(net, x[rows], y[rows], checkpoint="ckpt.npz", checkpoint_every=2,
                  callback=lambda epoch, logs: epoch < 2, **settings)
 else:
+    # Another model of the same shape (another seed: other weights, another
+    # dropout key): the checkpoint must bring back all of it.
     other = MLP([7, 9, 6, 4], activation="tanh", loss="cross_entropy", dtype="float64",
-                seed=99)
+                seed=99, dropout=drop)
     net = other
     hist = D.fit(net, x[rows], y[rows], resume="ckpt.npz", **settings)
 if rank == 0:
@@ -395,20 +399,25 @@ if rank == 0:
 
 
 @needs_mpiexec
-def test_checkpoint_resume_reproduces_the_uninterrupted_run_bitwise():
+@pytest.mark.parametrize("dropout", ["0.0", "0.3"])
+def test_checkpoint_resume_reproduces_the_uninterrupted_run_bitwise(dropout):
     with tempfile.TemporaryDirectory() as cwd:
-        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["full"])
-        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["interrupted"])
+        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["full", dropout])
+        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["interrupted", dropout])
         saved = MLP.load(os.path.join(cwd, "ckpt.npz"))  # a checkpoint is a model file
         from bpcore import _modelfile
         extra = _modelfile.load(os.path.join(cwd, "ckpt.npz"))["extra"]
-        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["resumed"])
+        run_mpi(2, CHECKPOINT_JOB, cwd, argv=["resumed", dropout])
         full = dict(np.load(os.path.join(cwd, "full.npz")))
         cut = dict(np.load(os.path.join(cwd, "interrupted.npz")))
         resumed = dict(np.load(os.path.join(cwd, "resumed.npz")))
-        res = run_mpi(3, CHECKPOINT_JOB, cwd, argv=["resumed"], check=False)
+        res = run_mpi(3, CHECKPOINT_JOB, cwd, argv=["resumed", dropout], check=False)
     assert int(extra["epoch"]) == 2 and extra["rng_states"].shape == (2,)
     assert extra["velocity"].shape == (saved.n_params,)
+    # 50 rows on 2 ranks in batches of 4: 7 steps an epoch, 2 epochs.
+    assert ("dropout_step" in extra) == (dropout != "0.0")
+    if dropout != "0.0":
+        assert int(extra["dropout_step"]) == 14
     assert len(cut["loss"]) == 3
     assert not np.array_equal(cut["params"], full["params"])
     for key in ("params", "loss", "val_loss"):
@@ -537,6 +546,7 @@ if rank == 0:
         spoil(f"bad-state-{r}.npz", rng_states=np.array(
             ['{"bit_generator": "MT19937"}' if i == r else s for i, s in enumerate(states)]))
     spoil("scalar-velocity.npz", velocity=np.float64(0.5))
+    spoil("bad-dropout.npz", dropout_key=np.uint64(5), dropout_step=np.float64(-1.5))
     with open("unreadable.npz", "wb") as f:
         f.write(open("good.npz", "rb").read()[:300])
     np.savez("data.npz", x=np.zeros((10, 7)), y=np.zeros((10, 4)))
@@ -559,7 +569,7 @@ def run(fault, r, net, xs, ys):
         kw["checkpoint"] = 123 if me else "c.npz"
     if fault == "resume=123":
         kw["resume"] = 123 if me else "good.npz"
-    if fault in ("missing", "unreadable", "short-rng", "scalar-velocity"):
+    if fault in ("missing", "unreadable", "short-rng", "scalar-velocity", "bad-dropout"):
         kw["resume"] = fault + ".npz"
     if fault in ("bad-json", "bad-state"):
         kw["resume"] = f"{fault}-{r}.npz"
@@ -625,7 +635,8 @@ FAULTS = {
     "argument": ("ValueError", None), "checkpoint=123": ("TypeError", None),
     "resume=123": ("TypeError", None), "missing": ("FileNotFoundError", 0),
     "unreadable": ("ValueError", 0), "short-rng": ("ValueError", 0),
-    "scalar-velocity": ("ValueError", 0), "bad-json": ("ValueError", 0),
+    "scalar-velocity": ("ValueError", 0), "bad-dropout": ("ValueError", 0),
+    "bad-json": ("ValueError", 0),
     "bad-state": ("ValueError", None), "checkpoint-write": ("FileNotFoundError", 0),
     "nan": ("FloatingPointError", None), "compute": ("MemoryError", None),
     "compute-overlap": ("MemoryError", None), "sigterm-overlap": ("SystemExit", None),
@@ -633,7 +644,8 @@ FAULTS = {
     "sigint-step": ("KeyboardInterrupt", None), "sigterm-callback": ("SystemExit", None),
     "alarm": ("TimeoutError", None),
 }
-ONCE = ("missing", "unreadable", "short-rng", "scalar-velocity", "checkpoint-write")
+ONCE = ("missing", "unreadable", "short-rng", "scalar-velocity", "bad-dropout",
+        "checkpoint-write")
 MESSAGES = {
     "loader": "loading the data: rank {r}: shard {r} is gone",
     "load_shard": "missing.npz", "argument": "rank {r}: `lr`",
@@ -642,6 +654,8 @@ MESSAGES = {
     "unreadable": "'unreadable.npz' is not a readable bpcore model file",
     "short-rng": "extra/rng_states must be {n} strings",
     "scalar-velocity": "extra/velocity must be float64 of shape",
+    "bad-dropout": "extra/dropout_key and extra/dropout_step must both be integers >= 0; "
+                   "got extra/dropout_step",
     "bad-json": "rank 0: 'bad-json-{t}.npz': extra/rng_states[{t}] is not valid JSON",
     "bad-state": "rank {r}: 'bad-state-{r}.npz': extra/rng_states[{r}] is not a state",
     "checkpoint-write": "writing the checkpoint after epoch 1: rank 0: 'no-such-dir/c.npz'",
