@@ -25,8 +25,9 @@
  *     time (gathered into a small buffer when the tile's columns are
  *     strided), so the fused step computes the same values as the
  *     standalone sigmoid_forward / tanh_forward kernels;
- *   - a unit column stride (every tile the training core stores) gets loops
- *     the compiler can vectorise; other strides the same arithmetic, scalar.
+ *   - every kind is a row function called through BP_EPI_ROW: a unit column
+ *     stride (every tile the training core stores) gets loops the compiler
+ *     can vectorise; other strides the same arithmetic, scalar.
  */
 #ifndef BP_EPILOGUE_H
 #define BP_EPILOGUE_H
@@ -41,13 +42,33 @@
 /* Columns of one row that sigmoid/tanh gather at a time when csc != 1. */
 #define BP_EPI_CHUNK 64
 
+/* NOTE: one compiled body, without contraction.  The blocked path calls the
+ * epilogue from baseline x86-64 code, the small path (small.h) from AVX2+FMA
+ * functions; inlined there, GCC's default -ffp-contract=fast turned dtanh's
+ * 1 - x*x into one fused multiply-add and the two paths' floats differed
+ * (tests/test_gemm.py's bitwise small/blocked tests caught it).  So the
+ * entry is never inlined, and nothing in it contracts on any target. */
+#define BP_EPI_HELPER static inline __attribute__((optimize("fp-contract=off")))
+#define BP_EPI_ENTRY static __attribute__((noinline, optimize("fp-contract=off")))
+
+/* Row function F(nr, ci, csc, p) on row ci: called with a literal unit stride
+ * when the tile has one, so that the inlined loop vectorises, else with csc;
+ * the same operations on each element either way. */
+#define BP_EPI_ROW(F, nr, ci, csc, p)                                           \
+    do {                                                                        \
+        if ((csc) == 1)                                                         \
+            F(nr, ci, 1, p);                                                    \
+        else                                                                    \
+            F(nr, ci, csc, p);                                                  \
+    } while (0)
+
 /* NOTE: relu as "z < 0 ? 0 : z" keeps NaN (as np.maximum(z, 0) does): the
  * mask keeps z's bits unless z < 0, where they become +0.0's (all zero).  The
  * derivative at the kink z = 0 is taken as 0 ("aux > 0"), as in the
  * reference: v is multiplied by 1.0 or by 0.0 (so NaN and inf in v behave as
  * under the plain multiply). */
 #define BP_DEFINE_EPILOGUE(NAME, T, U, ONE_BITS, VSIGMOID, VTANH)                \
-static inline void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
+BP_EPI_HELPER void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
                                    const T *bias)                               \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) {                                        \
@@ -58,7 +79,7 @@ static inline void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          
         memcpy(ci + j * csc, &bits, sizeof bits);                               \
     }                                                                           \
 }                                                                               \
-static inline void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
+BP_EPI_HELPER void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
                                     const T *xi)                                \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) {                                        \
@@ -68,8 +89,23 @@ static inline void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         
         ci[j * csc] *= s;                                                       \
     }                                                                           \
 }                                                                               \
+BP_EPI_HELPER void NAME##_dsigmoid_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,      \
+                                       const T *xi)                             \
+{                                                                               \
+    for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] *= xi[j] * (1 - xi[j]);      \
+}                                                                               \
+BP_EPI_HELPER void NAME##_dtanh_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
+                                    const T *xi)                                \
+{                                                                               \
+    for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] *= 1 - xi[j] * xi[j];        \
+}                                                                               \
+BP_EPI_HELPER void NAME##_bias_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
+                                   const T *bias)                               \
+{                                                                               \
+    for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] += bias[j];                  \
+}                                                                               \
 /* ci[j] := f(ci[j] + bias[j]) through the vector kernel f (vmath.h) */         \
-static inline void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     \
+BP_EPI_HELPER void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     \
                                      ptrdiff_t nr, T *ci, ptrdiff_t csc,        \
                                      const T *bias)                             \
 {                                                                               \
@@ -83,7 +119,7 @@ static inline void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     
             ci[(j0 + j) * csc] = buf[j];                                        \
     }                                                                           \
 }                                                                               \
-static void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     \
+BP_EPI_ENTRY void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     \
                  ptrdiff_t csc, const T *bias, const T *aux, ptrdiff_t ldaux)   \
 {                                                                               \
     for (ptrdiff_t i = 0; i < mr; ++i) {                                        \
@@ -92,13 +128,10 @@ static void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     
         switch (kind) {                                                         \
         case BP_EPI_BIAS:                                                       \
         case BP_EPI_BIAS_IDENTITY:                                              \
-            for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] += bias[j];          \
+            BP_EPI_ROW(NAME##_bias_row, nr, ci, csc, bias);                     \
             break;                                                              \
         case BP_EPI_BIAS_RELU:                                                  \
-            if (csc == 1)                                                       \
-                NAME##_relu_row(nr, ci, 1, bias);                               \
-            else                                                                \
-                NAME##_relu_row(nr, ci, csc, bias);                             \
+            BP_EPI_ROW(NAME##_relu_row, nr, ci, csc, bias);                     \
             break;                                                              \
         case BP_EPI_BIAS_SIGMOID:                                               \
             NAME##_vector_row(VSIGMOID, nr, ci, csc, bias);                     \
@@ -107,26 +140,13 @@ static void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     
             NAME##_vector_row(VTANH, nr, ci, csc, bias);                        \
             break;                                                              \
         case BP_EPI_MUL_DRELU:                                                  \
-            if (csc == 1)                                                       \
-                NAME##_drelu_row(nr, ci, 1, xi);                                \
-            else                                                                \
-                NAME##_drelu_row(nr, ci, csc, xi);                              \
+            BP_EPI_ROW(NAME##_drelu_row, nr, ci, csc, xi);                      \
             break;                                                              \
         case BP_EPI_MUL_DSIGMOID:                                               \
-            if (csc == 1)                                                       \
-                for (ptrdiff_t j = 0; j < nr; ++j)                              \
-                    ci[j] *= xi[j] * (1 - xi[j]);                               \
-            else                                                                \
-                for (ptrdiff_t j = 0; j < nr; ++j)                              \
-                    ci[j * csc] *= xi[j] * (1 - xi[j]);                         \
+            BP_EPI_ROW(NAME##_dsigmoid_row, nr, ci, csc, xi);                   \
             break;                                                              \
         case BP_EPI_MUL_DTANH:                                                  \
-            if (csc == 1)                                                       \
-                for (ptrdiff_t j = 0; j < nr; ++j)                              \
-                    ci[j] *= 1 - xi[j] * xi[j];                                 \
-            else                                                                \
-                for (ptrdiff_t j = 0; j < nr; ++j)                              \
-                    ci[j * csc] *= 1 - xi[j] * xi[j];                           \
+            BP_EPI_ROW(NAME##_dtanh_row, nr, ci, csc, xi);                      \
             break;                                                              \
         default:                                                                \
             return;                                                             \
