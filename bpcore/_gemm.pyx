@@ -634,9 +634,16 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef int path = _path
     if m <= 0 or n <= 0:
         return BP_OK
+    # A fork child of a threaded process must never enter a parallel region.
+    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
+        nthreads = 1
+    # NOTE: the small path runs on the caller's thread alone, so by itself it is
+    # for one thread: a product the blocked path would share goes there (same
+    # floats either way).  64x1000 @ 1000x100 float32 took the small path in a
+    # 64-1000-100-10 step: 410 us at 1 and at 2 threads, blocked 241 at 2.
     if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
-            and (path == _PATH_SMALL or (m * n * k > SMALL_MNK and _small_pays(m, n, k,
-                                                                     sizeof(floating))))):
+            and (path == _PATH_SMALL or (nthreads == 1 and m * n * k > SMALL_MNK
+                                         and _small_pays(m, n, k, sizeof(floating))))):
         bp_small_note()
         if floating is float:
             K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
@@ -650,9 +657,6 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         if epi != BP_EPI_NONE:
             _epilogue(epi, m, n, c, rsc, csc, bias, aux, ldaux)
         return BP_OK
-    # A fork child of a threaded process must never enter a parallel region.
-    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
-        nthreads = 1
     return _gemm_blocked(K, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                          epi, bias, aux, ldaux, nthreads)
 

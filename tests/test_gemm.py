@@ -814,6 +814,24 @@ def test_small_path_is_chosen_for_few_rows(gemm_path):
         _gemm._set_path("sometimes")
 
 
+def test_small_path_is_for_one_thread(gemm_path, threads):
+    """The small path runs on the caller's thread alone: a product big enough to be
+    shared goes to the threaded blocked path at 2 threads, to the small one at 1 --
+    with the same bits."""
+    if not _gemm._OPENMP:
+        pytest.skip("a build without OpenMP runs every product on one thread")
+    rng = np.random.default_rng(32)
+    gemm_path("auto")
+    a, b = operands(rng, 64, 100, 1000, np.float32)  # 6.4M multiply-adds, B 400 KB
+    out = {}
+    for n_threads, expected in ((1, True), (2, False)):
+        threads(n_threads)
+        before = _gemm._small_calls()
+        out[n_threads] = matmul(a, b)
+        assert (_gemm._small_calls() > before) == expected, n_threads
+    assert out[1].tobytes() == out[2].tobytes()
+
+
 def test_small_path_predict_matches_blocked(gemm_path):
     """A whole forward pass (the compiled core's calls of gemm): the same bits."""
     import bpcore
