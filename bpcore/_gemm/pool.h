@@ -244,28 +244,32 @@ static void bp_pool_judge(void)
 {
     if (bp_pool.held_ns < BP_POOL_STARVED_MIN_NS)
         return;
-    /* NOTE: the caller writes the back-off alone (it holds `busy`); other callers
-     * only read solo_until. */
+    /* NOTE: the caller writes the back-off (it holds `busy`); other callers only
+     * read solo_until, and bp_pool_reset_backoff clears both. */
     /* NOTE: healthy, the caller's wait is at most one chunk in flight: with 3 chunks
      * a thread, up to a third of the time (a third was the first bound tried: it
      * flagged 6 of 30 healthy 256-784-256-10 steps and took their 2-thread gain) */
     if (8 * bp_pool.held_by_workers < bp_pool.held_chunks
             || 2 * bp_pool.tail_ns > bp_pool.held_ns) {
-        long long b = bp_pool.backoff ? 2 * bp_pool.backoff : BP_POOL_SOLO_MIN_NS;
+        const long long b0 = __atomic_load_n(&bp_pool.backoff, __ATOMIC_RELAXED);
+        long long b = b0 ? 2 * b0 : BP_POOL_SOLO_MIN_NS;
         if (b > BP_POOL_SOLO_MAX_NS)
             b = BP_POOL_SOLO_MAX_NS;
-        bp_pool.backoff = b;
+        __atomic_store_n(&bp_pool.backoff, b, __ATOMIC_RELAXED);
         __atomic_store_n(&bp_pool.solo_until, bp_pool_now_ns() + b, __ATOMIC_RELAXED);
         __atomic_fetch_add(&bp_pool.starved_products, 1, __ATOMIC_RELAXED);
     } else {
-        bp_pool.backoff = 0;
+        __atomic_store_n(&bp_pool.backoff, 0, __ATOMIC_RELAXED);
     }
 }
 
-/* Forget the back-off (tests, and set_num_threads: a new setting starts afresh). */
+/* Forget the back-off (tests, and set_num_threads: a new setting starts afresh).
+ * NOTE: without `busy` (a fork child may find it held by a thread it does not
+ * have): atomic stores, so a product judged meanwhile in another thread either
+ * comes before the reset or after it, both valid histories. */
 static void bp_pool_reset_backoff(void)
 {
-    bp_pool.backoff = 0;
+    __atomic_store_n(&bp_pool.backoff, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&bp_pool.solo_until, 0, __ATOMIC_RELAXED);
 }
 
