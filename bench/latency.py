@@ -101,7 +101,7 @@ def main(argv=None):
     for model, batch, times in rows:
         base = times["bpcore"]
         cells = [f"{times[n] * 1e6:.2f} µs" + ("" if n == "bpcore" else
-                                              f" ({times[n] / base:.1f}x)") for n in names]
+                                              f" ({times[n] / base:.2f}x)") for n in names]
         print(f"| {model} | {batch} | " + " | ".join(cells) + " |")
 
 
