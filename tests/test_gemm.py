@@ -237,7 +237,8 @@ EPILOGUE_REFERENCE = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
 @pytest.mark.parametrize("m,n,k,trans_b,beta", [(2, 3, 2, False, 0.0), (64, 100, 300, False, 0.0),
-                                                (37, 50, 600, True, 0.5), (9, 7, 0, False, 1.0)])
+                                                (37, 50, 600, True, 0.5), (9, 7, 0, False, 1.0),
+                                                (32, 10, 64, True, 0.0), (64, 10, 32, False, 0.5)])
 def test_epilogues(kernel, dtype, epilogue, m, n, k, trans_b, beta):
     rng = np.random.default_rng(17)
     a, b = operands(rng, m, n, k, dtype, trans_b=trans_b)
@@ -758,7 +759,8 @@ def test_small_path_equals_blocked_bitwise(kernel, gemm_path, dtype, m, n, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
-@pytest.mark.parametrize("m,n,k,beta", [(1, 10, 64, 0.0), (3, 70, 300, 0.5), (6, 17, 9, 1.0)])
+@pytest.mark.parametrize("m,n,k,beta", [(1, 10, 64, 0.0), (3, 70, 300, 0.5), (6, 17, 9, 1.0),
+                                        (20, 70, 33, 0.0), (32, 64, 64, 0.5)])
 def test_small_path_epilogues_bitwise(kernel, gemm_path, dtype, epilogue, m, n, k, beta):
     rng = np.random.default_rng(23)
     a, b = operands(rng, m, n, k, dtype)
