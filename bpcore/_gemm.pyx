@@ -137,6 +137,8 @@ cdef extern from "epilogue.h" nogil:
                          ptrdiff_t csc, const float *bias, const float *aux, ptrdiff_t ldaux)
     void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
+    int bp_epilogue_isa
+    int bp_epilogue_use_avx2()
 
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
@@ -267,6 +269,18 @@ def _set_path(name):
     global _path
     check_choice("name", name, tuple(_PATHS))
     _path = _PATHS[name]
+
+
+def _set_epilogue_isa(name):
+    """Force the epilogue's build for tests: "avx2" or "baseline" (the same floats);
+    "auto" asks the CPU again.  Returns the previous choice."""
+    global bp_epilogue_isa
+    check_choice("name", name, ("auto", "avx2", "baseline"))
+    before = "avx2" if bp_epilogue_use_avx2() else "baseline"
+    if name == "avx2" and not cpu_features().get("avx2"):
+        raise ValueError("this CPU has no AVX2")
+    bp_epilogue_isa = {"auto": -1, "avx2": 1, "baseline": 0}[name]
+    return before
 
 
 def _small_calls():
