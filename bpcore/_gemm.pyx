@@ -137,6 +137,8 @@ cdef extern from "epilogue.h" nogil:
                          ptrdiff_t csc, const float *bias, const float *aux, ptrdiff_t ldaux)
     void bp_epilogue_f64(int kind, ptrdiff_t mr, ptrdiff_t nr, double *c, ptrdiff_t rsc,
                          ptrdiff_t csc, const double *bias, const double *aux, ptrdiff_t ldaux)
+    int bp_epilogue_isa
+    int bp_epilogue_use_avx2()
 
 cdef extern from "workspace.h" nogil:
     void *bp_ws_acquire(size_t nbytes)
@@ -193,6 +195,8 @@ cdef Py_ssize_t SMALL_M_L2 = 64                 # ... and up to this many when
 cdef Py_ssize_t SMALL_B_L2_BYTES = 1 << 20      #   B fits in L2 (512 KiB-1 MiB)
 cdef Py_ssize_t SMALL_NARROW_N = 64             #   and C is this wide, or
 cdef Py_ssize_t SMALL_M_NARROW = 16             #   has at most this many rows
+# _macro_kernel: a block of C up to this size takes its epilogue whole (in L1).
+cdef Py_ssize_t EPI_WHOLE_BYTES = 16384
 # Release the GIL only when the call is long enough to be worth it.
 cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 
@@ -265,6 +269,18 @@ def _set_path(name):
     global _path
     check_choice("name", name, tuple(_PATHS))
     _path = _PATHS[name]
+
+
+def _set_epilogue_isa(name):
+    """Force the epilogue's build for tests: "avx2" or "baseline" (the same floats);
+    "auto" asks the CPU again.  Returns the previous choice."""
+    global bp_epilogue_isa
+    check_choice("name", name, ("auto", "avx2", "baseline"))
+    before = "avx2" if bp_epilogue_use_avx2() else "baseline"
+    if name == "avx2" and not cpu_features().get("avx2"):
+        raise ValueError("this CPU has no AVX2")
+    bp_epilogue_isa = {"auto": -1, "avx2": 1, "baseline": 0}[name]
+    return before
 
 
 def _small_calls():
@@ -410,6 +426,12 @@ cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssi
     cdef const floating *ap
     cdef floating *cp
     cdef floating tile[BP_TILE_MAX]     # for a C with non-unit column stride
+    # NOTE: a block of C that fits in L1 gets its epilogue once, after all its
+    # tiles (elementwise, so the same floats): per MR x NR tile the epilogue's
+    # row loops are a few elements each, mostly call and set-up (measured: a
+    # fifth of a 32x64x10 product's time).  A larger block keeps it per tile,
+    # while the tile is still in L1.
+    cdef bint whole = mc * nc * <Py_ssize_t>sizeof(floating) <= EPI_WHOLE_BYTES
     for tj in range((nc + NR - 1) // NR):
         jr = tj * NR
         nr = <int>min(NR, nc - jr)
@@ -428,10 +450,12 @@ cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssi
                             cp[i * rsc + j * csc] = tile[i * NR + j]
                         else:
                             cp[i * rsc + j * csc] = tile[i * NR + j] + beta * cp[i * rsc + j * csc]
-            if epi != BP_EPI_NONE:
+            if epi != BP_EPI_NONE and not whole:
                 _epilogue(epi, mr, nr, cp, rsc, csc,
                           bias + jr if bias != NULL else NULL,
                           aux + ir * ldaux + jr if aux != NULL else NULL, ldaux)
+    if epi != BP_EPI_NONE and whole:
+        _epilogue(epi, mc, nc, c, rsc, csc, bias, aux, ldaux)
 
 
 cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t nc,

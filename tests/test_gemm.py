@@ -237,7 +237,8 @@ EPILOGUE_REFERENCE = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
 @pytest.mark.parametrize("m,n,k,trans_b,beta", [(2, 3, 2, False, 0.0), (64, 100, 300, False, 0.0),
-                                                (37, 50, 600, True, 0.5), (9, 7, 0, False, 1.0)])
+                                                (37, 50, 600, True, 0.5), (9, 7, 0, False, 1.0),
+                                                (32, 10, 64, True, 0.0), (64, 10, 32, False, 0.5)])
 def test_epilogues(kernel, dtype, epilogue, m, n, k, trans_b, beta):
     rng = np.random.default_rng(17)
     a, b = operands(rng, m, n, k, dtype, trans_b=trans_b)
@@ -252,6 +253,39 @@ def test_epilogues(kernel, dtype, epilogue, m, n, k, trans_b, beta):
     tol = EPS[np.dtype(dtype)] * 8 * (max(k, 1) * np.abs(a).max(initial=1)
                                       * np.abs(b).max(initial=1) + 2 + np.abs(bias).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["avx2"], reason="needs AVX2")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
+@pytest.mark.parametrize("m,n,k,trans_b", [(32, 64, 64, False), (32, 10, 64, True),
+                                           (64, 100, 300, False), (5, 33, 17, True)])
+def test_epilogue_builds_give_the_same_floats(kernel, dtype, epilogue, m, n, k, trans_b):
+    """The baseline and the AVX2 build of the epilogue (epilogue.h) agree bit for bit,
+    special values included, and match the reference."""
+    rng = np.random.default_rng(31)
+    a, b = operands(rng, m, n, k, dtype, trans_b=trans_b)
+    bias = rand(rng, n, dtype)
+    aux = rng.uniform(-1, 1, (m, n)).astype(dtype)
+    aux[0, : min(n, 4)] = [0.0, -0.0, np.nan, np.inf][: min(n, 4)]
+    a[1, 0] = np.nan
+    got = {}
+    for isa in ("baseline", "avx2"):
+        before = _gemm._set_epilogue_isa(isa)
+        try:
+            got[isa] = _gemm._matmul_epilogue(a, b, epilogue, bias=bias, aux=aux,
+                                              trans_b=trans_b, alpha=0.7)
+        finally:
+            _gemm._set_epilogue_isa(before)
+    assert got["baseline"].tobytes() == got["avx2"].tobytes()
+    z = reference(a, b, False, trans_b, 0.7, 0.0, None)
+    with np.errstate(invalid="ignore"):     # the NaN row
+        want = EPILOGUE_REFERENCE[epilogue](z, bias.astype(np.float64), aux.astype(np.float64))
+    finite = np.isfinite(want)
+    tol = EPS[np.dtype(dtype)] * 8 * (k * np.abs(np.nan_to_num(a)).max()
+                                      * np.abs(b).max() + 2 + np.abs(bias).max())
+    np.testing.assert_allclose(got["avx2"][finite], want[finite], rtol=0, atol=tol)
+    np.testing.assert_array_equal(np.isnan(got["avx2"]), np.isnan(want))
 
 
 def test_epilogue_aux_with_its_own_row_stride():
@@ -758,7 +792,8 @@ def test_small_path_equals_blocked_bitwise(kernel, gemm_path, dtype, m, n, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
-@pytest.mark.parametrize("m,n,k,beta", [(1, 10, 64, 0.0), (3, 70, 300, 0.5), (6, 17, 9, 1.0)])
+@pytest.mark.parametrize("m,n,k,beta", [(1, 10, 64, 0.0), (3, 70, 300, 0.5), (6, 17, 9, 1.0),
+                                        (20, 70, 33, 0.0), (32, 64, 64, 0.5)])
 def test_small_path_epilogues_bitwise(kernel, gemm_path, dtype, epilogue, m, n, k, beta):
     rng = np.random.default_rng(23)
     a, b = operands(rng, m, n, k, dtype)

@@ -197,6 +197,25 @@ def test_cross_entropy_matches_reference(reduction, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_rows,n_cols", [(200, 10), (70, 3), (5, 1000), (3, 2049)])
+def test_cross_entropy_blocks_of_rows_equal_row_by_row(dtype, n_rows, n_cols):
+    """The gradient's exps run over blocks of rows at once (_kernels.pyx); each row's
+    loss and gradient are bitwise those of the row alone, in place or not."""
+    rng = np.random.default_rng(41)
+    logits = (rng.standard_normal((n_rows, n_cols)) * 4).astype(dtype)
+    labels = rng.integers(0, n_cols, n_rows)
+    loss, grad = _kernels.softmax_cross_entropy_and_grad(logits, labels, reduction="sum")
+    rows = [_kernels.softmax_cross_entropy_and_grad(logits[i:i + 1], labels[i:i + 1],
+                                                    reduction="sum") for i in range(n_rows)]
+    np.testing.assert_array_equal(grad, np.concatenate([g for _, g in rows]))
+    assert loss == pytest.approx(sum(l for l, _ in rows), rel=1e-12)
+    assert_close(grad, reference.softmax_cross_entropy_backward(logits, labels, reduction="sum"))
+    inplace = logits.copy()
+    _kernels.softmax_cross_entropy_backward(inplace, labels, reduction="sum", out=inplace)
+    np.testing.assert_array_equal(inplace, grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_huge_logits_finite(dtype):
     logits = np.array([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], dtype=dtype)
     labels = np.array([1, 0])

@@ -175,11 +175,13 @@ def test_layer_cut_step_equals_loss_and_grad(core_name):
         tr.backward_layer(p, x, g_cut, 0)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("core_name", sorted(CORES))
-def test_a_failing_batch_stops_the_epoch_before_its_update(core_name):
-    core, dtype = CORES[core_name], np.float64
+def test_a_failing_batch_stops_the_epoch_before_its_update(core_name, dtype, bad):
+    core = CORES[core_name]
     x, y = _problem("mse", dtype)
-    x[12, 0] = np.inf  # batch 2 of 5-row batches in order
+    x[12, 0] = bad  # batch 2 of 5-row batches in order
     tr = _trainer(core, "mse", dtype)
     p, g = _params(tr, dtype), _aligned_zeros(tr.n_params, dtype)
     rule = core.UpdateRule("sgd", lr=0.01)

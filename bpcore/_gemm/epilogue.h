@@ -1,8 +1,9 @@
 /* epilogue.h -- what the GEMM store applies to a finished tile of C
  * (included by _gemm.pyx only; the kinds are in bp_gemm.h).
  *
- * Runs once per tile, right after the micro-kernel stored the tile's last K
- * block, while the tile is still in L1:
+ * Runs right after the micro-kernels stored the last K block of a tile or of
+ * a block of tiles (at most EPI_WHOLE_BYTES of C, _gemm.pyx; a block of rows
+ * in small.h), while it is still in L1:
  *
  *     C[0:mr, 0:nr] := epi(C[0:mr, 0:nr])
  *
@@ -42,12 +43,13 @@
 /* Columns of one row that sigmoid/tanh gather at a time when csc != 1. */
 #define BP_EPI_CHUNK 64
 
-/* NOTE: one compiled body, without contraction.  The blocked path calls the
+/* NOTE: compiled bodies, without contraction.  The blocked path calls the
  * epilogue from baseline x86-64 code, the small path (small.h) from AVX2+FMA
  * functions; inlined there, GCC's default -ffp-contract=fast turned dtanh's
  * 1 - x*x into one fused multiply-add and the two paths' floats differed
- * (tests/test_gemm.py's bitwise small/blocked tests caught it).  So the
- * entry is never inlined, and nothing in it contracts on any target. */
+ * (tests/test_gemm.py's bitwise small/blocked tests caught it).  So an entry
+ * is never inlined, and nothing in it contracts on any target (the two
+ * builds below rely on that too). */
 #define BP_EPI_HELPER static inline __attribute__((optimize("fp-contract=off")))
 #define BP_EPI_ENTRY static __attribute__((noinline, optimize("fp-contract=off")))
 
@@ -67,8 +69,8 @@
  * derivative at the kink z = 0 is taken as 0 ("aux > 0"), as in the
  * reference: v is multiplied by 1.0 or by 0.0 (so NaN and inf in v behave as
  * under the plain multiply). */
-#define BP_DEFINE_EPILOGUE(NAME, T, U, ONE_BITS, VSIGMOID, VTANH)                \
-BP_EPI_HELPER void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
+#define BP_DEFINE_EPILOGUE(NAME, T, U, ONE_BITS, VSIGMOID, VTANH, ATTR)          \
+BP_EPI_HELPER ATTR void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
                                    const T *bias)                               \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) {                                        \
@@ -79,7 +81,7 @@ BP_EPI_HELPER void NAME##_relu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          
         memcpy(ci + j * csc, &bits, sizeof bits);                               \
     }                                                                           \
 }                                                                               \
-BP_EPI_HELPER void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
+BP_EPI_HELPER ATTR void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
                                     const T *xi)                                \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) {                                        \
@@ -89,23 +91,23 @@ BP_EPI_HELPER void NAME##_drelu_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         
         ci[j * csc] *= s;                                                       \
     }                                                                           \
 }                                                                               \
-BP_EPI_HELPER void NAME##_dsigmoid_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,      \
+BP_EPI_HELPER ATTR void NAME##_dsigmoid_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,      \
                                        const T *xi)                             \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] *= xi[j] * (1 - xi[j]);      \
 }                                                                               \
-BP_EPI_HELPER void NAME##_dtanh_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
+BP_EPI_HELPER ATTR void NAME##_dtanh_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,         \
                                     const T *xi)                                \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] *= 1 - xi[j] * xi[j];        \
 }                                                                               \
-BP_EPI_HELPER void NAME##_bias_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
+BP_EPI_HELPER ATTR void NAME##_bias_row(ptrdiff_t nr, T *ci, ptrdiff_t csc,          \
                                    const T *bias)                               \
 {                                                                               \
     for (ptrdiff_t j = 0; j < nr; ++j) ci[j * csc] += bias[j];                  \
 }                                                                               \
 /* ci[j] := f(ci[j] + bias[j]) through the vector kernel f (vmath.h) */         \
-BP_EPI_HELPER void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     \
+BP_EPI_HELPER ATTR void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     \
                                      ptrdiff_t nr, T *ci, ptrdiff_t csc,        \
                                      const T *bias)                             \
 {                                                                               \
@@ -119,7 +121,7 @@ BP_EPI_HELPER void NAME##_vector_row(void (*f)(const T *, T *, Py_ssize_t),     
             ci[(j0 + j) * csc] = buf[j];                                        \
     }                                                                           \
 }                                                                               \
-BP_EPI_ENTRY void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     \
+BP_EPI_ENTRY ATTR void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     \
                  ptrdiff_t csc, const T *bias, const T *aux, ptrdiff_t ldaux)   \
 {                                                                               \
     for (ptrdiff_t i = 0; i < mr; ++i) {                                        \
@@ -154,8 +156,53 @@ BP_EPI_ENTRY void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc
     }                                                                           \
 }
 
-BP_DEFINE_EPILOGUE(bp_epilogue_f32, float, uint32_t, 0x3f800000u, bp_sigmoid_f32, bp_tanh_f32)
-BP_DEFINE_EPILOGUE(bp_epilogue_f64, double, uint64_t, 0x3ff0000000000000ull,
-                   bp_sigmoid_f64, bp_tanh_f64)
+/* NOTE: two builds of the same source.  The baseline (SSE2) one does not
+ * vectorise the ReLU masks' loops for float64 (GCC 12: "no vectype"; ~11
+ * instructions an element, ~6 us of a digits step); an AVX2 one does.  AVX2
+ * only, not FMA: with FMA enabled GCC could contract "1 - x * x" (DTANH)
+ * into one rounding (fp-contract=off above forbids it too), and the two builds must give the same floats (every
+ * operation here is one IEEE operation in source order: the same bits on any
+ * x86 instruction set without contraction).  Chosen once, from the CPU. */
+#define BP_EPILOGUE_PLAIN
+BP_DEFINE_EPILOGUE(bp_epilogue_f32_plain, float, uint32_t, 0x3f800000u, bp_sigmoid_f32,
+                   bp_tanh_f32, BP_EPILOGUE_PLAIN)
+BP_DEFINE_EPILOGUE(bp_epilogue_f64_plain, double, uint64_t, 0x3ff0000000000000ull,
+                   bp_sigmoid_f64, bp_tanh_f64, BP_EPILOGUE_PLAIN)
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BP_EPILOGUE_AVX2 __attribute__((target("avx2")))
+BP_DEFINE_EPILOGUE(bp_epilogue_f32_avx2, float, uint32_t, 0x3f800000u, bp_sigmoid_f32,
+                   bp_tanh_f32, BP_EPILOGUE_AVX2)
+BP_DEFINE_EPILOGUE(bp_epilogue_f64_avx2, double, uint64_t, 0x3ff0000000000000ull,
+                   bp_sigmoid_f64, bp_tanh_f64, BP_EPILOGUE_AVX2)
+/* 1 AVX2, 0 baseline, -1 not asked yet (a race only asks twice). */
+static int bp_epilogue_isa = -1;
+static inline int bp_epilogue_use_avx2(void)
+{
+    int isa = __atomic_load_n(&bp_epilogue_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        __builtin_cpu_init();
+        isa = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&bp_epilogue_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+#else
+#define bp_epilogue_f32_avx2 bp_epilogue_f32_plain
+#define bp_epilogue_f64_avx2 bp_epilogue_f64_plain
+static inline int bp_epilogue_use_avx2(void) { return 0; }
+#endif
+
+#define BP_DEFINE_EPILOGUE_DISPATCH(NAME, T)                                    \
+static void NAME(int kind, ptrdiff_t mr, ptrdiff_t nr, T *c, ptrdiff_t rsc,     \
+                 ptrdiff_t csc, const T *bias, const T *aux, ptrdiff_t ldaux)   \
+{                                                                               \
+    if (bp_epilogue_use_avx2())                                                 \
+        NAME##_avx2(kind, mr, nr, c, rsc, csc, bias, aux, ldaux);               \
+    else                                                                        \
+        NAME##_plain(kind, mr, nr, c, rsc, csc, bias, aux, ldaux);              \
+}
+BP_DEFINE_EPILOGUE_DISPATCH(bp_epilogue_f32, float)
+BP_DEFINE_EPILOGUE_DISPATCH(bp_epilogue_f64, double)
 
 #endif

@@ -36,7 +36,9 @@
  *
  * Tiles: r rows (1..BP_SMALL_RMAX) x nv vectors; a block of rows takes a column block
  * as wide as its row count allows (BP_SMALL_NV), the last block of a row of
- * tiles as few vectors as its width needs (no wasted FMAs at the edge).
+ * tiles as few vectors as its width needs (no wasted FMAs at the edge).  The
+ * epilogue runs once per block of rows, over all n columns: per 6 x 8 tile its
+ * row loops were too short to vectorise (call and set-up cost per 8 elements).
  */
 #ifndef BP_SMALL_H
 #define BP_SMALL_H
@@ -91,10 +93,12 @@ static ATTR void NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t kcb, T al
                 T *cp = c + i * rsc + j;                                                  \
                 TILE(r, w, kc, a + i * rsa + pc * csa, rsa, csa, b + pc * rsb + j, rsb,   \
                      alpha, bt, cp, rsc);                                                 \
-                if (last)                                                                 \
-                    EPI(epi, r, w, cp, rsc, 1, bias != NULL ? bias + j : NULL,            \
-                        aux != NULL ? aux + i * ldaux + j : NULL, ldaux);                 \
             }                                                                             \
+            /* the block's rows whole (still in L1): one epilogue call per row,        */ \
+            /* not per tile, so its loops run long (elementwise: the same floats)     */ \
+            if (last)                                                                     \
+                EPI(epi, r, n, c + i * rsc, rsc, 1, bias,                                 \
+                    aux != NULL ? aux + i * ldaux : NULL, ldaux);                         \
         }                                                                                 \
     }                                                                                     \
 }
