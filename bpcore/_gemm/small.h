@@ -52,8 +52,9 @@
 
 #define BP_SMALL_RMAX 6
 
-/* Rows of B the 4-6-row tiles prefetch ahead (into L1).  Such a tile walks down
- * a 16-float column panel of B, one 64-byte line per k step at B's row stride
+/* Rows of B the tiles of at most two vectors a row (the 4-6-row tiles, and
+ * narrow ones at the right edge) prefetch ahead, into L1.  Such a tile walks
+ * down a column panel of B of up to 16 floats, one 64-byte line per k step at B's row stride
  * (1 KiB for a 256-wide layer), so a 4 KiB page holds only 4 of its lines and
  * the hardware prefetchers, which stop at page boundaries, fall behind; the
  * first block of rows reads B from L3 (~100 cycles), 12 k steps of 12 FMAs
