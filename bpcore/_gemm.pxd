@@ -69,3 +69,13 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                    bp_epilogue epi, const float *bias,
                    const float *aux, Py_ssize_t ldaux,
                    int num_threads) noexcept nogil
+
+# Run chunks 0..nchunks-1 of fn (each independent of the others, in any order and on
+# any thread) on up to num_threads threads of the GEMM's pool (<= 0: the module's
+# setting), the caller included; on the caller alone when one thread is asked, the
+# pool is busy or backing off, or in a fork child (as gemm decides).  Returns when
+# every chunk has run.  For elementwise passes over what a threaded product wrote:
+# run on both cores, each reads and writes mostly what is in its own cache.
+ctypedef void (*chunk_fn)(void *arg, int chunk, int worker) noexcept nogil
+
+cdef void run_chunks(chunk_fn fn, void *arg, int nchunks, int num_threads) noexcept nogil

@@ -42,6 +42,10 @@ Design:
   C is computed by the same operations in the same order whatever thread or
   tile holds it, so results are bitwise identical run to run AND independent
   of the number of threads.  Problems below ``PARALLEL_MNK`` run on one thread.
+  The small path shares a product by slices of C's columns (``_SmallJob``),
+  each slice computed exactly as the whole product computes it; and
+  ``run_chunks`` lends the pool to the training core's elementwise passes (the
+  optimizer update) over what threaded products left in both cores' caches.
   A process forked after this one started its threads runs every product on
   one thread (``forksafe.h``): the pool's threads do not survive fork.
 * Kernels are chosen once at import (``__builtin_cpu_supports``): AVX-512F,
@@ -639,6 +643,97 @@ cdef inline bint _small_pays(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                 and (n >= SMALL_NARROW_N or m <= SMALL_M_NARROW))
 
 
+# The small path shared by threads: chunk c of nchunks computes the columns of units
+# [c*units/nchunks, (c+1)*units/nchunks) of C, a unit being SMALL_UNIT_BYTES of a row
+# (one 256-bit vector), so only the last chunk has a partial last vector, as the whole
+# product would.  Each chunk is the small path on a column slice -- B's and C's columns
+# offset, A whole -- and every element's floats depend on its row and column alone
+# (small.h), so the slices give the whole product's bits.  Columns, not rows: each
+# thread streams only its part of B, and a 64-row C has 11 six-row blocks (6 + 5 on
+# two threads) but 13 units per 100 float32 columns.
+cdef Py_ssize_t SMALL_UNIT_BYTES = 32
+
+ctypedef struct _SmallJob:
+    const bp_kernel *K
+    Py_ssize_t m, n, k, unit, units, nchunks
+    double alpha, beta
+    const void *a
+    Py_ssize_t rsa, csa
+    const void *b
+    Py_ssize_t rsb
+    void *c
+    Py_ssize_t rsc
+    int epi
+    const void *bias
+    const void *aux
+    Py_ssize_t ldaux
+
+
+cdef inline void _small_chunk(_SmallJob *job, int chunk, const floating *kind) noexcept nogil:
+    """Chunk ``chunk`` of ``job``: the small path on its slice of columns."""
+    cdef Py_ssize_t j0 = chunk * job.units // job.nchunks * job.unit
+    cdef Py_ssize_t j1 = min(job.n, (chunk + 1) * job.units // job.nchunks * job.unit)
+    cdef const floating *bias = <const floating *>job.bias
+    cdef const floating *aux = <const floating *>job.aux
+    if j1 <= j0:
+        return
+    if floating is float:
+        job.K.small_f32(job.m, j1 - j0, job.k, job.K.f32.kc, <float>job.alpha,
+                        <const float *>job.a, job.rsa, job.csa,
+                        <const float *>job.b + j0, job.rsb, <float>job.beta,
+                        <float *>job.c + j0, job.rsc, job.epi,
+                        bias + j0 if bias != NULL else NULL,
+                        aux + j0 if aux != NULL else NULL, job.ldaux)
+    else:
+        job.K.small_f64(job.m, j1 - j0, job.k, job.K.f64.kc, <double>job.alpha,
+                        <const double *>job.a, job.rsa, job.csa,
+                        <const double *>job.b + j0, job.rsb, <double>job.beta,
+                        <double *>job.c + j0, job.rsc, job.epi,
+                        bias + j0 if bias != NULL else NULL,
+                        aux + j0 if aux != NULL else NULL, job.ldaux)
+
+
+cdef void _small_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
+    _small_chunk(<_SmallJob *>job, chunk, <const float *>NULL)
+
+
+cdef void _small_chunk_f64(void *job, int chunk, int worker) noexcept nogil:
+    _small_chunk(<_SmallJob *>job, chunk, <const double *>NULL)
+
+
+cdef void _small_path(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      floating alpha, const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
+                      const floating *b, Py_ssize_t rsb, floating beta, floating *c,
+                      Py_ssize_t rsc, int epi, const floating *bias, const floating *aux,
+                      Py_ssize_t ldaux, int nthreads) noexcept nogil:
+    """small.h's path, on up to ``nthreads`` threads (column slices, see _SmallJob)."""
+    cdef _SmallJob job
+    cdef int threads = 1
+    job.unit = SMALL_UNIT_BYTES // sizeof(floating)
+    job.units = (n + job.unit - 1) // job.unit
+    if nthreads > 1 and job.units > 1:
+        bp_note_pool_start()    # before any worker exists (forksafe.h)
+        threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, job.units))
+    if threads == 1:
+        if floating is float:
+            K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        epi, bias, aux, ldaux)
+        else:
+            K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
+                        epi, bias, aux, ldaux)
+        return
+    # NOTE: three chunks a thread, as the blocked path's rows (a thread that gets
+    # less of a core leaves its share to the others)
+    job.nchunks = min(job.units, 3 * threads)
+    job.K, job.m, job.n, job.k = K, m, n, k
+    job.alpha, job.beta = alpha, beta
+    job.a, job.rsa, job.csa, job.b, job.rsb = a, rsa, csa, b, rsb
+    job.c, job.rsc, job.epi, job.bias, job.aux, job.ldaux = c, rsc, epi, bias, aux, ldaux
+    bp_pool_run(_small_chunk_f32 if floating is float else _small_chunk_f64, &job,
+                <int>job.nchunks, threads)
+    bp_pool_release()
+
+
 cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
               const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
               const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
@@ -661,20 +756,16 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # A fork child of a threaded process must never enter a parallel region.
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
-    # NOTE: the small path runs on the caller's thread alone, so by itself it is
-    # for one thread: a product the blocked path would share goes there (same
-    # floats either way).  64x1000 @ 1000x100 float32 took the small path in a
-    # 64-1000-100-10 step: 410 us at 1 and at 2 threads, blocked 241 at 2.
+    # NOTE: the small path shares a product between threads by column slices
+    # (_SmallJob); its thresholds were measured at one thread, and at two the
+    # slices keep its lead (64x1000 @ 1000x100 float32, a 64-1000-100-10 step's
+    # forward product: see SMALL_UNIT_BYTES).
     if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
-            and (path == _PATH_SMALL or (nthreads == 1 and m * n * k > SMALL_MNK
+            and (path == _PATH_SMALL or (m * n * k > SMALL_MNK
                                          and _small_pays(m, n, k, sizeof(floating))))):
         bp_small_note()
-        if floating is float:
-            K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
-                        <int>epi, bias, aux, ldaux)
-        else:
-            K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
-                        <int>epi, bias, aux, ldaux)
+        _small_path(K, m, n, k, alpha, a, rsa, csa, b, rsb, beta, c, rsc, <int>epi, bias,
+                    aux, ldaux, nthreads)
         return BP_OK
     if k <= 0 or (path == _PATH_AUTO and m * n * k <= SMALL_MNK):
         _gemm_small(m, n, max(k, 0), alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
@@ -751,6 +842,21 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                       epi, bias, aux, ldaux, num_threads)
     bp_ws_release_bf16(ra)
     return status
+
+
+cdef void run_chunks(chunk_fn fn, void *arg, int nchunks, int num_threads) noexcept nogil:
+    """See _gemm.pxd."""
+    cdef int nthreads = num_threads if num_threads > 0 else _num_threads
+    cdef int threads = 1, s
+    if nthreads > 1 and nchunks > 1 and BPCORE_OPENMP and bp_threads_allowed():
+        bp_note_pool_start()    # before any worker exists (forksafe.h)
+        threads = bp_pool_acquire(min(nthreads, nchunks))
+    if threads > 1:
+        bp_pool_run(<bp_task_fn>fn, arg, nchunks, threads)
+        bp_pool_release()
+    else:
+        for s in range(nchunks):
+            fn(arg, s, 0)
 
 
 # --------------------------------------------------------------------------

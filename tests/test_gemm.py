@@ -849,22 +849,86 @@ def test_small_path_is_chosen_for_few_rows(gemm_path):
         _gemm._set_path("sometimes")
 
 
-def test_small_path_is_for_one_thread(gemm_path, threads):
-    """The small path runs on the caller's thread alone: a product big enough to be
-    shared goes to the threaded blocked path at 2 threads, to the small one at 1 --
-    with the same bits."""
-    if not _gemm._OPENMP:
-        pytest.skip("a build without OpenMP runs every product on one thread")
-    rng = np.random.default_rng(32)
-    gemm_path("auto")
-    a, b = operands(rng, 64, 100, 1000, np.float32)  # 6.4M multiply-adds, B 400 KB
+# Products past PARALLEL_MNK (2**21 multiply-adds) with few rows: the small path shares
+# them between threads by column slices of 32 bytes (_SmallJob).  n: many slices, a
+# masked last vector, fewer 32-byte units than 3 chunks a thread (9 float32 columns:
+# 2 units), a single unit (4 float64 columns: none to share).
+SHARED_SMALL_SHAPES = [(64, 100, 1000), (8, 1027, 300), (33, 77, 1200), (5, 9, 50000),
+                       (3, 4, 200000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", SHARED_SMALL_SHAPES)
+def test_small_path_shared_by_threads_bitwise(kernel, gemm_path, threads, dtype, m, n, k):
+    """At 2 threads the small path still takes these products and gives the bits of
+    1 thread and of the blocked path (every element's floats depend on its row and
+    column alone, so column slices change nothing)."""
+    rng = np.random.default_rng(m * 131 + n)
+    a, b = operands(rng, m, n, k, dtype)
+    c0 = rand(rng, (m, n), dtype)
     out = {}
-    for n_threads, expected in ((1, True), (2, False)):
+    for n_threads in (1, 2):
         threads(n_threads)
-        before = _gemm._small_calls()
-        out[n_threads] = matmul(a, b)
-        assert (_gemm._small_calls() > before) == expected, n_threads
-    assert out[1].tobytes() == out[2].tobytes()
+        for name in ("auto", "small", "blocked"):
+            gemm_path(name)
+            before = _gemm._small_calls()
+            out[n_threads, name] = matmul(a, b, alpha=0.5, beta=1.5, out=c0.copy())
+            if name == "small":
+                assert _gemm._small_calls() == before + 1
+    want = out[1, "blocked"].tobytes()
+    assert all(o.tobytes() == want for o in out.values())
+    assert_close(out[2, "small"], a, b, reference(a, b, alpha=0.5, beta=1.5, out=c0),
+                 0.5, 1.5, c0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
+@pytest.mark.parametrize("m,n,k", [(64, 100, 1000), (7, 13, 30000)])
+def test_small_path_shared_epilogues_bitwise(kernel, gemm_path, threads, dtype, epilogue,
+                                             m, n, k):
+    """The epilogue (bias from its column, aux from its element) on column slices."""
+    rng = np.random.default_rng(41)
+    a, b = operands(rng, m, n, k, dtype)
+    bias = rand(rng, n, dtype)
+    aux = rng.uniform(-1, 1, (m, n)).astype(dtype)
+    out = {}
+    for n_threads, name in ((1, "blocked"), (2, "small"), (1, "small")):
+        threads(n_threads)
+        gemm_path(name)
+        out[n_threads, name] = _gemm._matmul_epilogue(a, b, epilogue, bias=bias, aux=aux,
+                                                      alpha=0.7)
+    assert out[2, "small"].tobytes() == out[1, "blocked"].tobytes()
+    assert out[1, "small"].tobytes() == out[1, "blocked"].tobytes()
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+def test_small_path_goes_through_the_pool():
+    """At 2 threads a small-path product past PARALLEL_MNK is a pool job: with the
+    workers held (as if they got no core) the caller does every slice, the pool notes
+    the product as starved, and the bits are those of 1 thread."""
+    out = _run_fresh("""
+        import numpy as np
+        from bpcore import _gemm
+        rng = np.random.default_rng(7)
+        a, b = rng.standard_normal((64, 1000)), rng.standard_normal((1000, 100))
+        _gemm.set_num_threads(1)
+        one = _gemm.matmul(a, b)
+        _gemm.set_num_threads(2)
+        _gemm.matmul(a, b)                  # the worker exists now
+        _gemm.set_num_threads(2)            # forget any back-off from its start-up
+        _gemm._hold_workers(True)
+        before, calls = _gemm._starved_products(), _gemm._small_calls()
+        held = _gemm.matmul(a, b)
+        starved = _gemm._starved_products() - before
+        small = _gemm._small_calls() - calls
+        _gemm._hold_workers(False)
+        _gemm.set_num_threads(2)
+        print((held == one).all(), starved, small, (_gemm.matmul(a, b) == one).all())
+    """, timeout=60)
+    same, starved, small, after = out.split()
+    assert same == "True" and after == "True"
+    assert int(small) == 1
+    assert int(starved) == 1
 
 
 def test_small_path_predict_matches_blocked(gemm_path):

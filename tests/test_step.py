@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import import_oracle
 
-from bpcore import _step, reference_core
+from bpcore import _gemm, _step, reference_core
 from bpcore.nn import _aligned_zeros
 
 CORES = {"compiled": _step, "reference": reference_core}
@@ -715,3 +715,87 @@ def test_epoch_refuses_a_misaligned_int64_order():
     tr.epoch(p, g, None, x, y, None, order.copy(), 4, rule)  # aligned: taken
     assert not np.array_equal(p, before)
 
+
+
+# 400-200-10: 82 210 parameters, past the size (2**16) from which the update's
+# elementwise rules run in spans on the GEMM's pool.
+BIG = [400, 200, 10]
+SKLEARN_RULES = [("sklearn_sgd", dict(lr=0.1, momentum=0.9, nesterov=True)),
+                 ("sklearn_sgd", dict(lr=0.1, momentum=0.0)), ("sklearn_adam", dict(lr=1e-3))]
+
+
+def _big_update(core, kind, settings, dtype, threads, steps=3):
+    """``steps`` updates of a BIG net's parameters by fixed random gradients."""
+    import bpcore
+
+    tr = core.Trainer(BIG, ["relu", "identity"], "mse", "mean", dtype)
+    rng = np.random.default_rng(17)
+    p = _params(tr, dtype)
+    rule = core.UpdateRule(kind, **settings)
+    state = _state(rule, tr.n_params, dtype)
+    before = bpcore.get_num_threads()
+    bpcore.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            g = _aligned_zeros(tr.n_params, dtype)
+            g[...] = rng.normal(size=tr.n_params)
+            tr.update(p, g, state, rule)
+    finally:
+        bpcore.set_num_threads(before)
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, settings", RULES + SKLEARN_RULES)
+def test_a_large_update_has_the_same_bits_at_any_thread_count(kind, settings, dtype):
+    """Spans of whole cache lines on whichever thread is free: the bits of one thread,
+    and (rules the twin has) the twin's values, so no span is lost or done twice."""
+    one = _big_update(_step, kind, settings, dtype, 1)
+    two = _big_update(_step, kind, settings, dtype, 2)
+    assert one.tobytes() == two.tobytes()
+    start = _params(_step.Trainer(BIG, ["relu", "identity"], "mse", "mean", dtype), dtype)
+    assert (one != start).mean() > 0.99     # every span moved
+    if not kind.startswith("sklearn"):
+        twin = _big_update(reference_core, kind, settings, dtype, 1)
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(one, twin, rtol=tol, atol=tol)
+    elif settings.get("momentum") == 0.0:
+        # scikit-learn's plain SGD: p -= lr * g, from the same gradient stream
+        rng = np.random.default_rng(17)
+        want = start.astype(np.float64)
+        for _ in range(3):
+            want = want - 0.1 * rng.normal(size=start.size).astype(dtype)
+        np.testing.assert_allclose(one, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+def test_a_large_update_goes_through_the_pool():
+    """At 2 threads a large update is a pool job: with the workers held (as if they got
+    no core) the caller runs every span, the pool notes it as starved, the bits stay."""
+    from conftest import run_python
+    out = run_python("""
+        import numpy as np
+        from bpcore import _gemm, _step
+        from bpcore.nn import _aligned_zeros
+        tr = _step.Trainer([2000, 1000, 10], ["relu", "identity"], "mse", "mean", np.float64)
+        def run(hold):
+            p = _aligned_zeros(tr.n_params, np.float64); p[...] = 1.0
+            g = _aligned_zeros(tr.n_params, np.float64); g[...] = 0.5
+            rule = _step.UpdateRule("adam", lr=1e-3)
+            st = tuple(_aligned_zeros(tr.n_params, np.float64) for _ in range(2)) + (None,)
+            _gemm._hold_workers(hold)
+            before = _gemm._starved_products()
+            tr.update(p, g, st, rule)
+            _gemm._hold_workers(False)
+            return p, _gemm._starved_products() - before
+        _gemm.set_num_threads(1)
+        one, _ = run(False)
+        _gemm.set_num_threads(2)
+        run(False)                          # the worker exists now
+        _gemm.set_num_threads(2)            # forget any back-off from its start-up
+        held, starved = run(True)
+        print((held == one).all(), starved)
+    """, timeout=120)
+    same, starved = out.split()
+    assert same == "True" and int(starved) == 1

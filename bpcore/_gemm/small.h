@@ -32,7 +32,11 @@
  *   B is read about as often as packing it would read it, and more rows pay
  *   while B stays in L2.  A transposed B (columns contiguous) would need a
  *   gather per B row: the blocked path packs it by register transposes.
- * * One thread, the caller's: the products it takes are a few microseconds.
+ * * Threads: _gemm.pyx gives each thread of the pool a slice of C's columns
+ *   (whole 256-bit vectors, so only the last slice has a masked edge, as the
+ *   whole product would), each slice a call here with B, C, bias and aux
+ *   offset to its first column.  An element's operations depend on its row
+ *   and column alone, so the slices give the whole product's bits.
  *
  * Tiles: r rows (1..BP_SMALL_RMAX) x nv vectors; a block of rows takes a column block
  * as wide as its row count allows (BP_SMALL_NV), the last block of a row of
