@@ -199,6 +199,24 @@ cdef Py_ssize_t SMALL_M_L2 = 64                 # ... and up to this many when
 cdef Py_ssize_t SMALL_B_L2_BYTES = 1 << 20      #   B fits in L2 (512 KiB-1 MiB)
 cdef Py_ssize_t SMALL_NARROW_N = 64             #   and C is this wide, or
 cdef Py_ssize_t SMALL_M_NARROW = 16             #   has at most this many rows
+# ... and when the product is shared by threads, up to this many rows: each thread
+# then packs its own B~ (PRIVATE_B_MAX), which beats the column slices from 64 rows
+# (2 threads, Zen 1, small/blocked: f32 64x100x1000 235/201 us, 64x256x784 404/368,
+# 64x64x1024 145/125, f64 64x512x256 528/502; f64 64x100x1000 352/377 the exception)
+# but not at 48 (f64 48x200x500 243/309) or 32 (f32 32x256x784 179/216).
+cdef Py_ssize_t SMALL_M_THREADED = 48
+# Up to this many threads, each thread packs its own copy of the (jc, pc) step's
+# B~ instead of a share of one copy (_Job.private_b).  B~ is read by every row
+# chunk: one copy packed half by each core left each core reading half of it from
+# the other's cache for every block of rows (measured at 2 threads, float32, 1 vs 2
+# threads: 256x256x784 x1.76 shared, x1.90 private; 96x256x784 x1.56 / x1.81;
+# 64x1000x200 x1.40 / x1.72; 1024x512x784 x1.93 / x1.96).  The price is packing
+# all of B~ on every thread (O(k*n) against O(m*n*k/threads) multiply-adds), so
+# past a few threads one shared copy (BLIS's layout, B~ in a shared L3) is kept.
+# Not measured beyond 2 threads (a 2-core machine).
+cdef enum:
+    PRIVATE_B_MAX = 4
+cdef int _private_b_max = PRIVATE_B_MAX
 # _macro_kernel: a block of C up to this size takes its epilogue whole (in L1).
 cdef Py_ssize_t EPI_WHOLE_BYTES = 16384
 # Release the GIL only when the call is long enough to be worth it.
@@ -338,6 +356,16 @@ def get_num_threads():
     # pool's workers are gone in the child and its job state may be mid-job
     # (forksafe.h); the child runs serially rather than rebuild it.
     return _num_threads if _OPENMP and bp_threads_allowed() else 1
+
+
+def _set_private_b_max(n):
+    """Tests: each thread packs its own B~ up to ``n`` threads (0: one shared copy always).
+
+    Returns the previous setting.  The bits never depend on it."""
+    global _private_b_max
+    before = _private_b_max
+    _private_b_max = max(0, min(PRIVATE_B_MAX, int(n)))
+    return before
 
 
 def _hold_workers(on):
@@ -499,6 +527,8 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
 # [0, nslivers) pack the B~ slivers, the rest each compute a run of whole MR-row
 # tiles of C: chunk c of nrow_chunks the tiles [c*mtiles/nrow_chunks, (c+1)*mtiles/nrow_chunks)
 # (after waiting for the packing).  Run by the pool's threads, or in order by the caller.
+# With private_b (PRIVATE_B_MAX) there are only the row chunks: a thread packs its
+# own whole B~ before its first one, so it never waits for another thread's packing.
 ctypedef struct _Job:
     const bp_kernel *K
     Py_ssize_t m, nc, kc, mtiles, mr, nrow_chunks, nslivers
@@ -518,27 +548,45 @@ ctypedef struct _Job:
     const void *aux
     Py_ssize_t ldaux
     int packed              # B~ slivers packed so far (atomic)
+    bint private_b          # each worker packs its own whole B~ (at bpk + w * b_elems)
+    Py_ssize_t b_elems
+    int wpacked[PRIVATE_B_MAX]  # private_b: worker w has packed this job's B~
+
+
+cdef inline void _job_pack(_Job *job, Py_ssize_t s0, Py_ssize_t s1, floating *bpk) noexcept nogil:
+    """B~ slivers [s0, s1) of ``job`` into ``bpk``."""
+    cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
+    cdef Py_ssize_t s
+    for s in range(s0, s1):
+        _pack_b_sliver(job.K, job.kc, min(NR, job.nc - s * NR),
+                       <const floating *>job.b + s * NR * job.csb, job.rsb, job.csb,
+                       bpk + s * NR * job.kc)
 
 
 cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *kind) noexcept nogil:
     """Chunk ``chunk`` of ``job`` (``kind`` only selects the dtype)."""
-    cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
     cdef Py_ssize_t s, i0
     cdef const floating *aux = <const floating *>job.aux
-    if chunk < job.nslivers:
+    cdef floating *bpk = <floating *>job.bpk
+    if job.private_b:
+        # NOTE: worker w's own copy; only w reads and writes wpacked[w] in a job
+        bpk = bpk + worker * job.b_elems
+        if not job.wpacked[worker]:
+            _job_pack(job, 0, job.nslivers, bpk)
+            job.wpacked[worker] = 1
         s = chunk
-        _pack_b_sliver(job.K, job.kc, min(NR, job.nc - s * NR),
-                       <const floating *>job.b + s * NR * job.csb, job.rsb, job.csb,
-                       <floating *>job.bpk + s * NR * job.kc)
+    elif chunk < job.nslivers:
+        _job_pack(job, chunk, chunk + 1, bpk)
         bp_pool_count(&job.packed)
         return
-    bp_pool_wait_count(&job.packed, <int>job.nslivers)
-    s = chunk - job.nslivers
+    else:
+        bp_pool_wait_count(&job.packed, <int>job.nslivers)
+        s = chunk - job.nslivers
     i0 = s * job.mtiles // job.nrow_chunks * job.mr
     _row_blocks(job.K, i0, min(job.m, (s + 1) * job.mtiles // job.nrow_chunks * job.mr),
                 job.nc, job.kc,
                 <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
-                <floating *>job.apk + worker * job.a_elems, <const floating *>job.bpk,
+                <floating *>job.apk + worker * job.a_elems, bpk,
                 <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
                 <const floating *>job.bias, aux, job.ldaux)
 
@@ -584,13 +632,17 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     job.pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     job.a_elems = min(MC, (mtiles + nrow_chunks - 1) // nrow_chunks * MR) * kc_max \
         if job.pack_a else 0
-    ws = <floating *>bp_ws_acquire((kc_max * nc_max + threads * job.a_elems) * sizeof(floating))
+    job.private_b = 1 < threads <= _private_b_max
+    job.b_elems = kc_max * nc_max
+    ws = <floating *>bp_ws_acquire(((threads if job.private_b else 1) * kc_max * nc_max
+                                    + threads * job.a_elems) * sizeof(floating))
     if ws == NULL:
         if threads > 1:
             bp_pool_release()
         return BP_ENOMEM
     job.K, job.m, job.rsa, job.csa, job.rsb, job.csb = K, m, rsa, csa, rsb, csb
-    job.alpha, job.bpk, job.apk = alpha, ws, ws + kc_max * nc_max
+    job.alpha, job.bpk = alpha, ws
+    job.apk = ws + (threads if job.private_b else 1) * kc_max * nc_max
     job.rsc, job.csc, job.ldaux = rsc, csc, ldaux
     for tjc in range((n + NC - 1) // NC):
         jc = tjc * NC
@@ -607,7 +659,10 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
             job.beta = beta if pc == 0 else 1
             job.epi = epi if pc + job.kc == k else BP_EPI_NONE
             job.packed = 0
-            if threads > 1:
+            if job.private_b:
+                memset(job.wpacked, 0, sizeof(job.wpacked))
+                bp_pool_run(task, &job, <int>nrow_chunks, threads)
+            elif threads > 1:
                 bp_pool_run(task, &job, <int>(job.nslivers + nrow_chunks), threads)
             else:
                 for s in range(job.nslivers + nrow_chunks):
@@ -757,11 +812,11 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
         nthreads = 1
     # NOTE: the small path shares a product between threads by column slices
-    # (_SmallJob); its thresholds were measured at one thread, and at two the
-    # slices keep its lead (64x1000 @ 1000x100 float32, a 64-1000-100-10 step's
-    # forward product: see SMALL_UNIT_BYTES).
+    # (_SmallJob); its thresholds were measured at one thread, and a shared
+    # product takes it up to SMALL_M_THREADED rows.
     if (k > 0 and csb == 1 and csc == 1 and path != _PATH_BLOCKED
             and (path == _PATH_SMALL or (m * n * k > SMALL_MNK
+                                         and (nthreads == 1 or m <= SMALL_M_THREADED)
                                          and _small_pays(m, n, k, sizeof(floating))))):
         bp_small_note()
         _small_path(K, m, n, k, alpha, a, rsa, csa, b, rsb, beta, c, rsc, <int>epi, bias,

@@ -744,6 +744,60 @@ cdef bint all_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexc
         return (bad64 >> 63) == 0
 
 
+# Elementwise passes over many parameters run in spans on the GEMM's pool
+# (run_chunks): the threaded products that wrote them left them spread over both
+# cores' caches, and one thread pulling them over is slower than two sharing the
+# pass (the update of 64-1000-100-10's 101k float32 parameters after a 2-thread
+# step: 142 us alone, 44 pooled, 14 from one core's own cache at 1 thread).
+cdef Py_ssize_t PARALLEL_PASS = 1 << 16         # below: ~10 us, not worth a wake-up
+cdef enum:
+    PASS_CHUNKS = 6                             # three a thread on two cores
+
+
+cdef inline void _span(Py_ssize_t n, int chunk, int nchunks, Py_ssize_t* lo,
+                       Py_ssize_t* hi) noexcept nogil:
+    """Span ``chunk`` of ``nchunks`` over [0, n): bounds rounded down to 64 elements
+    (whole cache lines, and whole vectors, so a span's loop vectorises as the whole
+    pass's would); the last span ends at n."""
+    lo[0] = chunk * n // nchunks // 64 * 64
+    hi[0] = n if chunk + 1 == nchunks else (chunk + 1) * n // nchunks // 64 * 64
+
+
+ctypedef struct _ScanJob:
+    const void* x
+    Py_ssize_t start, n
+    int bad[PASS_CHUNKS]
+
+
+cdef inline void _scan_chunk(_ScanJob* job, int chunk, const floating* kind) noexcept nogil:
+    cdef Py_ssize_t lo, hi
+    _span(job.n, chunk, PASS_CHUNKS, &lo, &hi)
+    job.bad[chunk] = not all_finite(<const floating*>job.x, job.start + lo, job.start + hi)
+
+
+cdef void _scan_chunk_f32(void* job, int chunk, int worker) noexcept nogil:
+    _scan_chunk(<_ScanJob*>job, chunk, <const float*>NULL)
+
+
+cdef void _scan_chunk_f64(void* job, int chunk, int worker) noexcept nogil:
+    _scan_chunk(<_ScanJob*>job, chunk, <const double*>NULL)
+
+
+cdef bint grads_finite(const floating* x, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """all_finite(x, start, stop), in spans on the pool from PARALLEL_PASS elements."""
+    cdef _ScanJob job
+    cdef int c
+    if stop - start < PARALLEL_PASS:
+        return all_finite(x, start, stop)
+    job.x, job.start, job.n = x, start, stop - start
+    run_chunks(_scan_chunk_f32 if floating is float else _scan_chunk_f64, &job,
+               PASS_CHUNKS, 0)
+    for c in range(PASS_CHUNKS):
+        if job.bad[c]:
+            return False
+    return True
+
+
 cdef int backward_layer_rows(const Net* net, const floating* params, const floating* x,
                              Py_ssize_t n, floating* grads, int l,
                              double sw_sum) noexcept nogil:
@@ -793,7 +847,7 @@ cdef int backward_layer_rows(const Net* net, const floating* params, const float
             gw[k] = (gw[k] + alpha_t * w[k]) / sw_t
         for k in range(n_out):
             gb[k] = gb[k] / sw_t
-    if not all_finite(grads, net.w_off[l], net.b_off[l] + n_out):
+    if not grads_finite(grads, net.w_off[l], net.b_off[l] + n_out):
         return STATUS_NONFINITE
     return BP_OK
 
@@ -925,12 +979,7 @@ cdef void _update_span(Update* rule, floating* params, const floating* grads,
         _torch_update_range(rule, params, grads, s1, s2, s3, start, n, rule.weight_decay)
 
 
-# An update split into spans for the GEMM's pool (run_chunks): chunk c of nchunks is
-# the span [c*n/nchunks, (c+1)*n/nchunks), bounds rounded down to 64 elements (whole
-# cache lines; chunks are claimed by whichever thread is free).
-cdef Py_ssize_t PARALLEL_UPDATE = 1 << 16       # below: ~10 us, not worth a wake-up
-cdef int UPDATE_CHUNKS = 6                      # three a thread on two cores
-
+# The update in spans (PARALLEL_PASS), each the whole update's rule on its elements.
 ctypedef struct _UpdateJob:
     Update* rule
     void* params
@@ -938,13 +987,12 @@ ctypedef struct _UpdateJob:
     void* s1
     void* s2
     void* s3
-    Py_ssize_t n, nchunks
+    Py_ssize_t n
 
 
 cdef inline void _update_chunk(_UpdateJob* job, int chunk, const floating* kind) noexcept nogil:
-    cdef Py_ssize_t lo = chunk * job.n // job.nchunks // 64 * 64
-    cdef Py_ssize_t hi = job.n if chunk + 1 == job.nchunks else \
-        (chunk + 1) * job.n // job.nchunks // 64 * 64
+    cdef Py_ssize_t lo, hi
+    _span(job.n, chunk, PASS_CHUNKS, &lo, &hi)
     if hi > lo:
         _update_span(job.rule, <floating*>job.params, <const floating*>job.grads,
                      <floating*>job.s1, <floating*>job.s2, <floating*>job.s3, lo, hi - lo)
@@ -986,19 +1034,14 @@ cdef void apply_update(const Net* net, Update* rule, floating* params, floating*
     cdef _UpdateJob job
     if (rule.kind == UPD_SK_SGD or rule.kind == UPD_SK_ADAM or not rule.weights_only
             or rule.weight_decay == 0):
-        if n_params < PARALLEL_UPDATE:
+        if n_params < PARALLEL_PASS:
             _update_span(rule, params, grads, s1, s2, s3, 0, n_params)
             return
-        # NOTE: elementwise, so any split gives the same bits; on the pool's
-        # threads because a threaded product left the gradients (and the
-        # parameters, read by the forward pass) spread over both cores' caches:
-        # one thread pulling them over took 142 us for the 101k parameters of
-        # 64-1000-100-10, against 14 us from its own cache.
+        # NOTE: elementwise, so any split gives the same bits (PARALLEL_PASS)
         job.rule, job.params, job.grads = rule, params, grads
         job.s1, job.s2, job.s3, job.n = s1, s2, s3, n_params
-        job.nchunks = UPDATE_CHUNKS
         run_chunks(_update_chunk_f32 if floating is float else _update_chunk_f64, &job,
-                   UPDATE_CHUNKS, 0)
+                   PASS_CHUNKS, 0)
     else:
         for l in range(net.n_layers):
             _torch_update_range(rule, params, grads, s1, s2, s3, net.w_off[l],

@@ -468,6 +468,43 @@ def test_thread_count_does_not_change_results(threads, dtype, m, n, k):
     np.testing.assert_array_equal(epi1, epi2)
     threads(3)  # more threads than cores is allowed
     np.testing.assert_array_equal(matmul(a, b), one)
+    threads(8)  # past PRIVATE_B_MAX: one B~ shared by the threads
+    np.testing.assert_array_equal(matmul(a, b), one)
+
+
+@pytest.fixture
+def private_b():
+    """_gemm._set_private_b_max, restored after the test."""
+    before = _gemm._set_private_b_max(4)
+    yield _gemm._set_private_b_max
+    _gemm._set_private_b_max(before)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without OpenMP")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", [(256, 256, 784), (517, 300, 600), (13, 4100, 300),
+                                   (1031, 64, 40)])
+def test_private_and_shared_b_panels_give_the_same_bits(kernel, threads, private_b, gemm_path,
+                                                        dtype, m, n, k):
+    """Each thread packing its own B~ (up to PRIVATE_B_MAX threads) or a share of one:
+    the same bits as one thread, with an epilogue, a beta and a B wider than NC (4080)."""
+    rng = np.random.default_rng(m + n)
+    a, b = operands(rng, m, n, k, dtype)
+    c0, bias = rand(rng, (m, n), dtype), rand(rng, n, dtype)
+    gemm_path("blocked")
+    out = {}
+    for n_threads, private in ((1, 4), (2, 4), (2, 0), (3, 4), (3, 0)):
+        threads(n_threads)
+        private_b(private)
+        out[n_threads, private] = (
+            matmul(a, b, alpha=0.5, beta=-1.25, out=c0.copy()),
+            _gemm._matmul_epilogue(a, b, "bias_relu", bias=bias))
+    for key, (plain, epi) in out.items():
+        assert plain.tobytes() == out[1, 4][0].tobytes(), key
+        assert epi.tobytes() == out[1, 4][1].tobytes(), key
+    assert_close(out[2, 4][0], a, b, reference(a, b, alpha=0.5, beta=-1.25, out=c0),
+                 0.5, -1.25, c0)
+    assert _gemm._set_private_b_max(4) == 0 and _gemm._set_private_b_max(99) == 4
 
 
 @pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
@@ -902,6 +939,21 @@ def test_small_path_shared_epilogues_bitwise(kernel, gemm_path, threads, dtype, 
 
 
 @pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+def test_a_shared_product_takes_the_small_path_up_to_48_rows(gemm_path, threads):
+    """Past 48 rows a product shared by threads goes to the blocked path, whose
+    threads each pack their own B~; alone it takes the small path to 64 rows."""
+    rng = np.random.default_rng(33)
+    gemm_path("auto")
+    for m, n_threads, expected in ((64, 1, True), (64, 2, False), (48, 2, True),
+                                   (48, 1, True)):
+        a, b = operands(rng, m, 100, 1000, np.float32)
+        threads(n_threads)
+        before = _gemm._small_calls()
+        matmul(a, b)
+        assert (_gemm._small_calls() > before) == expected, (m, n_threads)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
 def test_small_path_goes_through_the_pool():
     """At 2 threads a small-path product past PARALLEL_MNK is a pool job: with the
     workers held (as if they got no core) the caller does every slice, the pool notes
@@ -910,7 +962,7 @@ def test_small_path_goes_through_the_pool():
         import numpy as np
         from bpcore import _gemm
         rng = np.random.default_rng(7)
-        a, b = rng.standard_normal((64, 1000)), rng.standard_normal((1000, 100))
+        a, b = rng.standard_normal((32, 1000)), rng.standard_normal((1000, 100))
         _gemm.set_num_threads(1)
         one = _gemm.matmul(a, b)
         _gemm.set_num_threads(2)
