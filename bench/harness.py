@@ -17,8 +17,8 @@ import threading
 import time
 
 # re-exported for the tables and the pytest-benchmark files
-from bpcore._quickbench import (gemm_table, import_peer, limit_threads,  # noqa: F401
-                                same_bpcore_env, time_calls)
+from bpcore._quickbench import (SETTLE, gemm_table, import_peer,  # noqa: F401
+                                limit_threads, same_bpcore_env, time_calls)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from harness import import_peer, limit_threads, run_worker, time_calls
+from harness import SETTLE, import_peer, limit_threads, run_worker, time_calls
 
 KERNEL_SHAPES = [(4, 2), (64, 100), (64, 1000), (256, 784)]
 
@@ -587,7 +587,11 @@ def steps_worker(threads, rounds, min_time):
                 calls["torch bf16"] = _torch_autocast_step(torch, sizes, x32, y32, lr)
             if jax is not None:
                 calls["jax f32"] = _jax_step(jax, sizes, x32, y32, lr)
-            times = time_calls(calls, rounds=rounds, min_time=min_time)
+            # NOTE: a pause before each contender's round at 2+ threads, so none is
+            # timed while the previous one's pool still spins (harness.SETTLE); the
+            # interleave table measures the mixed case on purpose.
+            times = time_calls(calls, rounds=rounds, min_time=min_time,
+                               settle=SETTLE if threads > 1 else 0.0)
             rows.append({"net": f"{batch}-{'-'.join(map(str, sizes))}", "times": times,
                          "flops": step_flops(list(sizes), batch), "cpus": cpus,
                          "bf16": bpcore.cpu_features()["bf16"]})

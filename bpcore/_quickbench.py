@@ -61,7 +61,12 @@ def limit_threads(n):
         yield
 
 
-def time_calls(contenders, *, min_time=0.02, rounds=7):
+# time_calls's pause between contenders with thread pools: past OpenBLAS's spin
+# (THREAD_TIMEOUT 2**28 cycles, ~0.1 s) and OpenMP's.
+SETTLE = 0.25
+
+
+def time_calls(contenders, *, min_time=0.02, rounds=7, settle=0.0):
     """Median seconds per call of each callable, measured interleaved.
 
     Parameters
@@ -72,6 +77,12 @@ def time_calls(contenders, *, min_time=0.02, rounds=7):
         Seconds each timing round of one contender should last at least.
     rounds : int
         Rounds; the median round is reported.
+    settle : float
+        Seconds to sleep, untimed, before each contender's round.  Thread pools
+        spin after a call (OpenBLAS's for ~0.1 s, OpenMP's, Eigen's), taking
+        the cores from whoever runs next: with contenders that have pools, a
+        pause lets each be timed as if it ran alone (a 2-thread bpcore step
+        right after NumPy's or PyTorch's ran up to 1.6x slower).
 
     Returns
     -------
@@ -94,6 +105,8 @@ def time_calls(contenders, *, min_time=0.02, rounds=7):
     for _ in range(rounds):
         for name, fn in contenders.items():
             number = numbers[name]
+            if settle > 0:
+                time.sleep(settle)
             start = time.perf_counter()
             for _ in range(number):
                 fn()
@@ -145,7 +158,8 @@ def gemm_table(*, sizes=(512,), threads=1, rounds=5, min_time=0.05, file=None):
                 out = np.empty((n, n), dtype)
                 times = time_calls({"bpcore": lambda: bpcore.matmul(a, b, out=out),
                                     "numpy": lambda: np.matmul(a, b, out=out)},
-                                   rounds=rounds, min_time=min_time)
+                                   rounds=rounds, min_time=min_time,
+                                   settle=SETTLE if threads > 1 else 0.0)
                 gflops = {k: 2.0 * n ** 3 / t / 1e9 for k, t in times.items()}
                 rates[np.dtype(dtype).name] = gflops
                 print(f"{np.dtype(dtype).name:8} {n:5d} {times['bpcore'] * 1e3:10.3f} "

@@ -150,3 +150,19 @@ def test_no_module_of_the_package_imports_the_harness():
         assert not bad, f"{path} imports {bad}"
     assert not any(os.path.exists(os.path.join(package, f))
                    for f in ("benchmarks.py", "_gemm_table.py"))
+
+
+def test_time_calls_settles_before_each_contenders_round_untimed(monkeypatch):
+    """settle: one untimed sleep before each contender's timed round (and none without)."""
+    slept = []
+    monkeypatch.setattr(_quickbench.time, "sleep", slept.append)
+    calls = {"a": 0, "b": 0}
+
+    def bump(name):
+        calls[name] += 1
+    times = _quickbench.time_calls({"a": lambda: bump("a"), "b": lambda: bump("b")},
+                                   min_time=1e-4, rounds=3, settle=0.25)
+    assert slept == [0.25] * 6 and set(times) == {"a", "b"}
+    slept.clear()
+    _quickbench.time_calls({"a": lambda: bump("a")}, min_time=1e-4, rounds=3)
+    assert slept == []

@@ -55,7 +55,13 @@
 typedef void (*bp_task_fn)(void *arg, int chunk, int worker);
 
 #define BP_POOL_MAX_WORKERS 255     /* besides the caller                        */
-#define BP_POOL_SPIN_NS 20000       /* a worker's spin after a job, before sleeping */
+/* A worker's spin after a job, before sleeping.  NOTE: it spans the serial parts
+ * between a step's threaded products (loss, small products, bias sums: 20-60 us);
+ * at 20 us the worker slept through them, woke late for the next product on a
+ * VM, and the caller judged it starved: 16-39 of ~320 64-1000-100-10 steps at 2
+ * threads, the step then at its 1-thread time (731 us against 520); at 100 us,
+ * 1-3 alone and 14-17 beside PyTorch, NumPy and JAX, 520 us. */
+#define BP_POOL_SPIN_NS 100000
 #define BP_POOL_WAIT_SPINS 4096     /* the caller's pause loop before it yields    */
 #define BP_POOL_STARVED_MIN_NS 50000    /* shorter products say little of the workers */
 #define BP_POOL_SOLO_MIN_NS 2000000     /* the first back-off after a starved product */
