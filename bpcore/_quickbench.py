@@ -62,8 +62,11 @@ def limit_threads(n):
 
 
 # time_calls's pause between contenders with thread pools: past OpenBLAS's spin
-# (THREAD_TIMEOUT 2**28 cycles, ~0.1 s) and OpenMP's.
-SETTLE = 0.25
+# after a call (measured: a 2-thread bpcore step after NumPy's 256x256 products was
+# starved of its second core after pauses of up to 0.1 s, never after 0.15 s) and
+# OpenMP's.  Longer pauses let this VM's idle CPU fall asleep: the next steps ran
+# up to 1.6x slower for a while.
+SETTLE = 0.15
 
 
 def time_calls(contenders, *, min_time=0.02, rounds=7, settle=0.0):
