@@ -634,15 +634,14 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
         if job.pack_a else 0
     job.private_b = 1 < threads <= _private_b_max
     job.b_elems = kc_max * nc_max
-    ws = <floating *>bp_ws_acquire(((threads if job.private_b else 1) * kc_max * nc_max
-                                    + threads * job.a_elems) * sizeof(floating))
+    cdef Py_ssize_t b_total = (threads if job.private_b else 1) * job.b_elems
+    ws = <floating *>bp_ws_acquire((b_total + threads * job.a_elems) * sizeof(floating))
     if ws == NULL:
         if threads > 1:
             bp_pool_release()
         return BP_ENOMEM
     job.K, job.m, job.rsa, job.csa, job.rsb, job.csb = K, m, rsa, csa, rsb, csb
-    job.alpha, job.bpk = alpha, ws
-    job.apk = ws + (threads if job.private_b else 1) * kc_max * nc_max
+    job.alpha, job.bpk, job.apk = alpha, ws, ws + b_total
     job.rsc, job.csc, job.ldaux = rsc, csc, ldaux
     for tjc in range((n + NC - 1) // NC):
         jc = tjc * NC
@@ -724,6 +723,20 @@ ctypedef struct _SmallJob:
     Py_ssize_t ldaux
 
 
+cdef inline void _small_call(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             floating alpha, const floating *a, Py_ssize_t rsa,
+                             Py_ssize_t csa, const floating *b, Py_ssize_t rsb, floating beta,
+                             floating *c, Py_ssize_t rsc, int epi, const floating *bias,
+                             const floating *aux, Py_ssize_t ldaux) noexcept nogil:
+    """The kernel's small.h function for this dtype, with the kernel's KC."""
+    if floating is float:
+        K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc, epi,
+                    bias, aux, ldaux)
+    else:
+        K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc, epi,
+                    bias, aux, ldaux)
+
+
 cdef inline void _small_chunk(_SmallJob *job, int chunk, const floating *kind) noexcept nogil:
     """Chunk ``chunk`` of ``job``: the small path on its slice of columns."""
     cdef Py_ssize_t j0 = chunk * job.units // job.nchunks * job.unit
@@ -732,20 +745,11 @@ cdef inline void _small_chunk(_SmallJob *job, int chunk, const floating *kind) n
     cdef const floating *aux = <const floating *>job.aux
     if j1 <= j0:
         return
-    if floating is float:
-        job.K.small_f32(job.m, j1 - j0, job.k, job.K.f32.kc, <float>job.alpha,
-                        <const float *>job.a, job.rsa, job.csa,
-                        <const float *>job.b + j0, job.rsb, <float>job.beta,
-                        <float *>job.c + j0, job.rsc, job.epi,
-                        bias + j0 if bias != NULL else NULL,
-                        aux + j0 if aux != NULL else NULL, job.ldaux)
-    else:
-        job.K.small_f64(job.m, j1 - j0, job.k, job.K.f64.kc, <double>job.alpha,
-                        <const double *>job.a, job.rsa, job.csa,
-                        <const double *>job.b + j0, job.rsb, <double>job.beta,
-                        <double *>job.c + j0, job.rsc, job.epi,
-                        bias + j0 if bias != NULL else NULL,
-                        aux + j0 if aux != NULL else NULL, job.ldaux)
+    _small_call(job.K, job.m, j1 - j0, job.k, <floating>job.alpha, <const floating *>job.a,
+                job.rsa, job.csa, <const floating *>job.b + j0, job.rsb, <floating>job.beta,
+                <floating *>job.c + j0, job.rsc, job.epi,
+                bias + j0 if bias != NULL else NULL, aux + j0 if aux != NULL else NULL,
+                job.ldaux)
 
 
 cdef void _small_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
@@ -770,12 +774,8 @@ cdef void _small_path(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
         bp_note_pool_start()    # before any worker exists (forksafe.h)
         threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, job.units))
     if threads == 1:
-        if floating is float:
-            K.small_f32(m, n, k, K.f32.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
-                        epi, bias, aux, ldaux)
-        else:
-            K.small_f64(m, n, k, K.f64.kc, alpha, a, rsa, csa, b, rsb, beta, c, rsc,
-                        epi, bias, aux, ldaux)
+        _small_call(K, m, n, k, alpha, a, rsa, csa, b, rsb, beta, c, rsc, epi, bias, aux,
+                    ldaux)
         return
     # NOTE: three chunks a thread, as the blocked path's rows (a thread that gets
     # less of a core leaves its share to the others)
