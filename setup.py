@@ -76,6 +76,9 @@ def extensions():
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            # the C layer: an edited header rebuilds the modules (an in-place build
+            # otherwise kept a stale .so after a header-only change)
+            depends=sorted(glob.glob(os.path.join("bpcore", "_gemm", "*.h"))),
         ))
     return exts
 

@@ -42,7 +42,11 @@ def cpu_features():
         (``BPCORE_FORCE_KERNEL`` forces one), the others ``"avx2_fma"`` or
         ``"portable"`` (``BPCORE_FORCE_PORTABLE=1`` makes every family portable).
         ``"kernel"`` is the GEMM's, as before; ``"bf16"`` the path of
-        ``matmul(..., compute_dtype="bfloat16")``: ``"emulated"`` in this version.
+        ``matmul(..., compute_dtype="bfloat16")`` (and of every product of a
+        ``compute_dtype="bfloat16"`` model): ``"avx512_bf16"`` (the vdpbf16ps
+        tile) where the CPU has AVX512_BF16, else ``"emulated"`` (rounded float32
+        operands through the float32 kernel); ``BPCORE_FORCE_BF16=native|emulated``
+        chooses.
     """
     from . import _step
 

@@ -15,12 +15,20 @@ same rule; at run time:
     import and the best one it can; ``BPCORE_FORCE_PORTABLE`` on wins over it.
     Read once, at import.
 
+``BPCORE_FORCE_BF16=native|emulated``
+    The path of ``compute_dtype="bfloat16"`` products
+    (``cpu_features()["bf16"]``): ``native``, the AVX512_BF16 tile
+    (vdpbf16ps); ``emulated``, rounded float32 operands through the float32
+    kernel.  Unset or empty: native where the CPU has AVX512_BF16.  A path this
+    CPU cannot run gives a ``RuntimeWarning`` at import and the emulated one;
+    ``BPCORE_FORCE_PORTABLE`` on means emulated.  Read once, at import.
+
 A switch is off when unset or one of "", "0", "false", "no", "off" (any case),
 and on otherwise: ``=0`` and ``=false`` mean off everywhere.
 """
 import os
 
-__all__ = ["flag", "force_kernel", "force_portable"]
+__all__ = ["choice", "flag", "force_bf16", "force_kernel", "force_portable"]
 
 _OFF = ("", "0", "false", "no", "off")
 
@@ -38,13 +46,26 @@ def force_portable():
 FORCE_KERNEL_VALUES = ("avx512", "avx2", "portable")
 
 
-def force_kernel():
-    """``BPCORE_FORCE_KERNEL``: one of ``FORCE_KERNEL_VALUES`` (any case), or None if unset."""
-    value = os.environ.get("BPCORE_FORCE_KERNEL", "").strip().lower()
+def choice(name, values):
+    """The switch ``name`` as one of ``values`` (any case, spaces stripped), or None if
+    unset or empty; another value is a ValueError naming the switch."""
+    value = os.environ.get(name, "").strip().lower()
     if not value:
         return None
-    if value not in FORCE_KERNEL_VALUES:
-        raise ValueError(f"`BPCORE_FORCE_KERNEL` must be one of "
-                         f"{', '.join(map(repr, FORCE_KERNEL_VALUES))} (or unset); got "
-                         f"{os.environ['BPCORE_FORCE_KERNEL']!r}")
+    if value not in values:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, values))} (or unset); "
+                         f"got {os.environ[name]!r}")
     return value
+
+
+def force_kernel():
+    """``BPCORE_FORCE_KERNEL``: one of ``FORCE_KERNEL_VALUES`` (any case), or None if unset."""
+    return choice("BPCORE_FORCE_KERNEL", FORCE_KERNEL_VALUES)
+
+
+FORCE_BF16_VALUES = ("native", "emulated")
+
+
+def force_bf16():
+    """``BPCORE_FORCE_BF16``: one of ``FORCE_BF16_VALUES`` (any case), or None if unset."""
+    return choice("BPCORE_FORCE_BF16", FORCE_BF16_VALUES)

@@ -53,6 +53,14 @@ Design:
   forces one, ``BPCORE_FORCE_PORTABLE=1`` the portable ones (``_env.py``), and
   ``_set_kernel`` switches in-process for tests.  The FPU state is never touched (no
   flush-to-zero; the build never uses -ffast-math).
+* ``compute_dtype="bfloat16"`` (``gemm_bf16``): where the CPU has AVX512_BF16,
+  the same loops run a bfloat16 kernel row (``bp_bf16_kernels``, ``pairs``):
+  A~ and B~ are packed once as rounded bfloat16 pairs in 32 bits (``bf16.h``;
+  A always packed), and the 8x48 tile issues one ``vdpbf16ps`` per pair --
+  twice the FLOPs of an FMA, on half the panel bytes.  Elsewhere rounded float32
+  copies go through the float32 kernel.  ``BPCORE_FORCE_BF16=native|emulated``
+  chooses, ``_set_bf16_path`` switches for tests (also to the tile over scalar C,
+  ``"avx512_bf16_emulated"``, on every CPU).
 * Packing buffers are 64-byte aligned and reused across calls (one spare kept
   in an atomic slot, see ``workspace.h``).  A failed allocation returns
   ``BP_ENOMEM``, which ``matmul`` raises as ``MemoryError``.
@@ -112,6 +120,7 @@ cdef extern from "kernels.h" nogil:
         bp_blocks f64
         bp_small_f32_fn small_f32
         bp_small_f64_fn small_f64
+        int pairs
     enum:
         BP_TILE_MAX
         BP_KERNEL_PORTABLE
@@ -121,6 +130,11 @@ cdef extern from "kernels.h" nogil:
         BP_KERNEL_COUNT
     const bp_kernel bp_kernels[]
     int bp_kernel_runs(int which)
+    enum:
+        BP_BF16_AVX512
+        BP_BF16_AVX512_EMULATED
+    const bp_kernel bp_bf16_kernels[]
+    int bp_bf16_kernel_runs(int which)
     int bp_cpu_avx2()
     int bp_cpu_fma()
     int bp_cpu_avx512f()
@@ -153,6 +167,12 @@ cdef extern from "workspace.h" nogil:
 cdef extern from "bf16.h" nogil:
     void bp_round_bf16_copy(ptrdiff_t outer, ptrdiff_t inner, const float *src,
                             ptrdiff_t s_outer, ptrdiff_t s_inner, float *dst)
+    void bp_pack_a_bf16(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                        ptrdiff_t csa, int mr_tile, float *dst)
+    void bp_pack_b_bf16(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb, ptrdiff_t csb,
+                        int nr_tile, float *dst)
+    int bp_bf16_pack_isa
+    int bp_bf16_pack_use_avx2()
 
 cdef extern from "pool.h" nogil:
     ctypedef void (*bp_task_fn)(void *arg, int chunk, int worker) noexcept
@@ -229,6 +249,9 @@ cdef Py_ssize_t NOGIL_MNK = 32 * 32 * 32
 # NOTE: a pointer into the constant table; gemm() reads it once per call, so a
 # _set_kernel in another thread never mixes two kernels' tiles in one product.
 cdef const bp_kernel *_kern = &bp_kernels[<int>BP_KERNEL_PORTABLE]
+# compute_dtype="bfloat16" products: a row of bp_bf16_kernels, or NULL for the
+# emulated path (rounded float32 operands through _kern); read once per call too.
+cdef const bp_kernel *_bf16_kern = NULL
 cdef int _num_threads = 1
 # Which path gemm() takes (tests force one; see _set_path).
 cdef enum:
@@ -243,6 +266,12 @@ _KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
             "portable": BP_KERNEL_PORTABLE, "avx512_emulated": BP_KERNEL_AVX512_EMULATED}
 # BPCORE_FORCE_KERNEL's values -> kernel names
 _FORCE_NAMES = {"avx512": "avx512", "avx2": "avx2_fma", "portable": "portable"}
+# compute_dtype="bfloat16" paths, best first: name -> row of bp_bf16_kernels (-1: the
+# emulated path, which every CPU runs)
+_BF16_PATHS = {"avx512_bf16": BP_BF16_AVX512, "emulated": -1,
+               "avx512_bf16_emulated": BP_BF16_AVX512_EMULATED}
+# BPCORE_FORCE_BF16's values -> path names
+_FORCE_BF16_NAMES = {"native": "avx512_bf16", "emulated": "emulated"}
 
 
 def cpu_features():
@@ -252,15 +281,20 @@ def cpu_features():
     -------
     dict
         ``{"avx2": bool, "fma": bool, "avx512f": bool, "avx512_bf16": bool,
-        "kernel": "avx512" | "avx2_fma" | "portable", "bf16": "emulated",
-        "openmp": bool}`` (``"avx512_emulated"`` only after ``_set_kernel`` in a
-        test).  ``"bf16"``: the path of ``compute_dtype="bfloat16"`` products --
-        ``"emulated"`` (rounded float32 operands through the float32 kernel) on
-        every CPU in this version, also where ``avx512_bf16`` is True.
+        "kernel": "avx512" | "avx2_fma" | "portable",
+        "bf16": "avx512_bf16" | "emulated", "openmp": bool}``
+        (``"avx512_emulated"`` / ``"avx512_bf16_emulated"`` only after
+        ``_set_kernel`` / ``_set_bf16_path`` in a test).  ``"bf16"``: the path of
+        ``compute_dtype="bfloat16"`` products -- ``"avx512_bf16"`` (vdpbf16ps on
+        bfloat16 pairs) where the CPU has AVX512_BF16, else ``"emulated"``
+        (rounded float32 operands through the float32 kernel);
+        ``BPCORE_FORCE_BF16=native|emulated`` chooses.
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
             "avx512f": bool(bp_cpu_avx512f()), "avx512_bf16": bool(bp_cpu_avx512bf16()),
-            "kernel": _kern.name.decode(), "bf16": "emulated", "openmp": _OPENMP}
+            "kernel": _kern.name.decode(),
+            "bf16": "emulated" if _bf16_kern == NULL else _bf16_kern.name.decode(),
+            "openmp": _OPENMP}
 
 
 def _runnable_kernels():
@@ -285,6 +319,49 @@ def _set_kernel(name):
     _kern = &bp_kernels[<int>_KERNELS[name]]
 
 
+def _runnable_bf16_paths():
+    """The compute_dtype="bfloat16" paths this build and CPU can run, best first."""
+    return [name for name, which in _BF16_PATHS.items()
+            if which < 0 or bp_bf16_kernel_runs(which)]
+
+
+def _set_bf16_path(name):
+    """Select the compute_dtype="bfloat16" path by name (a key of ``_BF16_PATHS``; for
+    tests).  Returns the previous one."""
+    global _bf16_kern
+    check_choice("name", name, tuple(_BF16_PATHS))
+    if name not in _runnable_bf16_paths():
+        raise RuntimeError(f"this CPU (or build) cannot run the {name!r} bfloat16 path; "
+                           f"it runs {', '.join(map(repr, _runnable_bf16_paths()))}")
+    before = cpu_features()["bf16"]
+    which = _BF16_PATHS[name]
+    if which < 0:
+        _bf16_kern = NULL
+    else:
+        _bf16_kern = &bp_bf16_kernels[<int>which]
+    return before
+
+
+def _choose_bf16_path():
+    """The import-time choice: BPCORE_FORCE_PORTABLE (emulated), else BPCORE_FORCE_BF16,
+    else the best this CPU runs."""
+    if _env.force_portable():
+        return "emulated"
+    return _forced_or_best(_runnable_bf16_paths(), "BPCORE_FORCE_BF16", _env.force_bf16(),
+                           _FORCE_BF16_NAMES)
+
+
+def _forced_or_best(runnable, switch, forced, names):
+    """``names[forced]`` if this CPU runs it, else (with a RuntimeWarning naming the
+    ``switch`` when one was forced) the first of ``runnable``."""
+    if forced is not None:
+        if names[forced] in runnable:
+            return names[forced]
+        warnings.warn(f"{switch}={forced}: this CPU (or build) cannot run it; "
+                      f"using {runnable[0]!r}", RuntimeWarning, stacklevel=3)
+    return runnable[0]
+
+
 def _set_path(name):
     """Force the GEMM's path for tests: "auto" (the thresholds), "small" (the in-place
     small-product path wherever B and C have unit column strides), "blocked" (packing)."""
@@ -297,11 +374,23 @@ def _set_epilogue_isa(name):
     """Force the epilogue's build for tests: "avx2" or "baseline" (the same floats);
     "auto" asks the CPU again.  Returns the previous choice."""
     global bp_epilogue_isa
+    before, bp_epilogue_isa = _isa_setting(name, bp_epilogue_use_avx2())
+    return before
+
+
+def _isa_setting(name, uses_avx2):
+    """(the previous choice's name, the new flag) for a ``_set_*_isa`` hook."""
     check_choice("name", name, ("auto", "avx2", "baseline"))
-    before = "avx2" if bp_epilogue_use_avx2() else "baseline"
     if name == "avx2" and not cpu_features().get("avx2"):
         raise ValueError("this CPU has no AVX2")
-    bp_epilogue_isa = {"auto": -1, "avx2": 1, "baseline": 0}[name]
+    return "avx2" if uses_avx2 else "baseline", {"auto": -1, "avx2": 1, "baseline": 0}[name]
+
+
+def _set_bf16_pack_isa(name):
+    """Force the bfloat16 pair packers' build for tests: "avx2" or "baseline" (the same
+    bits); "auto" asks the CPU again.  Returns the previous choice."""
+    global bp_bf16_pack_isa
+    before, bp_bf16_pack_isa = _isa_setting(name, bp_bf16_pack_use_avx2())
     return before
 
 
@@ -312,16 +401,10 @@ def _small_calls():
 
 def _choose_kernel():
     """The import-time choice: BPCORE_FORCE_PORTABLE, else BPCORE_FORCE_KERNEL, else the best."""
-    runnable = _runnable_kernels()
     if _env.force_portable():
         return "portable"
-    forced = _env.force_kernel()
-    if forced is not None:
-        if _FORCE_NAMES[forced] in runnable:
-            return _FORCE_NAMES[forced]
-        warnings.warn(f"BPCORE_FORCE_KERNEL={forced}: this CPU (or build) cannot run it; "
-                      f"using {runnable[0]!r}", RuntimeWarning, stacklevel=2)
-    return runnable[0]
+    return _forced_or_best(_runnable_kernels(), "BPCORE_FORCE_KERNEL", _env.force_kernel(),
+                           _FORCE_NAMES)
 
 
 def set_num_threads(n):
@@ -391,6 +474,7 @@ def _default_threads():
 _num_threads = _default_threads()
 bp_forksafe_init()      # on failure it turns threads off (get_num_threads() == 1)
 _set_kernel(_choose_kernel())
+_set_bf16_path(_choose_bf16_path())
 
 
 # --------------------------------------------------------------------------
@@ -401,6 +485,10 @@ cdef void _pack_b_sliver(const bp_kernel *K, Py_ssize_t kc, Py_ssize_t nr, const
                          Py_ssize_t rsb, Py_ssize_t csb, floating *dst) noexcept nogil:
     cdef Py_ssize_t p, j
     cdef Py_ssize_t NR = K.f32.nr if floating is float else K.f64.nr
+    if floating is float:
+        if K.pairs:             # the bfloat16 tile: rounded pairs (bf16.h), any strides
+            bp_pack_b_bf16(kc, <int>nr, b, rsb, csb, <int>NR, dst)
+            return
     if rsb == 1 and csb != 1:   # columns contiguous (B transposed): a transpose, in C
         if floating is float:
             K.pack_bt_f32(kc, <int>nr, b, csb, dst)
@@ -503,6 +591,13 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
         mc = min(MC, i1 - ic)
+        if floating is float:
+            if K.pairs:         # the bfloat16 tile: rounded pairs in MR-tall slivers
+                bp_pack_a_bf16(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+                _macro_kernel(K, mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
+                              c + ic * rsc, rsc, csc, epi, bias,
+                              aux + ic * ldaux if aux != NULL else NULL, ldaux)
+                continue
         if pack_a and csa == 1:
             for i in range(mc):
                 memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
@@ -629,7 +724,7 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     nrow_chunks = 1 if threads == 1 else min(
         mtiles, threads * max(3, (mtiles + threads * (MC // MR) - 1) // (threads * (MC // MR))))
     job.mtiles, job.mr, job.nrow_chunks = mtiles, MR, nrow_chunks
-    job.pack_a = not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
+    job.pack_a = K.pairs or not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
     job.a_elems = min(MC, (mtiles + nrow_chunks - 1) // nrow_chunks * MR) * kc_max \
         if job.pack_a else 0
     job.private_b = 1 < threads <= _private_b_max
@@ -789,6 +884,24 @@ cdef void _small_path(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
     bp_pool_release()
 
 
+cdef inline bint _epilogue_ok(bp_epilogue epi, const void *bias, const void *aux) noexcept nogil:
+    """``epi`` is one of the table's, with the operand it reads."""
+    if <int>epi < 0 or <int>epi >= BP_EPI_COUNT:
+        return False
+    if BP_EPI_BIAS <= epi <= BP_EPI_BIAS_IDENTITY and bias == NULL:
+        return False
+    return not (BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL)
+
+
+cdef inline int _threads_for(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             int num_threads) noexcept nogil:
+    """The threads a product of this size may use (``num_threads`` 0: the setting)."""
+    # A fork child of a threaded process must never enter a parallel region.
+    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
+        return 1
+    return num_threads if num_threads > 0 else _num_threads
+
+
 cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
               const floating *a, Py_ssize_t rsa, Py_ssize_t csa,
               const floating *b, Py_ssize_t rsb, Py_ssize_t csb,
@@ -797,20 +910,13 @@ cdef int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
               const floating *aux, Py_ssize_t ldaux,
               int num_threads) noexcept nogil:
     """C := epi(alpha * op(A) @ op(B) + beta * C); see _gemm.pxd for the contract."""
-    cdef int nthreads = num_threads if num_threads > 0 else _num_threads
-    if <int>epi < 0 or <int>epi >= BP_EPI_COUNT:
-        return BP_EINVAL
-    if BP_EPI_BIAS <= epi <= BP_EPI_BIAS_IDENTITY and bias == NULL:
-        return BP_EINVAL
-    if BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL:
+    if not _epilogue_ok(epi, bias, aux):
         return BP_EINVAL
     cdef const bp_kernel *K = _kern
     cdef int path = _path
     if m <= 0 or n <= 0:
         return BP_OK
-    # A fork child of a threaded process must never enter a parallel region.
-    if m * n * k < PARALLEL_MNK or not BPCORE_OPENMP or not bp_threads_allowed():
-        nthreads = 1
+    cdef int nthreads = _threads_for(m, n, k, num_threads)
     # NOTE: the small path shares a product between threads by column slices
     # (_SmallJob); its thresholds were measured at one thread, and a shared
     # product takes it up to SMALL_M_THREADED rows.
@@ -878,15 +984,27 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                    int num_threads) noexcept nogil:
     """``gemm_f32`` on op(A) and op(B) rounded to bfloat16 (bf16.h), float32 accumulation.
 
-    NOTE: the emulated path on every CPU for now: rounded float32 copies of both
-    operands (O(mk + kn) extra work and memory), then the float32 GEMM."""
+    Two paths (``_bf16_kern``, chosen at import): the bfloat16 tile (vdpbf16ps on
+    pairs) through the blocked loops, which pack each operand once as rounded
+    pairs; or, on CPUs without AVX512_BF16, rounded float32 copies of both
+    operands (O(mk + kn) extra work and memory), then the float32 GEMM.
+
+    NOTE: the two paths round the operands alike but sum differently: the tile
+    adds each pair's odd product before its even one (vdpbf16ps's order) and
+    flushes subnormals, so they agree to float32 rounding, not bit for bit."""
     cdef float *ra
     cdef float *rb
     cdef Py_ssize_t ars, acs, brs, bcs
     cdef int status
+    cdef const bp_kernel *K = _bf16_kern
     if m <= 0 or n <= 0 or k <= 0:
         return gemm_f32(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc,
                         epi, bias, aux, ldaux, num_threads)
+    if K != NULL:
+        if not _epilogue_ok(epi, bias, aux):
+            return BP_EINVAL
+        return _gemm_blocked(K, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc,
+                             csc, epi, bias, aux, ldaux, _threads_for(m, n, k, num_threads))
     ra = <float *>bp_ws_acquire_bf16((m * k + k * n) * sizeof(float))
     if ra == NULL:
         return BP_ENOMEM
@@ -1188,7 +1306,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
 
 
 def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, trans_b=False,
-                     alpha=1.0, beta=0.0, out=None):
+                     alpha=1.0, beta=0.0, out=None, compute_dtype=None):
     """``matmul`` followed by a fused epilogue (for tests of the C entry point).
 
     ``epilogue`` is a key of ``EPILOGUES``; ``bias`` has shape (n,) for the
@@ -1214,10 +1332,12 @@ def _matmul_epilogue(a, b, epilogue, bias=None, aux=None, *, trans_a=False, tran
         bias = None
     else:
         bias = aux = None
-    return _run(a, b, ta, tb, alpha, beta, out, EPILOGUES[epilogue], bias, aux)
+    bf16 = check_compute_dtype(compute_dtype, a.dtype) == "bfloat16"
+    return _run(a, b, ta, tb, alpha, beta, out, EPILOGUES[epilogue], bias, aux, bf16)
 
 
-def _matmul_strided_out(a, b, out, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+def _matmul_strided_out(a, b, out, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
+                        compute_dtype=None):
     """``matmul`` into an ``out`` of any element strides (tests the C entry's general
     column stride of C, which ``matmul``'s C-contiguous ``out`` never reaches)."""
     a, b, ta, tb, alpha, _, full = _check_operands(a, b, trans_a, trans_b, alpha, 0.0, None)
@@ -1228,4 +1348,5 @@ def _matmul_strided_out(a, b, out, *, trans_a=False, trans_b=False, alpha=1.0, b
         raise ValueError("`out` must be writeable and must not overlap `a` or `b`")
     if any(st % out.itemsize for st in out.strides):
         raise ValueError("`out` strides must be whole elements")
-    return _run(a, b, ta, tb, alpha, beta, out)
+    bf16 = check_compute_dtype(compute_dtype, a.dtype) == "bfloat16"
+    return _run(a, b, ta, tb, alpha, beta, out, BP_EPI_NONE, None, None, bf16)

@@ -63,6 +63,22 @@ def backend(request):
     return BACKENDS[request.param]
 
 
+def _bf16_paths():
+    from bpcore import _gemm
+    return _gemm._runnable_bf16_paths()
+
+
+@pytest.fixture(params=_bf16_paths())
+def bf16_path(request):
+    """Run the test with each compute_dtype="bfloat16" path this CPU runs (the
+    AVX512_BF16 tile, the emulated path, and the tile over scalar C everywhere),
+    then restore the import-time choice."""
+    from bpcore import _gemm
+    before = _gemm._set_bf16_path(request.param)
+    yield request.param
+    _gemm._set_bf16_path(before)
+
+
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)

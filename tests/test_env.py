@@ -58,3 +58,19 @@ def test_force_kernel_bad_value_names_the_switch(monkeypatch):
     monkeypatch.setenv("BPCORE_FORCE_KERNEL", "sse9")
     with pytest.raises(ValueError, match="`BPCORE_FORCE_KERNEL` must be one of.*'sse9'"):
         _env.force_kernel()
+
+
+@pytest.mark.parametrize("value, want", [(None, None), ("", None), ("native", "native"),
+                                         (" EMULATED ", "emulated")])
+def test_force_bf16_values(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("BPCORE_FORCE_BF16", raising=False)
+    else:
+        monkeypatch.setenv("BPCORE_FORCE_BF16", value)
+    assert _env.force_bf16() == want
+
+
+def test_force_bf16_bad_value_names_the_switch(monkeypatch):
+    monkeypatch.setenv("BPCORE_FORCE_BF16", "fp8")
+    with pytest.raises(ValueError, match="`BPCORE_FORCE_BF16` must be one of.*'fp8'"):
+        _env.force_bf16()

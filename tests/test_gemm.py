@@ -650,6 +650,30 @@ def test_force_kernel_env_edge_cases():
         assert out == f"{KERNELS[0]} RuntimeWarning"
 
 
+def test_force_bf16_env():
+    """BPCORE_FORCE_BF16 picks the compute_dtype="bfloat16" path at import;
+    BPCORE_FORCE_PORTABLE means the emulated one; a path this CPU cannot run warns."""
+    code = "import bpcore; print(bpcore.cpu_features()['bf16'])"
+    assert _run_fresh(code, BPCORE_FORCE_BF16="emulated") == "emulated"
+    assert _run_fresh(code, BPCORE_FORCE_BF16=" Emulated ") == "emulated"
+    assert _run_fresh(code, BPCORE_FORCE_PORTABLE="1", BPCORE_FORCE_BF16="native") \
+        == "emulated"
+    with pytest.raises(AssertionError, match="`BPCORE_FORCE_BF16` must be one of"):
+        _run_fresh("import bpcore", BPCORE_FORCE_BF16="amx")
+    if "avx512_bf16" in _gemm._runnable_bf16_paths():
+        assert _run_fresh(code, BPCORE_FORCE_BF16="native") == "avx512_bf16"
+    else:
+        out = _run_fresh("""
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                import bpcore
+            print(bpcore.cpu_features()["bf16"], caught[0].category.__name__,
+                  "BPCORE_FORCE_BF16=native" in str(caught[0].message))
+        """, BPCORE_FORCE_BF16="native")
+        assert out == "emulated RuntimeWarning True"
+
+
 def test_force_portable_env():
     out = _run_fresh("""
         import numpy as np
@@ -699,11 +723,18 @@ def test_round_bfloat16_matches_torch():
 
 
 @pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
-def test_bf16_rounds_each_operand(backend):
+def test_bf16_rounds_each_operand(backend, bf16_path):
     """x @ [[1]] with compute_dtype="bfloat16" is round_bfloat16(x), bit for bit (but
-    the sign of zero: a sum starts at +0, so -0 comes out +0, as in any GEMM)."""
+    the sign of zero: a sum starts at +0, so -0 comes out +0, as in any GEMM; and
+    the bfloat16 tile, as vdpbf16ps, reads a subnormal as zero)."""
     x = BF16_SPECIAL.reshape(-1, 1)
     want = R.round_bfloat16(x) + np.float32(0)
+    if backend is _gemm and bf16_path != "emulated":
+        normal = ~(np.abs(want) < np.finfo(np.float32).tiny)
+        if bf16_path == "avx512_bf16":  # the hardware's subnormals: not asserted here
+            x, want = x[normal[:, 0]], want[normal[:, 0]]
+        else:
+            want = np.where(normal, want, np.float32(0))
     got = backend.matmul(x, np.ones((1, 1), np.float32), compute_dtype="bfloat16")
     np.testing.assert_array_equal(_bits(got), _bits(want))
     got = backend.matmul(np.ones((1, 1), np.float32), x.T, compute_dtype="bfloat16")
@@ -759,8 +790,171 @@ def test_bf16_bad_arguments(backend):
     assert backend.matmul(a32, a32, compute_dtype=None).dtype == np.float32
 
 
-def test_bf16_path_is_reported():
-    assert _gemm.cpu_features()["bf16"] in ("emulated", "avx512_bf16")
+def test_bf16_path_is_reported_and_chosen_by_the_cpu(bf16_path):
+    assert _gemm.cpu_features()["bf16"] == bf16_path
+    f = _gemm.cpu_features()
+    native = f["avx512_bf16"] and f["avx512f"]
+    assert ("avx512_bf16" in _gemm._runnable_bf16_paths()) == native
+    assert _gemm._runnable_bf16_paths()[-2:] == ["emulated", "avx512_bf16_emulated"]
+    out = run_python("from bpcore import _gemm; print(_gemm.cpu_features()['bf16'])",
+                     BPCORE_FORCE_BF16="", BPCORE_FORCE_PORTABLE="")
+    assert out == ("avx512_bf16" if native else "emulated")
+
+
+def test_bf16_path_bad_name():
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        _gemm._set_bf16_path("amx")
+    if "avx512_bf16" not in _gemm._runnable_bf16_paths():
+        with pytest.raises(RuntimeError, match="cannot run the 'avx512_bf16' bfloat16 path"):
+            _gemm._set_bf16_path("avx512_bf16")
+
+
+# The bfloat16 tile (microkernel_avx512.h): K in pairs, each pair's high (odd) product
+# added before its low (even) one, as vdpbf16ps does; per KC block of 256 values the
+# sums start at zero and are then added to C.  A model of those float32 operations in
+# NumPy (each bfloat16 product is exact in float32, so each step is one rounding).
+BF16_KC = 256
+
+
+def _bf16_tile_model(a, b):
+    ra, rb = R.round_bfloat16(a), R.round_bfloat16(b)
+    m, k = ra.shape
+    c = None
+    for p0 in range(0, k, BF16_KC):
+        acc = np.zeros((m, rb.shape[1]), np.float32)
+        for p in range(p0, min(k, p0 + BF16_KC), 2):
+            if p + 1 < min(k, p0 + BF16_KC):
+                acc = acc + ra[:, p + 1, None] * rb[None, p + 1, :]
+            acc = acc + ra[:, p, None] * rb[None, p, :]
+        c = acc if c is None else c + acc
+    return c
+
+
+BF16_TILE_SHAPES = [(1, 1, 1), (1, 1, 2), (8, 48, 3), (9, 49, 256), (13, 50, 257),
+                    (17, 97, 2 * BF16_KC + 3), (3, 16, 600), (40, 33, 17)]
+
+
+# the paths through the bfloat16 tile (the emulated one sums in the float32 kernel's order)
+BF16_TILES = [p for p in _gemm._runnable_bf16_paths() if p != "emulated"]
+
+
+@pytest.mark.parametrize("bf16_path", BF16_TILES, indirect=True)
+@pytest.mark.parametrize("m,n,k", BF16_TILE_SHAPES)
+def test_bf16_tile_sums_each_pair_high_half_first(bf16_path, m, n, k):
+    rng = np.random.default_rng(m * n + k)
+    a, b = operands(rng, m, n, k, np.float32)
+    want = _bf16_tile_model(a, b)
+    for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+        got = _gemm.matmul(a.T.copy() if trans_a else a, b.T.copy() if trans_b else b,
+                           trans_a=trans_a, trans_b=trans_b, compute_dtype="bfloat16")
+        if bf16_path == "avx512_bf16_emulated":
+            np.testing.assert_array_equal(got, want)
+        else:
+            # NOTE: the hardware's tile is held to the model's order only within float32
+            # rounding of the sums: the order is Intel's documented one, and no CPU
+            # of the machines this was written on had the instruction to confirm it
+            bound = (k + 4) * 2.0 ** -23 * (np.abs(R.round_bfloat16(a)).astype(np.float64)
+                                            @ np.abs(R.round_bfloat16(b)))
+            assert (np.abs(got - want) <= bound).all()
+
+
+@pytest.mark.parametrize("m,n,k", BF16_SHAPES + [(9, 50, 513), (200, 150, 130)])
+def test_bf16_paths_match_the_rounded_product(bf16_path, m, n, k):
+    """Every path: alpha op(A) op(B) + beta C on rounded operands, transposes, views."""
+    rng = np.random.default_rng(m + 5 * n + 17 * k)
+    for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+        a, b = operands(rng, m, n, k, np.float32, trans_a, trans_b)
+        a = np.repeat(a, 2, axis=1)[:, ::2]     # strided views, the values unchanged
+        b = np.repeat(b, 3, axis=0)[::3]
+        out = rand(rng, (m, n), np.float32)
+        ra, rb = R.round_bfloat16(a), R.round_bfloat16(b)
+        want = reference(ra, rb, trans_a, trans_b, 1.5, -0.5, out)
+        got = matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=-0.5,
+                     out=out.copy(), compute_dtype="bfloat16")
+        assert_close(got, ra.T if trans_a else ra, rb, want, 1.5, -0.5, out, trans_b=trans_b)
+        # C with a column stride (the tile then writes a buffer the loops copy out)
+        c = np.zeros((n, m), np.float32).T
+        c[...] = out
+        got_s = _gemm._matmul_strided_out(a, b, c, trans_a=trans_a, trans_b=trans_b,
+                                          alpha=1.5, beta=-0.5, compute_dtype="bfloat16")
+        np.testing.assert_array_equal(got_s, got)
+
+
+@pytest.mark.parametrize("epilogue", sorted(EPILOGUE_REFERENCE))
+def test_bf16_paths_fuse_each_epilogue(bf16_path, epilogue):
+    """The epilogue after a bfloat16 product: the plain product's floats through it."""
+    rng = np.random.default_rng(len(epilogue))
+    m, n, k = 37, 70, 45
+    a, b = operands(rng, m, n, k, np.float32)
+    bias = rand(rng, n, np.float32)
+    aux = rand(rng, (m, n), np.float32)
+    z = _gemm.matmul(a, b, compute_dtype="bfloat16")
+    got = _gemm._matmul_epilogue(a, b, epilogue, bias=bias, aux=aux,
+                                 compute_dtype="bfloat16")
+    want = _gemm._matmul_epilogue(z, np.eye(n, dtype=np.float32), epilogue, bias=bias,
+                                  aux=aux)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("private_b", [4, 0], ids=["private_b", "shared_b"])
+def test_bf16_paths_give_the_same_bits_at_any_thread_count(bf16_path, threads, private_b):
+    rng = np.random.default_rng(8)
+    before = _gemm._set_private_b_max(private_b)
+    try:
+        for m, n, k in ((200, 150, 130), (130, 100, 300)):
+            a, b = operands(rng, m, n, k, np.float32)
+            results = []
+            for t in (1, 2, 3):
+                threads(t)
+                results.append(_gemm.matmul(a, b, compute_dtype="bfloat16"))
+            for r in results[1:]:
+                np.testing.assert_array_equal(r, results[0])
+    finally:
+        _gemm._set_private_b_max(before)
+
+
+@pytest.mark.parametrize("bf16_path", BF16_TILES, indirect=True)
+def test_bf16_pair_packers_give_the_same_bits_in_each_build(bf16_path):
+    """bf16.h's AVX2 pair packers (8 lanes, 8 x 8 transposes) and its element-by-element
+    ones: the same products for every layout of A and B, odd k and edges, special values."""
+    if not _gemm.cpu_features()["avx2"]:
+        pytest.skip("this CPU has no AVX2")
+    rng = np.random.default_rng(5)
+    for m, n, k in ((8, 48, 16), (17, 53, 33), (40, 100, 300), (9, 8, 15), (24, 7, 2)):
+        for trans_a, trans_b in ((False, False), (True, False), (False, True), (True, True)):
+            a, b = operands(rng, m, n, k, np.float32, trans_a, trans_b)
+            a.flat[::7] = BF16_SPECIAL[rng.integers(0, BF16_SPECIAL.size, a.size)][::7]
+            b.flat[::5] = BF16_SPECIAL[rng.integers(0, BF16_SPECIAL.size, b.size)][::5]
+            got = {}
+            for isa in ("avx2", "baseline"):
+                before = _gemm._set_bf16_pack_isa(isa)
+                try:
+                    got[isa] = matmul(a, b, trans_a=trans_a, trans_b=trans_b,
+                                      compute_dtype="bfloat16")
+                finally:
+                    _gemm._set_bf16_pack_isa(before)
+            np.testing.assert_array_equal(_bits(got["avx2"]), _bits(got["baseline"]))
+
+
+def test_bf16_tile_flushes_subnormals_as_vdpbf16ps():
+    """The scalar model of vdpbf16ps treats subnormal operands as zero and flushes a
+    subnormal sum (the emulated path, float32 FMAs, keeps them)."""
+    before = _gemm._set_bf16_path("avx512_bf16_emulated")
+    try:
+        x = np.array([[1e-39, 1e-20, 2.0 ** -120, 1.5]], np.float32)
+        y = np.array([[1.0], [1e-19], [2.0 ** -10], [0.0]], np.float32)
+        # 1e-39 is subnormal: read as 0; 1e-20*1e-19 and 2^-130 would be subnormal sums
+        got = _gemm.matmul(x, y, compute_dtype="bfloat16")
+        assert got[0, 0] == 0.0
+        np.testing.assert_array_equal(
+            _gemm.matmul(np.array([[2.0 ** -100]], np.float32),
+                         np.array([[2.0 ** -30]], np.float32), compute_dtype="bfloat16"), 0)
+        np.testing.assert_array_equal(
+            _gemm.matmul(np.array([[2.0 ** -100]], np.float32),
+                         np.array([[2.0 ** -20]], np.float32), compute_dtype="bfloat16"),
+            np.float32(2.0 ** -120))
+    finally:
+        _gemm._set_bf16_path(before)
 
 
 # ---------------------------------------------------------------------------

@@ -516,7 +516,7 @@ def _bf16_trainer(core, acts=("tanh", "relu", "identity"), loss="mse", dropout=N
     return tr
 
 
-def test_bf16_product_is_within_the_summation_order_bound():
+def test_bf16_product_is_within_the_summation_order_bound(bf16_path):
     """One layer: out = bf16(x) @ bf16(W) + b; the twins differ by at most
     2 (k-1) u |bf16(x)| @ |bf16(W)| plus the bias add's rounding, elementwise."""
     rng = np.random.default_rng(11)
@@ -540,7 +540,7 @@ def test_bf16_product_is_within_the_summation_order_bound():
 
 
 @pytest.mark.parametrize("act", CORE_ACTS)
-def test_bf16_compiled_core_matches_its_twin_for_every_activation(act):
+def test_bf16_compiled_core_matches_its_twin_for_every_activation(act, bf16_path):
     """forward, loss_and_grad (with dropout on the hidden layers: the derivative at the
     kept z or the output before its mask), the same masks and steps in both."""
     rng = np.random.default_rng(3)
@@ -561,7 +561,7 @@ def test_bf16_compiled_core_matches_its_twin_for_every_activation(act):
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy", "binary_cross_entropy"])
-def test_bf16_step_epoch_and_evaluate_match_the_twin(loss):
+def test_bf16_step_epoch_and_evaluate_match_the_twin(loss, bf16_path):
     x, y = _problem(loss, np.float32, n=48)
     act_out = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}.get(loss,
                                                                                "identity")
@@ -644,7 +644,7 @@ def _torch_bf16_linear(torch):
     return Linear.apply
 
 
-def test_bf16_gradients_equal_a_torch_oracle_and_autocast_is_near():
+def test_bf16_gradients_equal_a_torch_oracle_and_autocast_is_near(bf16_path):
     torch = import_oracle("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(21)

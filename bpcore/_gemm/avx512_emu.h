@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct { float v[16]; } bp_emu_ps;
 typedef struct { double v[8]; } bp_emu_pd;
@@ -57,6 +58,45 @@ static inline bp_emu_pd bp_emu_fmadd_pd(bp_emu_pd a, bp_emu_pd b, bp_emu_pd c)
 {
     for (int l = 0; l < 8; ++l) c.v[l] = fma(a.v[l], b.v[l], c.v[l]);
     return c;
+}
+
+/* vdpbf16ps (AVX512_BF16) lane by lane, as Intel documents it: each 32-bit lane of
+ * a and b holds two bfloat16 values (element 2j in the low half, 2j+1 in the high
+ * half), and acc += a.hi*b.hi, then acc += a.lo*b.lo -- the high pair first, each
+ * add rounded to nearest even (a product of two bfloat16 values is exact in
+ * float32, so each step is one rounding, as fmaf gives).  The instruction treats
+ * subnormal inputs as zero and flushes subnormal results to zero, whatever MXCSR
+ * says; so does this.  bp_emu_load_pbh traps off 64-byte alignment, as vmovdqa32. */
+typedef struct { uint32_t v[16]; } bp_emu_pbh;
+
+static inline bp_emu_pbh bp_emu_set1_pbh(uint32_t x)
+{
+    bp_emu_pbh r; for (int l = 0; l < 16; ++l) r.v[l] = x; return r;
+}
+static inline bp_emu_pbh bp_emu_load_pbh(const uint32_t *p)
+{
+    if ((uintptr_t)p % 64 != 0) __builtin_trap();
+    bp_emu_pbh r; for (int l = 0; l < 16; ++l) r.v[l] = p[l]; return r;
+}
+/* float32 of a bit pattern, subnormals (exponent 0) as a zero of their sign */
+static inline float bp_emu_daz(uint32_t u)
+{
+    if ((u & 0x7F800000u) == 0) u &= 0x80000000u;
+    float x; memcpy(&x, &u, sizeof x); return x;
+}
+static inline float bp_emu_ftz(float x)
+{
+    uint32_t u; memcpy(&u, &x, sizeof u); return bp_emu_daz(u);
+}
+static inline bp_emu_ps bp_emu_dpbf16_ps(bp_emu_ps acc, bp_emu_pbh a, bp_emu_pbh b)
+{
+    for (int l = 0; l < 16; ++l) {
+        float c = bp_emu_ftz(acc.v[l]);
+        c = bp_emu_ftz(fmaf(bp_emu_daz(a.v[l] & 0xFFFF0000u), bp_emu_daz(b.v[l] & 0xFFFF0000u), c));
+        c = bp_emu_ftz(fmaf(bp_emu_daz(a.v[l] << 16), bp_emu_daz(b.v[l] << 16), c));
+        acc.v[l] = c;
+    }
+    return acc;
 }
 
 #undef BP_EMU_DEFINE

@@ -1,5 +1,5 @@
-/* bf16.h -- float32 -> bfloat16 rounding for compute_dtype="bfloat16"
- * (included by _gemm.pyx only).
+/* bf16.h -- float32 -> bfloat16 rounding for compute_dtype="bfloat16", and the
+ * packers of the bfloat16 tile's pairs (included by kernels.h and _gemm.pyx).
  *
  * bfloat16 is the top half of a float32 (sign, 8-bit exponent, 7 fraction
  * bits), so rounding to nearest, ties to even, is integer arithmetic on the bit
@@ -8,10 +8,15 @@
  * must.  NaN is kept NaN (quiet bit set; the add could carry it to infinity).
  * The same rule as bpcore.reference.round_bfloat16.
  *
- * The values stay float32 here (the low 16 bits zero): the emulated path then
- * runs the float32 GEMM on them -- each product of two bfloat16 values is exact
- * in float32, so it gives vdpbf16ps's values to float32 rounding (vdpbf16ps
- * also flushes subnormal inputs and results to zero; this path does not).
+ * Two paths use it (cpu_features()["bf16"]):
+ *   "emulated"     rounded float32 copies of both operands (the low 16 bits zero)
+ *                  through the float32 GEMM -- each product of two bfloat16 values
+ *                  is exact in float32, so it gives vdpbf16ps's values to float32
+ *                  rounding (vdpbf16ps also flushes subnormal inputs and results
+ *                  to zero; this path does not);
+ *   "avx512_bf16"  the GEMM's loops over the bfloat16 tile (microkernel_avx512.h),
+ *                  which packs A~ and B~ as pairs of bfloat16 values in 32 bits:
+ *                  half the bytes of float32 panels and one vdpbf16ps per pair.
  */
 #ifndef BP_BF16_H
 #define BP_BF16_H
@@ -19,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include "microkernel.h"
 
 static inline float bp_round_bf16(float x)
 {
@@ -43,6 +49,232 @@ static void bp_round_bf16_copy(ptrdiff_t outer, ptrdiff_t inner, const float *sr
         else
             for (ptrdiff_t i = 0; i < inner; ++i) dst[i] = bp_round_bf16(s[i * s_inner]);
     }
+}
+
+/* Two rounded values in the 32 bits vdpbf16ps reads: `lo` (element 2j of the
+ * inner dimension) in the low half, `hi` (2j+1) in the high half. */
+static inline uint32_t bp_bf16_pair(float lo, float hi)
+{
+    uint32_t l, h;
+    lo = bp_round_bf16(lo);
+    hi = bp_round_bf16(hi);
+    memcpy(&l, &lo, sizeof l);
+    memcpy(&h, &hi, sizeof h);
+    return (l >> 16) | h;
+}
+
+/* A~ of the bfloat16 tile: MR-tall slivers at the float32 packer's offsets
+ * (sliver s at s*MR*kc elements, so the loops index both alike); in each, pair q
+ * of row i at [q*MR + i], the rows of a short last sliver not padded.  An odd kc's
+ * last pair has a zero high half (adding +0*0 to a sum leaves it). */
+static void bp_pack_a_bf16_c(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                             ptrdiff_t csa, int MR, float *dst_)
+{
+    uint32_t *dst = (uint32_t *)(void *)dst_;
+    const ptrdiff_t pairs = kc / 2;
+    for (ptrdiff_t s = 0; s < mc; s += MR, dst += (ptrdiff_t)MR * kc) {
+        const float *src = a + s * rsa;
+        const ptrdiff_t mr = mc - s < MR ? mc - s : MR;
+        for (ptrdiff_t q = 0; q < pairs; ++q)
+            for (ptrdiff_t i = 0; i < mr; ++i)
+                dst[q * MR + i] = bp_bf16_pair(src[i * rsa + 2 * q * csa],
+                                               src[i * rsa + (2 * q + 1) * csa]);
+        if (kc & 1)
+            for (ptrdiff_t i = 0; i < mr; ++i)
+                dst[pairs * MR + i] = bp_bf16_pair(src[i * rsa + (kc - 1) * csa], 0.0f);
+    }
+}
+
+/* A B~ sliver of the bfloat16 tile: pair q of column j at [q*NR + j] (rows 2q and
+ * 2q+1 of B), columns nr..NR zero, an odd kc's last high halves zero. */
+static void bp_pack_b_bf16_c(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb,
+                             ptrdiff_t csb, int NR, float *dst_)
+{
+    uint32_t *dst = (uint32_t *)(void *)dst_;
+    const ptrdiff_t steps = (kc + 1) / 2;
+    for (ptrdiff_t q = 0; q < steps; ++q, dst += NR) {
+        const float *r0 = b + 2 * q * rsb;
+        const int odd = 2 * q + 1 == kc;    /* the last of an odd kc: no row 2q+1 */
+        for (int j = 0; j < nr; ++j)
+            dst[j] = bp_bf16_pair(r0[j * csb], odd ? 0.0f : r0[rsb + j * csb]);
+        for (int j = nr; j < NR; ++j) dst[j] = 0;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* AVX2 pair packers (the same bits as the loops above; tests compare them):  */
+/* the rounding eight lanes at a time, and for the layouts whose pairs are    */
+/* adjacent in memory (a row-major A, a B stored column by column) 8 x 8      */
+/* register transposes, as pack.h's.  Element by element those two cost       */
+/* 2-4 ns a value here, against ~2 ns of vdpbf16ps work per value of B~ for   */
+/* a 256-row product: the packing would have been half the product.           */
+/* ------------------------------------------------------------------------ */
+#if BP_HAVE_AVX2_KERNELS
+
+/* bp_round_bf16 lane by lane (the low 16 bits not yet cleared) */
+BP_INLINE_AVX2 __m256i bp_round_bf16_v8(__m256i u)
+{
+    const __m256i mag = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
+    const __m256i nan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F800000));
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+}
+
+/* lane l: the pair (lo[l], hi[l]) */
+BP_INLINE_AVX2 __m256i bp_bf16_pairs_v8(const float *lo, const float *hi)
+{
+    const __m256i l = bp_round_bf16_v8(_mm256_loadu_si256((const __m256i *)(const void *)lo));
+    const __m256i h = hi ? bp_round_bf16_v8(_mm256_loadu_si256((const __m256i *)(const void *)hi))
+                         : _mm256_setzero_si256();
+    return _mm256_or_si256(_mm256_srli_epi32(l, 16),
+                           _mm256_and_si256(h, _mm256_set1_epi32((int)0xFFFF0000u)));
+}
+
+/* lane q: the pair (x[2q], x[2q+1]) of 16 consecutive values */
+BP_INLINE_AVX2 __m256i bp_bf16_adjacent_v8(const float *x)
+{
+    const __m256i r0 = _mm256_srli_epi32(
+        bp_round_bf16_v8(_mm256_loadu_si256((const __m256i *)(const void *)x)), 16);
+    const __m256i r1 = _mm256_srli_epi32(
+        bp_round_bf16_v8(_mm256_loadu_si256((const __m256i *)(const void *)(x + 8))), 16);
+    /* packus per 128-bit half: [r0 lo, r1 lo | r0 hi, r1 hi] as 64-bit blocks -> reorder */
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(r0, r1), 0xD8);
+}
+
+/* r[0..7] := its 8 x 8 transpose (32-bit lanes) */
+BP_INLINE_AVX2 void bp_transpose8_epi32(__m256i r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
+        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+        r[4 + i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+    }
+}
+
+static BP_AVX2 void bp_pack_a_bf16_avx2(ptrdiff_t mc, ptrdiff_t kc, const float *a,
+                                        ptrdiff_t rsa, ptrdiff_t csa, int MR, float *dst_)
+{
+    const ptrdiff_t full = MR == 8 ? mc / 8 * 8 : 0;     /* whole 8-row slivers */
+    if (full == 0 || (rsa != 1 && csa != 1)) {
+        bp_pack_a_bf16_c(mc, kc, a, rsa, csa, MR, dst_);
+        return;
+    }
+    for (ptrdiff_t s = 0; s < full; s += 8) {
+        uint32_t *dst = (uint32_t *)(void *)(dst_ + s * kc);
+        const float *src = a + s * rsa;
+        ptrdiff_t q = 0;
+        if (rsa == 1) {         /* A transposed: the 8 rows of each k contiguous */
+            for (; 2 * q + 1 < kc; ++q)
+                _mm256_storeu_si256((__m256i *)(void *)(dst + q * 8),
+                                    bp_bf16_pairs_v8(src + 2 * q * csa, src + (2 * q + 1) * csa));
+            if (kc & 1)
+                _mm256_storeu_si256((__m256i *)(void *)(dst + q * 8),
+                                    bp_bf16_pairs_v8(src + 2 * q * csa, NULL));
+            continue;
+        }
+        for (; 2 * q + 16 <= kc; q += 8) {  /* row-major: 8 pairs of each row, transposed */
+            __m256i r[8];
+            for (int i = 0; i < 8; ++i) r[i] = bp_bf16_adjacent_v8(src + i * rsa + 2 * q);
+            bp_transpose8_epi32(r);
+            for (int i = 0; i < 8; ++i)
+                _mm256_storeu_si256((__m256i *)(void *)(dst + (q + i) * 8), r[i]);
+        }
+        for (; 2 * q < kc; ++q)
+            for (int i = 0; i < 8; ++i)
+                dst[q * 8 + i] = bp_bf16_pair(src[i * rsa + 2 * q],
+                                              2 * q + 1 < kc ? src[i * rsa + 2 * q + 1] : 0.0f);
+    }
+    if (full < mc)
+        bp_pack_a_bf16_c(mc - full, kc, a + full * rsa, rsa, csa, MR, dst_ + full * kc);
+}
+
+static BP_AVX2 void bp_pack_b_bf16_avx2(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb,
+                                        ptrdiff_t csb, int NR, float *dst_)
+{
+    uint32_t *dst = (uint32_t *)(void *)dst_;
+    const ptrdiff_t steps = (kc + 1) / 2;
+    const int nv = nr / 8 * 8;      /* columns in whole vectors */
+    if (csb == 1) {                 /* rows contiguous: two rows, lane by lane */
+        for (ptrdiff_t q = 0; q < steps; ++q) {
+            const float *r0 = b + 2 * q * rsb;
+            const float *r1 = 2 * q + 1 < kc ? r0 + rsb : NULL;
+            for (int j = 0; j < nv; j += 8)
+                _mm256_storeu_si256((__m256i *)(void *)(dst + q * NR + j),
+                                    bp_bf16_pairs_v8(r0 + j, r1 ? r1 + j : NULL));
+            for (int j = nv; j < nr; ++j)
+                dst[q * NR + j] = bp_bf16_pair(r0[j], r1 ? r1[j] : 0.0f);
+            for (int j = nr; j < NR; ++j) dst[q * NR + j] = 0;
+        }
+        return;
+    }
+    if (rsb != 1 || nv == 0) {
+        bp_pack_b_bf16_c(kc, nr, b, rsb, csb, NR, dst_);
+        return;
+    }
+    /* columns contiguous (B transposed): 8 pairs of 8 columns, transposed */
+    ptrdiff_t q = 0;
+    for (; 2 * q + 16 <= kc; q += 8)
+        for (int j0 = 0; j0 < nv; j0 += 8) {
+            __m256i r[8];
+            for (int c = 0; c < 8; ++c) r[c] = bp_bf16_adjacent_v8(b + (j0 + c) * csb + 2 * q);
+            bp_transpose8_epi32(r);
+            for (int i = 0; i < 8; ++i)
+                _mm256_storeu_si256((__m256i *)(void *)(dst + (q + i) * NR + j0), r[i]);
+        }
+    for (ptrdiff_t t = q; t < steps; ++t)
+        for (int j = 0; j < nv; ++j)
+            dst[t * NR + j] = bp_bf16_pair(b[j * csb + 2 * t],
+                                           2 * t + 1 < kc ? b[j * csb + 2 * t + 1] : 0.0f);
+    for (ptrdiff_t t = 0; t < steps; ++t) {
+        for (int j = nv; j < nr; ++j)
+            dst[t * NR + j] = bp_bf16_pair(b[j * csb + 2 * t],
+                                           2 * t + 1 < kc ? b[j * csb + 2 * t + 1] : 0.0f);
+        for (int j = nr; j < NR; ++j) dst[t * NR + j] = 0;
+    }
+}
+
+/* Which build packs (tests force one: _gemm._set_bf16_pack_isa); -1: ask the CPU. */
+static int bp_bf16_pack_isa = -1;
+static inline int bp_bf16_pack_use_avx2(void)
+{
+    int isa = __atomic_load_n(&bp_bf16_pack_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        __builtin_cpu_init();
+        isa = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&bp_bf16_pack_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+#else
+#define bp_pack_a_bf16_avx2 bp_pack_a_bf16_c
+#define bp_pack_b_bf16_avx2 bp_pack_b_bf16_c
+static int bp_bf16_pack_isa = 0;
+static inline int bp_bf16_pack_use_avx2(void) { return 0; }
+#endif
+
+static void bp_pack_a_bf16(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                           ptrdiff_t csa, int MR, float *dst)
+{
+    if (bp_bf16_pack_use_avx2()) bp_pack_a_bf16_avx2(mc, kc, a, rsa, csa, MR, dst);
+    else                         bp_pack_a_bf16_c(mc, kc, a, rsa, csa, MR, dst);
+}
+
+static void bp_pack_b_bf16(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb,
+                           ptrdiff_t csb, int NR, float *dst)
+{
+    if (bp_bf16_pack_use_avx2()) bp_pack_b_bf16_avx2(kc, nr, b, rsb, csb, NR, dst);
+    else                         bp_pack_b_bf16_c(kc, nr, b, rsb, csb, NR, dst);
 }
 
 #endif

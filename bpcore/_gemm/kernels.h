@@ -21,6 +21,7 @@
 #include "microkernel.h"
 #include "pack.h"
 #include "small.h"
+#include "bf16.h"
 
 typedef struct bp_blocks {
     int mr, nr;          /* register tile                                   */
@@ -38,6 +39,9 @@ typedef struct bp_kernel {
     /* the small-product path with this kernel's arithmetic (small.h), run with its KC */
     bp_small_f32_fn small_f32;
     bp_small_f64_fn small_f64;
+    /* 1: a bfloat16 tile (bp_bf16_kernels): the loops pack A~ and B~ as bfloat16
+     * pairs (bf16.h), always pack A, and use its f32 entries only */
+    int pairs;
 } bp_kernel;
 
 enum {
@@ -75,6 +79,39 @@ static const bp_kernel bp_kernels[BP_KERNEL_COUNT] = {
                         BP_BLOCKS_512_F64,
                         bp_small_f32_fma_c, bp_small_f64_fma_c},
 };
+
+/* The bfloat16 tiles: float32 C from bfloat16 pairs, 8 x 48 as the AVX-512F tile.
+ * A K step is a pair, so KC = 256 values keeps the float32 tile's footprint:
+ *   B~ sliver 128 pairs*48*4 B = 24 KiB (L1), A~ 512*128*4 B = 256 KiB (L2), B~
+ *   panel 128*4080*4 B = 2 MiB (L3).  KC must be even: every block but the last
+ *   starts on a pair.                                                          */
+#define BP_BLOCKS_BF16 {BP_MR_Z, BP_NR_Z_F32, 256, 512, 4080}
+
+enum {
+    BP_BF16_AVX512 = 0,
+    BP_BF16_AVX512_EMULATED = 1,    /* the same tile over avx512_emu.h: tests only */
+    BP_BF16_COUNT = 2
+};
+
+static const bp_kernel bp_bf16_kernels[BP_BF16_COUNT] = {
+    {"avx512_bf16", bp_ukr_bf16_avx512, NULL, BP_BLOCKS_BF16,
+                    NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, 1},
+    {"avx512_bf16_emulated", bp_ukr_bf16_avx512_emulated, NULL, BP_BLOCKS_BF16,
+                             NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, 1},
+};
+
+/* 1 if this build and this CPU can run the bfloat16 tile `which`. */
+static int bp_bf16_kernel_runs(int which)
+{
+    switch (which) {
+    case BP_BF16_AVX512_EMULATED:
+        return 1;
+    case BP_BF16_AVX512:
+        return BP_HAVE_AVX512_KERNELS && bp_cpu_avx512f() && bp_cpu_avx512bf16();
+    default:
+        return 0;
+    }
+}
 
 /* 1 if this build and this CPU can run kernel `which`. */
 static int bp_kernel_runs(int which)
