@@ -553,61 +553,104 @@ def _torch_autocast_step(torch, sizes, x, y, lr):
     return step
 
 
-def steps_worker(threads, rounds, min_time):
-    """Child of :func:`steps_table`: pinned to ``threads`` CPUs, prints JSON rows."""
-    import bpcore
+def _step_calls(name, threads):
+    """``[(net, flops, call)]`` for contender ``name``: one zero-argument SGD step of
+    each of STEP_NETS, built with only the library that contender needs."""
     from bpcore import MLP
     from bpcore._quickbench import step_flops, torch_mlp_step
 
-    cpus = sorted(os.sched_getaffinity(0))[:threads]
-    os.sched_setaffinity(0, cpus)
-    torch, jax = import_peer("torch"), import_peer("jax")
+    lib = name.split()[0]
+    torch = import_peer("torch") if lib == "torch" else None
+    jax = import_peer("jax") if lib == "jax" else None
+    if lib in ("torch", "jax") and (torch or jax) is None:
+        return []
     if jax is not None:
         jax.config.update("jax_platforms", "cpu")
-    rows = []
+    out = []
+    for batch, sizes in STEP_NETS:
+        rng = np.random.default_rng(0)
+        dtype = np.float64 if "f64" in name else np.float32
+        x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+        y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
+        lr = 1e-6
+        if lib in ("bpcore", "numpy"):
+            net = MLP(list(sizes), dtype=np.dtype(dtype).name, seed=0,
+                      compute_dtype="bfloat16" if "bf16" in name else None,
+                      backend="reference" if lib == "numpy" else "compiled")
+            call = (lambda n=net, x=x, y=y: n.train_step(x, y, lr=lr))
+        elif name == "torch f32":
+            call = torch_mlp_step(torch, sizes, np.float32, x, y, lr)
+        elif name == "torch bf16":
+            call = _torch_autocast_step(torch, sizes, x, y, lr)
+        else:
+            call = _jax_step(jax, sizes, x, y, lr)
+        out.append((f"{batch}-{'-'.join(map(str, sizes))}", step_flops(list(sizes), batch),
+                    call))
+    return out
+
+
+def steps_serve(threads, name, min_time):
+    """Child of :func:`steps_table`: contender ``name`` alone in this process, pinned to
+    ``threads`` CPUs.  Prints one JSON line (its nets, FLOPs, CPUs, the bf16 path; an
+    empty list of nets if its library is missing), then for each line ``i`` read from
+    stdin times one round of network i (at least ``min_time`` seconds, after an untimed
+    SETTLE at 2+ threads) and prints the seconds per step."""
+    import sys
+
+    import bpcore
+
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
     with limit_threads(threads):
-        for batch, sizes in STEP_NETS:
-            rng = np.random.default_rng(0)
-            data = {d: (rng.standard_normal((batch, sizes[0])).astype(d),
-                        rng.standard_normal((batch, sizes[-1])).astype(d))
-                    for d in (np.float32, np.float64)}
-            x32, y32 = data[np.float32]
-            x64, y64 = data[np.float64]
-            lr = 1e-6
-            nets = {"bpcore f32": MLP(list(sizes), dtype="float32", seed=0),
-                    "bpcore f64": MLP(list(sizes), dtype="float64", seed=0),
-                    "bpcore bf16": MLP(list(sizes), dtype="float32", compute_dtype="bfloat16",
-                                       seed=0),
-                    "numpy f32": MLP(list(sizes), dtype="float32", seed=0, backend="reference")}
-            calls = {name: (lambda n=net, x=(x64 if "f64" in name else x32),
-                            y=(y64 if "f64" in name else y32): n.train_step(x, y, lr=lr))
-                     for name, net in nets.items()}
-            if torch is not None:
-                calls["torch f32"] = torch_mlp_step(torch, sizes, np.float32, x32, y32, lr)
-                calls["torch bf16"] = _torch_autocast_step(torch, sizes, x32, y32, lr)
-            if jax is not None:
-                calls["jax f32"] = _jax_step(jax, sizes, x32, y32, lr)
-            # NOTE: a pause before each contender's round at 2+ threads, so none is
-            # timed while the previous one's pool still spins (harness.SETTLE); the
-            # interleave table measures the mixed case on purpose.
-            times = time_calls(calls, rounds=rounds, min_time=min_time,
-                               settle=SETTLE if threads > 1 else 0.0)
-            rows.append({"net": f"{batch}-{'-'.join(map(str, sizes))}", "times": times,
-                         "flops": step_flops(list(sizes), batch), "cpus": cpus,
-                         "bf16": bpcore.cpu_features()["bf16"]})
-    print(json.dumps(rows))
+        nets = _step_calls(name, threads)
+        numbers = []
+        for _, _, call in nets:     # warm up (JAX compiles), then size a round
+            call()
+            number, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_time / 4:
+                call()
+                number += 1
+            numbers.append(max(1, int(4 * number)))
+        print(json.dumps({"nets": [(n, f) for n, f, _ in nets], "cpus": cpus,
+                          "bf16": bpcore.cpu_features()["bf16"]}), flush=True)
+        for line in sys.stdin:
+            i = int(line)
+            call, number = nets[i][2], numbers[i]
+            if threads > 1:
+                time.sleep(SETTLE)
+            start = time.perf_counter()
+            for _ in range(number):
+                call()
+            print(repr((time.perf_counter() - start) / number), flush=True)
+
+
+def _read_line(proc, timeout):
+    """One line of a child's stdout within ``timeout`` seconds, else RuntimeError."""
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"steps child {proc.args[-3:]} gave no answer: "
+                           f"{proc.stderr.read()[-2000:]}")
+    return line
 
 
 def steps_table(*, threads=(1, 2), peaks=None, rounds=5, min_time=0.1, file=None):
     """One SGD step of issue 18's networks: bpcore f32/f64/bf16 beside NumPy, PyTorch
     (f32 and bf16 autocast) and JAX jit, at each thread count, with % of the peak.
 
-    Each thread count runs in a child process pinned to that many CPUs (so
-    JAX's and PyTorch's pools see only those), contenders interleaved round
-    by round, medians.  ``peaks``: ``{threads: {dtype: GFLOP/s}}`` from the
-    peak table; bpcore's f32 and bf16 columns are shares of the float32 peak
-    (of the bf16 dot peak where the CPU has one), f64 of the float64 one.
-    Returns ``{threads: rows}``.
+    NOTE: each contender runs in a child process of its own, pinned to that many
+    CPUs (so JAX's and PyTorch's pools see only those), as a user's training
+    process would run it: in one shared process bpcore's 2-thread 256-784-256-10
+    step read its 1-thread time after the other contenders' rounds (its worker ran
+    no chunk of 2.3 ms products, and the pool backed off), against 2941 us alone.
+    The parent interleaves the children round by round (one child times while the
+    others wait on a pipe, idle; the order rotates each round), medians.
+    ``peaks``: ``{threads: {dtype: GFLOP/s}}`` from the peak table; bpcore's f32
+    and bf16 columns are shares of the float32 peak (of the bf16 dot peak where
+    the CPU has one), f64 of the float64 one.  Returns ``{threads: rows}``.
     """
     import subprocess
     import sys
@@ -621,19 +664,43 @@ def steps_table(*, threads=(1, 2), peaks=None, rounds=5, min_time=0.1, file=None
                    XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                    + f" --xla_cpu_multi_thread_eigen={'true' if t > 1 else 'false'}"
                    + f" intra_op_parallelism_threads={t}")
-        res = subprocess.run([sys.executable, os.path.join(here, "worker.py"), "steps", str(t),
-                              str(rounds), str(min_time)], env=env, capture_output=True,
-                             text=True, timeout=1800)
-        if res.returncode != 0:
-            raise RuntimeError(f"steps worker failed: {res.stderr[-2000:]}")
-        rows = json.loads(res.stdout.strip().splitlines()[-1])
+        children, meta = {}, {}
+        try:
+            for c in STEP_COLUMNS:  # one at a time: no child warms up beside another
+                proc = subprocess.Popen(
+                    [sys.executable, os.path.join(here, "worker.py"), "steps", str(t), c,
+                     str(min_time)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+                info = json.loads(_read_line(proc, 600))
+                if info["nets"]:
+                    children[c], meta[c] = proc, info
+                else:
+                    proc.stdin.close()
+                    proc.wait(timeout=60)
+            names = list(children)
+            nets = meta["bpcore f32"]["nets"]
+            samples = {c: [[] for _ in nets] for c in names}
+            for i in range(len(nets)):
+                for r in range(rounds):
+                    for c in names[r % len(names):] + names[:r % len(names)]:
+                        children[c].stdin.write(f"{i}\n")
+                        children[c].stdin.flush()
+                        samples[c][i].append(float(_read_line(children[c], 600)))
+        finally:
+            for proc in children.values():
+                if proc.poll() is None:
+                    proc.stdin.close()
+                    proc.wait(timeout=60)
+        rows = [{"net": net, "flops": flops, "cpus": meta["bpcore f32"]["cpus"],
+                 "bf16": meta["bpcore bf16"]["bf16"],
+                 "times": {c: statistics.median(samples[c][i]) for c in names}}
+                for i, (net, flops) in enumerate(nets)]
         out[t] = rows
-        names = [c for c in STEP_COLUMNS if c in rows[0]["times"]]
         peak = (peaks or {}).get(t, {})
-        print(f"\nOne SGD step (ReLU hidden, sum-of-squares), {t} thread(s), pinned to CPUs "
-              f"{rows[0]['cpus']}; us per step, median of {rounds} interleaved rounds; "
-              f"(x) = other / bpcore f32; % = share of the measured peak "
-              f"(bf16 path: {rows[0]['bf16']})", file=file)
+        print(f"\nOne SGD step (ReLU hidden, sum-of-squares), {t} thread(s), each contender "
+              f"in its own process pinned to CPUs {rows[0]['cpus']}; us per step, median of "
+              f"{rounds} interleaved rounds; (x) = other / bpcore f32; % = share of the "
+              f"measured peak (bf16 path: {rows[0]['bf16']})", file=file)
         for c in names:
             print(f"  {c:12} {STEP_COLUMNS[c]}", file=file)
         print(f"{'net':20}" + "".join(f" {c:>18}" for c in names), file=file)

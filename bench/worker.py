@@ -1,6 +1,6 @@
 """A child process of the harness: ``python bench/worker.py distributed SPEC`` or
 ``python bench/worker.py rss CASE WHO THREADS`` or ``python bench/worker.py steps
-THREADS ROUNDS MIN_TIME``.
+THREADS CONTENDER MIN_TIME`` (one contender of the steps table, served over stdin).
 
 Started by :func:`harness.run_worker` (under mpiexec for the data-parallel
 table) with the parent's ``sys.path``, so it imports the same bpcore; its
@@ -15,8 +15,8 @@ if __name__ == "__main__":
     if kind == "distributed":
         peer_tables.distributed_worker(*args)
     elif kind == "steps":
-        threads, rounds, min_time = args
-        peer_tables.steps_worker(int(threads), int(rounds), float(min_time))
+        threads, name, min_time = args
+        peer_tables.steps_serve(int(threads), name, float(min_time))
     elif kind == "rss":
         name, who, threads = args
         peer_tables.rss_worker(name, who, int(threads))
