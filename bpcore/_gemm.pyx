@@ -141,6 +141,8 @@ cdef extern from "kernels.h" nogil:
     int bp_cpu_avx512bf16()
     void bp_small_note()
     long bp_small_calls()
+    void bp_col_split_note()
+    long bp_col_split_calls()
     void bp_pack_a_f32(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
                        ptrdiff_t csa, int mr_tile, float *dst)
     void bp_pack_a_f64(ptrdiff_t mc, ptrdiff_t kc, const double *a, ptrdiff_t rsa,
@@ -237,6 +239,18 @@ cdef Py_ssize_t SMALL_M_THREADED = 48
 cdef enum:
     PRIVATE_B_MAX = 4
 cdef int _private_b_max = PRIVATE_B_MAX
+# NOTE: a threaded product with more columns than rows (C wider than tall: a
+# small batch through a wide layer) whose A is read in place (not packed) is
+# shared by slices of columns instead, each thread packing only its own slivers
+# of B~ into the one B~ and reading all of A: per thread that moves A + B/2,
+# against A/2 + B for the rows (where each thread packs its whole private B~).
+# Measured at 2 threads, Zen 1, f32, interleaved medians, rows/columns us:
+# 64x256x784 433/383, 64x784x256 (A transposed) 426/393, 64x100x1000 235/232.
+# Where A is packed, every slice packs all of it again: 128x512x256 500/521,
+# 96x512x256 373/383 (and 64x1000x100, small k, 229/209), so those keep the rows.
+# At least COL_SPLIT_CHUNKS slivers a thread, so the slices stay even.
+cdef bint _col_split = True
+cdef Py_ssize_t COL_SPLIT_CHUNKS = 3
 # _macro_kernel: a block of C up to this size takes its epilogue whole (in L1).
 cdef Py_ssize_t EPI_WHOLE_BYTES = 16384
 # Release the GIL only when the call is long enough to be worth it.
@@ -394,6 +408,11 @@ def _set_bf16_pack_isa(name):
     return before
 
 
+def _col_split_calls():
+    """How many products were shared by slices of columns so far (for tests)."""
+    return bp_col_split_calls()
+
+
 def _small_calls():
     """How many products took the small path so far in this process (for tests)."""
     return bp_small_calls()
@@ -448,6 +467,15 @@ def _set_private_b_max(n):
     global _private_b_max
     before = _private_b_max
     _private_b_max = max(0, min(PRIVATE_B_MAX, int(n)))
+    return before
+
+
+def _set_col_split(on):
+    """Tests: share a wide product by slices of columns (on, the default) or of rows
+    only.  Returns the previous setting.  The bits never depend on it."""
+    global _col_split
+    before = bool(_col_split)
+    _col_split = bool(on)
     return before
 
 
@@ -624,9 +652,13 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
 # (after waiting for the packing).  Run by the pool's threads, or in order by the caller.
 # With private_b (PRIVATE_B_MAX) there are only the row chunks: a thread packs its
 # own whole B~ before its first one, so it never waits for another thread's packing.
+# With split_cols (_col_split) the chunks are slices of whole B~ slivers instead, each
+# packing its own slivers and computing every row of their columns.
 ctypedef struct _Job:
     const bp_kernel *K
     Py_ssize_t m, nc, kc, mtiles, mr, nrow_chunks, nslivers
+    bint split_cols         # chunk c: the slivers [c*nslivers/nchunks, (c+1)*nslivers/nchunks)
+                            # -- packed by that chunk into their place in B~ -- times all rows
     double alpha, beta
     const void *a
     Py_ssize_t rsa, csa
@@ -660,9 +692,23 @@ cdef inline void _job_pack(_Job *job, Py_ssize_t s0, Py_ssize_t s1, floating *bp
 
 cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *kind) noexcept nogil:
     """Chunk ``chunk`` of ``job`` (``kind`` only selects the dtype)."""
-    cdef Py_ssize_t s, i0
+    cdef Py_ssize_t s, i0, s1, j0
     cdef const floating *aux = <const floating *>job.aux
+    cdef const floating *bias = <const floating *>job.bias
     cdef floating *bpk = <floating *>job.bpk
+    cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
+    if job.split_cols:
+        s = chunk * job.nslivers // job.nrow_chunks
+        s1 = (chunk + 1) * job.nslivers // job.nrow_chunks
+        j0 = s * NR
+        _job_pack(job, s, s1, bpk)
+        _row_blocks(job.K, 0, job.m, min(job.nc, s1 * NR) - j0, job.kc,
+                    <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa,
+                    job.pack_a, <floating *>job.apk + worker * job.a_elems, bpk + j0 * job.kc,
+                    <floating>job.beta, <floating *>job.c + j0 * job.csc, job.rsc, job.csc,
+                    job.epi, bias + j0 if bias != NULL else NULL,
+                    aux + j0 if aux != NULL else NULL, job.ldaux)
+        return
     if job.private_b:
         # NOTE: worker w's own copy; only w reads and writes wpacked[w] in a job
         bpk = bpk + worker * job.b_elems
@@ -683,7 +729,7 @@ cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *ki
                 <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
                 <floating *>job.apk + worker * job.a_elems, bpk,
                 <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
-                <const floating *>job.bias, aux, job.ldaux)
+                bias, aux, job.ldaux)
 
 
 cdef void _job_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
@@ -723,11 +769,17 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     # of two cores.)  Alone: one chunk (an A~ block reused across the whole jr loop).
     nrow_chunks = 1 if threads == 1 else min(
         mtiles, threads * max(3, (mtiles + threads * (MC // MR) - 1) // (threads * (MC // MR))))
-    job.mtiles, job.mr, job.nrow_chunks = mtiles, MR, nrow_chunks
     job.pack_a = K.pairs or not ((csa == 1 or rsa == 1) and n <= NOPACK_A_MAX_N)
+    # the column slices (see _col_split); n <= NC, so one jc step, and nslivers fixed
+    job.split_cols = (threads > 1 and _col_split and n > m and not job.pack_a
+                      and (n + NR - 1) // NR >= COL_SPLIT_CHUNKS * threads)
+    if job.split_cols:
+        nrow_chunks = min((n + NR - 1) // NR, COL_SPLIT_CHUNKS * threads)
+        bp_col_split_note()
+    job.mtiles, job.mr, job.nrow_chunks = mtiles, MR, nrow_chunks
     job.a_elems = min(MC, (mtiles + nrow_chunks - 1) // nrow_chunks * MR) * kc_max \
         if job.pack_a else 0
-    job.private_b = 1 < threads <= _private_b_max
+    job.private_b = 1 < threads <= _private_b_max and not job.split_cols
     job.b_elems = kc_max * nc_max
     cdef Py_ssize_t b_total = (threads if job.private_b else 1) * job.b_elems
     ws = <floating *>bp_ws_acquire((b_total + threads * job.a_elems) * sizeof(floating))
@@ -753,7 +805,7 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
             job.beta = beta if pc == 0 else 1
             job.epi = epi if pc + job.kc == k else BP_EPI_NONE
             job.packed = 0
-            if job.private_b:
+            if job.private_b or job.split_cols:
                 memset(job.wpacked, 0, sizeof(job.wpacked))
                 bp_pool_run(task, &job, <int>nrow_chunks, threads)
             elif threads > 1:

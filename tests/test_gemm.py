@@ -508,6 +508,54 @@ def test_private_and_shared_b_panels_give_the_same_bits(kernel, threads, private
 
 
 @pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
+@pytest.mark.parametrize("m,n,k,trans_a", [(64, 256, 784, False), (50, 100, 700, True),
+                                           (49, 240, 300, False), (20, 97, 1100, False)])
+def test_a_wide_product_shared_by_column_slices_has_the_same_bits(kernel, threads, gemm_path,
+                                                                   dtype, m, n, k, trans_a):
+    """C wider than tall, A read in place: the threads share it by slices of whole B~
+    slivers (each packing its own into the one B~), the same bits as the row split
+    and as one thread -- with alpha/beta, a bias epilogue, a derivative epilogue."""
+    rng = np.random.default_rng(m * n)
+    a, b = operands(rng, m, n, k, dtype, trans_a)
+    c0, bias, aux = rand(rng, (m, n), dtype), rand(rng, n, dtype), rand(rng, (m, n), dtype)
+    nr = _gemm._kernel_blocks(kernel)[np.dtype(dtype).name]["nr"]
+    gemm_path("blocked")
+
+    def run(t):
+        out = []
+        for call in (lambda: matmul(a, b, trans_a=trans_a, alpha=0.5, beta=-1.25,
+                                    out=c0.copy()),
+                     lambda: _gemm._matmul_epilogue(a, b, "bias_tanh", bias=bias,
+                                                    trans_a=trans_a),
+                     lambda: _gemm._matmul_epilogue(a, b, "mul_drelu", aux=aux,
+                                                    trans_a=trans_a)):
+            threads(t)      # no back-off from the product before: each one may split
+            out.append(call())
+        return out
+    before = _gemm._set_col_split(True)
+    try:
+        one = run(1)
+        calls = _gemm._col_split_calls()
+        cols = run(2)
+        took = _gemm._col_split_calls() - calls
+        cols3 = run(3)
+        _gemm._set_col_split(False)
+        calls = _gemm._col_split_calls()
+        rows = run(2)
+        assert _gemm._col_split_calls() == calls
+    finally:
+        _gemm._set_col_split(before)
+    if _gemm.get_num_threads() > 1:     # not a fork child without threads
+        # the rule: A read in place (n <= 256 here), at least 3 slivers a thread
+        assert took == (3 if -(-n // nr) >= 6 else 0)
+    for got in (cols, cols3, rows):
+        for x, y in zip(got, one):
+            assert x.tobytes() == y.tobytes()
+    assert_close(one[0], a.T if trans_a else a, b,
+                 reference(a, b, trans_a, False, 0.5, -1.25, c0), 0.5, -1.25, c0)
+
+
+@pytest.mark.skipif(not _gemm.cpu_features()["openmp"], reason="built without threads")
 def test_threaded_product_never_waits_for_an_absent_worker():
     """A worker that gets no core claims no chunk and delays nothing: the caller does
     the whole job (an OpenMP team's barrier waited for every thread; on a loaded

@@ -113,6 +113,17 @@ static int bp_bf16_kernel_runs(int which)
     }
 }
 
+/* How many products were shared by slices of columns (_gemm.pyx's split_cols; tests). */
+static long bp_col_split_count = 0;
+static inline void bp_col_split_note(void)
+{
+    __atomic_fetch_add(&bp_col_split_count, 1, __ATOMIC_RELAXED);
+}
+static inline long bp_col_split_calls(void)
+{
+    return __atomic_load_n(&bp_col_split_count, __ATOMIC_RELAXED);
+}
+
 /* 1 if this build and this CPU can run kernel `which`. */
 static int bp_kernel_runs(int which)
 {
