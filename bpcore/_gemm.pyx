@@ -752,15 +752,12 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     cdef Py_ssize_t kc_max = min(KC, k)
     cdef Py_ssize_t nc_max = min(NC, (n + NR - 1) // NR * NR)
     cdef Py_ssize_t mtiles = (m + MR - 1) // MR
-    cdef int threads = 1
     cdef Py_ssize_t nrow_chunks
     cdef Py_ssize_t tjc, tpc, jc, pc
     cdef _Job job
     cdef floating *ws
     cdef bp_task_fn task = _job_chunk_f32 if floating is float else _job_chunk_f64
-    if nthreads > 1 and mtiles > 1:
-        bp_note_pool_start()    # before any worker exists (forksafe.h)
-        threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, mtiles))
+    cdef int threads = _pool_take(nthreads, mtiles)
     # NOTE: at least 3 row chunks per thread, so a thread that gets less of a core
     # (another process, a BLAS thread still spinning) leaves its share to the others;
     # a multiple of the thread count, of whole tiles differing by at most one tile, so
@@ -914,12 +911,9 @@ cdef void _small_path(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
                       Py_ssize_t ldaux, int nthreads) noexcept nogil:
     """small.h's path, on up to ``nthreads`` threads (column slices, see _SmallJob)."""
     cdef _SmallJob job
-    cdef int threads = 1
     job.unit = SMALL_UNIT_BYTES // sizeof(floating)
     job.units = (n + job.unit - 1) // job.unit
-    if nthreads > 1 and job.units > 1:
-        bp_note_pool_start()    # before any worker exists (forksafe.h)
-        threads = bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, job.units))
+    cdef int threads = _pool_take(nthreads, job.units)
     if threads == 1:
         _small_call(K, m, n, k, alpha, a, rsa, csa, b, rsb, beta, c, rsc, epi, bias, aux,
                     ldaux)
@@ -943,6 +937,15 @@ cdef inline bint _epilogue_ok(bp_epilogue epi, const void *bias, const void *aux
     if BP_EPI_BIAS <= epi <= BP_EPI_BIAS_IDENTITY and bias == NULL:
         return False
     return not (BP_EPI_MUL_DRELU <= epi <= BP_EPI_MUL_DTANH and aux == NULL)
+
+
+cdef inline int _pool_take(int nthreads, Py_ssize_t units) noexcept nogil:
+    """The threads a job of ``units`` independent pieces gets, of ``nthreads`` wanted:
+    1 (run it alone, nothing held), or >= 2 with the pool held (bp_pool_release)."""
+    if nthreads < 2 or units < 2:
+        return 1
+    bp_note_pool_start()    # before any worker exists (forksafe.h)
+    return bp_pool_acquire(<int>min(<Py_ssize_t>nthreads, units))
 
 
 cdef inline int _threads_for(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -1073,9 +1076,8 @@ cdef void run_chunks(chunk_fn fn, void *arg, int nchunks, int num_threads) noexc
     """See _gemm.pxd."""
     cdef int nthreads = num_threads if num_threads > 0 else _num_threads
     cdef int threads = 1, s
-    if nthreads > 1 and nchunks > 1 and BPCORE_OPENMP and bp_threads_allowed():
-        bp_note_pool_start()    # before any worker exists (forksafe.h)
-        threads = bp_pool_acquire(min(nthreads, nchunks))
+    if BPCORE_OPENMP and bp_threads_allowed():
+        threads = _pool_take(nthreads, nchunks)
     if threads > 1:
         bp_pool_run(<bp_task_fn>fn, arg, nchunks, threads)
         bp_pool_release()
