@@ -811,7 +811,7 @@ def test_bf16_matmul_is_the_float32_product_of_rounded_operands(kernel, backend,
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_twins_agree_and_match_torch():
+def test_bf16_twins_agree_and_match_torch(bf16_path):
     torch = import_oracle("torch")
     rng = np.random.default_rng(33)
     for m, n, k in BF16_SHAPES:

@@ -8,7 +8,7 @@ import pytest
 from conftest import import_oracle, sigmoid as _sigmoid
 
 import bpcore
-from bpcore import MLP
+from bpcore import MLP, _gemm
 
 BACKENDS = ["compiled", "reference"]
 ACTS = ["relu", "sigmoid", "tanh", "identity"]
@@ -1244,8 +1244,10 @@ def _digits_split():
     return x, digits.target, order[:1437], order[1437:]
 
 
-@pytest.mark.parametrize("backend", ["compiled", "reference"])
-def test_bfloat16_compute_trains_digits_within_half_a_point_of_float32(backend):
+@pytest.mark.parametrize("backend, bf16_path",
+                         [("compiled", p) for p in _gemm._runnable_bf16_paths()]
+                         + [("reference", "emulated")], indirect=["bf16_path"])
+def test_bfloat16_compute_trains_digits_within_half_a_point_of_float32(backend, bf16_path):
     x, y, train, test = _digits_split()
     acc = {}
     for cd in (None, "bfloat16"):
@@ -1272,7 +1274,7 @@ def test_bfloat16_compute_trains_a_784_256_256_10_task_as_float32_does():
     assert abs(acc["bfloat16"] - acc[None]) <= 0.005 + 1e-12, acc
 
 
-def test_bfloat16_loss_and_grads_are_within_bfloat16_tolerance_of_float32():
+def test_bfloat16_loss_and_grads_are_within_bfloat16_tolerance_of_float32(bf16_path):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(32, 40)).astype(np.float32)
     y = rng.normal(size=(32, 3)).astype(np.float32)
