@@ -306,9 +306,12 @@ def cpu_features():
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
             "avx512f": bool(bp_cpu_avx512f()), "avx512_bf16": bool(bp_cpu_avx512bf16()),
-            "kernel": _kern.name.decode(),
-            "bf16": "emulated" if _bf16_kern == NULL else _bf16_kern.name.decode(),
-            "openmp": _OPENMP}
+            "kernel": _kern.name.decode(), "bf16": _bf16_name(), "openmp": _OPENMP}
+
+
+def _bf16_name():
+    """The compute_dtype="bfloat16" path in use: a key of ``_BF16_PATHS``."""
+    return "emulated" if _bf16_kern == NULL else _bf16_kern.name.decode()
 
 
 def _runnable_kernels():
@@ -347,7 +350,7 @@ def _set_bf16_path(name):
     if name not in _runnable_bf16_paths():
         raise RuntimeError(f"this CPU (or build) cannot run the {name!r} bfloat16 path; "
                            f"it runs {', '.join(map(repr, _runnable_bf16_paths()))}")
-    before = cpu_features()["bf16"]
+    before = _bf16_name()
     which = _BF16_PATHS[name]
     if which < 0:
         _bf16_kern = NULL
@@ -619,21 +622,16 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
     for t in range((i1 - i0 + MC - 1) // MC):
         ic = i0 + t * MC
         mc = min(MC, i1 - ic)
-        if floating is float:
-            if K.pairs:         # the bfloat16 tile: rounded pairs in MR-tall slivers
-                bp_pack_a_bf16(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
-                _macro_kernel(K, mc, nc, kc, alpha, apk, 1, MR, True, bpk, beta,
-                              c + ic * rsc, rsc, csc, epi, bias,
-                              aux + ic * ldaux if aux != NULL else NULL, ldaux)
-                continue
-        if pack_a and csa == 1:
+        if pack_a and csa == 1 and not K.pairs:
             for i in range(mc):
                 memcpy(apk + i * kc, a + (ic + i) * rsa, kc * sizeof(floating))
             _macro_kernel(K, mc, nc, kc, alpha, apk, kc, 1, False, bpk, beta,
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
-        elif pack_a:
-            if floating is float:
+        elif pack_a:    # MR-tall slivers (the bfloat16 tile's: rounded pairs, bf16.h)
+            if floating is float and K.pairs:
+                bp_pack_a_bf16(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            elif floating is float:
                 bp_pack_a_f32(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
             else:
                 bp_pack_a_f64(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
@@ -692,24 +690,18 @@ cdef inline void _job_pack(_Job *job, Py_ssize_t s0, Py_ssize_t s1, floating *bp
 
 cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *kind) noexcept nogil:
     """Chunk ``chunk`` of ``job`` (``kind`` only selects the dtype)."""
-    cdef Py_ssize_t s, i0, s1, j0
+    cdef Py_ssize_t s, s1
     cdef const floating *aux = <const floating *>job.aux
     cdef const floating *bias = <const floating *>job.bias
     cdef floating *bpk = <floating *>job.bpk
     cdef Py_ssize_t NR = job.K.f32.nr if floating is float else job.K.f64.nr
+    cdef Py_ssize_t i0 = 0, i1 = job.m, j0 = 0, j1 = job.nc     # this chunk's part of C
     if job.split_cols:
         s = chunk * job.nslivers // job.nrow_chunks
         s1 = (chunk + 1) * job.nslivers // job.nrow_chunks
-        j0 = s * NR
         _job_pack(job, s, s1, bpk)
-        _row_blocks(job.K, 0, job.m, min(job.nc, s1 * NR) - j0, job.kc,
-                    <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa,
-                    job.pack_a, <floating *>job.apk + worker * job.a_elems, bpk + j0 * job.kc,
-                    <floating>job.beta, <floating *>job.c + j0 * job.csc, job.rsc, job.csc,
-                    job.epi, bias + j0 if bias != NULL else NULL,
-                    aux + j0 if aux != NULL else NULL, job.ldaux)
-        return
-    if job.private_b:
+        j0, j1 = s * NR, min(job.nc, s1 * NR)
+    elif job.private_b:
         # NOTE: worker w's own copy; only w reads and writes wpacked[w] in a job
         bpk = bpk + worker * job.b_elems
         if not job.wpacked[worker]:
@@ -723,13 +715,15 @@ cdef inline void _job_chunk(_Job *job, int chunk, int worker, const floating *ki
     else:
         bp_pool_wait_count(&job.packed, <int>job.nslivers)
         s = chunk - job.nslivers
-    i0 = s * job.mtiles // job.nrow_chunks * job.mr
-    _row_blocks(job.K, i0, min(job.m, (s + 1) * job.mtiles // job.nrow_chunks * job.mr),
-                job.nc, job.kc,
+    if not job.split_cols:
+        i0 = s * job.mtiles // job.nrow_chunks * job.mr
+        i1 = min(job.m, (s + 1) * job.mtiles // job.nrow_chunks * job.mr)
+    _row_blocks(job.K, i0, i1, j1 - j0, job.kc,
                 <floating>job.alpha, <const floating *>job.a, job.rsa, job.csa, job.pack_a,
-                <floating *>job.apk + worker * job.a_elems, bpk,
-                <floating>job.beta, <floating *>job.c, job.rsc, job.csc, job.epi,
-                bias, aux, job.ldaux)
+                <floating *>job.apk + worker * job.a_elems, bpk + j0 * job.kc,
+                <floating>job.beta, <floating *>job.c + j0 * job.csc, job.rsc, job.csc,
+                job.epi, bias + j0 if bias != NULL else NULL,
+                aux + j0 if aux != NULL else NULL, job.ldaux)
 
 
 cdef void _job_chunk_f32(void *job, int chunk, int worker) noexcept nogil:
@@ -802,8 +796,9 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
             job.beta = beta if pc == 0 else 1
             job.epi = epi if pc + job.kc == k else BP_EPI_NONE
             job.packed = 0
-            if job.private_b or job.split_cols:
+            if job.private_b:
                 memset(job.wpacked, 0, sizeof(job.wpacked))
+            if job.private_b or job.split_cols:
                 bp_pool_run(task, &job, <int>nrow_chunks, threads)
             elif threads > 1:
                 bp_pool_run(task, &job, <int>(job.nslivers + nrow_chunks), threads)

@@ -43,34 +43,27 @@ def test_force_portable_off_reaches_no_family(value):
     assert kernels == {"vector_math": "avx2_fma", "optimizer": "avx2_fma"}
 
 
-@pytest.mark.parametrize("value, want", [(None, None), ("", None), (" ", None),
-                                         ("avx512", "avx512"), ("AVX2", "avx2"),
-                                         (" portable ", "portable")])
-def test_force_kernel_values(monkeypatch, value, want):
+# The two choice switches (_env.choice): each value, and a bad one named with its switch.
+CHOICES = {"BPCORE_FORCE_KERNEL": _env.force_kernel, "BPCORE_FORCE_BF16": _env.force_bf16}
+
+
+@pytest.mark.parametrize("switch, value, want", [
+    ("BPCORE_FORCE_KERNEL", None, None), ("BPCORE_FORCE_KERNEL", "", None),
+    ("BPCORE_FORCE_KERNEL", " ", None), ("BPCORE_FORCE_KERNEL", "avx512", "avx512"),
+    ("BPCORE_FORCE_KERNEL", "AVX2", "avx2"), ("BPCORE_FORCE_KERNEL", " portable ", "portable"),
+    ("BPCORE_FORCE_BF16", None, None), ("BPCORE_FORCE_BF16", "", None),
+    ("BPCORE_FORCE_BF16", "native", "native"), ("BPCORE_FORCE_BF16", " EMULATED ", "emulated")])
+def test_choice_switch_values(monkeypatch, switch, value, want):
     if value is None:
-        monkeypatch.delenv("BPCORE_FORCE_KERNEL", raising=False)
+        monkeypatch.delenv(switch, raising=False)
     else:
-        monkeypatch.setenv("BPCORE_FORCE_KERNEL", value)
-    assert _env.force_kernel() == want
+        monkeypatch.setenv(switch, value)
+    assert CHOICES[switch]() == want
 
 
-def test_force_kernel_bad_value_names_the_switch(monkeypatch):
-    monkeypatch.setenv("BPCORE_FORCE_KERNEL", "sse9")
-    with pytest.raises(ValueError, match="`BPCORE_FORCE_KERNEL` must be one of.*'sse9'"):
-        _env.force_kernel()
-
-
-@pytest.mark.parametrize("value, want", [(None, None), ("", None), ("native", "native"),
-                                         (" EMULATED ", "emulated")])
-def test_force_bf16_values(monkeypatch, value, want):
-    if value is None:
-        monkeypatch.delenv("BPCORE_FORCE_BF16", raising=False)
-    else:
-        monkeypatch.setenv("BPCORE_FORCE_BF16", value)
-    assert _env.force_bf16() == want
-
-
-def test_force_bf16_bad_value_names_the_switch(monkeypatch):
-    monkeypatch.setenv("BPCORE_FORCE_BF16", "fp8")
-    with pytest.raises(ValueError, match="`BPCORE_FORCE_BF16` must be one of.*'fp8'"):
-        _env.force_bf16()
+@pytest.mark.parametrize("switch, bad", [("BPCORE_FORCE_KERNEL", "sse9"),
+                                         ("BPCORE_FORCE_BF16", "fp8")])
+def test_choice_switch_bad_value_names_the_switch(monkeypatch, switch, bad):
+    monkeypatch.setenv(switch, bad)
+    with pytest.raises(ValueError, match=f"`{switch}` must be one of.*'{bad}'"):
+        CHOICES[switch]()

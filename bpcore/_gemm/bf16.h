@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "microkernel.h"
+#include "pack.h"
 
 static inline float bp_round_bf16(float x)
 {
@@ -142,24 +143,13 @@ BP_INLINE_AVX2 __m256i bp_bf16_adjacent_v8(const float *x)
     return _mm256_permute4x64_epi64(_mm256_packus_epi32(r0, r1), 0xD8);
 }
 
-/* r[0..7] := its 8 x 8 transpose (32-bit lanes) */
+/* r[0..7] := its 8 x 8 transpose (32-bit lanes: pack.h's, on the bit patterns) */
 BP_INLINE_AVX2 void bp_transpose8_epi32(__m256i r[8])
 {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
-        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(r[2 * i]), _mm256_castsi256_ps(r[2 * i + 1]));
-    }
-    for (int i = 0; i < 2; ++i) {
-        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-        r[4 + i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
-    }
+    __m256 f[8];
+    for (int i = 0; i < 8; ++i) f[i] = _mm256_castsi256_ps(r[i]);
+    bp_transpose8_ps(f);
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_castps_si256(f[i]);
 }
 
 static BP_AVX2 void bp_pack_a_bf16_avx2(ptrdiff_t mc, ptrdiff_t kc, const float *a,
@@ -246,16 +236,7 @@ static BP_AVX2 void bp_pack_b_bf16_avx2(ptrdiff_t kc, int nr, const float *b, pt
 
 /* Which build packs (tests force one: _gemm._set_bf16_pack_isa); -1: ask the CPU. */
 static int bp_bf16_pack_isa = -1;
-static inline int bp_bf16_pack_use_avx2(void)
-{
-    int isa = __atomic_load_n(&bp_bf16_pack_isa, __ATOMIC_RELAXED);
-    if (isa < 0) {
-        __builtin_cpu_init();
-        isa = __builtin_cpu_supports("avx2") ? 1 : 0;
-        __atomic_store_n(&bp_bf16_pack_isa, isa, __ATOMIC_RELAXED);
-    }
-    return isa;
-}
+static inline int bp_bf16_pack_use_avx2(void) { return bp_cpu_choose_avx2(&bp_bf16_pack_isa); }
 #else
 #define bp_pack_a_bf16_avx2 bp_pack_a_bf16_c
 #define bp_pack_b_bf16_avx2 bp_pack_b_bf16_c

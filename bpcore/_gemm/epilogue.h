@@ -38,6 +38,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "bp_gemm.h"
+#include "microkernel.h"
 #include "vmath.h"
 
 /* Columns of one row that sigmoid/tanh gather at a time when csc != 1. */
@@ -175,18 +176,9 @@ BP_DEFINE_EPILOGUE(bp_epilogue_f32_avx2, float, uint32_t, 0x3f800000u, bp_sigmoi
                    bp_tanh_f32, BP_EPILOGUE_AVX2)
 BP_DEFINE_EPILOGUE(bp_epilogue_f64_avx2, double, uint64_t, 0x3ff0000000000000ull,
                    bp_sigmoid_f64, bp_tanh_f64, BP_EPILOGUE_AVX2)
-/* 1 AVX2, 0 baseline, -1 not asked yet (a race only asks twice). */
+/* 1 AVX2, 0 baseline, -1 not asked yet (microkernel.h's bp_cpu_choose_avx2). */
 static int bp_epilogue_isa = -1;
-static inline int bp_epilogue_use_avx2(void)
-{
-    int isa = __atomic_load_n(&bp_epilogue_isa, __ATOMIC_RELAXED);
-    if (isa < 0) {
-        __builtin_cpu_init();
-        isa = __builtin_cpu_supports("avx2") ? 1 : 0;
-        __atomic_store_n(&bp_epilogue_isa, isa, __ATOMIC_RELAXED);
-    }
-    return isa;
-}
+static inline int bp_epilogue_use_avx2(void) { return bp_cpu_choose_avx2(&bp_epilogue_isa); }
 #else
 #define bp_epilogue_f32_avx2 bp_epilogue_f32_plain
 #define bp_epilogue_f64_avx2 bp_epilogue_f64_plain

@@ -102,6 +102,19 @@ BP_DEFINE_PORTABLE_UKR(bp_ukr_f64_portable, double, bp_v2d, BP_NR_F64)
 static int bp_cpu_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
 static int bp_cpu_fma(void) { __builtin_cpu_init(); return __builtin_cpu_supports("fma"); }
 
+/* A build chosen from the CPU and forcible by tests (the epilogue's, bf16.h's
+ * packers'): *flag is 1 (AVX2), 0 (baseline) or -1 (not asked yet: ask the CPU and
+ * remember; a race only asks twice). */
+static inline int bp_cpu_choose_avx2(int *flag)
+{
+    int isa = __atomic_load_n(flag, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = bp_cpu_avx2() ? 1 : 0;
+        __atomic_store_n(flag, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
 /* Lane masks for the first n lanes of one / of the second vector of a row. */
 BP_INLINE_AVX2 __m256i bp_mask8(int n)
 {
