@@ -43,10 +43,11 @@ def cpu_features():
         ``"portable"`` (``BPCORE_FORCE_PORTABLE=1`` makes every family portable).
         ``"kernel"`` is the GEMM's, as before; ``"bf16"`` the path of
         ``matmul(..., compute_dtype="bfloat16")`` (and of every product of a
-        ``compute_dtype="bfloat16"`` model): ``"avx512_bf16"`` (the vdpbf16ps
-        tile) where the CPU has AVX512_BF16, else ``"emulated"`` (rounded float32
-        operands through the float32 kernel); ``BPCORE_FORCE_BF16=native|emulated``
-        chooses.
+        ``compute_dtype="bfloat16"`` model): ``"amx"`` (TDPBF16PS tiles) where the
+        CPU has AMX-BF16 and Linux grants the tile state (``"amx_bf16"``), else
+        ``"avx512_bf16"`` (the vdpbf16ps tile) where the CPU has AVX512_BF16, else
+        ``"emulated"`` (rounded float32 operands through the float32 kernel);
+        ``BPCORE_FORCE_BF16=amx|native|emulated`` chooses.
     """
     from . import _step
 

@@ -15,11 +15,13 @@ same rule; at run time:
     import and the best one it can; ``BPCORE_FORCE_PORTABLE`` on wins over it.
     Read once, at import.
 
-``BPCORE_FORCE_BF16=native|emulated``
+``BPCORE_FORCE_BF16=amx|native|emulated``
     The path of ``compute_dtype="bfloat16"`` products
-    (``cpu_features()["bf16"]``): ``native``, the AVX512_BF16 tile
-    (vdpbf16ps); ``emulated``, rounded float32 operands through the float32
-    kernel.  Unset or empty: native where the CPU has AVX512_BF16.  A path this
+    (``cpu_features()["bf16"]``): ``amx``, the AMX tiles (TDPBF16PS); ``native``,
+    the AVX512_BF16 tile (vdpbf16ps); ``emulated``, rounded float32 operands
+    through the float32 kernel.  Unset or empty: amx where the CPU has AMX-BF16
+    and Linux grants this process the tile state, else native where it has
+    AVX512_BF16.  A path this
     CPU cannot run gives a ``RuntimeWarning`` at import and the emulated one;
     ``BPCORE_FORCE_PORTABLE`` on means emulated.  Read once, at import.
 
@@ -63,7 +65,7 @@ def force_kernel():
     return choice("BPCORE_FORCE_KERNEL", FORCE_KERNEL_VALUES)
 
 
-FORCE_BF16_VALUES = ("native", "emulated")
+FORCE_BF16_VALUES = ("amx", "native", "emulated")
 
 
 def force_bf16():

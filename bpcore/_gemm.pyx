@@ -58,7 +58,7 @@ Design:
   A~ and B~ are packed once as rounded bfloat16 pairs in 32 bits (``bf16.h``;
   A always packed), and the 8x48 tile issues one ``vdpbf16ps`` per pair --
   twice the FLOPs of an FMA, on half the panel bytes.  Elsewhere rounded float32
-  copies go through the float32 kernel.  ``BPCORE_FORCE_BF16=native|emulated``
+  copies go through the float32 kernel.  ``BPCORE_FORCE_BF16=amx|native|emulated``
   chooses, ``_set_bf16_path`` switches for tests (also to the tile over scalar C,
   ``"avx512_bf16_emulated"``, on every CPU).
 * Packing buffers are 64-byte aligned and reused across calls (one spare kept
@@ -133,12 +133,15 @@ cdef extern from "kernels.h" nogil:
     enum:
         BP_BF16_AVX512
         BP_BF16_AVX512_EMULATED
+        BP_BF16_AMX
     const bp_kernel bp_bf16_kernels[]
     int bp_bf16_kernel_runs(int which)
     int bp_cpu_avx2()
     int bp_cpu_fma()
     int bp_cpu_avx512f()
     int bp_cpu_avx512bf16()
+    void bp_amx_begin()
+    void bp_amx_end()
     void bp_small_note()
     long bp_small_calls()
     void bp_col_split_note()
@@ -173,6 +176,8 @@ cdef extern from "bf16.h" nogil:
                         ptrdiff_t csa, int mr_tile, float *dst)
     void bp_pack_b_bf16(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb, ptrdiff_t csb,
                         int nr_tile, float *dst)
+    void bp_pack_a_amx(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                       ptrdiff_t csa, int mr_tile, float *dst)
     int bp_bf16_pack_isa
     int bp_bf16_pack_use_avx2()
 
@@ -282,10 +287,10 @@ _KERNELS = {"avx512": BP_KERNEL_AVX512, "avx2_fma": BP_KERNEL_AVX2,
 _FORCE_NAMES = {"avx512": "avx512", "avx2": "avx2_fma", "portable": "portable"}
 # compute_dtype="bfloat16" paths, best first: name -> row of bp_bf16_kernels (-1: the
 # emulated path, which every CPU runs)
-_BF16_PATHS = {"avx512_bf16": BP_BF16_AVX512, "emulated": -1,
+_BF16_PATHS = {"amx": BP_BF16_AMX, "avx512_bf16": BP_BF16_AVX512, "emulated": -1,
                "avx512_bf16_emulated": BP_BF16_AVX512_EMULATED}
 # BPCORE_FORCE_BF16's values -> path names
-_FORCE_BF16_NAMES = {"native": "avx512_bf16", "emulated": "emulated"}
+_FORCE_BF16_NAMES = {"amx": "amx", "native": "avx512_bf16", "emulated": "emulated"}
 
 
 def cpu_features():
@@ -295,17 +300,20 @@ def cpu_features():
     -------
     dict
         ``{"avx2": bool, "fma": bool, "avx512f": bool, "avx512_bf16": bool,
-        "kernel": "avx512" | "avx2_fma" | "portable",
-        "bf16": "avx512_bf16" | "emulated", "openmp": bool}``
+        "amx_bf16": bool, "kernel": "avx512" | "avx2_fma" | "portable",
+        "bf16": "amx" | "avx512_bf16" | "emulated", "openmp": bool}``
         (``"avx512_emulated"`` / ``"avx512_bf16_emulated"`` only after
-        ``_set_kernel`` / ``_set_bf16_path`` in a test).  ``"bf16"``: the path of
-        ``compute_dtype="bfloat16"`` products -- ``"avx512_bf16"`` (vdpbf16ps on
-        bfloat16 pairs) where the CPU has AVX512_BF16, else ``"emulated"``
-        (rounded float32 operands through the float32 kernel);
-        ``BPCORE_FORCE_BF16=native|emulated`` chooses.
+        ``_set_kernel`` / ``_set_bf16_path`` in a test).  ``"amx_bf16"``: the CPU
+        has AMX-TILE and AMX-BF16 and Linux granted this process the tile state.
+        ``"bf16"``: the path of ``compute_dtype="bfloat16"`` products --
+        ``"amx"`` (TDPBF16PS tiles) where ``amx_bf16``, else ``"avx512_bf16"``
+        (vdpbf16ps on bfloat16 pairs) where the CPU has AVX512_BF16, else
+        ``"emulated"`` (rounded float32 operands through the float32 kernel);
+        ``BPCORE_FORCE_BF16=amx|native|emulated`` chooses.
     """
     return {"avx2": bool(bp_cpu_avx2()), "fma": bool(bp_cpu_fma()),
             "avx512f": bool(bp_cpu_avx512f()), "avx512_bf16": bool(bp_cpu_avx512bf16()),
+            "amx_bf16": bool(bp_bf16_kernel_runs(BP_BF16_AMX)),
             "kernel": _kern.name.decode(), "bf16": _bf16_name(), "openmp": _OPENMP}
 
 
@@ -583,6 +591,9 @@ cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssi
     # fifth of a 32x64x10 product's time).  A larger block keeps it per tile,
     # while the tile is still in L1.
     cdef bint whole = mc * nc * <Py_ssize_t>sizeof(floating) <= EPI_WHOLE_BYTES
+    if floating is float:
+        if K.pairs == 2:    # the AMX tile's configuration, on this thread (kernels.h)
+            bp_amx_begin()
     for tj in range((nc + NR - 1) // NR):
         jr = tj * NR
         nr = <int>min(NR, nc - jr)
@@ -605,6 +616,9 @@ cdef void _macro_kernel(const bp_kernel *K, Py_ssize_t mc, Py_ssize_t nc, Py_ssi
                 _epilogue(epi, mr, nr, cp, rsc, csc,
                           bias + jr if bias != NULL else NULL,
                           aux + ir * ldaux + jr if aux != NULL else NULL, ldaux)
+    if floating is float:
+        if K.pairs == 2:
+            bp_amx_end()
     if epi != BP_EPI_NONE and whole:
         _epilogue(epi, mc, nc, c, rsc, csc, bias, aux, ldaux)
 
@@ -629,7 +643,9 @@ cdef void _row_blocks(const bp_kernel *K, Py_ssize_t i0, Py_ssize_t i1, Py_ssize
                           c + ic * rsc, rsc, csc, epi, bias,
                           aux + ic * ldaux if aux != NULL else NULL, ldaux)
         elif pack_a:    # MR-tall slivers (the bfloat16 tile's: rounded pairs, bf16.h)
-            if floating is float and K.pairs:
+            if floating is float and K.pairs == 2:
+                bp_pack_a_amx(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
+            elif floating is float and K.pairs:
                 bp_pack_a_bf16(mc, kc, a + ic * rsa, rsa, csa, MR, apk)
             elif floating is float:
                 bp_pack_a_f32(mc, kc, a + ic * rsa, rsa, csa, MR, apk)

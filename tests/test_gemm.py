@@ -707,19 +707,20 @@ def test_force_bf16_env():
     assert _run_fresh(code, BPCORE_FORCE_PORTABLE="1", BPCORE_FORCE_BF16="native") \
         == "emulated"
     with pytest.raises(AssertionError, match="`BPCORE_FORCE_BF16` must be one of"):
-        _run_fresh("import bpcore", BPCORE_FORCE_BF16="amx")
-    if "avx512_bf16" in _gemm._runnable_bf16_paths():
-        assert _run_fresh(code, BPCORE_FORCE_BF16="native") == "avx512_bf16"
-    else:
-        out = _run_fresh("""
-            import warnings
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                import bpcore
-            print(bpcore.cpu_features()["bf16"], caught[0].category.__name__,
-                  "BPCORE_FORCE_BF16=native" in str(caught[0].message))
-        """, BPCORE_FORCE_BF16="native")
-        assert out == "emulated RuntimeWarning True"
+        _run_fresh("import bpcore", BPCORE_FORCE_BF16="amx2")
+    for value, path in [("native", "avx512_bf16"), ("amx", "amx")]:
+        if path in _gemm._runnable_bf16_paths():
+            assert _run_fresh(code, BPCORE_FORCE_BF16=value) == path
+        else:
+            out = _run_fresh("""
+                import warnings
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    import bpcore
+                print(bpcore.cpu_features()["bf16"], caught[0].category.__name__,
+                      "BPCORE_FORCE_BF16=" in str(caught[0].message))
+            """, BPCORE_FORCE_BF16=value)
+            assert out == "emulated RuntimeWarning True"
 
 
 def test_force_portable_env():
@@ -842,16 +843,18 @@ def test_bf16_path_is_reported_and_chosen_by_the_cpu(bf16_path):
     assert _gemm.cpu_features()["bf16"] == bf16_path
     f = _gemm.cpu_features()
     native = f["avx512_bf16"] and f["avx512f"]
-    assert ("avx512_bf16" in _gemm._runnable_bf16_paths()) == native
-    assert _gemm._runnable_bf16_paths()[-2:] == ["emulated", "avx512_bf16_emulated"]
+    runnable = _gemm._runnable_bf16_paths()
+    assert ("avx512_bf16" in runnable) == native
+    assert ("amx" in runnable) == f["amx_bf16"]
+    assert runnable[-2:] == ["emulated", "avx512_bf16_emulated"]
     out = run_python("from bpcore import _gemm; print(_gemm.cpu_features()['bf16'])",
                      BPCORE_FORCE_BF16="", BPCORE_FORCE_PORTABLE="")
-    assert out == ("avx512_bf16" if native else "emulated")
+    assert out == ("amx" if f["amx_bf16"] else "avx512_bf16" if native else "emulated")
 
 
 def test_bf16_path_bad_name():
     with pytest.raises(ValueError, match="`name` must be one of"):
-        _gemm._set_bf16_path("amx")
+        _gemm._set_bf16_path("amx2")
     if "avx512_bf16" not in _gemm._runnable_bf16_paths():
         with pytest.raises(RuntimeError, match="cannot run the 'avx512_bf16' bfloat16 path"):
             _gemm._set_bf16_path("avx512_bf16")
@@ -879,7 +882,8 @@ def _bf16_tile_model(a, b):
 
 
 BF16_TILE_SHAPES = [(1, 1, 1), (1, 1, 2), (8, 48, 3), (9, 49, 256), (13, 50, 257),
-                    (17, 97, 2 * BF16_KC + 3), (3, 16, 600), (40, 33, 17)]
+                    (17, 97, 2 * BF16_KC + 3), (3, 16, 600), (40, 33, 17),
+                    (64, 32, 1024), (33, 17, 544)]  # AMX: whole 512-value blocks, no tail
 
 
 # the paths through the bfloat16 tile (the emulated one sums in the float32 kernel's order)

@@ -90,11 +90,20 @@ def estimator_fit():
     return digest(*est.coefs_, *est.intercepts_)
 
 
+def bf16_fit():
+    """compute_dtype="bfloat16": on an AMX CPU its tiles, whose state Linux grants per
+    process (a fork child inherits the grant; a spawned one asks at import)."""
+    model = MLP([64, 256, 4], loss="cross_entropy", seed=0, compute_dtype="bfloat16")
+    model.fit(X, LABELS, epochs=2, batch_size=128, lr=0.05, seed=0)
+    return digest(model.parameters, bpcore.matmul(X.T, X, compute_dtype="bfloat16"))
+
+
 def work(threads=2):
-    """The three results, after asking for ``threads`` threads."""
+    """The four results, after asking for ``threads`` threads."""
     bpcore.set_num_threads(threads)
     return {"threads": bpcore.get_num_threads(), "gemm": gemm(), "mlp": mlp_fit(),
-            "estimator": estimator_fit()}
+            "estimator": estimator_fit(), "bf16": bf16_fit(),
+            "bf16_path": bpcore.cpu_features()["bf16"]}
 
 
 def _work_to(conn):
@@ -168,12 +177,15 @@ def in_os_fork(fn, timeout):
     return json.loads(b"".join(chunks) or b"null")
 
 
+RESULTS = ("gemm", "mlp", "estimator", "bf16", "bf16_path")
+
+
 def reference():
     """The parent's serial results, then the same work on 2 threads (which must agree)."""
     serial = work(threads=1)
     threaded = work(threads=2)
     assert threaded["threads"] == 2, threaded
-    for key in ("gemm", "mlp", "estimator"):
+    for key in RESULTS:
         assert threaded[key] == serial[key], key
     return serial
 '''
@@ -192,9 +204,11 @@ def _run(code, workdir):
     return json.loads(out.splitlines()[-1])
 
 
+RESULTS = ("gemm", "mlp", "estimator", "bf16", "bf16_path")
+
+
 def _same_results(got, ref):
-    return {k: got[k] for k in ("gemm", "mlp", "estimator")} == {
-        k: ref[k] for k in ("gemm", "mlp", "estimator")}
+    return {k: got[k] for k in RESULTS} == {k: ref[k] for k in RESULTS}
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])

@@ -21,7 +21,7 @@ import bpcore
 rng = np.random.default_rng(6)
 x = rng.normal(size=(4096, 16)).astype(np.float32)
 y = rng.normal(size=(4096, 4)).astype(np.float32)
-net = bpcore.MLP([16, 32, 4], seed=0, backend={backend!r})
+net = bpcore.MLP([16, 32, 4], seed=0, backend={backend!r}{model_args})
 before = net.parameters.copy()
 
 def report():
@@ -56,8 +56,12 @@ FIT_ARGS = {"plain": {"lr": 1e-4}, "general": {"optimizer": "adam", "lr": 1e-5}}
 @pytest.mark.parametrize("case", sorted(HANDLERS))
 def test_handler_exception_propagates_unchanged(case, backend, fit_args):
     handler, code, message = HANDLERS[case]
-    res = run_python(FIT.format(backend=backend, handler=handler,
+    res = run_python(FIT.format(backend=backend, handler=handler, model_args="",
                                 fit_args=FIT_ARGS[fit_args]), check=False, timeout=120)
+    _assert_outcome(res, code, message)
+
+
+def _assert_outcome(res, code, message):
     assert res.returncode == code, res.stderr[-2000:]
     if message == "":  # SystemExit: Python prints nothing
         assert res.stderr.strip() == "", res.stderr[-2000:]
@@ -68,9 +72,23 @@ def test_handler_exception_propagates_unchanged(case, backend, fit_args):
     assert state == {"finite": True, "moved": True}
 
 
+@pytest.mark.parametrize("case", ["system_exit", "timeout", "sigterm"])
+def test_handler_exception_propagates_from_a_bfloat16_fit(case):
+    """compute_dtype="bfloat16" (on an AMX CPU its tiles: the process then holds the
+    8 KiB tile state, granted at import, which the kernel saves in every signal frame)
+    with faulthandler enabled after that grant (its sigaltstack must still be taken)."""
+    handler, code, message = HANDLERS[case]
+    handler = ("import faulthandler\nfaulthandler.enable(all_threads=True)\n"
+               "assert faulthandler.is_enabled()\n" + handler)
+    res = run_python(FIT.format(backend="compiled", handler=handler,
+                                model_args=", compute_dtype='bfloat16'",
+                                fit_args=FIT_ARGS["plain"]), check=False, timeout=120)
+    _assert_outcome(res, code, message)
+
+
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_plain_ctrl_c_is_the_documented_keyboard_interrupt(backend):
-    code = FIT.format(backend=backend, fit_args=FIT_ARGS["plain"],
+    code = FIT.format(backend=backend, fit_args=FIT_ARGS["plain"], model_args="",
                       handler="signal.signal(signal.SIGALRM, lambda s, f: os.kill("
                               "os.getpid(), signal.SIGINT))")
     res = run_python(code, check=False, timeout=120)

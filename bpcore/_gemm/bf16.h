@@ -102,6 +102,33 @@ static void bp_pack_b_bf16_c(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb
     }
 }
 
+/* A~ of the AMX tile (microkernel_amx.h): MR-tall slivers at the same offsets,
+ * in each pair q of row i at [i*kp + q] (kp = (kc+1)/2: each row's pairs
+ * contiguous, as an AMX A tile reads them); a short last sliver's rows up to the
+ * next multiple of 16 zero (a tile loads 16 rows).  An odd kc's last high half 0. */
+/* One sliver's pairs not yet written -- rows [0, i0) from pair q0 on, rows [i0, mr)
+ * whole -- then its zero rows up to the next multiple of 16. */
+static void bp_pack_a_amx_rest(ptrdiff_t mr, ptrdiff_t kc, const float *src, ptrdiff_t rsa,
+                               ptrdiff_t csa, ptrdiff_t i0, ptrdiff_t q0, uint32_t *dst)
+{
+    const ptrdiff_t kp = (kc + 1) / 2, r16 = (mr + 15) / 16 * 16;
+    for (ptrdiff_t i = 0; i < mr; ++i)
+        for (ptrdiff_t q = i < i0 ? q0 : 0; q < kp; ++q)
+            dst[i * kp + q] = bp_bf16_pair(src[i * rsa + 2 * q * csa],
+                                           2 * q + 1 < kc ? src[i * rsa + (2 * q + 1) * csa]
+                                                          : 0.0f);
+    if (r16 > mr)
+        memset(dst + mr * kp, 0, (size_t)((r16 - mr) * kp) * sizeof *dst);
+}
+
+static void bp_pack_a_amx_c(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                            ptrdiff_t csa, int MR, float *dst_)
+{
+    for (ptrdiff_t s = 0; s < mc; s += MR)
+        bp_pack_a_amx_rest(mc - s < MR ? mc - s : MR, kc, a + s * rsa, rsa, csa, 0, 0,
+                           (uint32_t *)(void *)(dst_ + s * kc));
+}
+
 /* ------------------------------------------------------------------------ */
 /* AVX2 pair packers (the same bits as the loops above; tests compare them):  */
 /* the rounding eight lanes at a time, and for the layouts whose pairs are    */
@@ -234,12 +261,51 @@ static BP_AVX2 void bp_pack_b_bf16_avx2(ptrdiff_t kc, int nr, const float *b, pt
     }
 }
 
+/* bp_pack_a_amx_c's layout: a row-major A is each row's adjacent values in order
+ * (no transpose); an A stored column by column, 8 x 8 blocks of pairs transposed. */
+static BP_AVX2 void bp_pack_a_amx_avx2(ptrdiff_t mc, ptrdiff_t kc, const float *a,
+                                       ptrdiff_t rsa, ptrdiff_t csa, int MR, float *dst_)
+{
+    if (rsa != 1 && csa != 1) {
+        bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst_);
+        return;
+    }
+    const ptrdiff_t kp = (kc + 1) / 2, kp8 = kc / 16 * 8;  /* pairs in whole 8-pair runs */
+    for (ptrdiff_t s = 0; s < mc; s += MR) {
+        uint32_t *dst = (uint32_t *)(void *)(dst_ + s * kc);
+        const float *src = a + s * rsa;
+        const ptrdiff_t mr = mc - s < MR ? mc - s : MR;
+        ptrdiff_t i0 = 0;       /* rows [0, i0) done up to pair kp8 */
+        if (csa == 1) {
+            i0 = mr;
+            for (ptrdiff_t i = 0; i < mr; ++i)
+                for (ptrdiff_t q = 0; q < kp8; q += 8)
+                    _mm256_storeu_si256((__m256i *)(void *)(dst + i * kp + q),
+                                        bp_bf16_adjacent_v8(src + i * rsa + 2 * q));
+        } else {                /* rsa == 1: the rows of each k contiguous */
+            for (; i0 + 8 <= mr; i0 += 8)
+                for (ptrdiff_t q = 0; q < kp8; q += 8) {
+                    __m256i r[8];
+                    for (int t = 0; t < 8; ++t)
+                        r[t] = bp_bf16_pairs_v8(src + 2 * (q + t) * csa + i0,
+                                                src + (2 * (q + t) + 1) * csa + i0);
+                    bp_transpose8_epi32(r);
+                    for (int i = 0; i < 8; ++i)
+                        _mm256_storeu_si256((__m256i *)(void *)(dst + (i0 + i) * kp + q),
+                                            r[i]);
+                }
+        }
+        bp_pack_a_amx_rest(mr, kc, src, rsa, csa, i0, kp8, dst);
+    }
+}
+
 /* Which build packs (tests force one: _gemm._set_bf16_pack_isa); -1: ask the CPU. */
 static int bp_bf16_pack_isa = -1;
 static inline int bp_bf16_pack_use_avx2(void) { return bp_cpu_choose_avx2(&bp_bf16_pack_isa); }
 #else
 #define bp_pack_a_bf16_avx2 bp_pack_a_bf16_c
 #define bp_pack_b_bf16_avx2 bp_pack_b_bf16_c
+#define bp_pack_a_amx_avx2 bp_pack_a_amx_c
 static int bp_bf16_pack_isa = 0;
 static inline int bp_bf16_pack_use_avx2(void) { return 0; }
 #endif
@@ -249,6 +315,13 @@ static void bp_pack_a_bf16(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t
 {
     if (bp_bf16_pack_use_avx2()) bp_pack_a_bf16_avx2(mc, kc, a, rsa, csa, MR, dst);
     else                         bp_pack_a_bf16_c(mc, kc, a, rsa, csa, MR, dst);
+}
+
+static void bp_pack_a_amx(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
+                          ptrdiff_t csa, int MR, float *dst)
+{
+    if (bp_bf16_pack_use_avx2()) bp_pack_a_amx_avx2(mc, kc, a, rsa, csa, MR, dst);
+    else                         bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst);
 }
 
 static void bp_pack_b_bf16(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb,

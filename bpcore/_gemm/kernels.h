@@ -40,7 +40,9 @@ typedef struct bp_kernel {
     bp_small_f32_fn small_f32;
     bp_small_f64_fn small_f64;
     /* 1: a bfloat16 tile (bp_bf16_kernels): the loops pack A~ and B~ as bfloat16
-     * pairs (bf16.h), always pack A, and use its f32 entries only */
+     * pairs (bf16.h), always pack A, and use its f32 entries only; 2: the same with
+     * the AMX tile's A~ layout (bp_pack_a_amx) and its tile configuration loaded
+     * around each macro kernel (bp_amx_begin / bp_amx_end) */
     int pairs;
 } bp_kernel;
 
@@ -87,10 +89,18 @@ static const bp_kernel bp_kernels[BP_KERNEL_COUNT] = {
  *   starts on a pair.                                                          */
 #define BP_BLOCKS_BF16 {BP_MR_Z, BP_NR_Z_F32, 256, 512, 4080}
 
+/* The AMX tile (microkernel_amx.h), 32 x 32, a K step of 16 pairs per TDPBF16PS:
+ *   B~ sliver 256 pairs*32*4 B = 32 KiB (L1, reread by every A~ sliver of the
+ *   block), A~ 512*256*4 B = 512 KiB (L2), B~ panel 256*4096*4 B = 4 MiB (L3).
+ *   Its A~ has its own layout (each row's pairs contiguous: bf16.h's
+ *   bp_pack_a_amx), told by pairs = 2. */
+#define BP_BLOCKS_AMX {BP_MR_AMX, BP_NR_AMX, 512, 512, 4096}
+
 enum {
     BP_BF16_AVX512 = 0,
     BP_BF16_AVX512_EMULATED = 1,    /* the same tile over avx512_emu.h: tests only */
-    BP_BF16_COUNT = 2
+    BP_BF16_AMX = 2,
+    BP_BF16_COUNT = 3
 };
 
 static const bp_kernel bp_bf16_kernels[BP_BF16_COUNT] = {
@@ -98,6 +108,8 @@ static const bp_kernel bp_bf16_kernels[BP_BF16_COUNT] = {
                     NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, 1},
     {"avx512_bf16_emulated", bp_ukr_bf16_avx512_emulated, NULL, BP_BLOCKS_BF16,
                              NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, 1},
+    {"amx", bp_ukr_bf16_amx, NULL, BP_BLOCKS_AMX,
+            NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, 2},
 };
 
 /* 1 if this build and this CPU can run the bfloat16 tile `which`. */
@@ -108,6 +120,8 @@ static int bp_bf16_kernel_runs(int which)
         return 1;
     case BP_BF16_AVX512:
         return BP_HAVE_AVX512_KERNELS && bp_cpu_avx512f() && bp_cpu_avx512bf16();
+    case BP_BF16_AMX:       /* its stores use AVX-512F, its packers AVX2 */
+        return BP_HAVE_AMX_KERNELS && bp_cpu_avx512f() && bp_cpu_avx2() && bp_amx_available();
     default:
         return 0;
     }

@@ -281,10 +281,12 @@ static int bp_cpu_fma(void) { return 0; }
 
 /* The 512-bit tiles (and their emulated twins, on every platform). */
 #include "microkernel_avx512.h"
+/* The AMX bfloat16 tile (after the 512-bit tiles: its no-AMX build names theirs). */
+#include "microkernel_amx.h"
 
 /* The largest tile of any kernel, in elements (a scratch tile of this size
- * serves every kernel: 8 x 48 floats, 8 x 24 doubles, 6 x 16, 6 x 8). */
-#define BP_TILE_MAX (BP_MR_Z * BP_NR_Z_F32)
+ * serves every kernel: 32 x 32 floats (AMX), 8 x 48, 8 x 24 doubles, 6 x 16, 6 x 8). */
+#define BP_TILE_MAX (BP_MR_AMX * BP_NR_AMX)
 
 #undef BP_ROW
 #endif
