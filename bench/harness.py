@@ -103,6 +103,45 @@ int bf16_available(void) { return 0; }
 double fma_bfloat16(long iters) { (void)iters; return 0; }
 long fma_bfloat16_flops_per_iter(void) { return 0; }
 #endif
+
+/* AMX: four independent TDPBF16PS (16 x 16 float32 += 16 x 32 by 32 x 16 bfloat16,
+ * 16384 FLOPs each) on tiles already loaded, as bpcore's 2 x 2 tile issues them.
+ * The process must hold the tile state (bpcore's import asks Linux for it). */
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int amx_available(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d >> 22 & 1) || !(d >> 24 & 1))
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;  /* ARCH_REQ_XCOMP_PERM, XTILEDATA */
+}
+double fma_amx(long iters) {
+    struct { unsigned char p, s, r[14]; unsigned short colsb[16]; unsigned char rows[16]; }
+        __attribute__((aligned(64))) cfg;
+    static unsigned tile[256] __attribute__((aligned(64)));  /* zeros: bounded sums */
+    memset(&cfg, 0, sizeof cfg);
+    cfg.p = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    __asm__ volatile("ldtilecfg %0" :: "m"(cfg) : "memory");
+    __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\t"
+                     "tilezero %%tmm3\n\ttileloadd (%0,%1,1), %%tmm4\n\t"
+                     "tileloadd (%0,%1,1), %%tmm5\n\ttileloadd (%0,%1,1), %%tmm6\n\t"
+                     "tileloadd (%0,%1,1), %%tmm7" :: "r"(tile), "r"(64L) : "memory");
+    for (long i = 0; i < iters; i++)
+        __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                         "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+    __asm__ volatile("tilerelease" ::: "memory");
+    return 0;
+}
+long fma_amx_flops_per_iter(void) { return 4L * 16 * 16 * 32 * 2; }
+#else
+int amx_available(void) { return 0; }
+double fma_amx(long iters) { (void)iters; return 0; }
+long fma_amx_flops_per_iter(void) { return 0; }
+#endif
 """
 
 
@@ -127,7 +166,8 @@ def build_fma_loop():
         except (OSError, subprocess.SubprocessError):
             return None
     dll.bf16_available.restype = ctypes.c_int
-    for dtype in ("float32", "float64", "bfloat16"):
+    dll.amx_available.restype = ctypes.c_int
+    for dtype in ("float32", "float64", "bfloat16", "amx"):
         getattr(dll, f"fma_{dtype}").restype = ctypes.c_double
         getattr(dll, f"fma_{dtype}").argtypes = [ctypes.c_long]
         getattr(dll, f"fma_{dtype}_flops_per_iter").restype = ctypes.c_long
@@ -193,6 +233,10 @@ def peak_table(*, threads=(1, 2), n=1024, rounds=5, file=None):
             else:
                 print("bfloat16: no AVX512_BF16 on this CPU, no bf16 dot loop (bpcore's "
                       "compute_dtype='bfloat16' runs emulated: float32 arithmetic)", file=file)
+            if dll.amx_available():
+                rates[t]["amx"] = fma_peak(dll, "amx", t)
+                print(f"{'amx':8} {rates[t]['amx']:12.1f}  (TDPBF16PS loop, 2 x 2 tiles)",
+                      file=file)
         if dll is None:
             rates[t] = {d: max(r.values()) for d, r in gemm.items()}
     return rates, what

@@ -649,8 +649,9 @@ def steps_table(*, threads=(1, 2), peaks=None, rounds=5, min_time=0.1, file=None
     The parent interleaves the children round by round (one child times while the
     others wait on a pipe, idle; the order rotates each round), medians.
     ``peaks``: ``{threads: {dtype: GFLOP/s}}`` from the peak table; bpcore's f32
-    and bf16 columns are shares of the float32 peak (of the bf16 dot peak where
-    the CPU has one), f64 of the float64 one.  Returns ``{threads: rows}``.
+    and bf16 columns are shares of the float32 peak (bf16: of the TDPBF16PS loop's
+    on the AMX path, else of the bf16 dot loop's where the CPU has one), f64 of the
+    float64 one.  Returns ``{threads: rows}``.
     """
     import subprocess
     import sys
@@ -710,8 +711,10 @@ def steps_table(*, threads=(1, 2), peaks=None, rounds=5, min_time=0.1, file=None
                 cell = f"{tm[c] * 1e6:.0f}"
                 if c != "bpcore f32":
                     cell += f" (x{tm[c] / tm['bpcore f32']:.2f})"
-                dt = "float64" if "f64" in c else ("bfloat16" if "bf16" in c and
-                                                   "bfloat16" in peak else "float32")
+                # the bf16 column against the peak of the instruction its path issues
+                bf16_peak = "amx" if rows[0]["bf16"] == "amx" else "bfloat16"
+                dt = "float64" if "f64" in c else (bf16_peak if "bf16" in c and
+                                                   bf16_peak in peak else "float32")
                 if c.startswith("bpcore") and dt in peak:
                     cell += f" {100 * r['flops'] / tm[c] / 1e9 / peak[dt]:.0f}%"
                 line += f" {cell:>18}"

@@ -102,10 +102,21 @@ static void bp_pack_b_bf16_c(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb
     }
 }
 
-/* A~ of the AMX tile (microkernel_amx.h): MR-tall slivers at the same offsets,
- * in each pair q of row i at [i*kp + q] (kp = (kc+1)/2: each row's pairs
- * contiguous, as an AMX A tile reads them); a short last sliver's rows up to the
- * next multiple of 16 zero (a tile loads 16 rows).  An odd kc's last high half 0. */
+/* A~ of the AMX tile (microkernel_amx.h): MR-tall slivers (MR = BP_MR_AMX = 32) at
+ * the same offsets, each in the tile's own blocks: with kp = (kc+1)/2 pairs and
+ * full = kp/16, pair q < 16*full of row i at [((q/16)*32 + i)*16 + q%16] -- every
+ * A tile (16 rows x 16 pairs) 1 KiB contiguous, loaded at a 64-byte stride --
+ * and the last rest = kp - 16*full pairs after them, row by row, at
+ * [512*full + i*rest + q - 16*full] (the tile copies those to the stack).  A short
+ * last sliver's rows up to the next multiple of 16 are zero (a tile loads 16
+ * rows).  An odd kc's last high half is 0. */
+static inline ptrdiff_t bp_amx_a_at(ptrdiff_t i, ptrdiff_t q, ptrdiff_t kp)
+{
+    const ptrdiff_t full = kp / 16;
+    return q < 16 * full ? ((q / 16) * 32 + i) * 16 + q % 16
+                         : 512 * full + i * (kp - 16 * full) + q - 16 * full;
+}
+
 /* One sliver's pairs not yet written -- rows [0, i0) from pair q0 on, rows [i0, mr)
  * whole -- then its zero rows up to the next multiple of 16. */
 static void bp_pack_a_amx_rest(ptrdiff_t mr, ptrdiff_t kc, const float *src, ptrdiff_t rsa,
@@ -114,11 +125,12 @@ static void bp_pack_a_amx_rest(ptrdiff_t mr, ptrdiff_t kc, const float *src, ptr
     const ptrdiff_t kp = (kc + 1) / 2, r16 = (mr + 15) / 16 * 16;
     for (ptrdiff_t i = 0; i < mr; ++i)
         for (ptrdiff_t q = i < i0 ? q0 : 0; q < kp; ++q)
-            dst[i * kp + q] = bp_bf16_pair(src[i * rsa + 2 * q * csa],
-                                           2 * q + 1 < kc ? src[i * rsa + (2 * q + 1) * csa]
-                                                          : 0.0f);
-    if (r16 > mr)
-        memset(dst + mr * kp, 0, (size_t)((r16 - mr) * kp) * sizeof *dst);
+            dst[bp_amx_a_at(i, q, kp)] = bp_bf16_pair(
+                src[i * rsa + 2 * q * csa],
+                2 * q + 1 < kc ? src[i * rsa + (2 * q + 1) * csa] : 0.0f);
+    for (ptrdiff_t i = mr; i < r16; ++i)
+        for (ptrdiff_t q = 0; q < kp; ++q)
+            dst[bp_amx_a_at(i, q, kp)] = 0;
 }
 
 static void bp_pack_a_amx_c(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
@@ -261,53 +273,106 @@ static BP_AVX2 void bp_pack_b_bf16_avx2(ptrdiff_t kc, int nr, const float *b, pt
     }
 }
 
-/* bp_pack_a_amx_c's layout: a row-major A is each row's adjacent values in order
- * (no transpose); an A stored column by column, 8 x 8 blocks of pairs transposed. */
-static BP_AVX2 void bp_pack_a_amx_avx2(ptrdiff_t mc, ptrdiff_t kc, const float *a,
-                                       ptrdiff_t rsa, ptrdiff_t csa, int MR, float *dst_)
-{
-    if (rsa != 1 && csa != 1) {
-        bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst_);
-        return;
-    }
-    const ptrdiff_t kp = (kc + 1) / 2, kp8 = kc / 16 * 8;  /* pairs in whole 8-pair runs */
-    for (ptrdiff_t s = 0; s < mc; s += MR) {
-        uint32_t *dst = (uint32_t *)(void *)(dst_ + s * kc);
-        const float *src = a + s * rsa;
-        const ptrdiff_t mr = mc - s < MR ? mc - s : MR;
-        ptrdiff_t i0 = 0;       /* rows [0, i0) done up to pair kp8 */
-        if (csa == 1) {
-            i0 = mr;
-            for (ptrdiff_t i = 0; i < mr; ++i)
-                for (ptrdiff_t q = 0; q < kp8; q += 8)
-                    _mm256_storeu_si256((__m256i *)(void *)(dst + i * kp + q),
-                                        bp_bf16_adjacent_v8(src + i * rsa + 2 * q));
-        } else {                /* rsa == 1: the rows of each k contiguous */
-            for (; i0 + 8 <= mr; i0 += 8)
-                for (ptrdiff_t q = 0; q < kp8; q += 8) {
-                    __m256i r[8];
-                    for (int t = 0; t < 8; ++t)
-                        r[t] = bp_bf16_pairs_v8(src + 2 * (q + t) * csa + i0,
-                                                src + (2 * (q + t) + 1) * csa + i0);
-                    bp_transpose8_epi32(r);
-                    for (int i = 0; i < 8; ++i)
-                        _mm256_storeu_si256((__m256i *)(void *)(dst + (i0 + i) * kp + q),
-                                            r[i]);
-                }
-        }
-        bp_pack_a_amx_rest(mr, kc, src, rsa, csa, i0, kp8, dst);
-    }
-}
-
 /* Which build packs (tests force one: _gemm._set_bf16_pack_isa); -1: ask the CPU. */
 static int bp_bf16_pack_isa = -1;
 static inline int bp_bf16_pack_use_avx2(void) { return bp_cpu_choose_avx2(&bp_bf16_pack_isa); }
 #else
 #define bp_pack_a_bf16_avx2 bp_pack_a_bf16_c
 #define bp_pack_b_bf16_avx2 bp_pack_b_bf16_c
-#define bp_pack_a_amx_avx2 bp_pack_a_amx_c
 static int bp_bf16_pack_isa = 0;
 static inline int bp_bf16_pack_use_avx2(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* The AMX tile's A~ packer with AVX-512F (every CPU with AMX has it): the    */
+/* rounding 16 lanes at a time; a row-major A is each row's values in order   */
+/* (the pairs are adjacent bfloat16s), an A stored column by column 16 rows x */
+/* 16 pairs at a time through a 16 x 16 register transpose.  Measured in the  */
+/* 1024-784-512-10 bf16 step: the AVX2 8 x 8 version was a quarter of it.     */
+/* ------------------------------------------------------------------------ */
+#if BP_HAVE_AMX_KERNELS
+/* bp_round_bf16 lane by lane, the bfloat16 in the low 16 bits */
+static inline BP_AMX __attribute__((always_inline)) __m512i bp_bf16_bits_v16(const float *p)
+{
+    const __m512i u = _mm512_loadu_si512((const void *)p);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
+        _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+    return _mm512_srli_epi32(r, 16);
+}
+
+/* t[c] := column c of the 16 x 16 matrix of 32-bit lanes whose row r is t[r] */
+static inline BP_AMX __attribute__((always_inline)) void bp_transpose16_epi32(__m512i *t)
+{
+    __m512i a[16], b[16];
+    for (int j = 0; j < 8; ++j) {
+        a[2 * j] = _mm512_unpacklo_epi32(t[2 * j], t[2 * j + 1]);
+        a[2 * j + 1] = _mm512_unpackhi_epi32(t[2 * j], t[2 * j + 1]);
+    }
+    for (int j = 0; j < 4; ++j) {   /* b[4j+r], 128-bit block L: rows 4j..4j+3, column 4L+r */
+        b[4 * j] = _mm512_unpacklo_epi64(a[4 * j], a[4 * j + 2]);
+        b[4 * j + 1] = _mm512_unpackhi_epi64(a[4 * j], a[4 * j + 2]);
+        b[4 * j + 2] = _mm512_unpacklo_epi64(a[4 * j + 1], a[4 * j + 3]);
+        b[4 * j + 3] = _mm512_unpackhi_epi64(a[4 * j + 1], a[4 * j + 3]);
+    }
+    for (int r = 0; r < 4; ++r) {
+        const __m512i c0 = _mm512_shuffle_i32x4(b[r], b[4 + r], 0x88);
+        const __m512i c1 = _mm512_shuffle_i32x4(b[r], b[4 + r], 0xdd);
+        const __m512i c2 = _mm512_shuffle_i32x4(b[8 + r], b[12 + r], 0x88);
+        const __m512i c3 = _mm512_shuffle_i32x4(b[8 + r], b[12 + r], 0xdd);
+        t[r] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+        t[8 + r] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
+        t[4 + r] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+        t[12 + r] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
+    }
+}
+
+static BP_AMX void bp_pack_a_amx_avx512(ptrdiff_t mc, ptrdiff_t kc, const float *a,
+                                        ptrdiff_t rsa, ptrdiff_t csa, int MR, float *dst_)
+{
+    if (rsa != 1 && csa != 1) {
+        bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst_);
+        return;
+    }
+    const ptrdiff_t kp = (kc + 1) / 2, kp16 = kc / 32 * 16;  /* pairs in whole 16-pair runs */
+    for (ptrdiff_t s = 0; s < mc; s += MR) {
+        uint32_t *dst = (uint32_t *)(void *)(dst_ + s * kc);
+        const float *src = a + s * rsa;
+        const ptrdiff_t mr = mc - s < MR ? mc - s : MR;
+        ptrdiff_t i0 = 0;       /* rows [0, i0) done up to pair kp16 */
+        if (csa == 1) {
+            i0 = mr;
+            for (ptrdiff_t i = 0; i < mr; ++i)
+                for (ptrdiff_t q = 0; q < kp16; q += 16) {
+                    const float *x = src + i * rsa + 2 * q;
+                    uint32_t *d = dst + bp_amx_a_at(i, q, kp);
+                    _mm256_storeu_si256((__m256i *)(void *)d,
+                                        _mm512_cvtepi32_epi16(bp_bf16_bits_v16(x)));
+                    _mm256_storeu_si256((__m256i *)(void *)(d + 8),
+                                        _mm512_cvtepi32_epi16(bp_bf16_bits_v16(x + 16)));
+                }
+        } else {                /* rsa == 1: the rows of each k contiguous */
+            for (; i0 + 16 <= mr; i0 += 16)
+                for (ptrdiff_t q = 0; q < kp16; q += 16) {
+                    __m512i t[16];
+                    for (int p = 0; p < 16; ++p) {  /* lane i: the pair (i, q+p) */
+                        const float *x = src + 2 * (q + p) * csa + i0;
+                        t[p] = _mm512_or_si512(bp_bf16_bits_v16(x),
+                                               _mm512_slli_epi32(bp_bf16_bits_v16(x + csa), 16));
+                    }
+                    bp_transpose16_epi32(t);
+                    uint32_t *d = dst + bp_amx_a_at(i0, q, kp);     /* 16 rows on */
+                    for (int i = 0; i < 16; ++i)
+                        _mm512_storeu_si512((void *)(d + 16 * i), t[i]);
+                }
+        }
+        bp_pack_a_amx_rest(mr, kc, src, rsa, csa, i0, kp16, dst);
+    }
+}
+#else
+#define bp_pack_a_amx_avx512 bp_pack_a_amx_c
 #endif
 
 static void bp_pack_a_bf16(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
@@ -320,8 +385,11 @@ static void bp_pack_a_bf16(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t
 static void bp_pack_a_amx(ptrdiff_t mc, ptrdiff_t kc, const float *a, ptrdiff_t rsa,
                           ptrdiff_t csa, int MR, float *dst)
 {
-    if (bp_bf16_pack_use_avx2()) bp_pack_a_amx_avx2(mc, kc, a, rsa, csa, MR, dst);
-    else                         bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst);
+    /* the vector build (bp_bf16_pack_isa) is AVX-512F here: AMX CPUs all have it */
+    if (bp_bf16_pack_use_avx2() && bp_cpu_avx512f())
+        bp_pack_a_amx_avx512(mc, kc, a, rsa, csa, MR, dst);
+    else
+        bp_pack_a_amx_c(mc, kc, a, rsa, csa, MR, dst);
 }
 
 static void bp_pack_b_bf16(ptrdiff_t kc, int nr, const float *b, ptrdiff_t rsb,

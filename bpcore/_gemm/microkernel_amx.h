@@ -17,8 +17,10 @@
  *
  *   B~  bf16.h's pair sliver with NR = 32: pair q of column j at [q*32 + j], so a
  *       B tile is 16 pair rows at stride 128 bytes, columns 0-15 or 16-31;
- *   A~  bp_pack_a_amx's sliver: pair q of row i at [i*kp + q] (kp = (kc+1)/2),
- *       so an A tile is 16 rows at stride 4*kp bytes, 16 pairs from column q0.
+ *   A~  bp_pack_a_amx's sliver (bf16.h): blocks of 32 rows x 16 pairs, so an A
+ *       tile is 1 KiB contiguous, 16 rows at a 64-byte stride.  (Rows at a
+ *       stride of kp pairs, an earlier layout, made every tile load touch 16
+ *       cache lines 1 KiB apart.)
  *
  * A last run of fewer than 16 pairs (kc not a multiple of 32) is copied into
  * zero-padded scratch tiles on the stack: the tile shapes stay those of the one
@@ -137,12 +139,12 @@ static BP_AMX void bp_ukr_bf16_amx(ptrdiff_t k, const float *a_, ptrdiff_t rsa,
     const uint32_t *a = (const uint32_t *)(const void *)a_;
     const uint32_t *b = (const uint32_t *)(const void *)b_;
     const ptrdiff_t kp = (k + 1) / 2, full = kp / 16, rest = kp % 16;
-    const ptrdiff_t sa = 4 * kp, sb = 4 * BP_NR_AMX;      /* row strides, bytes */
-    const uint32_t *a1 = a + 16 * kp;                     /* rows 16-31 */
+    const ptrdiff_t sa = 64, sb = 4 * BP_NR_AMX;          /* row strides, bytes */
+    const uint32_t *a1 = a + 16 * 16;                     /* rows 16-31 */
     const int two_m = mr > 16, two_n = nr > 16;
     BP_TILE_ZERO(0); BP_TILE_ZERO(1); BP_TILE_ZERO(2); BP_TILE_ZERO(3);
     for (ptrdiff_t q = 0; q < full; ++q) {
-        BP_TILE_LOAD(4, a + 16 * q, sa);
+        BP_TILE_LOAD(4, a + 512 * q, sa);
         BP_TILE_LOAD(6, b + 16 * q * BP_NR_AMX, sb);
         BP_TILE_DP(0, 4, 6);
         if (two_n) {
@@ -150,7 +152,7 @@ static BP_AMX void bp_ukr_bf16_amx(ptrdiff_t k, const float *a_, ptrdiff_t rsa,
             BP_TILE_DP(1, 4, 7);
         }
         if (two_m) {
-            BP_TILE_LOAD(5, a1 + 16 * q, sa);
+            BP_TILE_LOAD(5, a1 + 512 * q, sa);
             BP_TILE_DP(2, 5, 6);
             if (two_n) BP_TILE_DP(3, 5, 7);
         }
@@ -162,7 +164,7 @@ static BP_AMX void bp_ukr_bf16_amx(ptrdiff_t k, const float *a_, ptrdiff_t rsa,
         memset(at, 0, sizeof at);
         memset(bt, 0, sizeof bt);
         for (int i = 0; i < (mr < rows ? mr : rows); ++i)
-            memcpy(at + 16 * i, a + i * kp + 16 * full, (size_t)rest * 4);
+            memcpy(at + 16 * i, a + 512 * full + i * rest, (size_t)rest * 4);
         memcpy(bt, b + 16 * full * BP_NR_AMX, (size_t)rest * BP_NR_AMX * 4);
         BP_TILE_LOAD(4, at, 64);
         BP_TILE_LOAD(6, bt, sb);
