@@ -337,11 +337,32 @@ static BP_AMX void bp_pack_a_amx_avx512(ptrdiff_t mc, ptrdiff_t kc, const float 
         return;
     }
     const ptrdiff_t kp = (kc + 1) / 2, kp16 = kc / 32 * 16;  /* pairs in whole 16-pair runs */
+    const ptrdiff_t m16 = mc / 16 * 16;     /* rows in whole 16-row groups */
+    if (csa != 1) {
+        /* rsa == 1, the rows of each k contiguous: 16 x 16 blocks, k outermost, so the
+         * source is read along its rows (down its columns it was a new page every
+         * row: twice the packing time of the 1024-784-512-10 bf16 step in perf) */
+        for (ptrdiff_t q = 0; q < kp16; q += 16)
+            for (ptrdiff_t r = 0; r < m16; r += 16) {
+                __m512i t[16];
+                for (int p = 0; p < 16; ++p) {      /* lane i: the pair (r+i, q+p) */
+                    const float *x = a + 2 * (q + p) * csa + r;
+                    t[p] = _mm512_or_si512(bp_bf16_bits_v16(x),
+                                           _mm512_slli_epi32(bp_bf16_bits_v16(x + csa), 16));
+                }
+                bp_transpose16_epi32(t);
+                const ptrdiff_t s = r / MR * MR;    /* MR is a multiple of 16 */
+                uint32_t *d = (uint32_t *)(void *)(dst_ + s * kc) + bp_amx_a_at(r - s, q, kp);
+                for (int i = 0; i < 16; ++i)
+                    _mm512_storeu_si512((void *)(d + 16 * i), t[i]);
+            }
+    }
     for (ptrdiff_t s = 0; s < mc; s += MR) {
         uint32_t *dst = (uint32_t *)(void *)(dst_ + s * kc);
         const float *src = a + s * rsa;
         const ptrdiff_t mr = mc - s < MR ? mc - s : MR;
-        ptrdiff_t i0 = 0;       /* rows [0, i0) done up to pair kp16 */
+        /* rows [0, i0) done up to pair kp16: the blocks above, or each row here */
+        ptrdiff_t i0 = m16 - s < 0 ? 0 : m16 - s < mr ? m16 - s : mr;
         if (csa == 1) {
             i0 = mr;
             for (ptrdiff_t i = 0; i < mr; ++i)
@@ -352,20 +373,6 @@ static BP_AMX void bp_pack_a_amx_avx512(ptrdiff_t mc, ptrdiff_t kc, const float 
                                         _mm512_cvtepi32_epi16(bp_bf16_bits_v16(x)));
                     _mm256_storeu_si256((__m256i *)(void *)(d + 8),
                                         _mm512_cvtepi32_epi16(bp_bf16_bits_v16(x + 16)));
-                }
-        } else {                /* rsa == 1: the rows of each k contiguous */
-            for (; i0 + 16 <= mr; i0 += 16)
-                for (ptrdiff_t q = 0; q < kp16; q += 16) {
-                    __m512i t[16];
-                    for (int p = 0; p < 16; ++p) {  /* lane i: the pair (i, q+p) */
-                        const float *x = src + 2 * (q + p) * csa + i0;
-                        t[p] = _mm512_or_si512(bp_bf16_bits_v16(x),
-                                               _mm512_slli_epi32(bp_bf16_bits_v16(x + csa), 16));
-                    }
-                    bp_transpose16_epi32(t);
-                    uint32_t *d = dst + bp_amx_a_at(i0, q, kp);     /* 16 rows on */
-                    for (int i = 0; i < 16; ++i)
-                        _mm512_storeu_si512((void *)(d + 16 * i), t[i]);
                 }
         }
         bp_pack_a_amx_rest(mr, kc, src, rsa, csa, i0, kp16, dst);
