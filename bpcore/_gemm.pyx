@@ -207,6 +207,10 @@ cdef Py_ssize_t SMALL_MNK = 512
 # Below this m*n*k one thread is faster: a job costs the caller a wake-up call
 # (~2-5 us) when the workers sleep, against ~65 us of float32 work at this size.
 cdef Py_ssize_t PARALLEL_MNK = 128 * 128 * 128
+# NOTE: the AMX tile computes ~10x the float32 FLOPs per cycle, so a product is
+# worth a second thread only from ~10x the multiply-adds (measured, 2 threads /
+# 1, bf16 on AMX: 64x100x1000 x1.06, 1000x100x64 x0.97, 256x256x784 x1.67)
+cdef Py_ssize_t PARALLEL_MNK_AMX = 256 * 256 * 256
 # Read A in place (no packing) when it has a unit stride (row-major A, or A.T of
 # a row-major X) and C is at most this wide: packing costs O(m*k) moves against
 # O(m*k*n) FMAs, so it pays only for a wide C (measured: 3-5% of 64x100x1000).
@@ -786,7 +790,11 @@ cdef int _gemm_blocked(const bp_kernel *K, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     job.mtiles, job.mr, job.nrow_chunks = mtiles, MR, nrow_chunks
     job.a_elems = min(MC, (mtiles + nrow_chunks - 1) // nrow_chunks * MR) * kc_max \
         if job.pack_a else 0
-    job.private_b = 1 < threads <= _private_b_max and not job.split_cols
+    # NOTE: not for the AMX tile: its B~ sliver's products take less time than
+    # packing it (memory-bound here), so a B~ per thread doubled the packing (2
+    # threads, 1024-784-512-10 bf16 step: 4215 us private, 3913 shared)
+    job.private_b = (1 < threads <= _private_b_max and not job.split_cols
+                     and K.pairs != 2)
     job.b_elems = kc_max * nc_max
     cdef Py_ssize_t b_total = (threads if job.private_b else 1) * job.b_elems
     ws = <floating *>bp_ws_acquire((b_total + threads * job.a_elems) * sizeof(floating))
@@ -1070,7 +1078,9 @@ cdef int gemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
         if not _epilogue_ok(epi, bias, aux):
             return BP_EINVAL
         return _gemm_blocked(K, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc,
-                             csc, epi, bias, aux, ldaux, _threads_for(m, n, k, num_threads))
+                             csc, epi, bias, aux, ldaux,
+                             1 if K.pairs == 2 and m * n * k < PARALLEL_MNK_AMX
+                             else _threads_for(m, n, k, num_threads))
     ra = <float *>bp_ws_acquire_bf16((m * k + k * n) * sizeof(float))
     if ra == NULL:
         return BP_ENOMEM
