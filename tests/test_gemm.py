@@ -829,6 +829,29 @@ def test_bf16_twins_agree_and_match_torch(bf16_path):
         assert (np.abs(got - ref) <= 2 ** -8 * np.abs(ref) + 2 * bound).all()
 
 
+def test_bf16_products_alternate_with_pytorchs_in_one_thread(bf16_path, threads):
+    """Embedded beside PyTorch, whose bf16 matmul on an AMX CPU runs oneDNN's own AMX
+    tiles with their own tile configuration in the same threads: each product, in
+    turn, still right (bpcore loads its configuration around each macro kernel and
+    releases the tiles after)."""
+    torch = import_oracle("torch")
+    rng = np.random.default_rng(34)
+    a, b = operands(rng, 256, 192, 320, np.float32)
+    ta, tb = torch.from_numpy(a).to(torch.bfloat16), torch.from_numpy(b).to(torch.bfloat16)
+    want = R.round_bfloat16(a).astype(np.float64) @ R.round_bfloat16(b)
+    bound = 330 * 2.0 ** -23 * (np.abs(R.round_bfloat16(a)).astype(np.float64)
+                                @ np.abs(R.round_bfloat16(b)))
+    first = None
+    for t in (1, 2, 1, 2):
+        threads(t)
+        theirs = (ta @ tb).to(torch.float32).numpy()
+        ours = _gemm.matmul(a, b, compute_dtype="bfloat16")
+        assert (np.abs(ours - want) <= bound).all()
+        assert (np.abs(theirs - want) <= 2 ** -8 * np.abs(want) + bound).all()
+        first = ours if first is None else first
+        np.testing.assert_array_equal(ours, first)
+
+
 @pytest.mark.parametrize("backend", [_gemm, R], ids=["compiled", "reference"])
 def test_bf16_bad_arguments(backend):
     a32 = np.ones((2, 2), np.float32)
