@@ -338,6 +338,34 @@ def _kernel_blocks(name):
     return {"float32": k.f32, "float64": k.f64}
 
 
+cdef bp_kernel _resized_kern     # _set_blocks's copy of a table row
+
+
+def _set_blocks(dtype, kc, mc, nc):
+    """The current kernel with other cache blocks for ``dtype`` (bench and tests: block
+    sizes swept in one process, where separate builds compare across a noisy host).
+
+    ``kc >= 1``; ``mc`` and ``nc`` multiples of the tile's ``mr`` and ``nr``.  Not while
+    a product runs.  ``_set_kernel`` returns to the table's blocks.  Returns the
+    previous ``{"kc", "mc", "nc"}``.
+    """
+    global _kern, _resized_kern
+    check_choice("dtype", dtype, ("float32", "float64"))
+    cdef bp_kernel k = _kern[0]
+    cdef bp_blocks *bl = &k.f32 if dtype == "float32" else &k.f64
+    before = {"kc": bl.kc, "mc": bl.mc, "nc": bl.nc}
+    if not (isinstance(kc, int) and kc >= 1):
+        raise ValueError(f"`kc` must be an int >= 1, got {kc!r}")
+    if not (isinstance(mc, int) and mc >= bl.mr and mc % bl.mr == 0):
+        raise ValueError(f"`mc` must be a positive multiple of mr={bl.mr}, got {mc!r}")
+    if not (isinstance(nc, int) and nc >= bl.nr and nc % bl.nr == 0):
+        raise ValueError(f"`nc` must be a positive multiple of nr={bl.nr}, got {nc!r}")
+    bl.kc, bl.mc, bl.nc = kc, mc, nc
+    _resized_kern = k
+    _kern = &_resized_kern
+    return before
+
+
 def _set_kernel(name):
     """Select the micro-kernels by name (a key of ``_KERNELS``; for tests)."""
     global _kern

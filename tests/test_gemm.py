@@ -612,6 +612,35 @@ def _env_forced():
     return any(os.environ.get(v) for v in ("BPCORE_FORCE_PORTABLE", "BPCORE_FORCE_KERNEL"))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_set_blocks_resizes_the_current_kernels_blocks(dtype):
+    """The bench's block sweep: any kc, the smallest mc and nc, big ones; the product
+    stays right (only the summation order changes) and _set_kernel restores the table."""
+    name = _gemm.cpu_features()["kernel"]
+    table = _gemm._kernel_blocks(name)[np.dtype(dtype).name]
+    rng = np.random.default_rng(12)
+    a, b = operands(rng, 70, 130, 300, dtype)
+    try:
+        for kc, mc, nc in ((1, table["mr"], table["nr"]), (7, 2 * table["mr"], table["nr"]),
+                           (300, table["mc"], 2 * table["nc"]), (512, 4 * table["mr"], 96)):
+            if nc % table["nr"]:
+                continue
+            before = _gemm._set_blocks(np.dtype(dtype).name, kc, mc, nc)
+            assert set(before) == {"kc", "mc", "nc"}
+            assert _gemm.cpu_features()["kernel"] == name
+            assert_close(_gemm.matmul(a, b), a, b, reference(a, b))
+        for bad, match in (({"kc": 0}, "`kc` must be"), ({"mc": table["mr"] + 1}, "`mc` must"),
+                           ({"nc": 0}, "`nc` must"), ({"kc": 2.0}, "`kc` must")):
+            args = {"kc": 64, "mc": table["mc"], "nc": table["nc"], **bad}
+            with pytest.raises(ValueError, match=match):
+                _gemm._set_blocks(np.dtype(dtype).name, **args)
+        with pytest.raises(ValueError, match="`dtype` must be one of"):
+            _gemm._set_blocks("float16", 64, table["mc"], table["nc"])
+    finally:
+        _gemm._set_kernel(name)
+    assert _gemm._kernel_blocks(name)[np.dtype(dtype).name] == table
+
+
 @pytest.mark.parametrize("name", ["avx512", "avx2_fma", "portable", "avx512_emulated"])
 def test_kernel_table_is_consistent(name):
     for dtype, blocks in _gemm._kernel_blocks(name).items():

@@ -2,6 +2,8 @@
 import ast
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import import_oracle, run_python
@@ -166,3 +168,17 @@ def test_time_calls_settles_before_each_contenders_round_untimed(monkeypatch):
     slept.clear()
     _quickbench.time_calls({"a": lambda: bump("a")}, min_time=1e-4, rounds=3)
     assert slept == []
+
+
+def test_block_sweep_runs_each_candidate_and_restores_the_table():
+    """bench/blocks.py (the in-process cache-block sweep, ``_gemm._set_blocks``)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "bench", "blocks.py")
+    out = subprocess.run([sys.executable, script, "--smoke", "--rounds", "1",
+                          "--kc", "16,64"], capture_output=True, text=True, timeout=300,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith("kernel ") and "table blocks" in out[0]
+    rows = [line.split() for line in out[2:]]
+    assert [r[0] for r in rows][:2] == ["16", "64"]
+    table_row = [r for r in rows if all(abs(float(v) - 1) < 1e-12 for v in r[3:])]
+    assert len(table_row) == 1 and len(table_row[0]) == 3 + 6
