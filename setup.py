@@ -45,9 +45,9 @@ compile_args = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 link_args = []
 if SANITIZE:
     # NOTE: -fno-var-tracking-assignments: reports keep their file:line, not every
-    # variable's location; with it _gemm.c (its many tile instantiations) compiled in
-    # 6.7 min here, without it 16.3 (the two under the same load), the critical path
-    # of .ci/run.
+    # variable's location.  Compiling _gemm.c alone beside the ASan suite it took 6.7
+    # min with it and 16.3 without; in .ci/run the niced build took 571 s with it and
+    # 506 s without (another run): not shown to matter on this drifting host.
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                      "-fno-sanitize-recover=undefined", "-g", "-fno-var-tracking-assignments"]
     link_args += ["-fsanitize=address,undefined"]
