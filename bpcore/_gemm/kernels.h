@@ -92,8 +92,8 @@ static const bp_kernel bp_kernels[BP_KERNEL_COUNT] = {
 /* The AMX tile (microkernel_amx.h), 32 x 32, a K step of 16 pairs per TDPBF16PS:
  *   B~ sliver 256 pairs*32*4 B = 32 KiB (L1, reread by every A~ sliver of the
  *   block), A~ 512*256*4 B = 512 KiB (L2), B~ panel 256*4096*4 B = 4 MiB (L3).
- *   Its A~ has its own layout (each row's pairs contiguous: bf16.h's
- *   bp_pack_a_amx), told by pairs = 2. */
+ *   Its A~ has its own layout (blocks of 32 rows x 16 pairs, one A tile 1 KiB
+ *   contiguous: bf16.h's bp_pack_a_amx), told by pairs = 2. */
 #define BP_BLOCKS_AMX {BP_MR_AMX, BP_NR_AMX, 512, 512, 4096}
 
 enum {
@@ -120,7 +120,7 @@ static int bp_bf16_kernel_runs(int which)
         return 1;
     case BP_BF16_AVX512:
         return BP_HAVE_AVX512_KERNELS && bp_cpu_avx512f() && bp_cpu_avx512bf16();
-    case BP_BF16_AMX:       /* its stores use AVX-512F, its packers AVX2 */
+    case BP_BF16_AMX:       /* its stores and A~ packer use AVX-512F, its B~ packer AVX2 */
         return BP_HAVE_AMX_KERNELS && bp_cpu_avx512f() && bp_cpu_avx2() && bp_amx_available();
     default:
         return 0;
